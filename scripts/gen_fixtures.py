@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Generate the reference fixtures that ferry's tests compare against.
+
+Needs: pip install numpy gguf llama-cpp-python (llama.cpp built for the CPU),
+and the real models (scripts/fetch_models.py). Run from the repository root:
+
+    python3 scripts/gen_fixtures.py
+
+Writes tests/fixtures/:
+  quant/<TYPE>.blocks, quant/<TYPE>.f32   random blocks and their dequantization
+                                          by gguf-py's numpy reference
+  quant/input.f32, quant/<TYPE>.ref       values and ggml's reference quantization
+                                          (quantize_row_*_ref from libggml-base)
+  real_tensors.json                       sha256 of every real tensor dequantized
+                                          to f32 by gguf-py
+  tokenizer/corpus.json                   the test strings
+  tokenizer/<model>.json                  llama.cpp's token ids for each string
+  chat/<model>.json                       chat prompts rendered by llama-cpp-python's
+                                          Jinja2 chat formatter from the GGUF template
+"""
+import ctypes
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import gguf
+from gguf import quants as gq
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corpus import corpus  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+MODELS = {
+    "smollm2": os.path.join(ROOT, "models", "smollm2-135m-instruct-q4_1.gguf"),
+    "qwen05": os.path.join(ROOT, "models", "qwen2.5-coder-0.5b-instruct.gguf"),
+}
+T = gguf.GGMLQuantizationType
+
+DEQUANT_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# (type, ggml reference quantizer, block elements, block bytes)
+REF_QUANTIZERS = [
+    ("Q4_0", "quantize_row_q4_0_ref", 32, 18),
+    ("Q4_1", "quantize_row_q4_1_ref", 32, 20),
+    ("Q5_0", "quantize_row_q5_0_ref", 32, 22),
+    ("Q5_1", "quantize_row_q5_1_ref", 32, 24),
+    ("Q8_0", "quantize_row_q8_0_ref", 32, 34),
+    ("Q8_1", "quantize_row_q8_1_ref", 32, 36),
+    ("Q8_K", "quantize_row_q8_K_ref", 256, 292),
+]
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    mode = "wb" if isinstance(data, (bytes, bytearray)) else "w"
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def random_blocks(name, n_blocks, rng):
+    """Random raw blocks whose f16/bf16 scale fields are finite."""
+    qtype = T[name]
+    block_elems, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    if name == "F16":
+        raw = rng.standard_normal(n_blocks).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    elif name == "BF16":
+        f = rng.standard_normal(n_blocks).astype(np.float32).view(np.uint32) >> 16
+        raw = f.astype(np.uint16).view(np.uint8).reshape(n_blocks, 2)
+    else:
+        # f16 scale fields, by their byte offsets in the block
+        offsets = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+                   "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}[name]
+        for off in offsets:
+            scale = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+            raw[:, off:off + 2] = scale
+    return raw
+
+
+def gen_quant(rng):
+    out = os.path.join(FIX, "quant")
+    for name in DEQUANT_TYPES:
+        n_blocks = 64 if name in ("F16", "BF16") else (64 if "K" not in name else 16)
+        if name in ("F16", "BF16"):
+            n_blocks = 512
+        raw = random_blocks(name, n_blocks, rng)
+        deq = gq.dequantize(raw.reshape(-1), T[name]).astype(np.float32)
+        write(os.path.join(out, f"{name}.blocks"), raw.tobytes())
+        write(os.path.join(out, f"{name}.f32"), deq.tobytes())
+
+    # Values for the reference quantizers: random blocks plus edge cases
+    # (all zero, constant, ties at .5 steps, one outlier, negatives only).
+    x = (rng.standard_normal(256 * 32) * rng.uniform(0.01, 4.0, size=256 * 32)).astype(np.float32)
+    x[0:256] = 0.0
+    x[256:512] = 0.75
+    x[512:768] = np.arange(256, dtype=np.float32) * 0.5 - 64
+    x[768:1024] = rng.standard_normal(256).astype(np.float32) * 1e-3
+    x[800] = 50.0
+    x[1024:1280] = -np.abs(x[1024:1280]) - 1.0
+    write(os.path.join(out, "input.f32"), x.tobytes())
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    for name, fn, be, bb in REF_QUANTIZERS:
+        f = getattr(lib, fn)
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        f.restype = None
+        dst = np.zeros(len(x) // be * bb, dtype=np.uint8)
+        f(x.ctypes.data, dst.ctypes.data, len(x))
+        write(os.path.join(out, f"{name}.ref"), dst.tobytes())
+
+
+def gen_real_tensors():
+    result = {}
+    for model, path in MODELS.items():
+        r = gguf.GGUFReader(path)
+        hashes = {}
+        for t in r.tensors:
+            deq = gq.dequantize(t.data, t.tensor_type).astype(np.float32)
+            hashes[t.name] = {
+                "type": t.tensor_type.name,
+                "n": int(deq.size),
+                "sha256": hashlib.sha256(np.ascontiguousarray(deq).tobytes()).hexdigest(),
+            }
+        result[model] = hashes
+        print(f"{model}: {len(hashes)} tensors hashed", file=sys.stderr)
+    write(os.path.join(FIX, "real_tensors.json"), json.dumps(result, indent=1, sort_keys=True))
+
+
+def gen_tokens(strings):
+    write(os.path.join(FIX, "tokenizer", "corpus.json"), json.dumps(strings, indent=1, ensure_ascii=False))
+    for model, path in MODELS.items():
+        llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+        cases = []
+        for s in strings:
+            b = s.encode("utf-8")
+            cases.append({
+                "special": llm.tokenize(b, add_bos=True, special=True),
+                "no_special": llm.tokenize(b, add_bos=True, special=False),
+            })
+        write(os.path.join(FIX, "tokenizer", f"{model}.json"), json.dumps(cases))
+        print(f"{model}: {len(cases)} strings tokenized", file=sys.stderr)
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "What is 2+2?"}],
+    [
+        {"role": "system", "content": "You write Rust."},
+        {"role": "user", "content": "Write a function that adds two numbers."},
+        {"role": "assistant", "content": "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}"},
+        {"role": "user", "content": "Now make it generic."},
+    ],
+    [{"role": "user", "content": "Ünïcödé 你好 😀\n\nwith  spaces  "}],
+    [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "second"},
+    ],
+]
+
+
+def gen_chat():
+    for model, path in MODELS.items():
+        r = gguf.GGUFReader(path)
+        template = r.fields["tokenizer.chat_template"].contents()
+        tokens = r.fields["tokenizer.ggml.tokens"].contents()
+        bos = tokens[r.fields["tokenizer.ggml.bos_token_id"].contents()]
+        eos = tokens[r.fields["tokenizer.ggml.eos_token_id"].contents()]
+        cases = []
+        for messages in CONVERSATIONS:
+            for agp in (True, False):
+                fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=agp)
+                cases.append({
+                    "messages": messages,
+                    "add_generation_prompt": agp,
+                    "rendered": fmt(messages=messages).prompt,
+                })
+        write(os.path.join(FIX, "chat", f"{model}.json"), json.dumps(cases, indent=1, ensure_ascii=False))
+
+
+def main():
+    rng = np.random.default_rng(20261128)
+    gen_quant(rng)
+    gen_real_tensors()
+    gen_tokens(corpus())
+    gen_chat()
+
+
+if __name__ == "__main__":
+    main()

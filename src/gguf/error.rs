@@ -1,0 +1,63 @@
+use std::path::PathBuf;
+
+/// Everything that can be wrong with a GGUF file. Each variant names the file and,
+/// where it applies, the key or tensor and the byte offset, so a user can tell a
+/// truncated download from a corrupt header from an unsupported model.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{path}: cannot open: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: not a GGUF file (magic bytes {found:02x?} at offset 0, expected \"GGUF\"); is this a model in another format (safetensors, .bin)? Convert it with llama.cpp's convert_hf_to_gguf.py"
+    )]
+    BadMagic { path: PathBuf, found: [u8; 4] },
+    #[error(
+        "{path}: GGUF version {version} is not supported (ferry reads versions 2 and 3); re-convert the model with a current llama.cpp"
+    )]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error(
+        "{path}: file is truncated: needed {needed} bytes at offset {offset} while reading {what}, but the file is {file_len} bytes; the download is probably incomplete"
+    )]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        needed: u64,
+        file_len: u64,
+        what: String,
+    },
+    #[error("{path}: at offset {offset}: {what}")]
+    Malformed {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    #[error(
+        "{path}: tensor '{tensor}' has type id {type_id} ({name}), which ferry does not support; use a model quantized to F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q2_K..Q6_K"
+    )]
+    UnsupportedType {
+        path: PathBuf,
+        tensor: String,
+        type_id: u32,
+        name: String,
+    },
+    #[error("{path}: tensor '{tensor}': {what}")]
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        what: String,
+    },
+    #[error("{path}: metadata key '{key}': {what}")]
+    BadKey {
+        path: PathBuf,
+        key: String,
+        what: String,
+    },
+    #[error("{path}: split model: {what}")]
+    Split { path: PathBuf, what: String },
+}
+
+pub type Result<T> = std::result::Result<T, GgufError>;

@@ -1,0 +1,8 @@
+//! ferry: an inference engine for GGUF language models larger than the GPU's memory.
+//!
+//! The layers, bottom up: `gguf` reads and writes model files, `quant` knows the
+//! block formats, `tokenizer` turns text into token ids and back.
+
+pub mod gguf;
+pub mod quant;
+pub mod tokenizer;
