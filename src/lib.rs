@@ -4,5 +4,6 @@
 //! block formats, `tokenizer` turns text into token ids and back.
 
 pub mod gguf;
+pub mod inspect;
 pub mod quant;
 pub mod tokenizer;

@@ -12,14 +12,21 @@ use sha2::{Digest, Sha256};
 
 #[test]
 fn dequantize_random_blocks_bit_exact_with_numpy() {
-    for name in ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+    for name in [
+        "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+        "Q6_K",
+    ] {
         let ty = GgmlType::from_name(name).unwrap();
         let blocks = read_fixture(&format!("quant/{name}.blocks"));
         let expected = f32s(&read_fixture(&format!("quant/{name}.f32")));
         let got = quant::dequantize_to_vec(ty, &blocks).unwrap();
         assert_eq!(got.len(), expected.len(), "{name}");
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-            assert_eq!(g.to_bits(), e.to_bits(), "{name} element {i}: got {g}, numpy {e}");
+            assert_eq!(
+                g.to_bits(),
+                e.to_bits(),
+                "{name} element {i}: got {g}, numpy {e}"
+            );
         }
     }
 }
@@ -34,26 +41,41 @@ fn quantize_bit_exact_with_ggml_reference() {
         assert_eq!(got.len(), expected.len(), "{name}");
         let bb = ty.block_bytes();
         for (b, (g, e)) in got.chunks(bb).zip(expected.chunks(bb)).enumerate() {
-            assert_eq!(g, e, "{name}: block {b} differs from ggml's reference quantizer");
+            assert_eq!(
+                g, e,
+                "{name}: block {b} differs from ggml's reference quantizer"
+            );
         }
     }
 }
 
 #[test]
 fn dequantize_every_real_tensor_bit_exact_with_numpy() {
-    let fixture: serde_json::Value = serde_json::from_slice(&read_fixture("real_tensors.json")).unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&read_fixture("real_tensors.json")).unwrap();
     for model in MODELS {
         let g = Gguf::open(model_path(model)).unwrap();
         let expected = fixture[model].as_object().unwrap();
         assert_eq!(expected.len(), g.tensors().len(), "{model}: tensor count");
         for t in g.tensors() {
             let e = &expected[&t.name];
-            assert_eq!(e["type"].as_str().unwrap(), t.ty.name(), "{model} {}", t.name);
+            assert_eq!(
+                e["type"].as_str().unwrap(),
+                t.ty.name(),
+                "{model} {}",
+                t.name
+            );
             let values = quant::dequantize_to_vec(t.ty, g.tensor_bytes(t)).unwrap();
             assert_eq!(values.len() as u64, e["n"].as_u64().unwrap());
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let hash = format!("{:x}", Sha256::digest(&bytes));
-            assert_eq!(hash, e["sha256"].as_str().unwrap(), "{model} tensor {} ({})", t.name, t.ty);
+            assert_eq!(
+                hash,
+                e["sha256"].as_str().unwrap(),
+                "{model} tensor {} ({})",
+                t.name,
+                t.ty
+            );
         }
     }
 }
@@ -102,16 +124,33 @@ fn round_trip_error_is_bounded() {
         let q = quant::quantize(ty, &x).unwrap();
         assert_eq!(q.len(), ty.bytes_for(x.len() as u64).unwrap() as usize);
         let y = quant::dequantize_to_vec(ty, &q).unwrap();
-        let err: f64 = x.iter().zip(&y).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        let err: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let rel = err / norm;
         eprintln!("{ty}: relative round-trip error {rel:.4} (bound {bound})");
-        assert!(rel <= bound, "{ty}: relative round-trip error {rel:.4} > {bound}");
+        assert!(
+            rel <= bound,
+            "{ty}: relative round-trip error {rel:.4} > {bound}"
+        );
         // Quantizing again what we dequantized must reproduce the same values
         // (the format can represent its own output).
         if ty.is_quantized() && ty != GgmlType::Q2_K && ty != GgmlType::Q3_K {
             let y2 = quant::dequantize_to_vec(ty, &quant::quantize(ty, &y).unwrap()).unwrap();
-            let drift: f64 = y.iter().zip(&y2).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() / norm;
-            assert!(drift <= bound / 2.0, "{ty}: re-quantization drift {drift:.4}");
+            let drift: f64 = y
+                .iter()
+                .zip(&y2)
+                .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / norm;
+            assert!(
+                drift <= bound / 2.0,
+                "{ty}: re-quantization drift {drift:.4}"
+            );
         }
     }
 }
@@ -122,11 +161,18 @@ fn zero_and_constant_blocks_round_trip() {
         let n = 256;
         let zeros = vec![0f32; n];
         let y = quant::dequantize_to_vec(ty, &quant::quantize(ty, &zeros).unwrap()).unwrap();
-        assert!(y.iter().all(|&v| v == 0.0), "{ty}: zeros must stay zeros, got {:?}", &y[..4]);
+        assert!(
+            y.iter().all(|&v| v == 0.0),
+            "{ty}: zeros must stay zeros, got {:?}",
+            &y[..4]
+        );
         let c = vec![0.5f32; n];
         let y = quant::dequantize_to_vec(ty, &quant::quantize(ty, &c).unwrap()).unwrap();
         for v in y {
-            assert!((v - 0.5).abs() < 0.02, "{ty}: constant 0.5 came back as {v}");
+            assert!(
+                (v - 0.5).abs() < 0.02,
+                "{ty}: constant 0.5 came back as {v}"
+            );
         }
     }
 }
@@ -148,7 +194,11 @@ fn dot_products_match_dequantized_reference() {
         let xq = quant::dequantize_to_vec(act, &quant::quantize(act, &x).unwrap()).unwrap();
         let exact_q: f64 = wf.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum();
         let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-        let mag: f64 = wf.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+        let mag: f64 = wf
+            .iter()
+            .zip(&x)
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum();
 
         assert!(
             (got - exact_q).abs() <= 1e-4 * mag,

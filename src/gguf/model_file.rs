@@ -128,7 +128,10 @@ impl Gguf {
             {
                 return Err(GgufError::Split {
                     path: files[0].path.clone(),
-                    what: format!("metadata promises {expected} tensors, the parts hold {}", tensors.len()),
+                    what: format!(
+                        "metadata promises {expected} tensors, the parts hold {}",
+                        tensors.len()
+                    ),
                 });
             }
         }
@@ -165,7 +168,9 @@ impl Gguf {
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.meta.get(key).map(|&i| &self.files[0].header.metadata[i].1)
+        self.meta
+            .get(key)
+            .map(|&i| &self.files[0].header.metadata[i].1)
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -207,9 +212,9 @@ impl Gguf {
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         match self.get(key) {
             None => Err(self.key_error(key, "missing".into())),
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| self.key_error(key, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                self.key_error(key, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
 

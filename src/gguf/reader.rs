@@ -111,8 +111,12 @@ impl<'a> Cursor<'a> {
         let start = self.pos;
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| self.malformed(start, format!("{}: string is not valid UTF-8 ({e})", what())))
+        String::from_utf8(bytes.to_vec()).map_err(|e| {
+            self.malformed(
+                start,
+                format!("{}: string is not valid UTF-8 ({e})", what()),
+            )
+        })
     }
 
     fn value(&mut self, ty: ValueType, depth: usize, what: &dyn Fn() -> String) -> Result<Value> {
@@ -132,18 +136,26 @@ impl<'a> Cursor<'a> {
                 match self.array::<1>(what)?[0] {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    b => return Err(self.malformed(at, format!("{}: bool value {b} is not 0 or 1", what()))),
+                    b => {
+                        return Err(
+                            self.malformed(at, format!("{}: bool value {b} is not 0 or 1", what()))
+                        );
+                    }
                 }
             }
             ValueType::String => Value::String(self.string(what)?),
             ValueType::Array => {
                 let at = self.pos;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.malformed(at, format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what())));
+                    return Err(self.malformed(
+                        at,
+                        format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what()),
+                    ));
                 }
                 let raw = self.u32(what)?;
-                let elem = ValueType::from_u32(raw)
-                    .ok_or_else(|| self.malformed(at, format!("{}: unknown array element type {raw}", what())))?;
+                let elem = ValueType::from_u32(raw).ok_or_else(|| {
+                    self.malformed(at, format!("{}: unknown array element type {raw}", what()))
+                })?;
                 let len = self.u64(what)?;
                 // Reject lengths that cannot fit before allocating anything.
                 let remaining = (self.bytes.len() - self.pos) as u64;
@@ -169,7 +181,11 @@ impl<'a> Cursor<'a> {
 /// Parse and validate a GGUF header from the whole file's bytes. `path` is only
 /// used in error messages.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
-    let mut c = Cursor { path, bytes, pos: 0 };
+    let mut c = Cursor {
+        path,
+        bytes,
+        pos: 0,
+    };
     let magic: [u8; 4] = c.array(&|| "the magic number".into())?;
     if magic != GGUF_MAGIC {
         return Err(GgufError::BadMagic {
@@ -196,7 +212,9 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         return Err(GgufError::Truncated {
             path: path.to_path_buf(),
             offset: c.pos as u64,
-            needed: n_kv.saturating_mul(12).saturating_add(n_tensors.saturating_mul(24)),
+            needed: n_kv
+                .saturating_mul(12)
+                .saturating_add(n_tensors.saturating_mul(24)),
             file_len: bytes.len() as u64,
             what: format!("{n_kv} metadata entries and {n_tensors} tensor infos"),
         });
@@ -212,8 +230,12 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         }
         let tat = c.pos;
         let raw = c.u32(&|| format!("the type of metadata '{key}'"))?;
-        let ty = ValueType::from_u32(raw)
-            .ok_or_else(|| c.malformed(tat, format!("metadata '{key}' has unknown value type {raw}")))?;
+        let ty = ValueType::from_u32(raw).ok_or_else(|| {
+            c.malformed(
+                tat,
+                format!("metadata '{key}' has unknown value type {raw}"),
+            )
+        })?;
         let value = c.value(ty, 0, &|| format!("metadata '{key}'"))?;
         metadata.push((key, value));
     }
@@ -243,7 +265,10 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         let what = || format!("the info of tensor '{name}'");
         let n_dims = c.u32(&what)? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(c.malformed(at, format!("tensor '{name}' has {n_dims} dimensions (must be 1..={MAX_DIMS})")));
+            return Err(c.malformed(
+                at,
+                format!("tensor '{name}' has {n_dims} dimensions (must be 1..={MAX_DIMS})"),
+            ));
         }
         let mut shape = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
@@ -285,7 +310,9 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
             .bytes_for(n_elements)
             .ok_or_else(|| bad(format!("byte size of {n_elements} {ty} elements overflows")))?;
         if offset % alignment != 0 {
-            return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(bad(format!(
+                "data offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         tensors.push(TensorInfo {
             name,

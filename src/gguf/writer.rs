@@ -115,13 +115,23 @@ impl GgufWriter {
     }
 
     /// Declare a tensor. Data must later be written in declaration order.
-    pub fn add_tensor(&mut self, name: impl Into<String>, shape: &[u64], ty: GgmlType) -> io::Result<()> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[u64],
+        ty: GgmlType,
+    ) -> io::Result<()> {
         let name = name.into();
         if shape.is_empty() || shape.len() > super::reader::MAX_DIMS {
-            return Err(invalid(format!("tensor '{name}': {} dimensions", shape.len())));
+            return Err(invalid(format!(
+                "tensor '{name}': {} dimensions",
+                shape.len()
+            )));
         }
         if shape.contains(&0) {
-            return Err(invalid(format!("tensor '{name}': shape {shape:?} has a zero dimension")));
+            return Err(invalid(format!(
+                "tensor '{name}': shape {shape:?} has a zero dimension"
+            )));
         }
         if shape[0] % ty.block_elems() as u64 != 0 {
             return Err(invalid(format!(
@@ -256,7 +266,10 @@ pub fn write_gguf(
     for (_, _, _, bytes) in tensors {
         data.write(bytes)?;
     }
-    data.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+    data.finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()
 }
 
 /// Helper for building metadata arrays of strings.

@@ -104,7 +104,11 @@ impl<const SUBS: usize> Unpacked<SUBS> {
         let mut sum = 0f32;
         for s in 0..SUBS {
             let r = s * Self::SUB_LEN..(s + 1) * Self::SUB_LEN;
-            let qa: i32 = self.q[r.clone()].iter().zip(&a.qs[r.clone()]).map(|(&w, &x)| w as i32 * x as i32).sum();
+            let qa: i32 = self.q[r.clone()]
+                .iter()
+                .zip(&a.qs[r.clone()])
+                .map(|(&w, &x)| w as i32 * x as i32)
+                .sum();
             sum += self.scale[s] * qa as f32;
             if has_min {
                 let sa: i32 = a.qs[r].iter().map(|&x| x as i32).sum();
@@ -247,8 +251,8 @@ impl BlockQ3K {
             scale: [0.0; 16],
             min: [0.0; 16],
         };
-        for s in 0..16 {
-            u.scale[s] = d * (codes[s] as i32 - 32) as f32;
+        for (scale, &code) in u.scale.iter_mut().zip(&codes) {
+            *scale = d * (code as i32 - 32) as f32;
         }
         // Element 128n + 32j + l: low bits in byte 32n + l at bit 2j, high bit in
         // hmask[l] at bit 4n + j.
@@ -505,7 +509,10 @@ impl BlockFormat for BlockQ6K {
     fn quantize(x: &[f32]) -> Self {
         let mut sub = [0f32; 16];
         for (s, v) in sub.iter_mut().enumerate() {
-            *v = x[16 * s..16 * s + 16].iter().fold(0f32, |m, e| m.max(e.abs())) / 31.0;
+            *v = x[16 * s..16 * s + 16]
+                .iter()
+                .fold(0f32, |m, e| m.max(e.abs()))
+                / 31.0;
         }
         let (d, codes) = super_scale(&sub, 127);
         let mut b = BlockQ6K {
@@ -514,8 +521,8 @@ impl BlockFormat for BlockQ6K {
             scales: [0; 16],
             d,
         };
-        for s in 0..16 {
-            b.scales[s] = codes[s] as i8;
+        for (scale, &code) in b.scales.iter_mut().zip(&codes) {
+            *scale = code as i8;
         }
         let u = b.unpack();
         for (e, &v) in x.iter().enumerate() {
@@ -583,7 +590,11 @@ impl BlockFormat for BlockQ8K {
         w.iter()
             .zip(a)
             .map(|(w, a)| {
-                let sumi: i32 = w.qs.iter().zip(&a.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+                let sumi: i32 =
+                    w.qs.iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| x as i32 * y as i32)
+                        .sum();
                 sumi as f32 * w.d * a.d
             })
             .sum()

@@ -136,7 +136,10 @@ fn pack_high_bits(q: &[u8; 32]) -> [u8; 4] {
 }
 
 fn int_dot(w: &[u8; 32], offset: i32, a: &[i8; 32]) -> i32 {
-    w.iter().zip(a).map(|(&w, &a)| (w as i32 - offset) * a as i32).sum()
+    w.iter()
+        .zip(a)
+        .map(|(&w, &a)| (w as i32 - offset) * a as i32)
+        .sum()
 }
 
 impl BlockFormat for BlockQ4_0 {
@@ -241,7 +244,9 @@ impl BlockFormat for BlockQ5_0 {
     fn vec_dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         w.iter()
             .zip(a)
-            .map(|(w, a)| int_dot(&five_bits(&w.qs, w.qh), 16, &a.qs) as f32 * (w.d.to_f32() * a.d.to_f32()))
+            .map(|(w, a)| {
+                int_dot(&five_bits(&w.qs, w.qh), 16, &a.qs) as f32 * (w.d.to_f32() * a.d.to_f32())
+            })
             .sum()
     }
 }
@@ -311,14 +316,21 @@ impl BlockFormat for BlockQ8_0 {
 
     fn quantize(x: &[f32]) -> Self {
         let (d, qs) = q8_quantize(x);
-        BlockQ8_0 { d: f16::from_f32(d), qs }
+        BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs,
+        }
     }
 
     fn vec_dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         w.iter()
             .zip(a)
             .map(|(w, a)| {
-                let sumi: i32 = w.qs.iter().zip(&a.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+                let sumi: i32 =
+                    w.qs.iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| x as i32 * y as i32)
+                        .sum();
                 sumi as f32 * (w.d.to_f32() * a.d.to_f32())
             })
             .sum()
@@ -351,7 +363,11 @@ impl BlockFormat for BlockQ8_1 {
         w.iter()
             .zip(a)
             .map(|(w, a)| {
-                let sumi: i32 = w.qs.iter().zip(&a.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+                let sumi: i32 =
+                    w.qs.iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| x as i32 * y as i32)
+                        .sum();
                 sumi as f32 * (w.d.to_f32() * a.d.to_f32())
             })
             .sum()

@@ -57,17 +57,31 @@ const _: () = {
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
     #[error("{ty}: {len} bytes is not a whole number of {block} byte blocks")]
-    Partial { ty: GgmlType, len: usize, block: usize },
+    Partial {
+        ty: GgmlType,
+        len: usize,
+        block: usize,
+    },
     #[error("{ty}: {len} values is not a whole number of {block} value blocks")]
-    PartialValues { ty: GgmlType, len: usize, block: usize },
+    PartialValues {
+        ty: GgmlType,
+        len: usize,
+        block: usize,
+    },
     #[error("{ty}: output holds {got} values, input has {want}")]
-    Length { ty: GgmlType, got: usize, want: usize },
+    Length {
+        ty: GgmlType,
+        got: usize,
+        want: usize,
+    },
     #[error("type {0} cannot be used here (integer type, or activation-only format)")]
     Unsupported(GgmlType),
 }
 
 /// View bytes as blocks, copying only if the bytes are not aligned for the block.
-pub fn blocks_from_bytes<B: BlockFormat>(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [B]>, QuantError> {
+pub fn blocks_from_bytes<B: BlockFormat>(
+    bytes: &[u8],
+) -> Result<std::borrow::Cow<'_, [B]>, QuantError> {
     let size = std::mem::size_of::<B>();
     if bytes.len() % size != 0 {
         return Err(QuantError::Partial {
@@ -149,7 +163,11 @@ macro_rules! dispatch {
 
 /// Dequantize raw tensor bytes of type `ty` into `out`.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
-    dispatch!(ty, dequantize_typed(bytes, out), Err(QuantError::Unsupported(ty)))
+    dispatch!(
+        ty,
+        dequantize_typed(bytes, out),
+        Err(QuantError::Unsupported(ty))
+    )
 }
 
 /// Dequantize raw tensor bytes of type `ty` into a new vector.

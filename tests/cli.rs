@@ -1,0 +1,116 @@
+//! The `ferry inspect` and `ferry tokenize` commands on the real models.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn ferry(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn inspect_reports_architecture_types_layers_and_tokenizer() {
+    let m = model("qwen05");
+    let (ok, out, err) = ferry(&["inspect", m.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for needle in [
+        "architecture  qwen2",
+        "block_count",
+        "Q4_K",
+        "Q6_K",
+        "layers        24",
+        "gpt2 / pre qwen2",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let (ok, out, _) = ferry(&["inspect", "--json", model("smollm2").to_str().unwrap()]);
+    assert!(ok);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["architecture"], "llama");
+    assert_eq!(j["tensor_count"], 272);
+    assert_eq!(j["layers"], 30);
+    assert_eq!(j["hyperparameters"]["embedding_length"], 576);
+    assert_eq!(j["tokenizer"]["pre"], "smollm");
+    let by_type: u64 = j["by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_type, j["tensor_bytes"].as_u64().unwrap());
+}
+
+#[test]
+fn tokenize_prints_llama_cpp_ids_and_nothing_else() {
+    let corpus: Vec<String> =
+        serde_json::from_slice(&read_fixture("tokenizer/corpus.json")).unwrap();
+    for name in MODELS {
+        let m = model(name);
+        let expected: Vec<serde_json::Value> =
+            serde_json::from_slice(&read_fixture(&format!("tokenizer/{name}.json"))).unwrap();
+        for i in [9, 20, 47, 60, 97] {
+            let s = &corpus[i];
+            let (ok, out, err) = ferry(&["tokenize", "-m", m.to_str().unwrap(), s]);
+            assert!(ok, "{err}");
+            let ids: Vec<u32> = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(
+                serde_json::json!(ids),
+                expected[i]["special"],
+                "{name} {s:?}"
+            );
+            assert_eq!(out.lines().count(), 1);
+        }
+    }
+    // --no-special and --file
+    let m = model("qwen05");
+    let dir = std::env::temp_dir().join(format!("ferry-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("prompt.txt");
+    std::fs::write(&f, "<|im_start|>hi").unwrap();
+    let (_, special, _) = ferry(&[
+        "tokenize",
+        "-m",
+        m.to_str().unwrap(),
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    let (_, plain, _) = ferry(&[
+        "tokenize",
+        "-m",
+        m.to_str().unwrap(),
+        "--no-special",
+        "<|im_start|>hi",
+    ]);
+    let special: Vec<u32> = serde_json::from_str(special.trim()).unwrap();
+    let plain: Vec<u32> = serde_json::from_str(plain.trim()).unwrap();
+    assert_eq!(special[0], 151644);
+    assert!(plain.len() > special.len());
+}
+
+#[test]
+fn bad_input_exits_nonzero_with_a_message() {
+    let (ok, out, err) = ferry(&["inspect", "/no/such/model.gguf"]);
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
+    let dir = std::env::temp_dir().join(format!("ferry-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("truncated.gguf");
+    let bytes = std::fs::read(model("smollm2")).unwrap();
+    std::fs::write(&p, &bytes[..100_000]).unwrap();
+    let (ok, _, err) = ferry(&["inspect", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("truncated") && err.contains("incomplete"),
+        "{err}"
+    );
+}

@@ -1,0 +1,138 @@
+//! Tokenizers against llama.cpp: token ids for a corpus of 260 strings on both
+//! real models, with and without special-token parsing; round trips; streaming
+//! decoding; chat templates rendered as the Python reference renders them.
+
+mod common;
+
+use common::*;
+use ferry::gguf::Gguf;
+use ferry::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+
+fn load(model: &str) -> Tokenizer {
+    let g = Gguf::open(common::model(model)).unwrap();
+    Tokenizer::from_gguf(&g).unwrap()
+}
+
+fn corpus() -> Vec<String> {
+    serde_json::from_slice(&read_fixture("tokenizer/corpus.json")).unwrap()
+}
+
+#[test]
+fn token_ids_identical_to_llama_cpp() {
+    let corpus = corpus();
+    assert!(corpus.len() >= 200);
+    for model in MODELS {
+        let tok = load(model);
+        let expected: Vec<serde_json::Value> =
+            serde_json::from_slice(&read_fixture(&format!("tokenizer/{model}.json"))).unwrap();
+        assert_eq!(expected.len(), corpus.len());
+        let mut failures = Vec::new();
+        for (s, e) in corpus.iter().zip(&expected) {
+            for (mode, special) in [("special", true), ("no_special", false)] {
+                let want: Vec<u32> = serde_json::from_value(e[mode].clone()).unwrap();
+                let got = tok.encode(s, true, special);
+                if got != want {
+                    failures.push(format!(
+                        "{model} {mode} {s:?}\n  got  {got:?}\n  want {want:?}"
+                    ));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} mismatches:\n{}",
+            failures.len(),
+            2 * corpus.len(),
+            failures.join("\n")
+        );
+    }
+}
+
+#[test]
+fn decode_inverts_encode() {
+    for model in MODELS {
+        let tok = load(model);
+        for s in corpus() {
+            let ids = tok.encode(&s, false, true);
+            assert_eq!(tok.decode(&ids, true).unwrap(), s, "{model}: {s:?}");
+        }
+    }
+}
+
+#[test]
+fn stream_decoder_never_splits_characters() {
+    let tok = load("qwen05");
+    for s in corpus() {
+        let ids = tok.encode(&s, false, true);
+        let mut dec = tok.stream_decoder(true);
+        let mut out = String::new();
+        for id in ids {
+            let piece = dec.push(id).unwrap();
+            // Every piece is a whole string of characters by construction (String);
+            // no replacement characters may appear for valid input.
+            assert!(!piece.contains('\u{FFFD}'), "{s:?}: piece {piece:?}");
+            out.push_str(&piece);
+        }
+        out.push_str(&dec.finish());
+        assert_eq!(out, s);
+    }
+}
+
+#[test]
+fn stream_decoder_holds_back_partial_utf8() {
+    let tok = load("smollm2");
+    // "😀" is four bytes; byte-level BPE tokens can split it.
+    let ids = tok.encode("😀😀😀", false, false);
+    let mut dec = tok.stream_decoder(false);
+    let mut pieces = Vec::new();
+    for id in ids {
+        pieces.push(dec.push(id).unwrap());
+    }
+    assert_eq!(pieces.concat(), "😀😀😀");
+    assert!(pieces.iter().all(|p| p.chars().all(|c| c == '😀')));
+}
+
+#[test]
+fn special_tokens_are_flagged_and_decoded_on_request() {
+    let tok = load("qwen05");
+    let ids = tok.encode("<|im_start|>user", false, true);
+    assert_eq!(ids[0], tok.token_id("<|im_start|>").unwrap());
+    assert_eq!(tok.decode(&ids, false).unwrap(), "user");
+    assert_eq!(tok.decode(&ids, true).unwrap(), "<|im_start|>user");
+    assert!(tok.is_eog(tok.token_id("<|im_end|>").unwrap()));
+    // Without special parsing the text is ordinary text.
+    let plain = tok.encode("<|im_start|>", false, false);
+    assert!(plain.len() > 1);
+    assert!(tok.decode(&[u32::MAX], false).is_err());
+}
+
+#[test]
+fn chat_templates_render_like_the_reference() {
+    for model in MODELS {
+        let tok = load(model);
+        let tmpl = ChatTemplate::for_tokenizer(&tok).unwrap();
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_slice(&read_fixture(&format!("chat/{model}.json"))).unwrap();
+        assert!(cases.len() >= 10);
+        for c in cases {
+            let messages: Vec<ChatMessage> = serde_json::from_value(c["messages"].clone()).unwrap();
+            let agp = c["add_generation_prompt"].as_bool().unwrap();
+            let got = tmpl.render(&messages, agp).unwrap();
+            assert_eq!(
+                got,
+                c["rendered"].as_str().unwrap(),
+                "{model}: {messages:?} agp={agp}"
+            );
+        }
+    }
+}
+
+#[test]
+fn chat_template_errors_are_reported() {
+    let t = ChatTemplate::new("{{ raise_exception('only user turns') }}", "", "").unwrap();
+    let err = t
+        .render(&[ChatMessage::new("user", "hi")], true)
+        .unwrap_err();
+    assert!(err.to_string().contains("only user turns"), "{err}");
+    assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+}
