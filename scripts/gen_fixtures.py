@@ -17,6 +17,12 @@ Writes tests/fixtures/:
   tokenizer/<model>.json                  llama.cpp's token ids for each string
   chat/<model>.json                       chat prompts rendered by llama-cpp-python's
                                           Jinja2 chat formatter from the GGUF template
+  logits/<model>.json, logits/<model>-<i>.f32
+                                          prompts (token ids), llama.cpp's last-position
+                                          logits (CPU, 2 threads, f16 KV cache, no flash
+                                          attention) and 32-token greedy continuations
+
+Pass section names (quant real_tensors tokens chat logits) to regenerate only those.
 """
 import ctypes
 import hashlib
@@ -180,12 +186,71 @@ def gen_chat():
         write(os.path.join(FIX, "chat", f"{model}.json"), json.dumps(cases, indent=1, ensure_ascii=False))
 
 
+LOGIT_PROMPTS = [
+    ("raw", "The capital of France is"),
+    ("raw", "def quicksort(arr):\n    \"\"\"Sort a list.\"\"\"\n"),
+    ("raw", "Once upon a time, in a small village by the sea, there lived"),
+    ("raw", "1, 2, 3, 5, 8, 13, 21,"),
+    ("raw", "Translate to French: The weather is nice today.\nFrench:"),
+    ("chat", "What is the tallest mountain in the world?"),
+    ("chat", "Write a haiku about the ocean."),
+    ("chat", "Explain in one sentence what a GPU is."),
+    ("chat", "List three prime numbers greater than 100."),
+]
+N_GREEDY = 32
+
+
+def last_logits(llm):
+    """The logits of the last evaluated token, read straight from the context."""
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32).copy()
+
+
+def gen_logits():
+    out = os.path.join(FIX, "logits")
+    os.makedirs(out, exist_ok=True)
+    for model, path in MODELS.items():
+        r = gguf.GGUFReader(path)
+        template = r.fields["tokenizer.chat_template"].contents()
+        tokens = r.fields["tokenizer.ggml.tokens"].contents()
+        bos = tokens[r.fields["tokenizer.ggml.bos_token_id"].contents()]
+        eos = tokens[r.fields["tokenizer.ggml.eos_token_id"].contents()]
+        llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=2, verbose=False)
+        cases = []
+        for i, (kind, text) in enumerate(LOGIT_PROMPTS):
+            if kind == "chat":
+                fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+                text = fmt(messages=[{"role": "user", "content": text}]).prompt
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+            llm.reset()
+            llm.eval(ids)
+            logits = last_logits(llm)
+            write(os.path.join(out, f"{model}-{i}.f32"), logits.tobytes())
+            greedy = []
+            for _ in range(N_GREEDY):
+                nxt = int(np.argmax(last_logits(llm)))
+                greedy.append(nxt)
+                if nxt == llm.token_eos():
+                    break
+                llm.eval([nxt])
+            cases.append({"kind": kind, "text": text, "tokens": ids, "greedy": greedy})
+            print(f"{model} prompt {i}: {len(ids)} tokens, greedy {llm.detokenize(greedy)!r}", file=sys.stderr)
+        write(os.path.join(out, f"{model}.json"), json.dumps(cases, indent=1, ensure_ascii=False))
+
+
 def main():
+    sections = sys.argv[1:] or ["quant", "real_tensors", "tokens", "chat", "logits"]
     rng = np.random.default_rng(20261128)
-    gen_quant(rng)
-    gen_real_tensors()
-    gen_tokens(corpus())
-    gen_chat()
+    if "quant" in sections:
+        gen_quant(rng)
+    if "real_tensors" in sections:
+        gen_real_tensors()
+    if "tokens" in sections:
+        gen_tokens(corpus())
+    if "chat" in sections:
+        gen_chat()
+    if "logits" in sections:
+        gen_logits()
 
 
 if __name__ == "__main__":
