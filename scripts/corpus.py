@@ -96,6 +96,8 @@ HAND = [
     "   leading and trailing   ",
     "\u3000ideographic space\u3000",
     "surrogate-free: \U0001F600 \U0001F4A9 \U00010348",
+    "control bytes: a\x14b \x00 \x01\x02 \x1b[31mred\x1b[0m \x7f",
+    "C:\\Users\\name=Documents\\\x14\x1c\x00 .t8t.",
 ]
 
 SPECIAL = {

@@ -238,8 +238,32 @@ def gen_logits():
         write(os.path.join(out, f"{model}.json"), json.dumps(cases, indent=1, ensure_ascii=False))
 
 
+SHORT_PROMPTS = ["The capital of France", "def add(a, b):", "Hello, my name", "1, 2, 3,"]
+
+
+def gen_short():
+    """Prompts of at most 4 tokens, with the sha256 of llama.cpp's logits at every
+    position: up to 4 tokens, ferry reproduces llama.cpp bit for bit."""
+    out = {}
+    for model, path in MODELS.items():
+        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=2, verbose=False, logits_all=True)
+        cases = []
+        for text in SHORT_PROMPTS:
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)[:4]
+            llm.reset()
+            llm.eval(ids)
+            hashes = []
+            for i in range(len(ids)):
+                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
+                logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32)
+                hashes.append(hashlib.sha256(logits.tobytes()).hexdigest())
+            cases.append({"tokens": ids, "sha256": hashes})
+        out[model] = cases
+    write(os.path.join(FIX, "logits", "short.json"), json.dumps(out, indent=1))
+
+
 def main():
-    sections = sys.argv[1:] or ["quant", "real_tensors", "tokens", "chat", "logits"]
+    sections = sys.argv[1:] or ["quant", "real_tensors", "tokens", "chat", "logits", "short"]
     rng = np.random.default_rng(20261128)
     if "quant" in sections:
         gen_quant(rng)
@@ -251,6 +275,8 @@ def main():
         gen_chat()
     if "logits" in sections:
         gen_logits()
+    if "short" in sections:
+        gen_short()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 //! The layers, bottom up: `gguf` reads and writes model files, `quant` knows the
 //! block formats, `tokenizer` turns text into token ids and back.
 
+pub mod backend;
+pub mod engine;
 pub mod gguf;
 pub mod inspect;
+pub mod model;
 pub mod quant;
 pub mod tokenizer;

@@ -1,5 +1,7 @@
 //! Tokenize arbitrary text with both real models' tokenizers (and decode the
-//! result): no panics, and decode(encode(text)) == text for valid UTF-8.
+//! result): no panics, and decode(encode(text)) == text for valid UTF-8 whose
+//! bytes the vocabulary covers (SmolLM2's lacks a few control bytes, which
+//! llama.cpp drops, and so do we).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -28,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
         for special in [false, true] {
             let ids = tok.encode(text, false, special);
             let back = tok.decode(&ids, true).expect("ids from encode are valid");
-            assert_eq!(back, text);
+            if tok.covers_bytes(text) {
+                assert_eq!(back, text);
+            }
         }
     }
 });

@@ -14,7 +14,8 @@ pub use model_file::{
     Gguf, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS, parse_split_name, split_path,
 };
 pub use reader::{
-    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, Header, MAX_DIMS, TensorInfo, parse_header,
+    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, Header, MAX_DIMS, SharedBytes, TensorInfo,
+    parse_header,
 };
 pub use value::{Value, ValueType};
 pub use writer::{GgufWriter, TensorDataWriter, TensorSpec, string_array, write_gguf};

@@ -383,11 +383,28 @@ impl Backing {
     }
 }
 
+/// A cheap, shareable handle to the bytes of an open file, so that weights can
+/// reference the memory map without borrowing the model.
+#[derive(Clone)]
+pub struct SharedBytes(std::sync::Arc<Backing>);
+
+impl SharedBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.as_slice().len())
+    }
+}
+
 /// One opened and validated GGUF file.
 pub struct GgufFile {
     pub path: PathBuf,
     pub header: Header,
-    backing: Backing,
+    backing: std::sync::Arc<Backing>,
 }
 
 impl GgufFile {
@@ -411,7 +428,7 @@ impl GgufFile {
         Ok(GgufFile {
             path: path.to_path_buf(),
             header,
-            backing,
+            backing: std::sync::Arc::new(backing),
         })
     }
 
@@ -421,12 +438,16 @@ impl GgufFile {
         Ok(GgufFile {
             path: path.as_ref().to_path_buf(),
             header,
-            backing: Backing::Owned(bytes),
+            backing: std::sync::Arc::new(Backing::Owned(bytes)),
         })
     }
 
     pub fn bytes(&self) -> &[u8] {
         self.backing.bytes()
+    }
+
+    pub fn bytes_handle(&self) -> SharedBytes {
+        SharedBytes(self.backing.clone())
     }
 
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {

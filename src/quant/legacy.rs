@@ -302,10 +302,31 @@ fn q8_quantize(x: &[f32]) -> (f32, [i8; 32]) {
     (d, qs)
 }
 
+/// ggml's run-time activation quantizer: `127/amax` as the inverse scale, and
+/// rounding ties to even (the vector code's rounding mode).
+fn q8_quantize_runtime(x: &[f32]) -> (f32, [i8; 32]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; 32];
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    (d, qs)
+}
+
 impl BlockFormat for BlockQ8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     const ELEMS: usize = QK;
     type Act = BlockQ8_0;
+
+    fn quantize_activation(x: &[f32]) -> Self {
+        let (d, qs) = q8_quantize_runtime(x);
+        BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs,
+        }
+    }
 
     fn dequantize(&self, out: &mut [f32]) {
         let d = self.d.to_f32();
@@ -341,6 +362,16 @@ impl BlockFormat for BlockQ8_1 {
     const TYPE: GgmlType = GgmlType::Q8_1;
     const ELEMS: usize = QK;
     type Act = BlockQ8_1;
+
+    fn quantize_activation(x: &[f32]) -> Self {
+        let (d, qs) = q8_quantize_runtime(x);
+        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        BlockQ8_1 {
+            d: f16::from_f32(d),
+            s: f16::from_f32(sum as f32 * d),
+            qs,
+        }
+    }
 
     fn dequantize(&self, out: &mut [f32]) {
         let d = self.d.to_f32();

@@ -29,8 +29,16 @@ pub trait BlockFormat: Pod + Zeroable + Send + Sync + 'static {
     /// Decode one block into `out` (`out.len() == ELEMS`).
     fn dequantize(&self, out: &mut [f32]);
 
-    /// Encode `x` (`x.len() == ELEMS`) into one block.
+    /// Encode `x` (`x.len() == ELEMS`) into one block, as ggml's reference
+    /// quantizer (`quantize_row_*_ref`) does.
     fn quantize(x: &[f32]) -> Self;
+
+    /// Encode activations as ggml's CPU backend does at run time. For Q8_0 and
+    /// Q8_1 this differs from the reference quantizer (scale `127/amax`, ties
+    /// to even); matching it keeps logits identical to llama.cpp's.
+    fn quantize_activation(x: &[f32]) -> Self {
+        Self::quantize(x)
+    }
 
     /// Dot product of a row of weight blocks with a row of activation blocks
     /// covering the same number of elements.

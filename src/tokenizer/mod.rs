@@ -303,6 +303,19 @@ impl Tokenizer {
         self.ids.get(text).copied()
     }
 
+    /// Can every byte of `text` be represented by this vocabulary? (Byte-level
+    /// vocabularies normally cover all 256 bytes; a few omit some control bytes.)
+    pub fn covers_bytes(&self, text: &str) -> bool {
+        match self.algorithm {
+            Algorithm::Bpe(_) => text
+                .bytes()
+                .all(|b| self.ids.contains_key(&bpe::bytes_to_token_text(&[b]))),
+            Algorithm::Spm {
+                ref byte_tokens, ..
+            } => text.bytes().all(|b| byte_tokens[b as usize].is_some()),
+        }
+    }
+
     pub fn special_tokens(&self) -> impl Iterator<Item = (u32, &str)> {
         self.specials
             .iter()
@@ -378,13 +391,15 @@ impl Tokenizer {
             b.merge_word(&encoded, &exists, &mut |piece| match self.ids.get(piece) {
                 Some(&id) => out.push(id),
                 None => {
-                    // Not in the vocabulary: emit one token per character if possible.
-                    for c in piece.chars() {
-                        let mut buf = [0u8; 4];
-                        if let Some(&id) = self.ids.get(c.encode_utf8(&mut buf) as &str) {
+                    // Not in the vocabulary (some vocabularies lack tokens for a few
+                    // control bytes). llama.cpp then looks up each byte of the piece's
+                    // text as a token and drops what it cannot find; do the same.
+                    for &byte in piece.as_bytes() {
+                        let one = [byte];
+                        if let Some(&id) =
+                            std::str::from_utf8(&one).ok().and_then(|s| self.ids.get(s))
+                        {
                             out.push(id);
-                        } else if let Some(unk) = self.unk {
-                            out.push(unk);
                         }
                     }
                 }

@@ -1,0 +1,84 @@
+//! Causal grouped-query attention over an f16 KV cache.
+//!
+//! Rounding follows llama.cpp's CPU path (without flash attention) so that
+//! results agree closely: keys and values are stored as f16, the query is
+//! rounded to f16 before `q·k`, and the softmax weights are rounded to f16
+//! before they weight the values.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{CpuAct, CpuKv, simd};
+use crate::backend::{BackendError, Batch};
+use crate::model::Config;
+
+pub fn attention(
+    cfg: &Config,
+    q: &CpuAct,
+    k: &CpuAct,
+    v: &CpuAct,
+    kv: &mut CpuKv,
+    batch: &Batch,
+    out: &mut CpuAct,
+) -> Result<(), BackendError> {
+    let (hd, n_heads, width) = (cfg.head_dim, cfg.n_heads, kv.width);
+    let group = n_heads / cfg.n_kv_heads;
+    let n = batch.len();
+    // Store the new keys and values.
+    for i in 0..n {
+        let (seq, pos) = (batch.seqs[i], batch.positions[i]);
+        if seq as usize >= kv.n_seq {
+            return Err(BackendError::BadSeq { seq, n: kv.n_seq });
+        }
+        if pos as usize >= kv.n_ctx {
+            return Err(BackendError::ContextFull {
+                seq,
+                pos,
+                ctx: kv.n_ctx,
+            });
+        }
+        let off = (seq as usize * kv.n_ctx + pos as usize) * width;
+        for (dst, &src) in kv.k[off..off + width].iter_mut().zip(k.row(i)) {
+            *dst = f16::from_f32(src);
+        }
+        for (dst, &src) in kv.v[off..off + width].iter_mut().zip(v.row(i)) {
+            *dst = f16::from_f32(src);
+        }
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kv = &*kv;
+    // One task per (token, head).
+    out.data
+        .par_chunks_mut(hd)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let (t, h) = (task / n_heads, task % n_heads);
+            let g = h / group;
+            let (seq, pos) = (batch.seqs[t] as usize, batch.positions[t] as usize);
+            let base = seq * kv.n_ctx * width + g * hd;
+            let qh: Vec<f32> = q.row(t)[h * hd..(h + 1) * hd]
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f32())
+                .collect();
+            let mut scores: Vec<f32> = (0..=pos)
+                .map(|j| {
+                    let off = base + j * width;
+                    simd::dot_f16_f32(&kv.k[off..off + hd], &qh) * scale
+                })
+                .collect();
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0f64;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            out.fill(0.0);
+            for (j, &s) in scores.iter().enumerate() {
+                let p = f16::from_f32(s * inv).to_f32();
+                let off = base + j * width;
+                simd::axpy_f16(out, &kv.v[off..off + hd], p);
+            }
+        });
+    Ok(())
+}

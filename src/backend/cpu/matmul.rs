@@ -1,0 +1,185 @@
+//! Matrix multiplication with quantized weights: activations are quantized
+//! once to the weight type's activation format, then every output is an integer
+//! dot product of a weight row with an activation row.
+//!
+//! Work is split into tasks of a few rows × a tile of tokens: a task's weight
+//! rows stay in L1 while it walks the tokens, and rayon hands tasks to whichever
+//! thread is free.
+
+use std::ops::Range;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::CpuAct;
+use super::simd;
+use crate::backend::BackendError;
+use crate::gguf::SharedBytes;
+use crate::model::TensorRef;
+use crate::quant::{
+    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
+    BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType,
+};
+
+/// A weight matrix in host memory (a view into the model file's map, or an
+/// owned copy), `[rows, cols]` in its file type.
+#[derive(Debug, Clone)]
+pub struct CpuWeight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    bytes: SharedBytes,
+    offset: usize,
+    len: usize,
+}
+
+impl CpuWeight {
+    pub fn new(bytes: SharedBytes, t: &TensorRef) -> Result<Self, BackendError> {
+        let (rows, cols) = (t.rows(), t.cols());
+        let len = t.n_bytes as usize;
+        if t.ty.bytes_for((rows * cols) as u64) != Some(len as u64) {
+            return Err(BackendError::Invalid(format!(
+                "{}: size does not match its shape",
+                t.name
+            )));
+        }
+        Ok(CpuWeight {
+            ty: t.ty,
+            rows,
+            cols,
+            bytes,
+            offset: t.file_offset as usize,
+            len,
+        })
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.bytes.as_slice()[self.offset..self.offset + self.len]
+    }
+
+    pub fn row_stride(&self) -> usize {
+        self.len / self.rows
+    }
+
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let s = self.row_stride();
+        &self.data()[r * s..(r + 1) * s]
+    }
+}
+
+/// Raw pointer that may be sent to the pool; every task writes a disjoint set
+/// of output elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out = x · wᵀ`. Must run inside the backend's pool.
+pub fn matmul(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    assert_eq!(
+        x.width, w.cols,
+        "matmul: activation width vs weight columns"
+    );
+    assert_eq!((out.n, out.width), (x.n, w.rows), "matmul: output shape");
+    match w.ty {
+        GgmlType::F32 => float_matmul::<f32>(x, w, out),
+        GgmlType::F16 => float_matmul::<f16>(x, w, out),
+        GgmlType::BF16 => float_matmul::<bf16>(x, w, out),
+        GgmlType::Q4_0 => quant_matmul::<BlockQ4_0>(x, w, out),
+        GgmlType::Q4_1 => quant_matmul::<BlockQ4_1>(x, w, out),
+        GgmlType::Q5_0 => quant_matmul::<BlockQ5_0>(x, w, out),
+        GgmlType::Q5_1 => quant_matmul::<BlockQ5_1>(x, w, out),
+        GgmlType::Q8_0 => quant_matmul::<BlockQ8_0>(x, w, out),
+        GgmlType::Q2_K => quant_matmul::<BlockQ2K>(x, w, out),
+        GgmlType::Q3_K => quant_matmul::<BlockQ3K>(x, w, out),
+        GgmlType::Q4_K => quant_matmul::<BlockQ4K>(x, w, out),
+        GgmlType::Q5_K => quant_matmul::<BlockQ5K>(x, w, out),
+        GgmlType::Q6_K => quant_matmul::<BlockQ6K>(x, w, out),
+        other => panic!("matmul: weight type {other} is not a matrix type (rejected at load)"),
+    }
+}
+
+/// Rows per task: enough work per task (~256K multiply-adds) to amortise the
+/// scheduling, small enough that every thread gets many tasks.
+fn rows_per_task(rows: usize, n: usize, cols: usize) -> usize {
+    let target = (1usize << 18) / (n.min(TOKEN_TILE) * cols).max(1);
+    target.clamp(4, 256).min(rows.max(1))
+}
+
+/// Tokens per task in prefill: a tile of activations stays in L2 while the
+/// task's weight rows are reused across it.
+const TOKEN_TILE: usize = 64;
+
+/// Run `f(rows, tokens, store)` over disjoint tiles of the output in parallel;
+/// `store(t, r, v)` writes `out[t, r]`.
+fn for_each_tile<F>(rows: usize, n: usize, cols: usize, out: &mut CpuAct, f: F)
+where
+    F: Fn(Range<usize>, Range<usize>, &mut dyn FnMut(usize, usize, f32)) + Sync,
+{
+    let rpt = rows_per_task(rows, n, cols);
+    let row_tasks = rows.div_ceil(rpt);
+    let tok_tasks = n.div_ceil(TOKEN_TILE);
+    let ptr = OutPtr(out.data.as_mut_ptr());
+    let len = out.data.len();
+    (0..row_tasks * tok_tasks).into_par_iter().for_each(|task| {
+        let (rt, tt) = (task % row_tasks, task / row_tasks);
+        let r = rt * rpt..((rt + 1) * rpt).min(rows);
+        let t = tt * TOKEN_TILE..((tt + 1) * TOKEN_TILE).min(n);
+        let (rr, tr) = (r.clone(), t.clone());
+        let mut store = |t: usize, r: usize, v: f32| {
+            assert!(rr.contains(&r) && tr.contains(&t) && t * rows + r < len);
+            // SAFETY: (t, r) lies in this task's tile (checked above), tiles are
+            // disjoint, and the index is inside `out`.
+            unsafe { *ptr.get().add(t * rows + r) = v };
+        };
+        f(r, t, &mut store);
+    });
+}
+
+fn quant_matmul<W: BlockFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let nb = cols / W::ELEMS;
+    let act_elems = <W::Act as BlockFormat>::ELEMS;
+    let nb_act = cols / act_elems;
+    // Quantize every activation row once.
+    let xq: Vec<W::Act> = x
+        .data
+        .par_chunks(cols)
+        .flat_map_iter(|row| {
+            row.chunks_exact(act_elems)
+                .map(<W::Act as BlockFormat>::quantize_activation)
+        })
+        .collect();
+    let weights: &[W] = bytemuck::cast_slice(w.data());
+    let dot = simd::dot_kernel::<W>();
+    for_each_tile(rows, n, cols, out, |rs, ts, store| {
+        for r in rs {
+            let wrow = &weights[r * nb..(r + 1) * nb];
+            for t in ts.clone() {
+                store(t, r, dot(wrow, &xq[t * nb_act..(t + 1) * nb_act]));
+            }
+        }
+    });
+}
+
+fn float_matmul<W: BlockFormat<Act = f32>>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let weights: &[W] = bytemuck::cast_slice(w.data());
+    for_each_tile(rows, n, cols, out, |rs, ts, store| {
+        let mut wrow = vec![0f32; cols];
+        for r in rs {
+            for (o, b) in wrow.iter_mut().zip(&weights[r * cols..(r + 1) * cols]) {
+                b.dequantize(std::slice::from_mut(o));
+            }
+            for t in ts.clone() {
+                store(t, r, simd::dot_f32(&wrow, x.row(t)));
+            }
+        }
+    });
+}

@@ -1,0 +1,285 @@
+//! The CPU backend: multi-threaded, SIMD quantized dot products, f16 KV cache.
+//!
+//! Work is split into many small tasks on a rayon pool (work stealing), so a
+//! slow or busy core never sets the pace for the others.
+
+mod attention;
+mod matmul;
+pub mod simd;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{Backend, BackendError, Batch};
+use crate::gguf::Gguf;
+use crate::model::{Config, RopeKind, RopeParams, TensorRef};
+use crate::quant::{self, GgmlType};
+
+pub use matmul::{CpuWeight, matmul};
+
+/// Row-major `[n, width]` f32 activations in host memory.
+#[derive(Debug, Clone)]
+pub struct CpuAct {
+    pub n: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuAct {
+    pub fn zeros(n: usize, width: usize) -> Self {
+        CpuAct {
+            n,
+            width,
+            data: vec![0.0; n * width],
+        }
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// One layer's KV cache: f16 keys and values, `[seq][pos][kv_width]`.
+pub struct CpuKv {
+    pub n_ctx: usize,
+    pub n_seq: usize,
+    pub width: usize,
+    pub k: Vec<f16>,
+    pub v: Vec<f16>,
+}
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+/// Physical cores (hyper-threads share a core's vector units, so counting them
+/// rarely helps inference); falls back to the logical count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(target_os = "linux")]
+    if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+        let mut cores = std::collections::HashSet::new();
+        let (mut phys, mut core) = (None, None);
+        for line in info.lines() {
+            if let Some(v) = line.strip_prefix("physical id") {
+                phys = v.trim_start_matches([' ', '\t', ':']).parse::<u32>().ok();
+            } else if let Some(v) = line.strip_prefix("core id") {
+                core = v.trim_start_matches([' ', '\t', ':']).parse::<u32>().ok();
+            } else if line.is_empty() {
+                if let (Some(p), Some(c)) = (phys, core) {
+                    cores.insert((p, c));
+                }
+                phys = None;
+                core = None;
+            }
+        }
+        if !cores.is_empty() {
+            return cores.len().min(logical);
+        }
+    }
+    logical
+}
+
+impl CpuBackend {
+    /// A backend with `threads` workers (0 = one per physical core).
+    pub fn new(threads: usize) -> Self {
+        let threads = if threads == 0 {
+            physical_cores()
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ferry-cpu-{i}"))
+            .build()
+            .expect("creating the CPU thread pool");
+        CpuBackend { pool, threads }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+fn float_vector(g: &Gguf, t: &TensorRef) -> Result<Vec<f32>, BackendError> {
+    let bytes = g.files[t.file_index].bytes();
+    let data = &bytes[t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
+    quant::dequantize_to_vec(t.ty, data)
+        .map_err(|e| BackendError::Invalid(format!("{}: {e}", t.name)))
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Vector = Vec<f32>;
+    type Act = CpuAct;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        format!("CPU ({} threads, {})", self.threads, simd::describe())
+    }
+
+    fn load_weight(&self, g: &Gguf, t: &TensorRef) -> Result<CpuWeight, BackendError> {
+        CpuWeight::new(g.files[t.file_index].bytes_handle(), t)
+    }
+
+    fn load_vector(&self, g: &Gguf, t: &TensorRef) -> Result<Vec<f32>, BackendError> {
+        float_vector(g, t)
+    }
+
+    fn act(&self, n: usize, width: usize) -> CpuAct {
+        CpuAct::zeros(n, width)
+    }
+
+    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> CpuKv {
+        let width = cfg.kv_width();
+        CpuKv {
+            n_ctx,
+            n_seq,
+            width,
+            k: vec![f16::ZERO; n_seq * n_ctx * width],
+            v: vec![f16::ZERO; n_seq * n_ctx * width],
+        }
+    }
+
+    fn embed(
+        &self,
+        table: &CpuWeight,
+        tokens: &[u32],
+        out: &mut CpuAct,
+    ) -> Result<(), BackendError> {
+        let width = table.cols;
+        assert_eq!(out.width, width);
+        for (i, &t) in tokens.iter().enumerate() {
+            if t as usize >= table.rows {
+                return Err(BackendError::Invalid(format!(
+                    "token id {t} is outside the vocabulary of {} tokens",
+                    table.rows
+                )));
+            }
+            quant::dequantize(
+                table.ty,
+                table.row_bytes(t as usize),
+                &mut out.data[i * width..(i + 1) * width],
+            )
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &CpuAct, w: &Vec<f32>, eps: f32, out: &mut CpuAct) {
+        let width = x.width;
+        self.pool.install(|| {
+            out.data
+                .par_chunks_mut(width)
+                .zip(x.data.par_chunks(width))
+                .for_each(|(o, x)| {
+                    // ggml accumulates the sum of squares in double precision.
+                    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+                    let scale = 1.0 / ((sum / width as f64) as f32 + eps).sqrt();
+                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                        *o = (x * scale) * w;
+                    }
+                })
+        });
+    }
+
+    fn matmul(&self, x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+        self.pool.install(|| matmul::matmul(x, w, out));
+    }
+
+    fn add_bias(&self, x: &mut CpuAct, b: &Vec<f32>) {
+        for row in x.data.chunks_mut(x.width) {
+            for (v, &b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &mut CpuAct,
+        n_heads: usize,
+        head_dim: usize,
+        rope: &RopeParams,
+        positions: &[u32],
+    ) {
+        let width = x.width;
+        assert_eq!(width, n_heads * head_dim);
+        self.pool.install(|| {
+            x.data
+                .par_chunks_mut(width)
+                .zip(positions)
+                .for_each(|(row, &pos)| {
+                    let half = rope.n_dims / 2;
+                    let mut cos = vec![0f32; half];
+                    let mut sin = vec![0f32; half];
+                    rope.cos_sin(pos, &mut cos, &mut sin);
+                    for head in row.chunks_mut(head_dim) {
+                        for i in 0..half {
+                            let (a, b) = match rope.kind {
+                                RopeKind::Normal => (2 * i, 2 * i + 1),
+                                RopeKind::Neox => (i, i + rope.n_dims / 2),
+                            };
+                            let (x0, x1) = (head[a], head[b]);
+                            head[a] = x0 * cos[i] - x1 * sin[i];
+                            head[b] = x0 * sin[i] + x1 * cos[i];
+                        }
+                    }
+                })
+        });
+    }
+
+    fn attention(
+        &self,
+        cfg: &Config,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        kv: &mut CpuKv,
+        batch: &Batch,
+        out: &mut CpuAct,
+    ) -> Result<(), BackendError> {
+        self.pool
+            .install(|| attention::attention(cfg, q, k, v, kv, batch, out))
+    }
+
+    fn swiglu(&self, gate: &mut CpuAct, up: &CpuAct) {
+        self.pool.install(|| {
+            gate.data
+                .par_chunks_mut(4096)
+                .zip(up.data.par_chunks(4096))
+                .for_each(|(g, u)| {
+                    for (g, &u) in g.iter_mut().zip(u) {
+                        *g = *g / (1.0 + (-*g).exp()) * u;
+                    }
+                })
+        });
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) {
+        for (a, &b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+    }
+
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize]) -> CpuAct {
+        let mut out = CpuAct::zeros(rows.len(), x.width);
+        for (i, &r) in rows.iter().enumerate() {
+            out.data[i * x.width..(i + 1) * x.width].copy_from_slice(x.row(r));
+        }
+        out
+    }
+
+    fn to_host(&self, x: &CpuAct) -> Vec<f32> {
+        x.data.clone()
+    }
+}
+
+/// True when `ty` is stored as plain floats (no activation quantization).
+pub fn is_float(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}

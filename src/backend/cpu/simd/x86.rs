@@ -1,0 +1,292 @@
+//! AVX2 (+FMA, F16C) kernels.
+//!
+//! The quantized dot products widen 4/5/6-bit weights to bytes, multiply them
+//! with the 8-bit activations by `maddubs` (unsigned × signed bytes, pairwise
+//! summed to i16), sum pairs to i32 with `madd`, and scale in f32 per block.
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::DotKernel;
+use crate::quant::{
+    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
+    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType,
+};
+
+mod kquants;
+
+pub fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// The AVX2 kernel for `W`, if there is one and the CPU has AVX2.
+pub fn dot_kernel<W: BlockFormat>() -> Option<DotKernel<W>> {
+    if !has_avx2() {
+        return None;
+    }
+    /// `k` as a kernel for `W`, if `B` is `W` and `A` is `W::Act`.
+    fn wrap<W: BlockFormat, B: BlockFormat, A: BlockFormat>(
+        k: fn(&[B], &[A]) -> f32,
+    ) -> Option<DotKernel<W>> {
+        use std::any::TypeId;
+        if TypeId::of::<W>() != TypeId::of::<B>() || TypeId::of::<W::Act>() != TypeId::of::<A>() {
+            return None;
+        }
+        // SAFETY: the type ids are equal, so both function pointer types are the same type.
+        Some(unsafe { std::mem::transmute::<fn(&[B], &[A]) -> f32, fn(&[W], &[W::Act]) -> f32>(k) })
+    }
+    match W::TYPE {
+        GgmlType::Q4_0 => wrap::<W, BlockQ4_0, BlockQ8_0>(q4_0_q8_0),
+        GgmlType::Q4_1 => wrap::<W, BlockQ4_1, BlockQ8_1>(q4_1_q8_1),
+        GgmlType::Q5_0 => wrap::<W, BlockQ5_0, BlockQ8_0>(q5_0_q8_0),
+        GgmlType::Q5_1 => wrap::<W, BlockQ5_1, BlockQ8_1>(q5_1_q8_1),
+        GgmlType::Q8_0 => wrap::<W, BlockQ8_0, BlockQ8_0>(q8_0_q8_0),
+        GgmlType::Q2_K => wrap::<W, BlockQ2K, BlockQ8K>(kquants::q2_k_q8_k),
+        GgmlType::Q3_K => wrap::<W, BlockQ3K, BlockQ8K>(kquants::q3_k_q8_k),
+        GgmlType::Q4_K => wrap::<W, BlockQ4K, BlockQ8K>(kquants::q4_k_q8_k),
+        GgmlType::Q5_K => wrap::<W, BlockQ5K, BlockQ8K>(kquants::q5_k_q8_k),
+        GgmlType::Q6_K => wrap::<W, BlockQ6K, BlockQ8K>(kquants::q6_k_q8_k),
+        _ => None,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn hsum_ps(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 32 bytes: the low nibbles of `qs` (elements 0..16), then the high nibbles.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles_32(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: 16 readable bytes.
+    let t = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// 32 bytes, 0xFF where bit i of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bytes_from_bits_32(bits: u32) -> __m256i {
+    // Byte i gets byte i/8 of the word; OR-ing every bit but bit (i % 8) makes
+    // it all-ones exactly when that bit is set.
+    let shuffle = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0x0000000000000000,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
+    let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe_u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1))
+}
+
+/// Σ over pairs of u8 × i8, as eight i32 sums converted to f32.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn madd_u8_i8(u: __m256i, s: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(u, s);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// Σ over pairs of i8 × i8 (via |x| and sign(y, x)).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn madd_i8_i8(x: __m256i, y: __m256i) -> __m256 {
+    madd_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i8x32(q: &[i8; 32]) -> __m256i {
+    // SAFETY: 32 readable bytes.
+    unsafe { _mm256_loadu_si256(q.as_ptr() as *const __m256i) }
+}
+
+fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q4_0_q8_0_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_q8_0_avx2(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+        let x = _mm256_sub_epi8(nibbles_32(&w.qs), _mm256_set1_epi8(8));
+        acc = _mm256_fmadd_ps(d, madd_i8_i8(x, load_i8x32(&a.qs)), acc);
+    }
+    hsum_ps(acc)
+}
+
+fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q4_1_q8_1_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_q8_1_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        mins += w.m.to_f32() * a.s.to_f32();
+        let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+        acc = _mm256_fmadd_ps(d, madd_u8_i8(nibbles_32(&w.qs), load_i8x32(&a.qs)), acc);
+    }
+    hsum_ps(acc) + mins
+}
+
+fn q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q5_0_q8_0_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_q8_0_avx2(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+        // Where the fifth bit is clear, OR in 0xF0: nibble | 0xF0 == nibble - 16.
+        let high = _mm256_andnot_si256(
+            bytes_from_bits_32(u32::from_le_bytes(w.qh)),
+            _mm256_set1_epi8(0xf0u8 as i8),
+        );
+        let x = _mm256_or_si256(nibbles_32(&w.qs), high);
+        acc = _mm256_fmadd_ps(d, madd_i8_i8(x, load_i8x32(&a.qs)), acc);
+    }
+    hsum_ps(acc)
+}
+
+fn q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q5_1_q8_1_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_q8_1_avx2(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        mins += w.m.to_f32() * a.s.to_f32();
+        let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+        let high = _mm256_and_si256(
+            bytes_from_bits_32(u32::from_le_bytes(w.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        let x = _mm256_or_si256(nibbles_32(&w.qs), high);
+        acc = _mm256_fmadd_ps(d, madd_u8_i8(x, load_i8x32(&a.qs)), acc);
+    }
+    hsum_ps(acc) + mins
+}
+
+fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q8_0_q8_0_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_q8_0_avx2(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+        acc = _mm256_fmadd_ps(d, madd_i8_i8(load_i8x32(&w.qs), load_i8x32(&a.qs)), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Σ a[i]·b[i].
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats below `n`.
+    unsafe {
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                s0,
+            );
+            s1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                s1,
+            );
+            i += 16;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                s0,
+            );
+            i += 8;
+        }
+    }
+    let mut s = hsum_ps(_mm256_add_ps(s0, s1));
+    for j in i..n {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+/// Σ k[i]·q[i] with f16 `k`.
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_f32(k: &[f16], q: &[f32]) -> f32 {
+    let n = k.len().min(q.len());
+    let mut s = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: every load reads 8 elements below `n`.
+    unsafe {
+        while i + 8 <= n {
+            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i));
+            s = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q.as_ptr().add(i)), s);
+            i += 8;
+        }
+    }
+    let mut s = hsum_ps(s);
+    for j in i..n {
+        s += k[j].to_f32() * q[j];
+    }
+    s
+}
+
+/// acc[i] += p·v[i] with f16 `v`.
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16(acc: &mut [f32], v: &[f16], p: f32) {
+    let n = acc.len().min(v.len());
+    let pv = _mm256_set1_ps(p);
+    let mut i = 0;
+    // SAFETY: every access covers 8 elements below `n`.
+    unsafe {
+        while i + 8 <= n {
+            let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
+            let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+            _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(pv, vv, a));
+            i += 8;
+        }
+    }
+    for j in i..n {
+        acc[j] += p * v[j].to_f32();
+    }
+}

@@ -1,0 +1,113 @@
+//! Backends execute the operations of a forward pass on one device. The model
+//! code (`crate::model::forward`) is written once against this trait; the CPU
+//! backend implements it here, the CUDA backend implements the same trait.
+
+pub mod cpu;
+
+use crate::model::{Config, RopeParams, TensorRef};
+
+/// Which tokens a forward pass processes: token `i` is at `positions[i]` of
+/// sequence `seqs[i]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [u32],
+    pub seqs: &'a [u32],
+}
+
+impl Batch<'_> {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "position {pos} of sequence {seq} is outside the context of {ctx} tokens; use a larger -c/--ctx-size or a shorter prompt"
+    )]
+    ContextFull { seq: u32, pos: u32, ctx: usize },
+    #[error("sequence {seq} is outside the {n} sequences the KV cache was made for")]
+    BadSeq { seq: u32, n: usize },
+}
+
+/// The operations of a llama-style forward pass. Activations are row-major
+/// `[n_tokens, width]` f32 matrices that live on the backend's device.
+pub trait Backend {
+    /// A weight matrix `[rows = out features, cols = in features]` in its file type.
+    type Weight;
+    /// A small f32 parameter vector (norm weights, biases).
+    type Vector;
+    /// Activations `[n, width]`.
+    type Act;
+    /// The KV cache of one layer, for every sequence.
+    type Kv;
+
+    fn name(&self) -> String;
+
+    /// Make the backend's copy (or view) of a weight matrix.
+    fn load_weight(
+        &self,
+        model: &crate::gguf::Gguf,
+        t: &TensorRef,
+    ) -> Result<Self::Weight, BackendError>;
+    fn load_vector(
+        &self,
+        model: &crate::gguf::Gguf,
+        t: &TensorRef,
+    ) -> Result<Self::Vector, BackendError>;
+
+    /// Zeroed activations.
+    fn act(&self, n: usize, width: usize) -> Self::Act;
+    /// A KV cache for one layer: `n_seq` sequences of `n_ctx` positions.
+    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> Self::Kv;
+
+    /// `out[i] = table[tokens[i]]`.
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        tokens: &[u32],
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>;
+    /// `out = x / rms(x) * w`, row by row.
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32, out: &mut Self::Act);
+    /// `out = x · wᵀ`: `[n, cols] × [rows, cols]ᵀ → [n, rows]`.
+    fn matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act);
+    /// `x[i] += b` for every row.
+    fn add_bias(&self, x: &mut Self::Act, b: &Self::Vector);
+    /// Rotate the heads of every row by its token's position.
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        n_heads: usize,
+        head_dim: usize,
+        rope: &RopeParams,
+        positions: &[u32],
+    );
+    /// Store `k`, `v` in the cache at the batch's positions, then causal
+    /// grouped-query attention of `q` over each token's sequence up to its position.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        cfg: &Config,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        kv: &mut Self::Kv,
+        batch: &Batch,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>;
+    /// `gate = silu(gate) * up`.
+    fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act);
+    /// `x += y`.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act);
+    /// Copy rows `rows` of `x` into a new activation.
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Self::Act;
+    /// Read activations back to host memory (row-major).
+    fn to_host(&self, x: &Self::Act) -> Vec<f32>;
+}

@@ -1,0 +1,218 @@
+//! Architectures: hyperparameters, per-layer weights and the forward pass,
+//! written once against the `Backend` trait.
+
+mod config;
+mod weights;
+
+pub use config::{Arch, Config, ConfigError, RopeKind, RopeParams, RopeScaling};
+pub use weights::{LayerTensors, ModelTensors, TensorRef, WeightError};
+
+use crate::backend::{Backend, BackendError, Batch};
+use crate::gguf::Gguf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weight(#[from] WeightError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// One transformer block's weights as a backend holds them.
+pub struct Layer<B: Backend> {
+    pub index: usize,
+    pub attn_norm: B::Vector,
+    pub wq: B::Weight,
+    pub wk: B::Weight,
+    pub wv: B::Weight,
+    pub bq: Option<B::Vector>,
+    pub bk: Option<B::Vector>,
+    pub bv: Option<B::Vector>,
+    pub wo: B::Weight,
+    pub ffn_norm: B::Vector,
+    pub w_gate: B::Weight,
+    pub w_up: B::Weight,
+    pub w_down: B::Weight,
+}
+
+/// Scratch activations for one forward pass over `n` tokens.
+pub struct Scratch<B: Backend> {
+    pub n: usize,
+    h: B::Act,
+    q: B::Act,
+    k: B::Act,
+    v: B::Act,
+    attn: B::Act,
+    proj: B::Act,
+    gate: B::Act,
+    up: B::Act,
+}
+
+impl<B: Backend> Scratch<B> {
+    pub fn new(b: &B, cfg: &Config, n: usize) -> Self {
+        Scratch {
+            n,
+            h: b.act(n, cfg.d_model),
+            q: b.act(n, cfg.q_width()),
+            k: b.act(n, cfg.kv_width()),
+            v: b.act(n, cfg.kv_width()),
+            attn: b.act(n, cfg.q_width()),
+            proj: b.act(n, cfg.d_model),
+            gate: b.act(n, cfg.d_ff),
+            up: b.act(n, cfg.d_ff),
+        }
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    pub fn load(b: &B, g: &Gguf, t: &LayerTensors) -> Result<Self, BackendError> {
+        let opt = |t: &Option<TensorRef>| t.as_ref().map(|t| b.load_vector(g, t)).transpose();
+        Ok(Layer {
+            index: t.index,
+            attn_norm: b.load_vector(g, &t.attn_norm)?,
+            wq: b.load_weight(g, &t.wq)?,
+            wk: b.load_weight(g, &t.wk)?,
+            wv: b.load_weight(g, &t.wv)?,
+            bq: opt(&t.bq)?,
+            bk: opt(&t.bk)?,
+            bv: opt(&t.bv)?,
+            wo: b.load_weight(g, &t.wo)?,
+            ffn_norm: b.load_vector(g, &t.ffn_norm)?,
+            w_gate: b.load_weight(g, &t.w_gate)?,
+            w_up: b.load_weight(g, &t.w_up)?,
+            w_down: b.load_weight(g, &t.w_down)?,
+        })
+    }
+
+    /// One transformer block over the batch: `x += attention(norm(x))`, then
+    /// `x += ffn(norm(x))`.
+    pub fn forward(
+        &self,
+        b: &B,
+        cfg: &Config,
+        x: &mut B::Act,
+        s: &mut Scratch<B>,
+        kv: &mut B::Kv,
+        batch: &Batch,
+    ) -> Result<(), BackendError> {
+        // Attention.
+        b.rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut s.h);
+        b.matmul(&s.h, &self.wq, &mut s.q);
+        b.matmul(&s.h, &self.wk, &mut s.k);
+        b.matmul(&s.h, &self.wv, &mut s.v);
+        if let Some(bias) = &self.bq {
+            b.add_bias(&mut s.q, bias);
+        }
+        if let Some(bias) = &self.bk {
+            b.add_bias(&mut s.k, bias);
+        }
+        if let Some(bias) = &self.bv {
+            b.add_bias(&mut s.v, bias);
+        }
+        b.rope(
+            &mut s.q,
+            cfg.n_heads,
+            cfg.head_dim,
+            &cfg.rope,
+            batch.positions,
+        );
+        b.rope(
+            &mut s.k,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            &cfg.rope,
+            batch.positions,
+        );
+        b.attention(cfg, &s.q, &s.k, &s.v, kv, batch, &mut s.attn)?;
+        b.matmul(&s.attn, &self.wo, &mut s.proj);
+        b.add(x, &s.proj);
+
+        // Feed-forward (SwiGLU).
+        b.rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut s.h);
+        b.matmul(&s.h, &self.w_gate, &mut s.gate);
+        b.matmul(&s.h, &self.w_up, &mut s.up);
+        b.swiglu(&mut s.gate, &s.up);
+        b.matmul(&s.gate, &self.w_down, &mut s.proj);
+        b.add(x, &s.proj);
+        Ok(())
+    }
+}
+
+/// A model loaded onto one backend.
+pub struct Model<B: Backend> {
+    pub config: Config,
+    pub tensors: ModelTensors,
+    pub token_embd: B::Weight,
+    pub layers: Vec<Layer<B>>,
+    pub output_norm: B::Vector,
+    /// `None` when tied to `token_embd`.
+    pub output: Option<B::Weight>,
+}
+
+impl<B: Backend> Model<B> {
+    /// Load every weight onto `b`, calling `progress(done, total)` after each layer.
+    pub fn load(
+        b: &B,
+        g: &Gguf,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
+        let config = Config::from_gguf(g)?;
+        let tensors = ModelTensors::from_gguf(g, &config)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for (i, t) in tensors.layers.iter().enumerate() {
+            layers.push(Layer::load(b, g, t)?);
+            progress(i + 1, config.n_layers);
+        }
+        Ok(Model {
+            token_embd: b.load_weight(g, &tensors.token_embd)?,
+            output_norm: b.load_vector(g, &tensors.output_norm)?,
+            output: tensors
+                .output
+                .as_ref()
+                .map(|t| b.load_weight(g, t))
+                .transpose()?,
+            layers,
+            tensors,
+            config,
+        })
+    }
+
+    pub fn output_weight(&self) -> &B::Weight {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Run the batch through every layer and return the logits of the rows in
+    /// `logit_rows` (row-major, `n_vocab` each). `kv` holds one cache per layer.
+    pub fn forward(
+        &self,
+        b: &B,
+        kv: &mut [B::Kv],
+        batch: &Batch,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>, BackendError> {
+        let cfg = &self.config;
+        let n = batch.len();
+        let mut x = b.act(n, cfg.d_model);
+        b.embed(&self.token_embd, batch.tokens, &mut x)?;
+        let mut scratch = Scratch::new(b, cfg, n);
+        for (layer, kv) in self.layers.iter().zip(kv.iter_mut()) {
+            layer.forward(b, cfg, &mut x, &mut scratch, kv, batch)?;
+        }
+        self.logits(b, &x, logit_rows)
+    }
+
+    /// Final norm and output projection of the chosen rows.
+    pub fn logits(&self, b: &B, x: &B::Act, rows: &[usize]) -> Result<Vec<f32>, BackendError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let picked = b.gather_rows(x, rows);
+        let mut normed = b.act(rows.len(), self.config.d_model);
+        b.rms_norm(&picked, &self.output_norm, self.config.rms_eps, &mut normed);
+        let mut logits = b.act(rows.len(), self.config.n_vocab);
+        b.matmul(&normed, self.output_weight(), &mut logits);
+        Ok(b.to_host(&logits))
+    }
+}
