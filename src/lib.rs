@@ -4,7 +4,9 @@
 //! block formats, `tokenizer` turns text into token ids and back.
 
 pub mod backend;
+pub mod bench;
 pub mod engine;
+pub mod fetch;
 pub mod gguf;
 pub mod inspect;
 pub mod model;

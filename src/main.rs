@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use ferry::backend::cpu::CpuBackend;
+use ferry::engine::{GenerationStats, Sampler, SamplerConfig, Session};
 use ferry::gguf::Gguf;
-use ferry::tokenizer::Tokenizer;
+use ferry::model::Model;
+use ferry::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
 #[derive(Parser)]
 #[command(
@@ -20,8 +23,122 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Debug)]
+struct SamplingArgs {
+    /// Temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> SamplerConfig {
+        SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Model file (.gguf). Without it, the default model (SmolLM2-135M-Instruct)
+    /// is used from the model cache, and fetched on first use.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// The prompt (raw text, unless --chat).
+    #[arg(short, long)]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long, conflicts_with = "prompt")]
+    file: Option<PathBuf>,
+    /// Tokens to generate at most (generation also stops at end-of-turn).
+    #[arg(short = 'n', long, default_value_t = 256)]
+    n_predict: usize,
+    /// Context size in tokens (default: the model's training context, at most 4096).
+    #[arg(short = 'c', long)]
+    ctx_size: Option<usize>,
+    /// CPU threads (default: one per physical core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Interactive chat with the model's chat template (-p, if given, is the first message).
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Print special tokens (e.g. <|im_end|>) in the output.
+    #[arg(long)]
+    show_special: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Model files, comma separated.
+    #[arg(short, long, value_delimiter = ',', required = true)]
+    model: Vec<PathBuf>,
+    /// Prompt lengths to test (ppN), comma separated; 0 skips.
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to test (tgN), comma separated; 0 skips.
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
+    /// Prompt then generation, as "P,N" (ppP+tgN).
+    #[arg(long = "pg")]
+    pg: Option<String>,
+    /// Repetitions of each test (after one warm-up).
+    #[arg(short = 'r', long, default_value_t = 5)]
+    repetitions: usize,
+    /// CPU threads, comma separated (0 = physical cores).
+    #[arg(short = 't', long, value_delimiter = ',', default_value = "0")]
+    threads: Vec<usize>,
+    /// Micro-batch: tokens per forward pass during prefill.
+    #[arg(long = "ub", default_value_t = 512)]
+    ubatch: usize,
+    /// Output format: md, json, jsonl or csv.
+    #[arg(short = 'o', long, default_value = "md")]
+    output: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Measure prefill (ppN) and generation (tgN) speed, llama-bench style.
+    Bench(BenchArgs),
+    /// Generate text from a prompt, or chat (--chat). Text goes to stdout, timings to stderr.
+    Run(RunArgs),
     /// Show a model's architecture, hyperparameters, tensors by type, bytes per layer and tokenizer.
     Inspect {
         /// Model file (.gguf; any part of a split model).
@@ -52,6 +169,8 @@ enum Command {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => run_model(args)?,
+        Command::Bench(args) => bench(args)?,
         Command::Inspect { model, json } => {
             let g = Gguf::open(&model)?;
             let s = ferry::inspect::summarize(&g);
@@ -78,6 +197,262 @@ fn run(cli: Cli) -> Result<()> {
             let ids = tok.encode(&text, !no_bos, !no_special);
             println!("{}", serde_json::to_string(&ids)?);
         }
+    }
+    Ok(())
+}
+
+/// Load a model onto the CPU backend with a progress bar on stderr.
+fn load_cpu(
+    path: &std::path::Path,
+    threads: usize,
+) -> Result<(Gguf, CpuBackend, Model<CpuBackend>, f64)> {
+    let t0 = std::time::Instant::now();
+    let g = Gguf::open(path)?;
+    let backend = CpuBackend::new(threads);
+    let total = g.total_tensor_bytes();
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {bytes}/{total_bytes}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let per_layer = total / (ferry::model::Config::from_gguf(&g)?.n_layers.max(1) as u64);
+    let model = backend.install(|| {
+        Model::load(&backend, &g, |done, _| {
+            bar.set_position(done as u64 * per_layer)
+        })
+    })?;
+    bar.finish_and_clear();
+    Ok((g, backend, model, t0.elapsed().as_secs_f64()))
+}
+
+fn print_stats(s: &GenerationStats, load_secs: Option<f64>) {
+    if let Some(l) = load_secs {
+        eprintln!("load:    {:.2} s", l);
+    }
+    eprintln!(
+        "prefill: {} tokens in {:.3} s, {:.1} tokens/s",
+        s.prefilled_tokens,
+        s.prefill_secs,
+        s.prefill_tps()
+    );
+    eprintln!(
+        "decode:  {} tokens in {:.3} s, {:.1} tokens/s",
+        s.generated_tokens,
+        s.decode_secs,
+        s.decode_tps()
+    );
+}
+
+fn run_model(args: RunArgs) -> Result<()> {
+    use std::io::Write;
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => ferry::fetch::default_model()?,
+    };
+    let (g, backend, model, load_secs) = load_cpu(&path, args.threads)?;
+    let tok = Tokenizer::from_gguf(&g).with_context(|| path.display().to_string())?;
+    let n_ctx = args
+        .ctx_size
+        .unwrap_or(model.config.context_train.min(4096))
+        .max(16);
+    let mut session = Session::new(&backend, &model, n_ctx, 1);
+    let mut sampler = Sampler::new(args.sampling.config());
+    let is_eog = |t: u32| tok.is_eog(t);
+    let prompt_text = match (&args.prompt, &args.file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
+        }
+        (None, None) => None,
+    };
+    let stdout = std::io::stdout();
+
+    if !args.chat {
+        let text = prompt_text.context("no prompt: pass -p TEXT, -f FILE, or --chat")?;
+        let prompt = tok.encode(&text, true, true);
+        if prompt.len() >= n_ctx {
+            anyhow::bail!(
+                "the prompt is {} tokens but the context holds {n_ctx}; pass a larger -c (the model was trained with {}) or a shorter prompt",
+                prompt.len(),
+                model.config.context_train
+            );
+        }
+        let max_new = args.n_predict.min(n_ctx - prompt.len());
+        let mut dec = tok.stream_decoder(args.show_special);
+        // The whole loop runs on the pool, so that every operation's parallel
+        // section starts without a cross-thread hand-off.
+        let (_, stats) = backend.install(|| {
+            session.generate(0, &[], &prompt, max_new, &mut sampler, &is_eog, |t| {
+                let piece = dec.push(t).unwrap_or_default();
+                let mut out = std::io::stdout();
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+                true
+            })
+        })?;
+        let mut out = stdout.lock();
+        let _ = out.write_all(dec.finish().as_bytes());
+        let _ = writeln!(out);
+        print_stats(&stats, Some(load_secs));
+        return Ok(());
+    }
+
+    // Interactive chat: the conversation is re-rendered each turn and the KV
+    // cache keeps the part of it that did not change.
+    let template = ChatTemplate::for_tokenizer(&tok)?;
+    let mut messages = Vec::new();
+    if let Some(sys) = &args.system {
+        messages.push(ChatMessage::new("system", sys.clone()));
+    }
+    let mut cached: Vec<u32> = Vec::new();
+    let mut first = prompt_text;
+    let stdin = std::io::stdin();
+    eprintln!(
+        "ferry chat: {} (context {n_ctx} tokens). Empty line or Ctrl-D ends.",
+        path.display()
+    );
+    loop {
+        let user = match first.take() {
+            Some(p) => p,
+            None => {
+                eprint!("> ");
+                let mut line = String::new();
+                if stdin.read_line(&mut line)? == 0 {
+                    break;
+                }
+                line.trim_end_matches(['\n', '\r']).to_string()
+            }
+        };
+        if user.is_empty() {
+            break;
+        }
+        messages.push(ChatMessage::new("user", user));
+        let rendered = template.render(&messages, true)?;
+        let prompt = tok.encode(&rendered, true, true);
+        if prompt.len() >= n_ctx {
+            anyhow::bail!(
+                "the conversation is {} tokens but the context holds {n_ctx}; restart with a larger -c",
+                prompt.len()
+            );
+        }
+        let max_new = args.n_predict.min(n_ctx - prompt.len());
+        let mut dec = tok.stream_decoder(args.show_special);
+        let mut reply = String::new();
+        let (generated, stats) = backend.install(|| {
+            session.generate(0, &cached, &prompt, max_new, &mut sampler, &is_eog, |t| {
+                let piece = dec.push(t).unwrap_or_default();
+                reply.push_str(&piece);
+                let mut out = std::io::stdout();
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+                true
+            })
+        })?;
+        let mut out = stdout.lock();
+        let rest = dec.finish();
+        reply.push_str(&rest);
+        let _ = writeln!(out, "{rest}");
+        drop(out);
+        cached = prompt;
+        cached.extend(&generated);
+        messages.push(ChatMessage::new("assistant", reply));
+        print_stats(&stats, None);
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    use ferry::bench::{BenchSetup, Test};
+    let mut tests: Vec<Test> = Vec::new();
+    tests.extend(
+        args.n_prompt
+            .iter()
+            .filter(|&&p| p > 0)
+            .map(|&p| Test::Prompt(p)),
+    );
+    tests.extend(
+        args.n_gen
+            .iter()
+            .filter(|&&n| n > 0)
+            .map(|&n| Test::Generate(n)),
+    );
+    if let Some(pg) = &args.pg {
+        let (p, n) = pg
+            .split_once(',')
+            .and_then(|(p, n)| Some((p.trim().parse().ok()?, n.trim().parse().ok()?)))
+            .context("--pg takes two numbers, as in --pg 512,128")?;
+        tests.push(Test::PromptGenerate(p, n));
+    }
+    if !["md", "json", "jsonl", "csv"].contains(&args.output.as_str()) {
+        anyhow::bail!("-o must be md, json, jsonl or csv");
+    }
+    let mut results = Vec::new();
+    for path in &args.model {
+        for &threads in &args.threads {
+            let (g, backend, model, _) = load_cpu(path, threads)?;
+            let setup = BenchSetup {
+                backend: &backend,
+                model: &model,
+                model_filename: path.display().to_string(),
+                model_type: format!(
+                    "{} {}",
+                    model.config.arch.name(),
+                    g.get("general.size_label")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                )
+                .trim()
+                .to_string(),
+                model_size: g.total_tensor_bytes(),
+                model_n_params: g.tensors().iter().map(|t| t.n_elements()).sum(),
+                repetitions: args.repetitions,
+                ubatch: args.ubatch,
+                batch: args.ubatch,
+            };
+            for &t in &tests {
+                let r = ferry::bench::run_test(&setup, t)?;
+                if args.output == "jsonl" {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    eprintln!("{}: {:.2} ± {:.2} t/s", r.test, r.avg_ts, r.stddev_ts);
+                }
+                results.push(r);
+            }
+        }
+    }
+    match args.output.as_str() {
+        "md" => print!("{}", ferry::bench::markdown(&results)),
+        "json" => println!("{}", serde_json::to_string_pretty(&results)?),
+        "csv" => {
+            println!(
+                "model_filename,model_type,model_size,model_n_params,backend,n_threads,n_ubatch,n_prompt,n_gen,test,avg_ns,stddev_ns,avg_ts,stddev_ts"
+            );
+            for r in &results {
+                println!(
+                    "\"{}\",\"{}\",{},{},{},{},{},{},{},{},{},{},{:.6},{:.6}",
+                    r.model_filename,
+                    r.model_type,
+                    r.model_size,
+                    r.model_n_params,
+                    r.backend,
+                    r.n_threads,
+                    r.n_ubatch,
+                    r.n_prompt,
+                    r.n_gen,
+                    r.test,
+                    r.avg_ns,
+                    r.stddev_ns,
+                    r.avg_ts,
+                    r.stddev_ts
+                );
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

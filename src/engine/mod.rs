@@ -110,3 +110,95 @@ impl<'m, B: Backend> Session<'m, B> {
         Ok(logits)
     }
 }
+
+/// What a generation did, for the timing summary.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens actually computed (the rest were already in the cache).
+    pub prefilled_tokens: usize,
+    pub prefill_secs: f64,
+    pub generated_tokens: usize,
+    pub decode_secs: f64,
+    pub stopped_by_eog: bool,
+}
+
+impl GenerationStats {
+    pub fn prefill_tps(&self) -> f64 {
+        self.prefilled_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+    pub fn decode_tps(&self) -> f64 {
+        // The first generated token comes from the prefill's logits.
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+impl<B: Backend> Session<'_, B> {
+    /// Keep the first `n` positions of sequence `seq` and forget the rest.
+    pub fn truncate(&mut self, seq: usize, n: usize) {
+        self.filled[seq] = self.filled[seq].min(n);
+    }
+
+    /// Generate up to `max_new` tokens after `prompt` on sequence `seq`, reusing
+    /// the longest prefix of `prompt` already in the cache (`cached` are the
+    /// tokens the cache holds). `on_token` sees each new token and may stop
+    /// the generation by returning false. End-of-generation tokens stop it too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &mut self,
+        seq: usize,
+        cached: &[u32],
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        is_eog: &dyn Fn(u32) -> bool,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerationStats), BackendError> {
+        let mut stats = GenerationStats {
+            prompt_tokens: prompt.len(),
+            ..Default::default()
+        };
+        if prompt.is_empty() {
+            return Err(BackendError::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() + max_new.min(1) > self.n_ctx {
+            return Err(BackendError::ContextFull {
+                seq: seq as u32,
+                pos: prompt.len() as u32,
+                ctx: self.n_ctx,
+            });
+        }
+        // Reuse the cached prefix, but always recompute at least the last token
+        // to get its logits.
+        let common = cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(self.filled[seq])
+            .min(prompt.len() - 1);
+        self.truncate(seq, common);
+        sampler.observe(prompt);
+        let t0 = std::time::Instant::now();
+        let mut logits = self.prefill(seq, &prompt[common..])?;
+        stats.prefilled_tokens = prompt.len() - common;
+        stats.prefill_secs = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max_new {
+            let token = sampler.sample(&logits);
+            out.push(token);
+            if is_eog(token) {
+                stats.stopped_by_eog = true;
+                break;
+            }
+            if !on_token(token) || out.len() == max_new || self.filled[seq] >= self.n_ctx {
+                break;
+            }
+            logits = self.decode(&[seq], &[token])?;
+        }
+        stats.generated_tokens = out.len();
+        stats.decode_secs = t1.elapsed().as_secs_f64();
+        Ok((out, stats))
+    }
+}

@@ -78,6 +78,12 @@ pub struct BlockQ8K {
     pub bsums: [i16; QK_K / 16],
 }
 
+/// The per-sub-block factors of a k-quant block (`x = scale · q − min`).
+pub struct Scales<const SUBS: usize> {
+    pub scale: [f32; SUBS],
+    pub min: [f32; SUBS],
+}
+
 /// A k-quant block decoded to integers and per-sub-block factors.
 pub struct Unpacked<const SUBS: usize> {
     pub q: [i8; QK_K],
@@ -152,17 +158,26 @@ fn super_scale<const N: usize>(values: &[f32; N], cmax: i32) -> (f16, [u8; N]) {
 // ---------------------------------------------------------------- Q2_K
 
 impl BlockQ2K {
-    pub fn unpack(&self) -> Unpacked<16> {
+    pub fn unpack_scales(&self) -> Scales<16> {
         let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
-        let mut u = Unpacked {
-            q: [0; QK_K],
+        let mut f = Scales {
             scale: [0.0; 16],
             min: [0.0; 16],
         };
         for s in 0..16 {
-            u.scale[s] = d * (self.scales[s] & 0x0f) as f32;
-            u.min[s] = dmin * (self.scales[s] >> 4) as f32;
+            f.scale[s] = d * (self.scales[s] & 0x0f) as f32;
+            f.min[s] = dmin * (self.scales[s] >> 4) as f32;
         }
+        f
+    }
+
+    pub fn unpack(&self) -> Unpacked<16> {
+        let f = self.unpack_scales();
+        let mut u = Unpacked {
+            q: [0; QK_K],
+            scale: f.scale,
+            min: f.min,
+        };
         // Element 128n + 32j + l sits in byte 32n + l at bit 2j.
         for (e, q) in u.q.iter_mut().enumerate() {
             let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
@@ -243,17 +258,26 @@ impl BlockQ3K {
         }
     }
 
-    pub fn unpack(&self) -> Unpacked<16> {
+    pub fn unpack_scales(&self) -> Scales<16> {
         let d = self.d.to_f32();
         let codes = self.scale_codes();
-        let mut u = Unpacked {
-            q: [0; QK_K],
+        let mut f = Scales {
             scale: [0.0; 16],
             min: [0.0; 16],
         };
-        for (scale, &code) in u.scale.iter_mut().zip(&codes) {
+        for (scale, &code) in f.scale.iter_mut().zip(&codes) {
             *scale = d * (code as i32 - 32) as f32;
         }
+        f
+    }
+
+    pub fn unpack(&self) -> Unpacked<16> {
+        let f = self.unpack_scales();
+        let mut u = Unpacked {
+            q: [0; QK_K],
+            scale: f.scale,
+            min: f.min,
+        };
         // Element 128n + 32j + l: low bits in byte 32n + l at bit 2j, high bit in
         // hmask[l] at bit 4n + j.
         for (e, q) in u.q.iter_mut().enumerate() {
@@ -373,6 +397,11 @@ fn k4_quantize_scales(x: &[f32], nmax: f32) -> (f16, f16, [u8; 12]) {
 }
 
 impl BlockQ4K {
+    pub fn unpack_scales(&self) -> Scales<8> {
+        let (scale, min) = k4_factors(self.d, self.dmin, &self.scales);
+        Scales { scale, min }
+    }
+
     pub fn unpack(&self) -> Unpacked<8> {
         let (scale, min) = k4_factors(self.d, self.dmin, &self.scales);
         let mut u = Unpacked {
@@ -421,6 +450,11 @@ impl BlockFormat for BlockQ4K {
 }
 
 impl BlockQ5K {
+    pub fn unpack_scales(&self) -> Scales<8> {
+        let (scale, min) = k4_factors(self.d, self.dmin, &self.scales);
+        Scales { scale, min }
+    }
+
     pub fn unpack(&self) -> Unpacked<8> {
         let (scale, min) = k4_factors(self.d, self.dmin, &self.scales);
         let mut u = Unpacked {
@@ -475,16 +509,25 @@ impl BlockFormat for BlockQ5K {
 // ---------------------------------------------------------------- Q6_K
 
 impl BlockQ6K {
-    pub fn unpack(&self) -> Unpacked<16> {
+    pub fn unpack_scales(&self) -> Scales<16> {
         let d = self.d.to_f32();
-        let mut u = Unpacked {
-            q: [0; QK_K],
+        let mut f = Scales {
             scale: [0.0; 16],
             min: [0.0; 16],
         };
         for s in 0..16 {
-            u.scale[s] = d * self.scales[s] as f32;
+            f.scale[s] = d * self.scales[s] as f32;
         }
+        f
+    }
+
+    pub fn unpack(&self) -> Unpacked<16> {
+        let f = self.unpack_scales();
+        let mut u = Unpacked {
+            q: [0; QK_K],
+            scale: f.scale,
+            min: f.min,
+        };
         // Element 128n + 32k + l (k = 0..4): low nibble from ql[64n + l + 32(k&1)]
         // (high nibble when k >= 2), two high bits from qh[32n + l] at bit 2k.
         for (e, q) in u.q.iter_mut().enumerate() {

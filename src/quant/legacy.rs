@@ -310,7 +310,7 @@ fn q8_quantize_runtime(x: &[f32]) -> (f32, [i8; 32]) {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; 32];
     for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round_ties_even() as i8;
+        *q = super::nearest_int(v * id) as i8;
     }
     (d, qs)
 }

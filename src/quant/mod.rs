@@ -12,7 +12,7 @@ mod kquants;
 mod legacy;
 mod types;
 
-pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, Scales, Unpacked};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 pub use types::{GgmlType, QK, QK_K};
 
@@ -222,8 +222,17 @@ pub fn activation_type(ty: GgmlType) -> GgmlType {
     dispatch!(ty, act(), ty)
 }
 
-/// Round to nearest, ties to even (ggml's `nearest_int`).
+/// Round to nearest, ties to even (ggml's `nearest_int`), for |x| < 2^22.
+///
+/// Adding 1.5·2^23 pushes the fraction out of the mantissa under the default
+/// round-to-nearest-even mode; this avoids a libm call (`rintf`) on CPUs
+/// targeted without SSE4.1.
 #[inline]
 pub(crate) fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    if x.abs() < 4_194_304.0 {
+        let magic = 12_582_912.0f32;
+        ((x + magic) - magic) as i32
+    } else {
+        x.round_ties_even() as i32
+    }
 }

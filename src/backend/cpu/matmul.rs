@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::CpuAct;
+use super::gemm::{GemmFormat, PreparedAct, PreparedRow};
 use super::simd;
 use crate::backend::BackendError;
 use crate::gguf::SharedBytes;
@@ -43,14 +44,28 @@ impl CpuWeight {
                 t.name
             )));
         }
-        Ok(CpuWeight {
+        let w = CpuWeight {
             ty: t.ty,
             rows,
             cols,
             bytes,
             offset: t.file_offset as usize,
             len,
-        })
+        };
+        w.prefault();
+        Ok(w)
+    }
+
+    /// Touch every page so the weights are read from disk now (during loading,
+    /// with progress shown) rather than during the first forward pass.
+    fn prefault(&self) {
+        let data = self.data();
+        let mut sum = 0u8;
+        for i in (0..data.len()).step_by(4096) {
+            // SAFETY: `i` is in bounds; a volatile read keeps the access.
+            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(data.as_ptr().add(i)) });
+        }
+        std::hint::black_box(sum);
     }
 
     pub fn data(&self) -> &[u8] {
@@ -114,35 +129,57 @@ fn rows_per_task(rows: usize, n: usize, cols: usize) -> usize {
 
 /// Tokens per task in prefill: a tile of activations stays in L2 while the
 /// task's weight rows are reused across it.
-const TOKEN_TILE: usize = 64;
+const TOKEN_TILE: usize = 128;
 
-/// Run `f(rows, tokens, store)` over disjoint tiles of the output in parallel;
-/// `store(t, r, v)` writes `out[t, r]`.
+/// The part of the output one task may write: rows `rows` of tokens `tokens`.
+pub struct Tile {
+    ptr: OutPtr,
+    stride: usize,
+    pub rows: Range<usize>,
+    pub tokens: Range<usize>,
+}
+
+impl Tile {
+    /// `out[t, r] = v`.
+    #[inline]
+    pub fn set(&mut self, t: usize, r: usize, v: f32) {
+        assert!(self.rows.contains(&r) && self.tokens.contains(&t));
+        // SAFETY: (t, r) lies in this tile (checked), tiles are disjoint, and
+        // every tile lies inside the output (built by `for_each_tile`).
+        unsafe { *self.ptr.get().add(t * self.stride + r) = v };
+    }
+}
+
+/// Run `f` over disjoint tiles of the output in parallel.
 fn for_each_tile<F>(rows: usize, n: usize, cols: usize, out: &mut CpuAct, f: F)
 where
-    F: Fn(Range<usize>, Range<usize>, &mut dyn FnMut(usize, usize, f32)) + Sync,
+    F: Fn(&mut Tile) + Sync,
 {
+    assert_eq!(out.data.len(), n * rows);
     let rpt = rows_per_task(rows, n, cols);
     let row_tasks = rows.div_ceil(rpt);
     let tok_tasks = n.div_ceil(TOKEN_TILE);
     let ptr = OutPtr(out.data.as_mut_ptr());
-    let len = out.data.len();
     (0..row_tasks * tok_tasks).into_par_iter().for_each(|task| {
         let (rt, tt) = (task % row_tasks, task / row_tasks);
-        let r = rt * rpt..((rt + 1) * rpt).min(rows);
-        let t = tt * TOKEN_TILE..((tt + 1) * TOKEN_TILE).min(n);
-        let (rr, tr) = (r.clone(), t.clone());
-        let mut store = |t: usize, r: usize, v: f32| {
-            assert!(rr.contains(&r) && tr.contains(&t) && t * rows + r < len);
-            // SAFETY: (t, r) lies in this task's tile (checked above), tiles are
-            // disjoint, and the index is inside `out`.
-            unsafe { *ptr.get().add(t * rows + r) = v };
+        let mut tile = Tile {
+            ptr,
+            stride: rows,
+            rows: rt * rpt..((rt + 1) * rpt).min(rows),
+            tokens: tt * TOKEN_TILE..((tt + 1) * TOKEN_TILE).min(n),
         };
-        f(r, t, &mut store);
+        f(&mut tile);
     });
 }
 
-fn quant_matmul<W: BlockFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+/// From this many tokens on, weight rows are unpacked once per tile (`gemm`)
+/// instead of being decoded inside every dot product.
+const GEMM_MIN_TOKENS: usize = 4;
+
+fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    if x.n >= GEMM_MIN_TOKENS {
+        return gemm_matmul::<W>(x, w, out);
+    }
     let (n, cols, rows) = (x.n, x.width, w.rows);
     let nb = cols / W::ELEMS;
     let act_elems = <W::Act as BlockFormat>::ELEMS;
@@ -158,11 +195,64 @@ fn quant_matmul<W: BlockFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
         .collect();
     let weights: &[W] = bytemuck::cast_slice(w.data());
     let dot = simd::dot_kernel::<W>();
-    for_each_tile(rows, n, cols, out, |rs, ts, store| {
-        for r in rs {
+    for_each_tile(rows, n, cols, out, |tile| {
+        for r in tile.rows.clone() {
             let wrow = &weights[r * nb..(r + 1) * nb];
-            for t in ts.clone() {
-                store(t, r, dot(wrow, &xq[t * nb_act..(t + 1) * nb_act]));
+            for t in tile.tokens.clone() {
+                tile.set(t, r, dot(wrow, &xq[t * nb_act..(t + 1) * nb_act]));
+            }
+        }
+    });
+}
+
+fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let nb = cols / W::ELEMS;
+    let act_elems = <W::Act as BlockFormat>::ELEMS;
+    let acts: Vec<PreparedAct> = x
+        .data
+        .par_chunks(cols)
+        .map(|row| {
+            let blocks: Vec<W::Act> = row
+                .chunks_exact(act_elems)
+                .map(<W::Act as BlockFormat>::quantize_activation)
+                .collect();
+            W::prepare_act(&blocks)
+        })
+        .collect();
+    let weights: &[W] = bytemuck::cast_slice(w.data());
+    let sub = W::SUB.max(32);
+    for_each_tile(rows, n, cols, out, |tile| {
+        let mut prepared = PreparedRow::new(cols, sub);
+        let ts = tile.tokens.clone();
+        for r in tile.rows.clone() {
+            W::prepare(&weights[r * nb..(r + 1) * nb], &mut prepared);
+            // Offsets (Q4_1/Q5_1 minimums, k-quant mins) through the
+            // activations' sub-block sums; summed in order as ggml does.
+            let with_offsets = |t: usize, v: f32| {
+                if W::SUB == 0 {
+                    return v;
+                }
+                let mut offsets = 0f32;
+                for (o, s) in prepared.offset.iter().zip(&acts[t].sums) {
+                    offsets += o * s;
+                }
+                v + offsets
+            };
+            let mut t = ts.start;
+            while t + 4 <= ts.end {
+                let a = [0, 1, 2, 3].map(|k| acts[t + k].q.as_slice());
+                let d = [0, 1, 2, 3].map(|k| acts[t + k].d.as_slice());
+                let v = simd::grouped_dot4(&prepared.q, &prepared.lane_scale, a, d);
+                for (k, v) in v.into_iter().enumerate() {
+                    tile.set(t + k, r, with_offsets(t + k, v));
+                }
+                t += 4;
+            }
+            for t in t..ts.end {
+                let a = &acts[t];
+                let v = simd::grouped_dot(&prepared.q, &prepared.lane_scale, &a.q, &a.d);
+                tile.set(t, r, with_offsets(t, v));
             }
         }
     });
@@ -171,14 +261,14 @@ fn quant_matmul<W: BlockFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
 fn float_matmul<W: BlockFormat<Act = f32>>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
     let (n, cols, rows) = (x.n, x.width, w.rows);
     let weights: &[W] = bytemuck::cast_slice(w.data());
-    for_each_tile(rows, n, cols, out, |rs, ts, store| {
+    for_each_tile(rows, n, cols, out, |tile| {
         let mut wrow = vec![0f32; cols];
-        for r in rs {
+        for r in tile.rows.clone() {
             for (o, b) in wrow.iter_mut().zip(&weights[r * cols..(r + 1) * cols]) {
                 b.dequantize(std::slice::from_mut(o));
             }
-            for t in ts.clone() {
-                store(t, r, simd::dot_f32(&wrow, x.row(t)));
+            for t in tile.tokens.clone() {
+                tile.set(t, r, simd::dot_f32(&wrow, x.row(t)));
             }
         }
     });

@@ -4,6 +4,7 @@
 //! slow or busy core never sets the pace for the others.
 
 mod attention;
+mod gemm;
 mod matmul;
 pub mod simd;
 

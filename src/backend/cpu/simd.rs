@@ -11,8 +11,13 @@ mod x86;
 /// The instruction sets the kernels use on this CPU.
 pub fn describe() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2() {
-        return "AVX2";
+    {
+        if x86::has_avx512_vnni() {
+            return "AVX2 + AVX512-VNNI";
+        }
+        if x86::has_avx2() {
+            return "AVX2";
+        }
     }
     "scalar"
 }
@@ -71,4 +76,109 @@ pub fn axpy_f16(acc: &mut [f32], v: &[f16], p: f32) {
     for (a, v) in acc.iter_mut().zip(v) {
         *a += p * v.to_f32();
     }
+}
+
+/// `Σ_g (Σ_{i in g} w[i]·a[i]) · scale[g][lane] · d[g]` over groups of 32, where
+/// the first 16 elements of a group use `scale[g][0]` and the last 16
+/// `scale[g][4]` (see `gemm::PreparedRow`).
+pub fn grouped_dot(w: &[i8], scale: &[[f32; 8]], a: &[i8], d: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and FMA are present; lengths are checked inside.
+        return unsafe { x86::grouped_dot(w, scale, a, d) };
+    }
+    let mut sum = 0f32;
+    for (g, s) in scale.iter().enumerate() {
+        for half in 0..2 {
+            let r = 32 * g + 16 * half..32 * g + 16 * half + 16;
+            let isum: i32 = w[r.clone()]
+                .iter()
+                .zip(&a[r])
+                .map(|(&x, &y)| x as i32 * y as i32)
+                .sum();
+            sum += isum as f32 * (s[4 * half] * d[g]);
+        }
+    }
+    sum
+}
+
+/// `grouped_dot` of one weight row with four activation rows.
+pub fn grouped_dot4(w: &[i8], scale: &[[f32; 8]], a: [&[i8]; 4], d: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::has_avx512_vnni() {
+            // SAFETY: the features are present; lengths are checked inside.
+            return unsafe { x86::grouped_dot4_vnni(w, scale, a, d) };
+        }
+        if x86::has_avx2() {
+            // SAFETY: AVX2 and FMA are present; lengths are checked inside.
+            return unsafe { x86::grouped_dot4(w, scale, a, d) };
+        }
+    }
+    [0, 1, 2, 3].map(|k| grouped_dot(w, scale, a[k], d[k]))
+}
+
+/// A legacy block with 4-bit values and, for the 5-bit formats, high bits.
+pub trait NibbleBlock {
+    fn qs(&self) -> &[u8; 16];
+    fn qh(&self) -> Option<[u8; 4]>;
+}
+
+macro_rules! nibble_block {
+    ($ty:ty, $qh:expr) => {
+        impl NibbleBlock for $ty {
+            fn qs(&self) -> &[u8; 16] {
+                &self.qs
+            }
+            fn qh(&self) -> Option<[u8; 4]> {
+                #[allow(clippy::redundant_closure_call)]
+                ($qh)(self)
+            }
+        }
+    };
+}
+nibble_block!(crate::quant::BlockQ4_0, |_b: &crate::quant::BlockQ4_0| None);
+nibble_block!(crate::quant::BlockQ4_1, |_b: &crate::quant::BlockQ4_1| None);
+nibble_block!(crate::quant::BlockQ5_0, |b: &crate::quant::BlockQ5_0| Some(
+    b.qh
+));
+nibble_block!(crate::quant::BlockQ5_1, |b: &crate::quant::BlockQ5_1| Some(
+    b.qh
+));
+
+/// Unpack 4/5-bit legacy blocks to `q - bias` bytes. Returns false when there
+/// is no fast path (the caller unpacks).
+pub fn unpack_nibbles<B: NibbleBlock>(blocks: &[B], bias: i8, out: &mut [i8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 is present; the output length is checked inside.
+        unsafe { x86::unpack_nibbles(blocks, bias, out) };
+        return true;
+    }
+    let _ = (blocks, bias, out);
+    false
+}
+
+/// Unpack Q6_K values to `q - 32`; false when there is no fast path.
+pub fn unpack_q6_k(blocks: &[crate::quant::BlockQ6K], out: &mut [i8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 is present; the output length is checked inside.
+        unsafe { x86::unpack_q6_k(blocks, out) };
+        return true;
+    }
+    let _ = (blocks, out);
+    false
+}
+
+/// Unpack Q4_K values; false when there is no fast path.
+pub fn unpack_q4_k(blocks: &[crate::quant::BlockQ4K], out: &mut [i8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 is present; the output length is checked inside.
+        unsafe { x86::unpack_q4_k(blocks, out) };
+        return true;
+    }
+    let _ = (blocks, out);
+    false
 }

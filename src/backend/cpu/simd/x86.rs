@@ -290,3 +290,202 @@ pub unsafe fn axpy_f16(acc: &mut [f32], v: &[f16], p: f32) {
         acc[j] += p * v[j].to_f32();
     }
 }
+
+/// Σ over groups of 32: (Σ w·a as f32) · lane_scale · d, accumulated in eight
+/// lanes (the order ggml's AVX2 kernels use), then summed horizontally.
+///
+/// # Safety
+/// Requires AVX2 and FMA; `w.len() == a.len() == 32 · scale.len() == 32 · d.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn grouped_dot(w: &[i8], scale: &[[f32; 8]], a: &[i8], d: &[f32]) -> f32 {
+    let groups = scale.len();
+    assert!(w.len() >= groups * 32 && a.len() >= groups * 32 && d.len() >= groups);
+    let mut acc = _mm256_setzero_ps();
+    for g in 0..groups {
+        // SAFETY: group g's 32 bytes and 8 floats are in bounds (asserted).
+        let (wv, av, sv) = unsafe {
+            (
+                _mm256_loadu_si256(w.as_ptr().add(32 * g) as *const __m256i),
+                _mm256_loadu_si256(a.as_ptr().add(32 * g) as *const __m256i),
+                _mm256_loadu_ps(scale[g].as_ptr()),
+            )
+        };
+        let prod = madd_i8_i8(wv, av);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(sv, _mm256_set1_ps(d[g])), prod, acc);
+    }
+    hsum_ps(acc)
+}
+
+pub fn has_avx512_vnni() -> bool {
+    has_avx2() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+}
+
+/// `grouped_dot` of one weight row with four activation rows at once: the
+/// weight bytes, their absolute values and the lane scales are loaded once per
+/// group for all four.
+///
+/// # Safety
+/// Requires AVX2 and FMA; every `a[k]` is as long as `w`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn grouped_dot4(
+    w: &[i8],
+    scale: &[[f32; 8]],
+    a: [&[i8]; 4],
+    d: [&[f32]; 4],
+) -> [f32; 4] {
+    let groups = scale.len();
+    assert!(w.len() >= groups * 32);
+    for k in 0..4 {
+        assert!(a[k].len() >= groups * 32 && d[k].len() >= groups);
+    }
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for g in 0..groups {
+        // SAFETY: group g is in bounds of every slice (asserted).
+        unsafe {
+            let wv = _mm256_loadu_si256(w.as_ptr().add(32 * g) as *const __m256i);
+            let wabs = _mm256_sign_epi8(wv, wv);
+            let sv = _mm256_loadu_ps(scale[g].as_ptr());
+            for k in 0..4 {
+                let av = _mm256_loadu_si256(a[k].as_ptr().add(32 * g) as *const __m256i);
+                let pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, wv));
+                let prod = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                let s = _mm256_mul_ps(sv, _mm256_set1_ps(*d[k].get_unchecked(g)));
+                acc[k] = _mm256_fmadd_ps(s, prod, acc[k]);
+            }
+        }
+    }
+    [
+        hsum_ps(acc[0]),
+        hsum_ps(acc[1]),
+        hsum_ps(acc[2]),
+        hsum_ps(acc[3]),
+    ]
+}
+
+/// `grouped_dot4` with AVX-512 VNNI: one `vpdpbusd` replaces the
+/// multiply-and-pairwise-add pair (the integer sums are the same).
+///
+/// # Safety
+/// Requires AVX2, FMA, AVX512-VNNI and AVX512-VL; every `a[k]` is as long as `w`.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub unsafe fn grouped_dot4_vnni(
+    w: &[i8],
+    scale: &[[f32; 8]],
+    a: [&[i8]; 4],
+    d: [&[f32]; 4],
+) -> [f32; 4] {
+    let groups = scale.len();
+    assert!(w.len() >= groups * 32);
+    for k in 0..4 {
+        assert!(a[k].len() >= groups * 32 && d[k].len() >= groups);
+    }
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for g in 0..groups {
+        // SAFETY: group g is in bounds of every slice (asserted).
+        unsafe {
+            let wv = _mm256_loadu_si256(w.as_ptr().add(32 * g) as *const __m256i);
+            let wabs = _mm256_sign_epi8(wv, wv);
+            let sv = _mm256_loadu_ps(scale[g].as_ptr());
+            for k in 0..4 {
+                let av = _mm256_loadu_si256(a[k].as_ptr().add(32 * g) as *const __m256i);
+                let isum =
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(av, wv));
+                let s = _mm256_mul_ps(sv, _mm256_set1_ps(*d[k].get_unchecked(g)));
+                acc[k] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(isum), acc[k]);
+            }
+        }
+    }
+    [
+        hsum_ps(acc[0]),
+        hsum_ps(acc[1]),
+        hsum_ps(acc[2]),
+        hsum_ps(acc[3]),
+    ]
+}
+
+/// Unpack legacy 4/5-bit blocks to signed bytes (`q - bias`), 32 per block.
+///
+/// # Safety
+/// Requires AVX2; `out.len() >= 32 · blocks`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn unpack_nibbles<B: super::NibbleBlock>(blocks: &[B], bias: i8, out: &mut [i8]) {
+    assert!(out.len() >= blocks.len() * 32);
+    for (i, b) in blocks.iter().enumerate() {
+        let mut v = nibbles_32(b.qs());
+        if let Some(qh) = b.qh() {
+            let high = _mm256_and_si256(
+                bytes_from_bits_32(u32::from_le_bytes(qh)),
+                _mm256_set1_epi8(0x10),
+            );
+            v = _mm256_or_si256(v, high);
+        }
+        v = _mm256_sub_epi8(v, _mm256_set1_epi8(bias));
+        // SAFETY: 32 bytes at 32·i are in bounds (asserted).
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * i) as *mut __m256i, v) };
+    }
+}
+
+/// Unpack the 6-bit values of Q6_K blocks to `q - 32`, 256 per block.
+///
+/// # Safety
+/// Requires AVX2; `out.len() >= 256 · blocks`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn unpack_q6_k(blocks: &[BlockQ6K], out: &mut [i8]) {
+    assert!(out.len() >= blocks.len() * 256);
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let bias = _mm256_set1_epi8(32);
+    for (i, b) in blocks.iter().enumerate() {
+        for n in 0..2 {
+            // SAFETY: in-bounds loads of the block arrays and stores into `out`.
+            unsafe {
+                let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * n) as *const __m256i);
+                let parts = [
+                    (_mm256_and_si256(ql0, low), qh),
+                    (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
+                    (
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
+                        _mm256_srli_epi16::<4>(qh),
+                    ),
+                    (
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
+                        _mm256_srli_epi16::<6>(qh),
+                    ),
+                ];
+                for (k, (lo4, h)) in parts.into_iter().enumerate() {
+                    let q =
+                        _mm256_or_si256(lo4, _mm256_slli_epi16::<4>(_mm256_and_si256(h, three)));
+                    let dst = out.as_mut_ptr().add(256 * i + 128 * n + 32 * k);
+                    _mm256_storeu_si256(dst as *mut __m256i, _mm256_sub_epi8(q, bias));
+                }
+            }
+        }
+    }
+}
+
+/// Unpack the 4-bit values of Q4_K blocks, 256 per block.
+///
+/// # Safety
+/// Requires AVX2; `out.len() >= 256 · blocks`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn unpack_q4_k(blocks: &[BlockQ4K], out: &mut [i8]) {
+    assert!(out.len() >= blocks.len() * 256);
+    let low = _mm256_set1_epi8(0x0f);
+    for (i, b) in blocks.iter().enumerate() {
+        for j in 0..4 {
+            // SAFETY: in-bounds loads and stores.
+            unsafe {
+                let q = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
+                let dst = out.as_mut_ptr().add(256 * i + 64 * j);
+                _mm256_storeu_si256(dst as *mut __m256i, _mm256_and_si256(q, low));
+                _mm256_storeu_si256(
+                    dst.add(32) as *mut __m256i,
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), low),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `ferry bench`: llama-bench-style measurement. Each test runs `-r` times after
+//! one warm-up; the table reports mean ± sample standard deviation of tokens/s.
+//! Tests: `ppN` prefills N tokens into an empty cache, `tgN` generates N tokens
+//! one at a time, `pgP,N` prefills P tokens then generates N (time for both).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::cpu::CpuBackend;
+use crate::engine::Session;
+use crate::model::Model;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    Prompt(usize),
+    Generate(usize),
+    PromptGenerate(usize, usize),
+}
+
+impl Test {
+    pub fn name(&self) -> String {
+        match self {
+            Test::Prompt(p) => format!("pp{p}"),
+            Test::Generate(n) => format!("tg{n}"),
+            Test::PromptGenerate(p, n) => format!("pp{p}+tg{n}"),
+        }
+    }
+    fn tokens(&self) -> usize {
+        match *self {
+            Test::Prompt(p) => p,
+            Test::Generate(n) => n,
+            Test::PromptGenerate(p, n) => p + n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model_filename: String,
+    pub model_type: String,
+    pub model_size: u64,
+    pub model_n_params: u64,
+    pub backend: String,
+    pub n_threads: usize,
+    pub n_batch: usize,
+    pub n_ubatch: usize,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub test: String,
+    pub samples_ns: Vec<u64>,
+    pub avg_ns: u64,
+    pub stddev_ns: u64,
+    pub avg_ts: f64,
+    pub stddev_ts: f64,
+}
+
+/// Deterministic pseudo-random token ids in `[n_vocab/20, n_vocab/2)`, away
+/// from special tokens.
+fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed | 1;
+    let (lo, hi) = (n_vocab / 20, n_vocab / 2);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (lo + (x as usize) % (hi - lo).max(1)) as u32
+        })
+        .collect()
+}
+
+/// Time one run of `test`; returns nanoseconds.
+fn run_once(
+    backend: &CpuBackend,
+    model: &Model<CpuBackend>,
+    test: Test,
+    ubatch: usize,
+) -> anyhow::Result<u64> {
+    let n_vocab = model.config.n_vocab;
+    let ctx = test.tokens() + 1;
+    let mut s = Session::new(backend, model, ctx.max(16), 1);
+    s.ubatch = ubatch;
+    let t = match test {
+        Test::Prompt(p) => {
+            let toks = tokens(p, n_vocab, 7);
+            let t0 = Instant::now();
+            backend.install(|| s.prefill(0, &toks))?;
+            t0.elapsed()
+        }
+        Test::Generate(n) => {
+            let toks = tokens(n, n_vocab, 11);
+            backend.install(|| -> anyhow::Result<std::time::Duration> {
+                let t0 = Instant::now();
+                for &t in &toks {
+                    s.decode(&[0], &[t])?;
+                }
+                Ok(t0.elapsed())
+            })?
+        }
+        Test::PromptGenerate(p, n) => {
+            let toks = tokens(p + n, n_vocab, 13);
+            backend.install(|| -> anyhow::Result<std::time::Duration> {
+                let t0 = Instant::now();
+                s.prefill(0, &toks[..p])?;
+                for &t in &toks[p..] {
+                    s.decode(&[0], &[t])?;
+                }
+                Ok(t0.elapsed())
+            })?
+        }
+    };
+    Ok(t.as_nanos() as u64)
+}
+
+pub struct BenchSetup<'a> {
+    pub backend: &'a CpuBackend,
+    pub model: &'a Model<CpuBackend>,
+    pub model_filename: String,
+    pub model_type: String,
+    pub model_size: u64,
+    pub model_n_params: u64,
+    pub repetitions: usize,
+    pub ubatch: usize,
+    pub batch: usize,
+}
+
+pub fn run_test(setup: &BenchSetup, test: Test) -> anyhow::Result<BenchResult> {
+    run_once(setup.backend, setup.model, test, setup.ubatch)?; // warm-up
+    let mut samples = Vec::with_capacity(setup.repetitions);
+    for _ in 0..setup.repetitions.max(1) {
+        samples.push(run_once(setup.backend, setup.model, test, setup.ubatch)?);
+    }
+    let n = samples.len() as f64;
+    let avg_ns = samples.iter().sum::<u64>() as f64 / n;
+    let tps: Vec<f64> = samples
+        .iter()
+        .map(|&ns| test.tokens() as f64 * 1e9 / ns as f64)
+        .collect();
+    let avg_ts = tps.iter().sum::<f64>() / n;
+    let sd = |v: &[f64], mean: f64| {
+        if v.len() < 2 {
+            0.0
+        } else {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        }
+    };
+    let ns_f: Vec<f64> = samples.iter().map(|&s| s as f64).collect();
+    let (n_prompt, n_gen) = match test {
+        Test::Prompt(p) => (p, 0),
+        Test::Generate(n) => (0, n),
+        Test::PromptGenerate(p, n) => (p, n),
+    };
+    Ok(BenchResult {
+        model_filename: setup.model_filename.clone(),
+        model_type: setup.model_type.clone(),
+        model_size: setup.model_size,
+        model_n_params: setup.model_n_params,
+        backend: "CPU".into(),
+        n_threads: setup.backend.threads(),
+        n_batch: setup.batch,
+        n_ubatch: setup.ubatch,
+        n_prompt,
+        n_gen,
+        test: test.name(),
+        avg_ns: avg_ns as u64,
+        stddev_ns: sd(&ns_f, avg_ns) as u64,
+        samples_ns: samples,
+        avg_ts,
+        stddev_ts: sd(&tps, avg_ts),
+    })
+}
+
+fn human_size(bytes: u64) -> String {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        format!("{gib:.2} GiB")
+    } else {
+        format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn human_params(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.2} B", n as f64 / 1e9)
+    } else {
+        format!("{:.2} M", n as f64 / 1e6)
+    }
+}
+
+/// A llama-bench-style markdown table.
+pub fn markdown(results: &[BenchResult]) -> String {
+    let mut s = String::new();
+    s.push_str("| model | size | params | backend | threads | n_ubatch | test | t/s |\n");
+    s.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n");
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |\n",
+            r.model_type,
+            human_size(r.model_size),
+            human_params(r.model_n_params),
+            r.backend,
+            r.n_threads,
+            r.n_ubatch,
+            r.test,
+            r.avg_ts,
+            r.stddev_ts
+        ));
+    }
+    s
+}
