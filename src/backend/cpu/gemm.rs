@@ -134,7 +134,7 @@ fn nibbles(qs: &[u8; 16], q: &mut [i8], minus: i8) {
 fn fifth_bits(qh: [u8; 4], q: &mut [i8]) {
     let h = u32::from_le_bytes(qh);
     for (j, v) in q.iter_mut().enumerate() {
-        *v += ((((h >> j) & 1) as i8) << 4) as i8;
+        *v += (((h >> j) & 1) as i8) << 4;
     }
 }
 
@@ -143,14 +143,14 @@ legacy_prepare!(
     0,
     |b, q| nibbles(&b.qs, q, 8),
     0.0,
-    |row, out| { simd::unpack_nibbles(row, 8, &mut out.q) }
+    |row, out| simd::unpack_nibbles(row, 8, &mut out.q)
 );
 legacy_prepare!(
     BlockQ4_1,
     32,
     |b, q| nibbles(&b.qs, q, 0),
     b.m.to_f32(),
-    |row, out| { simd::unpack_nibbles(row, 0, &mut out.q) }
+    |row, out| simd::unpack_nibbles(row, 0, &mut out.q)
 );
 legacy_prepare!(
     BlockQ5_0,

@@ -249,8 +249,7 @@ fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
                 }
                 t += 4;
             }
-            for t in t..ts.end {
-                let a = &acts[t];
+            for (t, a) in acts.iter().enumerate().take(ts.end).skip(t) {
                 let v = simd::grouped_dot(&prepared.q, &prepared.lane_scale, &a.q, &a.d);
                 tile.set(t, r, with_offsets(t, v));
             }
