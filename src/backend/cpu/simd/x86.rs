@@ -327,6 +327,7 @@ pub fn has_avx512_vnni() -> bool {
 /// # Safety
 /// Requires AVX2 and FMA; every `a[k]` is as long as `w`.
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn grouped_dot4(
     w: &[i8],
     scale: &[[f32; 8]],
@@ -369,6 +370,7 @@ pub unsafe fn grouped_dot4(
 /// # Safety
 /// Requires AVX2, FMA, AVX512-VNNI and AVX512-VL; every `a[k]` is as long as `w`.
 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn grouped_dot4_vnni(
     w: &[i8],
     scale: &[[f32; 8]],
