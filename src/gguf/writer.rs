@@ -133,7 +133,7 @@ impl GgufWriter {
                 "tensor '{name}': shape {shape:?} has a zero dimension"
             )));
         }
-        if shape[0] % ty.block_elems() as u64 != 0 {
+        if !shape[0].is_multiple_of(ty.block_elems() as u64) {
             return Err(invalid(format!(
                 "tensor '{name}': row length {} is not a multiple of the {ty} block size {}",
                 shape[0],

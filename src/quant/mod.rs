@@ -91,7 +91,7 @@ pub fn blocks_from_bytes<B: BlockFormat>(
     bytes: &[u8],
 ) -> Result<std::borrow::Cow<'_, [B]>, QuantError> {
     let size = std::mem::size_of::<B>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(QuantError::Partial {
             ty: B::TYPE,
             len: bytes.len(),
@@ -121,7 +121,7 @@ fn dequantize_typed<B: BlockFormat>(bytes: &[u8], out: &mut [f32]) -> Result<(),
 }
 
 fn quantize_typed<B: BlockFormat>(x: &[f32]) -> Result<Vec<B>, QuantError> {
-    if x.len() % B::ELEMS != 0 {
+    if !x.len().is_multiple_of(B::ELEMS) {
         return Err(QuantError::PartialValues {
             ty: B::TYPE,
             len: x.len(),
