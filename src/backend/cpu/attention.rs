@@ -47,37 +47,50 @@ pub fn attention(
     }
     let scale = 1.0 / (hd as f32).sqrt();
     let kv = &*kv;
-    // One task per (token, head).
+    // One task per (token, KV head): the query heads sharing that KV head are
+    // processed together, so each cached key and value is widened once for all.
     out.data
-        .par_chunks_mut(hd)
+        .par_chunks_mut(group * hd)
         .enumerate()
         .for_each(|(task, out)| {
-            let (t, h) = (task / n_heads, task % n_heads);
-            let g = h / group;
+            let (t, g) = (task / cfg.n_kv_heads, task % cfg.n_kv_heads);
             let (seq, pos) = (batch.seqs[t] as usize, batch.positions[t] as usize);
             let base = seq * kv.n_ctx * width + g * hd;
-            let qh: Vec<f32> = q.row(t)[h * hd..(h + 1) * hd]
+            let n_keys = pos + 1;
+            // Queries rounded to f16, as llama.cpp multiplies them with f16 keys.
+            let q_heads: Vec<f32> = q.row(t)[g * group * hd..(g + 1) * group * hd]
                 .iter()
                 .map(|&x| f16::from_f32(x).to_f32())
                 .collect();
-            let mut scores: Vec<f32> = (0..=pos)
-                .map(|j| {
-                    let off = base + j * width;
-                    simd::dot_f16_f32(&kv.k[off..off + hd], &qh) * scale
-                })
-                .collect();
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut sum = 0f64;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            out.fill(0.0);
-            for (j, &s) in scores.iter().enumerate() {
-                let p = f16::from_f32(s * inv).to_f32();
+            let mut scores = vec![0f32; group * n_keys];
+            let mut buf = vec![0f32; hd];
+            for j in 0..n_keys {
                 let off = base + j * width;
-                simd::axpy_f16(out, &kv.v[off..off + hd], p);
+                simd::f16_to_f32(&kv.k[off..off + hd], &mut buf);
+                for h in 0..group {
+                    scores[h * n_keys + j] = simd::dot_f32(&buf, &q_heads[h * hd..(h + 1) * hd]) * scale;
+                }
+            }
+            // Softmax per head; the weights are rounded to f16 like llama.cpp's.
+            for row in scores.chunks_mut(n_keys) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0f64;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                for s in row.iter_mut() {
+                    *s = f16::from_f32(*s * inv).to_f32();
+                }
+            }
+            out.fill(0.0);
+            for j in 0..n_keys {
+                let off = base + j * width;
+                simd::f16_to_f32(&kv.v[off..off + hd], &mut buf);
+                for h in 0..group {
+                    simd::axpy_f32(&mut out[h * hd..(h + 1) * hd], &buf, scores[h * n_keys + j]);
+                }
             }
         });
     Ok(())

@@ -182,3 +182,27 @@ pub fn unpack_q4_k(blocks: &[crate::quant::BlockQ4K], out: &mut [i8]) -> bool {
     let _ = (blocks, out);
     false
 }
+
+/// `out[i] = src[i]` widened to f32.
+pub fn f16_to_f32(src: &[f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and F16C are present.
+        return unsafe { x86::f16_to_f32(src, out) };
+    }
+    for (o, s) in out.iter_mut().zip(src) {
+        *o = s.to_f32();
+    }
+}
+
+/// `acc[i] += p·v[i]`.
+pub fn axpy_f32(acc: &mut [f32], v: &[f32], p: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and FMA are present.
+        return unsafe { x86::axpy_f32(acc, v, p) };
+    }
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += p * v;
+    }
+}

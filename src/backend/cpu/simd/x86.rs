@@ -491,3 +491,46 @@ pub unsafe fn unpack_q4_k(blocks: &[BlockQ4K], out: &mut [i8]) {
         }
     }
 }
+
+/// out[i] = f32(src[i]).
+///
+/// # Safety
+/// Requires AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f16_to_f32(src: &[f16], out: &mut [f32]) {
+    let n = src.len().min(out.len());
+    let mut i = 0;
+    // SAFETY: every access covers 8 elements below `n`.
+    unsafe {
+        while i + 8 <= n {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+    }
+    for j in i..n {
+        out[j] = src[j].to_f32();
+    }
+}
+
+/// acc[i] += p·v[i].
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f32(acc: &mut [f32], v: &[f32], p: f32) {
+    let n = acc.len().min(v.len());
+    let pv = _mm256_set1_ps(p);
+    let mut i = 0;
+    // SAFETY: every access covers 8 elements below `n`.
+    unsafe {
+        while i + 8 <= n {
+            let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+            _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(i)), a));
+            i += 8;
+        }
+    }
+    for j in i..n {
+        acc[j] += p * v[j];
+    }
+}
