@@ -70,3 +70,48 @@ fn float_helpers_match_scalar() {
         }
     }
 }
+
+#[test]
+fn grouped_dots_agree_with_the_scalar_form() {
+    let mut rng = Rng(77);
+    let groups = 28;
+    let cols = groups * 32;
+    let w: Vec<i8> = (0..cols).map(|_| (rng.below(255) as i32 - 127) as i8).collect();
+    let scale: Vec<[f32; 8]> = (0..groups)
+        .map(|_| {
+            let (a, b) = (rng.uniform(), rng.uniform());
+            [a, a, a, a, b, b, b, b]
+        })
+        .collect();
+    let acts: Vec<Vec<i8>> = (0..8)
+        .map(|_| (0..cols).map(|_| (rng.below(255) as i32 - 127) as i8).collect())
+        .collect();
+    let ds: Vec<Vec<f32>> = (0..8).map(|_| (0..groups).map(|_| rng.uniform() * 0.01).collect()).collect();
+    let want: Vec<f32> = (0..8).map(|k| simd::grouped_dot(&w, &scale, &acts[k], &ds[k])).collect();
+    let magnitude: Vec<f32> = (0..8)
+        .map(|k| {
+            (0..cols)
+                .map(|i| (w[i] as f32 * acts[k][i] as f32 * scale[i / 32][0].max(scale[i / 32][4]) * ds[k][i / 32]).abs())
+                .sum()
+        })
+        .collect();
+    let four = simd::grouped_dot4(
+        &w,
+        &scale,
+        std::array::from_fn(|k| acts[k].as_slice()),
+        std::array::from_fn(|k| ds[k].as_slice()),
+    );
+    for k in 0..4 {
+        assert!((four[k] - want[k]).abs() <= 1e-5 * magnitude[k], "4-token kernel, row {k}");
+    }
+    if let Some(eight) = simd::grouped_dot8(
+        &w,
+        &scale,
+        std::array::from_fn(|k| acts[k].as_slice()),
+        std::array::from_fn(|k| ds[k].as_slice()),
+    ) {
+        for k in 0..8 {
+            assert!((eight[k] - want[k]).abs() <= 1e-5 * magnitude[k], "8-token kernel, row {k}");
+        }
+    }
+}

@@ -222,37 +222,76 @@ fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
         .collect();
     let weights: &[W] = bytemuck::cast_slice(w.data());
     let sub = W::SUB.max(32);
-    for_each_tile(rows, n, cols, out, |tile| {
-        let mut prepared = PreparedRow::new(cols, sub);
-        let ts = tile.tokens.clone();
-        for r in tile.rows.clone() {
-            W::prepare(&weights[r * nb..(r + 1) * nb], &mut prepared);
-            // Offsets (Q4_1/Q5_1 minimums, k-quant mins) through the
-            // activations' sub-block sums; summed in order as ggml does.
-            let with_offsets = |t: usize, v: f32| {
-                if W::SUB == 0 {
-                    return v;
-                }
-                let mut offsets = 0f32;
-                for (o, s) in prepared.offset.iter().zip(&acts[t].sums) {
-                    offsets += o * s;
-                }
-                v + offsets
+    // Offsets (Q4_1/Q5_1 minimums, k-quant mins) through the activations'
+    // sub-block sums, summed in order as ggml does.
+    let with_offsets = |row: &PreparedRow, t: usize, v: f32| {
+        if W::SUB == 0 {
+            return v;
+        }
+        let mut offsets = 0f32;
+        for (o, s) in row.offset.iter().zip(&acts[t].sums) {
+            offsets += o * s;
+        }
+        v + offsets
+    };
+    // One row against tokens `from..end` of the tile.
+    let single_row = |tile: &mut Tile, row: &PreparedRow, r: usize, from: usize| {
+        let end = tile.tokens.end;
+        let mut t = from;
+        while t + 8 <= end {
+            let a = std::array::from_fn(|k| acts[t + k].q.as_slice());
+            let d = std::array::from_fn(|k| acts[t + k].d.as_slice());
+            let Some(v) = simd::grouped_dot8(&row.q, &row.lane_scale, a, d) else {
+                break;
             };
+            for (k, v) in v.into_iter().enumerate() {
+                tile.set(t + k, r, with_offsets(row, t + k, v));
+            }
+            t += 8;
+        }
+        while t + 4 <= end {
+            let a = [0, 1, 2, 3].map(|k| acts[t + k].q.as_slice());
+            let d = [0, 1, 2, 3].map(|k| acts[t + k].d.as_slice());
+            let v = simd::grouped_dot4(&row.q, &row.lane_scale, a, d);
+            for (k, v) in v.into_iter().enumerate() {
+                tile.set(t + k, r, with_offsets(row, t + k, v));
+            }
+            t += 4;
+        }
+        for (t, a) in acts.iter().enumerate().take(end).skip(t) {
+            let v = simd::grouped_dot(&row.q, &row.lane_scale, &a.q, &a.d);
+            tile.set(t, r, with_offsets(row, t, v));
+        }
+    };
+    for_each_tile(rows, n, cols, out, |tile| {
+        let mut prepared = [PreparedRow::new(cols, sub), PreparedRow::new(cols, sub)];
+        let ts = tile.tokens.clone();
+        let mut r = tile.rows.start;
+        // Rows in pairs, eight tokens at a time, where the CPU has the registers.
+        while r + 2 <= tile.rows.end {
+            W::prepare(&weights[r * nb..(r + 1) * nb], &mut prepared[0]);
+            W::prepare(&weights[(r + 1) * nb..(r + 2) * nb], &mut prepared[1]);
+            let [p0, p1] = &prepared;
             let mut t = ts.start;
-            while t + 4 <= ts.end {
-                let a = [0, 1, 2, 3].map(|k| acts[t + k].q.as_slice());
-                let d = [0, 1, 2, 3].map(|k| acts[t + k].d.as_slice());
-                let v = simd::grouped_dot4(&prepared.q, &prepared.lane_scale, a, d);
-                for (k, v) in v.into_iter().enumerate() {
-                    tile.set(t + k, r, with_offsets(t + k, v));
+            while t + 8 <= ts.end {
+                let a = std::array::from_fn(|k| acts[t + k].q.as_slice());
+                let d = std::array::from_fn(|k| acts[t + k].d.as_slice());
+                let Some(v) = simd::grouped_dot_2x8([&p0.q, &p1.q], [&p0.lane_scale, &p1.lane_scale], a, d) else {
+                    break;
+                };
+                for k in 0..8 {
+                    tile.set(t + k, r, with_offsets(p0, t + k, v[0][k]));
+                    tile.set(t + k, r + 1, with_offsets(p1, t + k, v[1][k]));
                 }
-                t += 4;
+                t += 8;
             }
-            for (t, a) in acts.iter().enumerate().take(ts.end).skip(t) {
-                let v = simd::grouped_dot(&prepared.q, &prepared.lane_scale, &a.q, &a.d);
-                tile.set(t, r, with_offsets(t, v));
-            }
+            single_row(tile, p0, r, t);
+            single_row(tile, p1, r + 1, t);
+            r += 2;
+        }
+        if r < tile.rows.end {
+            W::prepare(&weights[r * nb..(r + 1) * nb], &mut prepared[0]);
+            single_row(tile, &prepared[0], r, ts.start);
         }
     });
 }

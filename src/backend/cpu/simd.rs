@@ -102,6 +102,35 @@ pub fn grouped_dot(w: &[i8], scale: &[[f32; 8]], a: &[i8], d: &[f32]) -> f32 {
     sum
 }
 
+/// `grouped_dot` of one weight row with eight activation rows (VNNI only;
+/// `None` elsewhere).
+pub fn grouped_dot8(w: &[i8], scale: &[[f32; 8]], a: [&[i8]; 8], d: [&[f32]; 8]) -> Option<[f32; 8]> {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx512_vnni() {
+        // SAFETY: the features are present; lengths are checked inside.
+        return Some(unsafe { x86::grouped_dot4_vnni(w, scale, a, d) });
+    }
+    let _ = (w, scale, a, d);
+    None
+}
+
+/// `grouped_dot` of two weight rows with eight activation rows (VNNI only;
+/// `None` elsewhere).
+pub fn grouped_dot_2x8(
+    w: [&[i8]; 2],
+    scale: [&[[f32; 8]]; 2],
+    a: [&[i8]; 8],
+    d: [&[f32]; 8],
+) -> Option<[[f32; 8]; 2]> {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx512_vnni() {
+        // SAFETY: the features are present; lengths are checked inside.
+        return Some(unsafe { x86::grouped_dot_2x8_vnni(w, scale, a, d) });
+    }
+    let _ = (w, scale, a, d);
+    None
+}
+
 /// `grouped_dot` of one weight row with four activation rows.
 pub fn grouped_dot4(w: &[i8], scale: &[[f32; 8]], a: [&[i8]; 4], d: [&[f32]; 4]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
