@@ -76,7 +76,9 @@ fn grouped_dots_agree_with_the_scalar_form() {
     let mut rng = Rng(77);
     let groups = 28;
     let cols = groups * 32;
-    let w: Vec<i8> = (0..cols).map(|_| (rng.below(255) as i32 - 127) as i8).collect();
+    let w: Vec<i8> = (0..cols)
+        .map(|_| (rng.below(255) as i32 - 127) as i8)
+        .collect();
     let scale: Vec<[f32; 8]> = (0..groups)
         .map(|_| {
             let (a, b) = (rng.uniform(), rng.uniform());
@@ -84,14 +86,28 @@ fn grouped_dots_agree_with_the_scalar_form() {
         })
         .collect();
     let acts: Vec<Vec<i8>> = (0..8)
-        .map(|_| (0..cols).map(|_| (rng.below(255) as i32 - 127) as i8).collect())
+        .map(|_| {
+            (0..cols)
+                .map(|_| (rng.below(255) as i32 - 127) as i8)
+                .collect()
+        })
         .collect();
-    let ds: Vec<Vec<f32>> = (0..8).map(|_| (0..groups).map(|_| rng.uniform() * 0.01).collect()).collect();
-    let want: Vec<f32> = (0..8).map(|k| simd::grouped_dot(&w, &scale, &acts[k], &ds[k])).collect();
+    let ds: Vec<Vec<f32>> = (0..8)
+        .map(|_| (0..groups).map(|_| rng.uniform() * 0.01).collect())
+        .collect();
+    let want: Vec<f32> = (0..8)
+        .map(|k| simd::grouped_dot(&w, &scale, &acts[k], &ds[k]))
+        .collect();
     let magnitude: Vec<f32> = (0..8)
         .map(|k| {
             (0..cols)
-                .map(|i| (w[i] as f32 * acts[k][i] as f32 * scale[i / 32][0].max(scale[i / 32][4]) * ds[k][i / 32]).abs())
+                .map(|i| {
+                    (w[i] as f32
+                        * acts[k][i] as f32
+                        * scale[i / 32][0].max(scale[i / 32][4])
+                        * ds[k][i / 32])
+                        .abs()
+                })
                 .sum()
         })
         .collect();
@@ -102,7 +118,10 @@ fn grouped_dots_agree_with_the_scalar_form() {
         std::array::from_fn(|k| ds[k].as_slice()),
     );
     for k in 0..4 {
-        assert!((four[k] - want[k]).abs() <= 1e-5 * magnitude[k], "4-token kernel, row {k}");
+        assert!(
+            (four[k] - want[k]).abs() <= 1e-5 * magnitude[k],
+            "4-token kernel, row {k}"
+        );
     }
     if let Some(eight) = simd::grouped_dot8(
         &w,
@@ -111,7 +130,26 @@ fn grouped_dots_agree_with_the_scalar_form() {
         std::array::from_fn(|k| ds[k].as_slice()),
     ) {
         for k in 0..8 {
-            assert!((eight[k] - want[k]).abs() <= 1e-5 * magnitude[k], "8-token kernel, row {k}");
+            assert!(
+                (eight[k] - want[k]).abs() <= 1e-5 * magnitude[k],
+                "8-token kernel, row {k}"
+            );
         }
     }
+}
+
+#[test]
+fn simd_activation_quantizers_are_bit_identical() {
+    use ferry::quant::{BlockQ8_0, BlockQ8_1};
+    let mut rng = Rng(3);
+    let mut x = values(&mut rng, 32 * 64);
+    x[0..32].fill(0.0);
+    x[32..64].fill(-1.5);
+    for (i, v) in x[64..96].iter_mut().enumerate() {
+        *v = (i as f32 - 16.0) * 0.5; // exact ties after scaling
+    }
+    let want0: Vec<BlockQ8_0> = x.chunks(32).map(BlockQ8_0::quantize_activation).collect();
+    let want1: Vec<BlockQ8_1> = x.chunks(32).map(BlockQ8_1::quantize_activation).collect();
+    assert_eq!(simd::quantize_q8_0(&x), want0);
+    assert_eq!(simd::quantize_q8_1(&x), want1);
 }

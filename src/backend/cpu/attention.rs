@@ -68,7 +68,8 @@ pub fn attention(
                 let off = base + j * width;
                 simd::f16_to_f32(&kv.k[off..off + hd], &mut buf);
                 for h in 0..group {
-                    scores[h * n_keys + j] = simd::dot_f32(&buf, &q_heads[h * hd..(h + 1) * hd]) * scale;
+                    scores[h * n_keys + j] =
+                        simd::dot_f32(&buf, &q_heads[h * hd..(h + 1) * hd]) * scale;
                 }
             }
             // Softmax per head; the weights are rounded to f16 like llama.cpp's.

@@ -172,6 +172,26 @@ where
     });
 }
 
+/// Quantize one row of activations to the activation format `A` (SIMD where
+/// there is a kernel; bit-identical to `quantize_activation` either way).
+fn quantize_row<A: BlockFormat>(row: &[f32]) -> Vec<A> {
+    use std::any::Any;
+    let mut out: Vec<A> = Vec::new();
+    if let Some(v) = (&mut out as &mut dyn Any).downcast_mut::<Vec<crate::quant::BlockQ8_0>>() {
+        *v = simd::quantize_q8_0(row);
+    } else if let Some(v) =
+        (&mut out as &mut dyn Any).downcast_mut::<Vec<crate::quant::BlockQ8_1>>()
+    {
+        *v = simd::quantize_q8_1(row);
+    } else {
+        out = row
+            .chunks_exact(A::ELEMS)
+            .map(A::quantize_activation)
+            .collect();
+    }
+    out
+}
+
 /// From this many tokens on, weight rows are unpacked once per tile (`gemm`)
 /// instead of being decoded inside every dot product.
 const GEMM_MIN_TOKENS: usize = 4;
@@ -208,17 +228,10 @@ fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
 fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
     let (n, cols, rows) = (x.n, x.width, w.rows);
     let nb = cols / W::ELEMS;
-    let act_elems = <W::Act as BlockFormat>::ELEMS;
     let acts: Vec<PreparedAct> = x
         .data
         .par_chunks(cols)
-        .map(|row| {
-            let blocks: Vec<W::Act> = row
-                .chunks_exact(act_elems)
-                .map(<W::Act as BlockFormat>::quantize_activation)
-                .collect();
-            W::prepare_act(&blocks)
-        })
+        .map(|row| W::prepare_act(&quantize_row::<W::Act>(row)))
         .collect();
     let weights: &[W] = bytemuck::cast_slice(w.data());
     let sub = W::SUB.max(32);
@@ -276,7 +289,9 @@ fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
             while t + 8 <= ts.end {
                 let a = std::array::from_fn(|k| acts[t + k].q.as_slice());
                 let d = std::array::from_fn(|k| acts[t + k].d.as_slice());
-                let Some(v) = simd::grouped_dot_2x8([&p0.q, &p1.q], [&p0.lane_scale, &p1.lane_scale], a, d) else {
+                let Some(v) =
+                    simd::grouped_dot_2x8([&p0.q, &p1.q], [&p0.lane_scale, &p1.lane_scale], a, d)
+                else {
                     break;
                 };
                 for k in 0..8 {

@@ -104,7 +104,12 @@ pub fn grouped_dot(w: &[i8], scale: &[[f32; 8]], a: &[i8], d: &[f32]) -> f32 {
 
 /// `grouped_dot` of one weight row with eight activation rows (VNNI only;
 /// `None` elsewhere).
-pub fn grouped_dot8(w: &[i8], scale: &[[f32; 8]], a: [&[i8]; 8], d: [&[f32]; 8]) -> Option<[f32; 8]> {
+pub fn grouped_dot8(
+    w: &[i8],
+    scale: &[[f32; 8]],
+    a: [&[i8]; 8],
+    d: [&[f32]; 8],
+) -> Option<[f32; 8]> {
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx512_vnni() {
         // SAFETY: the features are present; lengths are checked inside.
@@ -234,4 +239,51 @@ pub fn axpy_f32(acc: &mut [f32], v: &[f32], p: f32) {
     for (a, v) in acc.iter_mut().zip(v) {
         *a += p * v;
     }
+}
+
+/// Quantize activations to Q8_0 blocks as ggml does at run time.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<crate::quant::BlockQ8_0> {
+    use crate::quant::BlockQ8_0;
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x
+            .chunks_exact(32)
+            .map(|c| {
+                let mut qs = [0i8; 32];
+                // SAFETY: AVX2 is present; the chunk is 32 values.
+                let (d, _) = unsafe { x86::quantize_q8_block(c, &mut qs) };
+                BlockQ8_0 {
+                    d: f16::from_f32(d),
+                    qs,
+                }
+            })
+            .collect();
+    }
+    x.chunks_exact(32)
+        .map(BlockQ8_0::quantize_activation)
+        .collect()
+}
+
+/// Quantize activations to Q8_1 blocks as ggml does at run time.
+pub fn quantize_q8_1(x: &[f32]) -> Vec<crate::quant::BlockQ8_1> {
+    use crate::quant::BlockQ8_1;
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x
+            .chunks_exact(32)
+            .map(|c| {
+                let mut qs = [0i8; 32];
+                // SAFETY: AVX2 is present; the chunk is 32 values.
+                let (d, sum) = unsafe { x86::quantize_q8_block(c, &mut qs) };
+                BlockQ8_1 {
+                    d: f16::from_f32(d),
+                    s: f16::from_f32(sum as f32 * d),
+                    qs,
+                }
+            })
+            .collect();
+    }
+    x.chunks_exact(32)
+        .map(BlockQ8_1::quantize_activation)
+        .collect()
 }

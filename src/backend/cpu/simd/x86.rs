@@ -521,7 +521,10 @@ pub unsafe fn axpy_f32(acc: &mut [f32], v: &[f32], p: f32) {
     unsafe {
         while i + 8 <= n {
             let a = _mm256_loadu_ps(acc.as_ptr().add(i));
-            _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(i)), a));
+            _mm256_storeu_ps(
+                acc.as_mut_ptr().add(i),
+                _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(i)), a),
+            );
             i += 8;
         }
     }
@@ -563,12 +566,62 @@ pub unsafe fn grouped_dot_2x8_vnni(
             for k in 0..8 {
                 let av = _mm256_loadu_si256(a[k].as_ptr().add(32 * g) as *const __m256i);
                 let dk = _mm256_set1_ps(*d[k].get_unchecked(g));
-                let i0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs0, _mm256_sign_epi8(av, w0));
-                let i1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs1, _mm256_sign_epi8(av, w1));
+                let i0 =
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs0, _mm256_sign_epi8(av, w0));
+                let i1 =
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs1, _mm256_sign_epi8(av, w1));
                 acc0[k] = _mm256_fmadd_ps(_mm256_mul_ps(s0, dk), _mm256_cvtepi32_ps(i0), acc0[k]);
                 acc1[k] = _mm256_fmadd_ps(_mm256_mul_ps(s1, dk), _mm256_cvtepi32_ps(i1), acc1[k]);
             }
         }
     }
     [acc0.map(|v| hsum_ps(v)), acc1.map(|v| hsum_ps(v))]
+}
+
+/// ggml's run-time Q8_0/Q8_1 activation quantizer for one block of 32:
+/// returns (d, Σq) and writes `q = round_even(x · 127/amax)`. Bit-identical to
+/// `BlockFormat::quantize_activation`.
+///
+/// # Safety
+/// Requires AVX2; `x.len() == q.len() == 32`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_q8_block(x: &[f32], q: &mut [i8; 32]) -> (f32, i32) {
+    assert_eq!(x.len(), 32);
+    let sign = _mm256_set1_ps(-0.0);
+    // SAFETY: 32 floats are readable (asserted).
+    let v = unsafe { [0, 1, 2, 3].map(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i))) };
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    let amax = _mm_cvtss_f32(m4);
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mul = _mm256_set1_ps(id);
+    let ints = v.map(|vi| {
+        _mm256_cvtps_epi32(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(_mm256_mul_ps(vi, mul)))
+    });
+    let sum = _mm256_add_epi32(
+        _mm256_add_epi32(ints[0], ints[1]),
+        _mm256_add_epi32(ints[2], ints[3]),
+    );
+    let s4 = _mm_add_epi32(
+        _mm256_extracti128_si256::<1>(sum),
+        _mm256_castsi256_si128(sum),
+    );
+    let s4 = _mm_hadd_epi32(s4, s4);
+    let s4 = _mm_hadd_epi32(s4, s4);
+    // Pack to bytes and undo the lane interleaving of the pack instructions.
+    let p16a = _mm256_packs_epi32(ints[0], ints[1]);
+    let p16b = _mm256_packs_epi32(ints[2], ints[3]);
+    let p8 = _mm256_packs_epi16(p16a, p16b);
+    let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: 32 writable bytes.
+    unsafe { _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p8) };
+    (d, _mm_cvtsi128_si32(s4))
 }
