@@ -153,3 +153,33 @@ fn simd_activation_quantizers_are_bit_identical() {
     assert_eq!(simd::quantize_q8_0(&x), want0);
     assert_eq!(simd::quantize_q8_1(&x), want1);
 }
+
+#[test]
+fn attention_helpers_match_scalar() {
+    let mut rng = Rng(9);
+    for hd in [64usize, 128, 40] {
+        let k = values(&mut rng, 8 * hd);
+        let q = values(&mut rng, hd);
+        let got = simd::dot8_rows(&k, &q, hd);
+        for r in 0..8 {
+            let want: f32 = k[r * hd..(r + 1) * hd]
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| a * b)
+                .sum();
+            assert!(
+                (got[r] - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "hd {hd} row {r}"
+            );
+        }
+        let n = 13;
+        let v = values(&mut rng, n * hd);
+        let p: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        let mut out = vec![0f32; hd];
+        simd::weighted_rows(&v, &p, hd, &mut out);
+        for d in 0..hd {
+            let want: f32 = (0..n).map(|j| p[j] * v[j * hd + d]).sum();
+            assert!((out[d] - want).abs() < 1e-3 * (1.0 + want.abs()));
+        }
+    }
+}

@@ -62,36 +62,34 @@ pub fn attention(
                 .iter()
                 .map(|&x| f16::from_f32(x).to_f32())
                 .collect();
-            let mut scores = vec![0f32; group * n_keys];
-            let mut buf = vec![0f32; hd];
+            // Widen this task's keys and values once for all its heads.
+            let mut keys = vec![0f32; n_keys.next_multiple_of(8) * hd];
+            let mut values = vec![0f32; n_keys * hd];
             for j in 0..n_keys {
                 let off = base + j * width;
-                simd::f16_to_f32(&kv.k[off..off + hd], &mut buf);
-                for h in 0..group {
-                    scores[h * n_keys + j] =
-                        simd::dot_f32(&buf, &q_heads[h * hd..(h + 1) * hd]) * scale;
-                }
+                simd::f16_to_f32(&kv.k[off..off + hd], &mut keys[j * hd..(j + 1) * hd]);
+                simd::f16_to_f32(&kv.v[off..off + hd], &mut values[j * hd..(j + 1) * hd]);
             }
-            // Softmax per head; the weights are rounded to f16 like llama.cpp's.
-            for row in scores.chunks_mut(n_keys) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut scores = vec![0f32; n_keys.next_multiple_of(8)];
+            for h in 0..group {
+                let qh = &q_heads[h * hd..(h + 1) * hd];
+                for j in (0..n_keys).step_by(8) {
+                    let s = simd::dot8_rows(&keys[j * hd..(j + 8) * hd], qh, hd);
+                    scores[j..j + 8].copy_from_slice(&s);
+                }
+                // Softmax; the weights are rounded to f16 like llama.cpp's.
+                let row = &mut scores[..n_keys];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
                 let mut sum = 0f64;
                 for s in row.iter_mut() {
-                    *s = (*s - max).exp();
+                    *s = (*s * scale - max).exp();
                     sum += *s as f64;
                 }
                 let inv = (1.0 / sum) as f32;
                 for s in row.iter_mut() {
                     *s = f16::from_f32(*s * inv).to_f32();
                 }
-            }
-            out.fill(0.0);
-            for j in 0..n_keys {
-                let off = base + j * width;
-                simd::f16_to_f32(&kv.v[off..off + hd], &mut buf);
-                for h in 0..group {
-                    simd::axpy_f32(&mut out[h * hd..(h + 1) * hd], &buf, scores[h * n_keys + j]);
-                }
+                simd::weighted_rows(&values, row, hd, &mut out[h * hd..(h + 1) * hd]);
             }
         });
     Ok(())

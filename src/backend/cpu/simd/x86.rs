@@ -625,3 +625,68 @@ pub unsafe fn quantize_q8_block(x: &[f32], q: &mut [i8; 32]) -> (f32, i32) {
     unsafe { _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p8) };
     (d, _mm_cvtsi128_si32(s4))
 }
+
+/// Dot products of eight rows of `k` (`8 · hd` floats, row-major) with `q`
+/// (`hd` floats, a multiple of 8).
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dot8_rows(k: &[f32], q: &[f32], hd: usize) -> [f32; 8] {
+    assert!(hd % 8 == 0 && k.len() >= 8 * hd && q.len() >= hd);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for c in (0..hd).step_by(8) {
+        // SAFETY: in bounds (asserted).
+        unsafe {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+            for r in 0..8 {
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(k.as_ptr().add(r * hd + c)), qv, acc[r]);
+            }
+        }
+    }
+    // Reduce eight vectors to one vector of eight sums.
+    let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+    let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+    let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+    let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+    let h0123 = _mm256_hadd_ps(h01, h23);
+    let h4567 = _mm256_hadd_ps(h45, h67);
+    let lo = _mm256_permute2f128_ps::<0x20>(h0123, h4567);
+    let hi = _mm256_permute2f128_ps::<0x31>(h0123, h4567);
+    let sums = _mm256_add_ps(lo, hi);
+    let mut out = [0f32; 8];
+    // SAFETY: 8 writable floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+    // Order: lanes of h0123 hold rows 0,1,2,3 (per 128-bit half), h4567 rows 4..7.
+    [
+        out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
+    ]
+}
+
+/// out = Σ_j p[j] · v[j] over rows of `v` (`p.len() · hd` floats); `hd` a
+/// multiple of 8 and at most 256, kept in registers across the rows.
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn weighted_rows(v: &[f32], p: &[f32], hd: usize, out: &mut [f32]) {
+    assert!(hd % 8 == 0 && hd <= 256 && v.len() >= p.len() * hd && out.len() >= hd);
+    let chunks = hd / 8;
+    let mut acc = [_mm256_setzero_ps(); 32];
+    for (j, &pj) in p.iter().enumerate() {
+        let pv = _mm256_set1_ps(pj);
+        for c in 0..chunks {
+            // SAFETY: in bounds (asserted).
+            acc[c] = _mm256_fmadd_ps(
+                pv,
+                unsafe { _mm256_loadu_ps(v.as_ptr().add(j * hd + 8 * c)) },
+                acc[c],
+            );
+        }
+    }
+    for c in 0..chunks {
+        // SAFETY: in bounds (asserted).
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), acc[c]) };
+    }
+}
