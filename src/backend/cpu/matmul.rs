@@ -294,9 +294,9 @@ fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
                 else {
                     break;
                 };
-                for k in 0..8 {
-                    tile.set(t + k, r, with_offsets(p0, t + k, v[0][k]));
-                    tile.set(t + k, r + 1, with_offsets(p1, t + k, v[1][k]));
+                for (k, (&v0, &v1)) in v[0].iter().zip(&v[1]).enumerate() {
+                    tile.set(t + k, r, with_offsets(p0, t + k, v0));
+                    tile.set(t + k, r + 1, with_offsets(p1, t + k, v1));
                 }
                 t += 8;
             }

@@ -291,7 +291,7 @@ pub fn quantize_q8_1(x: &[f32]) -> Vec<crate::quant::BlockQ8_1> {
 /// Dot products of eight consecutive `hd`-long rows of `k` with `q`.
 pub fn dot8_rows(k: &[f32], q: &[f32], hd: usize) -> [f32; 8] {
     #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2() && hd % 8 == 0 {
+    if x86::has_avx2() && hd.is_multiple_of(8) {
         // SAFETY: AVX2 and FMA are present; bounds are checked inside.
         return unsafe { x86::dot8_rows(k, q, hd) };
     }
@@ -301,7 +301,7 @@ pub fn dot8_rows(k: &[f32], q: &[f32], hd: usize) -> [f32; 8] {
 /// `out = Σ_j p[j] · v[j·hd .. (j+1)·hd]`.
 pub fn weighted_rows(v: &[f32], p: &[f32], hd: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2() && hd % 8 == 0 && hd <= 256 {
+    if x86::has_avx2() && hd.is_multiple_of(8) && hd <= 256 {
         // SAFETY: AVX2 and FMA are present; bounds are checked inside.
         return unsafe { x86::weighted_rows(v, p, hd, out) };
     }

@@ -634,7 +634,7 @@ pub unsafe fn quantize_q8_block(x: &[f32], q: &mut [i8; 32]) -> (f32, i32) {
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)]
 pub unsafe fn dot8_rows(k: &[f32], q: &[f32], hd: usize) -> [f32; 8] {
-    assert!(hd % 8 == 0 && k.len() >= 8 * hd && q.len() >= hd);
+    assert!(hd.is_multiple_of(8) && k.len() >= 8 * hd && q.len() >= hd);
     let mut acc = [_mm256_setzero_ps(); 8];
     for c in (0..hd).step_by(8) {
         // SAFETY: in bounds (asserted).
@@ -671,7 +671,7 @@ pub unsafe fn dot8_rows(k: &[f32], q: &[f32], hd: usize) -> [f32; 8] {
 /// Requires AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn weighted_rows(v: &[f32], p: &[f32], hd: usize, out: &mut [f32]) {
-    assert!(hd % 8 == 0 && hd <= 256 && v.len() >= p.len() * hd && out.len() >= hd);
+    assert!(hd.is_multiple_of(8) && hd <= 256 && v.len() >= p.len() * hd && out.len() >= hd);
     let chunks = hd / 8;
     let mut acc = [_mm256_setzero_ps(); 32];
     for (j, &pj) in p.iter().enumerate() {
