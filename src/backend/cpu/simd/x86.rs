@@ -670,6 +670,7 @@ pub unsafe fn dot8_rows(k: &[f32], q: &[f32], hd: usize) -> [f32; 8] {
 /// # Safety
 /// Requires AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn weighted_rows(v: &[f32], p: &[f32], hd: usize, out: &mut [f32]) {
     assert!(hd.is_multiple_of(8) && hd <= 256 && v.len() >= p.len() * hd && out.len() >= hd);
     let chunks = hd / 8;
