@@ -1,0 +1,231 @@
+//! Bad models and bad requests give clear errors naming the problem.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use ferry::backend::cpu::CpuBackend;
+use ferry::engine::Session;
+use ferry::gguf::{Gguf, GgufWriter, Value};
+use ferry::model::Model;
+use ferry::quant::{self, GgmlType};
+
+struct Tiny {
+    arch: &'static str,
+    skip: Option<&'static str>,
+    reshape: Option<(&'static str, Vec<u64>)>,
+}
+
+/// A two-layer llama-shaped model with random weights.
+fn tiny_model(dir: &Path, name: &str, t: Tiny) -> PathBuf {
+    let (d, ff, heads, kv_heads, vocab, layers) = (64u64, 128u64, 4u64, 2u64, 96u64, 2);
+    let hd = d / heads;
+    let mut w = GgufWriter::new();
+    w.set_str("general.architecture", t.arch);
+    for (k, v) in [
+        ("block_count", layers),
+        ("embedding_length", d),
+        ("feed_forward_length", ff),
+        ("attention.head_count", heads),
+        ("attention.head_count_kv", kv_heads),
+        ("context_length", 256),
+    ] {
+        w.set(format!("{}.{k}", t.arch), Value::U32(v as u32));
+    }
+    w.set(
+        format!("{}.attention.layer_norm_rms_epsilon", t.arch),
+        Value::F32(1e-5),
+    );
+    let mut tensors: Vec<(String, Vec<u64>, GgmlType)> = vec![
+        ("token_embd.weight".into(), vec![d, vocab], GgmlType::Q8_0),
+        ("output_norm.weight".into(), vec![d], GgmlType::F32),
+    ];
+    for l in 0..layers {
+        for (n, shape, ty) in [
+            ("attn_norm.weight", vec![d], GgmlType::F32),
+            ("attn_q.weight", vec![d, heads * hd], GgmlType::Q8_0),
+            ("attn_k.weight", vec![d, kv_heads * hd], GgmlType::Q8_0),
+            ("attn_v.weight", vec![d, kv_heads * hd], GgmlType::Q8_0),
+            ("attn_output.weight", vec![heads * hd, d], GgmlType::Q8_0),
+            ("ffn_norm.weight", vec![d], GgmlType::F32),
+            ("ffn_gate.weight", vec![d, ff], GgmlType::Q8_0),
+            ("ffn_up.weight", vec![d, ff], GgmlType::Q8_0),
+            ("ffn_down.weight", vec![ff, d], GgmlType::Q8_0),
+        ] {
+            tensors.push((format!("blk.{l}.{n}"), shape, ty));
+        }
+    }
+    let mut rng = Rng(17);
+    let mut datas = Vec::new();
+    for (name, shape, ty) in &tensors {
+        if Some(name.as_str()) == t.skip {
+            continue;
+        }
+        let shape = match &t.reshape {
+            Some((n, s)) if n == name => s.clone(),
+            _ => shape.clone(),
+        };
+        let n: u64 = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                if shape.len() == 1 {
+                    1.0
+                } else {
+                    rng.normal() * 0.05
+                }
+            })
+            .collect();
+        w.add_tensor(name.clone(), &shape, *ty).unwrap();
+        datas.push(quant::quantize(*ty, &values).unwrap());
+    }
+    let path = dir.join(format!("{name}.gguf"));
+    let f = std::fs::File::create(&path).unwrap();
+    let mut out = w.write_header(std::io::BufWriter::new(f)).unwrap();
+    for d in &datas {
+        out.write(d).unwrap();
+    }
+    out.finish().unwrap();
+    path
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-model-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn load_err(path: &Path) -> String {
+    let g = Gguf::open(path).unwrap();
+    let b = CpuBackend::new(1);
+    match Model::load(&b, &g, |_, _| {}) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_tiny_synthetic_model_runs() {
+    let p = tiny_model(
+        &dir(),
+        "ok",
+        Tiny {
+            arch: "llama",
+            skip: None,
+            reshape: None,
+        },
+    );
+    let g = Gguf::open(&p).unwrap();
+    let b = CpuBackend::new(1);
+    let m = Model::load(&b, &g, |_, _| {}).unwrap();
+    assert!(m.output.is_none(), "tied output");
+    let mut s = Session::new(&b, &m, 32, 1);
+    let logits = s.prefill(0, &[1, 2, 3, 4, 5]).unwrap();
+    assert_eq!(logits.len(), 96);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // Decoding past the context is an error, not a panic.
+    let mut s = Session::new(&b, &m, 6, 1);
+    s.prefill(0, &[1, 2, 3, 4, 5, 6]).unwrap();
+    let e = s.decode(&[0], &[7]).unwrap_err().to_string();
+    assert!(e.contains("outside the context of 6 tokens"), "{e}");
+    // Out-of-vocabulary token ids are rejected.
+    let mut s = Session::new(&b, &m, 32, 1);
+    let e = s.prefill(0, &[1000]).unwrap_err().to_string();
+    assert!(e.contains("token id 1000"), "{e}");
+}
+
+#[test]
+fn unknown_architecture_missing_tensor_and_wrong_shape_are_named() {
+    let d = dir();
+    let e = load_err(&tiny_model(
+        &d,
+        "arch",
+        Tiny {
+            arch: "gptj",
+            skip: None,
+            reshape: None,
+        },
+    ));
+    assert!(e.contains("architecture 'gptj' is not supported"), "{e}");
+
+    let e = load_err(&tiny_model(
+        &d,
+        "missing",
+        Tiny {
+            arch: "llama",
+            skip: Some("blk.1.ffn_up.weight"),
+            reshape: None,
+        },
+    ));
+    assert!(e.contains("tensor 'blk.1.ffn_up.weight' is missing"), "{e}");
+
+    let e = load_err(&tiny_model(
+        &d,
+        "shape",
+        Tiny {
+            arch: "llama",
+            skip: None,
+            reshape: Some(("blk.0.attn_k.weight", vec![64, 64])),
+        },
+    ));
+    assert!(
+        e.contains("blk.0.attn_k.weight") && e.contains("[64, 64]") && e.contains("[64, 32]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn run_rejects_a_prompt_longer_than_the_context() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "run",
+            "-m",
+            model("smollm2").to_str().unwrap(),
+            "-c",
+            "16",
+            "--temp",
+            "0",
+            "-p",
+        ])
+        .arg("word ".repeat(40))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the context holds 16") && err.contains("-c"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_generates_greedy_text_on_the_real_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "run",
+            "-m",
+            model("smollm2").to_str().unwrap(),
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "-p",
+        ])
+        .arg("The capital of France is")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // llama.cpp's greedy continuation of this prompt starts " Paris."
+    assert!(text.starts_with(" Paris."), "{text:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("prefill:") && err.contains("decode:") && err.contains("tokens/s"),
+        "{err}"
+    );
+}
