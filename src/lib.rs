@@ -11,4 +11,5 @@ pub mod gguf;
 pub mod inspect;
 pub mod model;
 pub mod quant;
+pub mod synth;
 pub mod tokenizer;

@@ -135,6 +135,27 @@ struct BenchArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check the CUDA backend against the CPU backend: logits of a prefill and
+    /// of greedy decode steps, on the given models and on synthetic models of
+    /// every weight type. Prints a pass/fail table.
+    GpuCheck {
+        /// Model files to check.
+        models: Vec<PathBuf>,
+        /// Also write and check synthetic models of every weight type in this directory.
+        #[arg(long)]
+        synthetic: Option<PathBuf>,
+        /// Largest accepted max |Δ logit| / logit range.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f32,
+    },
+    /// Write a copy of a model that keeps only its first N layers (real weights
+    /// small enough to carry around for checks).
+    Truncate {
+        model: PathBuf,
+        #[arg(long)]
+        layers: usize,
+        out: PathBuf,
+    },
     /// Measure prefill (ppN) and generation (tgN) speed, llama-bench style.
     Bench(BenchArgs),
     /// Generate text from a prompt, or chat (--chat). Text goes to stdout, timings to stderr.
@@ -170,6 +191,15 @@ enum Command {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_model(args)?,
+        Command::GpuCheck {
+            models,
+            synthetic,
+            tolerance,
+        } => gpu_check(models, synthetic, tolerance)?,
+        Command::Truncate { model, layers, out } => {
+            ferry::synth::truncate_layers(&model, &out, layers)?;
+            eprintln!("wrote {} ({} layers)", out.display(), layers);
+        }
         Command::Bench(args) => bench(args)?,
         Command::Inspect { model, json } => {
             let g = Gguf::open(&model)?;
@@ -453,6 +483,101 @@ fn bench(args: BenchArgs) -> Result<()> {
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32) -> Result<()> {
+    use ferry::backend::cuda::CudaBackend;
+    use ferry::engine::argmax;
+    use ferry::quant::GgmlType;
+    let cuda = CudaBackend::new(0)?;
+    let cpu = CpuBackend::new(0);
+    eprintln!(
+        "device: {} (kernels {})",
+        ferry::backend::Backend::name(&cuda),
+        if cuda.kernels_from_cache {
+            "from the disk cache"
+        } else {
+            "compiled by NVRTC"
+        }
+    );
+    if let Some(dir) = &synthetic {
+        std::fs::create_dir_all(dir)?;
+        for ty in GgmlType::WEIGHT_TYPES {
+            let p = dir.join(format!("synthetic-{}.gguf", ty.name().to_lowercase()));
+            ferry::synth::write_random_llama(&p, &ferry::synth::TinySpec::new(ty))?;
+            models.push(p);
+        }
+    }
+    let rel = |a: &[f32], b: &[f32]| {
+        let max = b.iter().fold(f32::MIN, |m, &v| m.max(v));
+        let min = b.iter().fold(f32::MAX, |m, &v| m.min(v));
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        if a.iter().all(|v| v.is_finite()) {
+            d / (max - min).max(1e-6)
+        } else {
+            f32::INFINITY
+        }
+    };
+    println!("| model | types | prefill rel. diff | decode max rel. diff | top-1 agree | result |");
+    println!("| --- | --- | ---: | ---: | ---: | --- |");
+    let mut failed = 0;
+    for path in &models {
+        let g = Gguf::open(path)?;
+        let mc = Model::load(&cpu, &g, |_, _| {})?;
+        let mg = Model::load(&cuda, &g, |_, _| {})?;
+        let n_vocab = mc.config.n_vocab;
+        let tokens: Vec<u32> = (0..48u32)
+            .map(|i| (n_vocab as u32 / 20 + i * 7919) % (n_vocab as u32 / 2).max(1))
+            .collect();
+        let mut sc = Session::new(&cpu, &mc, 128, 1);
+        let mut sg = Session::new(&cuda, &mg, 128, 1);
+        let mut lc = cpu.install(|| sc.prefill(0, &tokens))?;
+        let mut lg = sg.prefill(0, &tokens)?;
+        cuda.check()?;
+        let prefill = rel(&lg, &lc);
+        let mut agree = (argmax(&lc) == argmax(&lg)) as usize;
+        let mut decode = 0f32;
+        for _ in 0..8 {
+            let t = argmax(&lc);
+            lc = cpu.install(|| sc.decode(&[0], &[t]))?;
+            lg = sg.decode(&[0], &[t])?;
+            cuda.check()?;
+            decode = decode.max(rel(&lg, &lc));
+            agree += (argmax(&lc) == argmax(&lg)) as usize;
+        }
+        let mut types: Vec<&str> = g
+            .tensors()
+            .iter()
+            .filter(|t| t.shape.len() > 1)
+            .map(|t| t.ty.name())
+            .collect();
+        types.sort();
+        types.dedup();
+        let ok = prefill <= tolerance && decode <= tolerance;
+        failed += !ok as usize;
+        println!(
+            "| {} | {} | {:.2e} | {:.2e} | {}/9 | {} |",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            types.join(" "),
+            prefill,
+            decode,
+            agree,
+            if ok { "pass" } else { "FAIL" }
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} models differ beyond the tolerance {tolerance}",
+            models.len()
+        );
     }
     Ok(())
 }

@@ -183,3 +183,52 @@ fn attention_helpers_match_scalar() {
         }
     }
 }
+
+/// The prefill path (weights unpacked once per tile, `gemm`) and the decode
+/// path (one fused dot product per row) agree for every weight type.
+#[test]
+fn gemm_path_matches_the_dot_path_for_every_type() {
+    use ferry::backend::Backend;
+    use ferry::backend::cpu::{CpuAct, CpuBackend};
+    use ferry::gguf::Gguf;
+    use ferry::quant::GgmlType;
+    let dir = std::env::temp_dir().join(format!("ferry-gemm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let b = CpuBackend::new(2);
+    let mut rng = Rng(21);
+    for ty in GgmlType::WEIGHT_TYPES {
+        let path = dir.join(format!("{}.gguf", ty.name()));
+        let mut spec = ferry::synth::TinySpec::new(ty);
+        spec.n_layers = 1;
+        ferry::synth::write_random_llama(&path, &spec).unwrap();
+        let g = Gguf::open(&path).unwrap();
+        let t = g.tensor("blk.0.ffn_down.weight").unwrap();
+        let tref = ferry::model::TensorRef {
+            name: t.name.clone(),
+            ty: t.ty,
+            shape: t.shape.clone(),
+            file_index: t.file_index,
+            file_offset: t.file_offset,
+            n_bytes: t.n_bytes,
+        };
+        let w = b.load_weight(&g, &tref).unwrap();
+        let n = 11;
+        let mut x = CpuAct::zeros(n, w.cols);
+        x.data.iter_mut().for_each(|v| *v = rng.normal());
+        let mut batched = CpuAct::zeros(n, w.rows);
+        b.matmul(&x, &w, &mut batched);
+        for tok in 0..n {
+            let mut one = CpuAct::zeros(1, w.cols);
+            one.data.copy_from_slice(x.row(tok));
+            let mut out = CpuAct::zeros(1, w.rows);
+            b.matmul(&one, &w, &mut out);
+            for r in 0..w.rows {
+                let (a, c) = (batched.row(tok)[r], out.data[r]);
+                assert!(
+                    (a - c).abs() <= 1e-4 * (1.0 + c.abs()),
+                    "{ty}: token {tok} row {r}: gemm {a} vs dot {c}"
+                );
+            }
+        }
+    }
+}

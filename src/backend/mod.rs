@@ -3,6 +3,7 @@
 //! backend implements it here, the CUDA backend implements the same trait.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::model::{Config, RopeParams, TensorRef};
 

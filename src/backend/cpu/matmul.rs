@@ -234,7 +234,7 @@ fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
         .map(|row| W::prepare_act(&quantize_row::<W::Act>(row)))
         .collect();
     let weights: &[W] = bytemuck::cast_slice(w.data());
-    let sub = W::SUB.max(32);
+    let sub = if W::SUB == 0 { 32 } else { W::SUB };
     // Offsets (Q4_1/Q5_1 minimums, k-quant mins) through the activations'
     // sub-block sums, summed in order as ggml does.
     let with_offsets = |row: &PreparedRow, t: usize, v: f32| {

@@ -1,0 +1,694 @@
+//! The CUDA backend: weights stay in their GGUF block format on the device and
+//! are decoded by our kernels (`kernels/ferry.cu`, compiled by NVRTC for the
+//! card at first use and cached on disk); batched matrix products go through
+//! cuBLAS (f16 in, f32 accumulate), small batches through a fused GEMV.
+//!
+//! This first version favours being obviously right over being fast: the
+//! prefill path dequantizes a weight matrix to f16 for every product, and
+//! attention keeps one block per (token, head). It is checked against the CPU
+//! backend by `ferry gpu-check`.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use half::f16;
+
+use super::{Backend, BackendError, Batch};
+use crate::gguf::Gguf;
+use crate::model::{Config, RopeKind, RopeParams, TensorRef};
+use crate::quant::GgmlType;
+
+const KERNELS: &str = include_str!("kernels/ferry.cu");
+
+fn err(e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Invalid(format!("CUDA: {e:?}"))
+}
+
+/// Why no CUDA device can be used, in one line, or `Ok` when one can.
+pub fn availability() -> Result<(), String> {
+    // SAFETY: these only try to load the shared libraries.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            return Err(
+                "no CUDA driver found (libcuda.so); install the NVIDIA driver, or run on the CPU"
+                    .into(),
+            );
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            return Err(
+                "NVRTC (libnvrtc.so) not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH"
+                    .into(),
+            );
+        }
+        if !cudarc::cublas::sys::is_culib_present() {
+            return Err(
+                "cuBLAS (libcublas.so) not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH"
+                    .into(),
+            );
+        }
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("the CUDA driver reports no GPU".into()),
+        Err(e) => Err(format!("the CUDA driver failed to start: {e:?}")),
+    }
+}
+
+struct Kernels {
+    dequant_f16: CudaFunction,
+    f32_to_f16: CudaFunction,
+    gemv: CudaFunction,
+    embed: CudaFunction,
+    rms_norm: CudaFunction,
+    add_bias: CudaFunction,
+    add: CudaFunction,
+    swiglu: CudaFunction,
+    rope: CudaFunction,
+    kv_store: CudaFunction,
+    attention: CudaFunction,
+    gather_rows: CudaFunction,
+}
+
+/// 64-bit FNV-1a: a stable hash for the kernel cache key.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The cache file for compiled kernels: keyed by source hash, architecture and
+/// driver version, so the second start compiles nothing.
+pub fn kernel_cache_path(arch: &str, driver: i32) -> std::path::PathBuf {
+    let dir = crate::fetch::model_cache_dir()
+        .parent()
+        .map(|p| p.join("kernels"))
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-kernels"));
+    dir.join(format!(
+        "{:016x}-{arch}-{driver}.ptx",
+        fnv1a(KERNELS.as_bytes())
+    ))
+}
+
+fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError> {
+    let (major, minor) = ctx.compute_capability().map_err(err)?;
+    let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+    let mut driver = 0i32;
+    // SAFETY: writes one int.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+    let path = kernel_cache_path(arch, driver);
+    let (ptx, cached) = match std::fs::read_to_string(&path) {
+        Ok(src) => (cudarc::nvrtc::Ptx::from_src(src), true),
+        Err(_) => {
+            let opts = cudarc::nvrtc::CompileOptions {
+                arch: Some(arch),
+                include_paths: vec!["/usr/local/cuda/include".into()],
+                ..Default::default()
+            };
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| {
+                BackendError::Invalid(format!("compiling the CUDA kernels for {arch}: {e}"))
+            })?;
+            if let Some(dir) = path.parent()
+                && std::fs::create_dir_all(dir).is_ok()
+            {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, ptx.to_src()).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+            }
+            (ptx, false)
+        }
+    };
+    let module = ctx.load_module(ptx).map_err(err)?;
+    let f = |name: &str| module.load_function(name).map_err(err);
+    Ok((
+        Kernels {
+            dequant_f16: f("dequant_f16")?,
+            f32_to_f16: f("f32_to_f16")?,
+            gemv: f("gemv")?,
+            embed: f("embed")?,
+            rms_norm: f("rms_norm")?,
+            add_bias: f("add_bias")?,
+            add: f("add")?,
+            swiglu: f("swiglu")?,
+            rope: f("rope")?,
+            kv_store: f("kv_store")?,
+            attention: f("attention")?,
+            gather_rows: f("gather_rows")?,
+        },
+        cached,
+    ))
+}
+
+pub struct CudaWeight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    data: CudaSlice<u8>,
+}
+
+pub struct CudaAct {
+    pub n: usize,
+    pub width: usize,
+    data: CudaSlice<f32>,
+}
+
+pub struct CudaKv {
+    n_ctx: usize,
+    n_seq: usize,
+    width: usize,
+    k: CudaSlice<f16>,
+    v: CudaSlice<f16>,
+}
+
+/// f16 buffers for a dequantized weight matrix and converted activations.
+type Scratch = (Option<CudaSlice<f16>>, Option<CudaSlice<f16>>);
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    k: Kernels,
+    /// f16 scratch for dequantized weights and converted activations (grown on demand).
+    scratch: Mutex<Scratch>,
+    pub kernels_from_cache: bool,
+    name: String,
+}
+
+fn grid(n: usize, block: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(block as usize).clamp(1, 65535 * 8) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaBackend {
+    pub fn new(ordinal: usize) -> Result<Self, BackendError> {
+        availability().map_err(BackendError::Invalid)?;
+        let ctx = CudaContext::new(ordinal).map_err(err)?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(err)?;
+        let (k, cached) = load_kernels(&ctx)?;
+        let name = format!("CUDA ({})", ctx.name().unwrap_or_else(|_| "GPU".into()));
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            k,
+            scratch: Mutex::new((None, None)),
+            kernels_from_cache: cached,
+            name,
+        })
+    }
+
+    pub fn free_memory(&self) -> Result<(usize, usize), BackendError> {
+        self.ctx.mem_get_info().map_err(err)
+    }
+
+    fn upload<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, BackendError> {
+        self.stream.clone_htod(v).map_err(err)
+    }
+
+    fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, BackendError> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(err)
+    }
+
+    fn try_matmul(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let (n, cols, rows) = (x.n, w.cols, w.rows);
+        let (be, bb) = (w.ty.block_elems() as i32, w.ty.block_bytes() as i32);
+        let (ty, rows_i, cols_i, n_i) = (w.ty.id() as i32, rows as i32, cols as i32, n as i32);
+        if n <= 8 {
+            let mut b = self.stream.launch_builder(&self.k.gemv);
+            b.arg(&w.data).arg(&x.data).arg(&mut out.data);
+            b.arg(&ty)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&n_i)
+                .arg(&be)
+                .arg(&bb);
+            // SAFETY: argument types match the kernel's signature; buffers are sized by shape.
+            unsafe { b.launch(grid(rows * 32, 256)) }.map_err(err)?;
+            return Ok(());
+        }
+        let mut scratch = self.scratch.lock().expect("scratch lock");
+        let need_w = rows * cols;
+        let need_x = n * cols;
+        if scratch.0.as_ref().is_none_or(|s| s.len() < need_w) {
+            scratch.0 = Some(self.zeros::<f16>(need_w)?);
+        }
+        if scratch.1.as_ref().is_none_or(|s| s.len() < need_x) {
+            scratch.1 = Some(self.zeros::<f16>(need_x)?);
+        }
+        let (wf, xf) = {
+            let (a, b) = &mut *scratch;
+            (
+                a.as_mut().expect("allocated"),
+                b.as_mut().expect("allocated"),
+            )
+        };
+        {
+            let mut b = self.stream.launch_builder(&self.k.dequant_f16);
+            b.arg(&w.data)
+                .arg(&mut *wf)
+                .arg(&ty)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&be)
+                .arg(&bb);
+            // SAFETY: as above.
+            unsafe { b.launch(grid(need_w, 256)) }.map_err(err)?;
+        }
+        {
+            let total = need_x;
+            let mut b = self.stream.launch_builder(&self.k.f32_to_f16);
+            b.arg(&x.data).arg(&mut *xf).arg(&total);
+            // SAFETY: as above.
+            unsafe { b.launch(grid(total, 256)) }.map_err(err)?;
+        }
+        // Row-major out[n][rows] is column-major (rows × n) = Wᵀᵀ · Xᵀ: A = W
+        // stored (cols × rows) column-major, transposed; B = X stored (cols × n).
+        use cudarc::cublas::sys;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (a_ptr, _ga) = wf.device_ptr(&self.stream);
+        let (b_ptr, _gb) = xf.device_ptr(&self.stream);
+        let (c_ptr, _gc) = out.data.device_ptr_mut(&self.stream);
+        // SAFETY: pointers are live device allocations of the sizes the call reads/writes.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                rows_i,
+                n_i,
+                cols_i,
+                &alpha as *const f32 as *const _,
+                a_ptr as *const _,
+                sys::cudaDataType::CUDA_R_16F,
+                cols_i,
+                b_ptr as *const _,
+                sys::cudaDataType::CUDA_R_16F,
+                cols_i,
+                &beta as *const f32 as *const _,
+                c_ptr as *mut _,
+                sys::cudaDataType::CUDA_R_32F,
+                rows_i,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(err)
+    }
+
+    fn elementwise(
+        &self,
+        f: &CudaFunction,
+        x: &mut CudaSlice<f32>,
+        y: Option<&CudaSlice<f32>>,
+        extra: Option<i32>,
+    ) {
+        let n = x.len();
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x);
+        if let Some(y) = y {
+            b.arg(y);
+        }
+        if let Some(e) = extra.as_ref() {
+            b.arg(e);
+        }
+        b.arg(&n);
+        // SAFETY: the kernels take (x, [y], [width], n) as declared in ferry.cu.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    /// Surface an error recorded by an infallible operation (the `Backend`
+    /// trait's element-wise ops cannot return one).
+    pub fn check(&self) -> Result<(), BackendError> {
+        self.ctx.check_err().map_err(err)?;
+        self.stream.synchronize().map_err(err)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Weight = CudaWeight;
+    type Vector = CudaSlice<f32>;
+    type Act = CudaAct;
+    type Kv = CudaKv;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn load_weight(&self, g: &Gguf, t: &TensorRef) -> Result<CudaWeight, BackendError> {
+        let bytes = &g.files[t.file_index].bytes()
+            [t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
+        Ok(CudaWeight {
+            ty: t.ty,
+            rows: t.rows(),
+            cols: t.cols(),
+            data: self.upload(bytes)?,
+        })
+    }
+
+    fn load_vector(&self, g: &Gguf, t: &TensorRef) -> Result<CudaSlice<f32>, BackendError> {
+        let bytes = &g.files[t.file_index].bytes()
+            [t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
+        let v = crate::quant::dequantize_to_vec(t.ty, bytes)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        self.upload(&v)
+    }
+
+    fn act(&self, n: usize, width: usize) -> CudaAct {
+        CudaAct {
+            n,
+            width,
+            data: self
+                .zeros(n * width)
+                .expect("allocating device activations"),
+        }
+    }
+
+    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> CudaKv {
+        let width = cfg.kv_width();
+        CudaKv {
+            n_ctx,
+            n_seq,
+            width,
+            k: self
+                .zeros(n_seq * n_ctx * width)
+                .expect("allocating the KV cache"),
+            v: self
+                .zeros(n_seq * n_ctx * width)
+                .expect("allocating the KV cache"),
+        }
+    }
+
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        tokens: &[u32],
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= table.rows) {
+            return Err(BackendError::Invalid(format!(
+                "token id {t} is outside the vocabulary of {} tokens",
+                table.rows
+            )));
+        }
+        let toks = self.upload(tokens)?;
+        let (ty, cols, be, bb) = (
+            table.ty.id() as i32,
+            table.cols as i32,
+            table.ty.block_elems() as i32,
+            table.ty.block_bytes() as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.k.embed);
+        b.arg(&table.data)
+            .arg(&toks)
+            .arg(&mut out.data)
+            .arg(&ty)
+            .arg(&cols)
+            .arg(&be)
+            .arg(&bb);
+        let cfg = LaunchConfig {
+            grid_dim: (tokens.len() as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches the kernel signature.
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &CudaAct, w: &CudaSlice<f32>, eps: f32, out: &mut CudaAct) {
+        let width = x.width as i32;
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(&x.data)
+            .arg(w)
+            .arg(&mut out.data)
+            .arg(&width)
+            .arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (x.n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches the kernel signature.
+        if let Err(e) = unsafe { b.launch(cfg) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    fn matmul(&self, x: &CudaAct, w: &CudaWeight, out: &mut CudaAct) {
+        assert_eq!(
+            (x.width, out.n, out.width),
+            (w.cols, x.n, w.rows),
+            "matmul shapes"
+        );
+        if let Err(e) = self.try_matmul(x, w, out) {
+            // Recorded so that `check` (called by gpu-check and the engine) reports it.
+            eprintln!("ferry: {e}");
+            self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
+                cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
+            )));
+        }
+    }
+
+    fn add_bias(&self, x: &mut CudaAct, bias: &CudaSlice<f32>) {
+        let width = x.width as i32;
+        self.elementwise(&self.k.add_bias, &mut x.data, Some(bias), Some(width));
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaAct,
+        n_heads: usize,
+        head_dim: usize,
+        rope: &RopeParams,
+        positions: &[u32],
+    ) {
+        let half = rope.n_dims / 2;
+        let mut cs = vec![0f32; positions.len() * half * 2];
+        let (mut c, mut s) = (vec![0f32; half], vec![0f32; half]);
+        for (t, &p) in positions.iter().enumerate() {
+            rope.cos_sin(p, &mut c, &mut s);
+            for i in 0..half {
+                cs[(t * half + i) * 2] = c[i];
+                cs[(t * half + i) * 2 + 1] = s[i];
+            }
+        }
+        let Ok(cs) = self.upload(&cs) else {
+            self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
+                cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            )));
+            return;
+        };
+        let (nh, hd, nd, neox, n) = (
+            n_heads as i32,
+            head_dim as i32,
+            rope.n_dims as i32,
+            (rope.kind == RopeKind::Neox) as i32,
+            positions.len() as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.k.rope);
+        b.arg(&mut x.data)
+            .arg(&cs)
+            .arg(&nh)
+            .arg(&hd)
+            .arg(&nd)
+            .arg(&neox)
+            .arg(&n);
+        // SAFETY: matches the kernel signature.
+        if let Err(e) = unsafe { b.launch(grid(positions.len() * n_heads * half, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    fn attention(
+        &self,
+        cfg: &Config,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        kv: &mut CudaKv,
+        batch: &Batch,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let n = batch.len();
+        let mut slots = Vec::with_capacity(n);
+        let mut bases = Vec::with_capacity(n);
+        let mut max_keys = 0;
+        for i in 0..n {
+            let (seq, pos) = (batch.seqs[i], batch.positions[i]);
+            if seq as usize >= kv.n_seq {
+                return Err(BackendError::BadSeq { seq, n: kv.n_seq });
+            }
+            if pos as usize >= kv.n_ctx {
+                return Err(BackendError::ContextFull {
+                    seq,
+                    pos,
+                    ctx: kv.n_ctx,
+                });
+            }
+            bases.push((seq as usize * kv.n_ctx) as u32);
+            slots.push((seq as usize * kv.n_ctx + pos as usize) as u32);
+            max_keys = max_keys.max(pos as usize + 1);
+        }
+        let shared = max_keys * 4;
+        if shared > 48 * 1024 {
+            return Err(BackendError::Invalid(format!(
+                "this CUDA attention kernel holds at most 12288 keys per sequence; position {} needs more (use -c 12288 or less)",
+                max_keys - 1
+            )));
+        }
+        let (slots, bases, pos) = (
+            self.upload(&slots)?,
+            self.upload(&bases)?,
+            self.upload(batch.positions)?,
+        );
+        let (width, n_i) = (kv.width as i32, n as i32);
+        {
+            let mut b = self.stream.launch_builder(&self.k.kv_store);
+            b.arg(&k.data)
+                .arg(&v.data)
+                .arg(&mut kv.k)
+                .arg(&mut kv.v)
+                .arg(&slots)
+                .arg(&width)
+                .arg(&n_i);
+            // SAFETY: matches the kernel signature.
+            unsafe { b.launch(grid(n * kv.width, 256)) }.map_err(err)?;
+        }
+        let (nh, nkv, hd) = (
+            cfg.n_heads as i32,
+            cfg.n_kv_heads as i32,
+            cfg.head_dim as i32,
+        );
+        let scale = 1.0f32 / (cfg.head_dim as f32).sqrt();
+        let mut b = self.stream.launch_builder(&self.k.attention);
+        b.arg(&q.data)
+            .arg(&kv.k)
+            .arg(&kv.v)
+            .arg(&mut out.data)
+            .arg(&bases)
+            .arg(&pos);
+        b.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
+        let launch = LaunchConfig {
+            grid_dim: ((n * cfg.n_heads) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        // SAFETY: matches the kernel signature; shared memory sized for the longest sequence.
+        unsafe { b.launch(launch) }.map_err(err)?;
+        Ok(())
+    }
+
+    fn swiglu(&self, gate: &mut CudaAct, up: &CudaAct) {
+        self.elementwise(&self.k.swiglu, &mut gate.data, Some(&up.data), None);
+    }
+
+    fn add(&self, x: &mut CudaAct, y: &CudaAct) {
+        self.elementwise(&self.k.add, &mut x.data, Some(&y.data), None);
+    }
+
+    fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> CudaAct {
+        let mut out = self.act(rows.len(), x.width);
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = self.upload(&idx).expect("uploading row indices");
+        let width = x.width as i32;
+        let mut b = self.stream.launch_builder(&self.k.gather_rows);
+        b.arg(&x.data).arg(&idx).arg(&mut out.data).arg(&width);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.len().max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches the kernel signature.
+        if let Err(e) = unsafe { b.launch(cfg) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+        out
+    }
+
+    fn to_host(&self, x: &CudaAct) -> Vec<f32> {
+        let mut v = self
+            .stream
+            .clone_dtoh(&x.data)
+            .expect("copying activations to the host");
+        v.truncate(x.n * x.width);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_cache_key_names_source_arch_and_driver() {
+        let p = kernel_cache_path("sm_90", 13000);
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with("-sm_90-13000.ptx"), "{name}");
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
+    }
+
+    #[test]
+    fn availability_is_an_answer_not_a_panic() {
+        // On machines without a GPU (CI) this must say why, in one line.
+        if let Err(why) = availability() {
+            assert!(!why.contains('\n') && !why.is_empty());
+        }
+    }
+}
+
+/// Compile the kernels with NVRTC for `arch` without needing a GPU (NVRTC is
+/// a library of its own); used to check the kernel source wherever NVRTC is
+/// installed.
+pub fn compile_kernels_for(arch: &'static str) -> Result<usize, String> {
+    // SAFETY: only tries to load the shared library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("NVRTC not found".into());
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        include_paths: vec!["/usr/local/cuda/include".into()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts)
+        .map(|ptx| ptx.to_src().len())
+        .map_err(|e| format!("{e}"))
+}
+
+#[cfg(test)]
+mod compile_tests {
+    /// Where NVRTC is installed (the device machine, or a developer's machine
+    /// with `pip install nvidia-cuda-nvrtc`), the kernels must compile.
+    #[test]
+    fn kernels_compile_where_nvrtc_exists() {
+        match super::compile_kernels_for("sm_90") {
+            Ok(len) => assert!(len > 1000),
+            Err(e) if e == "NVRTC not found" => {
+                eprintln!("NVRTC not installed here; kernel compile not checked")
+            }
+            Err(e) => panic!("the CUDA kernels do not compile:\n{e}"),
+        }
+    }
+}
