@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::engine::Session;
 use crate::model::Model;
 
@@ -71,12 +71,17 @@ fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Time one run of `test`; returns nanoseconds.
-fn run_once(
-    backend: &CpuBackend,
-    model: &Model<CpuBackend>,
+fn run_once<B: Backend + Sync>(
+    backend: &B,
+    model: &Model<B>,
     test: Test,
     ubatch: usize,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<u64>
+where
+    B::Kv: Send,
+    B::Weight: Sync,
+    B::Vector: Sync,
+{
     let n_vocab = model.config.n_vocab;
     let ctx = test.tokens() + 1;
     let mut s = Session::new(backend, model, ctx.max(16), 1);
@@ -85,27 +90,30 @@ fn run_once(
         Test::Prompt(p) => {
             let toks = tokens(p, n_vocab, 7);
             let t0 = Instant::now();
-            backend.install(|| s.prefill(0, &toks))?;
+            backend.run(|| s.prefill(0, &toks))?;
+            backend.check()?;
             t0.elapsed()
         }
         Test::Generate(n) => {
             let toks = tokens(n, n_vocab, 11);
-            backend.install(|| -> anyhow::Result<std::time::Duration> {
+            backend.run(|| -> anyhow::Result<std::time::Duration> {
                 let t0 = Instant::now();
                 for &t in &toks {
                     s.decode(&[0], &[t])?;
                 }
+                backend.check()?;
                 Ok(t0.elapsed())
             })?
         }
         Test::PromptGenerate(p, n) => {
             let toks = tokens(p + n, n_vocab, 13);
-            backend.install(|| -> anyhow::Result<std::time::Duration> {
+            backend.run(|| -> anyhow::Result<std::time::Duration> {
                 let t0 = Instant::now();
                 s.prefill(0, &toks[..p])?;
                 for &t in &toks[p..] {
                     s.decode(&[0], &[t])?;
                 }
+                backend.check()?;
                 Ok(t0.elapsed())
             })?
         }
@@ -113,9 +121,11 @@ fn run_once(
     Ok(t.as_nanos() as u64)
 }
 
-pub struct BenchSetup<'a> {
-    pub backend: &'a CpuBackend,
-    pub model: &'a Model<CpuBackend>,
+pub struct BenchSetup<'a, B: Backend> {
+    pub backend: &'a B,
+    pub backend_name: String,
+    pub n_threads: usize,
+    pub model: &'a Model<B>,
     pub model_filename: String,
     pub model_type: String,
     pub model_size: u64,
@@ -125,7 +135,12 @@ pub struct BenchSetup<'a> {
     pub batch: usize,
 }
 
-pub fn run_test(setup: &BenchSetup, test: Test) -> anyhow::Result<BenchResult> {
+pub fn run_test<B: Backend + Sync>(setup: &BenchSetup<B>, test: Test) -> anyhow::Result<BenchResult>
+where
+    B::Kv: Send,
+    B::Weight: Sync,
+    B::Vector: Sync,
+{
     run_once(setup.backend, setup.model, test, setup.ubatch)?; // warm-up
     let mut samples = Vec::with_capacity(setup.repetitions);
     for _ in 0..setup.repetitions.max(1) {
@@ -156,8 +171,8 @@ pub fn run_test(setup: &BenchSetup, test: Test) -> anyhow::Result<BenchResult> {
         model_type: setup.model_type.clone(),
         model_size: setup.model_size,
         model_n_params: setup.model_n_params,
-        backend: "CPU".into(),
-        n_threads: setup.backend.threads(),
+        backend: setup.backend_name.clone(),
+        n_threads: setup.n_threads,
         n_batch: setup.batch,
         n_ubatch: setup.ubatch,
         n_prompt,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use ferry::backend::Backend;
 use ferry::backend::cpu::CpuBackend;
 use ferry::engine::{GenerationStats, Sampler, SamplerConfig, Session};
 use ferry::gguf::Gguf;
@@ -82,6 +83,9 @@ struct RunArgs {
     /// CPU threads (default: one per physical core).
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
+    /// Where to run: auto (the GPU if there is one), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
     /// Interactive chat with the model's chat template (-p, if given, is the first message).
     #[arg(long)]
     chat: bool,
@@ -131,6 +135,9 @@ struct BenchArgs {
     /// Output format: md, json, jsonl or csv.
     #[arg(short = 'o', long, default_value = "md")]
     output: String,
+    /// Where to run: auto (the GPU if there is one), cpu or cuda.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
 }
 
 #[derive(Subcommand)]
@@ -232,13 +239,43 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Load a model onto the CPU backend with a progress bar on stderr.
-fn load_cpu(
-    path: &std::path::Path,
-    threads: usize,
-) -> Result<(Gguf, CpuBackend, Model<CpuBackend>, f64)> {
-    let t0 = std::time::Instant::now();
-    let g = Gguf::open(path)?;
-    let backend = CpuBackend::new(threads);
+/// Which device runs the model.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceArg {
+    /// The GPU when there is one, else the CPU (said once on stderr).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+enum Device {
+    Cpu(CpuBackend),
+    Cuda(Box<ferry::backend::cuda::CudaBackend>),
+}
+
+fn open_device(choice: DeviceArg, threads: usize) -> Result<Device> {
+    use ferry::backend::cuda::{CudaBackend, availability};
+    Ok(match choice {
+        DeviceArg::Cpu => Device::Cpu(CpuBackend::new(threads)),
+        DeviceArg::Cuda => Device::Cuda(Box::new(
+            CudaBackend::new(0).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?,
+        )),
+        DeviceArg::Auto => match availability() {
+            Ok(()) => Device::Cuda(Box::new(CudaBackend::new(0)?)),
+            Err(why) => {
+                eprintln!("ferry: no GPU ({why}); running on the CPU");
+                Device::Cpu(CpuBackend::new(threads))
+            }
+        },
+    })
+}
+
+/// Load a model onto a backend with a progress bar on stderr.
+fn load_model<B: Backend + Sync>(backend: &B, g: &Gguf, path: &std::path::Path) -> Result<Model<B>>
+where
+    B::Weight: Send,
+    B::Vector: Send,
+{
     let total = g.total_tensor_bytes();
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {bytes}/{total_bytes}")
@@ -250,14 +287,14 @@ fn load_cpu(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
     );
-    let per_layer = total / (ferry::model::Config::from_gguf(&g)?.n_layers.max(1) as u64);
-    let model = backend.install(|| {
-        Model::load(&backend, &g, |done, _| {
+    let per_layer = total / (ferry::model::Config::from_gguf(g)?.n_layers.max(1) as u64);
+    let model = backend.run(|| {
+        Model::load(backend, g, |done, _| {
             bar.set_position(done as u64 * per_layer)
         })
     })?;
     bar.finish_and_clear();
-    Ok((g, backend, model, t0.elapsed().as_secs_f64()))
+    Ok(model)
 }
 
 fn print_stats(s: &GenerationStats, load_secs: Option<f64>) {
@@ -279,18 +316,40 @@ fn print_stats(s: &GenerationStats, load_secs: Option<f64>) {
 }
 
 fn run_model(args: RunArgs) -> Result<()> {
-    use std::io::Write;
     let path = match &args.model {
         Some(p) => p.clone(),
         None => ferry::fetch::default_model()?,
     };
-    let (g, backend, model, load_secs) = load_cpu(&path, args.threads)?;
-    let tok = Tokenizer::from_gguf(&g).with_context(|| path.display().to_string())?;
+    let t0 = std::time::Instant::now();
+    let g = Gguf::open(&path)?;
+    match open_device(args.device, args.threads)? {
+        Device::Cpu(b) => run_on(&b, &g, &path, &args, t0),
+        Device::Cuda(b) => run_on(&*b, &g, &path, &args, t0),
+    }
+}
+
+fn run_on<B: Backend + Sync>(
+    backend: &B,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &RunArgs,
+    t0: std::time::Instant,
+) -> Result<()>
+where
+    B::Weight: Send + Sync,
+    B::Vector: Send + Sync,
+    B::Kv: Send,
+{
+    use std::io::Write;
+    let model = load_model(backend, g, path)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let (backend, g) = (backend, g);
+    let tok = Tokenizer::from_gguf(g).with_context(|| path.display().to_string())?;
     let n_ctx = args
         .ctx_size
         .unwrap_or(model.config.context_train.min(4096))
         .max(16);
-    let mut session = Session::new(&backend, &model, n_ctx, 1);
+    let mut session = Session::new(backend, &model, n_ctx, 1);
     let mut sampler = Sampler::new(args.sampling.config());
     let is_eog = |t: u32| tok.is_eog(t);
     let prompt_text = match (&args.prompt, &args.file) {
@@ -316,7 +375,7 @@ fn run_model(args: RunArgs) -> Result<()> {
         let mut dec = tok.stream_decoder(args.show_special);
         // The whole loop runs on the pool, so that every operation's parallel
         // section starts without a cross-thread hand-off.
-        let (_, stats) = backend.install(|| {
+        let (_, stats) = backend.run(|| {
             session.generate(0, &[], &prompt, max_new, &mut sampler, &is_eog, |t| {
                 let piece = dec.push(t).unwrap_or_default();
                 let mut out = std::io::stdout();
@@ -373,7 +432,7 @@ fn run_model(args: RunArgs) -> Result<()> {
         let max_new = args.n_predict.min(n_ctx - prompt.len());
         let mut dec = tok.stream_decoder(args.show_special);
         let mut reply = String::new();
-        let (generated, stats) = backend.install(|| {
+        let (generated, stats) = backend.run(|| {
             session.generate(0, &cached, &prompt, max_new, &mut sampler, &is_eog, |t| {
                 let piece = dec.push(t).unwrap_or_default();
                 reply.push_str(&piece);
@@ -397,7 +456,7 @@ fn run_model(args: RunArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    use ferry::bench::{BenchSetup, Test};
+    use ferry::bench::Test;
     let mut tests: Vec<Test> = Vec::new();
     tests.extend(
         args.n_prompt
@@ -421,12 +480,46 @@ fn bench(args: BenchArgs) -> Result<()> {
     if !["md", "json", "jsonl", "csv"].contains(&args.output.as_str()) {
         anyhow::bail!("-o must be md, json, jsonl or csv");
     }
-    let mut results = Vec::new();
+    let mut results: Vec<ferry::bench::BenchResult> = Vec::new();
     for path in &args.model {
         for &threads in &args.threads {
-            let (g, backend, model, _) = load_cpu(path, threads)?;
+            let g = Gguf::open(path)?;
+            let r = match open_device(args.device, threads)? {
+                Device::Cpu(b) => bench_on(&b, &g, path, b.threads(), &args, &tests)?,
+                Device::Cuda(b) => bench_on(&*b, &g, path, 0, &args, &tests)?,
+            };
+            results.extend(r);
+        }
+    }
+    print_bench(&results, &args.output)
+}
+
+fn bench_on<B: Backend + Sync>(
+    backend: &B,
+    g: &Gguf,
+    path: &std::path::Path,
+    n_threads: usize,
+    args: &BenchArgs,
+    tests: &[ferry::bench::Test],
+) -> Result<Vec<ferry::bench::BenchResult>>
+where
+    B::Weight: Send + Sync,
+    B::Vector: Send + Sync,
+    B::Kv: Send,
+{
+    use ferry::bench::BenchSetup;
+    let mut results = Vec::new();
+    {
+        {
+            let model = load_model(backend, g, path)?;
             let setup = BenchSetup {
-                backend: &backend,
+                backend,
+                backend_name: if n_threads > 0 {
+                    "CPU".into()
+                } else {
+                    "CUDA".into()
+                },
+                n_threads,
                 model: &model,
                 model_filename: path.display().to_string(),
                 model_type: format!(
@@ -444,7 +537,7 @@ fn bench(args: BenchArgs) -> Result<()> {
                 ubatch: args.ubatch,
                 batch: args.ubatch,
             };
-            for &t in &tests {
+            for &t in tests {
                 let r = ferry::bench::run_test(&setup, t)?;
                 if args.output == "jsonl" {
                     println!("{}", serde_json::to_string(&r)?);
@@ -455,14 +548,18 @@ fn bench(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    match args.output.as_str() {
-        "md" => print!("{}", ferry::bench::markdown(&results)),
-        "json" => println!("{}", serde_json::to_string_pretty(&results)?),
+    Ok(results)
+}
+
+fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()> {
+    match output {
+        "md" => print!("{}", ferry::bench::markdown(results)),
+        "json" => println!("{}", serde_json::to_string_pretty(results)?),
         "csv" => {
             println!(
                 "model_filename,model_type,model_size,model_n_params,backend,n_threads,n_ubatch,n_prompt,n_gen,test,avg_ns,stddev_ns,avg_ts,stddev_ts"
             );
-            for r in &results {
+            for r in results {
                 println!(
                     "\"{}\",\"{}\",{},{},{},{},{},{},{},{},{},{},{:.6},{:.6}",
                     r.model_filename,
@@ -495,7 +592,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     let cpu = CpuBackend::new(0);
     eprintln!(
         "device: {} (kernels {})",
-        ferry::backend::Backend::name(&cuda),
+        cuda.name(),
         if cuda.kernels_from_cache {
             "from the disk cache"
         } else {

@@ -51,6 +51,18 @@ pub trait Backend {
 
     fn name(&self) -> String;
 
+    /// Run `f` in the backend's execution context (the CPU backend's thread
+    /// pool, so that a decode loop does not hop threads at every operation).
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
+    /// Report an error that an operation could not return (device backends
+    /// record launch failures); `Ok` on backends that fail eagerly.
+    fn check(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Make the backend's copy (or view) of a weight matrix.
     fn load_weight(
         &self,

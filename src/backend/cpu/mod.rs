@@ -123,6 +123,10 @@ impl Backend for CpuBackend {
         format!("CPU ({} threads, {})", self.threads, simd::describe())
     }
 
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     fn load_weight(&self, g: &Gguf, t: &TensorRef) -> Result<CpuWeight, BackendError> {
         CpuWeight::new(g.files[t.file_index].bytes_handle(), t)
     }

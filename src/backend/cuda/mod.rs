@@ -337,13 +337,6 @@ impl CudaBackend {
             self.ctx.record_err::<()>(Err(e));
         }
     }
-
-    /// Surface an error recorded by an infallible operation (the `Backend`
-    /// trait's element-wise ops cannot return one).
-    pub fn check(&self) -> Result<(), BackendError> {
-        self.ctx.check_err().map_err(err)?;
-        self.stream.synchronize().map_err(err)
-    }
 }
 
 impl Backend for CudaBackend {
@@ -354,6 +347,13 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    /// Surface an error recorded by an operation that could not return one,
+    /// and wait for the stream.
+    fn check(&self) -> Result<(), BackendError> {
+        self.ctx.check_err().map_err(err)?;
+        self.stream.synchronize().map_err(err)
     }
 
     fn load_weight(&self, g: &Gguf, t: &TensorRef) -> Result<CudaWeight, BackendError> {
