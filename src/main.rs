@@ -155,6 +155,17 @@ enum Command {
         #[arg(long, default_value_t = 0.05)]
         tolerance: f32,
     },
+    /// Write a model with random weights in the shape of a real one (llama
+    /// architecture; presets: tiny, qwen2.5-0.5b, llama-1b, qwen2.5-7b,
+    /// llama3-8b, qwen2.5-32b). The file says in its metadata that its weights are random.
+    Synth {
+        #[arg(long)]
+        preset: String,
+        /// Weight type of the matrices (e.g. q4_k, q8_0, f16).
+        #[arg(long, default_value = "q4_k")]
+        quant: String,
+        out: PathBuf,
+    },
     /// Write a copy of a model that keeps only its first N layers (real weights
     /// small enough to carry around for checks).
     Truncate {
@@ -203,6 +214,24 @@ fn run(cli: Cli) -> Result<()> {
             synthetic,
             tolerance,
         } => gpu_check(models, synthetic, tolerance)?,
+        Command::Synth { preset, quant, out } => {
+            let ty = ferry::quant::GgmlType::from_name(&quant)
+                .filter(|t| ferry::quant::GgmlType::WEIGHT_TYPES.contains(t))
+                .with_context(|| format!("unknown weight type '{quant}'"))?;
+            let spec = ferry::synth::TinySpec::preset(&preset, ty).with_context(|| {
+                let names: Vec<&str> = ferry::synth::PRESETS.iter().map(|p| p.0).collect();
+                format!("unknown preset '{preset}'; known: {}", names.join(", "))
+            })?;
+            let t0 = std::time::Instant::now();
+            ferry::synth::write_random_llama(&out, &spec)?;
+            let size = std::fs::metadata(&out)?.len();
+            eprintln!(
+                "wrote {} ({:.2} GiB) in {:.1} s",
+                out.display(),
+                size as f64 / (1u64 << 30) as f64,
+                t0.elapsed().as_secs_f64()
+            );
+        }
         Command::Truncate { model, layers, out } => {
             ferry::synth::truncate_layers(&model, &out, layers)?;
             eprintln!("wrote {} ({} layers)", out.display(), layers);

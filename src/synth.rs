@@ -23,7 +23,33 @@ pub struct TinySpec {
     pub seed: u64,
 }
 
+/// Shapes of real models (llama architecture, no biases) for synthetic benchmarks.
+pub const PRESETS: [(&str, [u64; 6]); 6] = [
+    // name: [d_model, d_ff, heads, kv_heads, layers, vocab]
+    ("tiny", [256, 512, 4, 2, 2, 512]),
+    ("qwen2.5-0.5b", [896, 4864, 14, 2, 24, 151936]),
+    ("llama-1b", [2048, 8192, 32, 8, 16, 128256]),
+    ("qwen2.5-7b", [3584, 18944, 28, 4, 28, 152064]),
+    ("llama3-8b", [4096, 14336, 32, 8, 32, 128256]),
+    ("qwen2.5-32b", [5120, 27648, 40, 8, 64, 152064]),
+];
+
 impl TinySpec {
+    /// A preset's shape (see `PRESETS`).
+    pub fn preset(name: &str, weight_type: GgmlType) -> Option<Self> {
+        let (_, [d, ff, h, kv, l, v]) = PRESETS.iter().find(|(n, _)| *n == name)?;
+        Some(TinySpec {
+            d_model: *d,
+            d_ff: *ff,
+            n_heads: *h,
+            n_kv_heads: *kv,
+            n_layers: *l,
+            n_vocab: *v,
+            weight_type,
+            seed: 1,
+        })
+    }
+
     pub fn new(weight_type: GgmlType) -> Self {
         TinySpec {
             d_model: 256,
@@ -101,22 +127,47 @@ pub fn write_random_llama(path: &Path, spec: &TinySpec) -> Result<()> {
             tensors.push((format!("blk.{l}.{n}"), shape, ty));
         }
     }
+    // Row lengths that are not a whole number of the type's blocks (896 for
+    // k-quants) fall back to Q8_0, as llama.cpp's quantizer falls back.
+    for (_, shape, ty) in tensors.iter_mut() {
+        if shape[0] % ty.block_elems() as u64 != 0 {
+            *ty = GgmlType::Q8_0;
+        }
+    }
     for (name, shape, ty) in &tensors {
         w.add_tensor(name.clone(), shape, *ty)?;
     }
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = w.write_header(BufWriter::with_capacity(1 << 20, file))?;
-    let mut rng = Rng(spec.seed | 1);
-    for (_, shape, ty) in &tensors {
-        let n: u64 = shape.iter().product();
-        let values: Vec<f32> = if shape.len() == 1 {
-            (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect()
+    // Rows are generated and quantized in parallel, in bounded groups, each
+    // from its own seed, so the file is the same whatever the thread count.
+    use rayon::prelude::*;
+    const ROWS: u64 = 64;
+    for (ti, (_, shape, ty)) in tensors.iter().enumerate() {
+        let (cols, rows) = (shape[0], shape.iter().skip(1).product::<u64>());
+        let std = if shape.len() == 1 {
+            0.1
         } else {
-            let std = 1.0 / (shape[0] as f32).sqrt();
-            (0..n).map(|_| rng.normal() * std).collect()
+            1.0 / (cols as f32).sqrt()
         };
-        out.write(&quant::quantize(*ty, &values)?)?;
+        let mean = if shape.len() == 1 { 1.0 } else { 0.0 };
+        let chunks = rows.div_ceil(ROWS);
+        for group in (0..chunks).collect::<Vec<_>>().chunks(256) {
+            let parts: Vec<Vec<u8>> = group
+                .par_iter()
+                .map(|&c| {
+                    let mut rng =
+                        Rng((spec.seed ^ ((ti as u64) << 40) ^ c.wrapping_mul(0x9E37_79B9)) | 1);
+                    let n = (ROWS.min(rows - c * ROWS) * cols) as usize;
+                    let values: Vec<f32> = (0..n).map(|_| mean + rng.normal() * std).collect();
+                    quant::quantize(*ty, &values).expect("whole blocks")
+                })
+                .collect();
+            for p in parts {
+                out.write(&p)?;
+            }
+        }
     }
     out.finish()?;
     Ok(())
