@@ -203,14 +203,7 @@ fn gemm_path_matches_the_dot_path_for_every_type() {
         ferry::synth::write_random_llama(&path, &spec).unwrap();
         let g = Gguf::open(&path).unwrap();
         let t = g.tensor("blk.0.ffn_down.weight").unwrap();
-        let tref = ferry::model::TensorRef {
-            name: t.name.clone(),
-            ty: t.ty,
-            shape: t.shape.clone(),
-            file_index: t.file_index,
-            file_offset: t.file_offset,
-            n_bytes: t.n_bytes,
-        };
+        let tref = ferry::model::TensorRef::from_info(t);
         let w = b.load_weight(&g, &tref).unwrap();
         let n = 11;
         let mut x = CpuAct::zeros(n, w.cols);

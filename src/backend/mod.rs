@@ -20,6 +20,27 @@ impl Batch<'_> {
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
+
+    /// The KV-cache slot (`seq · n_ctx + pos`) of every token, after checking
+    /// that each sequence and position fits the cache.
+    pub fn cache_slots(&self, n_seq: usize, n_ctx: usize) -> Result<Vec<usize>, BackendError> {
+        (0..self.len())
+            .map(|i| {
+                let (seq, pos) = (self.seqs[i], self.positions[i]);
+                if seq as usize >= n_seq {
+                    return Err(BackendError::BadSeq { seq, n: n_seq });
+                }
+                if pos as usize >= n_ctx {
+                    return Err(BackendError::ContextFull {
+                        seq,
+                        pos,
+                        ctx: n_ctx,
+                    });
+                }
+                Ok(seq as usize * n_ctx + pos as usize)
+            })
+            .collect()
+    }
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }

@@ -46,7 +46,7 @@ pub struct TensorRef {
 }
 
 impl TensorRef {
-    fn from_info(t: &TensorInfo) -> Self {
+    pub fn from_info(t: &TensorInfo) -> Self {
         TensorRef {
             name: t.name.clone(),
             ty: t.ty,

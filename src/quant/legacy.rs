@@ -346,15 +346,26 @@ impl BlockFormat for BlockQ8_0 {
     fn vec_dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         w.iter()
             .zip(a)
-            .map(|(w, a)| {
-                let sumi: i32 =
-                    w.qs.iter()
-                        .zip(&a.qs)
-                        .map(|(&x, &y)| x as i32 * y as i32)
-                        .sum();
-                sumi as f32 * (w.d.to_f32() * a.d.to_f32())
-            })
+            .map(|(w, a)| q8_block_dot(w.d, &w.qs, a.d, &a.qs))
             .sum()
+    }
+}
+
+/// One block's integer dot product, scaled.
+fn q8_block_dot(dw: f16, w: &[i8; 32], da: f16, a: &[i8; 32]) -> f32 {
+    let sumi: i32 = w.iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum();
+    sumi as f32 * (dw.to_f32() * da.to_f32())
+}
+
+impl BlockQ8_1 {
+    /// A block from its scale and values; `s = d · Σq` as ggml stores it.
+    pub fn from_parts(d: f32, qs: [i8; 32]) -> Self {
+        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        BlockQ8_1 {
+            d: f16::from_f32(d),
+            s: f16::from_f32(sum as f32 * d),
+            qs,
+        }
     }
 }
 
@@ -365,12 +376,7 @@ impl BlockFormat for BlockQ8_1 {
 
     fn quantize_activation(x: &[f32]) -> Self {
         let (d, qs) = q8_quantize_runtime(x);
-        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-        BlockQ8_1 {
-            d: f16::from_f32(d),
-            s: f16::from_f32(sum as f32 * d),
-            qs,
-        }
+        BlockQ8_1::from_parts(d, qs)
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -382,25 +388,13 @@ impl BlockFormat for BlockQ8_1 {
 
     fn quantize(x: &[f32]) -> Self {
         let (d, qs) = q8_quantize(x);
-        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-        BlockQ8_1 {
-            d: f16::from_f32(d),
-            s: f16::from_f32(sum as f32 * d),
-            qs,
-        }
+        BlockQ8_1::from_parts(d, qs)
     }
 
     fn vec_dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
         w.iter()
             .zip(a)
-            .map(|(w, a)| {
-                let sumi: i32 =
-                    w.qs.iter()
-                        .zip(&a.qs)
-                        .map(|(&x, &y)| x as i32 * y as i32)
-                        .sum();
-                sumi as f32 * (w.d.to_f32() * a.d.to_f32())
-            })
+            .map(|(w, a)| q8_block_dot(w.d, &w.qs, a.d, &a.qs))
             .sum()
     }
 }

@@ -23,21 +23,13 @@ pub fn attention(
 ) -> Result<(), BackendError> {
     let (hd, n_heads, width) = (cfg.head_dim, cfg.n_heads, kv.width);
     let group = n_heads / cfg.n_kv_heads;
-    let n = batch.len();
     // Store the new keys and values.
-    for i in 0..n {
-        let (seq, pos) = (batch.seqs[i], batch.positions[i]);
-        if seq as usize >= kv.n_seq {
-            return Err(BackendError::BadSeq { seq, n: kv.n_seq });
-        }
-        if pos as usize >= kv.n_ctx {
-            return Err(BackendError::ContextFull {
-                seq,
-                pos,
-                ctx: kv.n_ctx,
-            });
-        }
-        let off = (seq as usize * kv.n_ctx + pos as usize) * width;
+    for (i, slot) in batch
+        .cache_slots(kv.n_seq, kv.n_ctx)?
+        .into_iter()
+        .enumerate()
+    {
+        let off = slot * width;
         for (dst, &src) in kv.k[off..off + width].iter_mut().zip(k.row(i)) {
             *dst = f16::from_f32(src);
         }

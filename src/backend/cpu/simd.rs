@@ -241,9 +241,9 @@ pub fn axpy_f32(acc: &mut [f32], v: &[f32], p: f32) {
     }
 }
 
-/// Quantize activations to Q8_0 blocks as ggml does at run time.
-pub fn quantize_q8_0(x: &[f32]) -> Vec<crate::quant::BlockQ8_0> {
-    use crate::quant::BlockQ8_0;
+/// Quantize activations to Q8_0/Q8_1 blocks as ggml does at run time, with
+/// `make(d, qs)` building each block.
+fn quantize_q8_with<B: BlockFormat>(x: &[f32], make: impl Fn(f32, [i8; 32]) -> B) -> Vec<B> {
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         return x
@@ -252,40 +252,25 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<crate::quant::BlockQ8_0> {
                 let mut qs = [0i8; 32];
                 // SAFETY: AVX2 is present; the chunk is 32 values.
                 let (d, _) = unsafe { x86::quantize_q8_block(c, &mut qs) };
-                BlockQ8_0 {
-                    d: f16::from_f32(d),
-                    qs,
-                }
+                make(d, qs)
             })
             .collect();
     }
-    x.chunks_exact(32)
-        .map(BlockQ8_0::quantize_activation)
-        .collect()
+    let _ = make;
+    x.chunks_exact(32).map(B::quantize_activation).collect()
+}
+
+/// Quantize activations to Q8_0 blocks as ggml does at run time.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<crate::quant::BlockQ8_0> {
+    quantize_q8_with(x, |d, qs| crate::quant::BlockQ8_0 {
+        d: f16::from_f32(d),
+        qs,
+    })
 }
 
 /// Quantize activations to Q8_1 blocks as ggml does at run time.
 pub fn quantize_q8_1(x: &[f32]) -> Vec<crate::quant::BlockQ8_1> {
-    use crate::quant::BlockQ8_1;
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2() {
-        return x
-            .chunks_exact(32)
-            .map(|c| {
-                let mut qs = [0i8; 32];
-                // SAFETY: AVX2 is present; the chunk is 32 values.
-                let (d, sum) = unsafe { x86::quantize_q8_block(c, &mut qs) };
-                BlockQ8_1 {
-                    d: f16::from_f32(d),
-                    s: f16::from_f32(sum as f32 * d),
-                    qs,
-                }
-            })
-            .collect();
-    }
-    x.chunks_exact(32)
-        .map(BlockQ8_1::quantize_activation)
-        .collect()
+    quantize_q8_with(x, crate::quant::BlockQ8_1::from_parts)
 }
 
 /// Dot products of eight consecutive `hd`-long rows of `k` with `q`.

@@ -532,25 +532,22 @@ impl Backend for CudaBackend {
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
         let n = batch.len();
-        let mut slots = Vec::with_capacity(n);
-        let mut bases = Vec::with_capacity(n);
-        let mut max_keys = 0;
-        for i in 0..n {
-            let (seq, pos) = (batch.seqs[i], batch.positions[i]);
-            if seq as usize >= kv.n_seq {
-                return Err(BackendError::BadSeq { seq, n: kv.n_seq });
-            }
-            if pos as usize >= kv.n_ctx {
-                return Err(BackendError::ContextFull {
-                    seq,
-                    pos,
-                    ctx: kv.n_ctx,
-                });
-            }
-            bases.push((seq as usize * kv.n_ctx) as u32);
-            slots.push((seq as usize * kv.n_ctx + pos as usize) as u32);
-            max_keys = max_keys.max(pos as usize + 1);
-        }
+        let slots: Vec<u32> = batch
+            .cache_slots(kv.n_seq, kv.n_ctx)?
+            .into_iter()
+            .map(|s| s as u32)
+            .collect();
+        let bases: Vec<u32> = batch
+            .seqs
+            .iter()
+            .map(|&s| (s as usize * kv.n_ctx) as u32)
+            .collect();
+        let max_keys = batch
+            .positions
+            .iter()
+            .map(|&p| p as usize + 1)
+            .max()
+            .unwrap_or(0);
         let shared = max_keys * 4;
         if shared > 48 * 1024 {
             return Err(BackendError::Invalid(format!(
