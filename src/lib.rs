@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod gguf;
 pub mod inspect;
 pub mod model;
+pub mod plan;
 pub mod quant;
 pub mod synth;
 pub mod tokenizer;

@@ -155,6 +155,32 @@ enum Command {
         #[arg(long, default_value_t = 0.05)]
         tolerance: f32,
     },
+    /// Plan a model's placement for a VRAM budget: resident layers, streaming
+    /// slots, KV cache, decode placement, predicted speeds. With --gpu-profile
+    /// it plans for a machine you don't have.
+    Plan {
+        /// Model file (or --preset).
+        #[arg(short, long, required_unless_present = "preset")]
+        model: Option<PathBuf>,
+        /// Plan for a synthetic preset's shape instead of a file (with --quant).
+        #[arg(long, conflicts_with = "model")]
+        preset: Option<String>,
+        #[arg(long, default_value = "q4_k")]
+        quant: String,
+        /// All device memory ferry may use, e.g. 8GiB.
+        #[arg(long)]
+        vram_budget: String,
+        #[arg(short = 'c', long, default_value_t = 4096)]
+        ctx_size: usize,
+        #[arg(long = "ub", default_value_t = 512)]
+        ubatch: usize,
+        /// Sequences decoded together.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// A built-in GPU (h100, h200, a100-80g, l40s, rtx4090, rtx3090, l4) or a profile file.
+        #[arg(long, default_value = "h100")]
+        gpu_profile: String,
+    },
     /// Write a model with random weights in the shape of a real one (llama
     /// architecture; presets: tiny, qwen2.5-0.5b, llama-1b, qwen2.5-7b,
     /// llama3-8b, qwen2.5-32b). The file says in its metadata that its weights are random.
@@ -214,6 +240,37 @@ fn run(cli: Cli) -> Result<()> {
             synthetic,
             tolerance,
         } => gpu_check(models, synthetic, tolerance)?,
+        Command::Plan {
+            model,
+            preset,
+            quant,
+            vram_budget,
+            ctx_size,
+            ubatch,
+            parallel,
+            gpu_profile,
+        } => {
+            use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
+            let ty = ferry::quant::GgmlType::from_name(&quant)
+                .with_context(|| format!("unknown type '{quant}'"))?;
+            let shape = match (&model, &preset) {
+                (Some(m), _) => ModelShape::from_gguf(&Gguf::open(m)?)?,
+                (None, Some(p)) => ferry::plan::preset_shape(p, ty)
+                    .with_context(|| format!("unknown preset '{p}'"))?,
+                (None, None) => anyhow::bail!("pass -m MODEL or --preset NAME"),
+            };
+            let profile = MachineProfile::load(&gpu_profile).map_err(anyhow::Error::msg)?;
+            let budget = ferry::plan::parse_size(&vram_budget).map_err(anyhow::Error::msg)?;
+            let req = PlanRequest {
+                budget,
+                n_ctx: ctx_size,
+                ubatch,
+                n_parallel: parallel,
+            };
+            let cost = CostModel::new(profile.clone());
+            let plan = ferry::plan::plan(&shape, &req, &cost)?;
+            print!("{}", plan.describe(&shape, &profile));
+        }
         Command::Synth { preset, quant, out } => {
             let ty = ferry::quant::GgmlType::from_name(&quant)
                 .filter(|t| ferry::quant::GgmlType::WEIGHT_TYPES.contains(t))

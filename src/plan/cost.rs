@@ -1,0 +1,181 @@
+//! The cost model: time = bytes / bandwidth or operations / rate, with one
+//! efficiency factor per kind of work (how much of the peak real kernels get).
+//! Prefill overlap is simulated event by event: the copy engine fills slots in
+//! layer order while the compute stream runs layer after layer.
+
+use super::{DecodePlace, MachineProfile, ModelShape};
+
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    pub profile: MachineProfile,
+    /// Fraction of the bf16 peak that GEMMs reach.
+    pub gemm_efficiency: f64,
+    /// Fraction of HBM bandwidth that GEMVs reach.
+    pub gemv_efficiency: f64,
+    /// Fixed cost of moving activations between CPU and GPU at a layer boundary, seconds.
+    pub crossing_secs: f64,
+}
+
+impl CostModel {
+    pub fn new(profile: MachineProfile) -> Self {
+        CostModel {
+            profile,
+            gemm_efficiency: 0.6,
+            gemv_efficiency: 0.7,
+            crossing_secs: 20e-6,
+        }
+    }
+
+    pub fn h2d(&self, bytes: u64) -> f64 {
+        bytes as f64 / (self.profile.gpu.h2d_gbps * 1e9)
+    }
+
+    pub fn gpu_gemm(&self, macs: u64, tokens: usize) -> f64 {
+        2.0 * macs as f64 * tokens as f64
+            / (self.profile.gpu.bf16_tflops * 1e12 * self.gemm_efficiency)
+    }
+
+    pub fn gpu_gemv(&self, bytes: u64) -> f64 {
+        bytes as f64 / (self.profile.gpu.hbm_gbps * 1e9 * self.gemv_efficiency)
+    }
+
+    /// GPU time of a layer over `tokens` tokens: the larger of reading its
+    /// weights and computing with them.
+    pub fn gpu_layer(&self, bytes: u64, macs: u64, tokens: usize) -> f64 {
+        self.gpu_gemv(bytes).max(self.gpu_gemm(macs, tokens))
+    }
+
+    /// CPU time of a layer for a decode batch: memory-bound at small batches,
+    /// compute-bound at large ones.
+    pub fn cpu_layer(&self, bytes: u64, macs: u64, batch: usize) -> f64 {
+        let mem = bytes as f64 / (self.profile.cpu.gemv_gbps * 1e9);
+        let compute = 2.0 * macs as f64 * batch as f64 / (self.profile.cpu.gemm_gflops * 1e9);
+        mem.max(compute)
+    }
+
+    /// Where a non-resident layer should run for a decode batch: on the CPU, or
+    /// streamed to the GPU for every step — whichever the model predicts faster.
+    pub fn decode_place(&self, bytes: u64, macs: u64, batch: usize) -> DecodePlace {
+        let cpu = self.cpu_layer(bytes, macs, batch) + 2.0 * self.crossing_secs;
+        let stream = self.h2d(bytes).max(self.gpu_layer(bytes, macs, batch));
+        if cpu <= stream {
+            DecodePlace::Cpu
+        } else {
+            DecodePlace::Streamed
+        }
+    }
+
+    /// Attention of a layer over a prompt of `n` tokens (causal: n²/2 pairs).
+    fn attention(&self, shape: &ModelShape, n: usize) -> f64 {
+        let macs = (n * n / 2) as u64 * (shape.n_heads * shape.head_dim * 2) as u64;
+        self.gpu_gemm(macs, 1)
+    }
+
+    /// Predicted prefill time of `n` tokens with `slots` streaming slots.
+    pub fn prefill_time_with_slots(
+        &self,
+        shape: &ModelShape,
+        resident: &[bool],
+        n: usize,
+        slots: usize,
+        output_on_gpu: bool,
+    ) -> f64 {
+        // Copy engine and compute stream, simulated in layer order.
+        let mut copy_free = 0f64; // when the copy engine is next idle
+        let mut compute_done = 0f64; // when the previous layer finished
+        let mut slot_free: Vec<f64> = vec![0.0; slots.max(1)]; // when each slot can be reused
+        let mut next_slot = 0;
+        for (i, &r) in resident.iter().enumerate() {
+            let compute = self.gpu_layer(shape.layer_bytes[i], shape.layer_macs[i], n)
+                + self.attention(shape, n);
+            let ready = if r {
+                0.0
+            } else {
+                let s = next_slot % slot_free.len();
+                next_slot += 1;
+                let start = copy_free.max(slot_free[s]);
+                copy_free = start + self.h2d(shape.layer_bytes[i]);
+                let arrived = copy_free;
+                // The slot is busy until this layer's compute finishes.
+                let done = compute_done.max(arrived) + compute;
+                slot_free[s] = done;
+                arrived
+            };
+            compute_done = compute_done.max(ready) + compute;
+        }
+        let output = if output_on_gpu {
+            self.gpu_layer(shape.output_bytes, shape.output_macs, 1)
+        } else {
+            self.cpu_layer(shape.output_bytes, shape.output_macs, 1)
+        };
+        compute_done + output
+    }
+
+    pub fn prefill_time(
+        &self,
+        shape: &ModelShape,
+        resident: &[bool],
+        n: usize,
+        output_on_gpu: bool,
+    ) -> f64 {
+        let slots = slots_needed(shape, resident, self, n);
+        self.prefill_time_with_slots(shape, resident, n, slots, output_on_gpu)
+    }
+
+    /// Seconds per decode step of a batch.
+    pub fn decode_time(
+        &self,
+        shape: &ModelShape,
+        place: &[DecodePlace],
+        batch: usize,
+        output_on_gpu: bool,
+    ) -> f64 {
+        let mut t = 0.0;
+        let mut prev = DecodePlace::Gpu;
+        for (i, &p) in place.iter().enumerate() {
+            let (bytes, macs) = (shape.layer_bytes[i], shape.layer_macs[i]);
+            t += match p {
+                DecodePlace::Gpu => self.gpu_layer(bytes, macs, batch),
+                DecodePlace::Cpu => self.cpu_layer(bytes, macs, batch),
+                DecodePlace::Streamed => self.h2d(bytes).max(self.gpu_layer(bytes, macs, batch)),
+            };
+            let on_cpu = |p| p == DecodePlace::Cpu;
+            if on_cpu(p) != on_cpu(prev) {
+                t += self.crossing_secs;
+            }
+            prev = p;
+        }
+        t + if output_on_gpu {
+            self.gpu_layer(shape.output_bytes, shape.output_macs, batch)
+        } else {
+            self.cpu_layer(shape.output_bytes, shape.output_macs, batch)
+        }
+    }
+}
+
+/// The fewest slots (at least 2) within 1 % of the best prefill time with up to 4.
+pub fn slots_needed(shape: &ModelShape, resident: &[bool], cost: &CostModel, n: usize) -> usize {
+    if resident.iter().all(|&r| r) {
+        return 0;
+    }
+    let times: Vec<(usize, f64)> = (2..=4)
+        .map(|s| (s, cost.prefill_time_with_slots(shape, resident, n, s, true)))
+        .collect();
+    let best = times.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+    times.iter().find(|t| t.1 <= best * 1.01).map_or(2, |t| t.0)
+}
+
+/// Activations of one micro-batch on the GPU (f32): the residual stream, the
+/// normed input, q/k/v, attention output and the two FFN halves.
+pub fn activation_bytes(shape: &ModelShape, ubatch: usize) -> u64 {
+    let per_token = 4 * (3 * shape.d_model + 3 * shape.n_heads * shape.head_dim + 2 * shape.d_ff);
+    (ubatch * per_token) as u64
+}
+
+/// Library and conversion workspace: f16 copies of the largest matrix and of
+/// a micro-batch's widest activation, plus cuBLAS's workspace.
+pub fn workspace_bytes(shape: &ModelShape, ubatch: usize) -> u64 {
+    let largest = (shape.d_model * shape.d_ff * 2) as u64;
+    let acts = (ubatch * shape.d_ff * 2) as u64;
+    largest + acts + (32 << 20)
+}

@@ -1,0 +1,445 @@
+//! The planner: from a model, a VRAM budget, a context size and a machine
+//! profile to a placement — which layers stay resident on the GPU, how many
+//! streaming slots prefill uses, where the KV cache lives, and where each
+//! non-resident layer runs during decode — chosen by minimising the time a cost
+//! model predicts. There is no fixed batch-size threshold anywhere: the
+//! decode placement follows from the profile's bandwidths and rates.
+//!
+//! The cost model (`cost`) is deliberately simple and explicit: every
+//! prediction is bytes over a bandwidth or operations over a rate, so a plan
+//! can be explained line by line (`ferry plan` prints it).
+
+pub mod cost;
+pub mod profile;
+
+use std::fmt;
+
+use crate::gguf::Gguf;
+use crate::model::{Config, ModelTensors};
+
+pub use cost::CostModel;
+pub use profile::{CpuProfile, GpuProfile, MachineProfile};
+
+/// What the planner needs to know about a model.
+#[derive(Debug, Clone)]
+pub struct ModelShape {
+    pub name: String,
+    pub n_layers: usize,
+    /// Weight bytes of each layer.
+    pub layer_bytes: Vec<u64>,
+    /// Multiply-adds per token of each layer's matrices (attention excluded).
+    pub layer_macs: Vec<u64>,
+    /// Bytes of the token embeddings (looked up on the host, never streamed).
+    pub embd_bytes: u64,
+    /// Bytes of the output projection and final norm.
+    pub output_bytes: u64,
+    pub output_macs: u64,
+    /// KV-cache bytes per token per layer (f16 keys and values).
+    pub kv_bytes_per_token: u64,
+    pub d_model: usize,
+    pub d_ff: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+}
+
+impl ModelShape {
+    pub fn from_gguf(g: &Gguf) -> anyhow::Result<Self> {
+        let cfg = Config::from_gguf(g)?;
+        let t = ModelTensors::from_gguf(g, &cfg)?;
+        let macs = |r: &crate::model::TensorRef| (r.rows() * r.cols()) as u64;
+        let layer_bytes = t.layers.iter().map(|l| l.n_bytes()).collect();
+        let layer_macs = t
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|r| macs(r))
+                    .sum()
+            })
+            .collect();
+        let out = t.output();
+        Ok(ModelShape {
+            name: g
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .unwrap_or(cfg.arch.name())
+                .to_string(),
+            n_layers: cfg.n_layers,
+            layer_bytes,
+            layer_macs,
+            embd_bytes: t.token_embd.n_bytes,
+            output_bytes: out.n_bytes + t.output_norm.n_bytes,
+            output_macs: macs(out),
+            kv_bytes_per_token: 2 * 2 * cfg.kv_width() as u64,
+            d_model: cfg.d_model,
+            d_ff: cfg.d_ff,
+            n_heads: cfg.n_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    pub fn total_layer_bytes(&self) -> u64 {
+        self.layer_bytes.iter().sum()
+    }
+
+    pub fn max_layer_bytes(&self) -> u64 {
+        self.layer_bytes.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// Where a layer's weights are during prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillPlace {
+    /// Always in VRAM.
+    Resident,
+    /// Copied into a slot before its turn, once per prompt (layer-major).
+    Streamed,
+}
+
+/// Where a non-resident layer runs during decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodePlace {
+    Gpu,
+    /// On the CPU from host memory, with its KV cache on the host.
+    Cpu,
+    /// Streamed to a GPU slot for every decode step.
+    Streamed,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub budget: u64,
+    pub n_ctx: usize,
+    pub ubatch: usize,
+    /// Sequences decoded together (the decode batch).
+    pub n_parallel: usize,
+}
+
+/// How the budget is spent.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryPlan {
+    pub resident_weights: u64,
+    pub slots: u64,
+    pub kv_cache: u64,
+    pub activations: u64,
+    pub output: u64,
+    pub workspace: u64,
+}
+
+impl MemoryPlan {
+    pub fn total(&self) -> u64 {
+        self.resident_weights
+            + self.slots
+            + self.kv_cache
+            + self.activations
+            + self.output
+            + self.workspace
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub prefill: Vec<PrefillPlace>,
+    pub decode: Vec<DecodePlace>,
+    pub n_slots: usize,
+    /// Layers copied ahead of the one computing (the prefetch depth).
+    pub prefetch: usize,
+    /// KV cache of each layer on the GPU (else on the host).
+    pub kv_on_gpu: Vec<bool>,
+    pub output_on_gpu: bool,
+    pub memory: MemoryPlan,
+    pub budget: u64,
+    pub predicted_pp_tps: f64,
+    pub predicted_tg_tps: f64,
+    /// Prompt length the prefill prediction is for.
+    pub pp_tokens: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "a VRAM budget of {budget} is too small for this model and context: it needs at least {needed} \
+         ({why}); pass --vram-budget {needed} or more, or a smaller -c/--ctx-size"
+    )]
+    BudgetTooSmall {
+        budget: HumanBytes,
+        needed: HumanBytes,
+        why: String,
+    },
+}
+
+/// Bytes printed in binary units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanBytes(pub u64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        if b >= (1u64 << 30) as f64 {
+            write!(f, "{:.2}GiB", b / (1u64 << 30) as f64)
+        } else {
+            write!(f, "{:.0}MiB", (b / (1u64 << 20) as f64).ceil())
+        }
+    }
+}
+
+/// Parse sizes such as `8GiB`, `512MiB`, `24GB`, `1.5G`, `1000000`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 8GiB or 512MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => (1u64 << 20) as f64,
+        "mb" => 1e6,
+        "g" | "gib" => (1u64 << 30) as f64,
+        "gb" => 1e9,
+        "t" | "tib" => (1u64 << 40) as f64,
+        "tb" => 1e12,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{s}' (use GiB, MiB, GB, MB)"
+            ));
+        }
+    };
+    Ok((v * mult) as u64)
+}
+
+/// Layers to keep resident when `r` of `n` fit: spread evenly, so that the
+/// compute of the resident layers between two streamed ones hides their copies.
+pub fn spread_resident(n: usize, r: usize) -> Vec<bool> {
+    let mut keep = vec![false; n];
+    if r == 0 {
+        return keep;
+    }
+    for i in 0..r.min(n) {
+        // The i-th resident layer sits at the centre of the i-th of r equal spans.
+        let idx = ((2 * i + 1) * n) / (2 * r);
+        keep[idx.min(n - 1)] = true;
+    }
+    keep
+}
+
+pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<Plan, PlanError> {
+    let n = shape.n_layers;
+    let slot = shape.max_layer_bytes();
+    let act = cost::activation_bytes(shape, req.ubatch);
+    let workspace = cost::workspace_bytes(shape, req.ubatch);
+    let kv_layer = shape.kv_bytes_per_token * req.n_ctx as u64 * req.n_parallel as u64;
+    let output = shape.output_bytes;
+
+    // The least that works: two slots, activations, workspace and the KV cache of
+    // the layers the GPU computes during prefill (all of them).
+    let kv_all = kv_layer * n as u64;
+    let min_needed = 2 * slot + act + workspace + kv_all;
+    if req.budget < min_needed {
+        return Err(PlanError::BudgetTooSmall {
+            budget: HumanBytes(req.budget),
+            needed: HumanBytes(min_needed),
+            why: format!(
+                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {}",
+                HumanBytes(2 * slot),
+                HumanBytes(kv_all),
+                req.n_ctx,
+                HumanBytes(act + workspace)
+            ),
+        });
+    }
+
+    // Try every number of resident layers that fits, with the output projection
+    // on the GPU when it fits too, and keep the fastest predicted plan.
+    let mut best: Option<Plan> = None;
+    for output_on_gpu in [true, false] {
+        for r in 0..=n {
+            let resident = spread_resident(n, r);
+            let resident_bytes: u64 = (0..n)
+                .filter(|&i| resident[i])
+                .map(|i| shape.layer_bytes[i])
+                .sum();
+            let pp_tokens = req.ubatch.max(512);
+            let n_slots = cost::slots_needed(shape, &resident, cost, pp_tokens);
+            let mem = MemoryPlan {
+                resident_weights: resident_bytes,
+                slots: n_slots as u64 * slot,
+                kv_cache: kv_all,
+                activations: act,
+                output: if output_on_gpu { output } else { 0 },
+                workspace,
+            };
+            if mem.total() > req.budget {
+                continue;
+            }
+            let decode: Vec<DecodePlace> = (0..n)
+                .map(|i| {
+                    if resident[i] {
+                        DecodePlace::Gpu
+                    } else {
+                        cost.decode_place(shape.layer_bytes[i], shape.layer_macs[i], req.n_parallel)
+                    }
+                })
+                .collect();
+            let pp =
+                cost.prefill_time_with_slots(shape, &resident, pp_tokens, n_slots, output_on_gpu);
+            let tg = cost.decode_time(shape, &decode, req.n_parallel, output_on_gpu);
+            let candidate = Plan {
+                prefill: resident
+                    .iter()
+                    .map(|&r| {
+                        if r {
+                            PrefillPlace::Resident
+                        } else {
+                            PrefillPlace::Streamed
+                        }
+                    })
+                    .collect(),
+                kv_on_gpu: vec![true; n],
+                decode,
+                n_slots,
+                prefetch: n_slots.saturating_sub(1),
+                output_on_gpu,
+                memory: mem,
+                budget: req.budget,
+                predicted_pp_tps: pp_tokens as f64 / pp,
+                predicted_tg_tps: req.n_parallel as f64 / tg,
+                pp_tokens,
+            };
+            // Prefill first (the product's job), then decode, then less memory.
+            let better = match &best {
+                None => true,
+                Some(b) => {
+                    let key = |p: &Plan| (p.predicted_pp_tps * (1.0 + 1e-9), p.predicted_tg_tps);
+                    let (cp, ct) = key(&candidate);
+                    let (bp, bt) = key(b);
+                    cp > bp * 1.0001 || ((cp - bp).abs() <= bp * 1e-4 && ct > bt)
+                }
+            };
+            if better {
+                best = Some(candidate);
+            }
+        }
+    }
+    best.ok_or_else(|| PlanError::BudgetTooSmall {
+        budget: HumanBytes(req.budget),
+        needed: HumanBytes(min_needed),
+        why: "no placement fits".into(),
+    })
+}
+
+impl Plan {
+    pub fn resident_layers(&self) -> usize {
+        self.prefill
+            .iter()
+            .filter(|&&p| p == PrefillPlace::Resident)
+            .count()
+    }
+
+    /// A human-readable account of the plan (`ferry plan`, `--verbose`).
+    pub fn describe(&self, shape: &ModelShape, profile: &MachineProfile) -> String {
+        let mut s = String::new();
+        use std::fmt::Write;
+        let _ = writeln!(s, "model       {} ({} layers)", shape.name, shape.n_layers);
+        let _ = writeln!(s, "machine     {}", profile.describe());
+        let _ = writeln!(
+            s,
+            "budget      {}: resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {} (total {})",
+            HumanBytes(self.budget),
+            HumanBytes(self.memory.resident_weights),
+            self.n_slots,
+            HumanBytes(self.memory.slots),
+            HumanBytes(self.memory.kv_cache),
+            HumanBytes(self.memory.activations),
+            HumanBytes(self.memory.output),
+            HumanBytes(self.memory.workspace),
+            HumanBytes(self.memory.total())
+        );
+        let _ = writeln!(
+            s,
+            "prefill     {} of {} layers resident, the rest streamed (prefetch depth {}), layer-major",
+            self.resident_layers(),
+            shape.n_layers,
+            self.prefetch
+        );
+        let count = |p: DecodePlace| self.decode.iter().filter(|&&d| d == p).count();
+        let _ = writeln!(
+            s,
+            "decode      GPU {} layers, CPU {} layers, streamed {} layers; output projection on the {}",
+            count(DecodePlace::Gpu),
+            count(DecodePlace::Cpu),
+            count(DecodePlace::Streamed),
+            if self.output_on_gpu { "GPU" } else { "CPU" }
+        );
+        let mut map = String::new();
+        for (p, d) in self.prefill.iter().zip(&self.decode) {
+            map.push(match (p, d) {
+                (PrefillPlace::Resident, _) => 'R',
+                (PrefillPlace::Streamed, DecodePlace::Cpu) => 'c',
+                (PrefillPlace::Streamed, _) => 's',
+            });
+        }
+        let _ = writeln!(
+            s,
+            "layers      {map}   (R resident, s streamed, c streamed in prefill / CPU in decode)"
+        );
+        let _ = writeln!(
+            s,
+            "predicted   pp{} {:.1} t/s, tg {:.2} t/s",
+            self.pp_tokens, self.predicted_pp_tps, self.predicted_tg_tps
+        );
+        s
+    }
+}
+
+/// The shape of a synthetic preset (see `crate::synth::PRESETS`) with matrices
+/// of `ty`, computed without writing the model.
+pub fn preset_shape(name: &str, ty: crate::quant::GgmlType) -> Option<ModelShape> {
+    let spec = crate::synth::TinySpec::preset(name, ty)?;
+    let (d, ff, h, kvh, v) = (
+        spec.d_model,
+        spec.d_ff,
+        spec.n_heads,
+        spec.n_kv_heads,
+        spec.n_vocab,
+    );
+    let hd = d / h;
+    let bytes = |cols: u64, rows: u64| {
+        let t = if cols.is_multiple_of(ty.block_elems() as u64) {
+            ty
+        } else {
+            crate::quant::GgmlType::Q8_0
+        };
+        t.bytes_for(cols * rows).unwrap_or(0)
+    };
+    let mats = [
+        (d, h * hd),
+        (d, kvh * hd),
+        (d, kvh * hd),
+        (h * hd, d),
+        (d, ff),
+        (d, ff),
+        (ff, d),
+    ];
+    let layer_bytes: u64 = mats.iter().map(|&(c, r)| bytes(c, r)).sum::<u64>() + 2 * 4 * d;
+    let layer_macs: u64 = mats.iter().map(|&(c, r)| c * r).sum();
+    Some(ModelShape {
+        name: format!("{name} ({ty} synthetic)"),
+        n_layers: spec.n_layers as usize,
+        layer_bytes: vec![layer_bytes; spec.n_layers as usize],
+        layer_macs: vec![layer_macs; spec.n_layers as usize],
+        embd_bytes: bytes(d, v),
+        output_bytes: bytes(d, v) + 4 * d,
+        output_macs: d * v,
+        kv_bytes_per_token: 2 * 2 * kvh * hd,
+        d_model: d as usize,
+        d_ff: ff as usize,
+        n_heads: h as usize,
+        head_dim: hd as usize,
+    })
+}

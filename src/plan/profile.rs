@@ -1,0 +1,108 @@
+//! Machine profiles: what the cost model knows about a GPU and a CPU. Built-in
+//! profiles describe common cards from their published or measured figures;
+//! a JSON file (`ferry calibrate` writes one) describes the machine at hand.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuProfile {
+    pub name: String,
+    pub vram_bytes: u64,
+    /// Pinned host-to-device copy bandwidth, GB/s.
+    pub h2d_gbps: f64,
+    /// Dense bf16 matrix rate with f32 accumulation, TFLOP/s (measured where known).
+    pub bf16_tflops: f64,
+    /// Device memory bandwidth, GB/s.
+    pub hbm_gbps: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CpuProfile {
+    pub name: String,
+    /// Bandwidth a quantized matrix-vector product achieves, GB/s.
+    pub gemv_gbps: f64,
+    /// Rate of quantized matrix-matrix products, GFLOP/s.
+    pub gemm_gflops: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineProfile {
+    pub gpu: GpuProfile,
+    pub cpu: CpuProfile,
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Built-in GPU profiles: (name, VRAM GiB, pinned H2D GB/s, bf16 TFLOP/s, HBM GB/s).
+/// H100/H200 figures are measured on the project's device machines (55 GB/s
+/// pinned over PCIe 5, 794 TFLOP/s bf16); the others are vendor figures with
+/// PCIe 4 copy rates.
+pub const GPUS: [(&str, u64, f64, f64, f64); 7] = [
+    ("h100", 80, 55.0, 794.0, 3350.0),
+    ("h200", 141, 55.0, 790.0, 4800.0),
+    ("a100-80g", 80, 25.0, 312.0, 2039.0),
+    ("l40s", 48, 25.0, 362.0, 864.0),
+    ("rtx4090", 24, 25.0, 165.0, 1008.0),
+    ("rtx3090", 24, 24.0, 71.0, 936.0),
+    ("l4", 24, 25.0, 121.0, 300.0),
+];
+
+impl GpuProfile {
+    pub fn builtin(name: &str) -> Option<Self> {
+        GPUS.iter()
+            .find(|g| g.0 == name)
+            .map(|&(n, vram, h2d, tflops, hbm)| GpuProfile {
+                name: n.to_string(),
+                vram_bytes: vram * GIB,
+                h2d_gbps: h2d,
+                bf16_tflops: tflops,
+                hbm_gbps: hbm,
+            })
+    }
+}
+
+impl CpuProfile {
+    /// A typical 16-core server with 8 memory channels, until calibrated.
+    pub fn default_server() -> Self {
+        CpuProfile {
+            name: "server CPU (uncalibrated default)".into(),
+            gemv_gbps: 80.0,
+            gemm_gflops: 1500.0,
+        }
+    }
+}
+
+impl MachineProfile {
+    /// A built-in GPU name, or a JSON file written by `ferry calibrate`.
+    pub fn load(name_or_file: &str) -> Result<Self, String> {
+        if let Some(gpu) = GpuProfile::builtin(name_or_file) {
+            return Ok(MachineProfile {
+                gpu,
+                cpu: CpuProfile::default_server(),
+            });
+        }
+        let text = std::fs::read_to_string(name_or_file).map_err(|e| {
+            let names: Vec<&str> = GPUS.iter().map(|g| g.0).collect();
+            format!(
+                "'{name_or_file}' is neither a built-in profile ({}) nor a readable profile file: {e}",
+                names.join(", ")
+            )
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{name_or_file}: not a machine profile: {e}"))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:.0} GiB, H2D {:.0} GB/s, bf16 {:.0} TFLOP/s, HBM {:.0} GB/s) + {} (GEMV {:.0} GB/s, GEMM {:.0} GFLOP/s)",
+            self.gpu.name,
+            self.gpu.vram_bytes as f64 / GIB as f64,
+            self.gpu.h2d_gbps,
+            self.gpu.bf16_tflops,
+            self.gpu.hbm_gbps,
+            self.cpu.name,
+            self.cpu.gemv_gbps,
+            self.cpu.gemm_gflops
+        )
+    }
+}

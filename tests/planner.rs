@@ -1,0 +1,153 @@
+//! The planner and cost model (no GPU needed): plans fit their budget, a larger
+//! budget never predicts slower, a budget too small names the smallest that
+//! works, and the decode placement follows the machine's numbers, not a fixed
+//! batch threshold.
+
+use ferry::plan::{
+    CostModel, CpuProfile, DecodePlace, MachineProfile, PlanError, PlanRequest, parse_size, plan,
+    preset_shape, spread_resident,
+};
+use ferry::quant::GgmlType;
+
+fn h100() -> CostModel {
+    CostModel::new(MachineProfile::load("h100").unwrap())
+}
+
+fn req(budget: u64, n_ctx: usize) -> PlanRequest {
+    PlanRequest {
+        budget,
+        n_ctx,
+        ubatch: 512,
+        n_parallel: 1,
+    }
+}
+
+#[test]
+fn plans_fit_and_more_budget_never_predicts_slower() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let cost = h100();
+    for n_ctx in [1024usize, 4096, 16384] {
+        let mut last = (0.0f64, 0.0f64);
+        let mut planned = 0;
+        for gib_tenths in (10..=250).step_by(5) {
+            let budget = gib_tenths as u64 * (1u64 << 30) / 10;
+            match plan(&shape, &req(budget, n_ctx), &cost) {
+                Ok(p) => {
+                    planned += 1;
+                    assert!(
+                        p.memory.total() <= budget,
+                        "ctx {n_ctx}: {} > {budget}",
+                        p.memory.total()
+                    );
+                    assert!(p.n_slots >= 2 || p.resident_layers() == shape.n_layers);
+                    assert!(
+                        p.predicted_pp_tps >= last.0 * 0.999,
+                        "ctx {n_ctx}, budget {budget}: prefill {} < {}",
+                        p.predicted_pp_tps,
+                        last.0
+                    );
+                    assert!(
+                        p.predicted_tg_tps >= last.1 * 0.999,
+                        "ctx {n_ctx}: decode got slower"
+                    );
+                    last = (p.predicted_pp_tps, p.predicted_tg_tps);
+                }
+                Err(PlanError::BudgetTooSmall { .. }) => {
+                    assert_eq!(planned, 0, "a larger budget failed")
+                }
+            }
+        }
+        assert!(planned > 10);
+    }
+}
+
+#[test]
+fn too_small_a_budget_names_the_smallest_that_works() {
+    let shape = preset_shape("qwen2.5-7b", GgmlType::Q4_K).unwrap();
+    let cost = h100();
+    let err = plan(&shape, &req(256 << 20, 4096), &cost)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("too small") && err.contains("--vram-budget"),
+        "{err}"
+    );
+    // The budget it names works.
+    let needed = err
+        .split("needs at least ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let needed = parse_size(needed).unwrap() + (1 << 20);
+    assert!(plan(&shape, &req(needed, 4096), &cost).is_ok(), "{needed}");
+}
+
+#[test]
+fn everything_resident_when_it_fits() {
+    let shape = preset_shape("qwen2.5-7b", GgmlType::Q4_K).unwrap();
+    let p = plan(&shape, &req(40 << 30, 4096), &h100()).unwrap();
+    assert_eq!(p.resident_layers(), shape.n_layers);
+    assert_eq!(p.n_slots, 0);
+    assert!(p.output_on_gpu);
+    assert!(p.decode.iter().all(|&d| d == DecodePlace::Gpu));
+}
+
+#[test]
+fn decode_placement_follows_the_cost_model() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let (bytes, macs) = (shape.layer_bytes[0], shape.layer_macs[0]);
+    let mut cost = h100();
+    // One sequence: reading the layer from host memory beats copying it.
+    assert_eq!(cost.decode_place(bytes, macs, 1), DecodePlace::Cpu);
+    // Many sequences: the CPU's arithmetic becomes the limit, streaming wins.
+    assert_eq!(cost.decode_place(bytes, macs, 512), DecodePlace::Streamed);
+    // The crossover depends on the machine: a CPU ten times faster keeps the
+    // layer at 512 too, and a slow PCIe link keeps it on the CPU longer.
+    let switch = |c: &CostModel| {
+        (1..=4096).find(|&b| c.decode_place(bytes, macs, b) == DecodePlace::Streamed)
+    };
+    let base = switch(&cost).unwrap();
+    cost.profile.cpu = CpuProfile {
+        name: "fast".into(),
+        gemv_gbps: 80.0,
+        gemm_gflops: 15000.0,
+    };
+    assert!(switch(&cost).unwrap_or(usize::MAX) > base);
+}
+
+#[test]
+fn resident_layers_are_spread_evenly() {
+    let r = spread_resident(64, 16);
+    assert_eq!(r.iter().filter(|&&x| x).count(), 16);
+    let idx: Vec<usize> = (0..64).filter(|&i| r[i]).collect();
+    for w in idx.windows(2) {
+        assert_eq!(w[1] - w[0], 4);
+    }
+    assert_eq!(spread_resident(10, 10), vec![true; 10]);
+    assert_eq!(spread_resident(10, 0), vec![false; 10]);
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    assert_eq!(parse_size("8GiB").unwrap(), 8 << 30);
+    assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+    assert_eq!(parse_size("24GB").unwrap(), 24_000_000_000);
+    assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+    assert!(parse_size("lots").is_err());
+    assert!(parse_size("8XB").is_err());
+}
+
+#[test]
+fn profiles_load_by_name_or_file() {
+    assert!(MachineProfile::load("h200").is_ok());
+    let err = MachineProfile::load("no-such-gpu").unwrap_err();
+    assert!(err.contains("h100"), "{err}");
+    let dir = std::env::temp_dir().join(format!("ferry-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("machine.json");
+    let m = MachineProfile::load("l4").unwrap();
+    std::fs::write(&p, serde_json::to_string(&m).unwrap()).unwrap();
+    assert_eq!(MachineProfile::load(p.to_str().unwrap()).unwrap(), m);
+}
