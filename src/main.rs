@@ -138,6 +138,13 @@ struct BenchArgs {
     /// Where to run: auto (the GPU if there is one), cpu or cuda.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// With --device cuda: VRAM budgets to plan for (e.g. 4GiB,8GiB); layers that do
+    /// not fit are streamed from pinned host memory during prefill.
+    #[arg(long, value_delimiter = ',')]
+    vram_budget: Vec<String>,
+    /// GPU profile the planner uses with --vram-budget.
+    #[arg(long, default_value = "h100")]
+    gpu_profile: String,
 }
 
 #[derive(Subcommand)]
@@ -180,6 +187,15 @@ enum Command {
         /// A built-in GPU (h100, h200, a100-80g, l40s, rtx4090, rtx3090, l4) or a profile file.
         #[arg(long, default_value = "h100")]
         gpu_profile: String,
+    },
+    /// Measure this machine's pinned host-to-device copy bandwidth (the figure
+    /// the planner's streaming predictions rest on).
+    Calibrate {
+        /// Bytes per copy.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
     },
     /// Write a model with random weights in the shape of a real one (llama
     /// architecture; presets: tiny, qwen2.5-0.5b, llama-1b, qwen2.5-7b,
@@ -270,6 +286,19 @@ fn run(cli: Cli) -> Result<()> {
             let cost = CostModel::new(profile.clone());
             let plan = ferry::plan::plan(&shape, &req, &cost)?;
             print!("{}", plan.describe(&shape, &profile));
+        }
+        Command::Calibrate { size, repetitions } => {
+            let cuda = ferry::backend::cuda::CudaBackend::new(0)?;
+            let bytes = ferry::plan::parse_size(&size).map_err(anyhow::Error::msg)? as usize;
+            let (pinned, pageable) = cuda.measure_h2d(bytes, repetitions)?;
+            println!(
+                "{}: host-to-device {:.1} GB/s pinned, {:.1} GB/s pageable ({} per copy, median of {})",
+                cuda.name(),
+                pinned,
+                pageable,
+                ferry::plan::HumanBytes(bytes as u64),
+                repetitions
+            );
         }
         Command::Synth { preset, quant, out } => {
             let ty = ferry::quant::GgmlType::from_name(&quant)
@@ -571,7 +600,15 @@ fn bench(args: BenchArgs) -> Result<()> {
         for &threads in &args.threads {
             let g = Gguf::open(path)?;
             let r = match open_device(args.device, threads)? {
-                Device::Cpu(b) => bench_on(&b, &g, path, b.threads(), &args, &tests)?,
+                Device::Cpu(b) => {
+                    if !args.vram_budget.is_empty() {
+                        anyhow::bail!("--vram-budget needs --device cuda");
+                    }
+                    bench_on(&b, &g, path, b.threads(), &args, &tests)?
+                }
+                Device::Cuda(b) if !args.vram_budget.is_empty() => {
+                    bench_streamed(&b, &g, &args, &tests)?
+                }
                 Device::Cuda(b) => bench_on(&*b, &g, path, 0, &args, &tests)?,
             };
             results.extend(r);
@@ -637,6 +674,89 @@ where
     Ok(results)
 }
 
+/// Prefill tests with the layers a VRAM budget leaves out streamed from pinned
+/// host memory. Prints, per test, the time against its two bounds: all layers
+/// resident, and the streamed bytes over the measured copy rate.
+fn bench_streamed(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    g: &Gguf,
+    args: &BenchArgs,
+    tests: &[ferry::bench::Test],
+) -> Result<Vec<ferry::bench::BenchResult>> {
+    use ferry::backend::Batch;
+    use ferry::backend::cuda::stream::StreamedModel;
+    use ferry::bench::Test;
+    use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
+    let shape = ModelShape::from_gguf(g)?;
+    let profile = MachineProfile::load(&args.gpu_profile).map_err(anyhow::Error::msg)?;
+    let cost = CostModel::new(profile);
+    let model_bytes = g.total_tensor_bytes();
+    println!(
+        "| budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s while streaming |"
+    );
+    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    for budget_s in &args.vram_budget {
+        let budget = match budget_s.strip_suffix('%') {
+            Some(p) => {
+                (p.parse::<f64>().context("--vram-budget percentage")? / 100.0 * model_bytes as f64)
+                    as u64
+            }
+            None => ferry::plan::parse_size(budget_s).map_err(anyhow::Error::msg)?,
+        };
+        for &t in tests {
+            let Test::Prompt(n) = t else { continue };
+            let req = PlanRequest {
+                budget,
+                n_ctx: n + 1,
+                ubatch: n,
+                n_parallel: 1,
+            };
+            let plan = ferry::plan::plan(&shape, &req, &cost)?;
+            let resident: Vec<bool> = plan
+                .prefill
+                .iter()
+                .map(|p| *p == ferry::plan::PrefillPlace::Resident)
+                .collect();
+            let mut sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
+            let n_vocab = sm.model.config.n_vocab;
+            let tokens: Vec<u32> = (0..n as u32)
+                .map(|i| (n_vocab as u32 / 20 + i * 7919) % (n_vocab as u32 / 2))
+                .collect();
+            let positions: Vec<u32> = (0..n as u32).collect();
+            let seqs = vec![0u32; n];
+            let batch = Batch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &seqs,
+            };
+            let mut times = Vec::new();
+            for rep in 0..=args.repetitions.max(1) {
+                let mut kv: Vec<_> = (0..sm.model.config.n_layers)
+                    .map(|_| cuda.kv_cache(&sm.model.config, n + 1, 1))
+                    .collect();
+                let t0 = std::time::Instant::now();
+                sm.forward(cuda, &mut kv, &batch, &[n - 1])?;
+                if rep > 0 {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let bytes = sm.last_streamed_bytes;
+            println!(
+                "| {} | {}/{} | {} | pp{n} | {:.1} | {:.2} | {:.1} |",
+                ferry::plan::HumanBytes(budget),
+                sm.resident_layers(),
+                sm.model.config.n_layers,
+                sm.n_slots(),
+                n as f64 / mean,
+                bytes as f64 / (1u64 << 30) as f64,
+                bytes as f64 / mean / 1e9
+            );
+        }
+    }
+    Ok(Vec::new())
+}
+
 fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()> {
     match output {
         "md" => print!("{}", ferry::bench::markdown(results)),
@@ -668,6 +788,51 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
         _ => {}
     }
     Ok(())
+}
+
+/// Logits of a prefill with streamed layers equal those with every layer
+/// resident, bit for bit.
+fn stream_identity(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    g: &Gguf,
+    resident_model: &Model<ferry::backend::cuda::CudaBackend>,
+    tokens: &[u32],
+) -> Result<bool> {
+    use ferry::backend::Batch;
+    use ferry::backend::cuda::stream::StreamedModel;
+    let n_layers = resident_model.config.n_layers;
+    let positions: Vec<u32> = (0..tokens.len() as u32).collect();
+    let seqs = vec![0u32; tokens.len()];
+    let batch = Batch {
+        tokens,
+        positions: &positions,
+        seqs: &seqs,
+    };
+    let rows: Vec<usize> = (0..tokens.len()).collect();
+    let kv = |m: &Model<ferry::backend::cuda::CudaBackend>| -> Vec<_> {
+        (0..n_layers)
+            .map(|_| cuda.kv_cache(&m.config, 128, 1))
+            .collect()
+    };
+    let mut kv_r = kv(resident_model);
+    let want = resident_model.forward(cuda, &mut kv_r, &batch, &rows)?;
+    cuda.check()?;
+    for resident in [
+        vec![false; n_layers],
+        (0..n_layers).map(|i| i % 2 == 0).collect(),
+    ] {
+        let mut sm = StreamedModel::load(cuda, g, &resident, 2)?;
+        let mut kv_s = kv(&sm.model);
+        let got = sm.forward(cuda, &mut kv_s, &batch, &rows)?;
+        if got
+            .iter()
+            .zip(&want)
+            .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32) -> Result<()> {
@@ -707,8 +872,10 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             f32::INFINITY
         }
     };
-    println!("| model | types | prefill rel. diff | decode max rel. diff | top-1 agree | result |");
-    println!("| --- | --- | ---: | ---: | ---: | --- |");
+    println!(
+        "| model | types | prefill rel. diff | decode max rel. diff | top-1 agree | streamed = resident | result |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | --- | --- |");
     let mut failed = 0;
     for path in &models {
         let g = Gguf::open(path)?;
@@ -742,10 +909,13 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             .collect();
         types.sort();
         types.dedup();
-        let ok = prefill <= tolerance && decode <= tolerance;
+        // Streaming must not change results: every layer streamed (2 slots), and
+        // every other layer streamed, against all resident.
+        let identical = stream_identity(&cuda, &g, &mg, &tokens)?;
+        let ok = prefill <= tolerance && decode <= tolerance && identical;
         failed += !ok as usize;
         println!(
-            "| {} | {} | {:.2e} | {:.2e} | {}/9 | {} |",
+            "| {} | {} | {:.2e} | {:.2e} | {}/9 | {} | {} |",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -753,6 +923,11 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             prefill,
             decode,
             agree,
+            if identical {
+                "bit-identical"
+            } else {
+                "DIFFERENT"
+            },
             if ok { "pass" } else { "FAIL" }
         );
     }

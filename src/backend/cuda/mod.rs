@@ -17,6 +17,8 @@ use cudarc::driver::{
 };
 use half::f16;
 
+pub mod stream;
+
 use super::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
 use crate::model::{Config, RopeKind, RopeParams, TensorRef};
@@ -24,7 +26,7 @@ use crate::quant::GgmlType;
 
 const KERNELS: &str = include_str!("kernels/ferry.cu");
 
-fn err(e: impl std::fmt::Debug) -> BackendError {
+pub(crate) fn err(e: impl std::fmt::Debug) -> BackendError {
     BackendError::Invalid(format!("CUDA: {e:?}"))
 }
 
@@ -146,11 +148,42 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
     ))
 }
 
+/// A weight matrix in device memory: a device pointer into a buffer that the
+/// weight keeps alive — its own upload, or a streaming slot shared by the
+/// layers that pass through it.
 pub struct CudaWeight {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
-    data: CudaSlice<u8>,
+    _buf: Arc<CudaSlice<u8>>,
+    /// Device address of the first byte (passed to kernels by value).
+    ptr: u64,
+}
+
+impl CudaWeight {
+    /// A weight `bytes` long at `offset` in `buf`.
+    pub fn in_buffer(
+        stream: &CudaStream,
+        buf: Arc<CudaSlice<u8>>,
+        offset: usize,
+        t: &TensorRef,
+    ) -> Result<Self, BackendError> {
+        if offset + t.n_bytes as usize > buf.len() {
+            return Err(BackendError::Invalid(format!(
+                "{}: does not fit its device buffer",
+                t.name
+            )));
+        }
+        let (base, _guard) = buf.device_ptr(stream);
+        let ptr = base + offset as u64;
+        Ok(CudaWeight {
+            ty: t.ty,
+            rows: t.rows(),
+            cols: t.cols(),
+            _buf: buf.clone(),
+            ptr,
+        })
+    }
 }
 
 pub struct CudaAct {
@@ -160,8 +193,8 @@ pub struct CudaAct {
 }
 
 pub struct CudaKv {
-    n_ctx: usize,
-    n_seq: usize,
+    pub(crate) n_ctx: usize,
+    pub(crate) n_seq: usize,
     width: usize,
     k: CudaSlice<f16>,
     v: CudaSlice<f16>,
@@ -170,13 +203,29 @@ pub struct CudaKv {
 /// f16 buffers for a dequantized weight matrix and converted activations.
 type Scratch = (Option<CudaSlice<f16>>, Option<CudaSlice<f16>>);
 
+/// Per-batch tables every layer uses (RoPE cos/sin; KV slots, sequence bases and
+/// positions), uploaded once per batch instead of once per layer: small
+/// host-to-device copies queue behind a streaming copy on the same copy engine,
+/// so uploading them between layers would serialise compute behind streaming.
+/// Device copies of a batch's KV slots, sequence bases and positions.
+type KvTables = (CudaSlice<u32>, CudaSlice<u32>, CudaSlice<u32>);
+
+#[derive(Default)]
+struct BatchTables {
+    rope_key: Vec<u32>,
+    rope: Option<Arc<CudaSlice<f32>>>,
+    kv_key: Vec<u32>,
+    kv: Option<Arc<KvTables>>,
+}
+
 pub struct CudaBackend {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
     blas: CudaBlas,
     k: Kernels,
     /// f16 scratch for dequantized weights and converted activations (grown on demand).
     scratch: Mutex<Scratch>,
+    tables: Mutex<BatchTables>,
     pub kernels_from_cache: bool,
     name: String,
 }
@@ -204,6 +253,7 @@ impl CudaBackend {
             blas,
             k,
             scratch: Mutex::new((None, None)),
+            tables: Mutex::new(BatchTables::default()),
             kernels_from_cache: cached,
             name,
         })
@@ -217,7 +267,7 @@ impl CudaBackend {
         self.stream.clone_htod(v).map_err(err)
     }
 
-    fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    pub(crate) fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, BackendError> {
@@ -235,7 +285,7 @@ impl CudaBackend {
         let (ty, rows_i, cols_i, n_i) = (w.ty.id() as i32, rows as i32, cols as i32, n as i32);
         if n <= 8 {
             let mut b = self.stream.launch_builder(&self.k.gemv);
-            b.arg(&w.data).arg(&x.data).arg(&mut out.data);
+            b.arg(&w.ptr).arg(&x.data).arg(&mut out.data);
             b.arg(&ty)
                 .arg(&rows_i)
                 .arg(&cols_i)
@@ -264,7 +314,7 @@ impl CudaBackend {
         };
         {
             let mut b = self.stream.launch_builder(&self.k.dequant_f16);
-            b.arg(&w.data)
+            b.arg(&w.ptr)
                 .arg(&mut *wf)
                 .arg(&ty)
                 .arg(&rows_i)
@@ -339,6 +389,122 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// The RoPE cos/sin table of `positions`, uploaded once per batch.
+    fn rope_table(
+        &self,
+        rope: &RopeParams,
+        positions: &[u32],
+    ) -> Result<Arc<CudaSlice<f32>>, BackendError> {
+        let mut key: Vec<u32> = positions.to_vec();
+        key.extend([
+            rope.n_dims as u32,
+            rope.freq_base.to_bits(),
+            (rope.kind == RopeKind::Neox) as u32,
+        ]);
+        let mut t = self.tables.lock().expect("tables lock");
+        if let Some(cs) = &t.rope
+            && t.rope_key == key
+        {
+            return Ok(cs.clone());
+        }
+        let half = rope.n_dims / 2;
+        let mut cs = vec![0f32; positions.len() * half * 2];
+        let (mut c, mut s) = (vec![0f32; half], vec![0f32; half]);
+        for (i, &p) in positions.iter().enumerate() {
+            rope.cos_sin(p, &mut c, &mut s);
+            for j in 0..half {
+                cs[(i * half + j) * 2] = c[j];
+                cs[(i * half + j) * 2 + 1] = s[j];
+            }
+        }
+        let cs = Arc::new(self.upload(&cs)?);
+        t.rope_key = key;
+        t.rope = Some(cs.clone());
+        Ok(cs)
+    }
+
+    /// KV slots, sequence bases and positions of a batch, uploaded once per batch.
+    fn kv_tables(
+        &self,
+        batch: &Batch,
+        n_ctx: usize,
+        slots: &[u32],
+        bases: &[u32],
+    ) -> Result<Arc<KvTables>, BackendError> {
+        let mut key: Vec<u32> = batch.positions.to_vec();
+        key.extend(batch.seqs);
+        key.push(n_ctx as u32);
+        let mut t = self.tables.lock().expect("tables lock");
+        if let Some(kv) = &t.kv
+            && t.kv_key == key
+        {
+            return Ok(kv.clone());
+        }
+        let kv = Arc::new((
+            self.upload(slots)?,
+            self.upload(bases)?,
+            self.upload(batch.positions)?,
+        ));
+        t.kv_key = key;
+        t.kv = Some(kv.clone());
+        Ok(kv)
+    }
+
+    /// Upload the per-batch tables now (before streaming copies are queued).
+    pub fn prepare_batch(
+        &self,
+        cfg: &Config,
+        batch: &Batch,
+        n_ctx: usize,
+        n_seq: usize,
+    ) -> Result<(), BackendError> {
+        self.rope_table(&cfg.rope, batch.positions)?;
+        let slots: Vec<u32> = batch
+            .cache_slots(n_seq, n_ctx)?
+            .into_iter()
+            .map(|s| s as u32)
+            .collect();
+        let bases: Vec<u32> = batch
+            .seqs
+            .iter()
+            .map(|&s| (s as usize * n_ctx) as u32)
+            .collect();
+        self.kv_tables(batch, n_ctx, &slots, &bases)?;
+        Ok(())
+    }
+
+    /// Median host-to-device bandwidth in GB/s over `reps` copies of `bytes`:
+    /// (from pinned memory, from pageable memory).
+    pub fn measure_h2d(&self, bytes: usize, reps: usize) -> Result<(f64, f64), BackendError> {
+        let mut dev = self.zeros::<u8>(bytes)?;
+        // SAFETY: a plain page-locked allocation; flags 0 keeps it cacheable.
+        let mut pinned =
+            unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(err)?;
+        pinned.as_mut_slice().map_err(err)?.fill(1);
+        let pageable = vec![1u8; bytes];
+        let mut time = |pin: bool| -> Result<f64, BackendError> {
+            let mut t = Vec::new();
+            for _ in 0..reps.max(1) {
+                self.stream.synchronize().map_err(err)?;
+                let t0 = std::time::Instant::now();
+                if pin {
+                    self.stream.memcpy_htod(&pinned, &mut dev).map_err(err)?;
+                } else {
+                    self.stream
+                        .memcpy_htod(&pageable[..], &mut dev)
+                        .map_err(err)?;
+                }
+                self.stream.synchronize().map_err(err)?;
+                t.push(t0.elapsed().as_secs_f64());
+            }
+            t.sort_by(f64::total_cmp);
+            Ok(bytes as f64 / t[t.len() / 2] / 1e9)
+        };
+        Ok((time(true)?, time(false)?))
+    }
+}
+
 impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type Vector = CudaSlice<f32>;
@@ -359,12 +525,8 @@ impl Backend for CudaBackend {
     fn load_weight(&self, g: &Gguf, t: &TensorRef) -> Result<CudaWeight, BackendError> {
         let bytes = &g.files[t.file_index].bytes()
             [t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
-        Ok(CudaWeight {
-            ty: t.ty,
-            rows: t.rows(),
-            cols: t.cols(),
-            data: self.upload(bytes)?,
-        })
+        let buf = Arc::new(self.upload(bytes)?);
+        CudaWeight::in_buffer(&self.stream, buf, 0, t)
     }
 
     fn load_vector(&self, g: &Gguf, t: &TensorRef) -> Result<CudaSlice<f32>, BackendError> {
@@ -420,7 +582,7 @@ impl Backend for CudaBackend {
             table.ty.block_bytes() as i32,
         );
         let mut b = self.stream.launch_builder(&self.k.embed);
-        b.arg(&table.data)
+        b.arg(&table.ptr)
             .arg(&toks)
             .arg(&mut out.data)
             .arg(&ty)
@@ -485,21 +647,17 @@ impl Backend for CudaBackend {
         positions: &[u32],
     ) {
         let half = rope.n_dims / 2;
-        let mut cs = vec![0f32; positions.len() * half * 2];
-        let (mut c, mut s) = (vec![0f32; half], vec![0f32; half]);
-        for (t, &p) in positions.iter().enumerate() {
-            rope.cos_sin(p, &mut c, &mut s);
-            for i in 0..half {
-                cs[(t * half + i) * 2] = c[i];
-                cs[(t * half + i) * 2 + 1] = s[i];
+        let cs = match self.rope_table(rope, positions) {
+            Ok(cs) => cs,
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
+                    cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+                )));
+                return;
             }
-        }
-        let Ok(cs) = self.upload(&cs) else {
-            self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
-                cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
-            )));
-            return;
         };
+        let cs = &*cs;
         let (nh, hd, nd, neox, n) = (
             n_heads as i32,
             head_dim as i32,
@@ -509,7 +667,7 @@ impl Backend for CudaBackend {
         );
         let mut b = self.stream.launch_builder(&self.k.rope);
         b.arg(&mut x.data)
-            .arg(&cs)
+            .arg(cs)
             .arg(&nh)
             .arg(&hd)
             .arg(&nd)
@@ -555,11 +713,8 @@ impl Backend for CudaBackend {
                 max_keys - 1
             )));
         }
-        let (slots, bases, pos) = (
-            self.upload(&slots)?,
-            self.upload(&bases)?,
-            self.upload(batch.positions)?,
-        );
+        let tables = self.kv_tables(batch, kv.n_ctx, &slots, &bases)?;
+        let (slots, bases, pos) = (&tables.0, &tables.1, &tables.2);
         let (width, n_i) = (kv.width as i32, n as i32);
         {
             let mut b = self.stream.launch_builder(&self.k.kv_store);
@@ -567,7 +722,7 @@ impl Backend for CudaBackend {
                 .arg(&v.data)
                 .arg(&mut kv.k)
                 .arg(&mut kv.v)
-                .arg(&slots)
+                .arg(slots)
                 .arg(&width)
                 .arg(&n_i);
             // SAFETY: matches the kernel signature.
@@ -584,8 +739,8 @@ impl Backend for CudaBackend {
             .arg(&kv.k)
             .arg(&kv.v)
             .arg(&mut out.data)
-            .arg(&bases)
-            .arg(&pos);
+            .arg(bases)
+            .arg(pos);
         b.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
         let launch = LaunchConfig {
             grid_dim: ((n * cfg.n_heads) as u32, 1, 1),

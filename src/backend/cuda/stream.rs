@@ -1,0 +1,248 @@
+//! Streamed execution on CUDA: the layers a plan leaves out of VRAM live in
+//! pinned host memory and are copied, on a copy stream of their own, into a
+//! small ring of device slots while the compute stream works on earlier
+//! layers. Events order the two streams; the host never waits.
+//!
+//! A streamed layer is an ordinary `Layer<CudaBackend>` whose weights point into
+//! its slot, so resident and streamed layers run the same kernels in the same
+//! order and produce identical results.
+//!
+//! The whole batch passes each layer before the next (layer-major), so a
+//! streamed layer crosses PCIe once per prompt.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+
+use super::{CudaBackend, CudaWeight, err};
+use crate::backend::{Backend, BackendError, Batch};
+use crate::gguf::Gguf;
+use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors, Scratch, TensorRef};
+
+/// A streamed layer's weights in pinned host memory (cacheable, not
+/// write-combined, so the CPU can also read them at full speed).
+struct HostCopy {
+    pinned: PinnedHostSlice<u8>,
+    len: usize,
+    slot: usize,
+}
+
+pub struct StreamedModel {
+    pub model: Model<CudaBackend>,
+    host: Vec<Option<HostCopy>>,
+    slots: Vec<Arc<CudaSlice<u8>>>,
+    /// Device addresses of the slots (copies bypass cudarc's event tracking;
+    /// this module orders them with its own events).
+    slot_ptrs: Vec<u64>,
+    copy: Arc<CudaStream>,
+    /// Bytes copied host → device by the last forward pass.
+    pub last_streamed_bytes: u64,
+}
+
+/// The matrices of a layer, in the order they are packed in host memory and slots.
+fn matrices(t: &LayerTensors) -> [&TensorRef; 7] {
+    [&t.wq, &t.wk, &t.wv, &t.wo, &t.w_gate, &t.w_up, &t.w_down]
+}
+
+impl StreamedModel {
+    /// Load `g` with the layers marked in `resident` uploaded to VRAM and the
+    /// rest packed into pinned host memory, streamed through `n_slots` slots.
+    pub fn load(
+        b: &CudaBackend,
+        g: &Gguf,
+        resident: &[bool],
+        n_slots: usize,
+    ) -> Result<Self, BackendError> {
+        let config = Config::from_gguf(g).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let tensors = ModelTensors::from_gguf(g, &config)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        if resident.len() != config.n_layers {
+            return Err(BackendError::Invalid(
+                "placement does not match the layer count".into(),
+            ));
+        }
+        let packed_len = |t: &LayerTensors| {
+            matrices(t)
+                .iter()
+                .map(|m| m.n_bytes as usize)
+                .sum::<usize>()
+        };
+        let slot_bytes = tensors
+            .layers
+            .iter()
+            .zip(resident)
+            .filter(|(_, r)| !**r)
+            .map(|(t, _)| packed_len(t))
+            .max()
+            .unwrap_or(0);
+        let n_streamed = resident.iter().filter(|r| !**r).count();
+        let n_slots = if n_streamed == 0 {
+            0
+        } else {
+            n_slots.clamp(2, n_streamed.max(2))
+        };
+        let slots: Vec<Arc<CudaSlice<u8>>> = (0..n_slots)
+            .map(|_| b.zeros::<u8>(slot_bytes).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        let copy = b.ctx.new_stream().map_err(err)?;
+        let slot_ptrs: Vec<u64> = slots.iter().map(|s| s.device_ptr(&b.stream).0).collect();
+
+        let mut layers = Vec::with_capacity(config.n_layers);
+        let mut host = Vec::with_capacity(config.n_layers);
+        let mut k = 0;
+        for (t, &r) in tensors.layers.iter().zip(resident) {
+            if r {
+                layers.push(Layer::load(b, g, t)?);
+                host.push(None);
+                continue;
+            }
+            let slot = k % n_slots;
+            k += 1;
+            let len = packed_len(t);
+            // SAFETY: a plain page-locked allocation; flags 0 keeps it cacheable.
+            let mut pinned =
+                unsafe { b.ctx.alloc_pinned_with_flags::<u8>(len.max(1), 0) }.map_err(err)?;
+            {
+                let dst = pinned.as_mut_slice().map_err(err)?;
+                let mut off = 0;
+                for m in matrices(t) {
+                    let src = &g.files[m.file_index].bytes()
+                        [m.file_offset as usize..(m.file_offset + m.n_bytes) as usize];
+                    dst[off..off + src.len()].copy_from_slice(src);
+                    off += src.len();
+                }
+            }
+            let mut offsets = [0usize; 7];
+            let mut off = 0;
+            for (i, m) in matrices(t).iter().enumerate() {
+                offsets[i] = off;
+                off += m.n_bytes as usize;
+            }
+            let w = |i: usize, m: &TensorRef| {
+                CudaWeight::in_buffer(&b.stream, slots[slot].clone(), offsets[i], m)
+            };
+            let opt = |v: &Option<TensorRef>| v.as_ref().map(|v| b.load_vector(g, v)).transpose();
+            layers.push(Layer {
+                index: t.index,
+                attn_norm: b.load_vector(g, &t.attn_norm)?,
+                wq: w(0, &t.wq)?,
+                wk: w(1, &t.wk)?,
+                wv: w(2, &t.wv)?,
+                wo: w(3, &t.wo)?,
+                w_gate: w(4, &t.w_gate)?,
+                w_up: w(5, &t.w_up)?,
+                w_down: w(6, &t.w_down)?,
+                bq: opt(&t.bq)?,
+                bk: opt(&t.bk)?,
+                bv: opt(&t.bv)?,
+                ffn_norm: b.load_vector(g, &t.ffn_norm)?,
+            });
+            host.push(Some(HostCopy { pinned, len, slot }));
+        }
+        let model = Model {
+            token_embd: b.load_weight(g, &tensors.token_embd)?,
+            output_norm: b.load_vector(g, &tensors.output_norm)?,
+            output: tensors
+                .output
+                .as_ref()
+                .map(|t| b.load_weight(g, t))
+                .transpose()?,
+            layers,
+            tensors,
+            config,
+        };
+        Ok(StreamedModel {
+            model,
+            host,
+            slots,
+            slot_ptrs,
+            copy,
+            last_streamed_bytes: 0,
+        })
+    }
+
+    pub fn n_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn resident_layers(&self) -> usize {
+        self.host.iter().filter(|h| h.is_none()).count()
+    }
+
+    /// Queue the copy of layer `i` into its slot once `free` (the end of the
+    /// previous user's compute) has passed; returns the arrival event.
+    fn issue_copy(
+        &self,
+        b: &CudaBackend,
+        i: usize,
+        free: Option<&CudaEvent>,
+    ) -> Result<CudaEvent, BackendError> {
+        let h = self.host[i].as_ref().expect("streamed layer");
+        if let Some(e) = free {
+            self.copy.wait(e).map_err(err)?;
+        }
+        let dst = self.slot_ptrs[h.slot];
+        // SAFETY: the pinned buffer outlives the copy (owned by `self`, and every
+        // forward pass ends with the compute stream, which waits for the copies);
+        // the slot holds at least `len` bytes.
+        unsafe {
+            let src = std::slice::from_raw_parts(h.pinned.as_ptr().map_err(err)?, h.len);
+            cudarc::driver::result::memcpy_htod_async(dst, src, self.copy.cu_stream())
+                .map_err(err)?;
+        }
+        let _ = b;
+        self.copy.record_event(None).map_err(err)
+    }
+
+    /// A forward pass over the batch, streaming the non-resident layers; returns
+    /// the logits of `logit_rows`.
+    pub fn forward(
+        &mut self,
+        b: &CudaBackend,
+        kv: &mut [<CudaBackend as Backend>::Kv],
+        batch: &Batch,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>, BackendError> {
+        let cfg = self.model.config.clone();
+        let n = batch.len();
+        let mut x = b.act(n, cfg.d_model);
+        b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
+        let mut scratch = Scratch::new(b, &cfg, n);
+        // Small uploads queue behind big copies on the copy engine: do them all
+        // before the first layer's copy is queued.
+        if let Some(kv0) = kv.first() {
+            b.prepare_batch(&cfg, batch, kv0.n_ctx, kv0.n_seq)?;
+        }
+        let order: Vec<usize> = (0..cfg.n_layers)
+            .filter(|&i| self.host[i].is_some())
+            .collect();
+        let s = self.slots.len();
+        let mut arrived: Vec<Option<CudaEvent>> = (0..order.len()).map(|_| None).collect();
+        // Fill every slot at once; later copies wait for their slot to be free.
+        for k in 0..order.len().min(s) {
+            arrived[k] = Some(self.issue_copy(b, order[k], None)?);
+        }
+        let mut streamed = 0u64;
+        let mut k = 0;
+        for (i, kv) in kv.iter_mut().enumerate().take(cfg.n_layers) {
+            let is_streamed = self.host[i].is_some();
+            if is_streamed {
+                let e = arrived[k].take().expect("copy issued");
+                b.stream.wait(&e).map_err(err)?;
+                streamed += self.host[i].as_ref().map_or(0, |h| h.len as u64);
+            }
+            self.model.layers[i].forward(b, &cfg, &mut x, &mut scratch, kv, batch)?;
+            if is_streamed {
+                let free = b.stream.record_event(None).map_err(err)?;
+                if k + s < order.len() {
+                    arrived[k + s] = Some(self.issue_copy(b, order[k + s], Some(&free))?);
+                }
+                k += 1;
+            }
+        }
+        self.last_streamed_bytes = streamed;
+        let logits = self.model.logits(b, &x, logit_rows)?;
+        b.check()?;
+        Ok(logits)
+    }
+}
