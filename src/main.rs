@@ -132,6 +132,9 @@ struct BenchArgs {
     /// Micro-batch: tokens per forward pass during prefill.
     #[arg(long = "ub", default_value_t = 512)]
     ubatch: usize,
+    /// Logical batch (llama-bench's -b); prefill is split into micro-batches of --ub.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
+    batch: usize,
     /// Output format: md, json, jsonl or csv.
     #[arg(short = 'o', long, default_value = "md")]
     output: String,
@@ -203,9 +206,16 @@ enum Command {
     Synth {
         #[arg(long)]
         preset: String,
-        /// Weight type of the matrices (e.g. q4_k, q8_0, f16).
-        #[arg(long, default_value = "q4_k")]
+        /// Weight types: a mix (q4_k_m, q5_k_m) or one type for every matrix
+        /// (q4_0, q8_0, q6_k, f16, ...).
+        #[arg(long, default_value = "q4_k_m")]
         quant: String,
+        /// Copy the tokenizer (and so the vocabulary size) from this model.
+        #[arg(long)]
+        vocab_from: Option<PathBuf>,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         out: PathBuf,
     },
     /// Write a copy of a model that keeps only its first N layers (real weights
@@ -300,16 +310,28 @@ fn run(cli: Cli) -> Result<()> {
                 repetitions
             );
         }
-        Command::Synth { preset, quant, out } => {
-            let ty = ferry::quant::GgmlType::from_name(&quant)
-                .filter(|t| ferry::quant::GgmlType::WEIGHT_TYPES.contains(t))
-                .with_context(|| format!("unknown weight type '{quant}'"))?;
-            let spec = ferry::synth::TinySpec::preset(&preset, ty).with_context(|| {
-                let names: Vec<&str> = ferry::synth::PRESETS.iter().map(|p| p.0).collect();
-                format!("unknown preset '{preset}'; known: {}", names.join(", "))
+        Command::Synth {
+            preset,
+            quant,
+            vocab_from,
+            seed,
+            out,
+        } => {
+            let mix = ferry::synth::QuantMix::parse(&quant).with_context(|| {
+                format!(
+                    "unknown quantization '{quant}'; use q4_k_m, q5_k_m, q4_0, q8_0, q6_k, f16, ..."
+                )
             })?;
+            let mut spec = ferry::synth::TinySpec::preset(&preset, ferry::quant::GgmlType::Q8_0)
+                .with_context(|| {
+                    let names: Vec<&str> = ferry::synth::PRESETS.iter().map(|p| p.0).collect();
+                    format!("unknown preset '{preset}'; known: {}", names.join(", "))
+                })?;
+            spec.mix = Some(mix);
+            spec.seed = seed;
+            let vocab = vocab_from.as_ref().map(Gguf::open).transpose()?;
             let t0 = std::time::Instant::now();
-            ferry::synth::write_random_llama(&out, &spec)?;
+            ferry::synth::write_random_model(&out, &spec, vocab.as_ref())?;
             let size = std::fs::metadata(&out)?.len();
             eprintln!(
                 "wrote {} ({:.2} GiB) in {:.1} s",
@@ -657,8 +679,8 @@ where
                 model_size: g.total_tensor_bytes(),
                 model_n_params: g.tensors().iter().map(|t| t.n_elements()).sum(),
                 repetitions: args.repetitions,
-                ubatch: args.ubatch,
-                batch: args.ubatch,
+                ubatch: args.ubatch.min(args.batch),
+                batch: args.batch,
             };
             for &t in tests {
                 let r = ferry::bench::run_test(&setup, t)?;
@@ -763,17 +785,18 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
         "json" => println!("{}", serde_json::to_string_pretty(results)?),
         "csv" => {
             println!(
-                "model_filename,model_type,model_size,model_n_params,backend,n_threads,n_ubatch,n_prompt,n_gen,test,avg_ns,stddev_ns,avg_ts,stddev_ts"
+                "model_filename,model_type,model_size,model_n_params,backends,n_threads,n_batch,n_ubatch,n_prompt,n_gen,test,avg_ns,stddev_ns,avg_ts,stddev_ts"
             );
             for r in results {
                 println!(
-                    "\"{}\",\"{}\",{},{},{},{},{},{},{},{},{},{},{:.6},{:.6}",
+                    "\"{}\",\"{}\",{},{},{},{},{},{},{},{},\"{}\",{},{},{:.6},{:.6}",
                     r.model_filename,
                     r.model_type,
                     r.model_size,
                     r.model_n_params,
-                    r.backend,
+                    r.backends,
                     r.n_threads,
+                    r.n_batch,
                     r.n_ubatch,
                     r.n_prompt,
                     r.n_gen,

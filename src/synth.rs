@@ -10,9 +10,66 @@ use anyhow::{Context, Result};
 use crate::gguf::{Gguf, GgufWriter, Value};
 use crate::quant::{self, GgmlType};
 
-/// Shape of a random llama-architecture model.
+/// How the weight types are chosen per tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantMix {
+    /// Every matrix of one type (Q8_0 where rows do not divide into its blocks).
+    Uniform(GgmlType),
+    /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output, and for attn_v and
+    /// ffn_down in the first and last eighth of the layers and every third between.
+    Q4KM,
+    /// llama.cpp's Q5_K_M: the same recipe on Q5_K.
+    Q5KM,
+}
+
+impl QuantMix {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "q4_k_m" => Some(QuantMix::Q4KM),
+            "q5_k_m" => Some(QuantMix::Q5KM),
+            other => GgmlType::from_name(other)
+                .filter(|t| GgmlType::WEIGHT_TYPES.contains(t))
+                .map(QuantMix::Uniform),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            QuantMix::Uniform(t) => t.name().to_string(),
+            QuantMix::Q4KM => "Q4_K_M".into(),
+            QuantMix::Q5KM => "Q5_K_M".into(),
+        }
+    }
+
+    /// The type of tensor `name` (of layer `layer` of `n_layers`, if in a layer).
+    pub fn type_for(&self, name: &str, layer: Option<u64>, n_layers: u64) -> GgmlType {
+        let base = match self {
+            QuantMix::Uniform(t) => return *t,
+            QuantMix::Q4KM => GgmlType::Q4_K,
+            QuantMix::Q5KM => GgmlType::Q5_K,
+        };
+        let more_bits =
+            |i: u64| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2;
+        if name == "output.weight" {
+            return GgmlType::Q6_K;
+        }
+        match layer {
+            Some(i)
+                if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+                    && more_bits(i) =>
+            {
+                GgmlType::Q6_K
+            }
+            _ => base,
+        }
+    }
+}
+
+/// Shape of a random model.
 #[derive(Debug, Clone)]
 pub struct TinySpec {
+    /// `llama` or `qwen2` (which adds Q/K/V biases).
+    pub arch: &'static str,
     pub d_model: u64,
     pub d_ff: u64,
     pub n_heads: u64,
@@ -20,25 +77,71 @@ pub struct TinySpec {
     pub n_layers: u64,
     pub n_vocab: u64,
     pub weight_type: GgmlType,
+    /// Overrides `weight_type` per tensor when set.
+    pub mix: Option<QuantMix>,
+    /// Tied embeddings (no output.weight), as the small Qwen2.5 models.
+    pub tied: bool,
     pub seed: u64,
 }
 
-/// Shapes of real models (llama architecture, no biases) for synthetic benchmarks.
-pub const PRESETS: [(&str, [u64; 6]); 6] = [
-    // name: [d_model, d_ff, heads, kv_heads, layers, vocab]
-    ("tiny", [256, 512, 4, 2, 2, 512]),
-    ("qwen2.5-0.5b", [896, 4864, 14, 2, 24, 151936]),
-    ("llama-1b", [2048, 8192, 32, 8, 16, 128256]),
-    ("qwen2.5-7b", [3584, 18944, 28, 4, 28, 152064]),
-    ("llama3-8b", [4096, 14336, 32, 8, 32, 128256]),
-    ("qwen2.5-32b", [5120, 27648, 40, 8, 64, 152064]),
+/// Shapes of real models for synthetic benchmarks: (name, architecture, tied
+/// embeddings, [d_model, d_ff, heads, kv_heads, layers, vocab]).
+pub const PRESETS: [(&str, &str, bool, [u64; 6]); 10] = [
+    ("tiny", "llama", true, [256, 512, 4, 2, 2, 512]),
+    (
+        "qwen2.5-0.5b",
+        "qwen2",
+        true,
+        [896, 4864, 14, 2, 24, 151936],
+    ),
+    ("llama-1b", "llama", true, [2048, 8192, 32, 8, 16, 128256]),
+    (
+        "qwen2.5-7b",
+        "qwen2",
+        false,
+        [3584, 18944, 28, 4, 28, 152064],
+    ),
+    (
+        "llama3-8b",
+        "llama",
+        false,
+        [4096, 14336, 32, 8, 32, 128256],
+    ),
+    (
+        "qwen2.5-14b",
+        "qwen2",
+        false,
+        [5120, 13824, 40, 8, 48, 152064],
+    ),
+    (
+        "qwen2.5-32b",
+        "qwen2",
+        false,
+        [5120, 27648, 40, 8, 64, 152064],
+    ),
+    (
+        "qwen2.5-72b",
+        "qwen2",
+        false,
+        [8192, 29568, 64, 8, 80, 152064],
+    ),
+    (
+        "llama3-70b",
+        "llama",
+        false,
+        [8192, 28672, 64, 8, 80, 128256],
+    ),
+    ("smollm2-135m", "llama", true, [576, 1536, 9, 3, 30, 49152]),
 ];
 
 impl TinySpec {
     /// A preset's shape (see `PRESETS`).
     pub fn preset(name: &str, weight_type: GgmlType) -> Option<Self> {
-        let (_, [d, ff, h, kv, l, v]) = PRESETS.iter().find(|(n, _)| *n == name)?;
+        let (_, arch, tied, [d, ff, h, kv, l, v]) = PRESETS.iter().find(|p| p.0 == name)?;
         Some(TinySpec {
+            arch,
+            mix: None,
+            tied: *tied,
             d_model: *d,
             d_ff: *ff,
             n_heads: *h,
@@ -52,6 +155,9 @@ impl TinySpec {
 
     pub fn new(weight_type: GgmlType) -> Self {
         TinySpec {
+            arch: "llama",
+            mix: None,
+            tied: true,
             d_model: 256,
             d_ff: 512,
             n_heads: 4,
@@ -78,62 +184,63 @@ impl Rng {
     }
 }
 
-/// Write a random llama model (no tokenizer) whose matrices are `spec.weight_type`.
-/// Weights are scaled so that activations stay finite through the layers.
+/// Write a random model whose matrices follow `spec` (its type, or its mix).
+/// Weights are scaled so that activations stay finite through the layers. With
+/// `vocab_from`, the tokenizer (and so the vocabulary size) is copied from that
+/// model; otherwise the file has no tokenizer.
 pub fn write_random_llama(path: &Path, spec: &TinySpec) -> Result<()> {
-    let (d, ff, h, kvh, v) = (
-        spec.d_model,
-        spec.d_ff,
-        spec.n_heads,
-        spec.n_kv_heads,
-        spec.n_vocab,
-    );
-    let hd = d / h;
+    write_random_model(path, spec, None)
+}
+
+pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf>) -> Result<()> {
+    let n_vocab = match vocab_from {
+        Some(g) => g
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len() as u64)
+            .context("--vocab-from: that model has no tokenizer.ggml.tokens")?,
+        None => spec.n_vocab,
+    };
+    let (d, ff, h, kvh) = (spec.d_model, spec.d_ff, spec.n_heads, spec.n_kv_heads);
+    let arch = spec.arch;
+    let mix = spec.mix.unwrap_or(QuantMix::Uniform(spec.weight_type));
     let mut w = GgufWriter::new();
-    w.set_str("general.architecture", "llama");
+    w.set_str("general.architecture", arch);
     w.set_str(
         "general.name",
-        format!("synthetic {} (random weights)", spec.weight_type),
+        format!("synthetic {} (random weights)", mix.name()),
     );
     w.set("general.synthetic", Value::Bool(true));
+    w.set_str(
+        "general.description",
+        "ferry synth: random weights in the shape of a real model; not a language model",
+    );
     for (k, val) in [
         ("block_count", spec.n_layers),
         ("embedding_length", d),
         ("feed_forward_length", ff),
         ("attention.head_count", h),
         ("attention.head_count_kv", kvh),
-        ("context_length", 4096),
+        ("context_length", 32768),
     ] {
-        w.set(format!("llama.{k}"), Value::U32(val as u32));
+        w.set(format!("{arch}.{k}"), Value::U32(val as u32));
     }
-    w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
-    let mat = spec.weight_type;
-    let mut tensors: Vec<(String, Vec<u64>, GgmlType)> = vec![
-        ("token_embd.weight".into(), vec![d, v], mat),
-        ("output_norm.weight".into(), vec![d], GgmlType::F32),
-    ];
-    for l in 0..spec.n_layers {
-        for (n, shape, ty) in [
-            ("attn_norm.weight", vec![d], GgmlType::F32),
-            ("attn_q.weight", vec![d, h * hd], mat),
-            ("attn_k.weight", vec![d, kvh * hd], mat),
-            ("attn_v.weight", vec![d, kvh * hd], mat),
-            ("attn_output.weight", vec![h * hd, d], mat),
-            ("ffn_norm.weight", vec![d], GgmlType::F32),
-            ("ffn_gate.weight", vec![d, ff], mat),
-            ("ffn_up.weight", vec![d, ff], mat),
-            ("ffn_down.weight", vec![ff, d], mat),
-        ] {
-            tensors.push((format!("blk.{l}.{n}"), shape, ty));
+    w.set(
+        format!("{arch}.attention.layer_norm_rms_epsilon"),
+        Value::F32(1e-6),
+    );
+    w.set(
+        format!("{arch}.rope.freq_base"),
+        Value::F32(if arch == "qwen2" { 1e6 } else { 5e5 }),
+    );
+    if let Some(g) = vocab_from {
+        for (k, val) in g.metadata() {
+            if k.starts_with("tokenizer.") {
+                w.set(k.clone(), val.clone());
+            }
         }
     }
-    // Row lengths that are not a whole number of the type's blocks (896 for
-    // k-quants) fall back to Q8_0, as llama.cpp's quantizer falls back.
-    for (_, shape, ty) in tensors.iter_mut() {
-        if shape[0] % ty.block_elems() as u64 != 0 {
-            *ty = GgmlType::Q8_0;
-        }
-    }
+    let tensors = tensor_list(spec, n_vocab);
     for (name, shape, ty) in &tensors {
         w.add_tensor(name.clone(), shape, *ty)?;
     }
@@ -171,6 +278,73 @@ pub fn write_random_llama(path: &Path, spec: &TinySpec) -> Result<()> {
     }
     out.finish()?;
     Ok(())
+}
+
+/// The tensors of a synthetic model: names, shapes and types (after the Q8_0
+/// fallback for rows that do not divide into the type's blocks).
+pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, GgmlType)> {
+    let (d, ff, h, kvh, v) = (
+        spec.d_model,
+        spec.d_ff,
+        spec.n_heads,
+        spec.n_kv_heads,
+        n_vocab,
+    );
+    let hd = d / h;
+    let arch = spec.arch;
+    let mix = spec.mix.unwrap_or(QuantMix::Uniform(spec.weight_type));
+    let mut tensors: Vec<(String, Vec<u64>, GgmlType)> = vec![
+        (
+            "token_embd.weight".into(),
+            vec![d, v],
+            mix.type_for("token_embd.weight", None, spec.n_layers),
+        ),
+        ("output_norm.weight".into(), vec![d], GgmlType::F32),
+    ];
+    if !spec.tied {
+        tensors.push((
+            "output.weight".into(),
+            vec![d, v],
+            mix.type_for("output.weight", None, spec.n_layers),
+        ));
+    }
+    for l in 0..spec.n_layers {
+        let mut layer: Vec<(&str, Vec<u64>)> = vec![
+            ("attn_norm.weight", vec![d]),
+            ("attn_q.weight", vec![d, h * hd]),
+            ("attn_k.weight", vec![d, kvh * hd]),
+            ("attn_v.weight", vec![d, kvh * hd]),
+            ("attn_output.weight", vec![h * hd, d]),
+            ("ffn_norm.weight", vec![d]),
+            ("ffn_gate.weight", vec![d, ff]),
+            ("ffn_up.weight", vec![d, ff]),
+            ("ffn_down.weight", vec![ff, d]),
+        ];
+        if arch == "qwen2" {
+            layer.extend([
+                ("attn_q.bias", vec![h * hd]),
+                ("attn_k.bias", vec![kvh * hd]),
+                ("attn_v.bias", vec![kvh * hd]),
+            ]);
+        }
+        for (n, shape) in layer {
+            let name = format!("blk.{l}.{n}");
+            let ty = if shape.len() == 1 {
+                GgmlType::F32
+            } else {
+                mix.type_for(&name, Some(l), spec.n_layers)
+            };
+            tensors.push((name, shape, ty));
+        }
+    }
+    // Row lengths that are not a whole number of the type's blocks (896 for
+    // k-quants) fall back to Q8_0, as llama.cpp's quantizer falls back.
+    for (_, shape, ty) in tensors.iter_mut() {
+        if shape[0] % ty.block_elems() as u64 != 0 {
+            *ty = GgmlType::Q8_0;
+        }
+    }
+    tensors
 }
 
 /// Copy `src` keeping only its first `layers` transformer blocks (and every

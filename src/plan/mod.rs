@@ -400,6 +400,7 @@ impl Plan {
 /// The shape of a synthetic preset (see `crate::synth::PRESETS`) with matrices
 /// of `ty`, computed without writing the model.
 pub fn preset_shape(name: &str, ty: crate::quant::GgmlType) -> Option<ModelShape> {
+    // (Uniform types; the planner's file-based shapes cover mixes.)
     let spec = crate::synth::TinySpec::preset(name, ty)?;
     let (d, ff, h, kvh, v) = (
         spec.d_model,

@@ -1,0 +1,204 @@
+//! `ferry synth` and `ferry bench`: every preset has the shape and size of its
+//! real model, synthetic models run, and bench output parses with llama-bench's
+//! column names in every format.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use ferry::backend::cpu::CpuBackend;
+use ferry::engine::Session;
+use ferry::gguf::Gguf;
+use ferry::model::Model;
+use ferry::quant::GgmlType;
+use ferry::synth::{PRESETS, QuantMix, TinySpec, tensor_list, write_random_model};
+
+fn ferry(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-synth-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+#[test]
+fn every_preset_has_its_real_models_size() {
+    // Sizes of the real Q4_K_M GGUFs (llama.cpp), GiB; ours follow the same recipe
+    // but give every tensor outside it the base type, so allow 12 %.
+    let real: [(&str, f64); 5] = [
+        ("qwen2.5-7b", 4.36),
+        ("qwen2.5-14b", 8.37),
+        ("qwen2.5-32b", 18.49),
+        ("qwen2.5-72b", 44.15),
+        ("llama3-70b", 39.59),
+    ];
+    for (name, ..) in PRESETS {
+        let mut spec = TinySpec::preset(name, GgmlType::Q8_0).unwrap();
+        spec.mix = Some(QuantMix::Q4KM);
+        let tensors = tensor_list(&spec, spec.n_vocab);
+        let bytes: u64 = tensors
+            .iter()
+            .map(|(_, s, t)| t.bytes_for(s.iter().product()).unwrap())
+            .sum();
+        let per_layer = if spec.arch == "qwen2" { 12 } else { 9 };
+        assert_eq!(
+            tensors.len() as u64,
+            2 + (!spec.tied) as u64 + spec.n_layers * per_layer,
+            "{name}"
+        );
+        if let Some((_, gib)) = real.iter().find(|r| r.0 == name) {
+            let ours = bytes as f64 / (1u64 << 30) as f64;
+            assert!(
+                (ours - gib).abs() / gib < 0.12,
+                "{name}: {ours:.2} GiB vs real {gib} GiB"
+            );
+        }
+    }
+}
+
+#[test]
+fn synthetic_models_of_every_mix_run_on_the_cpu() {
+    let backend = CpuBackend::new(2);
+    for (arch, quant) in [
+        ("llama", "q4_k_m"),
+        ("qwen2", "q5_k_m"),
+        ("qwen2", "q4_0"),
+        ("llama", "f16"),
+    ] {
+        let mut spec = TinySpec::preset("tiny", GgmlType::Q8_0).unwrap();
+        spec.arch = arch;
+        spec.mix = QuantMix::parse(quant);
+        let path = tmp(&format!("{arch}-{quant}.gguf"));
+        write_random_model(&path, &spec, None).unwrap();
+        let g = Gguf::open(&path).unwrap();
+        assert_eq!(
+            g.get("general.synthetic").and_then(|v| v.as_bool()),
+            Some(true)
+        );
+        let m = Model::load(&backend, &g, |_, _| {}).unwrap();
+        let mut s = Session::new(&backend, &m, 64, 1);
+        let logits = s.prefill(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()), "{arch} {quant}");
+        let spread = logits.iter().fold(f32::MIN, |a, &b| a.max(b))
+            - logits.iter().fold(f32::MAX, |a, &b| a.min(b));
+        assert!(spread > 1e-3, "{arch} {quant}: logits are flat");
+    }
+}
+
+#[test]
+fn vocab_from_copies_the_tokenizer() {
+    let src = Gguf::open(model("smollm2")).unwrap();
+    let spec = TinySpec::preset("tiny", GgmlType::Q8_0).unwrap();
+    let path = tmp("tiny-vocab.gguf");
+    write_random_model(&path, &spec, Some(&src)).unwrap();
+    let g = Gguf::open(&path).unwrap();
+    let tok = ferry::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!(
+        g.tensor("token_embd.weight").unwrap().shape,
+        vec![256, 49152]
+    );
+    let (ok, out, err) = ferry(&["tokenize", "-m", path.to_str().unwrap(), "Hello world"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[19556,905]");
+}
+
+#[test]
+fn bench_output_parses_like_llama_bench() {
+    let path = tmp("bench.gguf");
+    write_random_model(
+        &path,
+        &TinySpec::preset("tiny", GgmlType::Q8_0).unwrap(),
+        None,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let base = [
+        "bench", "-m", p, "-p", "8,16", "-n", "2", "--pg", "8,2", "-r", "2", "-t", "1",
+    ];
+
+    let (ok, out, err) = ferry(&[&base[..], &["-o", "json"]].concat());
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp8", "pp16", "tg2", "pp8+tg2"]);
+    for r in &rows {
+        for key in [
+            "model_filename",
+            "model_type",
+            "model_size",
+            "model_n_params",
+            "backends",
+            "n_threads",
+            "n_batch",
+            "n_ubatch",
+            "n_prompt",
+            "n_gen",
+            "avg_ns",
+            "stddev_ns",
+            "avg_ts",
+            "stddev_ts",
+            "samples_ns",
+        ] {
+            assert!(!r[key].is_null(), "missing {key}");
+        }
+        assert_eq!(r["samples_ns"].as_array().unwrap().len(), 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+    }
+
+    let (ok, out, _) = ferry(&[&base[..], &["-o", "jsonl"]].concat());
+    assert!(ok);
+    assert_eq!(
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .count(),
+        4
+    );
+
+    let (ok, out, _) = ferry(&[&base[..], &["-o", "csv"]].concat());
+    assert!(ok);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert!(
+        header.contains(&"avg_ts")
+            && header.contains(&"n_prompt")
+            && header.contains(&"model_type")
+    );
+    assert_eq!(lines.count(), 4);
+
+    let (ok, out, _) = ferry(&[&base[..], &["-o", "md"]].concat());
+    assert!(ok);
+    assert!(out.lines().next().unwrap().contains("| t/s |"));
+    assert_eq!(out.lines().count(), 2 + 4);
+
+    let (ok, _, err) = ferry(&["bench", "-m", p, "-o", "xml"]);
+    assert!(!ok && err.contains("md, json, jsonl or csv"), "{err}");
+    let (ok, _, err) = ferry(&["bench", "-m", p, "--pg", "8"]);
+    assert!(!ok && err.contains("--pg"), "{err}");
+}
+
+#[test]
+fn synth_rejects_unknown_presets_and_types() {
+    let (ok, _, err) = ferry(&["synth", "--preset", "gpt5", "/tmp/x.gguf"]);
+    assert!(!ok && err.contains("qwen2.5-32b"), "{err}");
+    let (ok, _, err) = ferry(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--quant",
+        "iq2_xs",
+        "/tmp/x.gguf",
+    ]);
+    assert!(!ok && err.contains("q4_k_m"), "{err}");
+}
