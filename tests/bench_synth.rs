@@ -159,12 +159,12 @@ fn bench_output_parses_like_llama_bench() {
 
     let (ok, out, _) = ferry(&[&base[..], &["-o", "jsonl"]].concat());
     assert!(ok);
-    assert_eq!(
-        out.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .count(),
-        4
-    );
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[3]["test"], "pp8+tg2");
 
     let (ok, out, _) = ferry(&[&base[..], &["-o", "csv"]].concat());
     assert!(ok);
