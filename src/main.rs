@@ -757,7 +757,7 @@ fn bench_streamed(
                     .map(|_| cuda.kv_cache(&sm.model.config, n + 1, 1))
                     .collect();
                 let t0 = std::time::Instant::now();
-                sm.forward(cuda, &mut kv, &batch, &[n - 1])?;
+                sm.forward(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?;
                 if rep > 0 {
                     times.push(t0.elapsed().as_secs_f64());
                 }
@@ -846,7 +846,7 @@ fn stream_identity(
     ] {
         let mut sm = StreamedModel::load(cuda, g, &resident, 2)?;
         let mut kv_s = kv(&sm.model);
-        let got = sm.forward(cuda, &mut kv_s, &batch, &rows)?;
+        let got = sm.forward(cuda, &mut kv_s, &batch, tokens.len(), &rows)?;
         if got
             .iter()
             .zip(&want)

@@ -229,3 +229,28 @@ fn run_generates_greedy_text_on_the_real_model() {
         "{err}"
     );
 }
+
+/// Layer-major prefill in micro-batches gives the same logits as one batch.
+#[test]
+fn micro_batched_prefill_equals_one_batch() {
+    let g = Gguf::open(model("smollm2")).unwrap();
+    let b = CpuBackend::new(2);
+    let m = Model::load(&b, &g, |_, _| {}).unwrap();
+    let tokens: Vec<u32> = (0..23).map(|i| 100 + i * 37).collect();
+    let run = |ubatch: usize| {
+        let mut s = Session::new(&b, &m, 64, 1);
+        s.ubatch = ubatch;
+        s.prefill(0, &tokens).unwrap()
+    };
+    let whole = run(512);
+    for ub in [4usize, 7] {
+        let chunked = run(ub);
+        assert!(
+            whole
+                .iter()
+                .zip(&chunked)
+                .all(|(a, c)| a.to_bits() == c.to_bits()),
+            "micro-batches of {ub} changed the logits"
+        );
+    }
+}

@@ -142,6 +142,10 @@ pub trait Backend {
     fn add(&self, x: &mut Self::Act, y: &Self::Act);
     /// Copy rows `rows` of `x` into a new activation.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Self::Act;
+    /// Copy the contiguous rows `rows` of `x` into a new activation.
+    fn read_rows(&self, x: &Self::Act, rows: std::ops::Range<usize>) -> Self::Act;
+    /// Overwrite rows `first..first + src.n` of `dst` with `src`.
+    fn write_rows(&self, dst: &mut Self::Act, first: usize, src: &Self::Act);
     /// Read activations back to host memory (row-major).
     fn to_host(&self, x: &Self::Act) -> Vec<f32>;
 }

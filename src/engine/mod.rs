@@ -61,23 +61,25 @@ impl<'m, B: Backend> Session<'m, B> {
                 ctx: self.n_ctx,
             });
         }
-        let mut logits = Vec::new();
-        for (c, chunk) in tokens.chunks(self.ubatch.max(1)).enumerate() {
-            let p0 = start + c * self.ubatch;
-            let positions: Vec<u32> = (p0..p0 + chunk.len()).map(|p| p as u32).collect();
-            let seqs = vec![seq as u32; chunk.len()];
-            let batch = Batch {
-                tokens: chunk,
-                positions: &positions,
-                seqs: &seqs,
-            };
-            let last = p0 + chunk.len() == start + tokens.len();
-            let rows: &[usize] = if last { &[chunk.len() - 1] } else { &[] };
-            logits = self
-                .model
-                .forward(self.backend, &mut self.kv, &batch, rows)?;
-            self.filled[seq] = p0 + chunk.len();
-        }
+        // Layer-major: every micro-batch of the prompt passes a layer before the
+        // next layer starts.
+        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        let seqs = vec![seq as u32; tokens.len()];
+        let batch = Batch {
+            tokens,
+            positions: &positions,
+            seqs: &seqs,
+        };
+        let logits = self.model.forward_layer_major(
+            self.backend,
+            &mut self.kv,
+            &batch,
+            self.ubatch,
+            &[tokens.len() - 1],
+            &mut |_| Ok(()),
+            &mut |_| Ok(()),
+        )?;
+        self.filled[seq] = start + tokens.len();
         Ok(logits)
     }
 

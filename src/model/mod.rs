@@ -203,6 +203,59 @@ impl<B: Backend> Model<B> {
         self.logits(b, &x, logit_rows)
     }
 
+    /// Layer-major forward pass: the whole batch passes layer i, in
+    /// micro-batches of `ubatch` tokens, before layer i+1 starts. `before_layer`
+    /// runs before each layer (the streaming engine waits for the layer's
+    /// weights there) and `after_layer` after it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_layer_major(
+        &self,
+        b: &B,
+        kv: &mut [B::Kv],
+        batch: &Batch,
+        ubatch: usize,
+        logit_rows: &[usize],
+        before_layer: &mut dyn FnMut(usize) -> Result<(), BackendError>,
+        after_layer: &mut dyn FnMut(usize) -> Result<(), BackendError>,
+    ) -> Result<Vec<f32>, BackendError> {
+        let cfg = &self.config;
+        let n = batch.len();
+        let ubatch = ubatch.clamp(1, n.max(1));
+        let mut x = b.act(n, cfg.d_model);
+        b.embed(&self.token_embd, batch.tokens, &mut x)?;
+        let chunks: Vec<std::ops::Range<usize>> = (0..n)
+            .step_by(ubatch)
+            .map(|s| s..(s + ubatch).min(n))
+            .collect();
+        // Scratch for a full micro-batch and, if the last one is shorter, for it.
+        let mut full = Scratch::new(b, cfg, chunks[0].len());
+        let last_len = chunks.last().map_or(0, |c| c.len());
+        let mut tail = (last_len != chunks[0].len()).then(|| Scratch::new(b, cfg, last_len));
+        for (i, (layer, kv)) in self.layers.iter().zip(kv.iter_mut()).enumerate() {
+            before_layer(i)?;
+            if chunks.len() == 1 {
+                layer.forward(b, cfg, &mut x, &mut full, kv, batch)?;
+            } else {
+                for r in &chunks {
+                    let mut xc = b.read_rows(&x, r.clone());
+                    let sub = Batch {
+                        tokens: &batch.tokens[r.clone()],
+                        positions: &batch.positions[r.clone()],
+                        seqs: &batch.seqs[r.clone()],
+                    };
+                    let scratch = match &mut tail {
+                        Some(t) if r.len() == last_len => t,
+                        _ => &mut full,
+                    };
+                    layer.forward(b, cfg, &mut xc, scratch, kv, &sub)?;
+                    b.write_rows(&mut x, r.start, &xc);
+                }
+            }
+            after_layer(i)?;
+        }
+        self.logits(b, &x, logit_rows)
+    }
+
     /// Final norm and output projection of the chosen rows.
     pub fn logits(&self, b: &B, x: &B::Act, rows: &[usize]) -> Result<Vec<f32>, BackendError> {
         if rows.is_empty() {

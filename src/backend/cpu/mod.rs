@@ -279,6 +279,19 @@ impl Backend for CpuBackend {
         out
     }
 
+    fn read_rows(&self, x: &CpuAct, rows: std::ops::Range<usize>) -> CpuAct {
+        CpuAct {
+            n: rows.len(),
+            width: x.width,
+            data: x.data[rows.start * x.width..rows.end * x.width].to_vec(),
+        }
+    }
+
+    fn write_rows(&self, dst: &mut CpuAct, first: usize, src: &CpuAct) {
+        assert_eq!(dst.width, src.width);
+        dst.data[first * dst.width..(first + src.n) * dst.width].copy_from_slice(&src.data);
+    }
+
     fn to_host(&self, x: &CpuAct) -> Vec<f32> {
         x.data.clone()
     }

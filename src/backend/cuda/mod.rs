@@ -73,6 +73,7 @@ struct Kernels {
     kv_store: CudaFunction,
     attention: CudaFunction,
     gather_rows: CudaFunction,
+    copy_f32: CudaFunction,
 }
 
 /// 64-bit FNV-1a: a stable hash for the kernel cache key.
@@ -143,6 +144,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             kv_store: f("kv_store")?,
             attention: f("attention")?,
             gather_rows: f("gather_rows")?,
+            copy_f32: f("copy_f32")?,
         },
         cached,
     ))
@@ -212,10 +214,26 @@ type KvTables = (CudaSlice<u32>, CudaSlice<u32>, CudaSlice<u32>);
 
 #[derive(Default)]
 struct BatchTables {
-    rope_key: Vec<u32>,
-    rope: Option<Arc<CudaSlice<f32>>>,
-    kv_key: Vec<u32>,
-    kv: Option<Arc<KvTables>>,
+    /// (key, table), most recent last; a prompt's micro-batches each have one.
+    rope: Vec<(Vec<u32>, Arc<CudaSlice<f32>>)>,
+    kv: Vec<(Vec<u32>, Arc<KvTables>)>,
+}
+
+/// Micro-batches whose tables stay cached (a 64K-token prompt in 512-token micro-batches is 128).
+const TABLE_CACHE: usize = 256;
+
+fn cached<T>(entries: &mut Vec<(Vec<u32>, Arc<T>)>, key: &[u32]) -> Option<Arc<T>> {
+    entries
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
+fn remember<T>(entries: &mut Vec<(Vec<u32>, Arc<T>)>, key: Vec<u32>, value: Arc<T>) {
+    if entries.len() >= TABLE_CACHE {
+        entries.remove(0);
+    }
+    entries.push((key, value));
 }
 
 pub struct CudaBackend {
@@ -403,10 +421,8 @@ impl CudaBackend {
             (rope.kind == RopeKind::Neox) as u32,
         ]);
         let mut t = self.tables.lock().expect("tables lock");
-        if let Some(cs) = &t.rope
-            && t.rope_key == key
-        {
-            return Ok(cs.clone());
+        if let Some(cs) = cached(&mut t.rope, &key) {
+            return Ok(cs);
         }
         let half = rope.n_dims / 2;
         let mut cs = vec![0f32; positions.len() * half * 2];
@@ -419,8 +435,7 @@ impl CudaBackend {
             }
         }
         let cs = Arc::new(self.upload(&cs)?);
-        t.rope_key = key;
-        t.rope = Some(cs.clone());
+        remember(&mut t.rope, key, cs.clone());
         Ok(cs)
     }
 
@@ -436,18 +451,15 @@ impl CudaBackend {
         key.extend(batch.seqs);
         key.push(n_ctx as u32);
         let mut t = self.tables.lock().expect("tables lock");
-        if let Some(kv) = &t.kv
-            && t.kv_key == key
-        {
-            return Ok(kv.clone());
+        if let Some(kv) = cached(&mut t.kv, &key) {
+            return Ok(kv);
         }
         let kv = Arc::new((
             self.upload(slots)?,
             self.upload(bases)?,
             self.upload(batch.positions)?,
         ));
-        t.kv_key = key;
-        t.kv = Some(kv.clone());
+        remember(&mut t.kv, key, kv.clone());
         Ok(kv)
     }
 
@@ -777,6 +789,33 @@ impl Backend for CudaBackend {
             self.ctx.record_err::<()>(Err(e));
         }
         out
+    }
+
+    fn read_rows(&self, x: &CudaAct, rows: std::ops::Range<usize>) -> CudaAct {
+        let mut out = self.act(rows.len(), x.width);
+        let n = rows.len() * x.width;
+        let src = x.data.slice(rows.start * x.width..rows.end * x.width);
+        let mut b = self.stream.launch_builder(&self.k.copy_f32);
+        b.arg(&src).arg(&mut out.data).arg(&n);
+        // SAFETY: matches the kernel signature; both ranges hold `n` floats.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+        out
+    }
+
+    /// A kernel, not a memcpy: copies may queue behind streaming copies on the
+    /// copy engines.
+    fn write_rows(&self, dst: &mut CudaAct, first: usize, src: &CudaAct) {
+        assert_eq!(dst.width, src.width);
+        let n = src.n * src.width;
+        let mut view = dst.data.slice_mut(first * dst.width..first * dst.width + n);
+        let mut b = self.stream.launch_builder(&self.k.copy_f32);
+        b.arg(&src.data).arg(&mut view).arg(&n);
+        // SAFETY: matches the kernel signature; both ranges hold `n` floats.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
     }
 
     fn to_host(&self, x: &CudaAct) -> Vec<f32> {

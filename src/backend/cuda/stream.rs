@@ -17,7 +17,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlic
 use super::{CudaBackend, CudaWeight, err};
 use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
-use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors, Scratch, TensorRef};
+use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors, TensorRef};
 
 /// A streamed layer's weights in pinned host memory (cacheable, not
 /// write-combined, so the CPU can also read them at full speed).
@@ -169,80 +169,95 @@ impl StreamedModel {
         self.host.iter().filter(|h| h.is_none()).count()
     }
 
-    /// Queue the copy of layer `i` into its slot once `free` (the end of the
-    /// previous user's compute) has passed; returns the arrival event.
-    fn issue_copy(
-        &self,
-        b: &CudaBackend,
-        i: usize,
-        free: Option<&CudaEvent>,
-    ) -> Result<CudaEvent, BackendError> {
-        let h = self.host[i].as_ref().expect("streamed layer");
-        if let Some(e) = free {
-            self.copy.wait(e).map_err(err)?;
-        }
-        let dst = self.slot_ptrs[h.slot];
-        // SAFETY: the pinned buffer outlives the copy (owned by `self`, and every
-        // forward pass ends with the compute stream, which waits for the copies);
-        // the slot holds at least `len` bytes.
-        unsafe {
-            let src = std::slice::from_raw_parts(h.pinned.as_ptr().map_err(err)?, h.len);
-            cudarc::driver::result::memcpy_htod_async(dst, src, self.copy.cu_stream())
-                .map_err(err)?;
-        }
-        let _ = b;
-        self.copy.record_event(None).map_err(err)
-    }
-
-    /// A forward pass over the batch, streaming the non-resident layers; returns
-    /// the logits of `logit_rows`.
+    /// A layer-major forward pass over the batch in micro-batches of `ubatch`
+    /// tokens, streaming the non-resident layers; returns the logits of `logit_rows`.
     pub fn forward(
         &mut self,
         b: &CudaBackend,
         kv: &mut [<CudaBackend as Backend>::Kv],
         batch: &Batch,
+        ubatch: usize,
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
-        let cfg = self.model.config.clone();
-        let n = batch.len();
-        let mut x = b.act(n, cfg.d_model);
-        b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
-        let mut scratch = Scratch::new(b, &cfg, n);
-        // Small uploads queue behind big copies on the copy engine: do them all
-        // before the first layer's copy is queued.
+        let n_layers = self.model.config.n_layers;
+        let ubatch = ubatch.clamp(1, batch.len().max(1));
+        // Small uploads queue behind big copies on the copy engine: prepare every
+        // micro-batch's tables before the first layer's copy is queued.
         if let Some(kv0) = kv.first() {
-            b.prepare_batch(&cfg, batch, kv0.n_ctx, kv0.n_seq)?;
+            for start in (0..batch.len()).step_by(ubatch) {
+                let r = start..(start + ubatch).min(batch.len());
+                let sub = Batch {
+                    tokens: &batch.tokens[r.clone()],
+                    positions: &batch.positions[r.clone()],
+                    seqs: &batch.seqs[r],
+                };
+                b.prepare_batch(&self.model.config, &sub, kv0.n_ctx, kv0.n_seq)?;
+            }
         }
-        let order: Vec<usize> = (0..cfg.n_layers)
-            .filter(|&i| self.host[i].is_some())
-            .collect();
+        let order: Vec<usize> = (0..n_layers).filter(|&i| self.host[i].is_some()).collect();
         let s = self.slots.len();
+        let (host, copy, slot_ptrs) = (&self.host, &self.copy, &self.slot_ptrs);
         let mut arrived: Vec<Option<CudaEvent>> = (0..order.len()).map(|_| None).collect();
         // Fill every slot at once; later copies wait for their slot to be free.
         for k in 0..order.len().min(s) {
-            arrived[k] = Some(self.issue_copy(b, order[k], None)?);
+            arrived[k] = Some(issue_copy(host, copy, slot_ptrs, order[k], None)?);
         }
+        let arrived = std::cell::RefCell::new(arrived);
         let mut streamed = 0u64;
-        let mut k = 0;
-        for (i, kv) in kv.iter_mut().enumerate().take(cfg.n_layers) {
-            let is_streamed = self.host[i].is_some();
-            if is_streamed {
-                let e = arrived[k].take().expect("copy issued");
-                b.stream.wait(&e).map_err(err)?;
-                streamed += self.host[i].as_ref().map_or(0, |h| h.len as u64);
-            }
-            self.model.layers[i].forward(b, &cfg, &mut x, &mut scratch, kv, batch)?;
-            if is_streamed {
-                let free = b.stream.record_event(None).map_err(err)?;
-                if k + s < order.len() {
-                    arrived[k + s] = Some(self.issue_copy(b, order[k + s], Some(&free))?);
+        let k = std::cell::Cell::new(0usize);
+        let logits = self.model.forward_layer_major(
+            b,
+            kv,
+            batch,
+            ubatch,
+            logit_rows,
+            &mut |i| {
+                if let Some(h) = &host[i] {
+                    let e = arrived.borrow_mut()[k.get()].take().expect("copy issued");
+                    b.stream.wait(&e).map_err(err)?;
+                    streamed += h.len as u64;
                 }
-                k += 1;
-            }
-        }
+                Ok(())
+            },
+            &mut |i| {
+                if host[i].is_some() {
+                    let free = b.stream.record_event(None).map_err(err)?;
+                    let next = k.get() + s;
+                    if next < order.len() {
+                        arrived.borrow_mut()[next] =
+                            Some(issue_copy(host, copy, slot_ptrs, order[next], Some(&free))?);
+                    }
+                    k.set(k.get() + 1);
+                }
+                Ok(())
+            },
+        )?;
         self.last_streamed_bytes = streamed;
-        let logits = self.model.logits(b, &x, logit_rows)?;
         b.check()?;
         Ok(logits)
     }
+}
+
+/// Queue the copy of layer `i` into its slot once `free` (the end of the
+/// previous user's compute) has passed; returns the arrival event.
+fn issue_copy(
+    host: &[Option<HostCopy>],
+    copy: &CudaStream,
+    slot_ptrs: &[u64],
+    i: usize,
+    free: Option<&CudaEvent>,
+) -> Result<CudaEvent, BackendError> {
+    let h = host[i].as_ref().expect("streamed layer");
+    if let Some(e) = free {
+        copy.wait(e).map_err(err)?;
+    }
+    // SAFETY: the pinned buffer outlives the copy (owned by the model, and every
+    // forward pass ends with `check`, which waits for the compute stream, which
+    // waited for every copy); the slot holds at least `len` bytes.
+    unsafe {
+        let src = std::slice::from_raw_parts(h.pinned.as_ptr().map_err(err)?, h.len);
+        cudarc::driver::result::memcpy_htod_async(slot_ptrs[h.slot], src, copy.cu_stream())
+            .map_err(err)?;
+    }
+    copy.record_event(None).map_err(err)
 }

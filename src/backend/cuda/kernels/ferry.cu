@@ -314,3 +314,8 @@ extern "C" __global__ void gather_rows(const float* x, const unsigned* rows, flo
     int i = blockIdx.x;
     for (int c = threadIdx.x; c < width; c += blockDim.x) out[(size_t)i * width + c] = x[(size_t)rows[i] * width + c];
 }
+
+extern "C" __global__ void copy_f32(const float* src, float* dst, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}
