@@ -222,7 +222,7 @@ struct BatchTables {
 /// Micro-batches whose tables stay cached (a 64K-token prompt in 512-token micro-batches is 128).
 const TABLE_CACHE: usize = 256;
 
-fn cached<T>(entries: &mut Vec<(Vec<u32>, Arc<T>)>, key: &[u32]) -> Option<Arc<T>> {
+fn cached<T>(entries: &[(Vec<u32>, Arc<T>)], key: &[u32]) -> Option<Arc<T>> {
     entries
         .iter()
         .find(|(k, _)| k == key)
@@ -421,7 +421,7 @@ impl CudaBackend {
             (rope.kind == RopeKind::Neox) as u32,
         ]);
         let mut t = self.tables.lock().expect("tables lock");
-        if let Some(cs) = cached(&mut t.rope, &key) {
+        if let Some(cs) = cached(&t.rope, &key) {
             return Ok(cs);
         }
         let half = rope.n_dims / 2;
@@ -451,7 +451,7 @@ impl CudaBackend {
         key.extend(batch.seqs);
         key.push(n_ctx as u32);
         let mut t = self.tables.lock().expect("tables lock");
-        if let Some(kv) = cached(&mut t.kv, &key) {
+        if let Some(kv) = cached(&t.kv, &key) {
             return Ok(kv);
         }
         let kv = Arc::new((
