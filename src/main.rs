@@ -148,6 +148,11 @@ struct BenchArgs {
     /// GPU profile the planner uses with --vram-budget.
     #[arg(long, default_value = "h100")]
     gpu_profile: String,
+    /// With --vram-budget: stream (copies overlapped with compute, once per
+    /// prompt) and/or sync (llama.cpp's mechanism: a synchronous upload of each
+    /// layer for every micro-batch).
+    #[arg(long, value_delimiter = ',', default_value = "stream")]
+    mode: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -751,29 +756,37 @@ fn bench_streamed(
                 positions: &positions,
                 seqs: &seqs,
             };
-            let mut times = Vec::new();
-            for rep in 0..=args.repetitions.max(1) {
-                let mut kv: Vec<_> = (0..sm.model.config.n_layers)
-                    .map(|_| cuda.kv_cache(&sm.model.config, n + 1, 1))
-                    .collect();
-                let t0 = std::time::Instant::now();
-                sm.forward(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?;
-                if rep > 0 {
-                    times.push(t0.elapsed().as_secs_f64());
+            for mode in &args.mode {
+                let mut times = Vec::new();
+                for rep in 0..=args.repetitions.max(1) {
+                    let mut kv: Vec<_> = (0..sm.model.config.n_layers)
+                        .map(|_| cuda.kv_cache(&sm.model.config, n + 1, 1))
+                        .collect();
+                    let t0 = std::time::Instant::now();
+                    match mode.as_str() {
+                        "stream" => sm.forward(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?,
+                        "sync" => sm.forward_sync(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?,
+                        other => anyhow::bail!(
+                            "--mode {other}: the streamed engine runs stream and sync"
+                        ),
+                    };
+                    if rep > 0 {
+                        times.push(t0.elapsed().as_secs_f64());
+                    }
                 }
+                let mean = times.iter().sum::<f64>() / times.len() as f64;
+                let bytes = sm.last_streamed_bytes;
+                println!(
+                    "| {mode} | {} | {}/{} | {} | pp{n} | {:.1} | {:.2} | {:.1} |",
+                    ferry::plan::HumanBytes(budget),
+                    sm.resident_layers(),
+                    sm.model.config.n_layers,
+                    sm.n_slots(),
+                    n as f64 / mean,
+                    bytes as f64 / (1u64 << 30) as f64,
+                    bytes as f64 / mean / 1e9
+                );
             }
-            let mean = times.iter().sum::<f64>() / times.len() as f64;
-            let bytes = sm.last_streamed_bytes;
-            println!(
-                "| {} | {}/{} | {} | pp{n} | {:.1} | {:.2} | {:.1} |",
-                ferry::plan::HumanBytes(budget),
-                sm.resident_layers(),
-                sm.model.config.n_layers,
-                sm.n_slots(),
-                n as f64 / mean,
-                bytes as f64 / (1u64 << 30) as f64,
-                bytes as f64 / mean / 1e9
-            );
         }
     }
     Ok(Vec::new())

@@ -238,6 +238,52 @@ impl StreamedModel {
     }
 }
 
+impl StreamedModel {
+    /// llama.cpp's mechanism, for comparison (`--mode sync`): micro-batch by
+    /// micro-batch, every non-resident layer is uploaded into one slot and the
+    /// host waits for the copy before the layer runs — once per micro-batch.
+    pub fn forward_sync(
+        &mut self,
+        b: &CudaBackend,
+        kv: &mut [<CudaBackend as Backend>::Kv],
+        batch: &Batch,
+        ubatch: usize,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>, BackendError> {
+        let cfg = self.model.config.clone();
+        let n = batch.len();
+        let ubatch = ubatch.clamp(1, n.max(1));
+        let mut x = b.act(n, cfg.d_model);
+        b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
+        let mut streamed = 0u64;
+        for start in (0..n).step_by(ubatch) {
+            let r = start..(start + ubatch).min(n);
+            let sub = Batch {
+                tokens: &batch.tokens[r.clone()],
+                positions: &batch.positions[r.clone()],
+                seqs: &batch.seqs[r.clone()],
+            };
+            let mut xc = b.read_rows(&x, r.clone());
+            let mut scratch = crate::model::Scratch::new(b, &cfg, r.len());
+            for (i, kv) in kv.iter_mut().enumerate().take(cfg.n_layers) {
+                if let Some(h) = &self.host[i] {
+                    // Synchronous: wait for everything queued, copy, wait again.
+                    b.stream.synchronize().map_err(err)?;
+                    let e = issue_copy(&self.host, &self.copy, &self.slot_ptrs, i, None)?;
+                    e.synchronize().map_err(err)?;
+                    streamed += h.len as u64;
+                }
+                self.model.layers[i].forward(b, &cfg, &mut xc, &mut scratch, kv, &sub)?;
+            }
+            b.write_rows(&mut x, r.start, &xc);
+        }
+        self.last_streamed_bytes = streamed;
+        let logits = self.model.logits(b, &x, logit_rows)?;
+        b.check()?;
+        Ok(logits)
+    }
+}
+
 /// Queue the copy of layer `i` into its slot once `free` (the end of the
 /// previous user's compute) has passed; returns the arrival event.
 fn issue_copy(
