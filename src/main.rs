@@ -719,9 +719,9 @@ fn bench_streamed(
     let cost = CostModel::new(profile);
     let model_bytes = g.total_tensor_bytes();
     println!(
-        "| budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s while streaming |"
+        "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s while streaming |"
     );
-    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |");
     for budget_s in &args.vram_budget {
         let budget = match budget_s.strip_suffix('%') {
             Some(p) => {
