@@ -165,6 +165,18 @@ impl<B: Backend> Model<B> {
             layers.push(Layer::load(b, g, t)?);
             progress(i + 1, config.n_layers);
         }
+        Ok(Self::from_layers(b, g, config, tensors, layers)?)
+    }
+
+    /// A model from layers loaded elsewhere (the streaming engine places them);
+    /// loads the embeddings, final norm and output projection.
+    pub fn from_layers(
+        b: &B,
+        g: &Gguf,
+        config: Config,
+        tensors: ModelTensors,
+        layers: Vec<Layer<B>>,
+    ) -> Result<Self, BackendError> {
         Ok(Model {
             token_embd: b.load_weight(g, &tensors.token_embd)?,
             output_norm: b.load_vector(g, &tensors.output_norm)?,

@@ -2,6 +2,8 @@
 //! GPT-2 byte-to-unicode mapping, and rank-ordered merges.
 
 use std::collections::{BinaryHeap, HashMap};
+
+use super::Symbol;
 use std::sync::OnceLock;
 
 use fancy_regex::Regex;
@@ -87,14 +89,6 @@ pub struct Bpe {
     ranks: HashMap<String, u32>,
     /// Use a whole pre-token directly when it is in the vocabulary (llama3).
     ignore_merges: bool,
-}
-
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: isize,
-    next: isize,
 }
 
 /// A candidate merge of symbol `left` with the one after it; the heap pops the
@@ -191,19 +185,7 @@ impl Bpe {
             emit(word);
             return;
         }
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(word.len());
-        for (i, (start, c)) in word.char_indices().enumerate() {
-            symbols.push(Symbol {
-                start,
-                len: c.len_utf8(),
-                prev: i as isize - 1,
-                next: if start + c.len_utf8() == word.len() {
-                    -1
-                } else {
-                    i as isize + 1
-                },
-            });
-        }
+        let mut symbols = super::char_symbols(word);
         let mut heap = BinaryHeap::new();
         let mut key = String::new();
         let mut push = |heap: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: isize| {

@@ -9,6 +9,35 @@ pub mod bpe;
 pub mod chat;
 pub mod spm;
 
+/// One piece of a word being merged (BPE and SPM): a byte range of the word and
+/// its neighbours in a doubly linked list (-1 at the ends).
+#[derive(Clone, Copy)]
+pub(crate) struct Symbol {
+    pub start: usize,
+    pub len: usize,
+    pub prev: isize,
+    pub next: isize,
+}
+
+/// The word's characters as a linked list of symbols.
+pub(crate) fn char_symbols(word: &str) -> Vec<Symbol> {
+    let mut symbols = Vec::with_capacity(word.len());
+    for (i, (start, c)) in word.char_indices().enumerate() {
+        let end = start + c.len_utf8();
+        symbols.push(Symbol {
+            start,
+            len: c.len_utf8(),
+            prev: i as isize - 1,
+            next: if end == word.len() {
+                -1
+            } else {
+                i as isize + 1
+            },
+        });
+    }
+    symbols
+}
+
 use std::collections::HashMap;
 
 use crate::gguf::{Gguf, Value};

@@ -4,13 +4,7 @@
 
 use std::collections::BinaryHeap;
 
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: isize,
-    next: isize,
-}
+use super::Symbol;
 
 #[derive(PartialEq)]
 struct Bigram {
@@ -45,19 +39,7 @@ pub trait SpmVocab {
 
 /// Tokenize `text` (spaces already replaced by U+2581), appending ids to `out`.
 pub fn tokenize(vocab: &dyn SpmVocab, text: &str, out: &mut Vec<u32>) {
-    let mut symbols: Vec<Symbol> = Vec::new();
-    for (i, (start, c)) in text.char_indices().enumerate() {
-        symbols.push(Symbol {
-            start,
-            len: c.len_utf8(),
-            prev: i as isize - 1,
-            next: if start + c.len_utf8() == text.len() {
-                -1
-            } else {
-                i as isize + 1
-            },
-        });
-    }
+    let mut symbols = super::char_symbols(text);
     let mut heap = BinaryHeap::new();
     let try_add = |heap: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: isize, right: isize| {
         if left < 0 || right < 0 {

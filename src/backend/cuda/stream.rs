@@ -139,18 +139,7 @@ impl StreamedModel {
             });
             host.push(Some(HostCopy { pinned, len, slot }));
         }
-        let model = Model {
-            token_embd: b.load_weight(g, &tensors.token_embd)?,
-            output_norm: b.load_vector(g, &tensors.output_norm)?,
-            output: tensors
-                .output
-                .as_ref()
-                .map(|t| b.load_weight(g, t))
-                .transpose()?,
-            layers,
-            tensors,
-            config,
-        };
+        let model = Model::from_layers(b, g, config, tensors, layers)?;
         Ok(StreamedModel {
             model,
             host,
