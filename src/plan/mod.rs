@@ -119,6 +119,8 @@ pub struct PlanRequest {
 /// How the budget is spent.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryPlan {
+    /// Token embeddings (the executor keeps them on the GPU).
+    pub embeddings: u64,
     pub resident_weights: u64,
     pub slots: u64,
     pub kv_cache: u64,
@@ -176,8 +178,13 @@ pub struct HumanBytes(pub u64);
 impl fmt::Display for HumanBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0 as f64;
+        // Rounded up, so that a printed minimum budget is always enough.
         if b >= (1u64 << 30) as f64 {
-            write!(f, "{:.2}GiB", b / (1u64 << 30) as f64)
+            write!(
+                f,
+                "{:.2}GiB",
+                (b / (1u64 << 30) as f64 * 100.0).ceil() / 100.0
+            )
         } else {
             write!(f, "{:.0}MiB", (b / (1u64 << 20) as f64).ceil())
         }
@@ -236,20 +243,22 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
     let kv_layer = shape.kv_bytes_per_token * req.n_ctx as u64 * req.n_parallel as u64;
     let output = shape.output_bytes;
 
-    // The least that works: two slots, activations, workspace and the KV cache of
-    // the layers the GPU computes during prefill (all of them).
+    // The least that works: two slots, activations, workspace, the KV cache of
+    // the layers the GPU computes during prefill (all of them), and the token
+    // embeddings and output projection, which the executor keeps on the GPU.
     let kv_all = kv_layer * n as u64;
-    let min_needed = 2 * slot + act + workspace + kv_all;
+    let min_needed = 2 * slot + act + workspace + kv_all + shape.embd_bytes + output;
     if req.budget < min_needed {
         return Err(PlanError::BudgetTooSmall {
             budget: HumanBytes(req.budget),
             needed: HumanBytes(min_needed),
             why: format!(
-                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {}",
+                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {} + embeddings and output {}",
                 HumanBytes(2 * slot),
                 HumanBytes(kv_all),
                 req.n_ctx,
-                HumanBytes(act + workspace)
+                HumanBytes(act + workspace),
+                HumanBytes(shape.embd_bytes + output)
             ),
         });
     }
@@ -257,7 +266,9 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
     // Try every number of resident layers that fits, with the output projection
     // on the GPU when it fits too, and keep the fastest predicted plan.
     let mut best: Option<Plan> = None;
-    for output_on_gpu in [true, false] {
+    // The executor keeps the output projection on the GPU (CPU placement of the
+    // output is a decode-time option the executor does not have yet).
+    for output_on_gpu in [true] {
         for r in 0..=n {
             let resident = spread_resident(n, r);
             let resident_bytes: u64 = (0..n)
@@ -265,8 +276,9 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
                 .map(|i| shape.layer_bytes[i])
                 .sum();
             let pp_tokens = req.ubatch.max(512);
-            let n_slots = cost::slots_needed(shape, &resident, cost, pp_tokens);
-            let mem = MemoryPlan {
+            let preferred = cost::slots_needed(shape, &resident, cost, pp_tokens);
+            let memory = |n_slots: usize| MemoryPlan {
+                embeddings: shape.embd_bytes,
                 resident_weights: resident_bytes,
                 slots: n_slots as u64 * slot,
                 kv_cache: kv_all,
@@ -274,9 +286,16 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
                 output: if output_on_gpu { output } else { 0 },
                 workspace,
             };
-            if mem.total() > req.budget {
-                continue;
-            }
+            // The preferred number of slots, or fewer (down to two) if that is what fits.
+            let fitting = if preferred == 0 {
+                Some(0).filter(|&s| memory(s).total() <= req.budget)
+            } else {
+                (2..=preferred)
+                    .rev()
+                    .find(|&s| memory(s).total() <= req.budget)
+            };
+            let Some(n_slots) = fitting else { continue };
+            let mem = memory(n_slots);
             let decode: Vec<DecodePlace> = (0..n)
                 .map(|i| {
                     if resident[i] {
@@ -349,8 +368,9 @@ impl Plan {
         let _ = writeln!(s, "machine     {}", profile.describe());
         let _ = writeln!(
             s,
-            "budget      {}: resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {} (total {})",
+            "budget      {}: embeddings {}, resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {} (total {})",
             HumanBytes(self.budget),
+            HumanBytes(self.memory.embeddings),
             HumanBytes(self.memory.resident_weights),
             self.n_slots,
             HumanBytes(self.memory.slots),
