@@ -923,7 +923,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             .collect();
         let mut sc = Session::new(&cpu, &mc, 128, 1);
         let mut sg = Session::new(&cuda, &mg, 128, 1);
-        let mut lc = cpu.install(|| sc.prefill(0, &tokens))?;
+        let mut lc = cpu.run(|| sc.prefill(0, &tokens))?;
         let mut lg = sg.prefill(0, &tokens)?;
         cuda.check()?;
         let prefill = rel(&lg, &lc);
@@ -931,7 +931,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         let mut decode = 0f32;
         for _ in 0..8 {
             let t = argmax(&lc);
-            lc = cpu.install(|| sc.decode(&[0], &[t]))?;
+            lc = cpu.run(|| sc.decode(&[0], &[t]))?;
             lg = sg.decode(&[0], &[t])?;
             cuda.check()?;
             decode = decode.max(rel(&lg, &lc));

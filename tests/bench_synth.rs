@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use ferry::backend::cpu::CpuBackend;
 use ferry::engine::Session;
@@ -13,18 +11,6 @@ use ferry::gguf::Gguf;
 use ferry::model::Model;
 use ferry::quant::GgmlType;
 use ferry::synth::{PRESETS, QuantMix, TinySpec, tensor_list, write_random_model};
-
-fn ferry(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("ferry-synth-{}", std::process::id()));

@@ -2,21 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn ferry(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 #[test]
 fn inspect_reports_architecture_types_layers_and_tokenizer() {

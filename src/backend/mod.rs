@@ -16,9 +16,28 @@ pub struct Batch<'a> {
     pub seqs: &'a [u32],
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     pub fn len(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The batch cut into consecutive micro-batches of at most `ubatch` tokens,
+    /// each with the row range it covers.
+    pub fn micro_batches(&self, ubatch: usize) -> Vec<(std::ops::Range<usize>, Batch<'a>)> {
+        let n = self.len();
+        let ubatch = ubatch.clamp(1, n.max(1));
+        (0..n)
+            .step_by(ubatch)
+            .map(|start| {
+                let r = start..(start + ubatch).min(n);
+                let sub = Batch {
+                    tokens: &self.tokens[r.clone()],
+                    positions: &self.positions[r.clone()],
+                    seqs: &self.seqs[r.clone()],
+                };
+                (r, sub)
+            })
+            .collect()
     }
 
     /// The KV-cache slot (`seq · n_ctx + pos`) of every token, after checking

@@ -232,34 +232,25 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = &self.config;
         let n = batch.len();
-        let ubatch = ubatch.clamp(1, n.max(1));
         let mut x = b.act(n, cfg.d_model);
         b.embed(&self.token_embd, batch.tokens, &mut x)?;
-        let chunks: Vec<std::ops::Range<usize>> = (0..n)
-            .step_by(ubatch)
-            .map(|s| s..(s + ubatch).min(n))
-            .collect();
+        let chunks = batch.micro_batches(ubatch);
         // Scratch for a full micro-batch and, if the last one is shorter, for it.
-        let mut full = Scratch::new(b, cfg, chunks[0].len());
-        let last_len = chunks.last().map_or(0, |c| c.len());
-        let mut tail = (last_len != chunks[0].len()).then(|| Scratch::new(b, cfg, last_len));
+        let mut full = Scratch::new(b, cfg, chunks[0].0.len());
+        let last_len = chunks.last().map_or(0, |c| c.0.len());
+        let mut tail = (last_len != chunks[0].0.len()).then(|| Scratch::new(b, cfg, last_len));
         for (i, (layer, kv)) in self.layers.iter().zip(kv.iter_mut()).enumerate() {
             before_layer(i)?;
             if chunks.len() == 1 {
                 layer.forward(b, cfg, &mut x, &mut full, kv, batch)?;
             } else {
-                for r in &chunks {
+                for (r, sub) in &chunks {
                     let mut xc = b.read_rows(&x, r.clone());
-                    let sub = Batch {
-                        tokens: &batch.tokens[r.clone()],
-                        positions: &batch.positions[r.clone()],
-                        seqs: &batch.seqs[r.clone()],
-                    };
                     let scratch = match &mut tail {
                         Some(t) if r.len() == last_len => t,
                         _ => &mut full,
                     };
-                    layer.forward(b, cfg, &mut xc, scratch, kv, &sub)?;
+                    layer.forward(b, cfg, &mut xc, scratch, kv, sub)?;
                     b.write_rows(&mut x, r.start, &xc);
                 }
             }

@@ -68,3 +68,16 @@ impl Rng {
         (self.next_u64() % n as u64) as usize
     }
 }
+
+/// Run the `ferry` binary; (success, stdout, stderr).
+pub fn ferry(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}

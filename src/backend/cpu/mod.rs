@@ -100,10 +100,6 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
-
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
 }
 
 fn float_vector(g: &Gguf, t: &TensorRef) -> Result<Vec<f32>, BackendError> {

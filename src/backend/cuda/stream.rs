@@ -169,17 +169,10 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let n_layers = self.model.config.n_layers;
-        let ubatch = ubatch.clamp(1, batch.len().max(1));
         // Small uploads queue behind big copies on the copy engine: prepare every
         // micro-batch's tables before the first layer's copy is queued.
         if let Some(kv0) = kv.first() {
-            for start in (0..batch.len()).step_by(ubatch) {
-                let r = start..(start + ubatch).min(batch.len());
-                let sub = Batch {
-                    tokens: &batch.tokens[r.clone()],
-                    positions: &batch.positions[r.clone()],
-                    seqs: &batch.seqs[r],
-                };
+            for (_, sub) in batch.micro_batches(ubatch) {
                 b.prepare_batch(&self.model.config, &sub, kv0.n_ctx, kv0.n_seq)?;
             }
         }
@@ -225,9 +218,7 @@ impl StreamedModel {
         b.check()?;
         Ok(logits)
     }
-}
 
-impl StreamedModel {
     /// llama.cpp's mechanism, for comparison (`--mode sync`): micro-batch by
     /// micro-batch, every non-resident layer is uploaded into one slot and the
     /// host waits for the copy before the layer runs — once per micro-batch.
@@ -240,18 +231,10 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = self.model.config.clone();
-        let n = batch.len();
-        let ubatch = ubatch.clamp(1, n.max(1));
-        let mut x = b.act(n, cfg.d_model);
+        let mut x = b.act(batch.len(), cfg.d_model);
         b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
         let mut streamed = 0u64;
-        for start in (0..n).step_by(ubatch) {
-            let r = start..(start + ubatch).min(n);
-            let sub = Batch {
-                tokens: &batch.tokens[r.clone()],
-                positions: &batch.positions[r.clone()],
-                seqs: &batch.seqs[r.clone()],
-            };
+        for (r, sub) in batch.micro_batches(ubatch) {
             let mut xc = b.read_rows(&x, r.clone());
             let mut scratch = crate::model::Scratch::new(b, &cfg, r.len());
             for (i, kv) in kv.iter_mut().enumerate().take(cfg.n_layers) {

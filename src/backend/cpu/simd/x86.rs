@@ -430,31 +430,12 @@ pub unsafe fn unpack_nibbles<B: super::NibbleBlock>(blocks: &[B], bias: i8, out:
 #[target_feature(enable = "avx2")]
 pub unsafe fn unpack_q6_k(blocks: &[BlockQ6K], out: &mut [i8]) {
     assert!(out.len() >= blocks.len() * 256);
-    let low = _mm256_set1_epi8(0x0f);
-    let three = _mm256_set1_epi8(3);
     let bias = _mm256_set1_epi8(32);
     for (i, b) in blocks.iter().enumerate() {
         for n in 0..2 {
-            // SAFETY: in-bounds loads of the block arrays and stores into `out`.
-            unsafe {
-                let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * n) as *const __m256i);
-                let parts = [
-                    (_mm256_and_si256(ql0, low), qh),
-                    (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
-                    (
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
-                        _mm256_srli_epi16::<4>(qh),
-                    ),
-                    (
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
-                        _mm256_srli_epi16::<6>(qh),
-                    ),
-                ];
-                for (k, (lo4, h)) in parts.into_iter().enumerate() {
-                    let q =
-                        _mm256_or_si256(lo4, _mm256_slli_epi16::<4>(_mm256_and_si256(h, three)));
+            for (k, q) in kquants::q6_k_values(b, n).into_iter().enumerate() {
+                // SAFETY: 32 bytes at this offset are inside `out` (asserted).
+                unsafe {
                     let dst = out.as_mut_ptr().add(256 * i + 128 * n + 32 * k);
                     _mm256_storeu_si256(dst as *mut __m256i, _mm256_sub_epi8(q, bias));
                 }

@@ -142,6 +142,30 @@ fn q5_k_avx2(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - mins
 }
 
+/// The 6-bit values of half `n` (0 or 1) of a Q6_K block, stored as q + 32
+/// (0..64), as four groups of 32: elements 128n + 32k .. 128n + 32k + 32.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q6_k_values(b: &BlockQ6K, n: usize) -> [__m256i; 4] {
+    let (low, three) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let ql0 = load32(&b.ql[64 * n..]);
+    let ql1 = load32(&b.ql[64 * n + 32..]);
+    let qh = load32(&b.qh[32 * n..]);
+    let high = |h: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(h, three));
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, low), high(qh)),
+        _mm256_or_si256(_mm256_and_si256(ql1, low), high(_mm256_srli_epi16::<2>(qh))),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
+            high(_mm256_srli_epi16::<4>(qh)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
+            high(_mm256_srli_epi16::<6>(qh)),
+        ),
+    ]
+}
+
 pub fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     // SAFETY: only selected when AVX2/FMA/F16C are present.
     unsafe { q6_k_avx2(w, a) }
@@ -150,8 +174,6 @@ pub fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let low = _mm256_set1_epi8(0x0f);
-    let three = _mm256_set1_epi8(3);
     for (w, a) in w.iter().zip(a) {
         // q is stored as q + 32: Σ (q+32)·a·sc − 32·Σ sc·bsum.
         let offset: i32 = (0..16)
@@ -160,23 +182,7 @@ fn q6_k_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
             * 32;
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
-            let ql0 = load32(&w.ql[64 * n..]);
-            let ql1 = load32(&w.ql[64 * n + 32..]);
-            let qh = load32(&w.qh[32 * n..]);
-            let parts = [
-                (_mm256_and_si256(ql0, low), qh),
-                (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
-                (
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
-                    _mm256_srli_epi16::<4>(qh),
-                ),
-                (
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
-                    _mm256_srli_epi16::<6>(qh),
-                ),
-            ];
-            for (k, (lo4, h)) in parts.into_iter().enumerate() {
-                let q = _mm256_or_si256(lo4, _mm256_slli_epi16::<4>(_mm256_and_si256(h, three)));
+            for (k, q) in q6_k_values(w, n).into_iter().enumerate() {
                 let s = 8 * n + 2 * k;
                 let scales = scale_pair(w.scales[s] as i16, w.scales[s + 1] as i16);
                 let av = load32_i8(&a.qs[128 * n + 32 * k..]);
