@@ -12,5 +12,6 @@ pub mod inspect;
 pub mod model;
 pub mod plan;
 pub mod quant;
+pub mod server;
 pub mod synth;
 pub mod tokenizer;

@@ -58,6 +58,7 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
             seed: self.seed,
+            ..Default::default()
         }
     }
 }
@@ -155,8 +156,53 @@ struct BenchArgs {
     mode: Vec<String>,
 }
 
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Model file (.gguf). Without it, the default model (SmolLM2-135M-Instruct)
+    /// from the model cache.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Address to listen on. The default accepts only local connections; to
+    /// listen on a network, pass e.g. 0.0.0.0 together with --api-key.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "FERRY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Sequences decoded together in one batch.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a free sequence beyond --parallel; more get 429.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Context per sequence in tokens (default: the model's training context, at most 4096).
+    #[arg(short = 'c', long)]
+    ctx_size: Option<usize>,
+    /// CPU threads (default: one per physical core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Where to run: auto (the GPU if there is one), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Largest request body accepted, e.g. 4MiB.
+    #[arg(long, default_value = "4MiB")]
+    max_body: String,
+    /// Prompt tokens prefilled at a time, between decode steps of the other sequences.
+    #[arg(long = "ub", default_value_t = 512)]
+    ubatch: usize,
+    /// Model name reported by /v1/models (default: the file name without .gguf).
+    #[arg(long)]
+    alias: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
+    /// /health, /metrics), decoding parallel requests together.
+    Serve(ServeArgs),
     /// Check the CUDA backend against the CPU backend: logits of a prefill and
     /// of greedy decode steps, on the given models and on synthetic models of
     /// every weight type. Prints a pass/fail table.
@@ -266,6 +312,7 @@ enum Command {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_model(args)?,
+        Command::Serve(args) => serve_model(args)?,
         Command::GpuCheck {
             models,
             synthetic,
@@ -595,6 +642,126 @@ where
         print_stats(&stats, None);
     }
     Ok(())
+}
+
+fn serve_model(args: ServeArgs) -> Result<()> {
+    if args.parallel == 0 {
+        anyhow::bail!("--parallel must be at least 1");
+    }
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => ferry::fetch::default_model()?,
+    };
+    let g = Gguf::open(&path)?;
+    match open_device(args.device, args.threads)? {
+        // Parallel requests share decode steps; the batch-invariant matmul path
+        // keeps each request's output independent of its company.
+        Device::Cpu(b) => serve_on(&b.with_batch_invariance(args.parallel), &g, &path, &args),
+        Device::Cuda(b) => serve_on(&*b, &g, &path, &args),
+    }
+}
+
+fn serve_on<B: Backend + Sync>(
+    backend: &B,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &ServeArgs,
+) -> Result<()>
+where
+    B::Weight: Send + Sync,
+    B::Vector: Send + Sync,
+    B::Kv: Send,
+{
+    use ferry::server::{EngineConfig, ServeOptions, Server, metrics::Metrics};
+    use std::sync::Arc;
+    let max_body = ferry::plan::parse_size(&args.max_body).map_err(anyhow::Error::msg)? as usize;
+    if !is_loopback(&args.host) && args.api_key.is_none() {
+        eprintln!(
+            "ferry serve: warning: listening on {} without --api-key: anyone who can reach it can use it",
+            args.host
+        );
+    }
+    let model = load_model(backend, g, path)?;
+    let tok = Arc::new(Tokenizer::from_gguf(g).with_context(|| path.display().to_string())?);
+    let n_ctx = args
+        .ctx_size
+        .unwrap_or(model.config.context_train.min(4096))
+        .max(16);
+    let metrics = Arc::new(Metrics::default());
+    let cfg = &model.config;
+    // f16 keys and values for every layer, slot and position.
+    let kv_bytes = (cfg.n_layers * args.parallel * n_ctx * cfg.kv_width() * 2 * 2) as u64;
+    metrics
+        .weight_bytes
+        .store(g.total_tensor_bytes(), std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .kv_cache_bytes
+        .store(kv_bytes, std::sync::atomic::Ordering::Relaxed);
+    let model_id = args.alias.clone().unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "model".into())
+    });
+    let opts = ServeOptions {
+        host: args.host.clone(),
+        port: args.port,
+        api_key: args.api_key.clone(),
+        parallel: args.parallel,
+        queue: args.queue,
+        n_ctx,
+        max_body_bytes: max_body,
+        model_id: model_id.clone(),
+    };
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let server = Server::new(&opts, tok.clone(), jobs_tx, metrics.clone());
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let (host, port) = (args.host.clone(), args.port);
+    let http = std::thread::Builder::new()
+        .name("ferry-http".into())
+        .spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(ferry::server::serve(server, &host, port, |addr| {
+                let _ = bound_tx.send(addr);
+            }))
+        })?;
+    let Ok(addr) = bound_rx.recv() else {
+        return match http.join() {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("the HTTP thread panicked")),
+        };
+    };
+    eprintln!(
+        "ferry serve: {model_id} on http://{addr} ({} on {}, {} parallel sequences of {n_ctx} tokens, queue {})",
+        backend.name(),
+        model.config.arch.name(),
+        args.parallel,
+        args.queue
+    );
+    if let Some(used) = backend.device_memory_used() {
+        metrics
+            .device_memory_used
+            .store(used, std::sync::atomic::Ordering::Relaxed);
+    }
+    let engine = EngineConfig {
+        parallel: args.parallel,
+        n_ctx,
+        prefill_chunk: args.ubatch.max(1),
+    };
+    backend.run(|| ferry::server::run_engine(backend, &model, &tok, &engine, jobs_rx, &metrics));
+    match http.join() {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("the HTTP thread panicked")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn bench(args: BenchArgs) -> Result<()> {

@@ -103,6 +103,11 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Device memory in use, where the device reports it (GPUs).
+    fn device_memory_used(&self) -> Option<u64> {
+        None
+    }
+
     /// Make the backend's copy (or view) of a weight matrix.
     fn load_weight(
         &self,

@@ -1,6 +1,6 @@
-//! Token sampling: repeat penalty, top-k, top-p, min-p, temperature, then a
-//! seeded draw — the order llama.cpp's default sampler chain applies them.
-//! Temperature 0 is greedy.
+//! Token sampling: repeat penalty, presence and frequency penalties, top-k,
+//! top-p, min-p, temperature, then a seeded draw — the order llama.cpp's
+//! default sampler chain applies them. Temperature 0 is greedy.
 
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
@@ -11,6 +11,10 @@ pub struct SamplerConfig {
     pub repeat_penalty: f32,
     /// How many recent tokens the repeat penalty looks at.
     pub repeat_last_n: usize,
+    /// OpenAI's presence penalty: subtracted once from every token already generated.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted once per earlier occurrence in the generation.
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
@@ -23,6 +27,8 @@ impl Default for SamplerConfig {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0x5eed,
         }
     }
@@ -41,6 +47,8 @@ pub struct Sampler {
     cfg: SamplerConfig,
     rng: u64,
     recent: Vec<u32>,
+    /// How often each token was sampled so far (presence/frequency penalties).
+    generated: std::collections::HashMap<u32, u32>,
 }
 
 /// Index of the largest logit (the first on ties).
@@ -64,6 +72,7 @@ impl Sampler {
             cfg,
             rng: (z ^ (z >> 31)) | 1,
             recent: Vec::new(),
+            generated: Default::default(),
         }
     }
 
@@ -100,12 +109,20 @@ impl Sampler {
                 }
             }
         }
+        if self.cfg.presence_penalty != 0.0 || self.cfg.frequency_penalty != 0.0 {
+            for (&t, &count) in &self.generated {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= self.cfg.presence_penalty + self.cfg.frequency_penalty * count as f32;
+                }
+            }
+        }
         let token = if self.cfg.temperature <= 0.0 {
             argmax(&logits)
         } else {
             self.sample_stochastic(&logits)
         };
         self.observe(&[token]);
+        *self.generated.entry(token).or_default() += 1;
         token
     }
 
@@ -227,5 +244,26 @@ mod tests {
         s.observe(&[0]);
         // Token 0 has the highest logit but was seen: 4.0 / 2 < 3.0.
         assert_eq!(s.sample(&[4.0, 3.0, 1.0]), 1);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens() {
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            frequency_penalty: 0.6,
+            ..Default::default()
+        });
+        let logits = [2.0, 1.0];
+        // 2.0, then 1.4, then 0.8 < 1.0: token 0 twice, then token 1.
+        assert_eq!(s.sample(&logits), 0);
+        assert_eq!(s.sample(&logits), 0);
+        assert_eq!(s.sample(&logits), 1);
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            presence_penalty: 1.5,
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits), 0);
+        assert_eq!(s.sample(&logits), 1);
     }
 }

@@ -97,6 +97,12 @@ impl OutPtr {
 
 /// `out = x · wᵀ`. Must run inside the backend's pool.
 pub fn matmul(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    matmul_with(x, w, out, DEFAULT_DOT_MAX_TOKENS)
+}
+
+/// `matmul` where batches of up to `dot_max_tokens` tokens use the per-token
+/// dot product (bit-identical results for a token whatever the batch size).
+pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: usize) {
     assert_eq!(
         x.width, w.cols,
         "matmul: activation width vs weight columns"
@@ -106,16 +112,16 @@ pub fn matmul(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
         GgmlType::F32 => float_matmul::<f32>(x, w, out),
         GgmlType::F16 => float_matmul::<f16>(x, w, out),
         GgmlType::BF16 => float_matmul::<bf16>(x, w, out),
-        GgmlType::Q4_0 => quant_matmul::<BlockQ4_0>(x, w, out),
-        GgmlType::Q4_1 => quant_matmul::<BlockQ4_1>(x, w, out),
-        GgmlType::Q5_0 => quant_matmul::<BlockQ5_0>(x, w, out),
-        GgmlType::Q5_1 => quant_matmul::<BlockQ5_1>(x, w, out),
-        GgmlType::Q8_0 => quant_matmul::<BlockQ8_0>(x, w, out),
-        GgmlType::Q2_K => quant_matmul::<BlockQ2K>(x, w, out),
-        GgmlType::Q3_K => quant_matmul::<BlockQ3K>(x, w, out),
-        GgmlType::Q4_K => quant_matmul::<BlockQ4K>(x, w, out),
-        GgmlType::Q5_K => quant_matmul::<BlockQ5K>(x, w, out),
-        GgmlType::Q6_K => quant_matmul::<BlockQ6K>(x, w, out),
+        GgmlType::Q4_0 => quant_matmul::<BlockQ4_0>(x, w, out, dot_max_tokens),
+        GgmlType::Q4_1 => quant_matmul::<BlockQ4_1>(x, w, out, dot_max_tokens),
+        GgmlType::Q5_0 => quant_matmul::<BlockQ5_0>(x, w, out, dot_max_tokens),
+        GgmlType::Q5_1 => quant_matmul::<BlockQ5_1>(x, w, out, dot_max_tokens),
+        GgmlType::Q8_0 => quant_matmul::<BlockQ8_0>(x, w, out, dot_max_tokens),
+        GgmlType::Q2_K => quant_matmul::<BlockQ2K>(x, w, out, dot_max_tokens),
+        GgmlType::Q3_K => quant_matmul::<BlockQ3K>(x, w, out, dot_max_tokens),
+        GgmlType::Q4_K => quant_matmul::<BlockQ4K>(x, w, out, dot_max_tokens),
+        GgmlType::Q5_K => quant_matmul::<BlockQ5K>(x, w, out, dot_max_tokens),
+        GgmlType::Q6_K => quant_matmul::<BlockQ6K>(x, w, out, dot_max_tokens),
         other => panic!("matmul: weight type {other} is not a matrix type (rejected at load)"),
     }
 }
@@ -192,12 +198,12 @@ fn quantize_row<A: BlockFormat>(row: &[f32]) -> Vec<A> {
     out
 }
 
-/// From this many tokens on, weight rows are unpacked once per tile (`gemm`)
-/// instead of being decoded inside every dot product.
-const GEMM_MIN_TOKENS: usize = 4;
+/// Up to this many tokens every weight row is decoded inside each dot product;
+/// from one more on, weight rows are unpacked once per tile (`gemm`).
+pub const DEFAULT_DOT_MAX_TOKENS: usize = 3;
 
-fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
-    if x.n >= GEMM_MIN_TOKENS {
+fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max: usize) {
+    if x.n > dot_max {
         return gemm_matmul::<W>(x, w, out);
     }
     let (n, cols, rows) = (x.n, x.width, w.rows);

@@ -16,7 +16,7 @@ use crate::gguf::Gguf;
 use crate::model::{Config, RopeKind, RopeParams, TensorRef};
 use crate::quant::{self, GgmlType};
 
-pub use matmul::{CpuWeight, matmul};
+pub use matmul::{CpuWeight, matmul, matmul_with};
 
 /// Row-major `[n, width]` f32 activations in host memory.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct CpuKv {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// Batches of at most this many tokens use the per-token dot product;
+    /// larger ones the GEMM path (see `with_batch_invariance`).
+    dot_max_tokens: usize,
 }
 
 /// Physical cores (hyper-threads share a core's vector units, so counting them
@@ -94,7 +97,22 @@ impl CpuBackend {
             .thread_name(|i| format!("ferry-cpu-{i}"))
             .build()
             .expect("creating the CPU thread pool");
-        CpuBackend { pool, threads }
+        CpuBackend {
+            pool,
+            threads,
+            dot_max_tokens: matmul::DEFAULT_DOT_MAX_TOKENS,
+        }
+    }
+
+    /// Make every batch of up to `max_batch` tokens take the per-token dot
+    /// product path. The GEMM path sums the k-quant block scales in a different
+    /// order, so without this a sequence's logits would depend on how many other
+    /// sequences share its decode step; a server that batches parallel requests
+    /// sets this to its number of parallel sequences so that a greedy request
+    /// gives the same text alone or in company.
+    pub fn with_batch_invariance(mut self, max_batch: usize) -> Self {
+        self.dot_max_tokens = self.dot_max_tokens.max(max_batch);
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -189,7 +207,8 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
-        self.pool.install(|| matmul::matmul(x, w, out));
+        self.pool
+            .install(|| matmul::matmul_with(x, w, out, self.dot_max_tokens));
     }
 
     fn add_bias(&self, x: &mut CpuAct, b: &Vec<f32>) {

@@ -534,6 +534,11 @@ impl Backend for CudaBackend {
         self.stream.synchronize().map_err(err)
     }
 
+    fn device_memory_used(&self) -> Option<u64> {
+        let (free, total) = self.free_memory().ok()?;
+        Some(total.saturating_sub(free) as u64)
+    }
+
     fn load_weight(&self, g: &Gguf, t: &TensorRef) -> Result<CudaWeight, BackendError> {
         let bytes = &g.files[t.file_index].bytes()
             [t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];

@@ -1,0 +1,393 @@
+//! The OpenAI request and response shapes, and their validation. Unknown
+//! fields are ignored (clients send many); known fields with values ferry
+//! cannot honour are rejected with a 400 that says so, never ignored.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::engine::SamplerConfig;
+use crate::tokenizer::ChatMessage;
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn param(mut self, p: &'static str) -> Self {
+        self.param = Some(p);
+        self
+    }
+
+    pub fn code(mut self, c: &'static str) -> Self {
+        self.code = Some(c);
+        self
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling and length fields both endpoints share.
+#[derive(Debug, Deserialize, Default)]
+pub struct Common {
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Extensions (llama.cpp's server accepts them too).
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub n: Option<i64>,
+    pub logprobs: Option<serde_json::Value>,
+    pub best_of: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageIn {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<MessageIn>,
+    pub max_completion_tokens: Option<i64>,
+    pub tools: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+/// Parse a JSON body into `T`, turning serde's message into a 400.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "the request body is not valid JSON"
+        } else {
+            "the request body does not have the expected fields and types"
+        };
+        ApiError::invalid(format!("{what}: {e}"))
+    })
+}
+
+/// Validated generation parameters.
+#[derive(Debug)]
+pub struct Params {
+    pub stream: bool,
+    pub include_usage: bool,
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplerConfig,
+    pub stop: Vec<String>,
+}
+
+fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::invalid(format!(
+            "{name} must be between {lo} and {hi}, got {x}"
+        ))
+        .param(name)),
+        _ => Ok(()),
+    }
+}
+
+impl Common {
+    /// Check the fields; `seed` is used when the request gives none.
+    pub fn params(&self, max_tokens_override: Option<i64>, seed: u64) -> Result<Params, ApiError> {
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(ApiError::invalid(format!(
+                "n = {n}: ferry returns one choice per request"
+            ))
+            .param("n"));
+        }
+        if let Some(b) = self.best_of
+            && b != 1
+        {
+            return Err(ApiError::invalid("best_of is not supported").param("best_of"));
+        }
+        match &self.logprobs {
+            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(ApiError::invalid("logprobs are not supported").param("logprobs"));
+            }
+        }
+        in_range(self.temperature, 0.0, 2.0, "temperature")?;
+        in_range(self.top_p, 0.0, 1.0, "top_p")?;
+        in_range(self.min_p, 0.0, 1.0, "min_p")?;
+        in_range(self.presence_penalty, -2.0, 2.0, "presence_penalty")?;
+        in_range(self.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+        in_range(self.repeat_penalty, 0.0, 10.0, "repeat_penalty")?;
+        let max_tokens = match max_tokens_override.or(self.max_tokens) {
+            None => None,
+            Some(m) if m < 1 => {
+                return Err(
+                    ApiError::invalid(format!("max_tokens must be at least 1, got {m}"))
+                        .param("max_tokens"),
+                );
+            }
+            Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+        };
+        if let Some(k) = self.top_k
+            && k < 0
+        {
+            return Err(ApiError::invalid("top_k must be >= 0").param("top_k"));
+        }
+        let stop = match &self.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 {
+            return Err(ApiError::invalid("at most 4 stop sequences").param("stop"));
+        }
+        let defaults = SamplerConfig::default();
+        let sampling = SamplerConfig {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.map_or(defaults.top_k, |k| k as usize),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            seed: self.seed.map_or(seed, |s| s as u64),
+            ..defaults
+        };
+        Ok(Params {
+            stream: self.stream.unwrap_or(false),
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            max_tokens,
+            sampling,
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        })
+    }
+}
+
+impl ChatRequest {
+    /// The conversation as the chat template takes it.
+    pub fn conversation(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages must not be empty").param("messages"));
+        }
+        if let Some(t) = &self.tools
+            && !t.is_null()
+            && t.as_array().is_none_or(|a| !a.is_empty())
+        {
+            return Err(ApiError::invalid("tools are not supported").param("tools"));
+        }
+        self.messages
+            .iter()
+            .map(|m| {
+                let role = match m.role.as_str() {
+                    "system" | "developer" => "system",
+                    "user" => "user",
+                    "assistant" => "assistant",
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "unsupported message role '{other}' (system, developer, user, assistant)"
+                        ))
+                        .param("messages"));
+                    }
+                };
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for p in parts {
+                            match (p.kind.as_str(), &p.text) {
+                                ("text", Some(t)) => text.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(format!(
+                                        "content parts of type '{kind}' are not supported (text only)"
+                                    ))
+                                    .param("messages"));
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                Ok(ChatMessage::new(role, content))
+            })
+            .collect()
+    }
+}
+
+impl CompletionRequest {
+    /// The prompt: text to tokenize, or token ids.
+    pub fn prompt(&self) -> Result<Result<&str, &[u32]>, ApiError> {
+        if self.echo == Some(true) {
+            return Err(ApiError::invalid("echo is not supported").param("echo"));
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid("suffix is not supported").param("suffix"));
+        }
+        let one = || ApiError::invalid("one prompt per request").param("prompt");
+        Ok(match &self.prompt {
+            Prompt::Text(t) => Ok(t.as_str()),
+            Prompt::Texts(v) if v.len() == 1 => Ok(v[0].as_str()),
+            Prompt::Tokens(t) => Err(t.as_slice()),
+            Prompt::TokenLists(v) if v.len() == 1 => Err(v[0].as_slice()),
+            _ => return Err(one()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_openai_chat_requests() {
+        let r: ChatRequest = parse(
+            br#"{"model":"m","messages":[{"role":"system","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"hi"}]}],
+            "max_tokens":5,"temperature":0,"stop":"\n","stream":true,
+            "stream_options":{"include_usage":true},"user":"x"}"#,
+        )
+        .unwrap();
+        let conv = r.conversation().unwrap();
+        assert_eq!(conv[1].content, "hi");
+        let p = r.common.params(r.max_completion_tokens, 7).unwrap();
+        assert!(p.stream && p.include_usage);
+        assert_eq!(p.max_tokens, Some(5));
+        assert_eq!(p.sampling.temperature, 0.0);
+        assert_eq!(p.sampling.seed, 7);
+        assert_eq!(p.stop, vec!["\n".to_string()]);
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_messages() {
+        let e = parse::<ChatRequest>(b"{not json").unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        let e = parse::<ChatRequest>(br#"{"messages":"hi"}"#).unwrap_err();
+        assert!(e.message.contains("expected"), "{}", e.message);
+        let e = parse::<ChatRequest>(br#"{"messages":[],"temperature":"hot"}"#).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let r: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#).unwrap();
+        assert_eq!(
+            r.common.params(None, 0).unwrap_err().param,
+            Some("temperature")
+        );
+        let r: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"x"}],"n":2}"#).unwrap();
+        assert_eq!(r.common.params(None, 0).unwrap_err().param, Some("n"));
+        let r: ChatRequest = parse(br#"{"messages":[{"role":"wizard","content":"x"}]}"#).unwrap();
+        assert!(r.conversation().is_err());
+        let r: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#).unwrap();
+        assert_eq!(
+            r.common.params(None, 0).unwrap_err().param,
+            Some("max_tokens")
+        );
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let r: CompletionRequest = parse(br#"{"prompt":"abc"}"#).unwrap();
+        assert_eq!(r.prompt().unwrap(), Ok("abc"));
+        let r: CompletionRequest = parse(br#"{"prompt":[1,2,3]}"#).unwrap();
+        assert_eq!(r.prompt().unwrap(), Err(&[1u32, 2, 3][..]));
+        let r: CompletionRequest = parse(br#"{"prompt":["a","b"]}"#).unwrap();
+        assert!(r.prompt().is_err());
+    }
+}

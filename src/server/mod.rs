@@ -1,0 +1,587 @@
+//! `ferry serve`: an OpenAI-compatible HTTP server.
+//!
+//! Two threads of control: the HTTP side (tokio + axum) validates and
+//! tokenizes requests and turns engine events into responses; the engine
+//! thread (`scheduler`) owns the model and decodes every active request in one
+//! batch per step. They meet in two channels: jobs in, events out per request.
+//! A client that goes away drops its event receiver, which the engine notices
+//! at its next step and frees the slot.
+
+pub mod api;
+pub mod metrics;
+pub mod scheduler;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+use api::{ApiError, Params};
+use metrics::Metrics;
+use scheduler::{Admission, Event, Job};
+
+pub use scheduler::{EngineConfig, run_engine};
+
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub parallel: usize,
+    /// Requests that may wait for a slot beyond the `parallel` running ones.
+    pub queue: usize,
+    /// Context per sequence.
+    pub n_ctx: usize,
+    pub max_body_bytes: usize,
+    /// The name `/v1/models` lists.
+    pub model_id: String,
+}
+
+struct AppState {
+    tok: Arc<Tokenizer>,
+    template: Option<ChatTemplate>,
+    model_id: String,
+    n_ctx: usize,
+    api_key: Option<String>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+    max_body: usize,
+    started: u64,
+    next_id: AtomicU64,
+    parallel: usize,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl AppState {
+    /// A request id and a default seed that differ between requests.
+    fn fresh(&self) -> (String, u64) {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mixed = (nanos ^ n.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (format!("{mixed:016x}"), mixed)
+    }
+}
+
+/// Everything the HTTP side needs; the engine runs elsewhere.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    pub fn new(
+        opts: &ServeOptions,
+        tok: Arc<Tokenizer>,
+        jobs: std::sync::mpsc::Sender<Job>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let template = ChatTemplate::for_tokenizer(&tok).ok();
+        Server {
+            state: Arc::new(AppState {
+                tok,
+                template,
+                model_id: opts.model_id.clone(),
+                n_ctx: opts.n_ctx,
+                api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
+                jobs,
+                admission: Admission::new(opts.parallel + opts.queue),
+                metrics,
+                max_body: opts.max_body_bytes,
+                started: unix_now(),
+                next_id: AtomicU64::new(0),
+                parallel: opts.parallel,
+            }),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        let guarded = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions))
+            .route("/v1/models", get(models))
+            .route("/metrics", get(prometheus))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                require_key,
+            ));
+        Router::new()
+            .route("/health", get(health))
+            .merge(guarded)
+            .with_state(state)
+    }
+}
+
+/// Bind and serve until Ctrl-C or SIGTERM. Reports the bound address (useful
+/// with port 0) through `on_bound` before serving.
+pub async fn serve(
+    server: Server,
+    host: &str,
+    port: u16,
+    on_bound: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {host}:{port}: {e} (is another server using the port? pick another --port)"
+            )
+        })?;
+    on_bound(listener.local_addr()?);
+    axum::serve(listener, server.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("ferry serve: shutting down");
+}
+
+/// With `--api-key`, every route but `/health` needs `Authorization: Bearer KEY`.
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing or incorrect API key: send the server's --api-key as `Authorization: Bearer KEY`",
+            )
+            .code("invalid_api_key")
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compare without an early exit, so the time taken does not reveal how much
+/// of a guessed key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= (x ^ b.get(i).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such route (ferry serves /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method not allowed on this route",
+    )
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_id,
+            "object": "model",
+            "created": state.started,
+            "owned_by": "ferry",
+            "context_length": state.n_ctx,
+        }],
+    }))
+}
+
+async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Read the body up to the configured limit.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "the request body is larger than {} bytes (the server's --max-body)",
+                state.max_body
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.max_body) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, state.max_body).await {
+        Ok(b) => Ok(b.to_vec()),
+        Err(e) if format!("{e:#}").contains("length limit") => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(format!("reading the request body: {e}"))),
+    }
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let bytes = read_body(&state, &headers, body).await?;
+        let req: api::ChatRequest = api::parse(&bytes)?;
+        let conversation = req.conversation()?;
+        let (id, seed) = state.fresh();
+        let params = req.common.params(req.max_completion_tokens, seed)?;
+        let template = state.template.as_ref().ok_or_else(|| {
+            ApiError::invalid("the model has no chat template; use /v1/completions")
+        })?;
+        let text = template
+            .render(&conversation, true)
+            .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
+        let prompt = state.tok.encode(&text, true, true);
+        Ok::<_, ApiError>((prompt, params, format!("chatcmpl-{id}")))
+    }
+    .await;
+    match result {
+        Ok((prompt, params, id)) => generate(state, prompt, params, id, Kind::Chat).await,
+        Err(e) => {
+            Metrics::add(&state.metrics.requests_client_error, 1);
+            e.into_response()
+        }
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let bytes = read_body(&state, &headers, body).await?;
+        let req: api::CompletionRequest = api::parse(&bytes)?;
+        let prompt = match req.prompt()? {
+            Ok(text) => state.tok.encode(text, true, false),
+            Err(ids) => {
+                let vocab = state.tok.vocab_size() as u32;
+                if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                    return Err(ApiError::invalid(format!(
+                        "token id {bad} is outside the vocabulary of {vocab}"
+                    ))
+                    .param("prompt"));
+                }
+                ids.to_vec()
+            }
+        };
+        let (id, seed) = state.fresh();
+        let params = req.common.params(None, seed)?;
+        Ok::<_, ApiError>((prompt, params, format!("cmpl-{id}")))
+    }
+    .await;
+    match result {
+        Ok((prompt, params, id)) => generate(state, prompt, params, id, Kind::Completion).await,
+        Err(e) => {
+            Metrics::add(&state.metrics.requests_client_error, 1);
+            e.into_response()
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Check the lengths, queue the job, and answer (in one piece or streamed).
+async fn generate(
+    state: Arc<AppState>,
+    prompt: Vec<u32>,
+    params: Params,
+    id: String,
+    kind: Kind,
+) -> Response {
+    let reject = |e: ApiError| {
+        Metrics::add(&state.metrics.requests_client_error, 1);
+        e.into_response()
+    };
+    let n_ctx = state.n_ctx;
+    if prompt.is_empty() {
+        return reject(ApiError::invalid("the prompt is empty").param("prompt"));
+    }
+    if prompt.len() >= n_ctx {
+        return reject(
+            ApiError::invalid(format!(
+                "the prompt is {} tokens but the context holds {n_ctx} per sequence (leaving room for at least one generated token); shorten it or start the server with a larger -c",
+                prompt.len()
+            ))
+            .code("context_length_exceeded")
+            .param("messages"),
+        );
+    }
+    let room = n_ctx - prompt.len();
+    let max_tokens = match params.max_tokens {
+        Some(m) if m > room => {
+            return reject(
+                ApiError::invalid(format!(
+                    "max_tokens is {m} but the prompt ({} tokens) leaves room for {room} in the context of {n_ctx}; lower max_tokens or start the server with a larger -c",
+                    prompt.len()
+                ))
+                .code("context_length_exceeded")
+                .param("max_tokens"),
+            );
+        }
+        Some(m) => m,
+        None => room,
+    };
+    let Some(ticket) = state.admission.try_admit() else {
+        Metrics::add(&state.metrics.requests_rejected, 1);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "the server is busy: {} requests are running or queued (--parallel {} plus --queue); retry later",
+                state.admission.in_system(),
+                state.parallel
+            ),
+        );
+        e.retry_after = Some(1);
+        return e.into_response();
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let job = Job {
+        prompt,
+        max_tokens,
+        sampling: params.sampling,
+        stop: params.stop,
+        events: tx,
+        ticket,
+    };
+    if state.jobs.send(job).is_err() {
+        Metrics::add(&state.metrics.requests_failed, 1);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine has stopped",
+        )
+        .into_response();
+    }
+    let created = unix_now();
+    let model = state.model_id.clone();
+
+    if !params.stream {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Failed(m) => {
+                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m)
+                        .into_response();
+                }
+                Event::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    let usage = usage(prompt_tokens, completion_tokens);
+                    let choice = match kind {
+                        Kind::Chat => json!({
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "logprobs": null,
+                            "finish_reason": finish.as_str(),
+                        }),
+                        Kind::Completion => json!({
+                            "index": 0,
+                            "text": text,
+                            "logprobs": null,
+                            "finish_reason": finish.as_str(),
+                        }),
+                    };
+                    return Json(json!({
+                        "id": id,
+                        "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                        "usage": usage,
+                    }))
+                    .into_response();
+                }
+            }
+        }
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the engine dropped the request",
+        )
+        .into_response();
+    }
+
+    // Streaming: one SSE event per piece of text, then the finish, usage (if
+    // asked for) and `[DONE]`.
+    let chunk = move |choice: serde_json::Value, usage: Option<serde_json::Value>| {
+        let mut c = json!({
+            "id": id,
+            "object": if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": created,
+            "model": model,
+            "choices": if choice.is_null() { json!([]) } else { json!([choice]) },
+        });
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        SseEvent::default().data(c.to_string())
+    };
+    let piece = move |text: Option<&str>, finish: Option<&str>| match kind {
+        Kind::Chat => json!({
+            "index": 0,
+            "delta": match text { Some(t) => json!({"content": t}), None => json!({}) },
+            "logprobs": null,
+            "finish_reason": finish,
+        }),
+        Kind::Completion => json!({
+            "index": 0,
+            "text": text.unwrap_or(""),
+            "logprobs": null,
+            "finish_reason": finish,
+        }),
+    };
+    let include_usage = params.include_usage;
+    let mut first: Vec<SseEvent> = Vec::new();
+    if kind == Kind::Chat {
+        first.push(chunk(
+            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+            None,
+        ));
+    }
+    let stream = futures_util::stream::unfold(
+        (rx, std::collections::VecDeque::from(first), false),
+        move |(mut rx, mut pending, mut done)| {
+            let chunk = chunk.clone();
+            async move {
+                loop {
+                    if let Some(e) = pending.pop_front() {
+                        return Some((Ok::<_, Infallible>(e), (rx, pending, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match rx.recv().await {
+                        Some(Event::Text(t)) => {
+                            pending.push_back(chunk(piece(Some(&t), None), None))
+                        }
+                        Some(Event::Done {
+                            finish,
+                            prompt_tokens,
+                            completion_tokens,
+                        }) => {
+                            pending.push_back(chunk(piece(None, Some(finish.as_str())), None));
+                            if include_usage {
+                                pending.push_back(chunk(
+                                    serde_json::Value::Null,
+                                    Some(usage(prompt_tokens, completion_tokens)),
+                                ));
+                            }
+                            pending.push_back(SseEvent::default().data("[DONE]"));
+                            done = true;
+                        }
+                        Some(Event::Failed(m)) => {
+                            let e =
+                                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m);
+                            pending.push_back(SseEvent::default().data(e.body().to_string()));
+                            done = true;
+                        }
+                        None => {
+                            let e = ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "server_error",
+                                "the engine dropped the request",
+                            );
+                            pending.push_back(SseEvent::default().data(e.body().to_string()));
+                            done = true;
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn usage(prompt: usize, completion: usize) -> serde_json::Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_in_full() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

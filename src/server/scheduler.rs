@@ -1,0 +1,407 @@
+//! The engine thread: owns the model and a KV cache of `parallel` sequence
+//! slots, admits queued requests into free slots, and advances every active
+//! sequence by one token per decode step, all of them in one batch.
+//!
+//! A step of the loop: take new requests; drop those whose client has gone;
+//! fill free slots; prefill one chunk of the oldest slot still prefilling (so a
+//! long prompt does not stall the others for long); one decode step for every
+//! slot that has a token to feed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use crate::backend::Backend;
+use crate::engine::{Sampler, SamplerConfig, Session};
+use crate::model::Model;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Why a generation ended, as OpenAI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached or the context is full.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What the engine tells a request's handler.
+#[derive(Debug)]
+pub enum Event {
+    /// More generated text (complete UTF-8, stop strings withheld).
+    Text(String),
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    /// The engine failed on this request (a backend error).
+    Failed(String),
+}
+
+/// A request the HTTP layer has validated and tokenized.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplerConfig,
+    pub stop: Vec<String>,
+    pub events: UnboundedSender<Event>,
+    /// Holds the request's place in the admission count until dropped.
+    pub ticket: Ticket,
+}
+
+/// Bounds the requests in the system (running + queued): beyond the bound the
+/// HTTP layer answers 429 at once instead of queueing without limit.
+pub struct Admission {
+    limit: usize,
+    in_system: AtomicUsize,
+}
+
+/// One admitted request; dropping it frees the place.
+pub struct Ticket(Arc<Admission>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.in_system.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Admission {
+            limit,
+            in_system: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place for one more request, or `None` when the queue is full.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Ticket> {
+        self.in_system
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Ticket(self.clone()))
+    }
+
+    pub fn in_system(&self) -> usize {
+        self.in_system.load(Ordering::Acquire)
+    }
+}
+
+pub struct EngineConfig {
+    pub parallel: usize,
+    pub n_ctx: usize,
+    /// Prompt tokens prefilled per loop step.
+    pub prefill_chunk: usize,
+}
+
+struct Slot<'t> {
+    job: Job,
+    sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    generated: usize,
+    /// The token to feed at the next decode step.
+    next: Option<u32>,
+    /// Text generated so far and how much of it was sent.
+    text: String,
+    sent: usize,
+    started: Instant,
+}
+
+/// What became of a slot after a token.
+enum Outcome {
+    Continue,
+    Finished,
+    ClientGone,
+}
+
+impl Slot<'_> {
+    fn send(&self, e: Event) -> bool {
+        self.job.events.send(e).is_ok()
+    }
+
+    /// Send whatever text can no longer turn out to be the start of a stop
+    /// string; with `all`, send everything.
+    fn flush(&mut self, all: bool) -> bool {
+        let mut end = self.text.len();
+        if !all {
+            // Hold back the longest tail that is a proper prefix of a stop string.
+            for s in &self.job.stop {
+                for k in (1..s.len()).rev() {
+                    if s.is_char_boundary(k) && self.text.ends_with(&s[..k]) {
+                        end = end.min(self.text.len() - k);
+                        break;
+                    }
+                }
+            }
+        }
+        if end > self.sent {
+            let piece = self.text[self.sent..end].to_string();
+            self.sent = end;
+            return self.send(Event::Text(piece));
+        }
+        true
+    }
+
+    fn finish(&mut self, finish: Finish) -> Outcome {
+        let rest = self.decoder.finish();
+        self.text.push_str(&rest);
+        if !self.flush(true) {
+            return Outcome::ClientGone;
+        }
+        let done = Event::Done {
+            finish,
+            prompt_tokens: self.job.prompt.len(),
+            completion_tokens: self.generated,
+        };
+        if self.send(done) {
+            Outcome::Finished
+        } else {
+            Outcome::ClientGone
+        }
+    }
+
+    /// Take a sampled token: emit its text, check the stop conditions.
+    fn accept(&mut self, token: u32, tok: &Tokenizer, room: bool) -> Outcome {
+        self.generated += 1;
+        if tok.is_eog(token) {
+            return self.finish(Finish::Stop);
+        }
+        let piece = self.decoder.push(token).unwrap_or_default();
+        // A stop string can only end in the new piece, so it starts at most
+        // its length before the text not yet searched.
+        let longest = self.job.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut from = self.text.len().saturating_sub(longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.text.push_str(&piece);
+        let found = self
+            .job
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min();
+        if let Some(at) = found {
+            self.text.truncate(at);
+            self.decoder.finish();
+            if !self.flush(true) {
+                return Outcome::ClientGone;
+            }
+            return self.finish(Finish::Stop);
+        }
+        if self.generated >= self.job.max_tokens || !room {
+            return self.finish(Finish::Length);
+        }
+        if !self.flush(false) {
+            return Outcome::ClientGone;
+        }
+        self.next = Some(token);
+        Outcome::Continue
+    }
+}
+
+/// Run the engine until every sender of `jobs` is gone. Must run where the
+/// backend lives (inside `Backend::run` for the CPU backend).
+pub fn run_engine<B: Backend + Sync>(
+    backend: &B,
+    model: &Model<B>,
+    tok: &Tokenizer,
+    cfg: &EngineConfig,
+    jobs: Receiver<Job>,
+    metrics: &Metrics,
+) {
+    let mut session = Session::new(backend, model, cfg.n_ctx, cfg.parallel);
+    session.ubatch = cfg.prefill_chunk;
+    let mut slots: Vec<Option<Slot>> = (0..cfg.parallel).map(|_| None).collect();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let publish = |slots: &[Option<Slot>], waiting: &VecDeque<Job>| {
+        let active = slots.iter().filter(|s| s.is_some()).count();
+        metrics
+            .active_sequences
+            .store(active as u64, Ordering::Relaxed);
+        metrics
+            .queue_length
+            .store(waiting.len() as u64, Ordering::Relaxed);
+    };
+    let end = |slot: &mut Option<Slot>, outcome: Outcome| match outcome {
+        Outcome::Continue => {}
+        Outcome::Finished => {
+            Metrics::add(&metrics.requests_ok, 1);
+            *slot = None;
+        }
+        Outcome::ClientGone => {
+            Metrics::add(&metrics.requests_cancelled, 1);
+            *slot = None;
+        }
+    };
+    loop {
+        // 1. New requests; block only when there is nothing else to do.
+        if waiting.is_empty() && slots.iter().all(|s| s.is_none()) {
+            publish(&slots, &waiting);
+            match jobs.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if waiting.is_empty() && slots.iter().all(|s| s.is_none()) {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        // 2. Clients that went away free their place at once.
+        let before = waiting.len();
+        waiting.retain(|j| !j.events.is_closed());
+        Metrics::add(&metrics.requests_cancelled, (before - waiting.len()) as u64);
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|s| s.job.events.is_closed()) {
+                end(slot, Outcome::ClientGone);
+            }
+        }
+        // 3. Free slots take the oldest waiting requests.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.is_none()
+                && let Some(job) = waiting.pop_front()
+            {
+                session.reset(i);
+                let mut sampler = Sampler::new(job.sampling.clone());
+                sampler.observe(&job.prompt);
+                *slot = Some(Slot {
+                    job,
+                    sampler,
+                    decoder: tok.stream_decoder(false),
+                    prefilled: 0,
+                    generated: 0,
+                    next: None,
+                    text: String::new(),
+                    sent: 0,
+                    started: Instant::now(),
+                });
+            }
+        }
+        publish(&slots, &waiting);
+        // 4. One prefill chunk, for the slot that has waited longest.
+        let prefilling = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+            .filter(|(_, s)| s.prefilled < s.job.prompt.len())
+            .min_by_key(|(_, s)| s.started)
+            .map(|(i, _)| i);
+        if let Some(i) = prefilling {
+            let slot = slots[i].as_mut().expect("chosen above");
+            let len = slot.job.prompt.len();
+            let chunk = slot.prefilled..(slot.prefilled + cfg.prefill_chunk).min(len);
+            let t0 = Instant::now();
+            let result = session.prefill(i, &slot.job.prompt[chunk.clone()]);
+            Metrics::add(&metrics.prefill_micros, t0.elapsed().as_micros() as u64);
+            Metrics::add(&metrics.prompt_tokens, chunk.len() as u64);
+            match result {
+                Err(e) => {
+                    let _ = slot.send(Event::Failed(e.to_string()));
+                    Metrics::add(&metrics.requests_failed, 1);
+                    slots[i] = None;
+                }
+                Ok(logits) => {
+                    slot.prefilled = chunk.end;
+                    if chunk.end == len {
+                        let token = slot.sampler.sample(&logits);
+                        Metrics::add(&metrics.generated_tokens, 1);
+                        let room = session.len(i) < cfg.n_ctx;
+                        let outcome = slot.accept(token, tok, room);
+                        end(&mut slots[i], outcome);
+                    }
+                }
+            }
+        }
+        // 5. One decode step for every sequence with a token to feed.
+        let ready: Vec<usize> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.next.is_some()))
+            .map(|(i, _)| i)
+            .collect();
+        if ready.is_empty() {
+            continue;
+        }
+        let tokens: Vec<u32> = ready
+            .iter()
+            .map(|&i| {
+                slots[i]
+                    .as_mut()
+                    .and_then(|s| s.next.take())
+                    .expect("ready")
+            })
+            .collect();
+        let t0 = Instant::now();
+        let result = session.decode(&ready, &tokens);
+        Metrics::add(&metrics.decode_micros, t0.elapsed().as_micros() as u64);
+        Metrics::add(&metrics.decode_steps, 1);
+        Metrics::add(&metrics.decode_sequences, ready.len() as u64);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for &i in &ready {
+                    if let Some(s) = &slots[i] {
+                        let _ = s.send(Event::Failed(e.to_string()));
+                    }
+                    Metrics::add(&metrics.requests_failed, 1);
+                    slots[i] = None;
+                }
+                continue;
+            }
+        };
+        let vocab = logits.len() / ready.len();
+        for (k, &i) in ready.iter().enumerate() {
+            let slot = slots[i].as_mut().expect("ready");
+            let token = slot.sampler.sample(&logits[k * vocab..(k + 1) * vocab]);
+            Metrics::add(&metrics.generated_tokens, 1);
+            let room = session.len(i) < cfg.n_ctx;
+            let outcome = slot.accept(token, tok, room);
+            end(&mut slots[i], outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_bounds_requests_in_the_system() {
+        let a = Admission::new(2);
+        let t1 = a.try_admit().expect("first");
+        let t2 = a.try_admit().expect("second");
+        assert!(a.try_admit().is_none());
+        drop(t1);
+        let t3 = a.try_admit().expect("a place was freed");
+        assert_eq!(a.in_system(), 2);
+        drop((t2, t3));
+        assert_eq!(a.in_system(), 0);
+    }
+}

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""`ferry serve` against the official `openai` Python client.
+
+Starts servers on loopback (port 0: each picks a free port) running SmolLM2 and
+checks chat, streaming, completions, stop strings, errors, the API key, the
+queue bound (429), cancellation on disconnect, metrics, and that concurrent
+greedy requests give exactly what the same requests give one at a time.
+
+    python3 tests/server/test_openai.py [path/to/ferry]
+
+Needs `openai` importable (scripts/test.sh installs it under target/pydeps).
+"""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import openai
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FERRY = os.environ.get("FERRY_BIN") or os.path.join(ROOT, "target", "debug", "ferry")
+MODELS = os.environ.get("FERRY_MODELS") or os.path.join(ROOT, "models")
+MODEL = os.path.join(MODELS, "smollm2-135m-instruct-q4_1.gguf")
+CTX = 512
+
+
+class Server:
+    """A `ferry serve` process; its address is read from its first stderr lines."""
+
+    def __init__(self, *extra):
+        cmd = [FERRY, "serve", "-m", MODEL, "--port", "0", "-c", str(CTX), "--device", "cpu", *extra]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.log = []
+        deadline = time.time() + 120
+        self.port = None
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if self.port is None:
+            self.proc.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.log))
+        # Keep draining stderr so the server never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def client(self, key="none", **kw):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, **kw)
+
+    def raw(self, method, path, body=None, headers=None):
+        """(status, headers, body bytes) of a plain HTTP request."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        r = c.getresponse()
+        out = (r.status, dict(r.getheaders()), r.read())
+        c.close()
+        return out
+
+    def metrics(self, key=None):
+        h = {"Authorization": f"Bearer {key}"} if key else {}
+        status, _, body = self.raw("GET", "/metrics", headers=h)
+        assert status == 200, status
+        values = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, v = line.rsplit(" ", 1)
+                values[name] = float(v)
+        return values
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.proc.stderr.close()
+
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away,",
+    "1, 2, 3, 4,",
+    "Water boils at",
+    "The quick brown fox",
+    "My favourite colour is",
+    "Question: what is 7 times 8? Answer:",
+    "import numpy as np\n",
+    "The three laws of robotics are",
+]
+
+
+class ServerTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server("--parallel", "4", "--queue", "16", "--max-body", "64KiB")
+        cls.client = cls.server.client()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def chat(self, content, **kw):
+        return self.client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": content}], temperature=0, **kw
+        )
+
+    def test_models_and_health(self):
+        models = self.client.models.list()
+        self.assertEqual([m.id for m in models.data], ["smollm2-135m-instruct-q4_1"])
+        status, _, body = self.server.raw("GET", "/health")
+        self.assertEqual((status, json.loads(body)), (200, {"status": "ok"}))
+
+    def test_chat(self):
+        r = self.chat("What is the capital of France?", max_tokens=24)
+        self.assertEqual(r.object, "chat.completion")
+        self.assertEqual(len(r.choices), 1)
+        c = r.choices[0]
+        self.assertEqual(c.message.role, "assistant")
+        self.assertTrue(c.message.content)
+        self.assertIn(c.finish_reason, ("stop", "length"))
+        u = r.usage
+        self.assertGreater(u.prompt_tokens, 10)
+        self.assertTrue(1 <= u.completion_tokens <= 24)
+        self.assertEqual(u.total_tokens, u.prompt_tokens + u.completion_tokens)
+        if c.finish_reason == "length":
+            self.assertEqual(u.completion_tokens, 24)
+
+    def test_chat_streaming_equals_non_streaming(self):
+        question = "Name three colours."
+        whole = self.chat(question, max_tokens=20)
+        stream = self.chat(question, max_tokens=20, stream=True, stream_options={"include_usage": True})
+        pieces, finish, usage, roles = [], None, None, []
+        for chunk in stream:
+            self.assertEqual(chunk.object, "chat.completion.chunk")
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta.role:
+                    roles.append(choice.delta.role)
+                if choice.delta.content:
+                    pieces.append(choice.delta.content)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        self.assertEqual(roles, ["assistant"])
+        self.assertEqual("".join(pieces), whole.choices[0].message.content)
+        self.assertEqual(finish, whole.choices[0].finish_reason)
+        self.assertEqual(usage.completion_tokens, whole.usage.completion_tokens)
+        self.assertEqual(usage.prompt_tokens, whole.usage.prompt_tokens)
+
+    def test_completions_streaming_and_not(self):
+        r = self.client.completions.create(model="m", prompt="The capital of France is", max_tokens=12, temperature=0)
+        self.assertEqual(r.object, "text_completion")
+        text = r.choices[0].text
+        self.assertTrue(text)
+        self.assertEqual(r.usage.completion_tokens, 12)
+        self.assertEqual(r.choices[0].finish_reason, "length")
+        streamed = "".join(
+            c.choices[0].text
+            for c in self.client.completions.create(
+                model="m", prompt="The capital of France is", max_tokens=12, temperature=0, stream=True
+            )
+        )
+        self.assertEqual(streamed, text)
+        # Token ids as the prompt give the same answer as the text.
+        status, _, body = self.server.raw(
+            "POST", "/v1/completions", {"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0}
+        )
+        self.assertEqual(status, 200)
+
+    def test_stop_strings(self):
+        prompt = "1, 2, 3, 4,"
+        full = self.client.completions.create(model="m", prompt=prompt, max_tokens=16, temperature=0)
+        text = full.choices[0].text
+        # Stop at the second comma of the continuation.
+        cut = [m.start() for m in re.finditer(",", text)]
+        self.assertGreaterEqual(len(cut), 2, text)
+        stopped = self.client.completions.create(model="m", prompt=prompt, max_tokens=16, temperature=0, stop=[","])
+        self.assertEqual(stopped.choices[0].text, text[: cut[0]])
+        self.assertEqual(stopped.choices[0].finish_reason, "stop")
+        # The same through streaming: no part of the stop string leaks out.
+        streamed = "".join(
+            c.choices[0].text
+            for c in self.client.completions.create(
+                model="m", prompt=prompt, max_tokens=16, temperature=0, stop=",", stream=True
+            )
+        )
+        self.assertEqual(streamed, text[: cut[0]])
+
+    def test_sampling_is_reproducible_with_a_seed(self):
+        kw = dict(model="m", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=1234)
+        a = self.client.completions.create(**kw).choices[0].text
+        b = self.client.completions.create(**kw).choices[0].text
+        self.assertEqual(a, b)
+
+    def assert_error(self, status, body, want_status, param=None, code=None):
+        self.assertEqual(status, want_status, body)
+        err = json.loads(body)["error"]
+        self.assertTrue(err["message"])
+        self.assertIn("type", err)
+        if param:
+            self.assertEqual(err["param"], param)
+        if code:
+            self.assertEqual(err["code"], code)
+        return err
+
+    def test_errors(self):
+        raw = self.server.raw
+        status, _, body = raw("POST", "/v1/chat/completions", b'{"messages": [')
+        self.assertIn("not valid JSON", self.assert_error(status, body, 400)["message"])
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": "hello"})
+        self.assert_error(status, body, 400)
+        status, _, body = raw(
+            "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}
+        )
+        self.assert_error(status, body, 400)
+        status, _, body = raw(
+            "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": 5}
+        )
+        self.assert_error(status, body, 400, param="temperature")
+        status, _, body = raw("POST", "/v1/completions", {"prompt": "x", "max_tokens": 100000})
+        self.assert_error(status, body, 400, param="max_tokens", code="context_length_exceeded")
+        status, _, body = raw("POST", "/v1/completions", {"prompt": "word " * 2000, "max_tokens": 1})
+        self.assert_error(status, body, 400, code="context_length_exceeded")
+        status, _, body = raw("POST", "/v1/completions", b'{"prompt": "' + b"a" * 70000 + b'"}')
+        self.assert_error(status, body, 413)
+        status, _, body = raw("GET", "/v1/nothing")
+        self.assert_error(status, body, 404)
+        status, _, body = raw("GET", "/v1/chat/completions")
+        self.assert_error(status, body, 405)
+        # The client raises the matching exception classes.
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.chat("hi", max_tokens=10**6)
+        self.assertEqual(e.exception.status_code, 400)
+        with self.assertRaises(openai.BadRequestError):
+            self.client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=3)
+
+    def test_concurrent_greedy_equals_sequential(self):
+        def ask(p):
+            r = self.client.completions.create(model="m", prompt=p, max_tokens=24, temperature=0)
+            return r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens
+
+        sequential = [ask(p) for p in PROMPTS]
+        before = self.server.metrics()
+        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+            concurrent_ = list(pool.map(ask, PROMPTS))
+        after = self.server.metrics()
+        self.assertEqual(concurrent_, sequential)
+        generated = after["ferry_generated_tokens_total"] - before["ferry_generated_tokens_total"]
+        self.assertEqual(generated, sum(n for _, _, n in sequential))
+        # They really shared decode steps: the mean batch grew.
+        self.assertGreater(after["ferry_decode_batch_mean"], before["ferry_decode_batch_mean"])
+
+    def test_disconnect_cancels_the_generation(self):
+        for stream in (True, False):
+            with self.subTest(stream=stream):
+                self.check_disconnect(stream)
+
+    def check_disconnect(self, stream):
+        before = self.server.metrics()
+        c = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=60)
+        body = json.dumps({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": stream})
+        c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        if stream:
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            r.fp.readline()  # the first event
+        else:
+            # Wait until the engine has taken the request, then hang up.
+            deadline = time.time() + 10
+            while self.server.metrics()["ferry_active_sequences"] == 0 and time.time() < deadline:
+                time.sleep(0.01)
+        c.sock.shutdown(2)
+        c.close()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            m = self.server.metrics()
+            cancelled = m['ferry_requests_total{outcome="cancelled"}'] - before['ferry_requests_total{outcome="cancelled"}']
+            if cancelled >= 1 and m["ferry_active_sequences"] == 0:
+                break
+            time.sleep(0.05)
+        self.assertEqual(cancelled, 1)
+        self.assertEqual(m["ferry_active_sequences"], 0)
+        # Far fewer than 400 tokens were generated for it.
+        self.assertLess(m["ferry_generated_tokens_total"] - before["ferry_generated_tokens_total"], 200)
+
+    def test_metrics(self):
+        self.chat("hi", max_tokens=4)
+        m = self.server.metrics()
+        for name in [
+            "ferry_prompt_tokens_total",
+            "ferry_generated_tokens_total",
+            "ferry_prefill_tokens_per_second",
+            "ferry_decode_tokens_per_second",
+            "ferry_queue_length",
+            "ferry_active_sequences",
+            "ferry_kv_cache_bytes",
+            "ferry_resident_memory_bytes",
+        ]:
+            self.assertIn(name, m)
+        self.assertGreater(m["ferry_generated_tokens_total"], 0)
+        self.assertGreater(m["ferry_prefill_tokens_per_second"], 0)
+
+
+class QueueAndKeyTests(unittest.TestCase):
+    def test_queue_bound_gives_429_with_retry_after(self):
+        server = Server("--parallel", "1", "--queue", "1")
+        try:
+            body = {"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                results = list(pool.map(lambda _: server.raw("POST", "/v1/completions", body), range(6)))
+            statuses = sorted(s for s, _, _ in results)
+            self.assertIn(200, statuses)
+            self.assertIn(429, statuses)
+            for status, headers, text in results:
+                if status == 429:
+                    self.assertEqual(json.loads(text)["error"]["type"], "rate_limit_error")
+                    self.assertGreaterEqual(int(headers["retry-after"]), 1)
+            # Once the queue drains, requests are served again.
+            self.assertEqual(server.raw("POST", "/v1/completions", body)[0], 200)
+        finally:
+            server.stop()
+
+    def test_api_key(self):
+        server = Server("--parallel", "1", "--api-key", "sesame")
+        try:
+            with self.assertRaises(openai.AuthenticationError):
+                server.client(key="wrong").models.list()
+            self.assertEqual(len(server.client(key="sesame").models.list().data), 1)
+            self.assertEqual(server.raw("GET", "/health")[0], 200)
+            self.assertEqual(server.raw("GET", "/metrics")[0], 401)
+            self.assertEqual(server.raw("POST", "/v1/completions", {"prompt": "x"})[0], 401)
+            r = server.client(key="sesame").completions.create(model="m", prompt="Hi", max_tokens=2)
+            self.assertEqual(r.usage.completion_tokens, 2)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        FERRY = os.path.abspath(sys.argv.pop(1))
+    unittest.main(verbosity=2)
