@@ -250,6 +250,9 @@ enum Command {
         size: String,
         #[arg(long, default_value_t = 5)]
         repetitions: usize,
+        /// Where to write the machine profile (default ~/.cache/ferry/machine.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Write a model with random weights in the shape of a real one (llama
     /// architecture; presets: tiny, qwen2.5-0.5b, llama-1b, qwen2.5-7b,
@@ -349,7 +352,12 @@ fn run(cli: Cli) -> Result<()> {
             let plan = ferry::plan::plan(&shape, &req, &cost)?;
             print!("{}", plan.describe(&shape, &profile));
         }
-        Command::Calibrate { size, repetitions } => {
+        Command::Calibrate {
+            size,
+            repetitions,
+            out,
+        } => {
+            use ferry::plan::{GpuProfile, MachineProfile};
             let cuda = ferry::backend::cuda::CudaBackend::new(0)?;
             let bytes = ferry::plan::parse_size(&size).map_err(anyhow::Error::msg)? as usize;
             let (pinned, pageable) = cuda.measure_h2d(bytes, repetitions)?;
@@ -360,6 +368,42 @@ fn run(cli: Cli) -> Result<()> {
                 pageable,
                 ferry::plan::HumanBytes(bytes as u64),
                 repetitions
+            );
+            let hbm = cuda.measure_hbm(bytes, repetitions)?;
+            println!("device memory: {hbm:.0} GB/s (device-to-device copy)");
+            let tflops = cuda.measure_gemm_tflops(4096, 8192, repetitions)?;
+            println!("GEMM (f16 in, f32 accumulate, 4096 x 8192 x 8192): {tflops:.0} TFLOP/s");
+            let cpu = CpuBackend::new(0);
+            println!(
+                "host memory read: {:.1} GB/s with {} threads",
+                cpu.measure_read_gbps(bytes.max(1 << 30), repetitions),
+                cpu.threads()
+            );
+            let cpu_profile = cpu.run(|| ferry::plan::calibrate::measure_cpu(&cpu))?;
+            println!(
+                "CPU Q4_K matrix-vector: {:.1} GB/s; matrix-matrix (256 tokens): {:.0} GFLOP/s",
+                cpu_profile.gemv_gbps, cpu_profile.gemm_gflops
+            );
+            let (_, total) = cuda.free_memory()?;
+            let profile = MachineProfile {
+                gpu: GpuProfile {
+                    name: format!("{} (calibrated)", cuda.name()),
+                    vram_bytes: total as u64,
+                    h2d_gbps: pinned,
+                    bf16_tflops: tflops,
+                    hbm_gbps: hbm,
+                },
+                cpu: cpu_profile,
+            };
+            let out = out.unwrap_or_else(ferry::plan::calibrate::default_profile_path);
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, serde_json::to_string_pretty(&profile)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} (plan and bench use it with --gpu-profile calibrated)",
+                out.display()
             );
         }
         Command::Synth {
@@ -868,9 +912,14 @@ where
     Ok(results)
 }
 
-/// Prefill tests with the layers a VRAM budget leaves out streamed from pinned
-/// host memory. Prints, per test, the time against its two bounds: all layers
-/// resident, and the streamed bytes over the measured copy rate.
+/// Tests within a VRAM budget: the plan's resident layers stay on the GPU, the
+/// rest live in pinned host memory. Prefill modes: `stream` (layer-major,
+/// overlapped copies), `sync` (llama.cpp's mechanism: a synchronous upload per
+/// layer and micro-batch), `static` (non-resident layers on the CPU). Decode
+/// modes: `stream` (the plan's per-layer placement, slots reused) and `static`.
+/// Each row is set against its bound: for prefill the larger of all-resident
+/// compute and streamed bytes over the copy rate; for decode the bytes each
+/// device reads over its measured memory bandwidth.
 fn bench_streamed(
     cuda: &ferry::backend::cuda::CudaBackend,
     g: &Gguf,
@@ -880,15 +929,34 @@ fn bench_streamed(
     use ferry::backend::Batch;
     use ferry::backend::cuda::stream::StreamedModel;
     use ferry::bench::Test;
+    use ferry::engine::hybrid::{HybridModel, Run};
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
     let profile = MachineProfile::load(&args.gpu_profile).map_err(anyhow::Error::msg)?;
     let cost = CostModel::new(profile);
     let model_bytes = g.total_tensor_bytes();
+    let cpu = CpuBackend::new(args.threads.first().copied().unwrap_or(0));
+    let hbm_gbps = cuda.measure_hbm(1 << 30, 3)?;
+    let host_gbps = cpu.measure_read_gbps(1 << 30, 3);
+    let h2d_gbps = cuda.measure_h2d(1 << 30, 3)?.0;
     println!(
-        "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s while streaming |"
+        "measured: device memory {hbm_gbps:.0} GB/s, host memory read {host_gbps:.1} GB/s ({} CPU threads), pinned host-to-device {h2d_gbps:.1} GB/s\n",
+        cpu.threads()
     );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    println!(
+        "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s | decode placement (GPU/slot/CPU/streamed) | bound t/s | of bound |"
+    );
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |");
+    let n_ctx = tests
+        .iter()
+        .map(|t| match *t {
+            Test::Prompt(n) => n,
+            Test::Generate(n) => n + 1,
+            Test::PromptGenerate(p, n) => p + n,
+        })
+        .max()
+        .unwrap_or(1)
+        + 1;
     for budget_s in &args.vram_budget {
         let budget = match budget_s.strip_suffix('%') {
             Some(p) => {
@@ -897,62 +965,179 @@ fn bench_streamed(
             }
             None => ferry::plan::parse_size(budget_s).map_err(anyhow::Error::msg)?,
         };
+        let req = PlanRequest {
+            budget,
+            n_ctx,
+            ubatch: args.ubatch,
+            n_parallel: 1,
+        };
+        let plan = ferry::plan::plan(&shape, &req, &cost)?;
+        let resident: Vec<bool> = plan
+            .prefill
+            .iter()
+            .map(|p| *p == ferry::plan::PrefillPlace::Resident)
+            .collect();
+        let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
+        let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
+        let n_layers = hm.gpu.model.config.n_layers;
+        let n_vocab = hm.gpu.model.config.n_vocab as u32;
+        let (n_resident, n_slots) = (hm.gpu.resident_layers(), hm.gpu.n_slots());
+        let head = |mode: &str| {
+            format!(
+                "| {mode} | {} | {n_resident}/{n_layers} | {n_slots} |",
+                ferry::plan::HumanBytes(budget),
+            )
+        };
         for &t in tests {
-            let Test::Prompt(n) = t else { continue };
-            let req = PlanRequest {
-                budget,
-                n_ctx: n + 1,
-                ubatch: n,
-                n_parallel: 1,
-            };
-            let plan = ferry::plan::plan(&shape, &req, &cost)?;
-            let resident: Vec<bool> = plan
-                .prefill
-                .iter()
-                .map(|p| *p == ferry::plan::PrefillPlace::Resident)
-                .collect();
-            let mut sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
-            let n_vocab = sm.model.config.n_vocab;
-            let tokens: Vec<u32> = (0..n as u32)
-                .map(|i| (n_vocab as u32 / 20 + i * 7919) % (n_vocab as u32 / 2))
-                .collect();
-            let positions: Vec<u32> = (0..n as u32).collect();
-            let seqs = vec![0u32; n];
-            let batch = Batch {
-                tokens: &tokens,
-                positions: &positions,
-                seqs: &seqs,
-            };
-            for mode in &args.mode {
-                let mut times = Vec::new();
-                for rep in 0..=args.repetitions.max(1) {
-                    let mut kv: Vec<_> = (0..sm.model.config.n_layers)
-                        .map(|_| cuda.kv_cache(&sm.model.config, n + 1, 1))
+            match t {
+                Test::Prompt(n) => {
+                    let tokens: Vec<u32> = (0..n as u32)
+                        .map(|i| (n_vocab / 20 + i * 7919) % (n_vocab / 2))
                         .collect();
-                    let t0 = std::time::Instant::now();
-                    match mode.as_str() {
-                        "stream" => sm.forward(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?,
-                        "sync" => sm.forward_sync(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?,
-                        other => anyhow::bail!(
-                            "--mode {other}: the streamed engine runs stream and sync"
-                        ),
+                    let positions: Vec<u32> = (0..n as u32).collect();
+                    let seqs = vec![0u32; n];
+                    let batch = Batch {
+                        tokens: &tokens,
+                        positions: &positions,
+                        seqs: &seqs,
                     };
-                    if rep > 0 {
-                        times.push(t0.elapsed().as_secs_f64());
+                    for mode in &args.mode {
+                        let reps = if mode == "static" {
+                            args.repetitions.min(1)
+                        } else {
+                            args.repetitions
+                        };
+                        let mut times = Vec::new();
+                        let mut bytes = 0u64;
+                        for rep in 0..=reps.max(1) {
+                            let mut kv = hm.kv(cuda, &cpu, n_ctx, 1);
+                            let t0 = std::time::Instant::now();
+                            match mode.as_str() {
+                                "stream" => {
+                                    hm.prefill(cuda, &mut kv, &batch, args.ubatch, &[n - 1])?;
+                                    bytes = hm.gpu.last_streamed_bytes;
+                                }
+                                "sync" => {
+                                    hm.gpu.forward_sync(
+                                        cuda,
+                                        &mut kv.gpu,
+                                        &batch,
+                                        args.ubatch,
+                                        &[n - 1],
+                                    )?;
+                                    bytes = hm.gpu.last_streamed_bytes;
+                                }
+                                "static" => {
+                                    let runs = hm.static_runs();
+                                    hm.forward(cuda, &cpu, &mut kv, &batch, &runs, &[n - 1])?;
+                                    bytes = 0;
+                                }
+                                other => anyhow::bail!(
+                                    "--mode {other}: with --vram-budget the modes are stream, sync and static"
+                                ),
+                            };
+                            if rep > 0 {
+                                times.push(t0.elapsed().as_secs_f64());
+                            }
+                        }
+                        let mean = times.iter().sum::<f64>() / times.len() as f64;
+                        println!(
+                            "{} pp{n} | {:.1} | {:.2} | {:.1} | | | |",
+                            head(mode),
+                            n as f64 / mean,
+                            bytes as f64 / (1u64 << 30) as f64,
+                            bytes as f64 / mean / 1e9
+                        );
                     }
                 }
-                let mean = times.iter().sum::<f64>() / times.len() as f64;
-                let bytes = sm.last_streamed_bytes;
-                println!(
-                    "| {mode} | {} | {}/{} | {} | pp{n} | {:.1} | {:.2} | {:.1} |",
-                    ferry::plan::HumanBytes(budget),
-                    sm.resident_layers(),
-                    sm.model.config.n_layers,
-                    sm.n_slots(),
-                    n as f64 / mean,
-                    bytes as f64 / (1u64 << 30) as f64,
-                    bytes as f64 / mean / 1e9
-                );
+                Test::Generate(n) => {
+                    for mode in &args.mode {
+                        if mode == "sync" {
+                            // One token per step: llama.cpp runs such batches
+                            // on the CPU, which is the `static` row.
+                            continue;
+                        }
+                        let mut times = Vec::new();
+                        let mut counts = [0usize; 4];
+                        let mut bound_secs = 0.0;
+                        for rep in 0..=args.repetitions.max(1) {
+                            let mut kv = hm.kv(cuda, &cpu, n_ctx, 1);
+                            let first = [n_vocab / 3];
+                            hm.prefill(
+                                cuda,
+                                &mut kv,
+                                &Batch {
+                                    tokens: &first,
+                                    positions: &[0],
+                                    seqs: &[0],
+                                },
+                                1,
+                                &[0],
+                            )?;
+                            let mut token = first[0];
+                            counts = [0; 4];
+                            bound_secs = 0.0;
+                            let t0 = std::time::Instant::now();
+                            for step in 0..n {
+                                let runs = match mode.as_str() {
+                                    "stream" => hm.decode_runs(),
+                                    "static" => hm.static_runs(),
+                                    other => anyhow::bail!(
+                                        "--mode {other}: decode modes are stream and static"
+                                    ),
+                                };
+                                for (i, r) in runs.iter().enumerate() {
+                                    let b = shape.layer_bytes[i] as f64;
+                                    match r {
+                                        Run::Gpu if !hm.gpu.is_streamed(i) => counts[0] += 1,
+                                        Run::Gpu => counts[1] += 1,
+                                        Run::Cpu => counts[2] += 1,
+                                        Run::Stream => counts[3] += 1,
+                                    }
+                                    bound_secs += match r {
+                                        Run::Cpu => b / (host_gbps * 1e9),
+                                        Run::Stream => b / (h2d_gbps * 1e9),
+                                        Run::Gpu => b / (hbm_gbps * 1e9),
+                                    };
+                                }
+                                bound_secs += shape.output_bytes as f64 / (hbm_gbps * 1e9);
+                                let pos = [step as u32 + 1];
+                                let (logits, _) = hm.forward(
+                                    cuda,
+                                    &cpu,
+                                    &mut kv,
+                                    &Batch {
+                                        tokens: &[token],
+                                        positions: &pos,
+                                        seqs: &[0],
+                                    },
+                                    &runs,
+                                    &[0],
+                                )?;
+                                token = ferry::engine::argmax(&logits);
+                            }
+                            if rep > 0 {
+                                times.push(t0.elapsed().as_secs_f64());
+                            }
+                        }
+                        let mean = times.iter().sum::<f64>() / times.len() as f64;
+                        let per = |c: usize| c / n.max(1);
+                        println!(
+                            "{} tg{n} | {:.2} | | | {}/{}/{}/{} | {:.2} | {:.0} % |",
+                            head(mode),
+                            n as f64 / mean,
+                            per(counts[0]),
+                            per(counts[1]),
+                            per(counts[2]),
+                            per(counts[3]),
+                            n as f64 / bound_secs,
+                            100.0 * bound_secs / mean
+                        );
+                    }
+                }
+                Test::PromptGenerate(..) => {
+                    eprintln!("--pg is not measured with --vram-budget yet");
+                }
             }
         }
     }
@@ -1076,9 +1261,9 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         }
     };
     println!(
-        "| model | types | prefill rel. diff | decode max rel. diff | top-1 agree | streamed = resident | result |"
+        "| model | types | prefill rel. diff | decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | result |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | --- | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |");
     let mut failed = 0;
     for path in &models {
         let g = Gguf::open(path)?;
@@ -1095,14 +1280,55 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         cuda.check()?;
         let prefill = rel(&lg, &lc);
         let mut agree = (argmax(&lc) == argmax(&lg)) as usize;
+        // Hybrid execution: every other layer streamed; prefill on the GPU, then
+        // decode steps alternating between the CPU placement (the KV rows the
+        // prefill wrote move to the host) and the slot-reusing placement.
+        let n_layers = mc.config.n_layers;
+        let resident: Vec<bool> = (0..n_layers).map(|i| i % 2 == 0).collect();
+        let sm = ferry::backend::cuda::stream::StreamedModel::load(&cuda, &g, &resident, 2)?;
+        let mut hm = ferry::engine::hybrid::HybridModel::new(
+            sm,
+            &cpu,
+            &g,
+            vec![ferry::plan::DecodePlace::Cpu; n_layers],
+        )?;
+        let mut kvh = hm.kv(&cuda, &cpu, 128, 1);
+        let positions: Vec<u32> = (0..tokens.len() as u32).collect();
+        let seqs = vec![0u32; tokens.len()];
+        let whole = ferry::backend::Batch {
+            tokens: &tokens,
+            positions: &positions,
+            seqs: &seqs,
+        };
+        let lh = hm.prefill(&cuda, &mut kvh, &whole, 16, &[tokens.len() - 1])?;
+        let mut hybrid = rel(&lh, &lc);
         let mut decode = 0f32;
-        for _ in 0..8 {
+        for step in 0..8 {
             let t = argmax(&lc);
             lc = cpu.run(|| sc.decode(&[0], &[t]))?;
             lg = sg.decode(&[0], &[t])?;
             cuda.check()?;
             decode = decode.max(rel(&lg, &lc));
             agree += (argmax(&lc) == argmax(&lg)) as usize;
+            let runs = if step % 2 == 0 {
+                hm.static_runs()
+            } else {
+                hm.decode_runs()
+            };
+            let pos = [(tokens.len() + step) as u32];
+            let (lh, _) = hm.forward(
+                &cuda,
+                &cpu,
+                &mut kvh,
+                &ferry::backend::Batch {
+                    tokens: &[t],
+                    positions: &pos,
+                    seqs: &[0],
+                },
+                &runs,
+                &[0],
+            )?;
+            hybrid = hybrid.max(rel(&lh, &lc));
         }
         let mut types: Vec<&str> = g
             .tensors()
@@ -1115,16 +1341,17 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         // Streaming must not change results: every layer streamed (2 slots), and
         // every other layer streamed, against all resident.
         let identical = stream_identity(&cuda, &g, &mg, &tokens)?;
-        let ok = prefill <= tolerance && decode <= tolerance && identical;
+        let ok = prefill <= tolerance && decode <= tolerance && hybrid <= tolerance && identical;
         failed += !ok as usize;
         println!(
-            "| {} | {} | {:.2e} | {:.2e} | {}/9 | {} | {} |",
+            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {} |",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             types.join(" "),
             prefill,
             decode,
+            hybrid,
             agree,
             if identical {
                 "bit-identical"

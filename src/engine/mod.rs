@@ -1,5 +1,6 @@
 //! Executes a model: KV cache, prefill and decode, sampling.
 
+pub mod hybrid;
 pub mod sampler;
 
 use crate::backend::{Backend, BackendError, Batch};

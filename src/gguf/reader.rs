@@ -372,6 +372,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
 enum Backing {
     Mmap(memmap2::Mmap),
     Owned(Vec<u8>),
+    External(Box<dyn AsRef<[u8]> + Send + Sync>),
 }
 
 impl Backing {
@@ -379,6 +380,7 @@ impl Backing {
         match self {
             Backing::Mmap(m) => m,
             Backing::Owned(v) => v,
+            Backing::External(e) => (**e).as_ref(),
         }
     }
 }
@@ -391,6 +393,12 @@ pub struct SharedBytes(std::sync::Arc<Backing>);
 impl SharedBytes {
     pub fn as_slice(&self) -> &[u8] {
         self.0.bytes()
+    }
+
+    /// Share memory owned elsewhere (the streaming engine's pinned host
+    /// buffers, which the CPU backend then reads in place).
+    pub fn external(bytes: Box<dyn AsRef<[u8]> + Send + Sync>) -> Self {
+        SharedBytes(std::sync::Arc::new(Backing::External(bytes)))
     }
 }
 

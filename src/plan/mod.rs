@@ -9,6 +9,7 @@
 //! prediction is bytes over a bandwidth or operations over a rate, so a plan
 //! can be explained line by line (`ferry plan` prints it).
 
+pub mod calibrate;
 pub mod cost;
 pub mod profile;
 

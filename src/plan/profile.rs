@@ -75,6 +75,11 @@ impl CpuProfile {
 impl MachineProfile {
     /// A built-in GPU name, or a JSON file written by `ferry calibrate`.
     pub fn load(name_or_file: &str) -> Result<Self, String> {
+        if name_or_file == "calibrated" {
+            let path = super::calibrate::default_profile_path();
+            return Self::load(&path.to_string_lossy())
+                .map_err(|e| format!("{e} (run `ferry calibrate` on this machine first)"));
+        }
         if let Some(gpu) = GpuProfile::builtin(name_or_file) {
             return Ok(MachineProfile {
                 gpu,

@@ -118,6 +118,29 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
+
+    /// Host memory read bandwidth with this backend's threads, GB/s (median of
+    /// `reps` passes summing a `bytes` buffer): the ceiling of a memory-bound
+    /// CPU matrix-vector product.
+    pub fn measure_read_gbps(&self, bytes: usize, reps: usize) -> f64 {
+        use rayon::prelude::*;
+        let words: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+        let mut t = Vec::new();
+        for _ in 0..reps.max(1) + 1 {
+            let t0 = std::time::Instant::now();
+            let sum: u64 = self.pool.install(|| {
+                words
+                    .par_chunks(1 << 16)
+                    .map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w)))
+                    .reduce(|| 0, u64::wrapping_add)
+            });
+            std::hint::black_box(sum);
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        t.remove(0);
+        t.sort_by(f64::total_cmp);
+        (words.len() * 8) as f64 / t[t.len() / 2] / 1e9
+    }
 }
 
 fn float_vector(g: &Gguf, t: &TensorRef) -> Result<Vec<f32>, BackendError> {

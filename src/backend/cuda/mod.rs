@@ -64,6 +64,7 @@ struct Kernels {
     dequant_f16: CudaFunction,
     f32_to_f16: CudaFunction,
     gemv: CudaFunction,
+    gemv8: CudaFunction,
     embed: CudaFunction,
     rms_norm: CudaFunction,
     add_bias: CudaFunction,
@@ -135,6 +136,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             dequant_f16: f("dequant_f16")?,
             f32_to_f16: f("f32_to_f16")?,
             gemv: f("gemv")?,
+            gemv8: f("gemv8")?,
             embed: f("embed")?,
             rms_norm: f("rms_norm")?,
             add_bias: f("add_bias")?,
@@ -285,6 +287,56 @@ impl CudaBackend {
         self.stream.clone_htod(v).map_err(err)
     }
 
+    /// Activations from host memory (a layer boundary where the batch moves
+    /// from the CPU back to the GPU).
+    pub fn act_from_host(
+        &self,
+        n: usize,
+        width: usize,
+        data: &[f32],
+    ) -> Result<CudaAct, BackendError> {
+        assert_eq!(data.len(), n * width, "act_from_host: shape");
+        Ok(CudaAct {
+            n,
+            width,
+            data: self.upload(data)?,
+        })
+    }
+
+    /// Copy the rows `rows` (slots `seq · n_ctx + pos`) of a KV cache to the host.
+    pub fn kv_to_host(
+        &self,
+        kv: &CudaKv,
+        rows: std::ops::Range<usize>,
+        k: &mut [f16],
+        v: &mut [f16],
+    ) -> Result<(), BackendError> {
+        let r = rows.start * kv.width..rows.end * kv.width;
+        self.stream
+            .memcpy_dtoh(&kv.k.slice(r.clone()), &mut k[r.clone()])
+            .map_err(err)?;
+        self.stream
+            .memcpy_dtoh(&kv.v.slice(r.clone()), &mut v[r])
+            .map_err(err)
+    }
+
+    /// Copy the rows `rows` of a host KV cache into a device one.
+    pub fn kv_from_host(
+        &self,
+        kv: &mut CudaKv,
+        rows: std::ops::Range<usize>,
+        k: &[f16],
+        v: &[f16],
+    ) -> Result<(), BackendError> {
+        let r = rows.start * kv.width..rows.end * kv.width;
+        self.stream
+            .memcpy_htod(&k[r.clone()], &mut kv.k.slice_mut(r.clone()))
+            .map_err(err)?;
+        self.stream
+            .memcpy_htod(&v[r.clone()], &mut kv.v.slice_mut(r))
+            .map_err(err)
+    }
+
     pub(crate) fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
         n: usize,
@@ -302,7 +354,14 @@ impl CudaBackend {
         let (be, bb) = (w.ty.block_elems() as i32, w.ty.block_bytes() as i32);
         let (ty, rows_i, cols_i, n_i) = (w.ty.id() as i32, rows as i32, cols as i32, n as i32);
         if n <= 8 {
-            let mut b = self.stream.launch_builder(&self.k.gemv);
+            // The 8-element kernel needs whole 8-element groups (and float4
+            // loads of the activations); any other width takes the plain one.
+            let kernel = if cols % 8 == 0 {
+                &self.k.gemv8
+            } else {
+                &self.k.gemv
+            };
+            let mut b = self.stream.launch_builder(kernel);
             b.arg(&w.ptr).arg(&x.data).arg(&mut out.data);
             b.arg(&ty)
                 .arg(&rows_i)
@@ -514,6 +573,48 @@ impl CudaBackend {
             Ok(bytes as f64 / t[t.len() / 2] / 1e9)
         };
         Ok((time(true)?, time(false)?))
+    }
+
+    /// The rate of ferry's GEMM path (f16 weights, f16 in, f32 accumulate) on
+    /// an `m × k` by `k × k` product, TFLOP/s (best of `reps`).
+    pub fn measure_gemm_tflops(
+        &self,
+        m: usize,
+        k: usize,
+        reps: usize,
+    ) -> Result<f64, BackendError> {
+        let (bytes, t) = crate::plan::calibrate::synthetic_weight(GgmlType::F16, k, k)?;
+        let buf = Arc::new(self.upload(bytes.as_slice())?);
+        let w = CudaWeight::in_buffer(&self.stream, buf, 0, &t)?;
+        let x = self.act(m, k);
+        let mut out = self.act(m, k);
+        let mut best = f64::MAX;
+        for _ in 0..reps.max(1) + 1 {
+            self.stream.synchronize().map_err(err)?;
+            let t0 = std::time::Instant::now();
+            self.matmul(&x, &w, &mut out);
+            self.check()?;
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        Ok(2.0 * (m * k * k) as f64 / best / 1e12)
+    }
+
+    /// Device memory bandwidth: a device-to-device copy reads and writes every
+    /// byte, so GB/s = 2 · bytes / time (median of `reps`).
+    pub fn measure_hbm(&self, bytes: usize, reps: usize) -> Result<f64, BackendError> {
+        let src = self.zeros::<u8>(bytes)?;
+        let mut dst = self.zeros::<u8>(bytes)?;
+        let mut t = Vec::new();
+        for _ in 0..reps.max(1) + 1 {
+            self.stream.synchronize().map_err(err)?;
+            let t0 = std::time::Instant::now();
+            self.stream.memcpy_dtod(&src, &mut dst).map_err(err)?;
+            self.stream.synchronize().map_err(err)?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        t.remove(0);
+        t.sort_by(f64::total_cmp);
+        Ok(2.0 * bytes as f64 / t[t.len() / 2] / 1e9)
     }
 }
 

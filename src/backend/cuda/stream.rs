@@ -22,9 +22,40 @@ use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors, TensorRef};
 /// A streamed layer's weights in pinned host memory (cacheable, not
 /// write-combined, so the CPU can also read them at full speed).
 struct HostCopy {
-    pinned: PinnedHostSlice<u8>,
+    pinned: Arc<PinnedBytes>,
     len: usize,
     slot: usize,
+    /// Offsets of the seven matrices in the packed buffer.
+    offsets: [usize; 7],
+}
+
+/// Pinned host memory viewed as bytes, shareable with the CPU backend (its
+/// weights for CPU-placed layers point here, so the host holds one copy).
+struct PinnedBytes {
+    _pinned: PinnedHostSlice<u8>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is only written while it is being filled (before any
+// sharing); afterwards the GPU's copy engine and CPU threads only read it.
+unsafe impl Send for PinnedBytes {}
+unsafe impl Sync for PinnedBytes {}
+
+impl AsRef<[u8]> for PinnedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` addresses `len` bytes owned by `_pinned`, alive as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Shares the pinned buffer through an `Arc` so CPU weights keep it alive.
+struct SharedPinned(Arc<PinnedBytes>);
+
+impl AsRef<[u8]> for SharedPinned {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
 }
 
 pub struct StreamedModel {
@@ -35,6 +66,8 @@ pub struct StreamedModel {
     /// this module orders them with its own events).
     slot_ptrs: Vec<u64>,
     copy: Arc<CudaStream>,
+    /// Which layer's weights each slot holds now (decode reuses them).
+    slot_holds: Vec<Option<usize>>,
     /// Bytes copied host → device by the last forward pass.
     pub last_streamed_bytes: u64,
 }
@@ -137,17 +170,94 @@ impl StreamedModel {
                 bv: opt(&t.bv)?,
                 ffn_norm: b.load_vector(g, &t.ffn_norm)?,
             });
-            host.push(Some(HostCopy { pinned, len, slot }));
+            let ptr = pinned.as_ptr().map_err(err)?;
+            let pinned = Arc::new(PinnedBytes {
+                _pinned: pinned,
+                ptr,
+                len,
+            });
+            host.push(Some(HostCopy {
+                pinned,
+                len,
+                slot,
+                offsets,
+            }));
         }
         let model = Model::from_layers(b, g, config, tensors, layers)?;
         Ok(StreamedModel {
             model,
             host,
             slots,
+            slot_holds: vec![None; n_slots],
             slot_ptrs,
             copy,
             last_streamed_bytes: 0,
         })
+    }
+
+    /// Whether layer `i` is streamed (not resident).
+    pub fn is_streamed(&self, i: usize) -> bool {
+        self.host[i].is_some()
+    }
+
+    /// Whether streamed layer `i`'s weights sit in its slot now (left there by
+    /// the last prefill or decode step), so the GPU can run it without a copy.
+    pub fn in_slot(&self, i: usize) -> bool {
+        self.host[i]
+            .as_ref()
+            .is_some_and(|h| self.slot_holds[h.slot] == Some(i))
+    }
+
+    /// Copy streamed layer `i` into its slot for the next operation on the
+    /// compute stream (decode's per-step streaming). The copy waits for the
+    /// slot's previous user; the compute stream waits for the copy.
+    pub fn stream_in(&mut self, b: &CudaBackend, i: usize) -> Result<u64, BackendError> {
+        if self.in_slot(i) {
+            return Ok(0);
+        }
+        let free = b.stream.record_event(None).map_err(err)?;
+        let arrived = issue_copy(&self.host, &self.copy, &self.slot_ptrs, i, Some(&free))?;
+        b.stream.wait(&arrived).map_err(err)?;
+        let h = self.host[i].as_ref().expect("streamed layer");
+        self.slot_holds[h.slot] = Some(i);
+        Ok(h.len as u64)
+    }
+
+    /// Streamed layer `i` as a CPU layer whose matrices are read in place from
+    /// the pinned host buffer (norms and biases from the model file).
+    pub fn cpu_layer(
+        &self,
+        cpu: &crate::backend::cpu::CpuBackend,
+        g: &Gguf,
+        i: usize,
+    ) -> Result<Option<Layer<crate::backend::cpu::CpuBackend>>, BackendError> {
+        use crate::backend::cpu::CpuWeight;
+        let Some(h) = &self.host[i] else {
+            return Ok(None);
+        };
+        let t = &self.model.tensors.layers[i];
+        let bytes = crate::gguf::SharedBytes::external(Box::new(SharedPinned(h.pinned.clone())));
+        let w = |k: usize, m: &TensorRef| {
+            let mut at = m.clone();
+            at.file_offset = h.offsets[k] as u64;
+            CpuWeight::new(bytes.clone(), &at)
+        };
+        let opt = |v: &Option<TensorRef>| v.as_ref().map(|v| cpu.load_vector(g, v)).transpose();
+        Ok(Some(Layer {
+            index: t.index,
+            attn_norm: cpu.load_vector(g, &t.attn_norm)?,
+            wq: w(0, &t.wq)?,
+            wk: w(1, &t.wk)?,
+            wv: w(2, &t.wv)?,
+            wo: w(3, &t.wo)?,
+            w_gate: w(4, &t.w_gate)?,
+            w_up: w(5, &t.w_up)?,
+            w_down: w(6, &t.w_down)?,
+            bq: opt(&t.bq)?,
+            bk: opt(&t.bk)?,
+            bv: opt(&t.bv)?,
+            ffn_norm: cpu.load_vector(g, &t.ffn_norm)?,
+        }))
     }
 
     pub fn n_slots(&self) -> usize {
@@ -215,6 +325,10 @@ impl StreamedModel {
             },
         )?;
         self.last_streamed_bytes = streamed;
+        for &i in &order {
+            let h = self.host[i].as_ref().expect("streamed layer");
+            self.slot_holds[h.slot] = Some(i);
+        }
         b.check()?;
         Ok(logits)
     }
@@ -244,6 +358,7 @@ impl StreamedModel {
                     let e = issue_copy(&self.host, &self.copy, &self.slot_ptrs, i, None)?;
                     e.synchronize().map_err(err)?;
                     streamed += h.len as u64;
+                    self.slot_holds[h.slot] = Some(i);
                 }
                 self.model.layers[i].forward(b, &cfg, &mut xc, &mut scratch, kv, &sub)?;
             }
@@ -273,7 +388,7 @@ fn issue_copy(
     // forward pass ends with `check`, which waits for the compute stream, which
     // waited for every copy); the slot holds at least `len` bytes.
     unsafe {
-        let src = std::slice::from_raw_parts(h.pinned.as_ptr().map_err(err)?, h.len);
+        let src = &(*h.pinned).as_ref()[..h.len];
         cudarc::driver::result::memcpy_htod_async(slot_ptrs[h.slot], src, copy.cu_stream())
             .map_err(err)?;
     }

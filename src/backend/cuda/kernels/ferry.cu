@@ -175,6 +175,113 @@ extern "C" __global__ void gemv(const u8* w, const float* x, float* out, int typ
     }
 }
 
+// Elements i0..i0+8 (i0 a multiple of 8) of the block at `b`, decoded with the
+// block's scales read once. Formats without a fast path fall back to `dequant`.
+__device__ __forceinline__ void dequant8(int type, const u8* b, int i0, float v[8]) {
+    switch (type) {
+    case T_F32:
+        for (int k = 0; k < 8; ++k) v[k] = ((const float*)b)[k];
+        return;
+    case T_F16:
+        for (int k = 0; k < 8; ++k) v[k] = h2f(b + 2 * k);
+        return;
+    case T_Q4_0: case T_Q4_1: {
+        int off = type == T_Q4_0 ? 2 : 4;
+        float d = h2f(b), m = type == T_Q4_0 ? -8.0f * d : h2f(b + 2);
+        const u8* q = b + off + (i0 & 15);
+        int shift = i0 < 16 ? 0 : 4;
+        for (int k = 0; k < 8; ++k) v[k] = d * (float)((q[k] >> shift) & 0xF) + m;
+        return;
+    }
+    case T_Q5_0: case T_Q5_1: {
+        int qoff = type == T_Q5_0 ? 6 : 8, hoff = type == T_Q5_0 ? 2 : 4;
+        float d = h2f(b), m = type == T_Q5_0 ? -16.0f * d : h2f(b + 2);
+        u32 qh = (u32)b[hoff] | ((u32)b[hoff + 1] << 8) | ((u32)b[hoff + 2] << 16) | ((u32)b[hoff + 3] << 24);
+        const u8* q = b + qoff + (i0 & 15);
+        int shift = i0 < 16 ? 0 : 4;
+        for (int k = 0; k < 8; ++k) {
+            int x = ((q[k] >> shift) & 0xF) | (((qh >> (i0 + k)) & 1) << 4);
+            v[k] = d * (float)x + m;
+        }
+        return;
+    }
+    case T_Q8_0: {
+        float d = h2f(b);
+        const i8* q = (const i8*)(b + 2) + i0;
+        for (int k = 0; k < 8; ++k) v[k] = d * (float)q[k];
+        return;
+    }
+    case T_Q4_K: case T_Q5_K: {
+        // 8 elements share one 32-element sub-block: one scale, one minimum.
+        int c = i0 / 64, half = (i0 % 64) / 32, l = i0 % 32, s = i0 / 32;
+        int sc, mn;
+        scale_min_k4(s, b + 4, &sc, &mn);
+        float d = h2f(b) * (float)sc, m = h2f(b + 2) * (float)mn;
+        if (type == T_Q4_K) {
+            const u8* q = b + 16 + 32 * c + l;
+            for (int k = 0; k < 8; ++k) v[k] = d * (float)((q[k] >> (4 * half)) & 0xF) - m;
+        } else {
+            const u8* q = b + 48 + 32 * c + l;
+            const u8* h = b + 16 + l;
+            for (int k = 0; k < 8; ++k) {
+                int x = ((q[k] >> (4 * half)) & 0xF) | (((h[k] >> (2 * c + half)) & 1) << 4);
+                v[k] = d * (float)x - m;
+            }
+        }
+        return;
+    }
+    case T_Q6_K: {
+        int n = i0 / 128, kk = (i0 % 128) / 32, l = i0 % 32;
+        float d = h2f(b + 208) * (float)((const i8*)(b + 192))[i0 / 16];
+        const u8* ql = b + 64 * n + l + 32 * (kk & 1);
+        const u8* qh = b + 128 + 32 * n + l;
+        for (int k = 0; k < 8; ++k) {
+            int x = ((ql[k] >> (4 * (kk / 2))) & 0xF) | (((qh[k] >> (2 * kk)) & 3) << 4);
+            v[k] = d * (float)(x - 32);
+        }
+        return;
+    }
+    default:
+        for (int k = 0; k < 8; ++k) v[k] = dequant(type, b, i0 + k);
+        return;
+    }
+}
+
+// out[t, r] = Σ_c x[t, c] · W[r, c] for n ≤ 8 tokens, cols a multiple of 8:
+// one warp per row; in each pass the 32 lanes take 8 consecutive elements
+// each (256 per pass), so a pass reads whole blocks with neighbouring lanes
+// on neighbouring bytes, and each lane decodes its block's scales once.
+extern "C" __global__ void gemv8(const u8* w, const float* x, float* out, int type, int rows, int cols, int n,
+                                 int block_elems, int block_bytes) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    const u8* row = w + (size_t)warp * (cols / block_elems) * block_bytes;
+    float acc[8];
+    for (int t = 0; t < 8; ++t) acc[t] = 0.0f;
+    for (int e0 = lane * 8; e0 < cols; e0 += 256) {
+        float v[8];
+        if (type == T_BF16) {
+            for (int k = 0; k < 8; ++k) v[k] = dequant(type, row + (size_t)(e0 + k) * block_bytes, 0);
+        } else if (block_elems == 1) {
+            dequant8(type, row + (size_t)e0 * block_bytes, 0, v);
+        } else {
+            dequant8(type, row + (size_t)(e0 / block_elems) * block_bytes, e0 % block_elems, v);
+        }
+        for (int t = 0; t < n; ++t) {
+            const float4* xp = (const float4*)(x + (size_t)t * cols + e0);
+            float4 a = xp[0], b2 = xp[1];
+            acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w
+                    + v[4] * b2.x + v[5] * b2.y + v[6] * b2.z + v[7] * b2.w;
+        }
+    }
+    for (int t = 0; t < n; ++t) {
+        float s = acc[t];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = s;
+    }
+}
+
 // out[i, :] = table[tokens[i], :]
 extern "C" __global__ void embed(const u8* table, const unsigned* tokens, float* out, int type, int cols,
                                  int block_elems, int block_bytes) {

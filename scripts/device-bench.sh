@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Device benchmarks for the streaming engine (staged by scripts/device-prep.sh;
+# run as `bash .device/device-bench.sh PHASE` with carry .device). Logs go to $OUT.
+#   check   gpu-check (CUDA vs CPU, streamed = resident, hybrid GPU+CPU)
+#   main    calibrate; 32B-shape Q4_K_M: full-resident and 25 % budget
+#           (prefill stream/sync/static, decode stream/static)
+#   sweep   prefill t/s against the VRAM budget for each mode (the plot)
+set -uo pipefail
+cd "$(dirname "$0")"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+OUTDIR=${OUT:-/tmp}
+M=/tmp/ferry-32b-q4km.gguf
+synth() {
+    [ -f "$M" ] || { /usr/bin/time -f "synth: %e s" ./ferry synth --preset qwen2.5-32b --quant q4_k_m "$M"; ls -l "$M"; }
+}
+for phase in "$@"; do
+case "$phase" in
+check)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/gpu.txt"
+    timeout 300 ./ferry gpu-check smol4.gguf --synthetic /tmp/ferry-synthetic 2>&1 | tee "$OUTDIR/gpu-check.txt"
+    ;;
+main)
+    nproc; free -g | head -2
+    timeout 120 ./ferry calibrate --size 1GiB 2>&1 | tee "$OUTDIR/calibrate.txt"
+    synth 2>&1 | tee "$OUTDIR/synth.txt"
+    timeout 200 ./ferry bench -m "$M" --device cuda -p 512,2048 -n 32 -r 3 2>&1 | tee "$OUTDIR/resident.txt"
+    timeout 400 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 512,2048 -n 32 -r 3 \
+        --mode stream,sync,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/budget25.txt"
+    ;;
+sweep)
+    synth > /dev/null 2>&1
+    timeout 560 ./ferry bench -m "$M" --device cuda --vram-budget 15%,25%,40%,60%,80% -p 512 -n 0 -r 2 \
+        --mode stream,sync,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/sweep.txt"
+    ;;
+esac
+done

@@ -1,0 +1,350 @@
+//! Executes a plan across the GPU and the CPU: prefill streams the
+//! non-resident layers through GPU slots (layer-major, `StreamedModel`); decode
+//! runs each non-resident layer where the plan put it — on the CPU from the
+//! same pinned host memory the copies read, or streamed into a slot — and runs
+//! on the GPU any streamed layer whose weights a slot still holds from the
+//! prefill (the slots' memory is reused during decode instead of sitting idle).
+//!
+//! Activations cross between the devices only at layer boundaries where the
+//! placement changes. Each layer's KV cache exists on both sides; rows are
+//! copied to the side that runs the layer when that side lacks them, so any
+//! sequence of placements stays consistent.
+
+use half::f16;
+
+use crate::backend::cpu::{CpuAct, CpuBackend, CpuKv};
+use crate::backend::cuda::stream::StreamedModel;
+use crate::backend::cuda::{CudaBackend, CudaKv};
+use crate::backend::{Backend, BackendError, Batch};
+use crate::gguf::Gguf;
+use crate::model::{Layer, Scratch};
+use crate::plan::DecodePlace;
+
+/// Where one layer runs in one forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// On the GPU with weights already there (resident, or left in a slot).
+    Gpu,
+    /// Copied into its slot first, then on the GPU.
+    Stream,
+    /// On the CPU from pinned host memory.
+    Cpu,
+}
+
+/// What a forward pass did, for reports and traces.
+#[derive(Debug, Clone, Default)]
+pub struct PassStats {
+    pub gpu_layers: usize,
+    pub cpu_layers: usize,
+    pub streamed_layers: usize,
+    pub streamed_bytes: u64,
+    /// Layer boundaries where activations moved between the devices.
+    pub crossings: usize,
+}
+
+pub struct HybridModel {
+    pub gpu: StreamedModel,
+    /// A CPU view of every streamed layer (weights in the pinned buffers).
+    cpu_layers: Vec<Option<Layer<CpuBackend>>>,
+    /// The plan's decode placement of each layer.
+    pub decode: Vec<DecodePlace>,
+}
+
+/// The KV cache of a hybrid session: one per layer on the GPU and, for
+/// streamed layers, one on the host, with how many positions of each
+/// sequence each side holds.
+pub struct HybridKv {
+    pub gpu: Vec<CudaKv>,
+    cpu: Vec<Option<CpuKv>>,
+    gpu_valid: Vec<Vec<usize>>,
+    cpu_valid: Vec<Vec<usize>>,
+    pub n_ctx: usize,
+    pub n_seq: usize,
+}
+
+impl HybridModel {
+    pub fn new(
+        gpu: StreamedModel,
+        cpu: &CpuBackend,
+        g: &Gguf,
+        decode: Vec<DecodePlace>,
+    ) -> Result<Self, BackendError> {
+        let n = gpu.model.config.n_layers;
+        if decode.len() != n {
+            return Err(BackendError::Invalid(
+                "decode placement does not match the layer count".into(),
+            ));
+        }
+        let cpu_layers = cpu.run(|| {
+            (0..n)
+                .map(|i| gpu.cpu_layer(cpu, g, i))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(HybridModel {
+            gpu,
+            cpu_layers,
+            decode,
+        })
+    }
+
+    pub fn kv(&self, cuda: &CudaBackend, cpu: &CpuBackend, n_ctx: usize, n_seq: usize) -> HybridKv {
+        let cfg = &self.gpu.model.config;
+        let n = cfg.n_layers;
+        HybridKv {
+            gpu: (0..n).map(|_| cuda.kv_cache(cfg, n_ctx, n_seq)).collect(),
+            cpu: (0..n)
+                .map(|i| {
+                    self.gpu
+                        .is_streamed(i)
+                        .then(|| cpu.kv_cache(cfg, n_ctx, n_seq))
+                })
+                .collect(),
+            gpu_valid: vec![vec![0; n_seq]; n],
+            cpu_valid: vec![vec![0; n_seq]; n],
+            n_ctx,
+            n_seq,
+        }
+    }
+
+    /// Where each layer runs in a decode step: the plan's placement, except
+    /// that a streamed layer still in its slot runs on the GPU for free.
+    pub fn decode_runs(&self) -> Vec<Run> {
+        (0..self.decode.len())
+            .map(|i| {
+                if !self.gpu.is_streamed(i) || self.gpu.in_slot(i) {
+                    Run::Gpu
+                } else {
+                    match self.decode[i] {
+                        DecodePlace::Gpu | DecodePlace::Streamed => Run::Stream,
+                        DecodePlace::Cpu => Run::Cpu,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// `static` placement: every streamed layer on the CPU, whatever the batch.
+    pub fn static_runs(&self) -> Vec<Run> {
+        (0..self.decode.len())
+            .map(|i| {
+                if self.gpu.is_streamed(i) {
+                    Run::Cpu
+                } else {
+                    Run::Gpu
+                }
+            })
+            .collect()
+    }
+
+    /// Streamed prefill (layer-major, overlapped copies) over every layer on the GPU.
+    pub fn prefill(
+        &mut self,
+        cuda: &CudaBackend,
+        kv: &mut HybridKv,
+        batch: &Batch,
+        ubatch: usize,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>, BackendError> {
+        let n = self.gpu.model.config.n_layers;
+        for i in 0..n {
+            kv.sync_to_gpu(cuda, i, batch)?;
+        }
+        let logits = self
+            .gpu
+            .forward(cuda, &mut kv.gpu, batch, ubatch, logit_rows)?;
+        for i in 0..n {
+            kv.ran_on_gpu(i, batch);
+        }
+        Ok(logits)
+    }
+
+    /// A forward pass with each layer placed by `runs` (decode steps, or the
+    /// `static` mode's prefill).
+    pub fn forward(
+        &mut self,
+        cuda: &CudaBackend,
+        cpu: &CpuBackend,
+        kv: &mut HybridKv,
+        batch: &Batch,
+        runs: &[Run],
+        logit_rows: &[usize],
+    ) -> Result<(Vec<f32>, PassStats), BackendError> {
+        let cfg = self.gpu.model.config.clone();
+        let n = batch.len();
+        let mut stats = PassStats::default();
+        let mut on_gpu = true;
+        let mut xg = cuda.act(n, cfg.d_model);
+        cuda.embed(&self.gpu.model.token_embd, batch.tokens, &mut xg)?;
+        let mut xc = CpuAct::zeros(0, cfg.d_model);
+        let mut gpu_scratch = Scratch::new(cuda, &cfg, n);
+        let mut cpu_scratch: Option<Scratch<CpuBackend>> = None;
+        for (i, &run) in runs.iter().enumerate() {
+            // A slot may have been refilled earlier in this pass (a streamed
+            // layer placed before this one): then this layer must come again.
+            let run = if run == Run::Gpu && self.gpu.is_streamed(i) && !self.gpu.in_slot(i) {
+                Run::Stream
+            } else {
+                run
+            };
+            match run {
+                Run::Gpu | Run::Stream => {
+                    if !on_gpu {
+                        xg = cuda.act_from_host(n, cfg.d_model, &xc.data)?;
+                        on_gpu = true;
+                        stats.crossings += 1;
+                    }
+                    if run == Run::Stream {
+                        stats.streamed_bytes += self.gpu.stream_in(cuda, i)?;
+                        stats.streamed_layers += 1;
+                    }
+                    kv.sync_to_gpu(cuda, i, batch)?;
+                    self.gpu.model.layers[i].forward(
+                        cuda,
+                        &cfg,
+                        &mut xg,
+                        &mut gpu_scratch,
+                        &mut kv.gpu[i],
+                        batch,
+                    )?;
+                    kv.ran_on_gpu(i, batch);
+                    stats.gpu_layers += 1;
+                }
+                Run::Cpu => {
+                    let layer = self.cpu_layers[i].as_ref().ok_or_else(|| {
+                        BackendError::Invalid(format!(
+                            "layer {i} is resident on the GPU and has no host copy to run on the CPU"
+                        ))
+                    })?;
+                    if on_gpu {
+                        xc = CpuAct {
+                            n,
+                            width: cfg.d_model,
+                            data: cuda.to_host(&xg),
+                        };
+                        on_gpu = false;
+                        stats.crossings += 1;
+                    }
+                    kv.sync_to_cpu(cuda, i, batch)?;
+                    let scratch = cpu_scratch.get_or_insert_with(|| Scratch::new(cpu, &cfg, n));
+                    let cache = kv.cpu[i]
+                        .as_mut()
+                        .expect("streamed layers have a host cache");
+                    cpu.run(|| layer.forward(cpu, &cfg, &mut xc, scratch, cache, batch))?;
+                    kv.ran_on_cpu(i, batch);
+                    stats.cpu_layers += 1;
+                }
+            }
+        }
+        if !on_gpu {
+            xg = cuda.act_from_host(n, cfg.d_model, &xc.data)?;
+            stats.crossings += 1;
+        }
+        let logits = self.gpu.model.logits(cuda, &xg, logit_rows)?;
+        cuda.check()?;
+        Ok((logits, stats))
+    }
+}
+
+impl HybridKv {
+    /// The first position of each sequence in the batch (rows of one sequence
+    /// are consecutive positions).
+    fn starts(&self, batch: &Batch) -> Vec<(usize, usize)> {
+        let mut first: Vec<Option<usize>> = vec![None; self.n_seq];
+        for (&s, &p) in batch.seqs.iter().zip(batch.positions) {
+            let e = &mut first[s as usize];
+            *e = Some(e.map_or(p as usize, |f: usize| f.min(p as usize)));
+        }
+        first
+            .into_iter()
+            .enumerate()
+            .filter_map(|(s, p)| p.map(|p| (s, p)))
+            .collect()
+    }
+
+    /// Make the GPU cache of layer `i` hold every position before the batch.
+    fn sync_to_gpu(&mut self, cuda: &CudaBackend, i: usize, batch: &Batch) -> Result<(), BackendError> {
+        for (s, start) in self.starts(batch) {
+            let have = self.gpu_valid[i][s].min(start);
+            let host_has = self.cpu_valid[i][s].min(start);
+            if host_has > have {
+                let cpu = self.cpu[i]
+                    .as_ref()
+                    .expect("rows exist only where a host cache does");
+                let base = s * self.n_ctx;
+                cuda.kv_from_host(
+                    &mut self.gpu[i],
+                    base + have..base + host_has,
+                    &cpu.k,
+                    &cpu.v,
+                )?;
+                self.gpu_valid[i][s] = host_has;
+            }
+            self.gpu_valid[i][s] = self.gpu_valid[i][s].min(start);
+        }
+        Ok(())
+    }
+
+    fn sync_to_cpu(&mut self, cuda: &CudaBackend, i: usize, batch: &Batch) -> Result<(), BackendError> {
+        for (s, start) in self.starts(batch) {
+            let have = self.cpu_valid[i][s].min(start);
+            let gpu_has = self.gpu_valid[i][s].min(start);
+            if gpu_has > have {
+                let cpu = self.cpu[i].as_mut().expect("CPU layers have a host cache");
+                let base = s * self.n_ctx;
+                cuda.kv_to_host(
+                    &self.gpu[i],
+                    base + have..base + gpu_has,
+                    &mut cpu.k,
+                    &mut cpu.v,
+                )?;
+                self.cpu_valid[i][s] = gpu_has;
+            }
+            self.cpu_valid[i][s] = self.cpu_valid[i][s].min(start);
+        }
+        Ok(())
+    }
+
+    /// After layer `i` ran on the GPU: the GPU holds the batch's rows, the
+    /// host's copies of them are stale.
+    fn ran_on_gpu(&mut self, i: usize, batch: &Batch) {
+        for (s, start, end) in self.spans(batch) {
+            self.gpu_valid[i][s] = end;
+            self.cpu_valid[i][s] = self.cpu_valid[i][s].min(start);
+        }
+    }
+
+    fn ran_on_cpu(&mut self, i: usize, batch: &Batch) {
+        for (s, start, end) in self.spans(batch) {
+            self.cpu_valid[i][s] = end;
+            self.gpu_valid[i][s] = self.gpu_valid[i][s].min(start);
+        }
+    }
+
+    /// `(sequence, first position, last position + 1)` of each sequence in the batch.
+    fn spans(&self, batch: &Batch) -> Vec<(usize, usize, usize)> {
+        let mut end = vec![0usize; self.n_seq];
+        for (&s, &p) in batch.seqs.iter().zip(batch.positions) {
+            end[s as usize] = end[s as usize].max(p as usize + 1);
+        }
+        self.starts(batch)
+            .into_iter()
+            .map(|(s, start)| (s, start, end[s]))
+            .collect()
+    }
+
+    /// Forget sequence `s` from position `n` on.
+    pub fn truncate(&mut self, s: usize, n: usize) {
+        for v in self.gpu_valid.iter_mut().chain(self.cpu_valid.iter_mut()) {
+            v[s] = v[s].min(n);
+        }
+    }
+}
+
+/// Bytes of f16 keys and values a host cache holds (for reports).
+pub fn host_kv_bytes(kv: &HybridKv) -> u64 {
+    kv.cpu
+        .iter()
+        .flatten()
+        .map(|c| ((c.k.len() + c.v.len()) * std::mem::size_of::<f16>()) as u64)
+        .sum()
+}

@@ -1,0 +1,101 @@
+//! Calibration: the rates the cost model needs, measured on this machine with
+//! ferry's own kernels, and written as a machine profile that `plan`, `bench`
+//! and the executor read back (`~/.cache/ferry/machine.json`).
+
+use std::path::PathBuf;
+
+use crate::backend::cpu::{CpuAct, CpuBackend, CpuWeight};
+use crate::backend::{Backend, BackendError};
+use crate::gguf::SharedBytes;
+use crate::model::TensorRef;
+use crate::quant::GgmlType;
+
+use super::CpuProfile;
+
+/// Where `ferry calibrate` writes the profile of this machine.
+pub fn default_profile_path() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ferry")
+        .join("machine.json")
+}
+
+/// A `rows × cols` matrix of `ty` built from one quantized random row repeated
+/// (the contents do not matter for timing; every row is its own memory).
+pub fn synthetic_weight(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+) -> Result<(SharedBytes, TensorRef), BackendError> {
+    let mut seed = 0x1234_5678_u64;
+    let row: Vec<f32> = (0..cols)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let q = crate::quant::quantize(ty, &row).map_err(|e| BackendError::Invalid(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(q.len() * rows);
+    for _ in 0..rows {
+        bytes.extend_from_slice(&q);
+    }
+    let t = TensorRef {
+        name: format!("calibration.{ty}"),
+        ty,
+        shape: vec![cols as u64, rows as u64],
+        file_index: 0,
+        file_offset: 0,
+        n_bytes: bytes.len() as u64,
+    };
+    Ok((SharedBytes::external(Box::new(bytes)), t))
+}
+
+/// The CPU's quantized matrix-vector bandwidth (one token over a Q4_K matrix
+/// much larger than the caches) and matrix-matrix rate (a 256-token batch).
+pub fn measure_cpu(cpu: &CpuBackend) -> Result<CpuProfile, BackendError> {
+    let (rows, cols) = (32768, 8192);
+    let (bytes, t) = synthetic_weight(GgmlType::Q4_K, rows, cols)?;
+    let w = CpuWeight::new(bytes, &t)?;
+    let time = |n: usize, reps: usize| {
+        let mut x = CpuAct::zeros(n, cols);
+        x.data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i % 97) as f32 - 48.0) / 50.0);
+        let mut out = CpuAct::zeros(n, rows);
+        let mut best = f64::MAX;
+        for _ in 0..reps {
+            let t0 = std::time::Instant::now();
+            cpu.matmul(&x, &w, &mut out);
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let gemv = time(1, 8);
+    let n = 256;
+    let gemm = time(n, 2);
+    Ok(CpuProfile {
+        name: format!("{} (calibrated)", cpu.name()),
+        gemv_gbps: t.n_bytes as f64 / gemv / 1e9,
+        gemm_gflops: 2.0 * (rows * cols * n) as f64 / gemm / 1e9,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_rates_are_measured_with_real_kernels() {
+        let cpu = CpuBackend::new(2);
+        let p = cpu.run(|| measure_cpu(&cpu)).unwrap();
+        // A 2-core test machine reads a few GB/s; anything outside this range
+        // means the timing or the byte count is wrong.
+        assert!(p.gemv_gbps > 0.5 && p.gemv_gbps < 2000.0, "{p:?}");
+        assert!(p.gemm_gflops > 1.0 && p.gemm_gflops < 1e6, "{p:?}");
+    }
+}
