@@ -96,6 +96,22 @@ struct RunArgs {
     /// Print special tokens (e.g. <|im_end|>) in the output.
     #[arg(long)]
     show_special: bool,
+    /// All device memory ferry may use (e.g. 8GiB, or 40% of the model); the
+    /// plan streams the layers that do not fit. Default on a GPU: free device
+    /// memory minus a 5 % margin.
+    #[arg(long)]
+    vram_budget: Option<String>,
+    /// Machine profile for the plan: auto (this machine's `ferry calibrate`
+    /// result, else the built-in profile of the card), a built-in name, or a file.
+    #[arg(long, default_value = "auto")]
+    gpu_profile: String,
+    /// Tokens per prefill micro-batch.
+    #[arg(long = "ub", default_value_t = 512)]
+    ubatch: usize,
+    /// Show the plan (where every layer runs in prefill and decode) and the
+    /// decode placement actually used.
+    #[arg(short, long)]
+    verbose: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -146,8 +162,10 @@ struct BenchArgs {
     /// not fit are streamed from pinned host memory during prefill.
     #[arg(long, value_delimiter = ',')]
     vram_budget: Vec<String>,
-    /// GPU profile the planner uses with --vram-budget.
-    #[arg(long, default_value = "h100")]
+    /// Machine profile the planner uses with --vram-budget: auto (this
+    /// machine's `ferry calibrate` result, else the card's built-in profile),
+    /// a built-in name, or a file.
+    #[arg(long, default_value = "auto")]
     gpu_profile: String,
     /// With --vram-budget: stream (copies overlapped with compute, once per
     /// prompt) and/or sync (llama.cpp's mechanism: a synchronous upload of each
@@ -556,10 +574,43 @@ fn run_model(args: RunArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let g = Gguf::open(&path)?;
     match open_device(args.device, args.threads)? {
-        Device::Cpu(b) => run_on(&b, &g, &path, &args, t0),
-        Device::Cuda(b) => run_on(&*b, &g, &path, &args, t0),
+        Device::Cpu(b) => {
+            if args.vram_budget.is_some() {
+                anyhow::bail!("--vram-budget needs a GPU (--device cuda)");
+            }
+            run_on(&b, &g, &path, &args, t0)
+        }
+        Device::Cuda(b) => {
+            let model_bytes = g.total_tensor_bytes();
+            let budget = match &args.vram_budget {
+                Some(s) => budget_from(s, model_bytes)?,
+                None => {
+                    let (free, _) = b.free_memory()?;
+                    (free as u64) / 100 * 95
+                }
+            };
+            // Everything fits with room for the KV cache and activations: the
+            // plain resident engine (the same kernels) is enough.
+            let fits = args.vram_budget.is_none() && model_bytes + (1 << 30) < budget;
+            if fits {
+                run_on(&*b, &g, &path, &args, t0)
+            } else {
+                run_planned(&b, &g, &path, &args, budget, t0)
+            }
+        }
     }
 }
+
+/// Runs one generation: `(cached, prompt, max_new, sampler, is_eog, on_token)`.
+type GenerateFn<'a> = dyn FnMut(
+        &[u32],
+        &[u32],
+        usize,
+        &mut Sampler,
+        &(dyn Fn(u32) -> bool + Sync),
+        &mut (dyn FnMut(u32) -> bool + Send),
+    ) -> Result<(Vec<u32>, GenerationStats), ferry::backend::BackendError>
+    + 'a;
 
 fn run_on<B: Backend + Sync>(
     backend: &B,
@@ -573,16 +624,46 @@ where
     B::Vector: Send + Sync,
     B::Kv: Send,
 {
-    use std::io::Write;
     let model = load_model(backend, g, path)?;
     let load_secs = t0.elapsed().as_secs_f64();
-    let (backend, g) = (backend, g);
-    let tok = Tokenizer::from_gguf(g).with_context(|| path.display().to_string())?;
     let n_ctx = args
         .ctx_size
         .unwrap_or(model.config.context_train.min(4096))
         .max(16);
     let mut session = Session::new(backend, &model, n_ctx, 1);
+    // The whole loop runs on the backend's pool, so that every operation's
+    // parallel section starts without a cross-thread hand-off.
+    let mut generate = |cached: &[u32],
+                        prompt: &[u32],
+                        max_new: usize,
+                        sampler: &mut Sampler,
+                        is_eog: &(dyn Fn(u32) -> bool + Sync),
+                        on_token: &mut (dyn FnMut(u32) -> bool + Send)| {
+        backend.run(|| session.generate(0, cached, prompt, max_new, sampler, is_eog, on_token))
+    };
+    converse(
+        &mut generate,
+        g,
+        path,
+        args,
+        n_ctx,
+        model.config.context_train,
+        load_secs,
+    )
+}
+
+/// The text and chat loops of `ferry run`, over any way to generate.
+fn converse(
+    generate: &mut GenerateFn,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &RunArgs,
+    n_ctx: usize,
+    context_train: usize,
+    load_secs: f64,
+) -> Result<()> {
+    use std::io::Write;
+    let tok = Tokenizer::from_gguf(g).with_context(|| path.display().to_string())?;
     let mut sampler = Sampler::new(args.sampling.config());
     let is_eog = |t: u32| tok.is_eog(t);
     let prompt_text = match (&args.prompt, &args.file) {
@@ -599,23 +680,18 @@ where
         let prompt = tok.encode(&text, true, true);
         if prompt.len() >= n_ctx {
             anyhow::bail!(
-                "the prompt is {} tokens but the context holds {n_ctx}; pass a larger -c (the model was trained with {}) or a shorter prompt",
+                "the prompt is {} tokens but the context holds {n_ctx}; pass a larger -c (the model was trained with {context_train}) or a shorter prompt",
                 prompt.len(),
-                model.config.context_train
             );
         }
         let max_new = args.n_predict.min(n_ctx - prompt.len());
         let mut dec = tok.stream_decoder(args.show_special);
-        // The whole loop runs on the pool, so that every operation's parallel
-        // section starts without a cross-thread hand-off.
-        let (_, stats) = backend.run(|| {
-            session.generate(0, &[], &prompt, max_new, &mut sampler, &is_eog, |t| {
-                let piece = dec.push(t).unwrap_or_default();
-                let mut out = std::io::stdout();
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-                true
-            })
+        let (_, stats) = generate(&[], &prompt, max_new, &mut sampler, &is_eog, &mut |t| {
+            let piece = dec.push(t).unwrap_or_default();
+            let mut out = std::io::stdout();
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+            true
         })?;
         let mut out = stdout.lock();
         let _ = out.write_all(dec.finish().as_bytes());
@@ -665,16 +741,15 @@ where
         let max_new = args.n_predict.min(n_ctx - prompt.len());
         let mut dec = tok.stream_decoder(args.show_special);
         let mut reply = String::new();
-        let (generated, stats) = backend.run(|| {
-            session.generate(0, &cached, &prompt, max_new, &mut sampler, &is_eog, |t| {
+        let (generated, stats) =
+            generate(&cached, &prompt, max_new, &mut sampler, &is_eog, &mut |t| {
                 let piece = dec.push(t).unwrap_or_default();
                 reply.push_str(&piece);
                 let mut out = std::io::stdout();
                 let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();
                 true
-            })
-        })?;
+            })?;
         let mut out = stdout.lock();
         let rest = dec.finish();
         reply.push_str(&rest);
@@ -686,6 +761,111 @@ where
         print_stats(&stats, None);
     }
     Ok(())
+}
+
+/// `ferry run` on the GPU within a VRAM budget: the plan keeps some layers
+/// resident, streams the rest through slots during prefill, and places each
+/// non-resident layer for decode (CPU or streamed) by the calibrated cost model.
+fn run_planned(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &RunArgs,
+    budget: u64,
+    t0: std::time::Instant,
+) -> Result<()> {
+    use ferry::backend::cuda::stream::StreamedModel;
+    use ferry::engine::hybrid::{HybridModel, HybridSession};
+    use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
+    let shape = ModelShape::from_gguf(g)?;
+    let config = ferry::model::Config::from_gguf(g)?;
+    let n_ctx = args
+        .ctx_size
+        .unwrap_or(config.context_train.min(4096))
+        .max(16);
+    let profile = MachineProfile::load(&resolve_profile(&args.gpu_profile, cuda))
+        .map_err(anyhow::Error::msg)?;
+    let req = PlanRequest {
+        budget,
+        n_ctx,
+        ubatch: args.ubatch,
+        n_parallel: 1,
+    };
+    let plan = ferry::plan::plan(&shape, &req, &CostModel::new(profile.clone()))?;
+    if args.verbose {
+        eprint!("{}", plan.describe(&shape, &profile));
+    }
+    let resident: Vec<bool> = plan
+        .prefill
+        .iter()
+        .map(|p| *p == ferry::plan::PrefillPlace::Resident)
+        .collect();
+    let n_res = resident.iter().filter(|r| **r).count();
+    eprintln!(
+        "ferry: VRAM budget {}: {n_res} of {} layers resident, the rest streamed from pinned host memory ({} slots)",
+        ferry::plan::HumanBytes(budget),
+        resident.len(),
+        plan.n_slots.max(2)
+    );
+    let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
+    let cpu = CpuBackend::new(args.threads);
+    let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let mut session = HybridSession::new(&mut hm, cuda, &cpu, n_ctx, args.ubatch);
+    let mut generate = |cached: &[u32],
+                        prompt: &[u32],
+                        max_new: usize,
+                        sampler: &mut Sampler,
+                        is_eog: &(dyn Fn(u32) -> bool + Sync),
+                        on_token: &mut (dyn FnMut(u32) -> bool + Send)| {
+        use ferry::engine::Generate;
+        let r = session.generate(cached, prompt, max_new, sampler, is_eog, on_token);
+        if args.verbose {
+            let d = &session.decode_stats;
+            eprintln!(
+                "decode placement, summed over the steps: {} layer runs on the GPU, {} on the CPU, {} streamed ({:.2} GiB), {} device crossings",
+                d.gpu_layers,
+                d.cpu_layers,
+                d.streamed_layers,
+                d.streamed_bytes as f64 / (1u64 << 30) as f64,
+                d.crossings
+            );
+        }
+        r
+    };
+    converse(
+        &mut generate,
+        g,
+        path,
+        args,
+        n_ctx,
+        config.context_train,
+        load_secs,
+    )?;
+    if let Some(used) = cuda.device_memory_used() {
+        eprintln!(
+            "device memory in use at the end: {}",
+            ferry::plan::HumanBytes(used)
+        );
+    }
+    Ok(())
+}
+
+/// `--gpu-profile auto`: this machine's calibration if there is one, else the
+/// built-in profile whose name the card's name contains (h100 as a last resort).
+fn resolve_profile(choice: &str, cuda: &ferry::backend::cuda::CudaBackend) -> String {
+    if choice != "auto" {
+        return choice.to_string();
+    }
+    if ferry::plan::calibrate::default_profile_path().exists() {
+        return "calibrated".into();
+    }
+    let name = cuda.name().to_lowercase();
+    ferry::plan::profile::GPUS
+        .iter()
+        .find(|g| name.contains(g.0))
+        .map_or("h100", |g| g.0)
+        .to_string()
 }
 
 fn serve_model(args: ServeArgs) -> Result<()> {
@@ -799,6 +979,20 @@ where
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!("the HTTP thread panicked")),
     }
+}
+
+/// A budget as a size (8GiB) or a percentage of the model's bytes (25%).
+fn budget_from(s: &str, model_bytes: u64) -> Result<u64> {
+    Ok(match s.strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .with_context(|| format!("--vram-budget {s}: not a percentage"))?;
+            (p / 100.0 * model_bytes as f64) as u64
+        }
+        None => ferry::plan::parse_size(s).map_err(anyhow::Error::msg)?,
+    })
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -932,7 +1126,8 @@ fn bench_streamed(
     use ferry::engine::hybrid::{HybridModel, Run};
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
-    let profile = MachineProfile::load(&args.gpu_profile).map_err(anyhow::Error::msg)?;
+    let profile = MachineProfile::load(&resolve_profile(&args.gpu_profile, cuda))
+        .map_err(anyhow::Error::msg)?;
     let cost = CostModel::new(profile);
     let model_bytes = g.total_tensor_bytes();
     let cpu = CpuBackend::new(args.threads.first().copied().unwrap_or(0));
@@ -958,13 +1153,7 @@ fn bench_streamed(
         .unwrap_or(1)
         + 1;
     for budget_s in &args.vram_budget {
-        let budget = match budget_s.strip_suffix('%') {
-            Some(p) => {
-                (p.parse::<f64>().context("--vram-budget percentage")? / 100.0 * model_bytes as f64)
-                    as u64
-            }
-            None => ferry::plan::parse_size(budget_s).map_err(anyhow::Error::msg)?,
-        };
+        let budget = budget_from(budget_s, model_bytes)?;
         let req = PlanRequest {
             budget,
             n_ctx,

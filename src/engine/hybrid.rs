@@ -262,7 +262,12 @@ impl HybridKv {
     }
 
     /// Make the GPU cache of layer `i` hold every position before the batch.
-    fn sync_to_gpu(&mut self, cuda: &CudaBackend, i: usize, batch: &Batch) -> Result<(), BackendError> {
+    fn sync_to_gpu(
+        &mut self,
+        cuda: &CudaBackend,
+        i: usize,
+        batch: &Batch,
+    ) -> Result<(), BackendError> {
         for (s, start) in self.starts(batch) {
             let have = self.gpu_valid[i][s].min(start);
             let host_has = self.cpu_valid[i][s].min(start);
@@ -284,7 +289,12 @@ impl HybridKv {
         Ok(())
     }
 
-    fn sync_to_cpu(&mut self, cuda: &CudaBackend, i: usize, batch: &Batch) -> Result<(), BackendError> {
+    fn sync_to_cpu(
+        &mut self,
+        cuda: &CudaBackend,
+        i: usize,
+        batch: &Batch,
+    ) -> Result<(), BackendError> {
         for (s, start) in self.starts(batch) {
             let have = self.cpu_valid[i][s].min(start);
             let gpu_has = self.gpu_valid[i][s].min(start);
@@ -347,4 +357,139 @@ pub fn host_kv_bytes(kv: &HybridKv) -> u64 {
         .flatten()
         .map(|c| ((c.k.len() + c.v.len()) * std::mem::size_of::<f16>()) as u64)
         .sum()
+}
+
+/// A conversation on a hybrid model: streamed prefill, then decode steps
+/// placed per layer by the plan. Mirrors `Session::generate`.
+pub struct HybridSession<'a> {
+    pub model: &'a mut HybridModel,
+    cuda: &'a CudaBackend,
+    cpu: &'a CpuBackend,
+    kv: HybridKv,
+    filled: usize,
+    pub n_ctx: usize,
+    pub ubatch: usize,
+    /// Summed over the decode steps of the last generation.
+    pub decode_stats: PassStats,
+}
+
+impl<'a> HybridSession<'a> {
+    pub fn new(
+        model: &'a mut HybridModel,
+        cuda: &'a CudaBackend,
+        cpu: &'a CpuBackend,
+        n_ctx: usize,
+        ubatch: usize,
+    ) -> Self {
+        let kv = model.kv(cuda, cpu, n_ctx, 1);
+        HybridSession {
+            model,
+            cuda,
+            cpu,
+            kv,
+            filled: 0,
+            n_ctx,
+            ubatch,
+            decode_stats: PassStats::default(),
+        }
+    }
+}
+
+impl crate::engine::Generate for HybridSession<'_> {
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn generate(
+        &mut self,
+        cached: &[u32],
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut crate::engine::Sampler,
+        is_eog: &dyn Fn(u32) -> bool,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, crate::engine::GenerationStats), BackendError> {
+        let mut stats = crate::engine::GenerationStats {
+            prompt_tokens: prompt.len(),
+            ..Default::default()
+        };
+        if prompt.is_empty() {
+            return Err(BackendError::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() + max_new.min(1) > self.n_ctx {
+            return Err(BackendError::ContextFull {
+                seq: 0,
+                pos: prompt.len() as u32,
+                ctx: self.n_ctx,
+            });
+        }
+        let common = cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(self.filled)
+            .min(prompt.len() - 1);
+        self.kv.truncate(0, common);
+        self.filled = common;
+        sampler.observe(prompt);
+        let t0 = std::time::Instant::now();
+        let new = &prompt[common..];
+        let positions: Vec<u32> = (common..prompt.len()).map(|p| p as u32).collect();
+        let seqs = vec![0u32; new.len()];
+        let batch = Batch {
+            tokens: new,
+            positions: &positions,
+            seqs: &seqs,
+        };
+        let mut logits = self.model.prefill(
+            self.cuda,
+            &mut self.kv,
+            &batch,
+            self.ubatch,
+            &[new.len() - 1],
+        )?;
+        self.filled = prompt.len();
+        stats.prefilled_tokens = new.len();
+        stats.prefill_secs = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        self.decode_stats = PassStats::default();
+        let mut out = Vec::new();
+        while out.len() < max_new {
+            let token = sampler.sample(&logits);
+            out.push(token);
+            if is_eog(token) {
+                stats.stopped_by_eog = true;
+                break;
+            }
+            if !on_token(token) || out.len() == max_new || self.filled >= self.n_ctx {
+                break;
+            }
+            let runs = self.model.decode_runs();
+            let pos = [self.filled as u32];
+            let (l, s) = self.model.forward(
+                self.cuda,
+                self.cpu,
+                &mut self.kv,
+                &Batch {
+                    tokens: &[token],
+                    positions: &pos,
+                    seqs: &[0],
+                },
+                &runs,
+                &[0],
+            )?;
+            self.filled += 1;
+            logits = l;
+            let d = &mut self.decode_stats;
+            d.gpu_layers += s.gpu_layers;
+            d.cpu_layers += s.cpu_layers;
+            d.streamed_layers += s.streamed_layers;
+            d.streamed_bytes += s.streamed_bytes;
+            d.crossings += s.crossings;
+        }
+        stats.generated_tokens = out.len();
+        stats.decode_secs = t1.elapsed().as_secs_f64();
+        Ok((out, stats))
+    }
 }

@@ -114,6 +114,40 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 }
 
+/// Anything that can run a generation on sequence 0 (a `Session` on one
+/// backend, or a hybrid GPU + CPU session), so that the CLI drives both alike.
+pub trait Generate {
+    fn n_ctx(&self) -> usize;
+    /// See `Session::generate`.
+    fn generate(
+        &mut self,
+        cached: &[u32],
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        is_eog: &dyn Fn(u32) -> bool,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerationStats), BackendError>;
+}
+
+impl<B: Backend> Generate for Session<'_, B> {
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn generate(
+        &mut self,
+        cached: &[u32],
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        is_eog: &dyn Fn(u32) -> bool,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerationStats), BackendError> {
+        Session::generate(self, 0, cached, prompt, max_new, sampler, is_eog, on_token)
+    }
+}
+
 /// What a generation did, for the timing summary.
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {
