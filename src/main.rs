@@ -112,6 +112,10 @@ struct RunArgs {
     /// decode placement actually used.
     #[arg(short, long)]
     verbose: bool,
+    /// Write a Chrome/Perfetto trace of the prefill's copies and per-layer
+    /// compute (with --vram-budget on a GPU); `ferry trace-svg` draws it.
+    #[arg(long)]
+    trace: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -168,10 +172,15 @@ struct BenchArgs {
     #[arg(long, default_value = "auto")]
     gpu_profile: String,
     /// With --vram-budget: stream (copies overlapped with compute, once per
-    /// prompt) and/or sync (llama.cpp's mechanism: a synchronous upload of each
-    /// layer for every micro-batch).
+    /// prompt; decode placed per layer by the cost model), sync (llama.cpp's
+    /// mechanism: a synchronous upload of each layer for every micro-batch),
+    /// static (non-resident layers always on the CPU).
     #[arg(long, value_delimiter = ',', default_value = "stream")]
     mode: Vec<String>,
+    /// Write a Chrome/Perfetto trace of each streamed prefill test's last
+    /// repetition (one file per budget and test when there are several).
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -302,6 +311,15 @@ enum Command {
     Bench(BenchArgs),
     /// Generate text from a prompt, or chat (--chat). Text goes to stdout, timings to stderr.
     Run(RunArgs),
+    /// Draw a trace written by --trace as an SVG timeline (copy and compute streams).
+    TraceSvg {
+        trace: PathBuf,
+        /// Output file (default: the trace's name with .svg).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        title: Option<String>,
+    },
     /// Show a model's architecture, hyperparameters, tensors by type, bytes per layer and tokenizer.
     Inspect {
         /// Model file (.gguf; any part of a split model).
@@ -334,6 +352,17 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_model(args)?,
         Command::Serve(args) => serve_model(args)?,
+        Command::TraceSvg { trace, out, title } => {
+            let text = std::fs::read_to_string(&trace)
+                .with_context(|| format!("reading {}", trace.display()))?;
+            let spans = ferry::engine::trace::from_chrome_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
+            let out = out.unwrap_or_else(|| trace.with_extension("svg"));
+            let title = title.unwrap_or_else(|| trace.display().to_string());
+            std::fs::write(&out, ferry::engine::trace::to_svg(&spans, &title))
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} ({} spans)", out.display(), spans.len());
+        }
         Command::GpuCheck {
             models,
             synthetic,
@@ -801,6 +830,7 @@ fn run_planned(
         .map(|p| *p == ferry::plan::PrefillPlace::Resident)
         .collect();
     let n_res = resident.iter().filter(|r| **r).count();
+    cuda.set_budget(Some(budget));
     eprintln!(
         "ferry: VRAM budget {}: {n_res} of {} layers resident, the rest streamed from pinned host memory ({} slots)",
         ferry::plan::HumanBytes(budget),
@@ -810,6 +840,7 @@ fn run_planned(
     let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
     let cpu = CpuBackend::new(args.threads);
     let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
+    hm.gpu.tracing = args.trace.is_some();
     let load_secs = t0.elapsed().as_secs_f64();
     let mut session = HybridSession::new(&mut hm, cuda, &cpu, n_ctx, args.ubatch);
     let mut generate = |cached: &[u32],
@@ -842,12 +873,19 @@ fn run_planned(
         config.context_train,
         load_secs,
     )?;
-    if let Some(used) = cuda.device_memory_used() {
-        eprintln!(
-            "device memory in use at the end: {}",
-            ferry::plan::HumanBytes(used)
-        );
+    if let Some(path) = &args.trace {
+        std::fs::write(
+            path,
+            ferry::engine::trace::to_chrome_json(&session.model.gpu.last_trace),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("trace of the last prefill: {}", path.display());
     }
+    eprintln!(
+        "peak device memory: {} of the {} budget",
+        ferry::plan::HumanBytes(cuda.peak_memory()),
+        ferry::plan::HumanBytes(budget)
+    );
     Ok(())
 }
 
@@ -1139,9 +1177,9 @@ fn bench_streamed(
         cpu.threads()
     );
     println!(
-        "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s | decode placement (GPU/slot/CPU/streamed) | bound t/s | of bound |"
+        "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s | decode placement (GPU/slot/CPU/streamed) | bound t/s | of bound | peak VRAM |"
     );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
     let n_ctx = tests
         .iter()
         .map(|t| match *t {
@@ -1166,6 +1204,8 @@ fn bench_streamed(
             .iter()
             .map(|p| *p == ferry::plan::PrefillPlace::Resident)
             .collect();
+        // Everything from here on, loading included, must fit the budget.
+        cuda.set_budget(Some(budget));
         let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
         let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
         let n_layers = hm.gpu.model.config.n_layers;
@@ -1198,8 +1238,11 @@ fn bench_streamed(
                         };
                         let mut times = Vec::new();
                         let mut bytes = 0u64;
+                        cuda.reset_peak()?;
                         for rep in 0..=reps.max(1) {
                             let mut kv = hm.kv(cuda, &cpu, n_ctx, 1);
+                            hm.gpu.tracing =
+                                args.trace.is_some() && mode == "stream" && rep == reps.max(1);
                             let t0 = std::time::Instant::now();
                             match mode.as_str() {
                                 "stream" => {
@@ -1229,13 +1272,41 @@ fn bench_streamed(
                                 times.push(t0.elapsed().as_secs_f64());
                             }
                         }
+                        if hm.gpu.tracing
+                            && let Some(path) = &args.trace
+                        {
+                            hm.gpu.tracing = false;
+                            let several = args.vram_budget.len()
+                                * tests
+                                    .iter()
+                                    .filter(|t| matches!(t, Test::Prompt(_)))
+                                    .count()
+                                > 1;
+                            let path = if several {
+                                let stem = path.with_extension("");
+                                PathBuf::from(format!(
+                                    "{}-{}-pp{n}.json",
+                                    stem.display(),
+                                    budget_s.trim_end_matches('%')
+                                ))
+                            } else {
+                                path.clone()
+                            };
+                            std::fs::write(
+                                &path,
+                                ferry::engine::trace::to_chrome_json(&hm.gpu.last_trace),
+                            )
+                            .with_context(|| format!("writing {}", path.display()))?;
+                            eprintln!("trace: {}", path.display());
+                        }
                         let mean = times.iter().sum::<f64>() / times.len() as f64;
                         println!(
-                            "{} pp{n} | {:.1} | {:.2} | {:.1} | | | |",
+                            "{} pp{n} | {:.1} | {:.2} | {:.1} | | | | {} |",
                             head(mode),
                             n as f64 / mean,
                             bytes as f64 / (1u64 << 30) as f64,
-                            bytes as f64 / mean / 1e9
+                            bytes as f64 / mean / 1e9,
+                            ferry::plan::HumanBytes(cuda.peak_memory())
                         );
                     }
                 }
@@ -1249,6 +1320,7 @@ fn bench_streamed(
                         let mut times = Vec::new();
                         let mut counts = [0usize; 4];
                         let mut bound_secs = 0.0;
+                        cuda.reset_peak()?;
                         for rep in 0..=args.repetitions.max(1) {
                             let mut kv = hm.kv(cuda, &cpu, n_ctx, 1);
                             let first = [n_vocab / 3];
@@ -1312,7 +1384,7 @@ fn bench_streamed(
                         let mean = times.iter().sum::<f64>() / times.len() as f64;
                         let per = |c: usize| c / n.max(1);
                         println!(
-                            "{} tg{n} | {:.2} | | | {}/{}/{}/{} | {:.2} | {:.0} % |",
+                            "{} tg{n} | {:.2} | | | {}/{}/{}/{} | {:.2} | {:.0} % | {} |",
                             head(mode),
                             n as f64 / mean,
                             per(counts[0]),
@@ -1320,7 +1392,8 @@ fn bench_streamed(
                             per(counts[2]),
                             per(counts[3]),
                             n as f64 / bound_secs,
-                            100.0 * bound_secs / mean
+                            100.0 * bound_secs / mean,
+                            ferry::plan::HumanBytes(cuda.peak_memory())
                         );
                     }
                 }

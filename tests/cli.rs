@@ -100,3 +100,56 @@ fn bad_input_exits_nonzero_with_a_message() {
         "{err}"
     );
 }
+
+#[test]
+fn trace_svg_draws_a_trace_and_rejects_other_json() {
+    let dir = std::env::temp_dir().join(format!("ferry-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spans = vec![
+        ferry::engine::trace::Span {
+            name: "copy layer 1".into(),
+            lane: "copy".into(),
+            start_ms: 0.0,
+            dur_ms: 3.0,
+            bytes: 1000,
+        },
+        ferry::engine::trace::Span {
+            name: "layer 1 (streamed)".into(),
+            lane: "compute".into(),
+            start_ms: 3.0,
+            dur_ms: 2.0,
+            bytes: 0,
+        },
+    ];
+    let trace = dir.join("t.json");
+    std::fs::write(&trace, ferry::engine::trace::to_chrome_json(&spans)).unwrap();
+    let (ok, _, err) = ferry(&["trace-svg", trace.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let svg = std::fs::read_to_string(dir.join("t.svg")).unwrap();
+    assert_eq!(svg.matches("<title>").count(), 2);
+    std::fs::write(&trace, "{\"not\": \"a trace\"}").unwrap();
+    let (ok, _, err) = ferry(&["trace-svg", trace.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not a Chrome trace"), "{err}");
+}
+
+#[test]
+fn serve_and_run_reject_bad_settings_with_a_message() {
+    let m = model("smollm2");
+    let (ok, _, err) = ferry(&["serve", "-m", m.to_str().unwrap(), "--parallel", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--parallel must be at least 1"), "{err}");
+    let (ok, _, err) = ferry(&[
+        "run",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--device",
+        "cpu",
+        "--vram-budget",
+        "1GiB",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--vram-budget needs a GPU"), "{err}");
+}

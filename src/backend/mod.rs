@@ -75,6 +75,16 @@ pub enum BackendError {
     ContextFull { seq: u32, pos: u32, ctx: usize },
     #[error("sequence {seq} is outside the {n} sequences the KV cache was made for")]
     BadSeq { seq: u32, n: usize },
+    #[error(
+        "device memory in use reached {} after allocating {what}, over the VRAM budget of {}; pass a larger --vram-budget, or a smaller -c/--ctx-size or --ub",
+        crate::plan::HumanBytes(*used),
+        crate::plan::HumanBytes(*budget)
+    )]
+    OverBudget {
+        used: u64,
+        budget: u64,
+        what: String,
+    },
 }
 
 /// The operations of a llama-style forward pass. Activations are row-major

@@ -2,6 +2,7 @@
 
 pub mod hybrid;
 pub mod sampler;
+pub mod trace;
 
 use crate::backend::{Backend, BackendError, Batch};
 use crate::model::Model;

@@ -239,7 +239,9 @@ pub fn spread_resident(n: usize, r: usize) -> Vec<bool> {
 pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<Plan, PlanError> {
     let n = shape.n_layers;
     let slot = shape.max_layer_bytes();
-    let act = cost::activation_bytes(shape, req.ubatch);
+    // A micro-batch's intermediates, plus the residual stream of a whole
+    // prompt (layer-major prefill keeps it between layers).
+    let act = cost::activation_bytes(shape, req.ubatch) + (req.n_ctx * shape.d_model * 4) as u64;
     let workspace = cost::workspace_bytes(shape, req.ubatch);
     let kv_layer = shape.kv_bytes_per_token * req.n_ctx as u64 * req.n_parallel as u64;
     let output = shape.output_bytes;

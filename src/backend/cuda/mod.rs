@@ -248,6 +248,18 @@ pub struct CudaBackend {
     tables: Mutex<BatchTables>,
     pub kernels_from_cache: bool,
     name: String,
+    ledger: MemoryLedger,
+}
+
+/// Accounts for the device memory ferry uses: everything in use on the device
+/// beyond what was in use when the context was created (ferry's buffers, the
+/// libraries' workspaces, the stream-ordered allocator's reserve). Every
+/// allocation is checked against the budget right after it is made, and the
+/// peak is kept for reports.
+struct MemoryLedger {
+    baseline: u64,
+    budget: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
 }
 
 fn grid(n: usize, block: u32) -> LaunchConfig {
@@ -263,6 +275,12 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self, BackendError> {
         availability().map_err(BackendError::Invalid)?;
         let ctx = CudaContext::new(ordinal).map_err(err)?;
+        let (free, total) = ctx.mem_get_info().map_err(err)?;
+        let ledger = MemoryLedger {
+            baseline: (total - free) as u64,
+            budget: std::sync::atomic::AtomicU64::new(u64::MAX),
+            peak: std::sync::atomic::AtomicU64::new(0),
+        };
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let (k, cached) = load_kernels(&ctx)?;
@@ -276,7 +294,52 @@ impl CudaBackend {
             tables: Mutex::new(BatchTables::default()),
             kernels_from_cache: cached,
             name,
+            ledger,
         })
+    }
+
+    /// Enforce a VRAM budget from now on (`None`: only measure).
+    pub fn set_budget(&self, budget: Option<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.ledger
+            .budget
+            .store(budget.unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Device memory ferry uses now (see `MemoryLedger`).
+    pub fn memory_in_use(&self) -> Result<u64, BackendError> {
+        let (free, total) = self.ctx.mem_get_info().map_err(err)?;
+        Ok(((total - free) as u64).saturating_sub(self.ledger.baseline))
+    }
+
+    /// The most device memory in use at any check since the last reset.
+    pub fn peak_memory(&self) -> u64 {
+        self.ledger.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn reset_peak(&self) -> Result<(), BackendError> {
+        let now = self.memory_in_use()?;
+        self.ledger
+            .peak
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Record the memory in use after an allocation (`what`) and fail if it
+    /// is over the budget.
+    fn account(&self, what: &str, bytes: usize) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let used = self.memory_in_use()?;
+        self.ledger.peak.fetch_max(used, Relaxed);
+        let budget = self.ledger.budget.load(Relaxed);
+        if used > budget {
+            return Err(BackendError::OverBudget {
+                used,
+                budget,
+                what: format!("{what} of {bytes} bytes"),
+            });
+        }
+        Ok(())
     }
 
     pub fn free_memory(&self) -> Result<(usize, usize), BackendError> {
@@ -284,7 +347,9 @@ impl CudaBackend {
     }
 
     fn upload<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, BackendError> {
-        self.stream.clone_htod(v).map_err(err)
+        let out = self.stream.clone_htod(v).map_err(err)?;
+        self.account("an upload", std::mem::size_of_val(v))?;
+        Ok(out)
     }
 
     /// Activations from host memory (a layer boundary where the batch moves
@@ -341,7 +406,9 @@ impl CudaBackend {
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, BackendError> {
-        self.stream.alloc_zeros::<T>(n.max(1)).map_err(err)
+        let out = self.stream.alloc_zeros::<T>(n.max(1)).map_err(err)?;
+        self.account("a buffer", n * std::mem::size_of::<T>())?;
+        Ok(out)
     }
 
     fn try_matmul(

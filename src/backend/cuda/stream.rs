@@ -70,6 +70,23 @@ pub struct StreamedModel {
     slot_holds: Vec<Option<usize>>,
     /// Bytes copied host → device by the last forward pass.
     pub last_streamed_bytes: u64,
+    /// Record a timeline of the next forward passes (`last_trace`).
+    pub tracing: bool,
+    pub last_trace: Vec<crate::engine::trace::Span>,
+}
+
+/// Timing events of a traced pass: spans as (name, lane, start, end, bytes).
+struct Timing {
+    spans: Vec<(String, &'static str, CudaEvent, CudaEvent, u64)>,
+    open: Option<CudaEvent>,
+}
+
+type Tracer = std::cell::RefCell<Option<Timing>>;
+
+fn timed_event(stream: &CudaStream) -> Result<CudaEvent, BackendError> {
+    stream
+        .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(err)
 }
 
 /// The matrices of a layer, in the order they are packed in host memory and slots.
@@ -192,6 +209,8 @@ impl StreamedModel {
             slot_ptrs,
             copy,
             last_streamed_bytes: 0,
+            tracing: false,
+            last_trace: Vec::new(),
         })
     }
 
@@ -216,7 +235,14 @@ impl StreamedModel {
             return Ok(0);
         }
         let free = b.stream.record_event(None).map_err(err)?;
-        let arrived = issue_copy(&self.host, &self.copy, &self.slot_ptrs, i, Some(&free))?;
+        let arrived = issue_copy(
+            &self.host,
+            &self.copy,
+            &self.slot_ptrs,
+            i,
+            Some(&free),
+            &Tracer::new(None),
+        )?;
         b.stream.wait(&arrived).map_err(err)?;
         let h = self.host[i].as_ref().expect("streamed layer");
         self.slot_holds[h.slot] = Some(i);
@@ -289,10 +315,14 @@ impl StreamedModel {
         let order: Vec<usize> = (0..n_layers).filter(|&i| self.host[i].is_some()).collect();
         let s = self.slots.len();
         let (host, copy, slot_ptrs) = (&self.host, &self.copy, &self.slot_ptrs);
+        let tracer: Tracer = std::cell::RefCell::new(self.tracing.then(|| Timing {
+            spans: Vec::new(),
+            open: None,
+        }));
         let mut arrived: Vec<Option<CudaEvent>> = (0..order.len()).map(|_| None).collect();
         // Fill every slot at once; later copies wait for their slot to be free.
         for k in 0..order.len().min(s) {
-            arrived[k] = Some(issue_copy(host, copy, slot_ptrs, order[k], None)?);
+            arrived[k] = Some(issue_copy(host, copy, slot_ptrs, order[k], None, &tracer)?);
         }
         let arrived = std::cell::RefCell::new(arrived);
         let mut streamed = 0u64;
@@ -309,15 +339,39 @@ impl StreamedModel {
                     b.stream.wait(&e).map_err(err)?;
                     streamed += h.len as u64;
                 }
+                if let Some(t) = tracer.borrow_mut().as_mut() {
+                    t.open = Some(timed_event(&b.stream)?);
+                }
                 Ok(())
             },
             &mut |i| {
+                if let Some(t) = tracer.borrow_mut().as_mut() {
+                    let start = t.open.take().expect("opened before the layer");
+                    let kind = if host[i].is_some() {
+                        "streamed"
+                    } else {
+                        "resident"
+                    };
+                    t.spans.push((
+                        format!("layer {i} ({kind})"),
+                        "compute",
+                        start,
+                        timed_event(&b.stream)?,
+                        0,
+                    ));
+                }
                 if host[i].is_some() {
                     let free = b.stream.record_event(None).map_err(err)?;
                     let next = k.get() + s;
                     if next < order.len() {
-                        arrived.borrow_mut()[next] =
-                            Some(issue_copy(host, copy, slot_ptrs, order[next], Some(&free))?);
+                        arrived.borrow_mut()[next] = Some(issue_copy(
+                            host,
+                            copy,
+                            slot_ptrs,
+                            order[next],
+                            Some(&free),
+                            &tracer,
+                        )?);
                     }
                     k.set(k.get() + 1);
                 }
@@ -330,6 +384,9 @@ impl StreamedModel {
             self.slot_holds[h.slot] = Some(i);
         }
         b.check()?;
+        if let Some(t) = tracer.into_inner() {
+            self.last_trace = timeline(t)?;
+        }
         Ok(logits)
     }
 
@@ -355,7 +412,14 @@ impl StreamedModel {
                 if let Some(h) = &self.host[i] {
                     // Synchronous: wait for everything queued, copy, wait again.
                     b.stream.synchronize().map_err(err)?;
-                    let e = issue_copy(&self.host, &self.copy, &self.slot_ptrs, i, None)?;
+                    let e = issue_copy(
+                        &self.host,
+                        &self.copy,
+                        &self.slot_ptrs,
+                        i,
+                        None,
+                        &Tracer::new(None),
+                    )?;
                     e.synchronize().map_err(err)?;
                     streamed += h.len as u64;
                     self.slot_holds[h.slot] = Some(i);
@@ -379,11 +443,16 @@ fn issue_copy(
     slot_ptrs: &[u64],
     i: usize,
     free: Option<&CudaEvent>,
+    tracer: &Tracer,
 ) -> Result<CudaEvent, BackendError> {
     let h = host[i].as_ref().expect("streamed layer");
     if let Some(e) = free {
         copy.wait(e).map_err(err)?;
     }
+    let start = match tracer.borrow().as_ref() {
+        Some(_) => Some(timed_event(copy)?),
+        None => None,
+    };
     // SAFETY: the pinned buffer outlives the copy (owned by the model, and every
     // forward pass ends with `check`, which waits for the compute stream, which
     // waited for every copy); the slot holds at least `len` bytes.
@@ -392,5 +461,33 @@ fn issue_copy(
         cudarc::driver::result::memcpy_htod_async(slot_ptrs[h.slot], src, copy.cu_stream())
             .map_err(err)?;
     }
+    if let (Some(start), Some(t)) = (start, tracer.borrow_mut().as_mut()) {
+        let end = timed_event(copy)?;
+        t.spans
+            .push((format!("copy layer {i}"), "copy", start, end, h.len as u64));
+        return timed_event(copy);
+    }
     copy.record_event(None).map_err(err)
+}
+
+/// Turn a finished pass's events into spans, in ms from its first event.
+fn timeline(t: Timing) -> Result<Vec<crate::engine::trace::Span>, BackendError> {
+    let Some(first) = t.spans.first().map(|s| &s.2) else {
+        return Ok(Vec::new());
+    };
+    let mut spans = Vec::with_capacity(t.spans.len());
+    for (name, lane, start, end, bytes) in &t.spans {
+        spans.push(crate::engine::trace::Span {
+            name: name.clone(),
+            lane: lane.to_string(),
+            start_ms: first.elapsed_ms(start).map_err(err)? as f64,
+            dur_ms: start.elapsed_ms(end).map_err(err)? as f64,
+            bytes: *bytes,
+        });
+    }
+    let min = spans.iter().map(|s| s.start_ms).fold(f64::MAX, f64::min);
+    for s in &mut spans {
+        s.start_ms -= min;
+    }
+    Ok(spans)
 }
