@@ -5,6 +5,8 @@
 #   main    calibrate; 32B-shape Q4_K_M: full-resident and 25 % budget
 #           (prefill stream/sync/static, decode stream/static)
 #   sweep   prefill t/s against the VRAM budget for each mode (the plot)
+#   budget  peak device memory against the budget (the ledger enforces it),
+#           traces, and `ferry run` within a budget (streamed prefill + hybrid decode)
 set -uo pipefail
 cd "$(dirname "$0")"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -31,6 +33,18 @@ sweep)
     synth > /dev/null 2>&1
     timeout 560 ./ferry bench -m "$M" --device cuda --vram-budget 15%,25%,40%,60%,80% -p 512 -n 0 -r 2 \
         --mode stream,sync,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/sweep.txt"
+    ;;
+budget)
+    synth > /dev/null 2>&1
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    for b in 15 25 60; do
+        timeout 120 ./ferry bench -m "$M" --device cuda --vram-budget $b% -p 512 -n 16 -r 2 \
+            --mode stream,sync --gpu-profile calibrated --trace "$OUTDIR/trace-$b.json" 2>&1 | tee -a "$OUTDIR/budget-peak.txt"
+        ./ferry trace-svg "$OUTDIR/trace-$b.json" --title "32B Q4_K_M, pp512 streamed, budget $b % of the model"
+    done
+    timeout 120 ./ferry run -m "$M" --vram-budget 25% -c 1024 -n 16 --temp 0 -v --trace "$OUTDIR/run-trace.json" \
+        -p "The streaming engine copies each layer once per prompt, so" 2>&1 | tee "$OUTDIR/run-budget.txt"
+    ./ferry trace-svg "$OUTDIR/run-trace.json"
     ;;
 esac
 done
