@@ -46,5 +46,19 @@ budget)
         -p "The streaming engine copies each layer once per prompt, so" 2>&1 | tee "$OUTDIR/run-budget.txt"
     ./ferry trace-svg "$OUTDIR/run-trace.json"
     ;;
+final7b)
+    # The budget phase on a 7B shape with SmolLM2's tokenizer (so `ferry run` works).
+    M7=/tmp/ferry-7b-q4km.gguf
+    [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    for b in 15 25 60; do
+        timeout 90 ./ferry bench -m "$M7" --device cuda --vram-budget $b% -p 512 -n 16 -r 2 \
+            --mode stream,sync --gpu-profile calibrated --trace "$OUTDIR/trace7b-$b.json" 2>&1 | grep -v "^$" | tee -a "$OUTDIR/budget-peak-7b.txt"
+        ./ferry trace-svg "$OUTDIR/trace7b-$b.json" --title "7B Q4_K_M, pp512 streamed, budget $b % of the model"
+    done
+    timeout 90 ./ferry run -m "$M7" --vram-budget 25% -c 1024 -n 16 --temp 0 -v --trace "$OUTDIR/run-trace-7b.json" \
+        -p "The streaming engine copies each layer once per prompt, so" 2>&1 | tee "$OUTDIR/run-budget-7b.txt"
+    ./ferry trace-svg "$OUTDIR/run-trace-7b.json"
+    ;;
 esac
 done

@@ -85,7 +85,7 @@ where
 {
     let n_vocab = model.config.n_vocab;
     let ctx = test.tokens() + 1;
-    let mut s = Session::new(backend, model, ctx.max(16), 1);
+    let mut s = Session::new(backend, model, ctx.max(16), 1)?;
     s.ubatch = ubatch;
     let t = match test {
         Test::Prompt(p) => {

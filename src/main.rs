@@ -659,7 +659,7 @@ where
         .ctx_size
         .unwrap_or(model.config.context_train.min(4096))
         .max(16);
-    let mut session = Session::new(backend, &model, n_ctx, 1);
+    let mut session = Session::new(backend, &model, n_ctx, 1)?;
     // The whole loop runs on the backend's pool, so that every operation's
     // parallel section starts without a cross-thread hand-off.
     let mut generate = |cached: &[u32],
@@ -842,7 +842,7 @@ fn run_planned(
     let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
     hm.gpu.tracing = args.trace.is_some();
     let load_secs = t0.elapsed().as_secs_f64();
-    let mut session = HybridSession::new(&mut hm, cuda, &cpu, n_ctx, args.ubatch);
+    let mut session = HybridSession::new(&mut hm, cuda, &cpu, n_ctx, args.ubatch)?;
     let mut generate = |cached: &[u32],
                         prompt: &[u32],
                         max_new: usize,
@@ -1012,7 +1012,7 @@ where
         n_ctx,
         prefill_chunk: args.ubatch.max(1),
     };
-    backend.run(|| ferry::server::run_engine(backend, &model, &tok, &engine, jobs_rx, &metrics));
+    backend.run(|| ferry::server::run_engine(backend, &model, &tok, &engine, jobs_rx, &metrics))?;
     match http.join() {
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!("the HTTP thread panicked")),
@@ -1240,7 +1240,7 @@ fn bench_streamed(
                         let mut bytes = 0u64;
                         cuda.reset_peak()?;
                         for rep in 0..=reps.max(1) {
-                            let mut kv = hm.kv(cuda, &cpu, n_ctx, 1);
+                            let mut kv = hm.kv(cuda, &cpu, n_ctx, 1)?;
                             hm.gpu.tracing =
                                 args.trace.is_some() && mode == "stream" && rep == reps.max(1);
                             let t0 = std::time::Instant::now();
@@ -1322,7 +1322,7 @@ fn bench_streamed(
                         let mut bound_secs = 0.0;
                         cuda.reset_peak()?;
                         for rep in 0..=args.repetitions.max(1) {
-                            let mut kv = hm.kv(cuda, &cpu, n_ctx, 1);
+                            let mut kv = hm.kv(cuda, &cpu, n_ctx, 1)?;
                             let first = [n_vocab / 3];
                             hm.prefill(
                                 cuda,
@@ -1459,12 +1459,12 @@ fn stream_identity(
         seqs: &seqs,
     };
     let rows: Vec<usize> = (0..tokens.len()).collect();
-    let kv = |m: &Model<ferry::backend::cuda::CudaBackend>| -> Vec<_> {
+    let kv = |m: &Model<ferry::backend::cuda::CudaBackend>| -> Result<Vec<_>, _> {
         (0..n_layers)
             .map(|_| cuda.kv_cache(&m.config, 128, 1))
             .collect()
     };
-    let mut kv_r = kv(resident_model);
+    let mut kv_r = kv(resident_model)?;
     let want = resident_model.forward(cuda, &mut kv_r, &batch, &rows)?;
     cuda.check()?;
     for resident in [
@@ -1472,7 +1472,7 @@ fn stream_identity(
         (0..n_layers).map(|i| i % 2 == 0).collect(),
     ] {
         let mut sm = StreamedModel::load(cuda, g, &resident, 2)?;
-        let mut kv_s = kv(&sm.model);
+        let mut kv_s = kv(&sm.model)?;
         let got = sm.forward(cuda, &mut kv_s, &batch, tokens.len(), &rows)?;
         if got
             .iter()
@@ -1535,8 +1535,8 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         let tokens: Vec<u32> = (0..48u32)
             .map(|i| (n_vocab as u32 / 20 + i * 7919) % (n_vocab as u32 / 2).max(1))
             .collect();
-        let mut sc = Session::new(&cpu, &mc, 128, 1);
-        let mut sg = Session::new(&cuda, &mg, 128, 1);
+        let mut sc = Session::new(&cpu, &mc, 128, 1)?;
+        let mut sg = Session::new(&cuda, &mg, 128, 1)?;
         let mut lc = cpu.run(|| sc.prefill(0, &tokens))?;
         let mut lg = sg.prefill(0, &tokens)?;
         cuda.check()?;
@@ -1554,7 +1554,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             &g,
             vec![ferry::plan::DecodePlace::Cpu; n_layers],
         )?;
-        let mut kvh = hm.kv(&cuda, &cpu, 128, 1);
+        let mut kvh = hm.kv(&cuda, &cpu, 128, 1)?;
         let positions: Vec<u32> = (0..tokens.len() as u32).collect();
         let seqs = vec![0u32; tokens.len()];
         let whole = ferry::backend::Batch {

@@ -35,8 +35,8 @@ fn batched_decode_equals_single_decode() {
         let encoded: Vec<Vec<u32>> = PROMPTS.iter().map(|p| tok.encode(p, true, false)).collect();
         // Every sequence prefilled alone, then decoded for a few steps: once all
         // together, once each alone.
-        let mut together = Session::new(&backend, &model, 128, n);
-        let mut alone = Session::new(&backend, &model, 128, n);
+        let mut together = Session::new(&backend, &model, 128, n).unwrap();
+        let mut alone = Session::new(&backend, &model, 128, n).unwrap();
         let mut next = Vec::new();
         for (s, p) in encoded.iter().enumerate() {
             let a = backend.run(|| together.prefill(s, p).unwrap());

@@ -73,7 +73,7 @@ fn synthetic_models_of_every_mix_run_on_the_cpu() {
             Some(true)
         );
         let m = Model::load(&backend, &g, |_, _| {}).unwrap();
-        let mut s = Session::new(&backend, &m, 64, 1);
+        let mut s = Session::new(&backend, &m, 64, 1).unwrap();
         let logits = s.prefill(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         assert!(logits.iter().all(|v| v.is_finite()), "{arch} {quant}");
         let spread = logits.iter().fold(f32::MIN, |a, &b| a.max(b))

@@ -48,7 +48,7 @@ fn first_position_is_bit_identical_to_llama_cpp() {
         for case in fixture[name].as_array().unwrap() {
             let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
             let mut kv: Vec<_> = (0..m.config.n_layers)
-                .map(|_| backend.kv_cache(&m.config, 64, 1))
+                .map(|_| backend.kv_cache(&m.config, 64, 1).unwrap())
                 .collect();
             let positions: Vec<u32> = (0..tokens.len() as u32).collect();
             let seqs = vec![0; tokens.len()];
@@ -91,7 +91,7 @@ fn logits_and_greedy_continuations_match_llama_cpp() {
         assert!(cases.len() >= 8);
         for (i, c) in cases.iter().enumerate() {
             let want = f32s(&read_fixture(&format!("logits/{name}-{i}.f32")));
-            let mut s = Session::new(&backend, &m, 256, 1);
+            let mut s = Session::new(&backend, &m, 256, 1).unwrap();
             let logits = s.prefill(0, &c.tokens).unwrap();
             assert_eq!(logits.len(), want.len());
             let max = want.iter().fold(f32::MIN, |a, &b| a.max(b));

@@ -120,17 +120,17 @@ fn a_tiny_synthetic_model_runs() {
     let b = CpuBackend::new(1);
     let m = Model::load(&b, &g, |_, _| {}).unwrap();
     assert!(m.output.is_none(), "tied output");
-    let mut s = Session::new(&b, &m, 32, 1);
+    let mut s = Session::new(&b, &m, 32, 1).unwrap();
     let logits = s.prefill(0, &[1, 2, 3, 4, 5]).unwrap();
     assert_eq!(logits.len(), 96);
     assert!(logits.iter().all(|v| v.is_finite()));
     // Decoding past the context is an error, not a panic.
-    let mut s = Session::new(&b, &m, 6, 1);
+    let mut s = Session::new(&b, &m, 6, 1).unwrap();
     s.prefill(0, &[1, 2, 3, 4, 5, 6]).unwrap();
     let e = s.decode(&[0], &[7]).unwrap_err().to_string();
     assert!(e.contains("outside the context of 6 tokens"), "{e}");
     // Out-of-vocabulary token ids are rejected.
-    let mut s = Session::new(&b, &m, 32, 1);
+    let mut s = Session::new(&b, &m, 32, 1).unwrap();
     let e = s.prefill(0, &[1000]).unwrap_err().to_string();
     assert!(e.contains("token id 1000"), "{e}");
 }
@@ -238,7 +238,7 @@ fn micro_batched_prefill_equals_one_batch() {
     let m = Model::load(&b, &g, |_, _| {}).unwrap();
     let tokens: Vec<u32> = (0..23).map(|i| 100 + i * 37).collect();
     let run = |ubatch: usize| {
-        let mut s = Session::new(&b, &m, 64, 1);
+        let mut s = Session::new(&b, &m, 64, 1).unwrap();
         s.ubatch = ubatch;
         s.prefill(0, &tokens).unwrap()
     };

@@ -130,10 +130,10 @@ pub trait Backend {
         t: &TensorRef,
     ) -> Result<Self::Vector, BackendError>;
 
-    /// Zeroed activations.
-    fn act(&self, n: usize, width: usize) -> Self::Act;
+    /// Zeroed activations (device memory can run out, or over the budget).
+    fn act(&self, n: usize, width: usize) -> Result<Self::Act, BackendError>;
     /// A KV cache for one layer: `n_seq` sequences of `n_ctx` positions.
-    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> Self::Kv;
+    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> Result<Self::Kv, BackendError>;
 
     /// `out[i] = table[tokens[i]]`.
     fn embed(
@@ -175,11 +175,15 @@ pub trait Backend {
     /// `x += y`.
     fn add(&self, x: &mut Self::Act, y: &Self::Act);
     /// Copy rows `rows` of `x` into a new activation.
-    fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Self::Act;
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;
     /// Copy the contiguous rows `rows` of `x` into a new activation.
-    fn read_rows(&self, x: &Self::Act, rows: std::ops::Range<usize>) -> Self::Act;
+    fn read_rows(
+        &self,
+        x: &Self::Act,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Self::Act, BackendError>;
     /// Overwrite rows `first..first + src.n` of `dst` with `src`.
     fn write_rows(&self, dst: &mut Self::Act, first: usize, src: &Self::Act);
     /// Read activations back to host memory (row-major).
-    fn to_host(&self, x: &Self::Act) -> Vec<f32>;
+    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>, BackendError>;
 }

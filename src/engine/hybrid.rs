@@ -87,23 +87,32 @@ impl HybridModel {
         })
     }
 
-    pub fn kv(&self, cuda: &CudaBackend, cpu: &CpuBackend, n_ctx: usize, n_seq: usize) -> HybridKv {
+    pub fn kv(
+        &self,
+        cuda: &CudaBackend,
+        cpu: &CpuBackend,
+        n_ctx: usize,
+        n_seq: usize,
+    ) -> Result<HybridKv, BackendError> {
         let cfg = &self.gpu.model.config;
         let n = cfg.n_layers;
-        HybridKv {
-            gpu: (0..n).map(|_| cuda.kv_cache(cfg, n_ctx, n_seq)).collect(),
+        Ok(HybridKv {
+            gpu: (0..n)
+                .map(|_| cuda.kv_cache(cfg, n_ctx, n_seq))
+                .collect::<Result<_, _>>()?,
             cpu: (0..n)
                 .map(|i| {
                     self.gpu
                         .is_streamed(i)
                         .then(|| cpu.kv_cache(cfg, n_ctx, n_seq))
+                        .transpose()
                 })
-                .collect(),
+                .collect::<Result<_, _>>()?,
             gpu_valid: vec![vec![0; n_seq]; n],
             cpu_valid: vec![vec![0; n_seq]; n],
             n_ctx,
             n_seq,
-        }
+        })
     }
 
     /// Where each layer runs in a decode step: the plan's placement, except
@@ -173,10 +182,10 @@ impl HybridModel {
         let n = batch.len();
         let mut stats = PassStats::default();
         let mut on_gpu = true;
-        let mut xg = cuda.act(n, cfg.d_model);
+        let mut xg = cuda.act(n, cfg.d_model)?;
         cuda.embed(&self.gpu.model.token_embd, batch.tokens, &mut xg)?;
         let mut xc = CpuAct::zeros(0, cfg.d_model);
-        let mut gpu_scratch = Scratch::new(cuda, &cfg, n);
+        let mut gpu_scratch = Scratch::new(cuda, &cfg, n)?;
         let mut cpu_scratch: Option<Scratch<CpuBackend>> = None;
         for (i, &run) in runs.iter().enumerate() {
             // A slot may have been refilled earlier in this pass (a streamed
@@ -219,13 +228,16 @@ impl HybridModel {
                         xc = CpuAct {
                             n,
                             width: cfg.d_model,
-                            data: cuda.to_host(&xg),
+                            data: cuda.to_host(&xg)?,
                         };
                         on_gpu = false;
                         stats.crossings += 1;
                     }
                     kv.sync_to_cpu(cuda, i, batch)?;
-                    let scratch = cpu_scratch.get_or_insert_with(|| Scratch::new(cpu, &cfg, n));
+                    if cpu_scratch.is_none() {
+                        cpu_scratch = Some(Scratch::new(cpu, &cfg, n)?);
+                    }
+                    let scratch = cpu_scratch.as_mut().expect("made above");
                     let cache = kv.cpu[i]
                         .as_mut()
                         .expect("streamed layers have a host cache");
@@ -380,9 +392,9 @@ impl<'a> HybridSession<'a> {
         cpu: &'a CpuBackend,
         n_ctx: usize,
         ubatch: usize,
-    ) -> Self {
-        let kv = model.kv(cuda, cpu, n_ctx, 1);
-        HybridSession {
+    ) -> Result<Self, BackendError> {
+        let kv = model.kv(cuda, cpu, n_ctx, 1)?;
+        Ok(HybridSession {
             model,
             cuda,
             cpu,
@@ -391,7 +403,7 @@ impl<'a> HybridSession<'a> {
             n_ctx,
             ubatch,
             decode_stats: PassStats::default(),
-        }
+        })
     }
 }
 

@@ -22,18 +22,23 @@ pub struct Session<'m, B: Backend> {
 }
 
 impl<'m, B: Backend> Session<'m, B> {
-    pub fn new(backend: &'m B, model: &'m Model<B>, n_ctx: usize, n_seq: usize) -> Self {
+    pub fn new(
+        backend: &'m B,
+        model: &'m Model<B>,
+        n_ctx: usize,
+        n_seq: usize,
+    ) -> Result<Self, BackendError> {
         let kv = (0..model.config.n_layers)
             .map(|_| backend.kv_cache(&model.config, n_ctx, n_seq))
-            .collect();
-        Session {
+            .collect::<Result<_, _>>()?;
+        Ok(Session {
             model,
             backend,
             kv,
             n_ctx,
             filled: vec![0; n_seq],
             ubatch: 512,
-        }
+        })
     }
 
     /// Positions already in sequence `seq`'s cache.

@@ -51,18 +51,18 @@ pub struct Scratch<B: Backend> {
 }
 
 impl<B: Backend> Scratch<B> {
-    pub fn new(b: &B, cfg: &Config, n: usize) -> Self {
-        Scratch {
+    pub fn new(b: &B, cfg: &Config, n: usize) -> Result<Self, BackendError> {
+        Ok(Scratch {
             n,
-            h: b.act(n, cfg.d_model),
-            q: b.act(n, cfg.q_width()),
-            k: b.act(n, cfg.kv_width()),
-            v: b.act(n, cfg.kv_width()),
-            attn: b.act(n, cfg.q_width()),
-            proj: b.act(n, cfg.d_model),
-            gate: b.act(n, cfg.d_ff),
-            up: b.act(n, cfg.d_ff),
-        }
+            h: b.act(n, cfg.d_model)?,
+            q: b.act(n, cfg.q_width())?,
+            k: b.act(n, cfg.kv_width())?,
+            v: b.act(n, cfg.kv_width())?,
+            attn: b.act(n, cfg.q_width())?,
+            proj: b.act(n, cfg.d_model)?,
+            gate: b.act(n, cfg.d_ff)?,
+            up: b.act(n, cfg.d_ff)?,
+        })
     }
 }
 
@@ -206,9 +206,9 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = &self.config;
         let n = batch.len();
-        let mut x = b.act(n, cfg.d_model);
+        let mut x = b.act(n, cfg.d_model)?;
         b.embed(&self.token_embd, batch.tokens, &mut x)?;
-        let mut scratch = Scratch::new(b, cfg, n);
+        let mut scratch = Scratch::new(b, cfg, n)?;
         for (layer, kv) in self.layers.iter().zip(kv.iter_mut()) {
             layer.forward(b, cfg, &mut x, &mut scratch, kv, batch)?;
         }
@@ -232,20 +232,23 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = &self.config;
         let n = batch.len();
-        let mut x = b.act(n, cfg.d_model);
+        let mut x = b.act(n, cfg.d_model)?;
         b.embed(&self.token_embd, batch.tokens, &mut x)?;
         let chunks = batch.micro_batches(ubatch);
         // Scratch for a full micro-batch and, if the last one is shorter, for it.
-        let mut full = Scratch::new(b, cfg, chunks[0].0.len());
+        let mut full = Scratch::new(b, cfg, chunks[0].0.len())?;
         let last_len = chunks.last().map_or(0, |c| c.0.len());
-        let mut tail = (last_len != chunks[0].0.len()).then(|| Scratch::new(b, cfg, last_len));
+        let mut tail = match last_len != chunks[0].0.len() {
+            true => Some(Scratch::new(b, cfg, last_len)?),
+            false => None,
+        };
         for (i, (layer, kv)) in self.layers.iter().zip(kv.iter_mut()).enumerate() {
             before_layer(i)?;
             if chunks.len() == 1 {
                 layer.forward(b, cfg, &mut x, &mut full, kv, batch)?;
             } else {
                 for (r, sub) in &chunks {
-                    let mut xc = b.read_rows(&x, r.clone());
+                    let mut xc = b.read_rows(&x, r.clone())?;
                     let scratch = match &mut tail {
                         Some(t) if r.len() == last_len => t,
                         _ => &mut full,
@@ -264,11 +267,11 @@ impl<B: Backend> Model<B> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let picked = b.gather_rows(x, rows);
-        let mut normed = b.act(rows.len(), self.config.d_model);
+        let picked = b.gather_rows(x, rows)?;
+        let mut normed = b.act(rows.len(), self.config.d_model)?;
         b.rms_norm(&picked, &self.output_norm, self.config.rms_eps, &mut normed);
-        let mut logits = b.act(rows.len(), self.config.n_vocab);
+        let mut logits = b.act(rows.len(), self.config.n_vocab)?;
         b.matmul(&normed, self.output_weight(), &mut logits);
-        Ok(b.to_host(&logits))
+        b.to_host(&logits)
     }
 }

@@ -228,8 +228,8 @@ pub fn run_engine<B: Backend + Sync>(
     cfg: &EngineConfig,
     jobs: Receiver<Job>,
     metrics: &Metrics,
-) {
-    let mut session = Session::new(backend, model, cfg.n_ctx, cfg.parallel);
+) -> Result<(), crate::backend::BackendError> {
+    let mut session = Session::new(backend, model, cfg.n_ctx, cfg.parallel)?;
     session.ubatch = cfg.prefill_chunk;
     let mut slots: Vec<Option<Slot>> = (0..cfg.parallel).map(|_| None).collect();
     let mut waiting: VecDeque<Job> = VecDeque::new();
@@ -259,7 +259,7 @@ pub fn run_engine<B: Backend + Sync>(
             publish(&slots, &waiting);
             match jobs.recv() {
                 Ok(job) => waiting.push_back(job),
-                Err(_) => return,
+                Err(_) => return Ok(()),
             }
         }
         loop {
@@ -268,7 +268,7 @@ pub fn run_engine<B: Backend + Sync>(
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     if waiting.is_empty() && slots.iter().all(|s| s.is_none()) {
-                        return;
+                        return Ok(());
                     }
                     break;
                 }

@@ -172,19 +172,19 @@ impl Backend for CpuBackend {
         float_vector(g, t)
     }
 
-    fn act(&self, n: usize, width: usize) -> CpuAct {
-        CpuAct::zeros(n, width)
+    fn act(&self, n: usize, width: usize) -> Result<CpuAct, BackendError> {
+        Ok(CpuAct::zeros(n, width))
     }
 
-    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> CpuKv {
+    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> Result<CpuKv, BackendError> {
         let width = cfg.kv_width();
-        CpuKv {
+        Ok(CpuKv {
             n_ctx,
             n_seq,
             width,
             k: vec![f16::ZERO; n_seq * n_ctx * width],
             v: vec![f16::ZERO; n_seq * n_ctx * width],
-        }
+        })
     }
 
     fn embed(
@@ -309,20 +309,20 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn gather_rows(&self, x: &CpuAct, rows: &[usize]) -> CpuAct {
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize]) -> Result<CpuAct, BackendError> {
         let mut out = CpuAct::zeros(rows.len(), x.width);
         for (i, &r) in rows.iter().enumerate() {
             out.data[i * x.width..(i + 1) * x.width].copy_from_slice(x.row(r));
         }
-        out
+        Ok(out)
     }
 
-    fn read_rows(&self, x: &CpuAct, rows: std::ops::Range<usize>) -> CpuAct {
-        CpuAct {
+    fn read_rows(&self, x: &CpuAct, rows: std::ops::Range<usize>) -> Result<CpuAct, BackendError> {
+        Ok(CpuAct {
             n: rows.len(),
             width: x.width,
             data: x.data[rows.start * x.width..rows.end * x.width].to_vec(),
-        }
+        })
     }
 
     fn write_rows(&self, dst: &mut CpuAct, first: usize, src: &CpuAct) {
@@ -330,8 +330,8 @@ impl Backend for CpuBackend {
         dst.data[first * dst.width..(first + src.n) * dst.width].copy_from_slice(&src.data);
     }
 
-    fn to_host(&self, x: &CpuAct) -> Vec<f32> {
-        x.data.clone()
+    fn to_host(&self, x: &CpuAct) -> Result<Vec<f32>, BackendError> {
+        Ok(x.data.clone())
     }
 }
 

@@ -653,8 +653,8 @@ impl CudaBackend {
         let (bytes, t) = crate::plan::calibrate::synthetic_weight(GgmlType::F16, k, k)?;
         let buf = Arc::new(self.upload(bytes.as_slice())?);
         let w = CudaWeight::in_buffer(&self.stream, buf, 0, &t)?;
-        let x = self.act(m, k);
-        let mut out = self.act(m, k);
+        let x = self.act(m, k)?;
+        let mut out = self.act(m, k)?;
         let mut best = f64::MAX;
         for _ in 0..reps.max(1) + 1 {
             self.stream.synchronize().map_err(err)?;
@@ -722,29 +722,23 @@ impl Backend for CudaBackend {
         self.upload(&v)
     }
 
-    fn act(&self, n: usize, width: usize) -> CudaAct {
-        CudaAct {
+    fn act(&self, n: usize, width: usize) -> Result<CudaAct, BackendError> {
+        Ok(CudaAct {
             n,
             width,
-            data: self
-                .zeros(n * width)
-                .expect("allocating device activations"),
-        }
+            data: self.zeros(n * width)?,
+        })
     }
 
-    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> CudaKv {
+    fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> Result<CudaKv, BackendError> {
         let width = cfg.kv_width();
-        CudaKv {
+        Ok(CudaKv {
             n_ctx,
             n_seq,
             width,
-            k: self
-                .zeros(n_seq * n_ctx * width)
-                .expect("allocating the KV cache"),
-            v: self
-                .zeros(n_seq * n_ctx * width)
-                .expect("allocating the KV cache"),
-        }
+            k: self.zeros(n_seq * n_ctx * width)?,
+            v: self.zeros(n_seq * n_ctx * width)?,
+        })
     }
 
     fn embed(
@@ -945,10 +939,10 @@ impl Backend for CudaBackend {
         self.elementwise(&self.k.add, &mut x.data, Some(&y.data), None);
     }
 
-    fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> CudaAct {
-        let mut out = self.act(rows.len(), x.width);
+    fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct, BackendError> {
+        let mut out = self.act(rows.len(), x.width)?;
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = self.upload(&idx).expect("uploading row indices");
+        let idx = self.upload(&idx)?;
         let width = x.width as i32;
         let mut b = self.stream.launch_builder(&self.k.gather_rows);
         b.arg(&x.data).arg(&idx).arg(&mut out.data).arg(&width);
@@ -961,11 +955,15 @@ impl Backend for CudaBackend {
         if let Err(e) = unsafe { b.launch(cfg) } {
             self.ctx.record_err::<()>(Err(e));
         }
-        out
+        Ok(out)
     }
 
-    fn read_rows(&self, x: &CudaAct, rows: std::ops::Range<usize>) -> CudaAct {
-        let mut out = self.act(rows.len(), x.width);
+    fn read_rows(
+        &self,
+        x: &CudaAct,
+        rows: std::ops::Range<usize>,
+    ) -> Result<CudaAct, BackendError> {
+        let mut out = self.act(rows.len(), x.width)?;
         let n = rows.len() * x.width;
         let src = x.data.slice(rows.start * x.width..rows.end * x.width);
         let mut b = self.stream.launch_builder(&self.k.copy_f32);
@@ -974,7 +972,7 @@ impl Backend for CudaBackend {
         if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
             self.ctx.record_err::<()>(Err(e));
         }
-        out
+        Ok(out)
     }
 
     /// A kernel, not a memcpy: copies may queue behind streaming copies on the
@@ -991,13 +989,10 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn to_host(&self, x: &CudaAct) -> Vec<f32> {
-        let mut v = self
-            .stream
-            .clone_dtoh(&x.data)
-            .expect("copying activations to the host");
+    fn to_host(&self, x: &CudaAct) -> Result<Vec<f32>, BackendError> {
+        let mut v = self.stream.clone_dtoh(&x.data).map_err(err)?;
         v.truncate(x.n * x.width);
-        v
+        Ok(v)
     }
 }
 

@@ -402,12 +402,12 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = self.model.config.clone();
-        let mut x = b.act(batch.len(), cfg.d_model);
+        let mut x = b.act(batch.len(), cfg.d_model)?;
         b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
         let mut streamed = 0u64;
         for (r, sub) in batch.micro_batches(ubatch) {
-            let mut xc = b.read_rows(&x, r.clone());
-            let mut scratch = crate::model::Scratch::new(b, &cfg, r.len());
+            let mut xc = b.read_rows(&x, r.clone())?;
+            let mut scratch = crate::model::Scratch::new(b, &cfg, r.len())?;
             for (i, kv) in kv.iter_mut().enumerate().take(cfg.n_layers) {
                 if let Some(h) = &self.host[i] {
                     // Synchronous: wait for everything queued, copy, wait again.
