@@ -188,3 +188,31 @@ fn synth_rejects_unknown_presets_and_types() {
     ]);
     assert!(!ok && err.contains("q4_k_m"), "{err}");
 }
+
+#[test]
+fn synthetic_models_without_vocab_from_are_runnable() {
+    let path = tmp("tiny-generated-vocab.gguf");
+    let (ok, _, err) = ferry(&["synth", "--preset", "tiny", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let g = Gguf::open(&path).unwrap();
+    let tok = ferry::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let spec = TinySpec::preset("tiny", GgmlType::Q8_0).unwrap();
+    assert_eq!(tok.vocab_size() as u64, spec.n_vocab);
+    assert!(tok.chat_template().is_some());
+    // Text in, (random) text out, timings on stderr.
+    let (ok, _, err) = ferry(&[
+        "run",
+        "-m",
+        path.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-p",
+        "hello there",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("decode:"), "{err}");
+}

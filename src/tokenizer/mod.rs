@@ -8,6 +8,7 @@
 pub mod bpe;
 pub mod chat;
 pub mod spm;
+pub mod synthetic;
 
 /// One piece of a word being merged (BPE and SPM): a byte range of the word and
 /// its neighbours in a doubly linked list (-1 at the ends).
