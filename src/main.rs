@@ -63,6 +63,28 @@ impl SamplingArgs {
     }
 }
 
+/// Context, threads and device: how `run` and `serve` set up a model.
+#[derive(clap::Args, Debug)]
+struct SetupArgs {
+    /// Context size in tokens, per sequence (default: the model's training
+    /// context, at most 4096).
+    #[arg(short = 'c', long)]
+    ctx_size: Option<usize>,
+    /// CPU threads (default: one per physical core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Where to run: auto (the GPU if there is one), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+impl SetupArgs {
+    /// The context to use for a model trained with `context_train` tokens.
+    fn n_ctx(&self, context_train: usize) -> usize {
+        self.ctx_size.unwrap_or(context_train.min(4096)).max(16)
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Model file (.gguf). Without it, the default model (SmolLM2-135M-Instruct)
@@ -78,15 +100,8 @@ struct RunArgs {
     /// Tokens to generate at most (generation also stops at end-of-turn).
     #[arg(short = 'n', long, default_value_t = 256)]
     n_predict: usize,
-    /// Context size in tokens (default: the model's training context, at most 4096).
-    #[arg(short = 'c', long)]
-    ctx_size: Option<usize>,
-    /// CPU threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0)]
-    threads: usize,
-    /// Where to run: auto (the GPU if there is one), cpu or cuda.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
+    #[command(flatten)]
+    setup: SetupArgs,
     /// Interactive chat with the model's chat template (-p, if given, is the first message).
     #[arg(long)]
     chat: bool,
@@ -205,15 +220,8 @@ struct ServeArgs {
     /// Requests that may wait for a free sequence beyond --parallel; more get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// Context per sequence in tokens (default: the model's training context, at most 4096).
-    #[arg(short = 'c', long)]
-    ctx_size: Option<usize>,
-    /// CPU threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0)]
-    threads: usize,
-    /// Where to run: auto (the GPU if there is one), cpu or cuda.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
+    #[command(flatten)]
+    setup: SetupArgs,
     /// Largest request body accepted, e.g. 4MiB.
     #[arg(long, default_value = "4MiB")]
     max_body: String,
@@ -602,7 +610,7 @@ fn run_model(args: RunArgs) -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     let g = Gguf::open(&path)?;
-    match open_device(args.device, args.threads)? {
+    match open_device(args.setup.device, args.setup.threads)? {
         Device::Cpu(b) => {
             if args.vram_budget.is_some() {
                 anyhow::bail!("--vram-budget needs a GPU (--device cuda)");
@@ -655,10 +663,7 @@ where
 {
     let model = load_model(backend, g, path)?;
     let load_secs = t0.elapsed().as_secs_f64();
-    let n_ctx = args
-        .ctx_size
-        .unwrap_or(model.config.context_train.min(4096))
-        .max(16);
+    let n_ctx = args.setup.n_ctx(model.config.context_train);
     let mut session = Session::new(backend, &model, n_ctx, 1)?;
     // The whole loop runs on the backend's pool, so that every operation's
     // parallel section starts without a cross-thread hand-off.
@@ -808,10 +813,7 @@ fn run_planned(
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
     let config = ferry::model::Config::from_gguf(g)?;
-    let n_ctx = args
-        .ctx_size
-        .unwrap_or(config.context_train.min(4096))
-        .max(16);
+    let n_ctx = args.setup.n_ctx(config.context_train);
     let profile = MachineProfile::load(&resolve_profile(&args.gpu_profile, cuda))
         .map_err(anyhow::Error::msg)?;
     let req = PlanRequest {
@@ -838,7 +840,7 @@ fn run_planned(
         plan.n_slots.max(2)
     );
     let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
-    let cpu = CpuBackend::new(args.threads);
+    let cpu = CpuBackend::new(args.setup.threads);
     let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
     hm.gpu.tracing = args.trace.is_some();
     let load_secs = t0.elapsed().as_secs_f64();
@@ -849,7 +851,6 @@ fn run_planned(
                         sampler: &mut Sampler,
                         is_eog: &(dyn Fn(u32) -> bool + Sync),
                         on_token: &mut (dyn FnMut(u32) -> bool + Send)| {
-        use ferry::engine::Generate;
         let r = session.generate(cached, prompt, max_new, sampler, is_eog, on_token);
         if args.verbose {
             let d = &session.decode_stats;
@@ -915,7 +916,7 @@ fn serve_model(args: ServeArgs) -> Result<()> {
         None => ferry::fetch::default_model()?,
     };
     let g = Gguf::open(&path)?;
-    match open_device(args.device, args.threads)? {
+    match open_device(args.setup.device, args.setup.threads)? {
         // Parallel requests share decode steps; the batch-invariant matmul path
         // keeps each request's output independent of its company.
         Device::Cpu(b) => serve_on(&b.with_batch_invariance(args.parallel), &g, &path, &args),
@@ -945,10 +946,7 @@ where
     }
     let model = load_model(backend, g, path)?;
     let tok = Arc::new(Tokenizer::from_gguf(g).with_context(|| path.display().to_string())?);
-    let n_ctx = args
-        .ctx_size
-        .unwrap_or(model.config.context_train.min(4096))
-        .max(16);
+    let n_ctx = args.setup.n_ctx(model.config.context_train);
     let metrics = Arc::new(Metrics::default());
     let cfg = &model.config;
     // f16 keys and values for every layer, slot and position.

@@ -280,25 +280,7 @@ impl HybridKv {
         i: usize,
         batch: &Batch,
     ) -> Result<(), BackendError> {
-        for (s, start) in self.starts(batch) {
-            let have = self.gpu_valid[i][s].min(start);
-            let host_has = self.cpu_valid[i][s].min(start);
-            if host_has > have {
-                let cpu = self.cpu[i]
-                    .as_ref()
-                    .expect("rows exist only where a host cache does");
-                let base = s * self.n_ctx;
-                cuda.kv_from_host(
-                    &mut self.gpu[i],
-                    base + have..base + host_has,
-                    &cpu.k,
-                    &cpu.v,
-                )?;
-                self.gpu_valid[i][s] = host_has;
-            }
-            self.gpu_valid[i][s] = self.gpu_valid[i][s].min(start);
-        }
-        Ok(())
+        self.sync(cuda, i, batch, true)
     }
 
     fn sync_to_cpu(
@@ -307,21 +289,42 @@ impl HybridKv {
         i: usize,
         batch: &Batch,
     ) -> Result<(), BackendError> {
+        self.sync(cuda, i, batch, false)
+    }
+
+    /// Copy the rows before the batch that the other side has and this side
+    /// (`to_gpu` or the host) lacks; rows from the batch on will be rewritten.
+    fn sync(
+        &mut self,
+        cuda: &CudaBackend,
+        i: usize,
+        batch: &Batch,
+        to_gpu: bool,
+    ) -> Result<(), BackendError> {
         for (s, start) in self.starts(batch) {
-            let have = self.cpu_valid[i][s].min(start);
-            let gpu_has = self.gpu_valid[i][s].min(start);
-            if gpu_has > have {
-                let cpu = self.cpu[i].as_mut().expect("CPU layers have a host cache");
-                let base = s * self.n_ctx;
-                cuda.kv_to_host(
-                    &self.gpu[i],
-                    base + have..base + gpu_has,
-                    &mut cpu.k,
-                    &mut cpu.v,
-                )?;
-                self.cpu_valid[i][s] = gpu_has;
+            let (have, other) = if to_gpu {
+                (self.gpu_valid[i][s], self.cpu_valid[i][s])
+            } else {
+                (self.cpu_valid[i][s], self.gpu_valid[i][s])
+            };
+            let (have, other) = (have.min(start), other.min(start));
+            if other > have {
+                let host = self.cpu[i]
+                    .as_mut()
+                    .expect("rows move only where a host cache exists");
+                let rows = s * self.n_ctx + have..s * self.n_ctx + other;
+                if to_gpu {
+                    cuda.kv_from_host(&mut self.gpu[i], rows, &host.k, &host.v)?;
+                } else {
+                    cuda.kv_to_host(&self.gpu[i], rows, &mut host.k, &mut host.v)?;
+                }
             }
-            self.cpu_valid[i][s] = self.cpu_valid[i][s].min(start);
+            let valid = if to_gpu {
+                &mut self.gpu_valid[i][s]
+            } else {
+                &mut self.cpu_valid[i][s]
+            };
+            *valid = other.max(have);
         }
         Ok(())
     }
@@ -407,12 +410,66 @@ impl<'a> HybridSession<'a> {
     }
 }
 
-impl crate::engine::Generate for HybridSession<'_> {
+impl crate::engine::Steps for HybridSession<'_> {
     fn n_ctx(&self) -> usize {
         self.n_ctx
     }
+    fn filled(&self) -> usize {
+        self.filled
+    }
+    fn truncate(&mut self, n: usize) {
+        self.filled = self.filled.min(n);
+        self.kv.truncate(0, self.filled);
+    }
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let positions: Vec<u32> = (self.filled..self.filled + tokens.len())
+            .map(|p| p as u32)
+            .collect();
+        let seqs = vec![0u32; tokens.len()];
+        let batch = Batch {
+            tokens,
+            positions: &positions,
+            seqs: &seqs,
+        };
+        let logits = self.model.prefill(
+            self.cuda,
+            &mut self.kv,
+            &batch,
+            self.ubatch,
+            &[tokens.len() - 1],
+        )?;
+        self.filled += tokens.len();
+        Ok(logits)
+    }
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, BackendError> {
+        let runs = self.model.decode_runs();
+        let pos = [self.filled as u32];
+        let (logits, s) = self.model.forward(
+            self.cuda,
+            self.cpu,
+            &mut self.kv,
+            &Batch {
+                tokens: &[token],
+                positions: &pos,
+                seqs: &[0],
+            },
+            &runs,
+            &[0],
+        )?;
+        self.filled += 1;
+        let d = &mut self.decode_stats;
+        d.gpu_layers += s.gpu_layers;
+        d.cpu_layers += s.cpu_layers;
+        d.streamed_layers += s.streamed_layers;
+        d.streamed_bytes += s.streamed_bytes;
+        d.crossings += s.crossings;
+        Ok(logits)
+    }
+}
 
-    fn generate(
+impl HybridSession<'_> {
+    /// Generate after `prompt`, reusing the cached prefix: see `Session::generate`.
+    pub fn generate(
         &mut self,
         cached: &[u32],
         prompt: &[u32],
@@ -421,87 +478,7 @@ impl crate::engine::Generate for HybridSession<'_> {
         is_eog: &dyn Fn(u32) -> bool,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, crate::engine::GenerationStats), BackendError> {
-        let mut stats = crate::engine::GenerationStats {
-            prompt_tokens: prompt.len(),
-            ..Default::default()
-        };
-        if prompt.is_empty() {
-            return Err(BackendError::Invalid("the prompt is empty".into()));
-        }
-        if prompt.len() + max_new.min(1) > self.n_ctx {
-            return Err(BackendError::ContextFull {
-                seq: 0,
-                pos: prompt.len() as u32,
-                ctx: self.n_ctx,
-            });
-        }
-        let common = cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(self.filled)
-            .min(prompt.len() - 1);
-        self.kv.truncate(0, common);
-        self.filled = common;
-        sampler.observe(prompt);
-        let t0 = std::time::Instant::now();
-        let new = &prompt[common..];
-        let positions: Vec<u32> = (common..prompt.len()).map(|p| p as u32).collect();
-        let seqs = vec![0u32; new.len()];
-        let batch = Batch {
-            tokens: new,
-            positions: &positions,
-            seqs: &seqs,
-        };
-        let mut logits = self.model.prefill(
-            self.cuda,
-            &mut self.kv,
-            &batch,
-            self.ubatch,
-            &[new.len() - 1],
-        )?;
-        self.filled = prompt.len();
-        stats.prefilled_tokens = new.len();
-        stats.prefill_secs = t0.elapsed().as_secs_f64();
-        let t1 = std::time::Instant::now();
         self.decode_stats = PassStats::default();
-        let mut out = Vec::new();
-        while out.len() < max_new {
-            let token = sampler.sample(&logits);
-            out.push(token);
-            if is_eog(token) {
-                stats.stopped_by_eog = true;
-                break;
-            }
-            if !on_token(token) || out.len() == max_new || self.filled >= self.n_ctx {
-                break;
-            }
-            let runs = self.model.decode_runs();
-            let pos = [self.filled as u32];
-            let (l, s) = self.model.forward(
-                self.cuda,
-                self.cpu,
-                &mut self.kv,
-                &Batch {
-                    tokens: &[token],
-                    positions: &pos,
-                    seqs: &[0],
-                },
-                &runs,
-                &[0],
-            )?;
-            self.filled += 1;
-            logits = l;
-            let d = &mut self.decode_stats;
-            d.gpu_layers += s.gpu_layers;
-            d.cpu_layers += s.cpu_layers;
-            d.streamed_layers += s.streamed_layers;
-            d.streamed_bytes += s.streamed_bytes;
-            d.crossings += s.crossings;
-        }
-        stats.generated_tokens = out.len();
-        stats.decode_secs = t1.elapsed().as_secs_f64();
-        Ok((out, stats))
+        crate::engine::generate_on(self, cached, prompt, max_new, sampler, is_eog, on_token)
     }
 }

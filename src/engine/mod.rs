@@ -120,40 +120,6 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 }
 
-/// Anything that can run a generation on sequence 0 (a `Session` on one
-/// backend, or a hybrid GPU + CPU session), so that the CLI drives both alike.
-pub trait Generate {
-    fn n_ctx(&self) -> usize;
-    /// See `Session::generate`.
-    fn generate(
-        &mut self,
-        cached: &[u32],
-        prompt: &[u32],
-        max_new: usize,
-        sampler: &mut Sampler,
-        is_eog: &dyn Fn(u32) -> bool,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<(Vec<u32>, GenerationStats), BackendError>;
-}
-
-impl<B: Backend> Generate for Session<'_, B> {
-    fn n_ctx(&self) -> usize {
-        self.n_ctx
-    }
-
-    fn generate(
-        &mut self,
-        cached: &[u32],
-        prompt: &[u32],
-        max_new: usize,
-        sampler: &mut Sampler,
-        is_eog: &dyn Fn(u32) -> bool,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<(Vec<u32>, GenerationStats), BackendError> {
-        Session::generate(self, 0, cached, prompt, max_new, sampler, is_eog, on_token)
-    }
-}
-
 /// What a generation did, for the timing summary.
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {
@@ -197,51 +163,110 @@ impl<B: Backend> Session<'_, B> {
         is_eog: &dyn Fn(u32) -> bool,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, GenerationStats), BackendError> {
-        let mut stats = GenerationStats {
-            prompt_tokens: prompt.len(),
-            ..Default::default()
-        };
-        if prompt.is_empty() {
-            return Err(BackendError::Invalid("the prompt is empty".into()));
-        }
-        if prompt.len() + max_new.min(1) > self.n_ctx {
-            return Err(BackendError::ContextFull {
-                seq: seq as u32,
-                pos: prompt.len() as u32,
-                ctx: self.n_ctx,
-            });
-        }
-        // Reuse the cached prefix, but always recompute at least the last token
-        // to get its logits.
-        let common = cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(self.filled[seq])
-            .min(prompt.len() - 1);
-        self.truncate(seq, common);
-        sampler.observe(prompt);
-        let t0 = std::time::Instant::now();
-        let mut logits = self.prefill(seq, &prompt[common..])?;
-        stats.prefilled_tokens = prompt.len() - common;
-        stats.prefill_secs = t0.elapsed().as_secs_f64();
-        let t1 = std::time::Instant::now();
-        let mut out = Vec::new();
-        while out.len() < max_new {
-            let token = sampler.sample(&logits);
-            out.push(token);
-            if is_eog(token) {
-                stats.stopped_by_eog = true;
-                break;
-            }
-            if !on_token(token) || out.len() == max_new || self.filled[seq] >= self.n_ctx {
-                break;
-            }
-            logits = self.decode(&[seq], &[token])?;
-        }
-        stats.generated_tokens = out.len();
-        stats.decode_secs = t1.elapsed().as_secs_f64();
-        Ok((out, stats))
+        let mut steps = SeqSteps { session: self, seq };
+        generate_on(
+            &mut steps,
+            cached,
+            prompt,
+            max_new,
+            sampler,
+            is_eog,
+            &mut on_token,
+        )
     }
+}
+
+/// What a generation loop needs from a session holding one sequence.
+pub(crate) trait Steps {
+    fn n_ctx(&self) -> usize;
+    /// Positions in the cache.
+    fn filled(&self) -> usize;
+    /// Keep the first `n` positions.
+    fn truncate(&mut self, n: usize);
+    /// Append `tokens`; the logits after the last.
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+    /// Append one token; its logits.
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, BackendError>;
+}
+
+struct SeqSteps<'s, 'm, B: Backend> {
+    session: &'s mut Session<'m, B>,
+    seq: usize,
+}
+
+impl<B: Backend> Steps for SeqSteps<'_, '_, B> {
+    fn n_ctx(&self) -> usize {
+        self.session.n_ctx
+    }
+    fn filled(&self) -> usize {
+        self.session.filled[self.seq]
+    }
+    fn truncate(&mut self, n: usize) {
+        self.session.truncate(self.seq, n);
+    }
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        self.session.prefill(self.seq, tokens)
+    }
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, BackendError> {
+        self.session.decode(&[self.seq], &[token])
+    }
+}
+
+/// The generation loop every session shares: reuse the cached prefix
+/// (recomputing at least the last prompt token for its logits), prefill the
+/// rest, then sample and decode until `max_new`, an end-of-generation token,
+/// a full context, or `on_token` says stop.
+pub(crate) fn generate_on(
+    s: &mut dyn Steps,
+    cached: &[u32],
+    prompt: &[u32],
+    max_new: usize,
+    sampler: &mut Sampler,
+    is_eog: &dyn Fn(u32) -> bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerationStats), BackendError> {
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    if prompt.is_empty() {
+        return Err(BackendError::Invalid("the prompt is empty".into()));
+    }
+    if prompt.len() + max_new.min(1) > s.n_ctx() {
+        return Err(BackendError::ContextFull {
+            seq: 0,
+            pos: prompt.len() as u32,
+            ctx: s.n_ctx(),
+        });
+    }
+    let common = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(s.filled())
+        .min(prompt.len() - 1);
+    s.truncate(common);
+    sampler.observe(prompt);
+    let t0 = std::time::Instant::now();
+    let mut logits = s.extend(&prompt[common..])?;
+    stats.prefilled_tokens = prompt.len() - common;
+    stats.prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let mut out = Vec::new();
+    while out.len() < max_new {
+        let token = sampler.sample(&logits);
+        out.push(token);
+        if is_eog(token) {
+            stats.stopped_by_eog = true;
+            break;
+        }
+        if !on_token(token) || out.len() == max_new || s.filled() >= s.n_ctx() {
+            break;
+        }
+        logits = s.step(token)?;
+    }
+    stats.generated_tokens = out.len();
+    stats.decode_secs = t1.elapsed().as_secs_f64();
+    Ok((out, stats))
 }

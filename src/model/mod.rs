@@ -68,21 +68,34 @@ impl<B: Backend> Scratch<B> {
 
 impl<B: Backend> Layer<B> {
     pub fn load(b: &B, g: &Gguf, t: &LayerTensors) -> Result<Self, BackendError> {
+        Self::assemble(b, g, t, |_, m| b.load_weight(g, m))
+    }
+
+    /// A layer whose matrices come from `matrix(k, tensor)` (k indexes
+    /// `LayerTensors::matrices`: a plain load, or a view into a packed buffer)
+    /// and whose norms and biases are loaded from the file.
+    pub fn assemble(
+        b: &B,
+        g: &Gguf,
+        t: &LayerTensors,
+        mut matrix: impl FnMut(usize, &TensorRef) -> Result<B::Weight, BackendError>,
+    ) -> Result<Self, BackendError> {
         let opt = |t: &Option<TensorRef>| t.as_ref().map(|t| b.load_vector(g, t)).transpose();
+        let [wq, wk, wv, wo, w_gate, w_up, w_down] = t.matrices();
         Ok(Layer {
             index: t.index,
             attn_norm: b.load_vector(g, &t.attn_norm)?,
-            wq: b.load_weight(g, &t.wq)?,
-            wk: b.load_weight(g, &t.wk)?,
-            wv: b.load_weight(g, &t.wv)?,
+            wq: matrix(0, wq)?,
+            wk: matrix(1, wk)?,
+            wv: matrix(2, wv)?,
             bq: opt(&t.bq)?,
             bk: opt(&t.bk)?,
             bv: opt(&t.bv)?,
-            wo: b.load_weight(g, &t.wo)?,
+            wo: matrix(3, wo)?,
             ffn_norm: b.load_vector(g, &t.ffn_norm)?,
-            w_gate: b.load_weight(g, &t.w_gate)?,
-            w_up: b.load_weight(g, &t.w_up)?,
-            w_down: b.load_weight(g, &t.w_down)?,
+            w_gate: matrix(4, w_gate)?,
+            w_up: matrix(5, w_up)?,
+            w_down: matrix(6, w_down)?,
         })
     }
 

@@ -85,6 +85,20 @@ pub struct LayerTensors {
 }
 
 impl LayerTensors {
+    /// The seven matrices, in the order packed buffers (streaming slots, host
+    /// copies) hold them and `Layer::assemble` takes them.
+    pub fn matrices(&self) -> [&TensorRef; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+
     pub fn all(&self) -> Vec<&TensorRef> {
         let mut v = vec![
             &self.attn_norm,

@@ -281,29 +281,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = async {
-        let bytes = read_body(&state, &headers, body).await?;
-        let req: api::ChatRequest = api::parse(&bytes)?;
-        let conversation = req.conversation()?;
-        let (id, seed) = state.fresh();
-        let params = req.common.params(req.max_completion_tokens, seed)?;
-        let template = state.template.as_ref().ok_or_else(|| {
-            ApiError::invalid("the model has no chat template; use /v1/completions")
-        })?;
-        let text = template
-            .render(&conversation, true)
-            .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
-        let prompt = state.tok.encode(&text, true, true);
-        Ok::<_, ApiError>((prompt, params, format!("chatcmpl-{id}")))
-    }
-    .await;
-    match result {
-        Ok((prompt, params, id)) => generate(state, prompt, params, id, Kind::Chat).await,
-        Err(e) => {
-            Metrics::add(&state.metrics.requests_client_error, 1);
-            e.into_response()
-        }
-    }
+    handle(state, headers, body, Kind::Chat, chat_request).await
 }
 
 async fn completions(
@@ -311,34 +289,68 @@ async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = async {
-        let bytes = read_body(&state, &headers, body).await?;
-        let req: api::CompletionRequest = api::parse(&bytes)?;
-        let prompt = match req.prompt()? {
-            Ok(text) => state.tok.encode(text, true, false),
-            Err(ids) => {
-                let vocab = state.tok.vocab_size() as u32;
-                if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
-                    return Err(ApiError::invalid(format!(
-                        "token id {bad} is outside the vocabulary of {vocab}"
-                    ))
-                    .param("prompt"));
-                }
-                ids.to_vec()
-            }
-        };
-        let (id, seed) = state.fresh();
-        let params = req.common.params(None, seed)?;
-        Ok::<_, ApiError>((prompt, params, format!("cmpl-{id}")))
-    }
-    .await;
-    match result {
-        Ok((prompt, params, id)) => generate(state, prompt, params, id, Kind::Completion).await,
+    handle(state, headers, body, Kind::Completion, completion_request).await
+}
+
+/// A validated request: prompt tokens, parameters and the response id.
+type Prepared = (Vec<u32>, Params, String);
+
+/// Read the body, turn it into a prompt with `prepare`, and generate; any
+/// client error is counted and answered in OpenAI's shape.
+async fn handle(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    kind: Kind,
+    prepare: fn(&AppState, &[u8]) -> Result<Prepared, ApiError>,
+) -> Response {
+    let prepared = match read_body(&state, &headers, body).await {
+        Ok(bytes) => prepare(&state, &bytes),
+        Err(e) => Err(e),
+    };
+    match prepared {
+        Ok((prompt, params, id)) => generate(state, prompt, params, id, kind).await,
         Err(e) => {
             Metrics::add(&state.metrics.requests_client_error, 1);
             e.into_response()
         }
     }
+}
+
+fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
+    let req: api::ChatRequest = api::parse(bytes)?;
+    let conversation = req.conversation()?;
+    let (id, seed) = state.fresh();
+    let params = req.common.params(req.max_completion_tokens, seed)?;
+    let template = state
+        .template
+        .as_ref()
+        .ok_or_else(|| ApiError::invalid("the model has no chat template; use /v1/completions"))?;
+    let text = template
+        .render(&conversation, true)
+        .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
+    let prompt = state.tok.encode(&text, true, true);
+    Ok((prompt, params, format!("chatcmpl-{id}")))
+}
+
+fn completion_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
+    let req: api::CompletionRequest = api::parse(bytes)?;
+    let prompt = match req.prompt()? {
+        Ok(text) => state.tok.encode(text, true, false),
+        Err(ids) => {
+            let vocab = state.tok.vocab_size() as u32;
+            if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                return Err(ApiError::invalid(format!(
+                    "token id {bad} is outside the vocabulary of {vocab}"
+                ))
+                .param("prompt"));
+            }
+            ids.to_vec()
+        }
+    };
+    let (id, seed) = state.fresh();
+    let params = req.common.params(None, seed)?;
+    Ok((prompt, params, format!("cmpl-{id}")))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlic
 use super::{CudaBackend, CudaWeight, err};
 use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
-use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors, TensorRef};
+use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors};
 
 /// A streamed layer's weights in pinned host memory (cacheable, not
 /// write-combined, so the CPU can also read them at full speed).
@@ -89,11 +89,6 @@ fn timed_event(stream: &CudaStream) -> Result<CudaEvent, BackendError> {
         .map_err(err)
 }
 
-/// The matrices of a layer, in the order they are packed in host memory and slots.
-fn matrices(t: &LayerTensors) -> [&TensorRef; 7] {
-    [&t.wq, &t.wk, &t.wv, &t.wo, &t.w_gate, &t.w_up, &t.w_down]
-}
-
 impl StreamedModel {
     /// Load `g` with the layers marked in `resident` uploaded to VRAM and the
     /// rest packed into pinned host memory, streamed through `n_slots` slots.
@@ -112,7 +107,7 @@ impl StreamedModel {
             ));
         }
         let packed_len = |t: &LayerTensors| {
-            matrices(t)
+            t.matrices()
                 .iter()
                 .map(|m| m.n_bytes as usize)
                 .sum::<usize>()
@@ -155,7 +150,7 @@ impl StreamedModel {
             {
                 let dst = pinned.as_mut_slice().map_err(err)?;
                 let mut off = 0;
-                for m in matrices(t) {
+                for m in t.matrices() {
                     let src = &g.files[m.file_index].bytes()
                         [m.file_offset as usize..(m.file_offset + m.n_bytes) as usize];
                     dst[off..off + src.len()].copy_from_slice(src);
@@ -164,29 +159,13 @@ impl StreamedModel {
             }
             let mut offsets = [0usize; 7];
             let mut off = 0;
-            for (i, m) in matrices(t).iter().enumerate() {
+            for (i, m) in t.matrices().iter().enumerate() {
                 offsets[i] = off;
                 off += m.n_bytes as usize;
             }
-            let w = |i: usize, m: &TensorRef| {
-                CudaWeight::in_buffer(&b.stream, slots[slot].clone(), offsets[i], m)
-            };
-            let opt = |v: &Option<TensorRef>| v.as_ref().map(|v| b.load_vector(g, v)).transpose();
-            layers.push(Layer {
-                index: t.index,
-                attn_norm: b.load_vector(g, &t.attn_norm)?,
-                wq: w(0, &t.wq)?,
-                wk: w(1, &t.wk)?,
-                wv: w(2, &t.wv)?,
-                wo: w(3, &t.wo)?,
-                w_gate: w(4, &t.w_gate)?,
-                w_up: w(5, &t.w_up)?,
-                w_down: w(6, &t.w_down)?,
-                bq: opt(&t.bq)?,
-                bk: opt(&t.bk)?,
-                bv: opt(&t.bv)?,
-                ffn_norm: b.load_vector(g, &t.ffn_norm)?,
-            });
+            layers.push(Layer::assemble(b, g, t, |k, m| {
+                CudaWeight::in_buffer(&b.stream, slots[slot].clone(), offsets[k], m)
+            })?);
             let ptr = pinned.as_ptr().map_err(err)?;
             let pinned = Arc::new(PinnedBytes {
                 _pinned: pinned,
@@ -263,27 +242,12 @@ impl StreamedModel {
         };
         let t = &self.model.tensors.layers[i];
         let bytes = crate::gguf::SharedBytes::external(Box::new(SharedPinned(h.pinned.clone())));
-        let w = |k: usize, m: &TensorRef| {
+        let layer = Layer::assemble(cpu, g, t, |k, m| {
             let mut at = m.clone();
             at.file_offset = h.offsets[k] as u64;
             CpuWeight::new(bytes.clone(), &at)
-        };
-        let opt = |v: &Option<TensorRef>| v.as_ref().map(|v| cpu.load_vector(g, v)).transpose();
-        Ok(Some(Layer {
-            index: t.index,
-            attn_norm: cpu.load_vector(g, &t.attn_norm)?,
-            wq: w(0, &t.wq)?,
-            wk: w(1, &t.wk)?,
-            wv: w(2, &t.wv)?,
-            wo: w(3, &t.wo)?,
-            w_gate: w(4, &t.w_gate)?,
-            w_up: w(5, &t.w_up)?,
-            w_down: w(6, &t.w_down)?,
-            bq: opt(&t.bq)?,
-            bk: opt(&t.bk)?,
-            bv: opt(&t.bv)?,
-            ffn_norm: cpu.load_vector(g, &t.ffn_norm)?,
-        }))
+        })?;
+        Ok(Some(layer))
     }
 
     pub fn n_slots(&self) -> usize {
