@@ -1360,19 +1360,8 @@ fn bench_streamed(
                                     };
                                 }
                                 bound_secs += shape.output_bytes as f64 / (hbm_gbps * 1e9);
-                                let pos = [step as u32 + 1];
-                                let (logits, _) = hm.forward(
-                                    cuda,
-                                    &cpu,
-                                    &mut kv,
-                                    &Batch {
-                                        tokens: &[token],
-                                        positions: &pos,
-                                        seqs: &[0],
-                                    },
-                                    &runs,
-                                    &[0],
-                                )?;
+                                let (logits, _) =
+                                    hm.decode_step(cuda, &cpu, &mut kv, token, step + 1, &runs)?;
                                 token = ferry::engine::argmax(&logits);
                             }
                             if rep > 0 {
@@ -1575,19 +1564,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             } else {
                 hm.decode_runs()
             };
-            let pos = [(tokens.len() + step) as u32];
-            let (lh, _) = hm.forward(
-                &cuda,
-                &cpu,
-                &mut kvh,
-                &ferry::backend::Batch {
-                    tokens: &[t],
-                    positions: &pos,
-                    seqs: &[0],
-                },
-                &runs,
-                &[0],
-            )?;
+            let (lh, _) = hm.decode_step(&cuda, &cpu, &mut kvh, t, tokens.len() + step, &runs)?;
             hybrid = hybrid.max(rel(&lh, &lc));
         }
         let mut types: Vec<&str> = g

@@ -115,6 +115,25 @@ impl HybridModel {
         })
     }
 
+    /// One decode step of sequence 0: `token` at position `pos`, layers placed by `runs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_step(
+        &mut self,
+        cuda: &CudaBackend,
+        cpu: &CpuBackend,
+        kv: &mut HybridKv,
+        token: u32,
+        pos: usize,
+        runs: &[Run],
+    ) -> Result<(Vec<f32>, PassStats), BackendError> {
+        let batch = Batch {
+            tokens: &[token],
+            positions: &[pos as u32],
+            seqs: &[0],
+        };
+        self.forward(cuda, cpu, kv, &batch, runs, &[0])
+    }
+
     /// Where each layer runs in a decode step: the plan's placement, except
     /// that a streamed layer still in its slot runs on the GPU for free.
     pub fn decode_runs(&self) -> Vec<Run> {
@@ -443,19 +462,9 @@ impl crate::engine::Steps for HybridSession<'_> {
     }
     fn step(&mut self, token: u32) -> Result<Vec<f32>, BackendError> {
         let runs = self.model.decode_runs();
-        let pos = [self.filled as u32];
-        let (logits, s) = self.model.forward(
-            self.cuda,
-            self.cpu,
-            &mut self.kv,
-            &Batch {
-                tokens: &[token],
-                positions: &pos,
-                seqs: &[0],
-            },
-            &runs,
-            &[0],
-        )?;
+        let (logits, s) =
+            self.model
+                .decode_step(self.cuda, self.cpu, &mut self.kv, token, self.filled, &runs)?;
         self.filled += 1;
         let d = &mut self.decode_stats;
         d.gpu_layers += s.gpu_layers;
