@@ -131,6 +131,10 @@ struct RunArgs {
     /// compute (with --vram-budget on a GPU); `ferry trace-svg` draws it.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Keep streamed layers in pageable host memory instead of pinned memory
+    /// (when memory cannot be page-locked; copies are several times slower).
+    #[arg(long)]
+    no_pin: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -196,6 +200,9 @@ struct BenchArgs {
     /// repetition (one file per budget and test when there are several).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Keep streamed layers in pageable host memory instead of pinned memory.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -839,7 +846,22 @@ fn run_planned(
         resident.len(),
         plan.n_slots.max(2)
     );
-    let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
+    let bar = indicatif::ProgressBar::new(resident.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "placing layers (resident: VRAM, the rest: pinned host memory) [{bar:30}] {pos}/{len}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let sm = StreamedModel::load(
+        cuda,
+        g,
+        &resident,
+        plan.n_slots.max(2),
+        !args.no_pin,
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
     let cpu = CpuBackend::new(args.setup.threads);
     let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
     hm.gpu.tracing = args.trace.is_some();
@@ -1204,7 +1226,14 @@ fn bench_streamed(
             .collect();
         // Everything from here on, loading included, must fit the budget.
         cuda.set_budget(Some(budget));
-        let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2))?;
+        let sm = StreamedModel::load(
+            cuda,
+            g,
+            &resident,
+            plan.n_slots.max(2),
+            !args.no_pin,
+            |_| {},
+        )?;
         let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
         let n_layers = hm.gpu.model.config.n_layers;
         let n_vocab = hm.gpu.model.config.n_vocab as u32;
@@ -1458,7 +1487,7 @@ fn stream_identity(
         vec![false; n_layers],
         (0..n_layers).map(|i| i % 2 == 0).collect(),
     ] {
-        let mut sm = StreamedModel::load(cuda, g, &resident, 2)?;
+        let mut sm = StreamedModel::load(cuda, g, &resident, 2, true, |_| {})?;
         let mut kv_s = kv(&sm.model)?;
         let got = sm.forward(cuda, &mut kv_s, &batch, tokens.len(), &rows)?;
         if got
@@ -1534,7 +1563,14 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         // prefill wrote move to the host) and the slot-reusing placement.
         let n_layers = mc.config.n_layers;
         let resident: Vec<bool> = (0..n_layers).map(|i| i % 2 == 0).collect();
-        let sm = ferry::backend::cuda::stream::StreamedModel::load(&cuda, &g, &resident, 2)?;
+        let sm = ferry::backend::cuda::stream::StreamedModel::load(
+            &cuda,
+            &g,
+            &resident,
+            2,
+            true,
+            |_| {},
+        )?;
         let mut hm = ferry::engine::hybrid::HybridModel::new(
             sm,
             &cpu,

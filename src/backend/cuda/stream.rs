@@ -19,10 +19,11 @@ use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
 use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors};
 
-/// A streamed layer's weights in pinned host memory (cacheable, not
-/// write-combined, so the CPU can also read them at full speed).
+/// A streamed layer's weights in host memory: pinned (cacheable, not
+/// write-combined, so the CPU can also read them at full speed), or pageable
+/// with `--no-pin`.
 struct HostCopy {
-    pinned: Arc<PinnedBytes>,
+    pinned: Arc<dyn AsRef<[u8]> + Send + Sync>,
     len: usize,
     slot: usize,
     /// Offsets of the seven matrices in the packed buffer.
@@ -49,8 +50,8 @@ impl AsRef<[u8]> for PinnedBytes {
     }
 }
 
-/// Shares the pinned buffer through an `Arc` so CPU weights keep it alive.
-struct SharedPinned(Arc<PinnedBytes>);
+/// Shares the host buffer through an `Arc` so CPU weights keep it alive.
+struct SharedPinned(Arc<dyn AsRef<[u8]> + Send + Sync>);
 
 impl AsRef<[u8]> for SharedPinned {
     fn as_ref(&self) -> &[u8] {
@@ -91,12 +92,16 @@ fn timed_event(stream: &CudaStream) -> Result<CudaEvent, BackendError> {
 
 impl StreamedModel {
     /// Load `g` with the layers marked in `resident` uploaded to VRAM and the
-    /// rest packed into pinned host memory, streamed through `n_slots` slots.
+    /// rest packed into pinned host memory (pageable with `pin` false: copies
+    /// then go through the driver's staging buffer, several times slower),
+    /// streamed through `n_slots` slots. `progress(layers done)` after each layer.
     pub fn load(
         b: &CudaBackend,
         g: &Gguf,
         resident: &[bool],
         n_slots: usize,
+        pin: bool,
+        mut progress: impl FnMut(usize),
     ) -> Result<Self, BackendError> {
         let config = Config::from_gguf(g).map_err(|e| BackendError::Invalid(e.to_string()))?;
         let tensors = ModelTensors::from_gguf(g, &config)
@@ -139,16 +144,13 @@ impl StreamedModel {
             if r {
                 layers.push(Layer::load(b, g, t)?);
                 host.push(None);
+                progress(layers.len());
                 continue;
             }
             let slot = k % n_slots;
             k += 1;
             let len = packed_len(t);
-            // SAFETY: a plain page-locked allocation; flags 0 keeps it cacheable.
-            let mut pinned =
-                unsafe { b.ctx.alloc_pinned_with_flags::<u8>(len.max(1), 0) }.map_err(err)?;
-            {
-                let dst = pinned.as_mut_slice().map_err(err)?;
+            let pack = |dst: &mut [u8]| {
                 let mut off = 0;
                 for m in t.matrices() {
                     let src = &g.files[m.file_index].bytes()
@@ -156,7 +158,29 @@ impl StreamedModel {
                     dst[off..off + src.len()].copy_from_slice(src);
                     off += src.len();
                 }
-            }
+            };
+            let pinned: Arc<dyn AsRef<[u8]> + Send + Sync> = if pin {
+                // SAFETY: a plain page-locked allocation; flags 0 keeps it cacheable.
+                let mut pinned = unsafe { b.ctx.alloc_pinned_with_flags::<u8>(len.max(1), 0) }
+                    .map_err(|e| {
+                        BackendError::Invalid(format!(
+                            "pinning {} of host memory for layer {} failed ({e:?}): the host has too little memory that can be page-locked (check free memory, and `ulimit -l` where the driver honours it); free memory, lower the model's host share with a larger --vram-budget, or pass --no-pin to stream from pageable memory (slower copies)",
+                            crate::plan::HumanBytes(len as u64),
+                            t.index
+                        ))
+                    })?;
+                pack(pinned.as_mut_slice().map_err(err)?);
+                let ptr = pinned.as_ptr().map_err(err)?;
+                Arc::new(PinnedBytes {
+                    _pinned: pinned,
+                    ptr,
+                    len,
+                })
+            } else {
+                let mut v = vec![0u8; len.max(1)];
+                pack(&mut v);
+                Arc::new(v)
+            };
             let mut offsets = [0usize; 7];
             let mut off = 0;
             for (i, m) in t.matrices().iter().enumerate() {
@@ -166,18 +190,13 @@ impl StreamedModel {
             layers.push(Layer::assemble(b, g, t, |k, m| {
                 CudaWeight::in_buffer(&b.stream, slots[slot].clone(), offsets[k], m)
             })?);
-            let ptr = pinned.as_ptr().map_err(err)?;
-            let pinned = Arc::new(PinnedBytes {
-                _pinned: pinned,
-                ptr,
-                len,
-            });
             host.push(Some(HostCopy {
                 pinned,
                 len,
                 slot,
                 offsets,
             }));
+            progress(layers.len());
         }
         let model = Model::from_layers(b, g, config, tensors, layers)?;
         Ok(StreamedModel {
