@@ -238,6 +238,20 @@ struct ServeArgs {
     /// Model name reported by /v1/models (default: the file name without .gguf).
     #[arg(long)]
     alias: Option<String>,
+    /// On a GPU: all device memory ferry may use (e.g. 8GiB or 25%); layers
+    /// that do not fit are streamed in prefill and placed per layer in decode.
+    /// Default: free device memory minus 5 %, resident when the model fits.
+    #[arg(long)]
+    vram_budget: Option<String>,
+    /// Machine profile for the plan: auto, calibrated, a built-in name or a file.
+    #[arg(long, default_value = "auto")]
+    gpu_profile: String,
+    /// Keep streamed layers in pageable host memory instead of pinned memory.
+    #[arg(long)]
+    no_pin: bool,
+    /// Print the plan.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -624,24 +638,10 @@ fn run_model(args: RunArgs) -> Result<()> {
             }
             run_on(&b, &g, &path, &args, t0)
         }
-        Device::Cuda(b) => {
-            let model_bytes = g.total_tensor_bytes();
-            let budget = match &args.vram_budget {
-                Some(s) => budget_from(s, model_bytes)?,
-                None => {
-                    let (free, _) = b.free_memory()?;
-                    (free as u64) / 100 * 95
-                }
-            };
-            // Everything fits with room for the KV cache and activations: the
-            // plain resident engine (the same kernels) is enough.
-            let fits = args.vram_budget.is_none() && model_bytes + (1 << 30) < budget;
-            if fits {
-                run_on(&*b, &g, &path, &args, t0)
-            } else {
-                run_planned(&b, &g, &path, &args, budget, t0)
-            }
-        }
+        Device::Cuda(b) => match gpu_budget(&b, &g, args.vram_budget.as_deref())? {
+            None => run_on(&*b, &g, &path, &args, t0),
+            Some(budget) => run_planned(&b, &g, &path, &args, budget, t0),
+        },
     }
 }
 
@@ -804,6 +804,74 @@ fn converse(
     Ok(())
 }
 
+/// How `run` and `serve` place a model within a budget.
+struct Placement<'a> {
+    budget: u64,
+    n_ctx: usize,
+    ubatch: usize,
+    parallel: usize,
+    gpu_profile: &'a str,
+    pin: bool,
+    verbose: bool,
+}
+
+/// Plan the model for the budget and load it that way: resident layers in
+/// VRAM, the rest in (pinned) host memory, streamed in prefill and placed per
+/// layer in decode. From here on every device allocation is held to the budget.
+fn load_planned(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    cpu: &CpuBackend,
+    g: &Gguf,
+    p: &Placement,
+) -> Result<ferry::engine::hybrid::HybridModel> {
+    use ferry::backend::cuda::stream::StreamedModel;
+    use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
+    let shape = ModelShape::from_gguf(g)?;
+    let profile =
+        MachineProfile::load(&resolve_profile(p.gpu_profile, cuda)).map_err(anyhow::Error::msg)?;
+    let req = PlanRequest {
+        budget: p.budget,
+        n_ctx: p.n_ctx,
+        ubatch: p.ubatch,
+        n_parallel: p.parallel,
+    };
+    let plan = ferry::plan::plan(&shape, &req, &CostModel::new(profile.clone()))?;
+    if p.verbose {
+        eprint!("{}", plan.describe(&shape, &profile));
+    }
+    let resident: Vec<bool> = plan
+        .prefill
+        .iter()
+        .map(|x| *x == ferry::plan::PrefillPlace::Resident)
+        .collect();
+    let n_res = resident.iter().filter(|r| **r).count();
+    cuda.set_budget(Some(p.budget));
+    eprintln!(
+        "ferry: VRAM budget {}: {n_res} of {} layers resident, the rest streamed from {} host memory ({} slots)",
+        ferry::plan::HumanBytes(p.budget),
+        resident.len(),
+        if p.pin { "pinned" } else { "pageable" },
+        plan.n_slots.max(2)
+    );
+    let bar = indicatif::ProgressBar::new(resident.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "placing layers (resident: VRAM, the rest: host memory) [{bar:30}] {pos}/{len}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let sm = StreamedModel::load(cuda, g, &resident, plan.n_slots.max(2), p.pin, |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    Ok(ferry::engine::hybrid::HybridModel::new(
+        sm,
+        cpu,
+        g,
+        plan.decode.clone(),
+    )?)
+}
+
 /// `ferry run` on the GPU within a VRAM budget: the plan keeps some layers
 /// resident, streams the rest through slots during prefill, and places each
 /// non-resident layer for decode (CPU or streamed) by the calibrated cost model.
@@ -815,58 +883,23 @@ fn run_planned(
     budget: u64,
     t0: std::time::Instant,
 ) -> Result<()> {
-    use ferry::backend::cuda::stream::StreamedModel;
-    use ferry::engine::hybrid::{HybridModel, HybridSession};
-    use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
-    let shape = ModelShape::from_gguf(g)?;
+    use ferry::engine::hybrid::HybridSession;
     let config = ferry::model::Config::from_gguf(g)?;
     let n_ctx = args.setup.n_ctx(config.context_train);
-    let profile = MachineProfile::load(&resolve_profile(&args.gpu_profile, cuda))
-        .map_err(anyhow::Error::msg)?;
-    let req = PlanRequest {
+    let cpu = CpuBackend::new(args.setup.threads);
+    let placement = Placement {
         budget,
         n_ctx,
         ubatch: args.ubatch,
-        n_parallel: 1,
+        parallel: 1,
+        gpu_profile: &args.gpu_profile,
+        pin: !args.no_pin,
+        verbose: args.verbose,
     };
-    let plan = ferry::plan::plan(&shape, &req, &CostModel::new(profile.clone()))?;
-    if args.verbose {
-        eprint!("{}", plan.describe(&shape, &profile));
-    }
-    let resident: Vec<bool> = plan
-        .prefill
-        .iter()
-        .map(|p| *p == ferry::plan::PrefillPlace::Resident)
-        .collect();
-    let n_res = resident.iter().filter(|r| **r).count();
-    cuda.set_budget(Some(budget));
-    eprintln!(
-        "ferry: VRAM budget {}: {n_res} of {} layers resident, the rest streamed from pinned host memory ({} slots)",
-        ferry::plan::HumanBytes(budget),
-        resident.len(),
-        plan.n_slots.max(2)
-    );
-    let bar = indicatif::ProgressBar::new(resident.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "placing layers (resident: VRAM, the rest: pinned host memory) [{bar:30}] {pos}/{len}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    let sm = StreamedModel::load(
-        cuda,
-        g,
-        &resident,
-        plan.n_slots.max(2),
-        !args.no_pin,
-        |done| bar.set_position(done as u64),
-    )?;
-    bar.finish_and_clear();
-    let cpu = CpuBackend::new(args.setup.threads);
-    let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
+    let mut hm = load_planned(cuda, &cpu, g, &placement)?;
     hm.gpu.tracing = args.trace.is_some();
     let load_secs = t0.elapsed().as_secs_f64();
-    let mut session = HybridSession::new(&mut hm, cuda, &cpu, n_ctx, args.ubatch)?;
+    let mut session = HybridSession::new(&mut hm, cuda, &cpu, n_ctx, 1, args.ubatch)?;
     let mut generate = |cached: &[u32],
                         prompt: &[u32],
                         max_new: usize,
@@ -941,8 +974,16 @@ fn serve_model(args: ServeArgs) -> Result<()> {
     match open_device(args.setup.device, args.setup.threads)? {
         // Parallel requests share decode steps; the batch-invariant matmul path
         // keeps each request's output independent of its company.
-        Device::Cpu(b) => serve_on(&b.with_batch_invariance(args.parallel), &g, &path, &args),
-        Device::Cuda(b) => serve_on(&*b, &g, &path, &args),
+        Device::Cpu(b) => {
+            if args.vram_budget.is_some() {
+                anyhow::bail!("--vram-budget needs a GPU (--device cuda)");
+            }
+            serve_on(&b.with_batch_invariance(args.parallel), &g, &path, &args)
+        }
+        Device::Cuda(b) => match gpu_budget(&b, &g, args.vram_budget.as_deref())? {
+            None => serve_on(&*b, &g, &path, &args),
+            Some(budget) => serve_planned(&b, &g, &path, &args, budget),
+        },
     }
 }
 
@@ -957,6 +998,91 @@ where
     B::Vector: Send + Sync,
     B::Kv: Send,
 {
+    let model = load_model(backend, g, path)?;
+    let n_ctx = args.setup.n_ctx(model.config.context_train);
+    let http = start_http(args, g, path, n_ctx, &backend.name())?;
+    if let Some(used) = backend.device_memory_used() {
+        http.metrics
+            .device_memory_used
+            .store(used, std::sync::atomic::Ordering::Relaxed);
+    }
+    let Http {
+        tok,
+        metrics,
+        jobs,
+        engine,
+        thread,
+    } = http;
+    backend.run(|| -> Result<(), ferry::backend::BackendError> {
+        let mut session = Session::new(backend, &model, n_ctx, args.parallel)?;
+        session.ubatch = engine.prefill_chunk;
+        ferry::server::run_engine(&mut session, &tok, &engine, jobs, &metrics)
+    })?;
+    join_http(thread)
+}
+
+/// `ferry serve` on a GPU within a VRAM budget: the hybrid engine decodes the
+/// parallel sequences together, each non-resident layer where the plan puts
+/// it for that batch size.
+fn serve_planned(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &ServeArgs,
+    budget: u64,
+) -> Result<()> {
+    use ferry::engine::hybrid::HybridSession;
+    let config = ferry::model::Config::from_gguf(g)?;
+    let n_ctx = args.setup.n_ctx(config.context_train);
+    let cpu = CpuBackend::new(args.setup.threads);
+    let placement = Placement {
+        budget,
+        n_ctx,
+        ubatch: args.ubatch,
+        parallel: args.parallel,
+        gpu_profile: &args.gpu_profile,
+        pin: !args.no_pin,
+        verbose: args.verbose,
+    };
+    let mut hm = load_planned(cuda, &cpu, g, &placement)?;
+    let http = start_http(args, g, path, n_ctx, &format!("{} + CPU", cuda.name()))?;
+    let mut session = HybridSession::new(
+        &mut hm,
+        cuda,
+        &cpu,
+        n_ctx,
+        args.parallel,
+        args.ubatch.max(1),
+    )?;
+    http.metrics
+        .device_memory_used
+        .store(cuda.peak_memory(), std::sync::atomic::Ordering::Relaxed);
+    ferry::server::run_engine(
+        &mut session,
+        &http.tok,
+        &http.engine,
+        http.jobs,
+        &http.metrics,
+    )?;
+    join_http(http.thread)
+}
+
+/// The HTTP side of `ferry serve`, listening; the engine runs on the caller's thread.
+struct Http {
+    tok: std::sync::Arc<Tokenizer>,
+    metrics: std::sync::Arc<ferry::server::metrics::Metrics>,
+    jobs: std::sync::mpsc::Receiver<ferry::server::scheduler::Job>,
+    engine: ferry::server::EngineConfig,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+fn start_http(
+    args: &ServeArgs,
+    g: &Gguf,
+    path: &std::path::Path,
+    n_ctx: usize,
+    device: &str,
+) -> Result<Http> {
     use ferry::server::{EngineConfig, ServeOptions, Server, metrics::Metrics};
     use std::sync::Arc;
     let max_body = ferry::plan::parse_size(&args.max_body).map_err(anyhow::Error::msg)? as usize;
@@ -966,11 +1092,9 @@ where
             args.host
         );
     }
-    let model = load_model(backend, g, path)?;
     let tok = Arc::new(Tokenizer::from_gguf(g).with_context(|| path.display().to_string())?);
-    let n_ctx = args.setup.n_ctx(model.config.context_train);
+    let cfg = ferry::model::Config::from_gguf(g)?;
     let metrics = Arc::new(Metrics::default());
-    let cfg = &model.config;
     // f16 keys and values for every layer, slot and position.
     let kv_bytes = (cfg.n_layers * args.parallel * n_ctx * cfg.kv_width() * 2 * 2) as u64;
     metrics
@@ -994,11 +1118,11 @@ where
         max_body_bytes: max_body,
         model_id: model_id.clone(),
     };
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let (jobs_tx, jobs) = std::sync::mpsc::channel();
     let server = Server::new(&opts, tok.clone(), jobs_tx, metrics.clone());
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let (host, port) = (args.host.clone(), args.port);
-    let http = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("ferry-http".into())
         .spawn(move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1010,33 +1134,50 @@ where
             }))
         })?;
     let Ok(addr) = bound_rx.recv() else {
-        return match http.join() {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("the HTTP thread panicked")),
-        };
+        join_http(thread)?;
+        anyhow::bail!("the HTTP server stopped before listening");
     };
     eprintln!(
-        "ferry serve: {model_id} on http://{addr} ({} on {}, {} parallel sequences of {n_ctx} tokens, queue {})",
-        backend.name(),
-        model.config.arch.name(),
+        "ferry serve: {model_id} on http://{addr} ({device} on {}, {} parallel sequences of {n_ctx} tokens, queue {})",
+        cfg.arch.name(),
         args.parallel,
         args.queue
     );
-    if let Some(used) = backend.device_memory_used() {
-        metrics
-            .device_memory_used
-            .store(used, std::sync::atomic::Ordering::Relaxed);
-    }
-    let engine = EngineConfig {
-        parallel: args.parallel,
-        n_ctx,
-        prefill_chunk: args.ubatch.max(1),
-    };
-    backend.run(|| ferry::server::run_engine(backend, &model, &tok, &engine, jobs_rx, &metrics))?;
-    match http.join() {
+    Ok(Http {
+        tok,
+        metrics,
+        jobs,
+        engine: EngineConfig {
+            parallel: args.parallel,
+            n_ctx,
+            prefill_chunk: args.ubatch.max(1),
+        },
+        thread,
+    })
+}
+
+fn join_http(thread: std::thread::JoinHandle<Result<()>>) -> Result<()> {
+    match thread.join() {
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!("the HTTP thread panicked")),
     }
+}
+
+/// The budget to plan within on a GPU, or `None` when no budget was asked for
+/// and the model fits in free memory with room to spare (the resident engine,
+/// same kernels, is then enough). Default budget: free memory minus 5 %.
+fn gpu_budget(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    g: &Gguf,
+    asked: Option<&str>,
+) -> Result<Option<u64>> {
+    let model_bytes = g.total_tensor_bytes();
+    if let Some(s) = asked {
+        return Ok(Some(budget_from(s, model_bytes)?));
+    }
+    let (free, _) = cuda.free_memory()?;
+    let budget = (free as u64) / 100 * 95;
+    Ok((model_bytes + (1 << 30) >= budget).then_some(budget))
 }
 
 /// A budget as a size (8GiB) or a percentage of the model's bytes (25%).

@@ -152,4 +152,15 @@ fn serve_and_run_reject_bad_settings_with_a_message() {
     ]);
     assert!(!ok);
     assert!(err.contains("--vram-budget needs a GPU"), "{err}");
+    let (ok, _, err) = ferry(&[
+        "serve",
+        "-m",
+        m.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--vram-budget",
+        "25%",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--vram-budget needs a GPU"), "{err}");
 }

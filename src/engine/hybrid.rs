@@ -393,17 +393,18 @@ pub fn host_kv_bytes(kv: &HybridKv) -> u64 {
         .sum()
 }
 
-/// A conversation on a hybrid model: streamed prefill, then decode steps
-/// placed per layer by the plan. Mirrors `Session::generate`.
+/// Sequences on a hybrid model: streamed prefill, then decode steps placed
+/// per layer by the plan. `ferry run` uses sequence 0 (`generate`); the
+/// server decodes several together (`Engine`).
 pub struct HybridSession<'a> {
     pub model: &'a mut HybridModel,
     cuda: &'a CudaBackend,
     cpu: &'a CpuBackend,
     kv: HybridKv,
-    filled: usize,
+    filled: Vec<usize>,
     pub n_ctx: usize,
     pub ubatch: usize,
-    /// Summed over the decode steps of the last generation.
+    /// Summed over the decode steps since the last generation started.
     pub decode_stats: PassStats,
 }
 
@@ -413,38 +414,60 @@ impl<'a> HybridSession<'a> {
         cuda: &'a CudaBackend,
         cpu: &'a CpuBackend,
         n_ctx: usize,
+        n_seq: usize,
         ubatch: usize,
     ) -> Result<Self, BackendError> {
-        let kv = model.kv(cuda, cpu, n_ctx, 1)?;
+        let kv = model.kv(cuda, cpu, n_ctx, n_seq)?;
         Ok(HybridSession {
             model,
             cuda,
             cpu,
             kv,
-            filled: 0,
+            filled: vec![0; n_seq],
             n_ctx,
             ubatch,
             decode_stats: PassStats::default(),
         })
     }
+
+    /// A forward pass of `batch` with every layer placed for decode; adds
+    /// to `decode_stats`.
+    fn decode_batch(&mut self, batch: &Batch, rows: &[usize]) -> Result<Vec<f32>, BackendError> {
+        let runs = self.model.decode_runs();
+        let (logits, s) =
+            self.model
+                .forward(self.cuda, self.cpu, &mut self.kv, batch, &runs, rows)?;
+        let d = &mut self.decode_stats;
+        d.gpu_layers += s.gpu_layers;
+        d.cpu_layers += s.cpu_layers;
+        d.streamed_layers += s.streamed_layers;
+        d.streamed_bytes += s.streamed_bytes;
+        d.crossings += s.crossings;
+        Ok(logits)
+    }
 }
 
-impl crate::engine::Steps for HybridSession<'_> {
+impl crate::engine::Engine for HybridSession<'_> {
     fn n_ctx(&self) -> usize {
         self.n_ctx
     }
-    fn filled(&self) -> usize {
-        self.filled
+    fn n_seq(&self) -> usize {
+        self.filled.len()
     }
-    fn truncate(&mut self, n: usize) {
-        self.filled = self.filled.min(n);
-        self.kv.truncate(0, self.filled);
+    fn len(&self, seq: usize) -> usize {
+        self.filled[seq]
     }
-    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
-        let positions: Vec<u32> = (self.filled..self.filled + tokens.len())
-            .map(|p| p as u32)
-            .collect();
-        let seqs = vec![0u32; tokens.len()];
+    fn reset(&mut self, seq: usize) {
+        self.filled[seq] = 0;
+        self.kv.truncate(seq, 0);
+    }
+    fn prefill(&mut self, seq: usize, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        if tokens.is_empty() {
+            return Err(BackendError::Invalid("prefill of an empty prompt".into()));
+        }
+        let start = self.filled[seq];
+        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        let seqs = vec![seq as u32; tokens.len()];
         let batch = Batch {
             tokens,
             positions: &positions,
@@ -457,22 +480,42 @@ impl crate::engine::Steps for HybridSession<'_> {
             self.ubatch,
             &[tokens.len() - 1],
         )?;
-        self.filled += tokens.len();
+        self.filled[seq] += tokens.len();
         Ok(logits)
     }
-    fn step(&mut self, token: u32) -> Result<Vec<f32>, BackendError> {
-        let runs = self.model.decode_runs();
-        let (logits, s) =
-            self.model
-                .decode_step(self.cuda, self.cpu, &mut self.kv, token, self.filled, &runs)?;
-        self.filled += 1;
-        let d = &mut self.decode_stats;
-        d.gpu_layers += s.gpu_layers;
-        d.cpu_layers += s.cpu_layers;
-        d.streamed_layers += s.streamed_layers;
-        d.streamed_bytes += s.streamed_bytes;
-        d.crossings += s.crossings;
+    fn decode(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let positions: Vec<u32> = seqs.iter().map(|&s| self.filled[s] as u32).collect();
+        let seq_ids: Vec<u32> = seqs.iter().map(|&s| s as u32).collect();
+        let batch = Batch {
+            tokens,
+            positions: &positions,
+            seqs: &seq_ids,
+        };
+        let rows: Vec<usize> = (0..tokens.len()).collect();
+        let logits = self.decode_batch(&batch, &rows)?;
+        for &s in seqs {
+            self.filled[s] += 1;
+        }
         Ok(logits)
+    }
+}
+
+impl crate::engine::Steps for HybridSession<'_> {
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+    fn filled(&self) -> usize {
+        self.filled[0]
+    }
+    fn truncate(&mut self, n: usize) {
+        self.filled[0] = self.filled[0].min(n);
+        self.kv.truncate(0, self.filled[0]);
+    }
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        crate::engine::Engine::prefill(self, 0, tokens)
+    }
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, BackendError> {
+        crate::engine::Engine::decode(self, &[0], &[token])
     }
 }
 

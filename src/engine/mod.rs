@@ -120,6 +120,43 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 }
 
+/// Sequences that can be prefilled and decoded together: what the server's
+/// scheduler drives (a `Session` on one backend, or a hybrid GPU + CPU session
+/// within a VRAM budget).
+pub trait Engine {
+    fn n_ctx(&self) -> usize;
+    fn n_seq(&self) -> usize;
+    /// Positions in sequence `seq`'s cache.
+    fn len(&self, seq: usize) -> usize;
+    /// Forget sequence `seq`.
+    fn reset(&mut self, seq: usize);
+    /// Append `tokens` to sequence `seq`; the logits after the last.
+    fn prefill(&mut self, seq: usize, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+    /// One token for each of `seqs`, in one batch; their logits, concatenated.
+    fn decode(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+}
+
+impl<B: Backend> Engine for Session<'_, B> {
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+    fn n_seq(&self) -> usize {
+        self.filled.len()
+    }
+    fn len(&self, seq: usize) -> usize {
+        Session::len(self, seq)
+    }
+    fn reset(&mut self, seq: usize) {
+        Session::reset(self, seq)
+    }
+    fn prefill(&mut self, seq: usize, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        Session::prefill(self, seq, tokens)
+    }
+    fn decode(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        Session::decode(self, seqs, tokens)
+    }
+}
+
 /// What a generation did, for the timing summary.
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {

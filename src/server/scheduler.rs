@@ -16,9 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
-use crate::backend::Backend;
-use crate::engine::{Sampler, SamplerConfig, Session};
-use crate::model::Model;
+use crate::engine::{Engine, Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Why a generation ended, as OpenAI names it.
@@ -219,18 +217,25 @@ impl Slot<'_> {
     }
 }
 
-/// Run the engine until every sender of `jobs` is gone. Must run where the
-/// backend lives (inside `Backend::run` for the CPU backend).
-pub fn run_engine<B: Backend + Sync>(
-    backend: &B,
-    model: &Model<B>,
+/// Run the scheduler over `session` (one sequence slot per parallel request)
+/// until every sender of `jobs` is gone. Must run where the backend lives
+/// (inside `Backend::run` for the CPU backend).
+pub fn run_engine(
+    session: &mut dyn Engine,
     tok: &Tokenizer,
     cfg: &EngineConfig,
     jobs: Receiver<Job>,
     metrics: &Metrics,
 ) -> Result<(), crate::backend::BackendError> {
-    let mut session = Session::new(backend, model, cfg.n_ctx, cfg.parallel)?;
-    session.ubatch = cfg.prefill_chunk;
+    if session.n_seq() < cfg.parallel || session.n_ctx() < cfg.n_ctx {
+        return Err(crate::backend::BackendError::Invalid(format!(
+            "the session holds {} sequences of {} tokens; the server needs {} of {}",
+            session.n_seq(),
+            session.n_ctx(),
+            cfg.parallel,
+            cfg.n_ctx
+        )));
+    }
     let mut slots: Vec<Option<Slot>> = (0..cfg.parallel).map(|_| None).collect();
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let publish = |slots: &[Option<Slot>], waiting: &VecDeque<Job>| {
