@@ -5,6 +5,7 @@
 #   main    calibrate; 32B-shape Q4_K_M: full-resident and 25 % budget
 #           (prefill stream/sync/static, decode stream/static)
 #   sweep   prefill t/s against the VRAM budget for each mode (the plot)
+#   serve7b `ferry serve` within a budget (hybrid engine), two parallel requests
 #   budget  peak device memory against the budget (the ledger enforces it),
 #           traces, and `ferry run` within a budget (streamed prefill + hybrid decode)
 set -uo pipefail
@@ -59,6 +60,19 @@ final7b)
     timeout 90 ./ferry run -m "$M7" --vram-budget 25% -c 1024 -n 16 --temp 0 -v --trace "$OUTDIR/run-trace-7b.json" \
         -p "The streaming engine copies each layer once per prompt, so" 2>&1 | tee "$OUTDIR/run-budget-7b.txt"
     ./ferry trace-svg "$OUTDIR/run-trace-7b.json"
+    ;;
+serve7b)
+    M7=/tmp/ferry-7b-q4km.gguf
+    [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
+    ./ferry serve -m "$M7" --vram-budget 25% --parallel 2 -c 1024 --port 18080 -v 2> "$OUTDIR/serve7b.log" &
+    pid=$!
+    for _ in $(seq 120); do grep -q "on http://" "$OUTDIR/serve7b.log" && break; sleep 1; done
+    for p in "One two three" "Four five six"; do
+        curl -s localhost:18080/v1/completions -d "{\"prompt\": \"$p\", \"max_tokens\": 16, \"temperature\": 0}" &
+    done
+    wait %2 %3 2>/dev/null; sleep 1
+    curl -s localhost:18080/metrics | grep -E "^ferry_(requests_total|generated|decode_batch|device_memory)"
+    kill $pid; wait $pid; cat "$OUTDIR/serve7b.log"
     ;;
 esac
 done
