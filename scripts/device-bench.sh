@@ -67,10 +67,12 @@ serve7b)
     ./ferry serve -m "$M7" --vram-budget 25% --parallel 2 -c 1024 --port 18080 -v 2> "$OUTDIR/serve7b.log" &
     pid=$!
     for _ in $(seq 120); do grep -q "on http://" "$OUTDIR/serve7b.log" && break; sleep 1; done
+    clients=()
     for p in "One two three" "Four five six"; do
         curl -s localhost:18080/v1/completions -d "{\"prompt\": \"$p\", \"max_tokens\": 16, \"temperature\": 0}" &
+        clients+=($!)
     done
-    wait %2 %3 2>/dev/null; sleep 1
+    wait "${clients[@]}"; echo
     curl -s localhost:18080/metrics | grep -E "^ferry_(requests_total|generated|decode_batch|device_memory)"
     kill $pid; wait $pid; cat "$OUTDIR/serve7b.log"
     ;;
