@@ -63,6 +63,29 @@ impl SamplingArgs {
     }
 }
 
+/// How `run` and `serve` place a model on a GPU within a VRAM budget.
+#[derive(clap::Args, Debug)]
+struct BudgetArgs {
+    /// All device memory ferry may use (e.g. 8GiB, or 25% of the model); the
+    /// plan streams the layers that do not fit. Default on a GPU: free device
+    /// memory minus 5 %, with every layer resident when the model fits.
+    #[arg(long)]
+    vram_budget: Option<String>,
+    /// Machine profile for the plan: auto (this machine's `ferry calibrate`
+    /// result, else the built-in profile of the card), calibrated, a built-in
+    /// name, or a file.
+    #[arg(long, default_value = "auto")]
+    gpu_profile: String,
+    /// Keep streamed layers in pageable host memory instead of pinned memory
+    /// (when memory cannot be page-locked; copies are several times slower).
+    #[arg(long)]
+    no_pin: bool,
+    /// Show the plan (where every layer runs in prefill and decode) and the
+    /// decode placement actually used.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
 /// Context, threads and device: how `run` and `serve` set up a model.
 #[derive(clap::Args, Debug)]
 struct SetupArgs {
@@ -111,30 +134,15 @@ struct RunArgs {
     /// Print special tokens (e.g. <|im_end|>) in the output.
     #[arg(long)]
     show_special: bool,
-    /// All device memory ferry may use (e.g. 8GiB, or 40% of the model); the
-    /// plan streams the layers that do not fit. Default on a GPU: free device
-    /// memory minus a 5 % margin.
-    #[arg(long)]
-    vram_budget: Option<String>,
-    /// Machine profile for the plan: auto (this machine's `ferry calibrate`
-    /// result, else the built-in profile of the card), a built-in name, or a file.
-    #[arg(long, default_value = "auto")]
-    gpu_profile: String,
+    #[command(flatten)]
+    budget: BudgetArgs,
     /// Tokens per prefill micro-batch.
     #[arg(long = "ub", default_value_t = 512)]
     ubatch: usize,
-    /// Show the plan (where every layer runs in prefill and decode) and the
-    /// decode placement actually used.
-    #[arg(short, long)]
-    verbose: bool,
     /// Write a Chrome/Perfetto trace of the prefill's copies and per-layer
     /// compute (with --vram-budget on a GPU); `ferry trace-svg` draws it.
     #[arg(long)]
     trace: Option<PathBuf>,
-    /// Keep streamed layers in pageable host memory instead of pinned memory
-    /// (when memory cannot be page-locked; copies are several times slower).
-    #[arg(long)]
-    no_pin: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -238,20 +246,8 @@ struct ServeArgs {
     /// Model name reported by /v1/models (default: the file name without .gguf).
     #[arg(long)]
     alias: Option<String>,
-    /// On a GPU: all device memory ferry may use (e.g. 8GiB or 25%); layers
-    /// that do not fit are streamed in prefill and placed per layer in decode.
-    /// Default: free device memory minus 5 %, resident when the model fits.
-    #[arg(long)]
-    vram_budget: Option<String>,
-    /// Machine profile for the plan: auto, calibrated, a built-in name or a file.
-    #[arg(long, default_value = "auto")]
-    gpu_profile: String,
-    /// Keep streamed layers in pageable host memory instead of pinned memory.
-    #[arg(long)]
-    no_pin: bool,
-    /// Print the plan.
-    #[arg(short, long)]
-    verbose: bool,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 #[derive(Subcommand)]
@@ -633,12 +629,12 @@ fn run_model(args: RunArgs) -> Result<()> {
     let g = Gguf::open(&path)?;
     match open_device(args.setup.device, args.setup.threads)? {
         Device::Cpu(b) => {
-            if args.vram_budget.is_some() {
+            if args.budget.vram_budget.is_some() {
                 anyhow::bail!("--vram-budget needs a GPU (--device cuda)");
             }
             run_on(&b, &g, &path, &args, t0)
         }
-        Device::Cuda(b) => match gpu_budget(&b, &g, args.vram_budget.as_deref())? {
+        Device::Cuda(b) => match gpu_budget(&b, &g, args.budget.vram_budget.as_deref())? {
             None => run_on(&*b, &g, &path, &args, t0),
             Some(budget) => run_planned(&b, &g, &path, &args, budget, t0),
         },
@@ -815,6 +811,20 @@ struct Placement<'a> {
     verbose: bool,
 }
 
+impl<'a> Placement<'a> {
+    fn new(b: &'a BudgetArgs, budget: u64, n_ctx: usize, ubatch: usize, parallel: usize) -> Self {
+        Placement {
+            budget,
+            n_ctx,
+            ubatch,
+            parallel,
+            gpu_profile: &b.gpu_profile,
+            pin: !b.no_pin,
+            verbose: b.verbose,
+        }
+    }
+}
+
 /// Plan the model for the budget and load it that way: resident layers in
 /// VRAM, the rest in (pinned) host memory, streamed in prefill and placed per
 /// layer in decode. From here on every device allocation is held to the budget.
@@ -887,15 +897,7 @@ fn run_planned(
     let config = ferry::model::Config::from_gguf(g)?;
     let n_ctx = args.setup.n_ctx(config.context_train);
     let cpu = CpuBackend::new(args.setup.threads);
-    let placement = Placement {
-        budget,
-        n_ctx,
-        ubatch: args.ubatch,
-        parallel: 1,
-        gpu_profile: &args.gpu_profile,
-        pin: !args.no_pin,
-        verbose: args.verbose,
-    };
+    let placement = Placement::new(&args.budget, budget, n_ctx, args.ubatch, 1);
     let mut hm = load_planned(cuda, &cpu, g, &placement)?;
     hm.gpu.tracing = args.trace.is_some();
     let load_secs = t0.elapsed().as_secs_f64();
@@ -907,7 +909,7 @@ fn run_planned(
                         is_eog: &(dyn Fn(u32) -> bool + Sync),
                         on_token: &mut (dyn FnMut(u32) -> bool + Send)| {
         let r = session.generate(cached, prompt, max_new, sampler, is_eog, on_token);
-        if args.verbose {
+        if args.budget.verbose {
             let d = &session.decode_stats;
             eprintln!(
                 "decode placement, summed over the steps: {} layer runs on the GPU, {} on the CPU, {} streamed ({:.2} GiB), {} device crossings",
@@ -975,12 +977,12 @@ fn serve_model(args: ServeArgs) -> Result<()> {
         // Parallel requests share decode steps; the batch-invariant matmul path
         // keeps each request's output independent of its company.
         Device::Cpu(b) => {
-            if args.vram_budget.is_some() {
+            if args.budget.vram_budget.is_some() {
                 anyhow::bail!("--vram-budget needs a GPU (--device cuda)");
             }
             serve_on(&b.with_batch_invariance(args.parallel), &g, &path, &args)
         }
-        Device::Cuda(b) => match gpu_budget(&b, &g, args.vram_budget.as_deref())? {
+        Device::Cuda(b) => match gpu_budget(&b, &g, args.budget.vram_budget.as_deref())? {
             None => serve_on(&*b, &g, &path, &args),
             Some(budget) => serve_planned(&b, &g, &path, &args, budget),
         },
@@ -1035,15 +1037,7 @@ fn serve_planned(
     let config = ferry::model::Config::from_gguf(g)?;
     let n_ctx = args.setup.n_ctx(config.context_train);
     let cpu = CpuBackend::new(args.setup.threads);
-    let placement = Placement {
-        budget,
-        n_ctx,
-        ubatch: args.ubatch,
-        parallel: args.parallel,
-        gpu_profile: &args.gpu_profile,
-        pin: !args.no_pin,
-        verbose: args.verbose,
-    };
+    let placement = Placement::new(&args.budget, budget, n_ctx, args.ubatch, args.parallel);
     let mut hm = load_planned(cuda, &cpu, g, &placement)?;
     let http = start_http(args, g, path, n_ctx, &format!("{} + CPU", cuda.name()))?;
     let mut session = HybridSession::new(

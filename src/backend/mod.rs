@@ -65,6 +65,36 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Positions and sequence ids of `n` consecutive tokens of one sequence from
+/// position `start`: the owned half of a prompt's `Batch`.
+pub struct SequenceSpan {
+    pub positions: Vec<u32>,
+    pub seqs: Vec<u32>,
+}
+
+impl SequenceSpan {
+    pub fn new(seq: usize, start: usize, n: usize) -> Self {
+        SequenceSpan {
+            positions: (start..start + n).map(|p| p as u32).collect(),
+            seqs: vec![seq as u32; n],
+        }
+    }
+
+    /// The batch of `tokens` (as many as the span) at these positions.
+    pub fn batch<'a>(&'a self, tokens: &'a [u32]) -> Batch<'a> {
+        assert_eq!(
+            tokens.len(),
+            self.positions.len(),
+            "span and tokens differ in length"
+        );
+        Batch {
+            tokens,
+            positions: &self.positions,
+            seqs: &self.seqs,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{0}")]

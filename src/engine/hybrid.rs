@@ -465,14 +465,8 @@ impl crate::engine::Engine for HybridSession<'_> {
         if tokens.is_empty() {
             return Err(BackendError::Invalid("prefill of an empty prompt".into()));
         }
-        let start = self.filled[seq];
-        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
-        let seqs = vec![seq as u32; tokens.len()];
-        let batch = Batch {
-            tokens,
-            positions: &positions,
-            seqs: &seqs,
-        };
+        let span = crate::backend::SequenceSpan::new(seq, self.filled[seq], tokens.len());
+        let batch = span.batch(tokens);
         let logits = self.model.prefill(
             self.cuda,
             &mut self.kv,

@@ -70,13 +70,8 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         // Layer-major: every micro-batch of the prompt passes a layer before the
         // next layer starts.
-        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
-        let seqs = vec![seq as u32; tokens.len()];
-        let batch = Batch {
-            tokens,
-            positions: &positions,
-            seqs: &seqs,
-        };
+        let span = crate::backend::SequenceSpan::new(seq, start, tokens.len());
+        let batch = span.batch(tokens);
         let logits = self.model.forward_layer_major(
             self.backend,
             &mut self.kv,
