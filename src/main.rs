@@ -1039,7 +1039,11 @@ fn serve_planned(
     let cpu = CpuBackend::new(args.setup.threads);
     let placement = Placement::new(&args.budget, budget, n_ctx, args.ubatch, args.parallel);
     let mut hm = load_planned(cuda, &cpu, g, &placement)?;
-    let http = start_http(args, g, path, n_ctx, &format!("{} + CPU", cuda.name()))?;
+    let mut http = start_http(args, g, path, n_ctx, &format!("{} + CPU", cuda.name()))?;
+    // A prompt is prefilled in one layer-major pass (micro-batched inside by
+    // --ub), so each streamed layer crosses PCIe once per prompt rather than
+    // once per scheduler chunk.
+    http.engine.prefill_chunk = n_ctx;
     let mut session = HybridSession::new(
         &mut hm,
         cuda,
