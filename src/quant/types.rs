@@ -208,6 +208,14 @@ impl GgmlType {
         self.block_bytes() as f64 * 8.0 / self.block_elems() as f64
     }
 
+    /// Q2_K..Q6_K (super-blocks of 256 with sub-block scales).
+    pub fn is_k_quant(self) -> bool {
+        matches!(
+            self,
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+        )
+    }
+
     pub fn is_quantized(self) -> bool {
         self.block_elems() > 1
     }

@@ -102,7 +102,15 @@ pub fn matmul(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
 
 /// `matmul` where batches of up to `dot_max_tokens` tokens use the per-token
 /// dot product (bit-identical results for a token whatever the batch size).
+/// Only the k-quants need it: for the other formats the GEMM path computes
+/// exactly what the dot path computes (`tests/cpu_kernels.rs`), so they keep
+/// the faster GEMM path for every batch.
 pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: usize) {
+    let dot_max_tokens = if w.ty.is_k_quant() {
+        dot_max_tokens
+    } else {
+        DEFAULT_DOT_MAX_TOKENS
+    };
     assert_eq!(
         x.width, w.cols,
         "matmul: activation width vs weight columns"
