@@ -56,8 +56,7 @@ pub struct HybridModel {
 pub struct HybridKv {
     pub gpu: Vec<CudaKv>,
     cpu: Vec<Option<CpuKv>>,
-    gpu_valid: Vec<Vec<usize>>,
-    cpu_valid: Vec<Vec<usize>>,
+    valid: KvValidity,
     pub n_ctx: usize,
     pub n_seq: usize,
 }
@@ -108,8 +107,7 @@ impl HybridModel {
                         .transpose()
                 })
                 .collect::<Result<_, _>>()?,
-            gpu_valid: vec![vec![0; n_seq]; n],
-            cpu_valid: vec![vec![0; n_seq]; n],
+            valid: KvValidity::new(n, n_seq),
             n_ctx,
             n_seq,
         })
@@ -276,23 +274,99 @@ impl HybridModel {
     }
 }
 
-impl HybridKv {
-    /// The first position of each sequence in the batch (rows of one sequence
-    /// are consecutive positions).
-    fn starts(&self, batch: &Batch) -> Vec<(usize, usize)> {
-        let mut first: Vec<Option<usize>> = vec![None; self.n_seq];
-        for (&s, &p) in batch.seqs.iter().zip(batch.positions) {
-            let e = &mut first[s as usize];
-            *e = Some(e.map_or(p as usize, |f: usize| f.min(p as usize)));
+/// `(sequence, first position, last position + 1)` of each sequence in the
+/// batch (a sequence's rows are consecutive positions).
+pub fn batch_spans(batch: &Batch, n_seq: usize) -> Vec<(usize, usize, usize)> {
+    let mut span: Vec<Option<(usize, usize)>> = vec![None; n_seq];
+    for (&s, &p) in batch.seqs.iter().zip(batch.positions) {
+        let p = p as usize;
+        let e = &mut span[s as usize];
+        *e = Some(e.map_or((p, p + 1), |(a, b)| (a.min(p), b.max(p + 1))));
+    }
+    span.into_iter()
+        .enumerate()
+        .filter_map(|(s, e)| e.map(|(a, b)| (s, a, b)))
+        .collect()
+}
+
+/// Rows to copy before a layer runs: positions `rows` of sequence `seq`, to
+/// the GPU or to the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowCopy {
+    pub seq: usize,
+    pub rows: std::ops::Range<usize>,
+    pub to_gpu: bool,
+}
+
+/// Which positions of each layer's KV cache are current on each side: the
+/// bookkeeping of a hybrid session, kept apart from the copies so that it is
+/// tested without a GPU.
+#[derive(Debug, Clone)]
+pub struct KvValidity {
+    gpu: Vec<Vec<usize>>,
+    cpu: Vec<Vec<usize>>,
+}
+
+impl KvValidity {
+    pub fn new(n_layers: usize, n_seq: usize) -> Self {
+        KvValidity {
+            gpu: vec![vec![0; n_seq]; n_layers],
+            cpu: vec![vec![0; n_seq]; n_layers],
         }
-        first
-            .into_iter()
-            .enumerate()
-            .filter_map(|(s, p)| p.map(|p| (s, p)))
-            .collect()
     }
 
-    /// Make the GPU cache of layer `i` hold every position before the batch.
+    /// The copies that make one side of layer `i` hold every position before
+    /// each span's start (rows from the start on will be rewritten), counted
+    /// as done.
+    pub fn sync(
+        &mut self,
+        i: usize,
+        spans: &[(usize, usize, usize)],
+        to_gpu: bool,
+    ) -> Vec<RowCopy> {
+        let mut copies = Vec::new();
+        for &(s, start, _) in spans {
+            let (mine, other) = if to_gpu {
+                (&mut self.gpu[i][s], self.cpu[i][s])
+            } else {
+                (&mut self.cpu[i][s], self.gpu[i][s])
+            };
+            let (have, there) = ((*mine).min(start), other.min(start));
+            if there > have {
+                copies.push(RowCopy {
+                    seq: s,
+                    rows: have..there,
+                    to_gpu,
+                });
+            }
+            *mine = have.max(there);
+        }
+        copies
+    }
+
+    /// Layer `i` ran on one side over `spans`: that side holds the rows, the
+    /// other side's copies of them are stale.
+    pub fn ran(&mut self, i: usize, spans: &[(usize, usize, usize)], on_gpu: bool) {
+        for &(s, start, end) in spans {
+            let (mine, other) = if on_gpu {
+                (&mut self.gpu[i][s], &mut self.cpu[i][s])
+            } else {
+                (&mut self.cpu[i][s], &mut self.gpu[i][s])
+            };
+            *mine = end;
+            *other = (*other).min(start);
+        }
+    }
+
+    /// Forget sequence `s` from position `n` on.
+    pub fn truncate(&mut self, s: usize, n: usize) {
+        for v in self.gpu.iter_mut().chain(self.cpu.iter_mut()) {
+            v[s] = v[s].min(n);
+        }
+    }
+}
+
+impl HybridKv {
     fn sync_to_gpu(
         &mut self,
         cuda: &CudaBackend,
@@ -311,8 +385,7 @@ impl HybridKv {
         self.sync(cuda, i, batch, false)
     }
 
-    /// Copy the rows before the batch that the other side has and this side
-    /// (`to_gpu` or the host) lacks; rows from the batch on will be rewritten.
+    /// Copy to one side of layer `i` the rows before the batch it lacks.
     fn sync(
         &mut self,
         cuda: &CudaBackend,
@@ -320,67 +393,35 @@ impl HybridKv {
         batch: &Batch,
         to_gpu: bool,
     ) -> Result<(), BackendError> {
-        for (s, start) in self.starts(batch) {
-            let (have, other) = if to_gpu {
-                (self.gpu_valid[i][s], self.cpu_valid[i][s])
+        let spans = batch_spans(batch, self.n_seq);
+        for c in self.valid.sync(i, &spans, to_gpu) {
+            let host = self.cpu[i]
+                .as_mut()
+                .expect("rows move only where a host cache exists");
+            let base = c.seq * self.n_ctx;
+            let rows = base + c.rows.start..base + c.rows.end;
+            if c.to_gpu {
+                cuda.kv_from_host(&mut self.gpu[i], rows, &host.k, &host.v)?;
             } else {
-                (self.cpu_valid[i][s], self.gpu_valid[i][s])
-            };
-            let (have, other) = (have.min(start), other.min(start));
-            if other > have {
-                let host = self.cpu[i]
-                    .as_mut()
-                    .expect("rows move only where a host cache exists");
-                let rows = s * self.n_ctx + have..s * self.n_ctx + other;
-                if to_gpu {
-                    cuda.kv_from_host(&mut self.gpu[i], rows, &host.k, &host.v)?;
-                } else {
-                    cuda.kv_to_host(&self.gpu[i], rows, &mut host.k, &mut host.v)?;
-                }
+                cuda.kv_to_host(&self.gpu[i], rows, &mut host.k, &mut host.v)?;
             }
-            let valid = if to_gpu {
-                &mut self.gpu_valid[i][s]
-            } else {
-                &mut self.cpu_valid[i][s]
-            };
-            *valid = other.max(have);
         }
         Ok(())
     }
 
-    /// After layer `i` ran on the GPU: the GPU holds the batch's rows, the
-    /// host's copies of them are stale.
     fn ran_on_gpu(&mut self, i: usize, batch: &Batch) {
-        for (s, start, end) in self.spans(batch) {
-            self.gpu_valid[i][s] = end;
-            self.cpu_valid[i][s] = self.cpu_valid[i][s].min(start);
-        }
+        let spans = batch_spans(batch, self.n_seq);
+        self.valid.ran(i, &spans, true);
     }
 
     fn ran_on_cpu(&mut self, i: usize, batch: &Batch) {
-        for (s, start, end) in self.spans(batch) {
-            self.cpu_valid[i][s] = end;
-            self.gpu_valid[i][s] = self.gpu_valid[i][s].min(start);
-        }
-    }
-
-    /// `(sequence, first position, last position + 1)` of each sequence in the batch.
-    fn spans(&self, batch: &Batch) -> Vec<(usize, usize, usize)> {
-        let mut end = vec![0usize; self.n_seq];
-        for (&s, &p) in batch.seqs.iter().zip(batch.positions) {
-            end[s as usize] = end[s as usize].max(p as usize + 1);
-        }
-        self.starts(batch)
-            .into_iter()
-            .map(|(s, start)| (s, start, end[s]))
-            .collect()
+        let spans = batch_spans(batch, self.n_seq);
+        self.valid.ran(i, &spans, false);
     }
 
     /// Forget sequence `s` from position `n` on.
     pub fn truncate(&mut self, s: usize, n: usize) {
-        for v in self.gpu_valid.iter_mut().chain(self.cpu_valid.iter_mut()) {
-            v[s] = v[s].min(n);
-        }
+        self.valid.truncate(s, n);
     }
 }
 
@@ -526,5 +567,136 @@ impl HybridSession<'_> {
     ) -> Result<(Vec<u32>, crate::engine::GenerationStats), BackendError> {
         self.decode_stats = PassStats::default();
         crate::engine::generate_on(self, cached, prompt, max_new, sampler, is_eog, on_token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for the two KV caches: each side holds, per layer, sequence
+    /// and position, the "row" last written there (None: never written).
+    struct Sides {
+        gpu: Vec<Vec<Vec<Option<u64>>>>,
+        cpu: Vec<Vec<Vec<Option<u64>>>>,
+    }
+
+    /// What the row of `layer` at (`seq`, `pos`) must hold: a function of the
+    /// tokens up to it (a row depends on its whole prefix).
+    fn row(layer: usize, tokens: &[u32]) -> u64 {
+        tokens.iter().fold(layer as u64 * 1_000_003, |h, &t| {
+            h.wrapping_mul(0x100_0000_01b3).wrapping_add(t as u64 + 1)
+        })
+    }
+
+    #[test]
+    fn every_layer_sees_its_whole_prefix_whatever_the_placements() {
+        let (n_layers, n_seq, n_ctx) = (4, 3, 64);
+        let mut valid = KvValidity::new(n_layers, n_seq);
+        let mut sides = Sides {
+            gpu: vec![vec![vec![None; n_ctx]; n_seq]; n_layers],
+            cpu: vec![vec![vec![None; n_ctx]; n_seq]; n_layers],
+        };
+        // The tokens of each sequence (the truth the rows must follow).
+        let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); n_seq];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        let mut copies = 0;
+        for _ in 0..400 {
+            // Pick an operation: prefill one sequence on the GPU (every layer),
+            // a decode step of several sequences with per-layer placements, or
+            // a truncation (a new prompt that shares only a prefix).
+            let op = next(10);
+            if op == 0 {
+                let s = next(n_seq as u64) as usize;
+                let keep = next(seqs[s].len() as u64 + 1) as usize;
+                seqs[s].truncate(keep);
+                valid.truncate(s, keep);
+                continue;
+            }
+            let (batch_seqs, n_new, all_gpu): (Vec<usize>, usize, bool) = if op < 4 {
+                (
+                    vec![next(n_seq as u64) as usize],
+                    1 + next(5) as usize,
+                    true,
+                )
+            } else {
+                let mut b: Vec<usize> = (0..n_seq).filter(|_| next(2) == 0).collect();
+                if b.is_empty() {
+                    b.push(0);
+                }
+                (b, 1, false)
+            };
+            if batch_seqs.iter().any(|&s| seqs[s].len() + n_new > n_ctx) {
+                continue;
+            }
+            let mut positions = Vec::new();
+            let mut ids = Vec::new();
+            for &s in &batch_seqs {
+                for _ in 0..n_new {
+                    positions.push(seqs[s].len() as u32);
+                    ids.push(s as u32);
+                    seqs[s].push(next(1000) as u32);
+                }
+            }
+            let tokens = vec![0u32; ids.len()];
+            let batch = Batch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &ids,
+            };
+            let spans = batch_spans(&batch, n_seq);
+            for layer in 0..n_layers {
+                let on_gpu = all_gpu || next(2) == 0;
+                for c in valid.sync(layer, &spans, on_gpu) {
+                    copies += 1;
+                    let (from, to) = if c.to_gpu {
+                        (&sides.cpu, &mut sides.gpu)
+                    } else {
+                        (&sides.gpu, &mut sides.cpu)
+                    };
+                    for p in c.rows {
+                        to[layer][c.seq][p] = from[layer][c.seq][p];
+                    }
+                }
+                let side = if on_gpu {
+                    &mut sides.gpu
+                } else {
+                    &mut sides.cpu
+                };
+                for &(s, start, end) in &spans {
+                    // The side that runs the layer holds the whole prefix.
+                    for p in 0..start {
+                        assert_eq!(
+                            side[layer][s][p],
+                            Some(row(layer, &seqs[s][..=p])),
+                            "layer {layer} seq {s} pos {p} on the {}",
+                            if on_gpu { "GPU" } else { "CPU" }
+                        );
+                    }
+                    for p in start..end {
+                        side[layer][s][p] = Some(row(layer, &seqs[s][..=p]));
+                    }
+                }
+                valid.ran(layer, &spans, on_gpu);
+            }
+        }
+        // The placements moved rows both ways many times.
+        assert!(copies > 50, "{copies}");
+    }
+
+    #[test]
+    fn spans_cover_each_sequence_of_a_batch() {
+        let batch = Batch {
+            tokens: &[0; 5],
+            positions: &[7, 3, 4, 5, 9],
+            seqs: &[2, 0, 0, 0, 2],
+        };
+        assert_eq!(batch_spans(&batch, 3), vec![(0, 3, 6), (2, 7, 10)]);
     }
 }
