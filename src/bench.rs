@@ -54,6 +54,79 @@ pub struct BenchResult {
     pub stddev_ns: u64,
     pub avg_ts: f64,
     pub stddev_ts: f64,
+    /// How the model ran: `cpu`, `resident` (all on the GPU), or within a VRAM
+    /// budget `stream`, `sync` or `static` (see `ferry bench --help`).
+    pub mode: String,
+    /// The VRAM budget, bytes (budgeted runs only).
+    pub vram_budget: Option<u64>,
+    /// Peak device memory the ledger saw during the test, bytes.
+    pub vram_peak: Option<u64>,
+    /// Streamed prefill: the fraction of the shorter of copy and compute time
+    /// hidden under the other (1 = fully overlapped), from CUDA event timings.
+    pub overlap: Option<f64>,
+}
+
+/// What every result of one model and setting shares.
+#[derive(Debug, Clone)]
+pub struct ResultMeta {
+    pub model_filename: String,
+    pub model_type: String,
+    pub model_size: u64,
+    pub model_n_params: u64,
+    pub backends: String,
+    pub n_threads: usize,
+    pub n_batch: usize,
+    pub n_ubatch: usize,
+    pub mode: String,
+    pub vram_budget: Option<u64>,
+}
+
+impl BenchResult {
+    /// A result from the times of the repetitions (the warm-up excluded).
+    pub fn from_samples(meta: &ResultMeta, test: Test, samples: Vec<u64>) -> Self {
+        let n = samples.len().max(1) as f64;
+        let avg_ns = samples.iter().sum::<u64>() as f64 / n;
+        let tps: Vec<f64> = samples
+            .iter()
+            .map(|&ns| test.tokens() as f64 * 1e9 / ns.max(1) as f64)
+            .collect();
+        let avg_ts = tps.iter().sum::<f64>() / n;
+        let sd = |v: &[f64], mean: f64| {
+            if v.len() < 2 {
+                0.0
+            } else {
+                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+            }
+        };
+        let ns_f: Vec<f64> = samples.iter().map(|&s| s as f64).collect();
+        let (n_prompt, n_gen) = match test {
+            Test::Prompt(p) => (p, 0),
+            Test::Generate(n) => (0, n),
+            Test::PromptGenerate(p, n) => (p, n),
+        };
+        BenchResult {
+            model_filename: meta.model_filename.clone(),
+            model_type: meta.model_type.clone(),
+            model_size: meta.model_size,
+            model_n_params: meta.model_n_params,
+            backends: meta.backends.clone(),
+            n_threads: meta.n_threads,
+            n_batch: meta.n_batch,
+            n_ubatch: meta.n_ubatch,
+            n_prompt,
+            n_gen,
+            test: test.name(),
+            avg_ns: avg_ns as u64,
+            stddev_ns: sd(&ns_f, avg_ns) as u64,
+            samples_ns: samples,
+            avg_ts,
+            stddev_ts: sd(&tps, avg_ts),
+            mode: meta.mode.clone(),
+            vram_budget: meta.vram_budget,
+            vram_peak: None,
+            overlap: None,
+        }
+    }
 }
 
 /// Deterministic pseudo-random token ids in `[n_vocab/20, n_vocab/2)`, away
@@ -134,6 +207,7 @@ pub struct BenchSetup<'a, B: Backend> {
     pub repetitions: usize,
     pub ubatch: usize,
     pub batch: usize,
+    pub mode: String,
 }
 
 pub fn run_test<B: Backend + Sync>(setup: &BenchSetup<B>, test: Test) -> anyhow::Result<BenchResult>
@@ -147,27 +221,7 @@ where
     for _ in 0..setup.repetitions.max(1) {
         samples.push(run_once(setup.backend, setup.model, test, setup.ubatch)?);
     }
-    let n = samples.len() as f64;
-    let avg_ns = samples.iter().sum::<u64>() as f64 / n;
-    let tps: Vec<f64> = samples
-        .iter()
-        .map(|&ns| test.tokens() as f64 * 1e9 / ns as f64)
-        .collect();
-    let avg_ts = tps.iter().sum::<f64>() / n;
-    let sd = |v: &[f64], mean: f64| {
-        if v.len() < 2 {
-            0.0
-        } else {
-            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-        }
-    };
-    let ns_f: Vec<f64> = samples.iter().map(|&s| s as f64).collect();
-    let (n_prompt, n_gen) = match test {
-        Test::Prompt(p) => (p, 0),
-        Test::Generate(n) => (0, n),
-        Test::PromptGenerate(p, n) => (p, n),
-    };
-    Ok(BenchResult {
+    let meta = ResultMeta {
         model_filename: setup.model_filename.clone(),
         model_type: setup.model_type.clone(),
         model_size: setup.model_size,
@@ -176,15 +230,10 @@ where
         n_threads: setup.n_threads,
         n_batch: setup.batch,
         n_ubatch: setup.ubatch,
-        n_prompt,
-        n_gen,
-        test: test.name(),
-        avg_ns: avg_ns as u64,
-        stddev_ns: sd(&ns_f, avg_ns) as u64,
-        samples_ns: samples,
-        avg_ts,
-        stddev_ts: sd(&tps, avg_ts),
-    })
+        mode: setup.mode.clone(),
+        vram_budget: None,
+    };
+    Ok(BenchResult::from_samples(&meta, test, samples))
 }
 
 fn human_size(bytes: u64) -> String {
@@ -204,23 +253,43 @@ fn human_params(n: u64) -> String {
     }
 }
 
-/// A llama-bench-style markdown table.
+/// A llama-bench-style markdown table, plus `mode` and `vram` (budget, and the
+/// peak when measured) and, when any row has it, the overlap efficiency.
 pub fn markdown(results: &[BenchResult]) -> String {
+    let overlap = results.iter().any(|r| r.overlap.is_some());
     let mut s = String::new();
-    s.push_str("| model | size | params | backend | threads | n_ubatch | test | t/s |\n");
-    s.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| model | size | params | backend | threads | n_ubatch | mode | vram |");
+    s.push_str(if overlap { " overlap |" } else { "" });
+    s.push_str(" test | t/s |\n");
+    s.push_str("| --- | ---: | ---: | --- | ---: | ---: | --- | ---: |");
+    s.push_str(if overlap { " ---: |" } else { "" });
+    s.push_str(" ---: | ---: |\n");
     for r in results {
+        let vram = match (r.vram_budget, r.vram_peak) {
+            (Some(b), Some(p)) => format!("{} (peak {})", human_size(b), human_size(p)),
+            (Some(b), None) => human_size(b),
+            (None, _) => "-".into(),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model_type,
             human_size(r.model_size),
             human_params(r.model_n_params),
             r.backends,
             r.n_threads,
             r.n_ubatch,
-            r.test,
-            r.avg_ts,
-            r.stddev_ts
+            r.mode,
+            vram,
+        ));
+        if overlap {
+            match r.overlap {
+                Some(o) => s.push_str(&format!(" {:.0} % |", 100.0 * o)),
+                None => s.push_str(" |"),
+            }
+        }
+        s.push_str(&format!(
+            " {} | {:.2} ± {:.2} |\n",
+            r.test, r.avg_ts, r.stddev_ts
         ));
     }
     s

@@ -201,7 +201,8 @@ struct BenchArgs {
     /// With --vram-budget: stream (copies overlapped with compute, once per
     /// prompt; decode placed per layer by the cost model), sync (llama.cpp's
     /// mechanism: a synchronous upload of each layer for every micro-batch),
-    /// static (non-resident layers always on the CPU).
+    /// static (non-resident layers always on the CPU), cpu (the whole model on
+    /// the CPU, for comparison).
     #[arg(long, value_delimiter = ',', default_value = "stream")]
     mode: Vec<String>,
     /// Write a Chrome/Perfetto trace of each streamed prefill test's last
@@ -1236,7 +1237,13 @@ fn bench(args: BenchArgs) -> Result<()> {
                     bench_on(&b, &g, path, b.threads(), &args, &tests)?
                 }
                 Device::Cuda(b) if !args.vram_budget.is_empty() => {
-                    bench_streamed(&b, &g, &args, &tests)?
+                    let mut r = bench_streamed(&b, &g, path, &args, &tests)?;
+                    // `cpu` beside the budgeted modes: the whole model on the CPU.
+                    if args.mode.iter().any(|m| m == "cpu") {
+                        let cpu = CpuBackend::new(threads);
+                        r.extend(bench_on(&cpu, &g, path, cpu.threads(), &args, &tests)?);
+                    }
+                    r
                 }
                 Device::Cuda(b) => bench_on(&*b, &g, path, 0, &args, &tests)?,
             };
@@ -1274,20 +1281,13 @@ where
                 n_threads,
                 model: &model,
                 model_filename: path.display().to_string(),
-                model_type: format!(
-                    "{} {}",
-                    model.config.arch.name(),
-                    g.get("general.size_label")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("")
-                )
-                .trim()
-                .to_string(),
+                model_type: model_description(g).0,
                 model_size: g.total_tensor_bytes(),
-                model_n_params: g.tensors().iter().map(|t| t.n_elements()).sum(),
+                model_n_params: model_description(g).1,
                 repetitions: args.repetitions,
                 ubatch: args.ubatch.min(args.batch),
                 batch: args.batch,
+                mode: if n_threads > 0 { "cpu" } else { "resident" }.into(),
             };
             for &t in tests {
                 let r = ferry::bench::run_test(&setup, t)?;
@@ -1314,12 +1314,13 @@ where
 fn bench_streamed(
     cuda: &ferry::backend::cuda::CudaBackend,
     g: &Gguf,
+    path: &std::path::Path,
     args: &BenchArgs,
     tests: &[ferry::bench::Test],
 ) -> Result<Vec<ferry::bench::BenchResult>> {
     use ferry::backend::Batch;
     use ferry::backend::cuda::stream::StreamedModel;
-    use ferry::bench::Test;
+    use ferry::bench::{BenchResult, Test};
     use ferry::engine::hybrid::{HybridModel, Run};
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
@@ -1331,14 +1332,16 @@ fn bench_streamed(
     let hbm_gbps = cuda.measure_hbm(1 << 30, 3)?;
     let host_gbps = cpu.measure_read_gbps(1 << 30, 3);
     let h2d_gbps = cuda.measure_h2d(1 << 30, 3)?.0;
-    println!(
+    eprintln!(
         "measured: device memory {hbm_gbps:.0} GB/s, host memory read {host_gbps:.1} GB/s ({} CPU threads), pinned host-to-device {h2d_gbps:.1} GB/s\n",
         cpu.threads()
     );
-    println!(
+    eprintln!(
         "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s | decode placement (GPU/slot/CPU/streamed) | bound t/s | of bound | peak VRAM |"
     );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
+    eprintln!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
+    let (model_type, model_n_params) = model_description(g);
+    let mut results = Vec::new();
     let n_ctx = tests
         .iter()
         .map(|t| match *t {
@@ -1383,6 +1386,18 @@ fn bench_streamed(
                 ferry::plan::HumanBytes(budget),
             )
         };
+        let meta = |mode: &str| ferry::bench::ResultMeta {
+            model_filename: path.display().to_string(),
+            model_type: model_type.clone(),
+            model_size: model_bytes,
+            model_n_params,
+            backends: "CUDA+CPU".into(),
+            n_threads: cpu.threads(),
+            n_batch: args.batch,
+            n_ubatch: args.ubatch,
+            mode: mode.to_string(),
+            vram_budget: Some(budget),
+        };
         for &t in tests {
             match t {
                 Test::Prompt(n) => {
@@ -1396,7 +1411,7 @@ fn bench_streamed(
                         positions: &positions,
                         seqs: &seqs,
                     };
-                    for mode in &args.mode {
+                    for mode in args.mode.iter().filter(|m| *m != "cpu") {
                         let reps = if mode == "static" {
                             args.repetitions.min(1)
                         } else {
@@ -1407,8 +1422,9 @@ fn bench_streamed(
                         cuda.reset_peak()?;
                         for rep in 0..=reps.max(1) {
                             let mut kv = hm.kv(cuda, &cpu, n_ctx, 1)?;
-                            hm.gpu.tracing =
-                                args.trace.is_some() && mode == "stream" && rep == reps.max(1);
+                            // The last repetition of a streamed prefill is traced:
+                            // its copy and compute timings give the overlap.
+                            hm.gpu.tracing = mode == "stream" && rep == reps.max(1);
                             let t0 = std::time::Instant::now();
                             match mode.as_str() {
                                 "stream" => {
@@ -1431,17 +1447,20 @@ fn bench_streamed(
                                     bytes = 0;
                                 }
                                 other => anyhow::bail!(
-                                    "--mode {other}: with --vram-budget the modes are stream, sync and static"
+                                    "--mode {other}: with --vram-budget the modes are stream, sync, static and cpu"
                                 ),
                             };
                             if rep > 0 {
                                 times.push(t0.elapsed().as_secs_f64());
                             }
                         }
-                        if hm.gpu.tracing
-                            && let Some(path) = &args.trace
-                        {
-                            hm.gpu.tracing = false;
+                        let overlap = hm
+                            .gpu
+                            .tracing
+                            .then(|| ferry::engine::trace::overlap(&hm.gpu.last_trace))
+                            .flatten();
+                        let traced = std::mem::replace(&mut hm.gpu.tracing, false);
+                        if traced && let Some(path) = &args.trace {
                             let several = args.vram_budget.len()
                                 * tests
                                     .iter()
@@ -1466,7 +1485,7 @@ fn bench_streamed(
                             eprintln!("trace: {}", path.display());
                         }
                         let mean = times.iter().sum::<f64>() / times.len() as f64;
-                        println!(
+                        eprintln!(
                             "{} pp{n} | {:.1} | {:.2} | {:.1} | | | | {} |",
                             head(mode),
                             n as f64 / mean,
@@ -1474,10 +1493,18 @@ fn bench_streamed(
                             bytes as f64 / mean / 1e9,
                             ferry::plan::HumanBytes(cuda.peak_memory())
                         );
+                        let mut r = BenchResult::from_samples(
+                            &meta(mode),
+                            t,
+                            times.iter().map(|s| (s * 1e9) as u64).collect(),
+                        );
+                        r.vram_peak = Some(cuda.peak_memory());
+                        r.overlap = overlap;
+                        results.push(r);
                     }
                 }
                 Test::Generate(n) => {
-                    for mode in &args.mode {
+                    for mode in args.mode.iter().filter(|m| *m != "cpu") {
                         if mode == "sync" {
                             // One token per step: llama.cpp runs such batches
                             // on the CPU, which is the `static` row.
@@ -1510,7 +1537,7 @@ fn bench_streamed(
                                     "stream" => hm.decode_runs(),
                                     "static" => hm.static_runs(),
                                     other => anyhow::bail!(
-                                        "--mode {other}: decode modes are stream and static"
+                                        "--mode {other}: decode modes are stream, static and cpu"
                                     ),
                                 };
                                 for (i, r) in runs.iter().enumerate() {
@@ -1538,7 +1565,14 @@ fn bench_streamed(
                         }
                         let mean = times.iter().sum::<f64>() / times.len() as f64;
                         let per = |c: usize| c / n.max(1);
-                        println!(
+                        let mut r = BenchResult::from_samples(
+                            &meta(mode),
+                            t,
+                            times.iter().map(|s| (s * 1e9) as u64).collect(),
+                        );
+                        r.vram_peak = Some(cuda.peak_memory());
+                        results.push(r);
+                        eprintln!(
                             "{} tg{n} | {:.2} | | | {}/{}/{}/{} | {:.2} | {:.0} % | {} |",
                             head(mode),
                             n as f64 / mean,
@@ -1558,7 +1592,22 @@ fn bench_streamed(
             }
         }
     }
-    Ok(Vec::new())
+    Ok(results)
+}
+
+/// `(model type as llama-bench writes it, parameter count)`.
+fn model_description(g: &Gguf) -> (String, u64) {
+    let arch = ferry::model::Config::from_gguf(g)
+        .map(|c| c.arch.name().to_string())
+        .unwrap_or_default();
+    let label = g
+        .get("general.size_label")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    (
+        format!("{arch} {label}").trim().to_string(),
+        g.tensors().iter().map(|t| t.n_elements()).sum(),
+    )
 }
 
 fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()> {
@@ -1566,12 +1615,13 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
         "md" => print!("{}", ferry::bench::markdown(results)),
         "json" => println!("{}", serde_json::to_string_pretty(results)?),
         "csv" => {
+            let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
             println!(
-                "model_filename,model_type,model_size,model_n_params,backends,n_threads,n_batch,n_ubatch,n_prompt,n_gen,test,avg_ns,stddev_ns,avg_ts,stddev_ts"
+                "model_filename,model_type,model_size,model_n_params,backends,n_threads,n_batch,n_ubatch,n_prompt,n_gen,test,avg_ns,stddev_ns,avg_ts,stddev_ts,mode,vram_budget,vram_peak,overlap"
             );
             for r in results {
                 println!(
-                    "\"{}\",\"{}\",{},{},{},{},{},{},{},{},\"{}\",{},{},{:.6},{:.6}",
+                    "\"{}\",\"{}\",{},{},{},{},{},{},{},{},\"{}\",{},{},{:.6},{:.6},{},{},{},{}",
                     r.model_filename,
                     r.model_type,
                     r.model_size,
@@ -1586,7 +1636,11 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
                     r.avg_ns,
                     r.stddev_ns,
                     r.avg_ts,
-                    r.stddev_ts
+                    r.stddev_ts,
+                    r.mode,
+                    opt(r.vram_budget),
+                    opt(r.vram_peak),
+                    r.overlap.map_or(String::new(), |o| format!("{o:.4}"))
                 );
             }
         }

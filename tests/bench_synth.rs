@@ -136,9 +136,13 @@ fn bench_output_parses_like_llama_bench() {
             "avg_ts",
             "stddev_ts",
             "samples_ns",
+            "mode",
         ] {
             assert!(!r[key].is_null(), "missing {key}");
         }
+        // A CPU run: no budget, no peak, no overlap.
+        assert_eq!(r["mode"], "cpu");
+        assert!(r["vram_budget"].is_null() && r["overlap"].is_null());
         assert_eq!(r["samples_ns"].as_array().unwrap().len(), 2);
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
     }
@@ -160,13 +164,25 @@ fn bench_output_parses_like_llama_bench() {
         header.contains(&"avg_ts")
             && header.contains(&"n_prompt")
             && header.contains(&"model_type")
+            && header.contains(&"mode")
+            && header.contains(&"vram_budget")
     );
-    assert_eq!(lines.count(), 4);
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 4);
+    // Every row has the header's number of fields (quoted fields hold no commas here).
+    for row in &rows {
+        assert_eq!(row.split(',').count(), header.len(), "{row}");
+    }
 
     let (ok, out, _) = ferry(&[&base[..], &["-o", "md"]].concat());
     assert!(ok);
-    assert!(out.lines().next().unwrap().contains("| t/s |"));
+    let head = out.lines().next().unwrap();
+    assert!(
+        head.contains("| mode | vram |") && head.contains("| t/s |"),
+        "{head}"
+    );
     assert_eq!(out.lines().count(), 2 + 4);
+    assert!(out.lines().nth(2).unwrap().contains("| cpu | - |"), "{out}");
 
     let (ok, _, err) = ferry(&["bench", "-m", p, "-o", "xml"]);
     assert!(!ok && err.contains("md, json, jsonl or csv"), "{err}");

@@ -18,6 +18,31 @@ pub struct Span {
     pub bytes: u64,
 }
 
+/// How much of the shorter of the two streams' busy time ran while the other
+/// was busy too: 1 = copies fully hidden under compute (or the reverse), 0 =
+/// one after the other. Each stream runs one span at a time, so the time both
+/// were busy is their busy times minus the pass's length.
+pub fn overlap(spans: &[Span]) -> Option<f64> {
+    let busy = |lane: &str| -> f64 {
+        spans
+            .iter()
+            .filter(|s| s.lane == lane)
+            .map(|s| s.dur_ms)
+            .sum()
+    };
+    let (copy, compute) = (busy("copy"), busy("compute"));
+    let start = spans.iter().map(|s| s.start_ms).fold(f64::MAX, f64::min);
+    let end = spans
+        .iter()
+        .map(|s| s.start_ms + s.dur_ms)
+        .fold(f64::MIN, f64::max);
+    let shorter = copy.min(compute);
+    if spans.is_empty() || shorter <= 0.0 {
+        return None;
+    }
+    Some(((copy + compute - (end - start)) / shorter).clamp(0.0, 1.0))
+}
+
 /// The Chrome trace event format: complete events (`ph: "X"`) in microseconds.
 pub fn to_chrome_json(spans: &[Span]) -> String {
     let events: Vec<serde_json::Value> = spans
@@ -209,6 +234,34 @@ mod tests {
                 bytes: 0,
             },
         ]
+    }
+
+    #[test]
+    fn overlap_measures_hidden_copy_time() {
+        // Copy 0-5 ms; compute 0.1-4.1 and 5-9 (8 ms, the longer). The pass
+        // lasts 9 ms, so both streams were busy for 5 + 8 - 9 = 4 of the
+        // copy's 5 ms.
+        let o = overlap(&spans()).unwrap();
+        assert!((o - (5.0 + 8.0 - 9.0) / 5.0).abs() < 1e-9, "{o}");
+        // One after the other: no overlap; no copies: nothing to say.
+        let serial = vec![
+            Span {
+                name: "copy".into(),
+                lane: "copy".into(),
+                start_ms: 0.0,
+                dur_ms: 2.0,
+                bytes: 1,
+            },
+            Span {
+                name: "layer".into(),
+                lane: "compute".into(),
+                start_ms: 2.0,
+                dur_ms: 2.0,
+                bytes: 0,
+            },
+        ];
+        assert_eq!(overlap(&serial), Some(0.0));
+        assert_eq!(overlap(&serial[1..]), None);
     }
 
     #[test]
