@@ -1225,6 +1225,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     if !["md", "json", "jsonl", "csv"].contains(&args.output.as_str()) {
         anyhow::bail!("-o must be md, json, jsonl or csv");
     }
+    if let Some(bad) = args
+        .mode
+        .iter()
+        .find(|m| !["stream", "sync", "static", "cpu"].contains(&m.as_str()))
+    {
+        anyhow::bail!("--mode {bad}: the modes are stream, sync, static and cpu");
+    }
     let mut results: Vec<ferry::bench::BenchResult> = Vec::new();
     for path in &args.model {
         for &threads in &args.threads {

@@ -188,6 +188,8 @@ fn bench_output_parses_like_llama_bench() {
     assert!(!ok && err.contains("md, json, jsonl or csv"), "{err}");
     let (ok, _, err) = ferry(&["bench", "-m", p, "--pg", "8"]);
     assert!(!ok && err.contains("--pg"), "{err}");
+    let (ok, _, err) = ferry(&["bench", "-m", p, "--mode", "stream,strem"]);
+    assert!(!ok && err.contains("--mode strem"), "{err}");
 }
 
 #[test]
