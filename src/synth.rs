@@ -258,35 +258,55 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = w.write_header(BufWriter::with_capacity(1 << 20, file))?;
     // Rows are generated and quantized in parallel, in bounded groups, each
-    // from its own seed, so the file is the same whatever the thread count.
+    // from its own seed, so the file is the same whatever the thread count. A
+    // writer thread takes finished groups while the next one is computed, so
+    // the file is written at the pace of the slower of the CPU and the disk.
     use rayon::prelude::*;
     const ROWS: u64 = 64;
-    for (ti, (_, shape, ty)) in tensors.iter().enumerate() {
-        let (cols, rows) = (shape[0], shape.iter().skip(1).product::<u64>());
-        let std = if shape.len() == 1 {
-            0.1
-        } else {
-            1.0 / (cols as f32).sqrt()
-        };
-        let mean = if shape.len() == 1 { 1.0 } else { 0.0 };
-        let chunks = rows.div_ceil(ROWS);
-        for group in (0..chunks).collect::<Vec<_>>().chunks(256) {
-            let parts: Vec<Vec<u8>> = group
-                .par_iter()
-                .map(|&c| {
-                    let mut rng =
-                        Rng((spec.seed ^ ((ti as u64) << 40) ^ c.wrapping_mul(0x9E37_79B9)) | 1);
-                    let n = (ROWS.min(rows - c * ROWS) * cols) as usize;
-                    let values: Vec<f32> = (0..n).map(|_| mean + rng.normal() * std).collect();
-                    quant::quantize(*ty, &values).expect("whole blocks")
-                })
-                .collect();
-            for p in parts {
-                out.write(&p)?;
+    let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(2);
+    std::thread::scope(|scope| -> Result<()> {
+        let writer = scope.spawn(move || -> Result<()> {
+            for group in receive {
+                for part in group {
+                    out.write(&part)?;
+                }
+            }
+            out.finish()?;
+            Ok(())
+        });
+        for (ti, (_, shape, ty)) in tensors.iter().enumerate() {
+            let (cols, rows) = (shape[0], shape.iter().skip(1).product::<u64>());
+            let std = if shape.len() == 1 {
+                0.1
+            } else {
+                1.0 / (cols as f32).sqrt()
+            };
+            let mean = if shape.len() == 1 { 1.0 } else { 0.0 };
+            let chunks = rows.div_ceil(ROWS);
+            for group in (0..chunks).collect::<Vec<_>>().chunks(256) {
+                let parts: Vec<Vec<u8>> = group
+                    .par_iter()
+                    .map(|&c| {
+                        let mut rng = Rng((spec.seed
+                            ^ ((ti as u64) << 40)
+                            ^ c.wrapping_mul(0x9E37_79B9))
+                            | 1);
+                        let n = (ROWS.min(rows - c * ROWS) * cols) as usize;
+                        let values: Vec<f32> = (0..n).map(|_| mean + rng.normal() * std).collect();
+                        quant::quantize(*ty, &values).expect("whole blocks")
+                    })
+                    .collect();
+                if send.send(parts).is_err() {
+                    // The writer stopped on an error; it reports it below.
+                    break;
+                }
             }
         }
-    }
-    out.finish()?;
+        drop(send);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+    })?;
     Ok(())
 }
 

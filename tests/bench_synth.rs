@@ -234,3 +234,23 @@ fn synthetic_models_without_vocab_from_are_runnable() {
     assert!(ok, "{err}");
     assert!(err.contains("decode:"), "{err}");
 }
+
+#[test]
+fn synthetic_files_do_not_depend_on_the_thread_count() {
+    let spec = TinySpec::preset("tiny", GgmlType::Q8_0)
+        .map(|mut s| {
+            s.mix = QuantMix::parse("q4_k_m");
+            s
+        })
+        .unwrap();
+    let write = |threads: usize, name: &str| {
+        let path = tmp(name);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| write_random_model(&path, &spec, None).unwrap());
+        std::fs::read(&path).unwrap()
+    };
+    assert!(write(1, "threads-1.gguf") == write(3, "threads-3.gguf"));
+}
