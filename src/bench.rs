@@ -35,8 +35,10 @@ impl Test {
     }
 }
 
+/// What every result of one model and setting shares (llama-bench's leading
+/// columns, plus ferry's mode and VRAM budget).
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchResult {
+pub struct ResultMeta {
     pub model_filename: String,
     pub model_type: String,
     pub model_size: u64,
@@ -46,6 +48,17 @@ pub struct BenchResult {
     pub n_threads: usize,
     pub n_batch: usize,
     pub n_ubatch: usize,
+    /// How the model ran: `cpu`, `resident` (all on the GPU), or within a VRAM
+    /// budget `stream`, `sync` or `static` (see `ferry bench --help`).
+    pub mode: String,
+    /// The VRAM budget, bytes (budgeted runs only).
+    pub vram_budget: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    #[serde(flatten)]
+    pub meta: ResultMeta,
     pub n_prompt: usize,
     pub n_gen: usize,
     pub test: String,
@@ -54,31 +67,11 @@ pub struct BenchResult {
     pub stddev_ns: u64,
     pub avg_ts: f64,
     pub stddev_ts: f64,
-    /// How the model ran: `cpu`, `resident` (all on the GPU), or within a VRAM
-    /// budget `stream`, `sync` or `static` (see `ferry bench --help`).
-    pub mode: String,
-    /// The VRAM budget, bytes (budgeted runs only).
-    pub vram_budget: Option<u64>,
     /// Peak device memory the ledger saw during the test, bytes.
     pub vram_peak: Option<u64>,
     /// Streamed prefill: the fraction of the shorter of copy and compute time
     /// hidden under the other (1 = fully overlapped), from CUDA event timings.
     pub overlap: Option<f64>,
-}
-
-/// What every result of one model and setting shares.
-#[derive(Debug, Clone)]
-pub struct ResultMeta {
-    pub model_filename: String,
-    pub model_type: String,
-    pub model_size: u64,
-    pub model_n_params: u64,
-    pub backends: String,
-    pub n_threads: usize,
-    pub n_batch: usize,
-    pub n_ubatch: usize,
-    pub mode: String,
-    pub vram_budget: Option<u64>,
 }
 
 impl BenchResult {
@@ -105,14 +98,7 @@ impl BenchResult {
             Test::PromptGenerate(p, n) => (p, n),
         };
         BenchResult {
-            model_filename: meta.model_filename.clone(),
-            model_type: meta.model_type.clone(),
-            model_size: meta.model_size,
-            model_n_params: meta.model_n_params,
-            backends: meta.backends.clone(),
-            n_threads: meta.n_threads,
-            n_batch: meta.n_batch,
-            n_ubatch: meta.n_ubatch,
+            meta: meta.clone(),
             n_prompt,
             n_gen,
             test: test.name(),
@@ -121,8 +107,6 @@ impl BenchResult {
             samples_ns: samples,
             avg_ts,
             stddev_ts: sd(&tps, avg_ts),
-            mode: meta.mode.clone(),
-            vram_budget: meta.vram_budget,
             vram_peak: None,
             overlap: None,
         }
@@ -197,17 +181,9 @@ where
 
 pub struct BenchSetup<'a, B: Backend> {
     pub backend: &'a B,
-    pub backend_name: String,
-    pub n_threads: usize,
     pub model: &'a Model<B>,
-    pub model_filename: String,
-    pub model_type: String,
-    pub model_size: u64,
-    pub model_n_params: u64,
+    pub meta: ResultMeta,
     pub repetitions: usize,
-    pub ubatch: usize,
-    pub batch: usize,
-    pub mode: String,
 }
 
 pub fn run_test<B: Backend + Sync>(setup: &BenchSetup<B>, test: Test) -> anyhow::Result<BenchResult>
@@ -216,24 +192,13 @@ where
     B::Weight: Sync,
     B::Vector: Sync,
 {
-    run_once(setup.backend, setup.model, test, setup.ubatch)?; // warm-up
+    let ubatch = setup.meta.n_ubatch;
+    run_once(setup.backend, setup.model, test, ubatch)?; // warm-up
     let mut samples = Vec::with_capacity(setup.repetitions);
     for _ in 0..setup.repetitions.max(1) {
-        samples.push(run_once(setup.backend, setup.model, test, setup.ubatch)?);
+        samples.push(run_once(setup.backend, setup.model, test, ubatch)?);
     }
-    let meta = ResultMeta {
-        model_filename: setup.model_filename.clone(),
-        model_type: setup.model_type.clone(),
-        model_size: setup.model_size,
-        model_n_params: setup.model_n_params,
-        backends: setup.backend_name.clone(),
-        n_threads: setup.n_threads,
-        n_batch: setup.batch,
-        n_ubatch: setup.ubatch,
-        mode: setup.mode.clone(),
-        vram_budget: None,
-    };
-    Ok(BenchResult::from_samples(&meta, test, samples))
+    Ok(BenchResult::from_samples(&setup.meta, test, samples))
 }
 
 fn human_size(bytes: u64) -> String {
@@ -265,20 +230,21 @@ pub fn markdown(results: &[BenchResult]) -> String {
     s.push_str(if overlap { " ---: |" } else { "" });
     s.push_str(" ---: | ---: |\n");
     for r in results {
-        let vram = match (r.vram_budget, r.vram_peak) {
+        let m = &r.meta;
+        let vram = match (m.vram_budget, r.vram_peak) {
             (Some(b), Some(p)) => format!("{} (peak {})", human_size(b), human_size(p)),
             (Some(b), None) => human_size(b),
             (None, _) => "-".into(),
         };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.model_type,
-            human_size(r.model_size),
-            human_params(r.model_n_params),
-            r.backends,
-            r.n_threads,
-            r.n_ubatch,
-            r.mode,
+            m.model_type,
+            human_size(m.model_size),
+            human_params(m.model_n_params),
+            m.backends,
+            m.n_threads,
+            m.n_ubatch,
+            m.mode,
             vram,
         ));
         if overlap {

@@ -1278,23 +1278,23 @@ where
     {
         {
             let model = load_model(backend, g, path)?;
+            let (model_type, model_n_params) = model_description(g);
             let setup = BenchSetup {
                 backend,
-                backend_name: if n_threads > 0 {
-                    "CPU".into()
-                } else {
-                    "CUDA".into()
-                },
-                n_threads,
                 model: &model,
-                model_filename: path.display().to_string(),
-                model_type: model_description(g).0,
-                model_size: g.total_tensor_bytes(),
-                model_n_params: model_description(g).1,
+                meta: ferry::bench::ResultMeta {
+                    model_filename: path.display().to_string(),
+                    model_type,
+                    model_size: g.total_tensor_bytes(),
+                    model_n_params,
+                    backends: if n_threads > 0 { "CPU" } else { "CUDA" }.into(),
+                    n_threads,
+                    n_batch: args.batch,
+                    n_ubatch: args.ubatch.min(args.batch),
+                    mode: if n_threads > 0 { "cpu" } else { "resident" }.into(),
+                    vram_budget: None,
+                },
                 repetitions: args.repetitions,
-                ubatch: args.ubatch.min(args.batch),
-                batch: args.batch,
-                mode: if n_threads > 0 { "cpu" } else { "resident" }.into(),
             };
             for &t in tests {
                 let r = ferry::bench::run_test(&setup, t)?;
@@ -1629,14 +1629,14 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
             for r in results {
                 println!(
                     "\"{}\",\"{}\",{},{},{},{},{},{},{},{},\"{}\",{},{},{:.6},{:.6},{},{},{},{}",
-                    r.model_filename,
-                    r.model_type,
-                    r.model_size,
-                    r.model_n_params,
-                    r.backends,
-                    r.n_threads,
-                    r.n_batch,
-                    r.n_ubatch,
+                    r.meta.model_filename,
+                    r.meta.model_type,
+                    r.meta.model_size,
+                    r.meta.model_n_params,
+                    r.meta.backends,
+                    r.meta.n_threads,
+                    r.meta.n_batch,
+                    r.meta.n_ubatch,
                     r.n_prompt,
                     r.n_gen,
                     r.test,
@@ -1644,8 +1644,8 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
                     r.stddev_ns,
                     r.avg_ts,
                     r.stddev_ts,
-                    r.mode,
-                    opt(r.vram_budget),
+                    r.meta.mode,
+                    opt(r.meta.vram_budget),
                     opt(r.vram_peak),
                     r.overlap.map_or(String::new(), |o| format!("{o:.4}"))
                 );
