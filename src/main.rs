@@ -291,8 +291,9 @@ enum Command {
         /// Sequences decoded together.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
-        /// A built-in GPU (h100, h200, a100-80g, l40s, rtx4090, rtx3090, l4) or a profile file.
-        #[arg(long, default_value = "h100")]
+        /// auto (this machine's `ferry calibrate` result, else h100), calibrated,
+        /// a built-in GPU (h100, h200, a100-80g, l40s, rtx4090, rtx3090, l4) or a profile file.
+        #[arg(long, default_value = "auto")]
         gpu_profile: String,
     },
     /// Measure this machine's pinned host-to-device copy bandwidth (the figure

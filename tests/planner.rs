@@ -175,3 +175,38 @@ fn plans_reserve_allocator_granularity() {
             .contains("allocator reserve")
     );
 }
+
+/// `--gpu-profile auto` (the default) plans with this machine's calibration
+/// when `ferry calibrate` wrote one, else with the H100 profile.
+#[test]
+fn plan_uses_the_calibration_when_there_is_one() {
+    let cache = std::env::temp_dir().join(format!("ferry-cal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let plan = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["plan", "--preset", "qwen2.5-7b", "--vram-budget", "3GiB"])
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(plan().contains("machine     h100 "), "{}", plan());
+    let mut calibrated = MachineProfile::load("l4").unwrap();
+    calibrated.gpu.name = "test card (calibrated)".into();
+    std::fs::create_dir_all(cache.join("ferry")).unwrap();
+    std::fs::write(
+        cache.join("ferry").join("machine.json"),
+        serde_json::to_string(&calibrated).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        plan().contains("machine     test card (calibrated)"),
+        "{}",
+        plan()
+    );
+}

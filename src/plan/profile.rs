@@ -75,6 +75,15 @@ impl CpuProfile {
 impl MachineProfile {
     /// A built-in GPU name, or a JSON file written by `ferry calibrate`.
     pub fn load(name_or_file: &str) -> Result<Self, String> {
+        if name_or_file == "auto" {
+            // This machine's calibration when there is one, else an H100.
+            let calibrated = super::calibrate::default_profile_path();
+            return if calibrated.exists() {
+                Self::load("calibrated")
+            } else {
+                Self::load("h100")
+            };
+        }
         if name_or_file == "calibrated" {
             let path = super::calibrate::default_profile_path();
             return Self::load(&path.to_string_lossy())
