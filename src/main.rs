@@ -636,7 +636,7 @@ fn run_model(args: RunArgs) -> Result<()> {
             }
             run_on(&b, &g, &path, &args, t0)
         }
-        Device::Cuda(b) => match gpu_budget(&b, &g, args.budget.vram_budget.as_deref())? {
+        Device::Cuda(b) => match gpu_budget(&b, &g, &args.budget, &args.setup, args.ubatch, 1)? {
             None => run_on(&*b, &g, &path, &args, t0),
             Some(budget) => run_planned(&b, &g, &path, &args, budget, t0),
         },
@@ -955,15 +955,7 @@ fn resolve_profile(choice: &str, cuda: &ferry::backend::cuda::CudaBackend) -> St
     if choice != "auto" {
         return choice.to_string();
     }
-    if ferry::plan::calibrate::default_profile_path().exists() {
-        return "calibrated".into();
-    }
-    let name = cuda.name().to_lowercase();
-    ferry::plan::profile::GPUS
-        .iter()
-        .find(|g| name.contains(g.0))
-        .map_or("h100", |g| g.0)
-        .to_string()
+    ferry::plan::MachineProfile::auto_name(Some(&cuda.name()))
 }
 
 fn serve_model(args: ServeArgs) -> Result<()> {
@@ -984,7 +976,14 @@ fn serve_model(args: ServeArgs) -> Result<()> {
             }
             serve_on(&b.with_batch_invariance(args.parallel), &g, &path, &args)
         }
-        Device::Cuda(b) => match gpu_budget(&b, &g, args.budget.vram_budget.as_deref())? {
+        Device::Cuda(b) => match gpu_budget(
+            &b,
+            &g,
+            &args.budget,
+            &args.setup,
+            args.ubatch,
+            args.parallel,
+        )? {
             None => serve_on(&*b, &g, &path, &args),
             Some(budget) => serve_planned(&b, &g, &path, &args, budget),
         },
@@ -1164,20 +1163,36 @@ fn join_http(thread: std::thread::JoinHandle<Result<()>>) -> Result<()> {
 }
 
 /// The budget to plan within on a GPU, or `None` when no budget was asked for
-/// and the model fits in free memory with room to spare (the resident engine,
-/// same kernels, is then enough). Default budget: free memory minus 5 %.
+/// and the planner keeps every layer resident within the default budget (free
+/// memory minus 5 %): the resident engine, same kernels, then runs the model.
 fn gpu_budget(
     cuda: &ferry::backend::cuda::CudaBackend,
     g: &Gguf,
-    asked: Option<&str>,
+    budget_args: &BudgetArgs,
+    setup: &SetupArgs,
+    ubatch: usize,
+    parallel: usize,
 ) -> Result<Option<u64>> {
+    use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let model_bytes = g.total_tensor_bytes();
-    if let Some(s) = asked {
+    if let Some(s) = &budget_args.vram_budget {
         return Ok(Some(budget_from(s, model_bytes)?));
     }
     let (free, _) = cuda.free_memory()?;
     let budget = (free as u64) / 100 * 95;
-    Ok((model_bytes + (1 << 30) >= budget).then_some(budget))
+    let shape = ModelShape::from_gguf(g)?;
+    let profile = MachineProfile::load(&resolve_profile(&budget_args.gpu_profile, cuda))
+        .map_err(anyhow::Error::msg)?;
+    let req = PlanRequest {
+        budget,
+        n_ctx: setup.n_ctx(ferry::model::Config::from_gguf(g)?.context_train),
+        ubatch,
+        n_parallel: parallel,
+    };
+    // A budget too small for any plan goes to the planned path, which says so.
+    let all_resident = ferry::plan::plan(&shape, &req, &CostModel::new(profile))
+        .is_ok_and(|p| p.resident_layers() == shape.n_layers);
+    Ok((!all_resident).then_some(budget))
 }
 
 /// A budget as a size (8GiB) or a percentage of the model's bytes (25%).

@@ -172,14 +172,15 @@ impl HybridModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let n = self.gpu.model.config.n_layers;
+        let spans = batch_spans(batch, kv.n_seq);
         for i in 0..n {
-            kv.sync_to_gpu(cuda, i, batch)?;
+            kv.sync(cuda, i, &spans, true)?;
         }
         let logits = self
             .gpu
             .forward(cuda, &mut kv.gpu, batch, ubatch, logit_rows)?;
         for i in 0..n {
-            kv.ran_on_gpu(i, batch);
+            kv.valid.ran(i, &spans, true);
         }
         Ok(logits)
     }
@@ -197,6 +198,7 @@ impl HybridModel {
     ) -> Result<(Vec<f32>, PassStats), BackendError> {
         let cfg = self.gpu.model.config.clone();
         let n = batch.len();
+        let spans = batch_spans(batch, kv.n_seq);
         let mut stats = PassStats::default();
         let mut on_gpu = true;
         let mut xg = cuda.act(n, cfg.d_model)?;
@@ -223,7 +225,7 @@ impl HybridModel {
                         stats.streamed_bytes += self.gpu.stream_in(cuda, i)?;
                         stats.streamed_layers += 1;
                     }
-                    kv.sync_to_gpu(cuda, i, batch)?;
+                    kv.sync(cuda, i, &spans, true)?;
                     self.gpu.model.layers[i].forward(
                         cuda,
                         &cfg,
@@ -232,7 +234,7 @@ impl HybridModel {
                         &mut kv.gpu[i],
                         batch,
                     )?;
-                    kv.ran_on_gpu(i, batch);
+                    kv.valid.ran(i, &spans, true);
                     stats.gpu_layers += 1;
                 }
                 Run::Cpu => {
@@ -250,7 +252,7 @@ impl HybridModel {
                         on_gpu = false;
                         stats.crossings += 1;
                     }
-                    kv.sync_to_cpu(cuda, i, batch)?;
+                    kv.sync(cuda, i, &spans, false)?;
                     if cpu_scratch.is_none() {
                         cpu_scratch = Some(Scratch::new(cpu, &cfg, n)?);
                     }
@@ -259,7 +261,7 @@ impl HybridModel {
                         .as_mut()
                         .expect("streamed layers have a host cache");
                     cpu.run(|| layer.forward(cpu, &cfg, &mut xc, scratch, cache, batch))?;
-                    kv.ran_on_cpu(i, batch);
+                    kv.valid.ran(i, &spans, false);
                     stats.cpu_layers += 1;
                 }
             }
@@ -367,34 +369,15 @@ impl KvValidity {
 }
 
 impl HybridKv {
-    fn sync_to_gpu(
-        &mut self,
-        cuda: &CudaBackend,
-        i: usize,
-        batch: &Batch,
-    ) -> Result<(), BackendError> {
-        self.sync(cuda, i, batch, true)
-    }
-
-    fn sync_to_cpu(
-        &mut self,
-        cuda: &CudaBackend,
-        i: usize,
-        batch: &Batch,
-    ) -> Result<(), BackendError> {
-        self.sync(cuda, i, batch, false)
-    }
-
-    /// Copy to one side of layer `i` the rows before the batch it lacks.
+    /// Copy to one side of layer `i` the rows before the batch's `spans` it lacks.
     fn sync(
         &mut self,
         cuda: &CudaBackend,
         i: usize,
-        batch: &Batch,
+        spans: &[(usize, usize, usize)],
         to_gpu: bool,
     ) -> Result<(), BackendError> {
-        let spans = batch_spans(batch, self.n_seq);
-        for c in self.valid.sync(i, &spans, to_gpu) {
+        for c in self.valid.sync(i, spans, to_gpu) {
             let host = self.cpu[i]
                 .as_mut()
                 .expect("rows move only where a host cache exists");
@@ -407,16 +390,6 @@ impl HybridKv {
             }
         }
         Ok(())
-    }
-
-    fn ran_on_gpu(&mut self, i: usize, batch: &Batch) {
-        let spans = batch_spans(batch, self.n_seq);
-        self.valid.ran(i, &spans, true);
-    }
-
-    fn ran_on_cpu(&mut self, i: usize, batch: &Batch) {
-        let spans = batch_spans(batch, self.n_seq);
-        self.valid.ran(i, &spans, false);
     }
 
     /// Forget sequence `s` from position `n` on.

@@ -73,16 +73,24 @@ impl CpuProfile {
 }
 
 impl MachineProfile {
+    /// What `auto` stands for: this machine's calibration when `ferry
+    /// calibrate` wrote one, else the built-in profile whose name the card's
+    /// name contains, else h100.
+    pub fn auto_name(card: Option<&str>) -> String {
+        if super::calibrate::default_profile_path().exists() {
+            return "calibrated".into();
+        }
+        let card = card.unwrap_or("").to_lowercase();
+        GPUS.iter()
+            .find(|g| card.contains(g.0))
+            .map_or("h100", |g| g.0)
+            .to_string()
+    }
+
     /// A built-in GPU name, or a JSON file written by `ferry calibrate`.
     pub fn load(name_or_file: &str) -> Result<Self, String> {
         if name_or_file == "auto" {
-            // This machine's calibration when there is one, else an H100.
-            let calibrated = super::calibrate::default_profile_path();
-            return if calibrated.exists() {
-                Self::load("calibrated")
-            } else {
-                Self::load("h100")
-            };
+            return Self::load(&Self::auto_name(None));
         }
         if name_or_file == "calibrated" {
             let path = super::calibrate::default_profile_path();

@@ -566,13 +566,19 @@ impl CudaBackend {
     }
 
     /// KV slots, sequence bases and positions of a batch, uploaded once per batch.
+    /// The batch's KV slots (`seq · n_ctx + pos`, checked against the cache's
+    /// shape), each token's sequence base and positions, on the device.
     fn kv_tables(
         &self,
         batch: &Batch,
         n_ctx: usize,
-        slots: &[u32],
-        bases: &[u32],
+        n_seq: usize,
     ) -> Result<Arc<KvTables>, BackendError> {
+        let slots: Vec<u32> = batch
+            .cache_slots(n_seq, n_ctx)?
+            .into_iter()
+            .map(|s| s as u32)
+            .collect();
         let mut key: Vec<u32> = batch.positions.to_vec();
         key.extend(batch.seqs);
         key.push(n_ctx as u32);
@@ -580,9 +586,14 @@ impl CudaBackend {
         if let Some(kv) = cached(&t.kv, &key) {
             return Ok(kv);
         }
+        let bases: Vec<u32> = batch
+            .seqs
+            .iter()
+            .map(|&s| (s as usize * n_ctx) as u32)
+            .collect();
         let kv = Arc::new((
-            self.upload(slots)?,
-            self.upload(bases)?,
+            self.upload(&slots)?,
+            self.upload(&bases)?,
             self.upload(batch.positions)?,
         ));
         remember(&mut t.kv, key, kv.clone());
@@ -598,17 +609,7 @@ impl CudaBackend {
         n_seq: usize,
     ) -> Result<(), BackendError> {
         self.rope_table(&cfg.rope, batch.positions)?;
-        let slots: Vec<u32> = batch
-            .cache_slots(n_seq, n_ctx)?
-            .into_iter()
-            .map(|s| s as u32)
-            .collect();
-        let bases: Vec<u32> = batch
-            .seqs
-            .iter()
-            .map(|&s| (s as usize * n_ctx) as u32)
-            .collect();
-        self.kv_tables(batch, n_ctx, &slots, &bases)?;
+        self.kv_tables(batch, n_ctx, n_seq)?;
         Ok(())
     }
 
@@ -869,16 +870,6 @@ impl Backend for CudaBackend {
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
         let n = batch.len();
-        let slots: Vec<u32> = batch
-            .cache_slots(kv.n_seq, kv.n_ctx)?
-            .into_iter()
-            .map(|s| s as u32)
-            .collect();
-        let bases: Vec<u32> = batch
-            .seqs
-            .iter()
-            .map(|&s| (s as usize * kv.n_ctx) as u32)
-            .collect();
         let max_keys = batch
             .positions
             .iter()
@@ -892,7 +883,7 @@ impl Backend for CudaBackend {
                 max_keys - 1
             )));
         }
-        let tables = self.kv_tables(batch, kv.n_ctx, &slots, &bases)?;
+        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
         let (slots, bases, pos) = (&tables.0, &tables.1, &tables.2);
         let (width, n_i) = (kv.width as i32, n as i32);
         {
