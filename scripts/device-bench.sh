@@ -6,6 +6,12 @@
 #           (prefill stream/sync/static, decode stream/static)
 #   sweep   prefill t/s against the VRAM budget for each mode (the plot)
 #   serve7b `ferry serve` within a budget (hybrid engine), two parallel requests
+#   kernels resident 7B-shape prefill/decode speed, attention kernels side by
+#           side, per-kernel decode times (ncu)
+#   big32   32B shape: resident pp512/2048/8192 + tg
+#   budget32 32B shape at 25 %: pp2048/8192 streamed, decode stream vs static
+#   final32 32B shape: synth time, resident tg, 25 % budget at a 2K context
+#   decode  resident 7B/32B tg128, 32B at 25 % (stream vs static)
 #   budget  peak device memory against the budget (the ledger enforces it),
 #           traces, and `ferry run` within a budget (streamed prefill + hybrid decode)
 set -uo pipefail
@@ -52,19 +58,20 @@ final7b)
     M7=/tmp/ferry-7b-q4km.gguf
     [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
     [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
-    for b in 15 25 60; do
+    # The 7B shape with SmolLM2's vocabulary needs about a third of its size.
+    for b in 35 50 70; do
         timeout 90 ./ferry bench -m "$M7" --device cuda --vram-budget $b% -p 512 -n 16 -r 2 \
             --mode stream,sync --gpu-profile calibrated --trace "$OUTDIR/trace7b-$b.json" 2>&1 | grep -v "^$" | tee -a "$OUTDIR/budget-peak-7b.txt"
         ./ferry trace-svg "$OUTDIR/trace7b-$b.json" --title "7B Q4_K_M, pp512 streamed, budget $b % of the model"
     done
-    timeout 90 ./ferry run -m "$M7" --vram-budget 25% -c 1024 -n 16 --temp 0 -v --trace "$OUTDIR/run-trace-7b.json" \
+    timeout 90 ./ferry run -m "$M7" --vram-budget 40% -c 1024 -n 16 --temp 0 -v --trace "$OUTDIR/run-trace-7b.json" \
         -p "The streaming engine copies each layer once per prompt, so" 2>&1 | tee "$OUTDIR/run-budget-7b.txt"
     ./ferry trace-svg "$OUTDIR/run-trace-7b.json"
     ;;
 serve7b)
     M7=/tmp/ferry-7b-q4km.gguf
     [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
-    ./ferry serve -m "$M7" --vram-budget 25% --parallel 2 -c 1024 --port 18080 -v 2> "$OUTDIR/serve7b.log" &
+    ./ferry serve -m "$M7" --vram-budget 40% --parallel 2 -c 1024 --port 18080 -v 2> "$OUTDIR/serve7b.log" &
     pid=$!
     for _ in $(seq 120); do grep -q "on http://" "$OUTDIR/serve7b.log" && break; sleep 1; done
     clients=()
@@ -75,6 +82,61 @@ serve7b)
     wait "${clients[@]}"; echo
     curl -s localhost:18080/metrics | grep -E "^ferry_(requests_total|generated|decode_batch|device_memory)"
     kill $pid; wait $pid; cat "$OUTDIR/serve7b.log"
+    ;;
+kernels)
+    # Resident speed of the kernels on the 7B shape: prefill at two micro-batch
+    # sizes, the reference attention kernel beside the tensor-core one, decode,
+    # and per-kernel decode times (Nsight Compute, clocks left alone).
+    M7=/tmp/ferry-7b-q4km.gguf
+    [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
+    PTXAS=$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)
+    for f in ~/.cache/ferry/kernels/*.ptx; do "$PTXAS" -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -E "entry|Used|spill"; done > "$OUTDIR/ptxas.txt" 2>&1
+    timeout 120 ./ferry bench -m "$M7" --device cuda -p 512,2048 -n 64 -r 3 2>&1 | tee "$OUTDIR/k7b.txt"
+    timeout 60 ./ferry bench -m "$M7" --device cuda -p 2048 -n 0 -r 3 --ub 2048 2>&1 | tee -a "$OUTDIR/k7b.txt"
+    FERRY_ATTENTION=naive timeout 60 ./ferry bench -m "$M7" --device cuda -p 2048 -n 0 -r 2 2>&1 | tee -a "$OUTDIR/k7b.txt"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 150 "$NCU" --clock-control none --metrics gpu__time_duration.sum --launch-skip 2500 --launch-count 600 \
+        --print-summary per-kernel ./ferry bench -m "$M7" --device cuda -p 16 -n 24 -r 1 > "$OUTDIR/ncu-decode-7b.txt" 2>&1
+    grep -E "^  [a-z_0-9]+|gpu__time_duration" "$OUTDIR/ncu-decode-7b.txt" | head -60
+    ;;
+big32)
+    synth 2>&1 | tee "$OUTDIR/synth.txt"
+    timeout 200 ./ferry bench -m "$M" --device cuda -p 512,2048,8192 -n 32 -r 2 --ub 2048 2>&1 | tee "$OUTDIR/resident32.txt"
+    timeout 100 ./ferry bench -m "$M" --device cuda -p 2048,8192 -n 0 -r 2 --ub 1024 2>&1 | tee -a "$OUTDIR/resident32.txt"
+    ;;
+budget32)
+    synth > /dev/null 2>&1
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    # 25 % of the model: an 8K context's KV cache (2 GiB) leaves room for
+    # 1024-token micro-batches only.
+    timeout 200 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 2048,8192 -n 0 -r 2 --ub 1024 \
+        --mode stream --gpu-profile calibrated 2>&1 | tee "$OUTDIR/budget32.txt"
+    timeout 200 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 16 -r 2 \
+        --mode stream,static --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/budget32.txt"
+    timeout 100 ./ferry plan -m "$M" --vram-budget 25% -c 4096 2>&1 | tee -a "$OUTDIR/budget32.txt"
+    ;;
+final32)
+    # After kernel changes: synth time, resident decode, 25 % budget (prefill
+    # at a 2K context, decode stream vs static).
+    rm -f "$M"
+    synth 2>&1 | tee "$OUTDIR/synth.txt"
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    timeout 120 ./ferry bench -m "$M" --device cuda -p 2048 -n 64 -r 3 --ub 1024 2>&1 | tee "$OUTDIR/final32.txt"
+    timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 2048 -n 0 -r 3 --ub 1024 \
+        --mode stream,sync --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/final32.txt"
+    timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 32 -r 2 \
+        --mode stream,static --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/final32.txt"
+    ;;
+decode)
+    # Decode only: resident 7B and 32B shapes, and the 32B shape at 25 %.
+    M7=/tmp/ferry-7b-q4km.gguf
+    [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
+    synth > /dev/null 2>&1
+    timeout 60 ./ferry bench -m "$M7" --device cuda -p 512 -n 64,128 -r 3 2>&1 | tee "$OUTDIR/decode.txt"
+    timeout 90 ./ferry bench -m "$M" --device cuda -p 512 -n 64,128 -r 3 2>&1 | tee -a "$OUTDIR/decode.txt"
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 32 -r 2 \
+        --mode stream,static --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/decode.txt"
     ;;
 esac
 done

@@ -415,7 +415,9 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => anyhow::bail!("pass -m MODEL or --preset NAME"),
             };
             let profile = MachineProfile::load(&gpu_profile).map_err(anyhow::Error::msg)?;
-            let budget = ferry::plan::parse_size(&vram_budget).map_err(anyhow::Error::msg)?;
+            let model_bytes =
+                shape.layer_bytes.iter().sum::<u64>() + shape.embd_bytes + shape.output_bytes;
+            let budget = budget_from(&vram_budget, model_bytes)?;
             let req = PlanRequest {
                 budget,
                 n_ctx: ctx_size,
@@ -910,19 +912,7 @@ fn run_planned(
                         sampler: &mut Sampler,
                         is_eog: &(dyn Fn(u32) -> bool + Sync),
                         on_token: &mut (dyn FnMut(u32) -> bool + Send)| {
-        let r = session.generate(cached, prompt, max_new, sampler, is_eog, on_token);
-        if args.budget.verbose {
-            let d = &session.decode_stats;
-            eprintln!(
-                "decode placement, summed over the steps: {} layer runs on the GPU, {} on the CPU, {} streamed ({:.2} GiB), {} device crossings",
-                d.gpu_layers,
-                d.cpu_layers,
-                d.streamed_layers,
-                d.streamed_bytes as f64 / (1u64 << 30) as f64,
-                d.crossings
-            );
-        }
-        r
+        session.generate(cached, prompt, max_new, sampler, is_eog, on_token)
     };
     converse(
         &mut generate,
@@ -933,6 +923,18 @@ fn run_planned(
         config.context_train,
         load_secs,
     )?;
+    if args.budget.verbose {
+        // After the generated text (stdout) has ended its line.
+        let d = &session.decode_stats;
+        eprintln!(
+            "decode placement, summed over the steps: {} layer runs on the GPU, {} on the CPU, {} streamed ({:.2} GiB), {} device crossings",
+            d.gpu_layers,
+            d.cpu_layers,
+            d.streamed_layers,
+            d.streamed_bytes as f64 / (1u64 << 30) as f64,
+            d.crossings
+        );
+    }
     if let Some(path) = &args.trace {
         std::fs::write(
             path,
@@ -1693,7 +1695,7 @@ fn stream_identity(
     let rows: Vec<usize> = (0..tokens.len()).collect();
     let kv = |m: &Model<ferry::backend::cuda::CudaBackend>| -> Result<Vec<_>, _> {
         (0..n_layers)
-            .map(|_| cuda.kv_cache(&m.config, 128, 1))
+            .map(|_| cuda.kv_cache(&m.config, 256, 1))
             .collect()
     };
     let mut kv_r = kv(resident_model)?;
@@ -1754,21 +1756,37 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             f32::INFINITY
         }
     };
+    // Prompt attention on tensor cores against the reference kernel, on the
+    // head shapes of the presets, whole prompts and chunks after a cached past.
+    println!("| attention heads (q, kv, dim) | cached | chunk | rel. diff | result |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    let mut failed = 0;
+    for heads in [(14, 2, 64), (28, 4, 128), (40, 8, 128)] {
+        for (done, n) in [(0, 37), (0, 1000), (300, 517), (1, 64)] {
+            let d = cuda.attention_check(heads, done, n)?;
+            let ok = d <= 5e-3;
+            failed += !ok as usize;
+            println!(
+                "| {heads:?} | {done} | {n} | {d:.2e} | {} |",
+                if ok { "pass" } else { "FAIL" }
+            );
+        }
+    }
+    println!();
     println!(
         "| model | types | prefill rel. diff | decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | result |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |");
-    let mut failed = 0;
     for path in &models {
         let g = Gguf::open(path)?;
         let mc = Model::load(&cpu, &g, |_, _| {})?;
         let mg = Model::load(&cuda, &g, |_, _| {})?;
         let n_vocab = mc.config.n_vocab;
-        let tokens: Vec<u32> = (0..48u32)
+        let tokens: Vec<u32> = (0..160u32)
             .map(|i| (n_vocab as u32 / 20 + i * 7919) % (n_vocab as u32 / 2).max(1))
             .collect();
-        let mut sc = Session::new(&cpu, &mc, 128, 1)?;
-        let mut sg = Session::new(&cuda, &mg, 128, 1)?;
+        let mut sc = Session::new(&cpu, &mc, 256, 1)?;
+        let mut sg = Session::new(&cuda, &mg, 256, 1)?;
         let mut lc = cpu.run(|| sc.prefill(0, &tokens))?;
         let mut lg = sg.prefill(0, &tokens)?;
         cuda.check()?;
@@ -1776,7 +1794,8 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         let mut agree = (argmax(&lc) == argmax(&lg)) as usize;
         // Hybrid execution: every other layer streamed; prefill on the GPU, then
         // decode steps alternating between the CPU placement (the KV rows the
-        // prefill wrote move to the host) and the slot-reusing placement.
+        // prefill wrote move to the host) and the plan's placement (layers still
+        // in a slot on the GPU, the others copied ahead or on the CPU).
         let n_layers = mc.config.n_layers;
         let resident: Vec<bool> = (0..n_layers).map(|i| i % 2 == 0).collect();
         let sm = ferry::backend::cuda::stream::StreamedModel::load(
@@ -1787,13 +1806,16 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             true,
             |_| {},
         )?;
-        let mut hm = ferry::engine::hybrid::HybridModel::new(
-            sm,
-            &cpu,
-            &g,
-            vec![ferry::plan::DecodePlace::Cpu; n_layers],
-        )?;
-        let mut kvh = hm.kv(&cuda, &cpu, 128, 1)?;
+        // Decode placement of the streamed (odd) layers: alternately streamed
+        // (copied ahead into a slot) and on the CPU.
+        let place = (0..n_layers)
+            .map(|i| match i % 4 {
+                1 => ferry::plan::DecodePlace::Streamed,
+                _ => ferry::plan::DecodePlace::Cpu,
+            })
+            .collect();
+        let mut hm = ferry::engine::hybrid::HybridModel::new(sm, &cpu, &g, place)?;
+        let mut kvh = hm.kv(&cuda, &cpu, 256, 1)?;
         let positions: Vec<u32> = (0..tokens.len() as u32).collect();
         let seqs = vec![0u32; tokens.len()];
         let whole = ferry::backend::Batch {
@@ -1811,10 +1833,10 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             cuda.check()?;
             decode = decode.max(rel(&lg, &lc));
             agree += (argmax(&lc) == argmax(&lg)) as usize;
-            let runs = if step % 2 == 0 {
-                hm.static_runs()
-            } else {
-                hm.decode_runs()
+            let runs = match step % 3 {
+                0 => hm.static_runs(),
+                1 => hm.planned_runs(),
+                _ => hm.decode_runs(),
             };
             let (lh, _) = hm.decode_step(&cuda, &cpu, &mut kvh, t, tokens.len() + step, &runs)?;
             hybrid = hybrid.max(rel(&lh, &lc));
@@ -1852,7 +1874,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     }
     if failed > 0 {
         anyhow::bail!(
-            "{failed} of {} models differ beyond the tolerance {tolerance}",
+            "{failed} checks (of {} models and 12 attention shapes) differ beyond their tolerance",
             models.len()
         );
     }

@@ -172,6 +172,13 @@ impl TinySpec {
 
 struct Rng(u64);
 impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
     fn normal(&mut self) -> f32 {
         let mut s = 0f32;
         for _ in 0..4 {
@@ -263,6 +270,8 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
     // the file is written at the pace of the slower of the CPU and the disk.
     use rayon::prelude::*;
     const ROWS: u64 = 64;
+    const POOL: u64 = 4096;
+    const POOL_UNIT: u64 = 256;
     let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(2);
     std::thread::scope(|scope| -> Result<()> {
         let writer = scope.spawn(move || -> Result<()> {
@@ -283,6 +292,26 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
             };
             let mean = if shape.len() == 1 { 1.0 } else { 0.0 };
             let chunks = rows.div_ceil(ROWS);
+            // Large matrices are assembled from a pool of quantized 256-element
+            // units drawn at random: each unit is a quantized normal sample as
+            // before, but quantizing (a scale search per block for k-quants)
+            // happens once per pool instead of once per block, so the 32B
+            // preset is written at disk speed.
+            let unit = if cols.is_multiple_of(POOL_UNIT)
+                && POOL_UNIT.is_multiple_of(ty.block_elems() as u64)
+            {
+                POOL_UNIT
+            } else {
+                ty.block_elems() as u64
+            };
+            let pool = (rows * cols > 16 * POOL * unit).then(|| {
+                let mut rng = Rng((spec.seed ^ ((ti as u64) << 40) ^ 0x5EED) | 1);
+                let values: Vec<f32> = (0..POOL * unit)
+                    .map(|_| mean + rng.normal() * std)
+                    .collect();
+                quant::quantize(*ty, &values).expect("whole blocks")
+            });
+            let unit_bytes = (unit / ty.block_elems() as u64) as usize * ty.block_bytes();
             for group in (0..chunks).collect::<Vec<_>>().chunks(256) {
                 let parts: Vec<Vec<u8>> = group
                     .par_iter()
@@ -292,6 +321,15 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
                             ^ c.wrapping_mul(0x9E37_79B9))
                             | 1);
                         let n = (ROWS.min(rows - c * ROWS) * cols) as usize;
+                        if let Some(pool) = &pool {
+                            let units = n / unit as usize;
+                            let mut out = Vec::with_capacity(units * unit_bytes);
+                            for _ in 0..units {
+                                let k = (rng.next() % POOL) as usize;
+                                out.extend_from_slice(&pool[k * unit_bytes..(k + 1) * unit_bytes]);
+                            }
+                            return out;
+                        }
                         let values: Vec<f32> = (0..n).map(|_| mean + rng.normal() * std).collect();
                         quant::quantize(*ty, &values).expect("whole blocks")
                     })

@@ -210,3 +210,43 @@ fn plan_uses_the_calibration_when_there_is_one() {
         plan()
     );
 }
+
+#[test]
+fn decode_splits_layers_between_the_cpu_and_overlapped_copies() {
+    // The H200 machine's calibration: CPU kernels read 49 GB/s, pinned copies 55 GB/s.
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let mut cost = h100();
+    cost.profile.cpu.gemv_gbps = 49.0;
+    cost.profile.gpu.h2d_gbps = 55.0;
+    let resident = spread_resident(shape.n_layers, 12);
+    let uniform = |p: DecodePlace| -> Vec<DecodePlace> {
+        resident
+            .iter()
+            .map(|&r| if r { DecodePlace::Gpu } else { p })
+            .collect()
+    };
+    let time =
+        |c: &CostModel, place: &[DecodePlace], batch| c.decode_time(&shape, place, batch, true, 3);
+    let place = cost.decode_placement(&shape, &resident, 1, true, 3);
+    let count = |p: DecodePlace| place.iter().filter(|&&d| d == p).count();
+    // Both sides work: copies run while the CPU computes the layers between.
+    assert!(
+        count(DecodePlace::Streamed) > 10 && count(DecodePlace::Cpu) > 10,
+        "{place:?}"
+    );
+    let mixed = time(&cost, &place, 1);
+    let all_cpu = time(&cost, &uniform(DecodePlace::Cpu), 1);
+    let all_streamed = time(&cost, &uniform(DecodePlace::Streamed), 1);
+    assert!(
+        mixed < 0.7 * all_cpu.min(all_streamed),
+        "{mixed} vs {all_cpu} / {all_streamed}"
+    );
+    // A link so slow that one layer's copy outlasts the whole step on the CPU
+    // leaves everything there; a large batch streams everything.
+    let mut slow = cost.clone();
+    slow.profile.gpu.h2d_gbps = 0.2;
+    let p = slow.decode_placement(&shape, &resident, 1, true, 3);
+    assert!(!p.contains(&DecodePlace::Streamed));
+    let p = cost.decode_placement(&shape, &resident, 512, true, 3);
+    assert!(!p.contains(&DecodePlace::Cpu));
+}

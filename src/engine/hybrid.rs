@@ -14,7 +14,7 @@ use half::f16;
 
 use crate::backend::cpu::{CpuAct, CpuBackend, CpuKv};
 use crate::backend::cuda::stream::StreamedModel;
-use crate::backend::cuda::{CudaBackend, CudaKv};
+use crate::backend::cuda::{CudaAct, CudaBackend, CudaKv};
 use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
 use crate::model::{Layer, Scratch};
@@ -48,6 +48,65 @@ pub struct HybridModel {
     cpu_layers: Vec<Option<Layer<CpuBackend>>>,
     /// The plan's decode placement of each layer.
     pub decode: Vec<DecodePlace>,
+    /// Page-locked host buffer through which activations go back to the GPU
+    /// (read by a kernel: a copy would wait behind the weight prefetches).
+    staging: Option<cudarc::driver::PinnedHostSlice<f32>>,
+}
+
+/// How a pass uses the slots: where each layer runs, which slot each
+/// slot-using layer occupies, and the users of each slot in order.
+struct SlotSchedule {
+    runs: Vec<Run>,
+    slot_of: Vec<Option<usize>>,
+    users: Vec<std::collections::VecDeque<usize>>,
+    /// Layers to copy in, in layer order (the copy stream's order).
+    copies: Vec<usize>,
+}
+
+/// Issues a pass's weight copies as early as the slots allow: the copy of a
+/// streamed layer starts as soon as every earlier user of its slot has been
+/// queued on the compute stream (its end is the copy's `free` event), so the
+/// copy engine fills slots while the CPU computes the layers placed there.
+struct CopyPump {
+    free: Vec<cudarc::driver::CudaEvent>,
+    next: usize,
+    arrivals: Vec<Option<cudarc::driver::CudaEvent>>,
+    bytes: u64,
+}
+
+impl CopyPump {
+    fn new(cuda: &CudaBackend, n_layers: usize, n_slots: usize) -> Result<Self, BackendError> {
+        let free = (0..n_slots)
+            .map(|_| cuda.stream.record_event(None))
+            .collect::<Result<_, _>>()
+            .map_err(crate::backend::cuda::err)?;
+        Ok(CopyPump {
+            free,
+            next: 0,
+            arrivals: (0..n_layers).map(|_| None).collect(),
+            bytes: 0,
+        })
+    }
+
+    /// Issue every copy whose slot is free of earlier users, in layer order.
+    fn pump(
+        &mut self,
+        gpu: &mut StreamedModel,
+        cuda: &CudaBackend,
+        sched: &SlotSchedule,
+    ) -> Result<(), BackendError> {
+        while let Some(&u) = sched.copies.get(self.next) {
+            let s = sched.slot_of[u].expect("copied layers have a slot");
+            if sched.users[s].front() != Some(&u) {
+                break;
+            }
+            let (arrived, bytes) = gpu.prefetch(cuda, u, s, &self.free[s])?;
+            self.arrivals[u] = Some(arrived);
+            self.bytes += bytes;
+            self.next += 1;
+        }
+        Ok(())
+    }
 }
 
 /// The KV cache of a hybrid session: one per layer on the GPU and, for
@@ -83,6 +142,7 @@ impl HybridModel {
             gpu,
             cpu_layers,
             decode,
+            staging: None,
         })
     }
 
@@ -149,6 +209,18 @@ impl HybridModel {
             .collect()
     }
 
+    /// The plan's placement with no regard to what the slots hold: every
+    /// streamed layer placed on the GPU is copied in (tests the prefetching).
+    pub fn planned_runs(&self) -> Vec<Run> {
+        (0..self.decode.len())
+            .map(|i| match (self.gpu.is_streamed(i), self.decode[i]) {
+                (false, _) => Run::Gpu,
+                (true, DecodePlace::Cpu) => Run::Cpu,
+                (true, _) => Run::Stream,
+            })
+            .collect()
+    }
+
     /// `static` placement: every streamed layer on the CPU, whatever the batch.
     pub fn static_runs(&self) -> Vec<Run> {
         (0..self.decode.len())
@@ -185,8 +257,90 @@ impl HybridModel {
         Ok(logits)
     }
 
+    /// Resolve a pass's placement against the slots: a streamed layer placed on
+    /// the GPU runs from its slot if the slot still holds it when its turn
+    /// comes, else it is copied again; every copied layer takes the least
+    /// recently used slot that no layer waiting in it still needs.
+    fn schedule(&self, runs: &[Run]) -> SlotSchedule {
+        let n_slots = self.gpu.n_slots();
+        let mut runs = runs.to_vec();
+        let mut slot_of = vec![None; runs.len()];
+        let mut users = vec![std::collections::VecDeque::new(); n_slots];
+        let mut copies = Vec::new();
+        if n_slots == 0 {
+            return SlotSchedule {
+                runs,
+                slot_of,
+                users,
+                copies,
+            };
+        }
+        // Layers that would run from the slot holding them, by slot.
+        let mut waiting: Vec<Option<usize>> = vec![None; n_slots];
+        for (i, run) in runs.iter_mut().enumerate() {
+            if *run == Run::Gpu && self.gpu.is_streamed(i) {
+                match self.gpu.slot_holding(i) {
+                    Some(s) => waiting[s] = Some(i),
+                    None => *run = Run::Stream,
+                }
+            }
+        }
+        let mut last_use: Vec<Option<usize>> = vec![None; n_slots];
+        for i in 0..runs.len() {
+            match runs[i] {
+                Run::Gpu if self.gpu.is_streamed(i) => {
+                    let s = self.gpu.slot_holding(i).expect("resolved above");
+                    if waiting[s] == Some(i) {
+                        waiting[s] = None;
+                        slot_of[i] = Some(s);
+                        last_use[s] = Some(i);
+                        users[s].push_back(i);
+                        continue;
+                    }
+                    // A copy earlier in this pass took its slot.
+                    runs[i] = Run::Stream;
+                }
+                Run::Stream => {}
+                _ => continue,
+            }
+            let lru = |candidates: &mut dyn Iterator<Item = usize>| {
+                candidates.min_by_key(|&s| last_use[s].map_or(0, |u| u + 1))
+            };
+            let s = lru(&mut (0..n_slots).filter(|&s| waiting[s].is_none()))
+                .or_else(|| lru(&mut (0..n_slots)))
+                .expect("at least one slot");
+            waiting[s] = None;
+            slot_of[i] = Some(s);
+            last_use[s] = Some(i);
+            users[s].push_back(i);
+            copies.push(i);
+        }
+        SlotSchedule {
+            runs,
+            slot_of,
+            users,
+            copies,
+        }
+    }
+
+    /// Activations handed back to the GPU through the page-locked staging buffer.
+    fn upload(&mut self, cuda: &CudaBackend, x: &CpuAct) -> Result<CudaAct, BackendError> {
+        let need = x.data.len();
+        if self.staging.as_ref().is_none_or(|s| s.len() < need) {
+            // SAFETY: a plain page-locked allocation (flags 0: cacheable).
+            let buf = unsafe { cuda.ctx.alloc_pinned_with_flags::<f32>(need.max(1), 0) }
+                .map_err(crate::backend::cuda::err)?;
+            self.staging = Some(buf);
+        }
+        let staging = self.staging.as_mut().expect("allocated above");
+        staging.as_mut_slice().map_err(crate::backend::cuda::err)?[..need].copy_from_slice(&x.data);
+        cuda.act_from_pinned(staging, x.n, x.width)
+    }
+
     /// A forward pass with each layer placed by `runs` (decode steps, or the
-    /// `static` mode's prefill).
+    /// `static` mode's prefill). Copies of the layers placed on the GPU but not
+    /// in a slot are issued as early as their slots allow, so they overlap the
+    /// CPU's layers.
     pub fn forward(
         &mut self,
         cuda: &CudaBackend,
@@ -200,29 +354,31 @@ impl HybridModel {
         let n = batch.len();
         let spans = batch_spans(batch, kv.n_seq);
         let mut stats = PassStats::default();
+        let mut sched = self.schedule(runs);
+        let mut pump = CopyPump::new(cuda, cfg.n_layers, self.gpu.n_slots())?;
+        pump.pump(&mut self.gpu, cuda, &sched)?;
         let mut on_gpu = true;
         let mut xg = cuda.act(n, cfg.d_model)?;
         cuda.embed(&self.gpu.model.token_embd, batch.tokens, &mut xg)?;
         let mut xc = CpuAct::zeros(0, cfg.d_model);
         let mut gpu_scratch = Scratch::new(cuda, &cfg, n)?;
         let mut cpu_scratch: Option<Scratch<CpuBackend>> = None;
-        for (i, &run) in runs.iter().enumerate() {
-            // A slot may have been refilled earlier in this pass (a streamed
-            // layer placed before this one): then this layer must come again.
-            let run = if run == Run::Gpu && self.gpu.is_streamed(i) && !self.gpu.in_slot(i) {
-                Run::Stream
-            } else {
-                run
-            };
+        for i in 0..sched.runs.len() {
+            let run = sched.runs[i];
             match run {
                 Run::Gpu | Run::Stream => {
                     if !on_gpu {
-                        xg = cuda.act_from_host(n, cfg.d_model, &xc.data)?;
+                        xg = self.upload(cuda, &xc)?;
                         on_gpu = true;
                         stats.crossings += 1;
                     }
                     if run == Run::Stream {
-                        stats.streamed_bytes += self.gpu.stream_in(cuda, i)?;
+                        let arrived = pump.arrivals[i].take().ok_or_else(|| {
+                            BackendError::Invalid(format!("layer {i}: its copy was never issued"))
+                        })?;
+                        cuda.stream
+                            .wait(&arrived)
+                            .map_err(crate::backend::cuda::err)?;
                         stats.streamed_layers += 1;
                     }
                     kv.sync(cuda, i, &spans, true)?;
@@ -236,6 +392,15 @@ impl HybridModel {
                     )?;
                     kv.valid.ran(i, &spans, true);
                     stats.gpu_layers += 1;
+                    if let Some(s) = sched.slot_of[i] {
+                        // This slot's next copy may start once this layer is done.
+                        sched.users[s].pop_front();
+                        pump.free[s] = cuda
+                            .stream
+                            .record_event(None)
+                            .map_err(crate::backend::cuda::err)?;
+                        pump.pump(&mut self.gpu, cuda, &sched)?;
+                    }
                 }
                 Run::Cpu => {
                     let layer = self.cpu_layers[i].as_ref().ok_or_else(|| {
@@ -267,9 +432,10 @@ impl HybridModel {
             }
         }
         if !on_gpu {
-            xg = cuda.act_from_host(n, cfg.d_model, &xc.data)?;
+            xg = self.upload(cuda, &xc)?;
             stats.crossings += 1;
         }
+        stats.streamed_bytes = pump.bytes;
         let logits = self.gpu.model.logits(cuda, &xg, logit_rows)?;
         cuda.check()?;
         Ok((logits, stats))

@@ -190,8 +190,21 @@ impl<B: Backend> Model<B> {
         tensors: ModelTensors,
         layers: Vec<Layer<B>>,
     ) -> Result<Self, BackendError> {
+        let token_embd = b.load_weight(g, &tensors.token_embd)?;
+        Self::from_parts(b, g, config, tensors, layers, token_embd)
+    }
+
+    /// As `from_layers`, with the token embeddings placed by the caller.
+    pub fn from_parts(
+        b: &B,
+        g: &Gguf,
+        config: Config,
+        tensors: ModelTensors,
+        layers: Vec<Layer<B>>,
+        token_embd: B::Weight,
+    ) -> Result<Self, BackendError> {
         Ok(Model {
-            token_embd: b.load_weight(g, &tensors.token_embd)?,
+            token_embd,
             output_norm: b.load_vector(g, &tensors.output_norm)?,
             output: tensors
                 .output

@@ -122,34 +122,90 @@ impl CostModel {
         self.prefill_time_with_slots(shape, resident, n, slots, output_on_gpu)
     }
 
-    /// Seconds per decode step of a batch.
+    /// Seconds per decode step of a batch, simulated as the executor runs it:
+    /// layers one after another (CPU or GPU), while the copy engine brings in
+    /// the streamed layers in layer order, each as soon as its slot's previous
+    /// user has finished — so copies overlap the CPU's layers.
     pub fn decode_time(
         &self,
         shape: &ModelShape,
         place: &[DecodePlace],
         batch: usize,
         output_on_gpu: bool,
+        slots: usize,
     ) -> f64 {
         let mut t = 0.0;
+        let mut copy_free = 0f64;
+        let mut slot_free = vec![0f64; slots.max(1)];
+        let mut next_slot = 0;
         let mut prev = DecodePlace::Gpu;
         for (i, &p) in place.iter().enumerate() {
             let (bytes, macs) = (shape.layer_bytes[i], shape.layer_macs[i]);
-            t += match p {
-                DecodePlace::Gpu => self.gpu_layer(bytes, macs, batch),
-                DecodePlace::Cpu => self.cpu_layer(bytes, macs, batch),
-                DecodePlace::Streamed => self.h2d(bytes).max(self.gpu_layer(bytes, macs, batch)),
-            };
             let on_cpu = |p| p == DecodePlace::Cpu;
             if on_cpu(p) != on_cpu(prev) {
                 t += self.crossing_secs;
             }
+            match p {
+                DecodePlace::Gpu => t += self.gpu_layer(bytes, macs, batch),
+                DecodePlace::Cpu => t += self.cpu_layer(bytes, macs, batch),
+                DecodePlace::Streamed => {
+                    let s = next_slot % slot_free.len();
+                    next_slot += 1;
+                    copy_free = copy_free.max(slot_free[s]) + self.h2d(bytes);
+                    t = t.max(copy_free) + self.gpu_layer(bytes, macs, batch);
+                    slot_free[s] = t;
+                }
+            }
             prev = p;
+        }
+        if prev == DecodePlace::Cpu {
+            t += self.crossing_secs;
         }
         t + if output_on_gpu {
             self.gpu_layer(shape.output_bytes, shape.output_macs, batch)
         } else {
             self.cpu_layer(shape.output_bytes, shape.output_macs, batch)
         }
+    }
+
+    /// Decode placement of the non-resident layers for a batch: `k` of them
+    /// streamed, spread evenly among them (so each copy runs while the CPU
+    /// computes the layers before it), the rest on the CPU, with `k` the one
+    /// the simulation predicts fastest. Neither side is idle when the CPU's
+    /// share and the copies take about the same time.
+    pub fn decode_placement(
+        &self,
+        shape: &ModelShape,
+        resident: &[bool],
+        batch: usize,
+        output_on_gpu: bool,
+        slots: usize,
+    ) -> Vec<DecodePlace> {
+        let off: Vec<usize> = (0..resident.len()).filter(|&i| !resident[i]).collect();
+        let mut best: Option<(f64, Vec<DecodePlace>)> = None;
+        for k in 0..=off.len() {
+            let streamed = super::spread_resident(off.len(), k);
+            let mut place: Vec<DecodePlace> = resident
+                .iter()
+                .map(|&r| {
+                    if r {
+                        DecodePlace::Gpu
+                    } else {
+                        DecodePlace::Cpu
+                    }
+                })
+                .collect();
+            for (j, &i) in off.iter().enumerate() {
+                if streamed[j] {
+                    place[i] = DecodePlace::Streamed;
+                }
+            }
+            let t = self.decode_time(shape, &place, batch, output_on_gpu, slots);
+            if best.as_ref().is_none_or(|(b, _)| t < b * (1.0 - 1e-9)) {
+                best = Some((t, place));
+            }
+        }
+        best.map(|(_, p)| p).unwrap_or_default()
     }
 }
 

@@ -30,7 +30,7 @@ pub struct ModelShape {
     pub layer_bytes: Vec<u64>,
     /// Multiply-adds per token of each layer's matrices (attention excluded).
     pub layer_macs: Vec<u64>,
-    /// Bytes of the token embeddings (looked up on the host, never streamed).
+    /// Bytes of the token embeddings (kept in host memory by planned runs).
     pub embd_bytes: u64,
     /// Bytes of the output projection and final norm.
     pub output_bytes: u64,
@@ -120,8 +120,6 @@ pub struct PlanRequest {
 /// How the budget is spent.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryPlan {
-    /// Token embeddings (the executor keeps them on the GPU).
-    pub embeddings: u64,
     pub resident_weights: u64,
     pub slots: u64,
     pub kv_cache: u64,
@@ -260,27 +258,23 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
     let output = shape.output_bytes;
 
     // The least that works: two slots, activations, workspace, the KV cache of
-    // the layers the GPU computes during prefill (all of them), and the token
-    // embeddings and output projection, which the executor keeps on the GPU.
+    // the layers the GPU computes during prefill (all of them), and the output
+    // projection, which the executor keeps on the GPU. The token embeddings
+    // stay in host memory (the GPU reads only the prompt's rows; tied ones are
+    // the output projection and counted there).
     let kv_all = kv_layer * n as u64;
-    let min_needed = 2 * slot
-        + act
-        + workspace
-        + kv_all
-        + shape.embd_bytes
-        + output
-        + allocator_reserve(0, n, 2);
+    let min_needed = 2 * slot + act + workspace + kv_all + output + allocator_reserve(0, n, 2);
     if req.budget < min_needed {
         return Err(PlanError::BudgetTooSmall {
             budget: HumanBytes(req.budget),
             needed: HumanBytes(min_needed),
             why: format!(
-                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {} + embeddings and output {} + allocator reserve {}",
+                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {} + output projection {} + allocator reserve {}",
                 HumanBytes(2 * slot),
                 HumanBytes(kv_all),
                 req.n_ctx,
                 HumanBytes(act + workspace),
-                HumanBytes(shape.embd_bytes + output),
+                HumanBytes(output),
                 HumanBytes(allocator_reserve(0, n, 2))
             ),
         });
@@ -301,7 +295,6 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
             let pp_tokens = req.ubatch.max(512);
             let preferred = cost::slots_needed(shape, &resident, cost, pp_tokens);
             let memory = |n_slots: usize| MemoryPlan {
-                embeddings: shape.embd_bytes,
                 resident_weights: resident_bytes,
                 slots: n_slots as u64 * slot,
                 kv_cache: kv_all,
@@ -320,18 +313,11 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
             };
             let Some(n_slots) = fitting else { continue };
             let mem = memory(n_slots);
-            let decode: Vec<DecodePlace> = (0..n)
-                .map(|i| {
-                    if resident[i] {
-                        DecodePlace::Gpu
-                    } else {
-                        cost.decode_place(shape.layer_bytes[i], shape.layer_macs[i], req.n_parallel)
-                    }
-                })
-                .collect();
+            let decode =
+                cost.decode_placement(shape, &resident, req.n_parallel, output_on_gpu, n_slots);
             let pp =
                 cost.prefill_time_with_slots(shape, &resident, pp_tokens, n_slots, output_on_gpu);
-            let tg = cost.decode_time(shape, &decode, req.n_parallel, output_on_gpu);
+            let tg = cost.decode_time(shape, &decode, req.n_parallel, output_on_gpu, n_slots);
             let candidate = Plan {
                 prefill: resident
                     .iter()
@@ -392,9 +378,8 @@ impl Plan {
         let _ = writeln!(s, "machine     {}", profile.describe());
         let _ = writeln!(
             s,
-            "budget      {}: embeddings {}, resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {}, allocator reserve {} (total {})",
+            "budget      {}: resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {}, allocator reserve {} (total {})",
             HumanBytes(self.budget),
-            HumanBytes(self.memory.embeddings),
             HumanBytes(self.memory.resident_weights),
             self.n_slots,
             HumanBytes(self.memory.slots),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    PinnedHostSlice, PushKernelArg,
 };
 use half::f16;
 
@@ -62,9 +62,19 @@ pub fn availability() -> Result<(), String> {
 
 struct Kernels {
     dequant_f16: CudaFunction,
+    dequant8_f16: CudaFunction,
+    flash_prefill_d64: CudaFunction,
+    flash_prefill_d128: CudaFunction,
     f32_to_f16: CudaFunction,
     gemv: CudaFunction,
     gemv8: CudaFunction,
+    /// Specialised decode GEMVs for 1, 2, 4 and 8 tokens.
+    gemv_q4k: [CudaFunction; 4],
+    gemv_q6k: [CudaFunction; 4],
+    quantize_q8: CudaFunction,
+    /// The same with activations quantized to 8 bits (dp4a).
+    gemv_q4k_q8: [CudaFunction; 4],
+    gemv_q6k_q8: [CudaFunction; 4],
     embed: CudaFunction,
     rms_norm: CudaFunction,
     add_bias: CudaFunction,
@@ -75,6 +85,13 @@ struct Kernels {
     attention: CudaFunction,
     gather_rows: CudaFunction,
     copy_f32: CudaFunction,
+}
+
+/// Dynamic shared memory of the prompt-attention kernel for a head dimension
+/// (`flash_smem_bytes` in ferry.cu): two stages of 64-key K and V tiles, rows
+/// padded by 8 halfs.
+fn flash_smem_bytes(head_dim: usize) -> usize {
+    2 * 2 * 64 * (head_dim + 8) * 2
 }
 
 /// 64-bit FNV-1a: a stable hash for the kernel cache key.
@@ -131,12 +148,50 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
     };
     let module = ctx.load_module(ptx).map_err(err)?;
     let f = |name: &str| module.load_function(name).map_err(err);
+    // The prompt-attention kernels keep two stages of K and V tiles in
+    // dynamic shared memory, beyond the default 48 KiB for head dimension 128.
+    for (name, head_dim) in [("flash_prefill_d64", 64), ("flash_prefill_d128", 128)] {
+        f(name)?
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                flash_smem_bytes(head_dim) as i32,
+            )
+            .map_err(err)?;
+    }
     Ok((
         Kernels {
             dequant_f16: f("dequant_f16")?,
+            dequant8_f16: f("dequant8_f16")?,
+            flash_prefill_d64: f("flash_prefill_d64")?,
+            flash_prefill_d128: f("flash_prefill_d128")?,
             f32_to_f16: f("f32_to_f16")?,
             gemv: f("gemv")?,
             gemv8: f("gemv8")?,
+            gemv_q4k: [
+                f("gemv_q4k_1")?,
+                f("gemv_q4k_2")?,
+                f("gemv_q4k_4")?,
+                f("gemv_q4k_8")?,
+            ],
+            gemv_q6k: [
+                f("gemv_q6k_1")?,
+                f("gemv_q6k_2")?,
+                f("gemv_q6k_4")?,
+                f("gemv_q6k_8")?,
+            ],
+            quantize_q8: f("quantize_q8")?,
+            gemv_q4k_q8: [
+                f("gemv_q4k_q8_1")?,
+                f("gemv_q4k_q8_2")?,
+                f("gemv_q4k_q8_4")?,
+                f("gemv_q4k_q8_8")?,
+            ],
+            gemv_q6k_q8: [
+                f("gemv_q6k_q8_1")?,
+                f("gemv_q6k_q8_2")?,
+                f("gemv_q6k_q8_4")?,
+                f("gemv_q6k_q8_8")?,
+            ],
             embed: f("embed")?,
             rms_norm: f("rms_norm")?,
             add_bias: f("add_bias")?,
@@ -159,7 +214,8 @@ pub struct CudaWeight {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
-    _buf: Arc<CudaSlice<u8>>,
+    /// What owns the bytes (a device buffer, or page-locked host memory).
+    _buf: Arc<dyn std::any::Any + Send + Sync>,
     /// Device address of the first byte (passed to kernels by value).
     ptr: u64,
 }
@@ -221,6 +277,19 @@ struct BatchTables {
     kv: Vec<(Vec<u32>, Arc<KvTables>)>,
 }
 
+/// An activation quantized to 8 bits per 32-element block for the integer
+/// GEMVs: values, block scales and half-block sums. `of` names the activation
+/// (device address, rows, width) while it is unchanged: q, k and v (and gate
+/// and up) read the same input, which is quantized once. Every backend
+/// operation other than a matmul forgets it, since it may write activations.
+#[derive(Default)]
+struct Q8Cache {
+    q: Option<CudaSlice<i8>>,
+    d: Option<CudaSlice<f32>>,
+    s: Option<CudaSlice<f32>>,
+    of: Option<(u64, usize, usize, u64)>,
+}
+
 /// Micro-batches whose tables stay cached (a 64K-token prompt in 512-token micro-batches is 128).
 const TABLE_CACHE: usize = 256;
 
@@ -246,6 +315,15 @@ pub struct CudaBackend {
     /// f16 scratch for dequantized weights and converted activations (grown on demand).
     scratch: Mutex<Scratch>,
     tables: Mutex<BatchTables>,
+    /// Decode activations quantized to 8 bits, and which activation they are.
+    q8: Mutex<Q8Cache>,
+    /// Bumped by every operation that may write an activation.
+    q8_epoch: std::sync::atomic::AtomicU64,
+    /// Decode GEMVs on 8-bit activations (`FERRY_GEMV=float`: on f32 ones).
+    int_gemv: bool,
+    /// Prompt attention on tensor cores (off: the one-block-per-query kernel
+    /// for every batch; `FERRY_ATTENTION=naive`, and gpu-check's comparison).
+    flash: std::sync::atomic::AtomicBool,
     pub kernels_from_cache: bool,
     name: String,
     ledger: MemoryLedger,
@@ -292,6 +370,12 @@ impl CudaBackend {
             k,
             scratch: Mutex::new((None, None)),
             tables: Mutex::new(BatchTables::default()),
+            q8: Mutex::new(Q8Cache::default()),
+            q8_epoch: std::sync::atomic::AtomicU64::new(0),
+            int_gemv: std::env::var("FERRY_GEMV").as_deref() != Ok("float"),
+            flash: std::sync::atomic::AtomicBool::new(
+                std::env::var("FERRY_ATTENTION").as_deref() != Ok("naive"),
+            ),
             kernels_from_cache: cached,
             name,
             ledger,
@@ -347,6 +431,7 @@ impl CudaBackend {
     }
 
     fn upload<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, BackendError> {
+        self.forget_q8();
         let out = self.stream.clone_htod(v).map_err(err)?;
         self.account("an upload", std::mem::size_of_val(v))?;
         Ok(out)
@@ -366,6 +451,33 @@ impl CudaBackend {
             width,
             data: self.upload(data)?,
         })
+    }
+
+    /// Activations read by a kernel straight from page-locked host memory
+    /// (unified addressing) rather than copied: a copy would queue behind the
+    /// weight copies that keep the copy engine busy while the CPU computes.
+    /// `staging` holds at least `n · width` values and must not be written
+    /// again before the compute stream has passed this point.
+    pub fn act_from_pinned(
+        &self,
+        staging: &PinnedHostSlice<f32>,
+        n: usize,
+        width: usize,
+    ) -> Result<CudaAct, BackendError> {
+        let total = n * width;
+        if staging.len() < total {
+            return Err(BackendError::Invalid(
+                "act_from_pinned: staging too small".into(),
+            ));
+        }
+        let mut out = self.act(n, width)?;
+        let src = staging.as_ptr().map_err(err)? as u64;
+        let mut b = self.stream.launch_builder(&self.k.copy_f32);
+        b.arg(&src).arg(&mut out.data).arg(&total);
+        // SAFETY: copy_f32(src, dst, n); src addresses `total` floats of pinned
+        // host memory that stays allocated and unchanged until the kernel ran.
+        unsafe { b.launch(grid(total, 256)) }.map_err(err)?;
+        Ok(out)
     }
 
     /// Copy the rows `rows` (slots `seq · n_ctx + pos`) of a KV cache to the host.
@@ -406,9 +518,16 @@ impl CudaBackend {
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, BackendError> {
+        self.forget_q8();
         let out = self.stream.alloc_zeros::<T>(n.max(1)).map_err(err)?;
         self.account("a buffer", n * std::mem::size_of::<T>())?;
         Ok(out)
+    }
+
+    /// Activations may change: the quantized copy no longer matches.
+    fn forget_q8(&self) {
+        self.q8_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn try_matmul(
@@ -418,11 +537,43 @@ impl CudaBackend {
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
         let (n, cols, rows) = (x.n, w.cols, w.rows);
+        // Writing over the activation whose quantized copy is kept makes it stale.
+        let out_ptr = out.data.device_ptr(&self.stream).0;
+        if self
+            .q8
+            .lock()
+            .expect("q8 lock")
+            .of
+            .is_some_and(|(p, ..)| p == out_ptr)
+        {
+            self.forget_q8();
+        }
         let (be, bb) = (w.ty.block_elems() as i32, w.ty.block_bytes() as i32);
         let (ty, rows_i, cols_i, n_i) = (w.ty.id() as i32, rows as i32, cols as i32, n as i32);
         if n <= 8 {
-            // The 8-element kernel needs whole 8-element groups (and float4
-            // loads of the activations); any other width takes the plain one.
+            // Q4_K and Q6_K rows (most of a Q4_K_M model's bytes) have their own
+            // kernels, which need their blocks aligned for wide loads; the
+            // 8-element kernel needs whole 8-element groups (and float4 loads of
+            // the activations); any other width takes the plain one.
+            // The kernel compiled for the smallest power of two ≥ n tokens.
+            let by_tokens = n.next_power_of_two().trailing_zeros() as usize;
+            let special = match w.ty {
+                GgmlType::Q4_K if w.ptr.is_multiple_of(16) => Some(&self.k.gemv_q4k[by_tokens]),
+                GgmlType::Q6_K if w.ptr.is_multiple_of(2) => Some(&self.k.gemv_q6k[by_tokens]),
+                _ => None,
+            };
+            if self.int_gemv && matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K) && special.is_some()
+            {
+                return self.gemv_q8(x, w, out, by_tokens);
+            }
+            if let Some(kernel) = special {
+                let mut b = self.stream.launch_builder(kernel);
+                b.arg(&w.ptr).arg(&x.data).arg(&mut out.data);
+                b.arg(&rows_i).arg(&cols_i).arg(&n_i);
+                // SAFETY: argument types match the kernel signature; buffers are sized by shape.
+                unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
+                return Ok(());
+            }
             let kernel = if cols % 8 == 0 {
                 &self.k.gemv8
             } else {
@@ -457,7 +608,14 @@ impl CudaBackend {
             )
         };
         {
-            let mut b = self.stream.launch_builder(&self.k.dequant_f16);
+            // Whole 8-element groups take the vectorised kernel (every real
+            // model's rows); anything else the element-wise one.
+            let (kernel, threads) = if cols % 8 == 0 {
+                (&self.k.dequant8_f16, need_w / 8)
+            } else {
+                (&self.k.dequant_f16, need_w)
+            };
+            let mut b = self.stream.launch_builder(kernel);
             b.arg(&w.ptr)
                 .arg(&mut *wf)
                 .arg(&ty)
@@ -466,7 +624,7 @@ impl CudaBackend {
                 .arg(&be)
                 .arg(&bb);
             // SAFETY: as above.
-            unsafe { b.launch(grid(need_w, 256)) }.map_err(err)?;
+            unsafe { b.launch(grid(threads, 256)) }.map_err(err)?;
         }
         {
             let total = need_x;
@@ -507,6 +665,63 @@ impl CudaBackend {
             )
         }
         .map_err(err)
+    }
+
+    /// A k-quant decode GEMV on 8-bit activations: `x` is quantized (once
+    /// while it stays unchanged), then the integer kernel for ≤ 2^`by_tokens` tokens.
+    fn gemv_q8(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        out: &mut CudaAct,
+        by_tokens: usize,
+    ) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (n, cols, rows) = (x.n, w.cols, w.rows);
+        let x_ptr = x.data.device_ptr(&self.stream).0;
+        let mut c = self.q8.lock().expect("q8 lock");
+        let key = (x_ptr, n, cols);
+        let fresh = c
+            .of
+            .is_some_and(|(p, nn, cc, e)| (p, nn, cc) == key && e == self.q8_epoch.load(Relaxed));
+        if !fresh {
+            let (blocks, total) = (n * cols / 32, n * cols);
+            if c.q.as_ref().is_none_or(|q| q.len() < total) {
+                c.q = Some(self.zeros::<i8>(total)?);
+                c.d = Some(self.zeros::<f32>(blocks)?);
+                c.s = Some(self.zeros::<f32>(2 * blocks)?);
+            }
+            let Q8Cache { q, d, s, .. } = &mut *c;
+            let (q, d, s) = (
+                q.as_mut().expect("allocated"),
+                d.as_mut().expect("allocated"),
+                s.as_mut().expect("allocated"),
+            );
+            let (cols_i, n_i) = (cols as i32, n as i32);
+            let mut b = self.stream.launch_builder(&self.k.quantize_q8);
+            b.arg(&x.data).arg(q).arg(d).arg(s).arg(&cols_i).arg(&n_i);
+            // SAFETY: quantize_q8(x, q, d, s16, cols, n); buffers hold n·cols
+            // values, n·cols/32 scales and twice as many half sums.
+            unsafe { b.launch(grid(total, 128)) }.map_err(err)?;
+            c.of = Some((x_ptr, n, cols, self.q8_epoch.load(Relaxed)));
+        }
+        let kernel = match w.ty {
+            GgmlType::Q4_K => &self.k.gemv_q4k_q8[by_tokens],
+            _ => &self.k.gemv_q6k_q8[by_tokens],
+        };
+        let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(&w.ptr)
+            .arg(c.q.as_ref().expect("filled"))
+            .arg(c.d.as_ref().expect("filled"))
+            .arg(c.s.as_ref().expect("filled"))
+            .arg(&mut out.data)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&n_i);
+        // SAFETY: matches gemv_*_q8(w, xq, xd, xs, out, rows, cols, n): one warp per row.
+        unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
+        Ok(())
     }
 
     fn elementwise(
@@ -598,6 +813,194 @@ impl CudaBackend {
         ));
         remember(&mut t.kv, key, kv.clone());
         Ok(kv)
+    }
+
+    /// Whether prompt attention uses the tensor-core kernel.
+    pub fn set_flash_attention(&self, on: bool) {
+        self.flash.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Store the batch's keys and values in the cache, then attend:
+    /// `heads` = (query heads, KV heads, head dimension). A batch of one
+    /// sequence at consecutive positions (a prompt, or a chunk of one) runs
+    /// on tensor cores with an online softmax (no n × n matrix, any length);
+    /// other batches (decode steps of several sequences) take one block per
+    /// (token, head) with every score in shared memory.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_heads(
+        &self,
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        kv: &mut CudaKv,
+        batch: &Batch,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let n = batch.len();
+        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
+        let (slots, bases, pos) = (&tables.0, &tables.1, &tables.2);
+        let (width, n_i) = (kv.width as i32, n as i32);
+        {
+            let mut b = self.stream.launch_builder(&self.k.kv_store);
+            b.arg(&k.data)
+                .arg(&v.data)
+                .arg(&mut kv.k)
+                .arg(&mut kv.v)
+                .arg(slots)
+                .arg(&width)
+                .arg(&n_i);
+            // SAFETY: matches the kernel signature.
+            unsafe { b.launch(grid(n * kv.width, 256)) }.map_err(err)?;
+        }
+        let (nh, nkv, hd) = (n_heads as i32, n_kv_heads as i32, head_dim as i32);
+        let scale = 1.0f32 / (head_dim as f32).sqrt();
+        let one_prompt = n > 1
+            && batch.seqs.iter().all(|&s| s == batch.seqs[0])
+            && batch
+                .positions
+                .windows(2)
+                .all(|w| w[1] == w[0].wrapping_add(1));
+        let flash_kernel = match head_dim {
+            64 => Some(&self.k.flash_prefill_d64),
+            128 => Some(&self.k.flash_prefill_d128),
+            _ => None,
+        };
+        if let Some(kernel) = flash_kernel
+            && one_prompt
+            && self.flash.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let p0 = batch.positions[0] as i32;
+            let base = (batch.seqs[0] as usize * kv.n_ctx) as i32;
+            let scale_log2 = scale * std::f32::consts::LOG2_E;
+            let mut b = self.stream.launch_builder(kernel);
+            b.arg(&q.data).arg(&kv.k).arg(&kv.v).arg(&mut out.data);
+            b.arg(&n_i)
+                .arg(&p0)
+                .arg(&base)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&width)
+                .arg(&scale_log2);
+            let launch = LaunchConfig {
+                grid_dim: (n.div_ceil(64) as u32, n_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: flash_smem_bytes(head_dim) as u32,
+            };
+            // SAFETY: matches the kernel signature; the positions were checked
+            // against the cache by `kv_tables`, so every key row read exists.
+            unsafe { b.launch(launch) }.map_err(err)?;
+            return Ok(());
+        }
+        let max_keys = batch
+            .positions
+            .iter()
+            .map(|&p| p as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let shared = max_keys * 4;
+        if shared > 48 * 1024 {
+            return Err(BackendError::Invalid(format!(
+                "decode attention holds at most 12288 keys per sequence; position {} needs more (use -c 12288 or less)",
+                max_keys - 1
+            )));
+        }
+        let mut b = self.stream.launch_builder(&self.k.attention);
+        b.arg(&q.data)
+            .arg(&kv.k)
+            .arg(&kv.v)
+            .arg(&mut out.data)
+            .arg(bases)
+            .arg(pos);
+        b.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
+        let launch = LaunchConfig {
+            grid_dim: ((n * n_heads) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        // SAFETY: matches the kernel signature; shared memory sized for the longest sequence.
+        unsafe { b.launch(launch) }.map_err(err)?;
+        Ok(())
+    }
+
+    /// Tensor-core prompt attention against the reference kernel on random
+    /// queries, keys and values: `done` tokens already in the cache, then a
+    /// chunk of `n`. Returns max |Δ| / max |reference| over the chunk's output.
+    pub fn attention_check(
+        &self,
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        done: usize,
+        n: usize,
+    ) -> Result<f32, BackendError> {
+        let n_ctx = done + n;
+        let kv_width = n_kv_heads * head_dim;
+        let mut kv = CudaKv {
+            n_ctx,
+            n_seq: 1,
+            width: kv_width,
+            k: self.zeros::<f16>(n_ctx * kv_width)?,
+            v: self.zeros::<f16>(n_ctx * kv_width)?,
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+                })
+                .collect()
+        };
+        let heads = (n_heads, n_kv_heads, head_dim);
+        let q_width = n_heads * head_dim;
+        let mut run = |first: usize, len: usize, flash: bool, data: &[Vec<f32>; 3]| {
+            let positions: Vec<u32> = (first as u32..(first + len) as u32).collect();
+            let seqs = vec![0u32; len];
+            let tokens = vec![0u32; len];
+            let batch = Batch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &seqs,
+            };
+            let q = self.act_from_host(len, q_width, &data[0])?;
+            let k = self.act_from_host(len, kv_width, &data[1])?;
+            let v = self.act_from_host(len, kv_width, &data[2])?;
+            let mut out = self.act(len, q_width)?;
+            self.set_flash_attention(flash);
+            let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, &mut out);
+            self.set_flash_attention(true);
+            r?;
+            self.to_host(&out)
+        };
+        if done > 0 {
+            let past = [
+                random(done * q_width),
+                random(done * kv_width),
+                random(done * kv_width),
+            ];
+            run(0, done, false, &past)?;
+        }
+        let chunk = [
+            random(n * q_width),
+            random(n * kv_width),
+            random(n * kv_width),
+        ];
+        let reference = run(done, n, false, &chunk)?;
+        let flash = run(done, n, true, &chunk)?;
+        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let diff = flash
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| {
+                if a.is_finite() {
+                    (a - b).abs()
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .fold(0f32, f32::max);
+        Ok(diff / scale)
     }
 
     /// Upload the per-batch tables now (before streaming copies are queued).
@@ -748,6 +1151,7 @@ impl Backend for CudaBackend {
         tokens: &[u32],
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        self.forget_q8();
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= table.rows) {
             return Err(BackendError::Invalid(format!(
                 "token id {t} is outside the vocabulary of {} tokens",
@@ -780,6 +1184,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaAct, w: &CudaSlice<f32>, eps: f32, out: &mut CudaAct) {
+        self.forget_q8();
         let width = x.width as i32;
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
         b.arg(&x.data)
@@ -814,6 +1219,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_bias(&self, x: &mut CudaAct, bias: &CudaSlice<f32>) {
+        self.forget_q8();
         let width = x.width as i32;
         self.elementwise(&self.k.add_bias, &mut x.data, Some(bias), Some(width));
     }
@@ -826,6 +1232,7 @@ impl Backend for CudaBackend {
         rope: &RopeParams,
         positions: &[u32],
     ) {
+        self.forget_q8();
         let half = rope.n_dims / 2;
         let cs = match self.rope_table(rope, positions) {
             Ok(cs) => cs,
@@ -869,68 +1276,23 @@ impl Backend for CudaBackend {
         batch: &Batch,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let n = batch.len();
-        let max_keys = batch
-            .positions
-            .iter()
-            .map(|&p| p as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let shared = max_keys * 4;
-        if shared > 48 * 1024 {
-            return Err(BackendError::Invalid(format!(
-                "this CUDA attention kernel holds at most 12288 keys per sequence; position {} needs more (use -c 12288 or less)",
-                max_keys - 1
-            )));
-        }
-        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
-        let (slots, bases, pos) = (&tables.0, &tables.1, &tables.2);
-        let (width, n_i) = (kv.width as i32, n as i32);
-        {
-            let mut b = self.stream.launch_builder(&self.k.kv_store);
-            b.arg(&k.data)
-                .arg(&v.data)
-                .arg(&mut kv.k)
-                .arg(&mut kv.v)
-                .arg(slots)
-                .arg(&width)
-                .arg(&n_i);
-            // SAFETY: matches the kernel signature.
-            unsafe { b.launch(grid(n * kv.width, 256)) }.map_err(err)?;
-        }
-        let (nh, nkv, hd) = (
-            cfg.n_heads as i32,
-            cfg.n_kv_heads as i32,
-            cfg.head_dim as i32,
-        );
-        let scale = 1.0f32 / (cfg.head_dim as f32).sqrt();
-        let mut b = self.stream.launch_builder(&self.k.attention);
-        b.arg(&q.data)
-            .arg(&kv.k)
-            .arg(&kv.v)
-            .arg(&mut out.data)
-            .arg(bases)
-            .arg(pos);
-        b.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
-        let launch = LaunchConfig {
-            grid_dim: ((n * cfg.n_heads) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: shared as u32,
-        };
-        // SAFETY: matches the kernel signature; shared memory sized for the longest sequence.
-        unsafe { b.launch(launch) }.map_err(err)?;
-        Ok(())
+        self.forget_q8();
+        let heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        self.attention_heads(heads, q, k, v, kv, batch, out)
     }
 
     fn swiglu(&self, gate: &mut CudaAct, up: &CudaAct) {
+        self.forget_q8();
         self.elementwise(&self.k.swiglu, &mut gate.data, Some(&up.data), None);
     }
 
     fn add(&self, x: &mut CudaAct, y: &CudaAct) {
+        self.forget_q8();
         self.elementwise(&self.k.add, &mut x.data, Some(&y.data), None);
     }
 
     fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct, BackendError> {
+        self.forget_q8();
         let mut out = self.act(rows.len(), x.width)?;
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = self.upload(&idx)?;
@@ -954,6 +1316,7 @@ impl Backend for CudaBackend {
         x: &CudaAct,
         rows: std::ops::Range<usize>,
     ) -> Result<CudaAct, BackendError> {
+        self.forget_q8();
         let mut out = self.act(rows.len(), x.width)?;
         let n = rows.len() * x.width;
         let src = x.data.slice(rows.start * x.width..rows.end * x.width);
@@ -969,6 +1332,7 @@ impl Backend for CudaBackend {
     /// A kernel, not a memcpy: copies may queue behind streaming copies on the
     /// copy engines.
     fn write_rows(&self, dst: &mut CudaAct, first: usize, src: &CudaAct) {
+        self.forget_q8();
         assert_eq!(dst.width, src.width);
         let n = src.n * src.width;
         let mut view = dst.data.slice_mut(first * dst.width..first * dst.width + n);

@@ -111,12 +111,7 @@ impl StreamedModel {
                 "placement does not match the layer count".into(),
             ));
         }
-        let packed_len = |t: &LayerTensors| {
-            t.matrices()
-                .iter()
-                .map(|m| m.n_bytes as usize)
-                .sum::<usize>()
-        };
+        let packed_len = |t: &LayerTensors| packed_layout(t).1;
         let slot_bytes = tensors
             .layers
             .iter()
@@ -150,13 +145,12 @@ impl StreamedModel {
             let slot = k % n_slots;
             k += 1;
             let len = packed_len(t);
+            let (offsets, _) = packed_layout(t);
             let pack = |dst: &mut [u8]| {
-                let mut off = 0;
-                for m in t.matrices() {
+                for (m, &off) in t.matrices().iter().zip(&offsets) {
                     let src = &g.files[m.file_index].bytes()
                         [m.file_offset as usize..(m.file_offset + m.n_bytes) as usize];
                     dst[off..off + src.len()].copy_from_slice(src);
-                    off += src.len();
                 }
             };
             let pinned: Arc<dyn AsRef<[u8]> + Send + Sync> = if pin {
@@ -181,12 +175,6 @@ impl StreamedModel {
                 pack(&mut v);
                 Arc::new(v)
             };
-            let mut offsets = [0usize; 7];
-            let mut off = 0;
-            for (i, m) in t.matrices().iter().enumerate() {
-                offsets[i] = off;
-                off += m.n_bytes as usize;
-            }
             layers.push(Layer::assemble(b, g, t, |k, m| {
                 CudaWeight::in_buffer(&b.stream, slots[slot].clone(), offsets[k], m)
             })?);
@@ -198,7 +186,16 @@ impl StreamedModel {
             }));
             progress(layers.len());
         }
-        let model = Model::from_layers(b, g, config, tensors, layers)?;
+        // Untied token embeddings stay in page-locked host memory: the embed
+        // kernel reads just the prompt's rows across the bus, and the budget
+        // keeps the device memory for layers. (Tied ones are the output
+        // projection too, which decode reads whole every step.)
+        let token_embd = if tensors.output.is_some() {
+            host_weight(b, g, &tensors.token_embd)?
+        } else {
+            b.load_weight(g, &tensors.token_embd)?
+        };
+        let model = Model::from_parts(b, g, config, tensors, layers, token_embd)?;
         Ok(StreamedModel {
             model,
             host,
@@ -225,26 +222,79 @@ impl StreamedModel {
             .is_some_and(|h| self.slot_holds[h.slot] == Some(i))
     }
 
-    /// Copy streamed layer `i` into its slot for the next operation on the
-    /// compute stream (decode's per-step streaming). The copy waits for the
-    /// slot's previous user; the compute stream waits for the copy.
-    pub fn stream_in(&mut self, b: &CudaBackend, i: usize) -> Result<u64, BackendError> {
-        if self.in_slot(i) {
-            return Ok(0);
+    /// The slot holding streamed layer `i`'s weights now, if one does.
+    pub fn slot_holding(&self, i: usize) -> Option<usize> {
+        self.host[i]
+            .as_ref()
+            .map(|h| h.slot)
+            .filter(|&s| self.slot_holds[s] == Some(i))
+    }
+
+    /// Point streamed layer `i`'s matrices at `slot` (views, nothing copied).
+    fn bind(&mut self, b: &CudaBackend, i: usize, slot: usize) -> Result<(), BackendError> {
+        let h = self.host[i].as_mut().expect("streamed layer");
+        if h.slot == slot {
+            return Ok(());
         }
-        let free = b.stream.record_event(None).map_err(err)?;
+        h.slot = slot;
+        let offsets = h.offsets;
+        let t = &self.model.tensors.layers[i];
+        let view = |k: usize, m: &crate::model::TensorRef| {
+            CudaWeight::in_buffer(&b.stream, self.slots[slot].clone(), offsets[k], m)
+        };
+        let [wq, wk, wv, wo, w_gate, w_up, w_down] = t.matrices();
+        let (wq, wk, wv, wo) = (view(0, wq)?, view(1, wk)?, view(2, wv)?, view(3, wo)?);
+        let (w_gate, w_up, w_down) = (view(4, w_gate)?, view(5, w_up)?, view(6, w_down)?);
+        let layer = &mut self.model.layers[i];
+        (layer.wq, layer.wk, layer.wv, layer.wo) = (wq, wk, wv, wo);
+        (layer.w_gate, layer.w_up, layer.w_down) = (w_gate, w_up, w_down);
+        Ok(())
+    }
+
+    /// Give every streamed layer its prefill slot again (k-th streamed layer →
+    /// slot k mod slots), which the layer-major pass's copy ring relies on;
+    /// decode may have moved layers between slots.
+    fn bind_prefill_slots(&mut self, b: &CudaBackend) -> Result<(), BackendError> {
+        let n = self.slots.len();
+        let streamed: Vec<usize> = (0..self.host.len())
+            .filter(|&i| self.host[i].is_some())
+            .collect();
+        for (k, i) in streamed.into_iter().enumerate() {
+            let before = self.host[i].as_ref().expect("streamed").slot;
+            if before != k % n {
+                let holds = self.slot_holds[before] == Some(i);
+                self.bind(b, i, k % n)?;
+                if holds {
+                    // Its bytes are in the old slot, not the new one.
+                    self.slot_holds[before] = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue the copy of streamed layer `i` into `slot` once `free` (the end of
+    /// the compute that last used the slot) has passed, and point the layer
+    /// at that slot. Returns the copy's arrival event and its bytes. Decode
+    /// issues these ahead of time, so copies run while the CPU computes.
+    pub fn prefetch(
+        &mut self,
+        b: &CudaBackend,
+        i: usize,
+        slot: usize,
+        free: &CudaEvent,
+    ) -> Result<(CudaEvent, u64), BackendError> {
+        self.bind(b, i, slot)?;
         let arrived = issue_copy(
             &self.host,
             &self.copy,
             &self.slot_ptrs,
             i,
-            Some(&free),
+            Some(free),
             &Tracer::new(None),
         )?;
-        b.stream.wait(&arrived).map_err(err)?;
-        let h = self.host[i].as_ref().expect("streamed layer");
-        self.slot_holds[h.slot] = Some(i);
-        Ok(h.len as u64)
+        self.slot_holds[slot] = Some(i);
+        Ok((arrived, self.host[i].as_ref().expect("streamed").len as u64))
     }
 
     /// Streamed layer `i` as a CPU layer whose matrices are read in place from
@@ -288,6 +338,7 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let n_layers = self.model.config.n_layers;
+        self.bind_prefill_slots(b)?;
         // Small uploads queue behind big copies on the copy engine: prepare every
         // micro-batch's tables before the first layer's copy is queued.
         if let Some(kv0) = kv.first() {
@@ -385,6 +436,7 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = self.model.config.clone();
+        self.bind_prefill_slots(b)?;
         let mut x = b.act(batch.len(), cfg.d_model)?;
         b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
         let mut streamed = 0u64;
@@ -473,4 +525,50 @@ fn timeline(t: Timing) -> Result<Vec<crate::engine::trace::Span>, BackendError> 
         s.start_ms -= min;
     }
     Ok(spans)
+}
+
+/// Where each of a layer's 7 matrices sits in its packed host buffer and slot
+/// (each starts 256-byte aligned, as its own allocation would: the decode
+/// kernels read whole blocks with 16-byte loads), and the packed length.
+fn packed_layout(t: &LayerTensors) -> ([usize; 7], usize) {
+    let mut offsets = [0usize; 7];
+    let mut end = 0usize;
+    for (i, m) in t.matrices().iter().enumerate() {
+        offsets[i] = end.next_multiple_of(256);
+        end = offsets[i] + m.n_bytes as usize;
+    }
+    (offsets, end)
+}
+
+/// A weight that kernels read straight from page-locked host memory: with
+/// unified addressing the host address of such memory is valid on the device.
+/// For tensors of which a kernel touches a few rows (the token embeddings).
+pub(crate) fn host_weight(
+    b: &CudaBackend,
+    g: &Gguf,
+    t: &crate::model::TensorRef,
+) -> Result<CudaWeight, BackendError> {
+    let src = &g.files[t.file_index].bytes()
+        [t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
+    // SAFETY: a plain page-locked allocation, filled here before any sharing.
+    let mut pinned = unsafe { b.ctx.alloc_pinned_with_flags::<u8>(src.len().max(1), 0) }.map_err(|e| {
+        BackendError::Invalid(format!(
+            "pinning {} of host memory for {} failed ({e:?}): free host memory or raise `ulimit -l`",
+            crate::plan::HumanBytes(src.len() as u64),
+            t.name
+        ))
+    })?;
+    pinned.as_mut_slice().map_err(err)?[..src.len()].copy_from_slice(src);
+    let ptr = pinned.as_ptr().map_err(err)?;
+    Ok(CudaWeight {
+        ty: t.ty,
+        rows: t.rows(),
+        cols: t.cols(),
+        _buf: Arc::new(PinnedBytes {
+            _pinned: pinned,
+            ptr,
+            len: src.len(),
+        }),
+        ptr: ptr as u64,
+    })
 }

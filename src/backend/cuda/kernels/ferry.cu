@@ -282,6 +282,36 @@ extern "C" __global__ void gemv8(const u8* w, const float* x, float* out, int ty
     }
 }
 
+// out[r, c] (f16) = W[r, c] with cols a multiple of 8: each thread decodes 8
+// consecutive elements (one block's scales read once) and writes them as one
+// 16-byte store. The prefill pays this once per weight and micro-batch, so it
+// must run near memory speed, not at one switch per element.
+extern "C" __global__ void dequant8_f16(const u8* w, u16* out, int type, int rows, int cols,
+                                        int block_elems, int block_bytes) {
+    size_t groups = (size_t)rows * (cols / 8);
+    int row_groups = cols / 8;
+    size_t row_bytes = (size_t)(cols / block_elems) * block_bytes;
+    for (size_t g = blockIdx.x * (size_t)blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
+        size_t r = g / row_groups;
+        int e0 = (int)(g - r * row_groups) * 8;
+        const u8* row = w + r * row_bytes;
+        float v[8];
+        if (type == T_BF16) {
+            for (int k = 0; k < 8; ++k) v[k] = dequant(type, row + (size_t)(e0 + k) * block_bytes, 0);
+        } else if (block_elems == 1) {
+            dequant8(type, row + (size_t)e0 * block_bytes, 0, v);
+        } else {
+            dequant8(type, row + (size_t)(e0 / block_elems) * block_bytes, e0 % block_elems, v);
+        }
+        uint4 packed;
+        packed.x = (u32)float_to_half(v[0]) | ((u32)float_to_half(v[1]) << 16);
+        packed.y = (u32)float_to_half(v[2]) | ((u32)float_to_half(v[3]) << 16);
+        packed.z = (u32)float_to_half(v[4]) | ((u32)float_to_half(v[5]) << 16);
+        packed.w = (u32)float_to_half(v[6]) | ((u32)float_to_half(v[7]) << 16);
+        *(uint4*)(out + g * 8) = packed;
+    }
+}
+
 // out[i, :] = table[tokens[i], :]
 extern "C" __global__ void embed(const u8* table, const unsigned* tokens, float* out, int type, int cols,
                                  int block_elems, int block_bytes) {
@@ -291,12 +321,30 @@ extern "C" __global__ void embed(const u8* table, const unsigned* tokens, float*
         out[(size_t)i * cols + c] = dequant_row(type, row, block_elems, block_bytes, c);
 }
 
-// One block per row: out = x / rms(x) · w.
+// One block of 256 threads per row: out = x / rms(x) · w. Rows whose width is
+// a multiple of 4 and at most 8192 are read once, as float4s kept in
+// registers (all loads in flight together: a decode step runs this on a
+// single row, where a load-use loop would pay one memory latency per element).
 extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int width, float eps) {
     __shared__ float partial[32];
     const float* xr = x + (size_t)blockIdx.x * width;
+    float* orow = out + (size_t)blockIdx.x * width;
+    bool vec = width % 4 == 0 && width <= 8 * 4 * 256 && blockDim.x == 256;
+    float4 v[8];
     float s = 0.0f;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) s += xr[c] * xr[c];
+    if (vec) {
+        int n4 = width / 4;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int c = threadIdx.x + i * 256;
+            if (c < n4) {
+                v[i] = ((const float4*)xr)[c];
+                s += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+            }
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) s += xr[c] * xr[c];
+    }
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
     if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
     __syncthreads();
@@ -307,7 +355,23 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
     }
     __syncthreads();
     float scale = rsqrtf(partial[0] / width + eps);
-    for (int c = threadIdx.x; c < width; c += blockDim.x) out[(size_t)blockIdx.x * width + c] = xr[c] * scale * w[c];
+    if (vec) {
+        int n4 = width / 4;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int c = threadIdx.x + i * 256;
+            if (c < n4) {
+                float4 ww = ((const float4*)w)[c], r;
+                r.x = v[i].x * scale * ww.x;
+                r.y = v[i].y * scale * ww.y;
+                r.z = v[i].z * scale * ww.z;
+                r.w = v[i].w * scale * ww.w;
+                ((float4*)orow)[c] = r;
+            }
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) orow[c] = xr[c] * scale * w[c];
+    }
 }
 
 extern "C" __global__ void add_bias(float* x, const float* b, int width, size_t n) {
@@ -426,3 +490,627 @@ extern "C" __global__ void copy_f32(const float* src, float* dst, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = src[i];
 }
+
+// ---------------------------------------------------------------------------
+// Prompt attention on tensor cores (flash attention 2, causal, GQA).
+//
+// One block of 4 warps takes 64 query rows of one head; each warp owns 16 rows
+// and walks the keys in tiles of 64 (K and V staged in shared memory as f16,
+// as the cache stores them). Scores stay in registers: S = Q·Kᵀ and O += P·V
+// are m16n8k16 MMAs with f32 accumulation, and the softmax is the online one
+// (running max and sum per row), so the n × n matrix never exists. For one
+// sequence whose batch positions are consecutive (a prompt or its chunk):
+// query row t sits at position p0 + t and sees keys 0 ..= p0 + t.
+
+__device__ __forceinline__ u32 pack_half2(float a, float b) {
+    return (u32)float_to_half(a) | ((u32)float_to_half(b) << 16);
+}
+
+// c += a · b for one m16n8k16 tile (f16 inputs, f32 accumulators).
+__device__ __forceinline__ void mma_16816(float c[4], const u32 a[4], u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two 8×8 f16 matrices from shared memory, transposed: the B operand of
+// P·V from V stored key-major. Lanes 0..15 give the addresses of the 16 rows.
+__device__ __forceinline__ void ldmatrix_x2_trans(u32& r0, u32& r1, const u16* p) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+__device__ __forceinline__ u32 shared_addr(const void* p) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    return addr;
+}
+
+// 16 bytes global → shared without passing through registers; `src_bytes` 0
+// fills zeros (rows past the last key).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+#define FA_ROWS 64
+#define FA_KEYS 64
+
+template <int D>
+__device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, const u16* vc, float* out, int n,
+                                              int p0, int base, int n_heads, int n_kv_heads, int width,
+                                              float scale_log2) {
+    // Shared memory: two stages of (K tile, V tile), rows padded by 8 halfs
+    // (16 bytes) so that the fragment loads of 8 rows fall in distinct banks;
+    // 2 · 2 · FA_KEYS · S halfs (`flash_smem_bytes` on the host).
+    constexpr int S = D + 8;
+    extern __shared__ __align__(16) u16 smem[];
+    // The last query blocks see the most keys: start them first.
+    int qblock = gridDim.x - 1 - blockIdx.x;
+    int h = blockIdx.y;
+    int kvh = h / (n_heads / n_kv_heads);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int g = lane / 4, tig = lane % 4;
+    int row0 = qblock * FA_ROWS + warp * 16;
+    // Each lane holds rows g and g + 8 of its warp's 16; rows past the end act
+    // as the last token (their results are not written).
+    int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);
+    int pos_a = p0 + ra, pos_b = p0 + rb;
+
+    int block_last = min(qblock * FA_ROWS + FA_ROWS - 1, n - 1);
+    int n_keys = p0 + block_last + 1;
+    int n_tiles = (n_keys + FA_KEYS - 1) / FA_KEYS;
+    int warp_last = p0 + min(row0 + 15, n - 1);
+    const u16* kbase = kc + (size_t)base * width + kvh * D;
+    const u16* vbase = vc + (size_t)base * width + kvh * D;
+    // Tile loads run asynchronously: tile i + 1 is in flight while tile i is used.
+    auto load_tile = [&](int stage, int k0) {
+        u16* ks = smem + stage * 2 * FA_KEYS * S;
+        u16* vs = ks + FA_KEYS * S;
+        for (int c = threadIdx.x; c < FA_KEYS * D / 8; c += blockDim.x) {
+            int r = c / (D / 8), col = (c % (D / 8)) * 8;
+            bool ok = k0 + r < n_keys;
+            size_t off = (size_t)(ok ? k0 + r : 0) * width + col;
+            cp_async16(ks + r * S + col, kbase + off, ok ? 16 : 0);
+            cp_async16(vs + r * S + col, vbase + off, ok ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    load_tile(0, 0);
+
+    u32 qf[D / 16][4];
+    {
+        const float* qa = q + ((size_t)ra * n_heads + h) * D;
+        const float* qb = q + ((size_t)rb * n_heads + h) * D;
+        for (int kk = 0; kk < D / 16; ++kk) {
+            int c = kk * 16 + tig * 2;
+            float2 x0 = *(const float2*)(qa + c), x1 = *(const float2*)(qb + c);
+            float2 x2 = *(const float2*)(qa + c + 8), x3 = *(const float2*)(qb + c + 8);
+            qf[kk][0] = pack_half2(x0.x, x0.y);
+            qf[kk][1] = pack_half2(x1.x, x1.y);
+            qf[kk][2] = pack_half2(x2.x, x2.y);
+            qf[kk][3] = pack_half2(x3.x, x3.y);
+        }
+    }
+    float o[D / 8][4];
+    for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m_a = INF_NEG, m_b = INF_NEG, l_a = 0.0f, l_b = 0.0f;
+
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        int k0 = tile * FA_KEYS;
+        if (tile + 1 < n_tiles) {
+            load_tile((tile + 1) & 1, k0 + FA_KEYS);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); // this tile is in shared memory for every warp
+        const u16* ks = smem + (tile & 1) * 2 * FA_KEYS * S;
+        const u16* vs = ks + FA_KEYS * S;
+        if (k0 <= warp_last) { // else every key of the tile is in this warp's future
+            float s[FA_KEYS / 8][4];
+            for (int j = 0; j < FA_KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            for (int kk = 0; kk < D / 16; ++kk) {
+                for (int j = 0; j < FA_KEYS / 8; ++j) {
+                    const u16* kp = ks + (j * 8 + g) * S + kk * 16 + tig * 2;
+                    mma_16816(s[j], qf[kk], *(const u32*)kp, *(const u32*)(kp + 8));
+                }
+            }
+            // Scale (to base 2), causal mask, running maximum per row.
+            float mx_a = m_a, mx_b = m_b;
+            for (int j = 0; j < FA_KEYS / 8; ++j) {
+                for (int e = 0; e < 2; ++e) {
+                    int key = k0 + j * 8 + tig * 2 + e;
+                    float va = key <= pos_a ? s[j][e] * scale_log2 : INF_NEG;
+                    float vb = key <= pos_b ? s[j][2 + e] * scale_log2 : INF_NEG;
+                    s[j][e] = va;
+                    s[j][2 + e] = vb;
+                    mx_a = fmaxf(mx_a, va);
+                    mx_b = fmaxf(mx_b, vb);
+                }
+            }
+            for (int off = 1; off < 4; off <<= 1) {
+                mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, off));
+                mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, off));
+            }
+            // Key 0 is in every row's past, so after the first tile the maxima are finite.
+            float alpha_a = exp2f(m_a - mx_a), alpha_b = exp2f(m_b - mx_b);
+            m_a = mx_a;
+            m_b = mx_b;
+            // P = 2^(S - max), packed straight into the A fragments of P·V: the
+            // accumulator layout of n-tiles 2k and 2k+1 is the operand layout of k-step k.
+            u32 pf[FA_KEYS / 16][4];
+            float sum_a = 0.0f, sum_b = 0.0f;
+            for (int j = 0; j < FA_KEYS / 8; ++j) {
+                float pa0 = exp2f(s[j][0] - m_a), pa1 = exp2f(s[j][1] - m_a);
+                float pb0 = exp2f(s[j][2] - m_b), pb1 = exp2f(s[j][3] - m_b);
+                sum_a += pa0 + pa1;
+                sum_b += pb0 + pb1;
+                pf[j / 2][(j % 2) * 2] = pack_half2(pa0, pa1);
+                pf[j / 2][(j % 2) * 2 + 1] = pack_half2(pb0, pb1);
+            }
+            l_a = l_a * alpha_a + sum_a;
+            l_b = l_b * alpha_b + sum_b;
+            for (int d = 0; d < D / 8; ++d) {
+                o[d][0] *= alpha_a;
+                o[d][1] *= alpha_a;
+                o[d][2] *= alpha_b;
+                o[d][3] *= alpha_b;
+            }
+            for (int kt = 0; kt < FA_KEYS / 16; ++kt) {
+                for (int d = 0; d < D / 8; ++d) {
+                    u32 b0, b1;
+                    ldmatrix_x2_trans(b0, b1, vs + (kt * 16 + lane % 16) * S + d * 8);
+                    mma_16816(o[d], pf[kt], b0, b1);
+                }
+            }
+        }
+        __syncthreads(); // every warp is done with this stage before it is refilled
+    }
+    // Each lane summed its own columns: the row sums are the quad's total.
+    for (int off = 1; off < 4; off <<= 1) {
+        l_a += __shfl_xor_sync(0xffffffff, l_a, off);
+        l_b += __shfl_xor_sync(0xffffffff, l_b, off);
+    }
+    float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
+    int row_a = row0 + g, row_b = row0 + g + 8;
+    for (int d = 0; d < D / 8; ++d) {
+        int c = d * 8 + tig * 2;
+        if (row_a < n) {
+            float2 v;
+            v.x = o[d][0] * inv_a;
+            v.y = o[d][1] * inv_a;
+            *(float2*)(out + ((size_t)row_a * n_heads + h) * D + c) = v;
+        }
+        if (row_b < n) {
+            float2 v;
+            v.x = o[d][2] * inv_b;
+            v.y = o[d][3] * inv_b;
+            *(float2*)(out + ((size_t)row_b * n_heads + h) * D + c) = v;
+        }
+    }
+}
+
+// Dynamic shared memory: 36864 bytes for D = 64, 69632 for D = 128 (the host
+// raises the kernel's limit for the latter).
+extern "C" __global__ void __launch_bounds__(128) flash_prefill_d64(
+    const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
+    int n_kv_heads, int width, float scale_log2) {
+    flash_prefill<64>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_prefill_d128(
+    const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
+    int n_kv_heads, int width, float scale_log2) {
+    flash_prefill<128>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
+}
+
+// ---------------------------------------------------------------------------
+// Decode GEMVs for the k-quant blocks that make up Q4_K_M-like models: out[t, r]
+// = Σ_c x[t, c] · W[r, c] for n ≤ 8 tokens. One warp per row, 8 lanes per
+// 256-element superblock, so a warp pass reads 4 consecutive superblocks with
+// wide loads, and each lane folds the block scales in once per 16 elements:
+// Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x.
+
+__device__ __forceinline__ int byte_of(uint4 h, int k) {
+    u32 w = k < 4 ? h.x : k < 8 ? h.y : k < 12 ? h.z : h.w;
+    return (w >> (8 * (k & 3))) & 0xFF;
+}
+
+// 6-bit scale and minimum j of a Q4_K/Q5_K superblock whose first 16 bytes are `h`.
+__device__ __forceinline__ void scale_min_hdr(uint4 h, int j, int* sc, int* m) {
+    // The 12 scale bytes start at byte 4 of the header.
+    if (j < 4) {
+        *sc = byte_of(h, 4 + j) & 63;
+        *m = byte_of(h, 8 + j) & 63;
+    } else {
+        *sc = (byte_of(h, 8 + j) & 0xF) | ((byte_of(h, j) >> 6) << 4);
+        *m = (byte_of(h, 8 + j) >> 4) | ((byte_of(h, 4 + j) >> 6) << 4);
+    }
+}
+
+// Q4_K: lane s of its group of 8 takes qs[16s .. 16s + 16] (one 16-byte load):
+// low nibbles are elements 64c + l, high nibbles 64c + 32 + l, c = s / 2,
+// l = 16 (s % 2) + 0..16. Rows must start 16-byte aligned (144-byte blocks).
+// Each lane issues the loads of 4 superblocks before using any, so a warp
+// keeps 2.3 KB of a row in flight: decode is bound by memory latency unless
+// enough bytes are in the air (one superblock per round trip reached ~10 %
+// of HBM bandwidth on an H200).
+template <int NT>
+__device__ __forceinline__ void gemv_q4k_t(const u8* __restrict__ w, const float* __restrict__ x, float* out,
+                                           int rows, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256;
+    const u8* row = w + (size_t)warp * nb * 144;
+    int grp = lane / 8, s = lane % 8;
+    int c = s / 2, l = 16 * (s % 2);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        uint4 hdr[4], qv[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 144;
+                hdr[u] = *(const uint4*)b;
+                qv[u] = *(const uint4*)(b + 16 + 16 * s);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            float d = half_to_float((u16)(hdr[u].x & 0xFFFF)), dmin = half_to_float((u16)(hdr[u].x >> 16));
+            int sc0, m0, sc1, m1;
+            scale_min_hdr(hdr[u], 2 * c, &sc0, &m0);
+            scale_min_hdr(hdr[u], 2 * c + 1, &sc1, &m1);
+            float d0 = d * (float)sc0, d1 = d * (float)sc1;
+            float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
+            u32 q[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
+            int e_lo = blk * 256 + 64 * c + l;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                const float4* xl = (const float4*)(x + (size_t)t * cols + e_lo);
+                const float4* xh = xl + 8; // 32 elements further
+                float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    float4 a = xl[i], bb = xh[i];
+                    u32 qq = q[i];
+                    sl += (float)(qq & 0xF) * a.x + (float)((qq >> 8) & 0xF) * a.y
+                        + (float)((qq >> 16) & 0xF) * a.z + (float)((qq >> 24) & 0xF) * a.w;
+                    sh += (float)((qq >> 4) & 0xF) * bb.x + (float)((qq >> 12) & 0xF) * bb.y
+                        + (float)((qq >> 20) & 0xF) * bb.z + (float)(qq >> 28) * bb.w;
+                    xsl += a.x + a.y + a.z + a.w;
+                    xsh += bb.x + bb.y + bb.z + bb.w;
+                }
+                acc[t] += d0 * sl - mn0 * xsl + d1 * sh - mn1 * xsh;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+__device__ __forceinline__ u32 load_u32_2aligned(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
+}
+
+// Q6_K (210-byte blocks, so only 2-byte aligned): lane s of its group of 8
+// takes half n = s / 4 and the 8 columns l0 = 8 (s % 4) .. l0 + 8 of it: 8 ql
+// bytes at 64n + l0 and at 64n + 32 + l0 and 8 qh bytes at 32n + l0 give the
+// elements 128n + 32k + l0 + 0..8 for k = 0..3. Loads of 4 superblocks are
+// issued before any is used, as in the Q4_K kernel.
+template <int NT>
+__device__ __forceinline__ void gemv_q6k_t(const u8* __restrict__ w, const float* __restrict__ x, float* out,
+                                           int rows, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256;
+    const u8* row = w + (size_t)warp * nb * 210;
+    int grp = lane / 8, s = lane % 8;
+    int half_ = s / 4, l0 = 8 * (s % 4);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        u32 ql0[4][2], ql1[4][2], qh[4][2];
+        u32 sc[4];
+        float dd[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 210;
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    ql0[u][i] = load_u32_2aligned(b + 64 * half_ + l0 + 4 * i);
+                    ql1[u][i] = load_u32_2aligned(b + 64 * half_ + 32 + l0 + 4 * i);
+                    qh[u][i] = load_u32_2aligned(b + 128 + 32 * half_ + l0 + 4 * i);
+                }
+                // The 4 scales this lane needs: bytes 192 + 8n + l0/16 + 2k.
+                const u8* sp = b + 192 + 8 * half_ + l0 / 16;
+                sc[u] = (u32)sp[0] | ((u32)sp[2] << 8) | ((u32)sp[4] << 16) | ((u32)sp[6] << 24);
+                dd[u] = h2f(b + 208);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            float dk[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) dk[k] = dd[u] * (float)(i8)((sc[u] >> (8 * k)) & 0xFF);
+            int e0 = blk * 256 + 128 * half_ + l0;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                const float* xt = x + (size_t)t * cols + e0;
+                float total = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float4* xp = (const float4*)(xt + 32 * k);
+                    float sq = 0.0f, sx = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+                        float4 a = xp[i];
+                        u32 lo = (k & 1) ? ql1[u][i] : ql0[u][i];
+                        int shift = (k >> 1) * 4;
+                        u32 hi = qh[u][i] >> (2 * k);
+                        float xs[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            int qv = (int)(((lo >> (8 * j + shift)) & 0xF) | (((hi >> (8 * j)) & 3) << 4));
+                            sq += (float)qv * xs[j];
+                            sx += xs[j];
+                        }
+                    }
+                    total += dk[k] * (sq - 32.0f * sx);
+                }
+                acc[t] += total;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+#define GEMV_ENTRY(fmt, NT)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##fmt##_##NT(                                      \
+        const u8* __restrict__ w, const float* __restrict__ x, float* out, int rows, int cols, int n) {         \
+        gemv_##fmt##_t<NT>(w, x, out, rows, cols, n);                                                          \
+    }
+GEMV_ENTRY(q4k, 1)
+GEMV_ENTRY(q4k, 2)
+GEMV_ENTRY(q4k, 4)
+GEMV_ENTRY(q4k, 8)
+GEMV_ENTRY(q6k, 1)
+GEMV_ENTRY(q6k, 2)
+GEMV_ENTRY(q6k, 4)
+GEMV_ENTRY(q6k, 8)
+
+// ---------------------------------------------------------------------------
+// Integer decode GEMVs. Decode reads each weight once per token, so a GEMV is
+// only as fast as the memory if decoding costs less than a few instructions
+// per element; with floats it costs about eight (nibble extraction, an int →
+// float conversion at quarter rate, two adds) and the kernels above run at a
+// third of HBM speed. Here the activations are quantized once to 8 bits per
+// 32-element block (as the CPU backend does) and 4 weights × 4 activations are
+// multiplied by one dp4a.
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// q[t, c] = round(x[t, c] / d), d = max |x| / 127 over each 32-element block;
+// per block the scale, and per 16-element half the sum d · Σ q (what the 8-bit
+// values add up to, for the Q4_K minimum term). One warp per block.
+extern "C" __global__ void quantize_q8(const float* x, i8* q, float* d, float* s16, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    int blocks = cols / 32;
+    if (warp >= n * blocks) return;
+    size_t at = (size_t)warp * 32 + lane; // rows are whole blocks
+    float v = x[at];
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+    float dd = amax / 127.0f;
+    int qi = amax > 0.0f ? __float2int_rn(v / dd) : 0;
+    q[at] = (i8)qi;
+    int sum = qi;
+    for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o); // within each half
+    if (lane == 0) d[warp] = dd;
+    if (lane % 16 == 0) s16[(size_t)warp * 2 + lane / 16] = dd * (float)sum;
+}
+
+// Q4_K × 8-bit activations. Lanes as in gemv_q4k_t: lane s of its group of 8
+// holds the 16 low nibbles (sub-block 2c, 16 elements from l) and 16 high
+// nibbles (sub-block 2c + 1) of qs[16s .. 16s + 16]; the matching activations
+// are 16 consecutive bytes each, inside one 32-element block.
+template <int NT>
+__device__ __forceinline__ void gemv_q4k_q8_t(const u8* __restrict__ w, const i8* __restrict__ xq,
+                                              const float* __restrict__ xd, const float* __restrict__ xs,
+                                              float* out, int rows, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256, nxb = cols / 32;
+    const u8* row = w + (size_t)warp * nb * 144;
+    int grp = lane / 8, s = lane % 8;
+    int c = s / 2, l = 16 * (s % 2), hf = s % 2;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        uint4 hdr[4], qv[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 144;
+                hdr[u] = *(const uint4*)b;
+                qv[u] = *(const uint4*)(b + 16 + 16 * s);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            float d = half_to_float((u16)(hdr[u].x & 0xFFFF)), dmin = half_to_float((u16)(hdr[u].x >> 16));
+            int sc0, m0, sc1, m1;
+            scale_min_hdr(hdr[u], 2 * c, &sc0, &m0);
+            scale_min_hdr(hdr[u], 2 * c + 1, &sc1, &m1);
+            float d0 = d * (float)sc0, d1 = d * (float)sc1;
+            float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
+            int lo[4], hi[4];
+            u32 qw[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                lo[i] = (int)(qw[i] & 0x0F0F0F0F);
+                hi[i] = (int)((qw[i] >> 4) & 0x0F0F0F0F);
+            }
+            int e_lo = blk * 256 + 64 * c + l;
+            int xb = blk * 8 + 2 * c; // x block of the low nibbles; +1 for the high ones
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                uint4 xl = *(const uint4*)(xq + (size_t)t * cols + e_lo);
+                uint4 xh = *(const uint4*)(xq + (size_t)t * cols + e_lo + 32);
+                int sl = dp4a(lo[0], (int)xl.x, 0);
+                sl = dp4a(lo[1], (int)xl.y, sl);
+                sl = dp4a(lo[2], (int)xl.z, sl);
+                sl = dp4a(lo[3], (int)xl.w, sl);
+                int sh = dp4a(hi[0], (int)xh.x, 0);
+                sh = dp4a(hi[1], (int)xh.y, sh);
+                sh = dp4a(hi[2], (int)xh.z, sh);
+                sh = dp4a(hi[3], (int)xh.w, sh);
+                size_t bx = (size_t)t * nxb + xb;
+                acc[t] += d0 * xd[bx] * (float)sl - mn0 * xs[bx * 2 + hf]
+                        + d1 * xd[bx + 1] * (float)sh - mn1 * xs[(bx + 1) * 2 + hf];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+// Q6_K × 8-bit activations. Lanes as in gemv_q6k_t; each 8-element group k is
+// rebuilt as signed bytes q − 32 (per byte: set bit 7, subtract 32, clear bit 7
+// again — no borrow crosses bytes since every byte is at most 63) for dp4a.
+template <int NT>
+__device__ __forceinline__ void gemv_q6k_q8_t(const u8* __restrict__ w, const i8* __restrict__ xq,
+                                              const float* __restrict__ xd, float* out, int rows, int cols,
+                                              int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256, nxb = cols / 32;
+    const u8* row = w + (size_t)warp * nb * 210;
+    int grp = lane / 8, s = lane % 8;
+    int half_ = s / 4, l0 = 8 * (s % 4);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        u32 ql0[4][2], ql1[4][2], qh[4][2];
+        u32 sc[4];
+        float dd[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 210;
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    ql0[u][i] = load_u32_2aligned(b + 64 * half_ + l0 + 4 * i);
+                    ql1[u][i] = load_u32_2aligned(b + 64 * half_ + 32 + l0 + 4 * i);
+                    qh[u][i] = load_u32_2aligned(b + 128 + 32 * half_ + l0 + 4 * i);
+                }
+                const u8* sp = b + 192 + 8 * half_ + l0 / 16;
+                sc[u] = (u32)sp[0] | ((u32)sp[2] << 8) | ((u32)sp[4] << 16) | ((u32)sp[6] << 24);
+                dd[u] = h2f(b + 208);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            int qs[4][2];
+            float dk[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                dk[k] = dd[u] * (float)(i8)((sc[u] >> (8 * k)) & 0xFF);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    u32 lo = (((k & 1) ? ql1[u][i] : ql0[u][i]) >> ((k >> 1) * 4)) & 0x0F0F0F0F;
+                    u32 hi = ((qh[u][i] >> (2 * k)) & 0x03030303) << 4;
+                    qs[k][i] = (int)((((lo | hi) | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
+                }
+            }
+            int e0 = blk * 256 + 128 * half_ + l0;
+            int xb0 = blk * 8 + 4 * half_;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                float total = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    uint2 xv = *(const uint2*)(xq + (size_t)t * cols + e0 + 32 * k);
+                    int si = dp4a(qs[k][0], (int)xv.x, dp4a(qs[k][1], (int)xv.y, 0));
+                    total += dk[k] * xd[(size_t)t * nxb + xb0 + k] * (float)si;
+                }
+                acc[t] += total;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+#define GEMV_Q8_ENTRY(NT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) gemv_q4k_q8_##NT(                                     \
+        const u8* __restrict__ w, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+        const float* __restrict__ xs, float* out, int rows, int cols, int n) {                               \
+        gemv_q4k_q8_t<NT>(w, xq, xd, xs, out, rows, cols, n);                                                \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) gemv_q6k_q8_##NT(                                     \
+        const u8* __restrict__ w, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+        const float* __restrict__ xs, float* out, int rows, int cols, int n) {                               \
+        gemv_q6k_q8_t<NT>(w, xq, xd, out, rows, cols, n);                                                    \
+    }
+GEMV_Q8_ENTRY(1)
+GEMV_Q8_ENTRY(2)
+GEMV_Q8_ENTRY(4)
+GEMV_Q8_ENTRY(8)
