@@ -82,6 +82,45 @@ fn synthetic_models_of_every_mix_run_on_the_cpu() {
     }
 }
 
+/// Large matrices (over 16 × the pool's 4096 units) are assembled from a pool of
+/// quantized random units: the file still runs (valid blocks, finite, varied
+/// logits), every 256-element unit of such a matrix is one of a few thousand,
+/// and the bytes do not depend on the thread count.
+#[test]
+fn large_matrices_are_drawn_from_a_pool_of_valid_units() {
+    let mut spec = TinySpec::preset("tiny", GgmlType::Q8_0).unwrap();
+    // Pooled beyond 16 · 4096 · 256 = 16.8 M elements: the 9216 × 2048 gate has 18.9 M.
+    (spec.d_model, spec.d_ff, spec.n_layers) = (2048, 9216, 1);
+    spec.mix = QuantMix::parse("q4_k_m");
+    let write = |threads: usize, name: &str| {
+        let path = tmp(name);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| write_random_model(&path, &spec, None).unwrap());
+        path
+    };
+    let (a, b) = (write(1, "pool-1.gguf"), write(2, "pool-2.gguf"));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let g = Gguf::open(&a).unwrap();
+    let gate = g.tensor("blk.0.ffn_gate.weight").unwrap();
+    assert_eq!(gate.ty, GgmlType::Q4_K);
+    let bytes = g.tensor_bytes(gate);
+    let units: std::collections::HashSet<&[u8]> = bytes.chunks(144).collect();
+    assert!(units.len() <= 4096, "{} distinct units", units.len());
+    assert!(units.len() > 3000, "{} distinct units", units.len());
+    let backend = CpuBackend::new(2);
+    let m = Model::load(&backend, &g, |_, _| {}).unwrap();
+    let mut s = Session::new(&backend, &m, 64, 1).unwrap();
+    let logits = s.prefill(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()));
+    let spread = logits.iter().fold(f32::MIN, |x, &y| x.max(y))
+        - logits.iter().fold(f32::MAX, |x, &y| x.min(y));
+    assert!(spread > 1e-3, "logits are flat");
+    let _ = (std::fs::remove_file(a), std::fs::remove_file(b));
+}
+
 #[test]
 fn vocab_from_copies_the_tokenizer() {
     let src = Gguf::open(model("smollm2")).unwrap();

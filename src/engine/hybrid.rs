@@ -63,6 +63,76 @@ struct SlotSchedule {
     copies: Vec<usize>,
 }
 
+/// Resolve a pass's placement against the slots: a streamed layer placed on
+/// the GPU runs from the slot holding it (`holding[i]`) if no copy earlier in
+/// the pass takes that slot, else it is copied again; every copied layer
+/// takes the least recently used slot that no layer waiting in it still needs.
+fn assign_slots(
+    runs: &[Run],
+    streamed: &[bool],
+    holding: &[Option<usize>],
+    n_slots: usize,
+) -> SlotSchedule {
+    let mut runs = runs.to_vec();
+    let mut slot_of = vec![None; runs.len()];
+    let mut users = vec![std::collections::VecDeque::new(); n_slots];
+    let mut copies = Vec::new();
+    if n_slots == 0 {
+        return SlotSchedule {
+            runs,
+            slot_of,
+            users,
+            copies,
+        };
+    }
+    // Layers that would run from the slot holding them, by slot.
+    let mut waiting: Vec<Option<usize>> = vec![None; n_slots];
+    for (i, run) in runs.iter_mut().enumerate() {
+        if *run == Run::Gpu && streamed[i] {
+            match holding[i] {
+                Some(s) => waiting[s] = Some(i),
+                None => *run = Run::Stream,
+            }
+        }
+    }
+    let mut last_use: Vec<Option<usize>> = vec![None; n_slots];
+    for i in 0..runs.len() {
+        match runs[i] {
+            Run::Gpu if streamed[i] => {
+                let s = holding[i].expect("resolved above");
+                if waiting[s] == Some(i) {
+                    waiting[s] = None;
+                    slot_of[i] = Some(s);
+                    last_use[s] = Some(i);
+                    users[s].push_back(i);
+                    continue;
+                }
+                // A copy earlier in this pass took its slot.
+                runs[i] = Run::Stream;
+            }
+            Run::Stream => {}
+            _ => continue,
+        }
+        let lru = |candidates: &mut dyn Iterator<Item = usize>| {
+            candidates.min_by_key(|&s| last_use[s].map_or(0, |u| u + 1))
+        };
+        let s = lru(&mut (0..n_slots).filter(|&s| waiting[s].is_none()))
+            .or_else(|| lru(&mut (0..n_slots)))
+            .expect("at least one slot");
+        waiting[s] = None;
+        slot_of[i] = Some(s);
+        last_use[s] = Some(i);
+        users[s].push_back(i);
+        copies.push(i);
+    }
+    SlotSchedule {
+        runs,
+        slot_of,
+        users,
+        copies,
+    }
+}
+
 /// Issues a pass's weight copies as early as the slots allow: the copy of a
 /// streamed layer starts as soon as every earlier user of its slot has been
 /// queued on the compute stream (its end is the copy's `free` event), so the
@@ -257,70 +327,12 @@ impl HybridModel {
         Ok(logits)
     }
 
-    /// Resolve a pass's placement against the slots: a streamed layer placed on
-    /// the GPU runs from its slot if the slot still holds it when its turn
-    /// comes, else it is copied again; every copied layer takes the least
-    /// recently used slot that no layer waiting in it still needs.
+    /// Resolve a pass's placement against what the slots hold now (`assign_slots`).
     fn schedule(&self, runs: &[Run]) -> SlotSchedule {
-        let n_slots = self.gpu.n_slots();
-        let mut runs = runs.to_vec();
-        let mut slot_of = vec![None; runs.len()];
-        let mut users = vec![std::collections::VecDeque::new(); n_slots];
-        let mut copies = Vec::new();
-        if n_slots == 0 {
-            return SlotSchedule {
-                runs,
-                slot_of,
-                users,
-                copies,
-            };
-        }
-        // Layers that would run from the slot holding them, by slot.
-        let mut waiting: Vec<Option<usize>> = vec![None; n_slots];
-        for (i, run) in runs.iter_mut().enumerate() {
-            if *run == Run::Gpu && self.gpu.is_streamed(i) {
-                match self.gpu.slot_holding(i) {
-                    Some(s) => waiting[s] = Some(i),
-                    None => *run = Run::Stream,
-                }
-            }
-        }
-        let mut last_use: Vec<Option<usize>> = vec![None; n_slots];
-        for i in 0..runs.len() {
-            match runs[i] {
-                Run::Gpu if self.gpu.is_streamed(i) => {
-                    let s = self.gpu.slot_holding(i).expect("resolved above");
-                    if waiting[s] == Some(i) {
-                        waiting[s] = None;
-                        slot_of[i] = Some(s);
-                        last_use[s] = Some(i);
-                        users[s].push_back(i);
-                        continue;
-                    }
-                    // A copy earlier in this pass took its slot.
-                    runs[i] = Run::Stream;
-                }
-                Run::Stream => {}
-                _ => continue,
-            }
-            let lru = |candidates: &mut dyn Iterator<Item = usize>| {
-                candidates.min_by_key(|&s| last_use[s].map_or(0, |u| u + 1))
-            };
-            let s = lru(&mut (0..n_slots).filter(|&s| waiting[s].is_none()))
-                .or_else(|| lru(&mut (0..n_slots)))
-                .expect("at least one slot");
-            waiting[s] = None;
-            slot_of[i] = Some(s);
-            last_use[s] = Some(i);
-            users[s].push_back(i);
-            copies.push(i);
-        }
-        SlotSchedule {
-            runs,
-            slot_of,
-            users,
-            copies,
-        }
+        let streamed: Vec<bool> = (0..runs.len()).map(|i| self.gpu.is_streamed(i)).collect();
+        let holding: Vec<Option<usize>> =
+            (0..runs.len()).map(|i| self.gpu.slot_holding(i)).collect();
+        assign_slots(runs, &streamed, &holding, self.gpu.n_slots())
     }
 
     /// Activations handed back to the GPU through the page-locked staging buffer.
@@ -827,6 +839,73 @@ mod tests {
         }
         // The placements moved rows both ways many times.
         assert!(copies > 50, "{copies}");
+    }
+
+    /// Random passes over random slot contents: every layer that runs from a
+    /// slot finds its own weights there when its turn comes (a copy for a later
+    /// layer never lands in a slot whose layer has yet to run), copies follow
+    /// layer order, and nothing placed on the CPU or resident moves.
+    #[test]
+    fn slot_schedules_never_clobber_a_layer_before_it_runs() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        for _ in 0..2000 {
+            let n = 1 + next(12) as usize;
+            let n_slots = 1 + next(4) as usize;
+            let streamed: Vec<bool> = (0..n).map(|_| next(3) != 0).collect();
+            // What each slot holds at the start: a distinct streamed layer or nothing.
+            let mut content: Vec<Option<usize>> = vec![None; n_slots];
+            let mut holding = vec![None; n];
+            for (s, c) in content.iter_mut().enumerate() {
+                let i = next(n as u64) as usize;
+                if streamed[i] && holding[i].is_none() && next(4) != 0 {
+                    *c = Some(i);
+                    holding[i] = Some(s);
+                }
+            }
+            let runs: Vec<Run> = (0..n)
+                .map(|i| match (streamed[i], next(3)) {
+                    (false, _) => Run::Gpu,
+                    (true, 0) => Run::Cpu,
+                    (true, 1) => Run::Stream,
+                    (true, _) => Run::Gpu,
+                })
+                .collect();
+            let sched = assign_slots(&runs, &streamed, &holding, n_slots);
+            let mut users = sched.users.clone();
+            for i in 0..n {
+                match (runs[i], sched.runs[i]) {
+                    (Run::Cpu, r) => assert_eq!(r, Run::Cpu),
+                    (_, _) if !streamed[i] => assert_eq!(sched.runs[i], Run::Gpu),
+                    (Run::Stream, r) => assert_eq!(r, Run::Stream),
+                    _ => {}
+                }
+                let Some(s) = sched.slot_of[i] else {
+                    assert!(sched.runs[i] == Run::Cpu || !streamed[i]);
+                    continue;
+                };
+                // The slot's users come in pass order; this layer is next.
+                assert_eq!(
+                    users[s].pop_front(),
+                    Some(i),
+                    "layer {i} out of turn in slot {s}"
+                );
+                match sched.runs[i] {
+                    // The copy lands once the slot's earlier users have run.
+                    Run::Stream => content[s] = Some(i),
+                    Run::Gpu => assert_eq!(content[s], Some(i), "layer {i} clobbered in slot {s}"),
+                    Run::Cpu => unreachable!("CPU layers take no slot"),
+                }
+            }
+            assert!(users.iter().all(|u| u.is_empty()));
+            let copied: Vec<usize> = (0..n).filter(|&i| sched.runs[i] == Run::Stream).collect();
+            assert_eq!(sched.copies, copied);
+        }
     }
 
     #[test]
