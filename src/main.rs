@@ -423,6 +423,7 @@ fn run(cli: Cli) -> Result<()> {
                 n_ctx: ctx_size,
                 ubatch,
                 n_parallel: parallel,
+                host_embeddings: true,
             };
             let cost = CostModel::new(profile.clone());
             let plan = ferry::plan::plan(&shape, &req, &cost)?;
@@ -848,6 +849,7 @@ fn load_planned(
         n_ctx: p.n_ctx,
         ubatch: p.ubatch,
         n_parallel: p.parallel,
+        host_embeddings: p.pin,
     };
     let plan = ferry::plan::plan(&shape, &req, &CostModel::new(profile.clone()))?;
     if p.verbose {
@@ -1190,6 +1192,7 @@ fn gpu_budget(
         n_ctx: setup.n_ctx(ferry::model::Config::from_gguf(g)?.context_train),
         ubatch,
         n_parallel: parallel,
+        host_embeddings: !budget_args.no_pin,
     };
     // A budget too small for any plan goes to the planned path, which says so.
     let all_resident = ferry::plan::plan(&shape, &req, &CostModel::new(profile))
@@ -1384,6 +1387,7 @@ fn bench_streamed(
             n_ctx,
             ubatch: args.ubatch,
             n_parallel: 1,
+            host_embeddings: !args.no_pin,
         };
         let plan = ferry::plan::plan(&shape, &req, &cost)?;
         let resident: Vec<bool> = plan

@@ -19,6 +19,7 @@ fn req(budget: u64, n_ctx: usize) -> PlanRequest {
         n_ctx,
         ubatch: 512,
         n_parallel: 1,
+        host_embeddings: true,
     }
 }
 
@@ -249,4 +250,31 @@ fn decode_splits_layers_between_the_cpu_and_overlapped_copies() {
     assert!(!p.contains(&DecodePlace::Streamed));
     let p = cost.decode_placement(&shape, &resident, 512, true, 3);
     assert!(!p.contains(&DecodePlace::Cpu));
+}
+
+#[test]
+fn embeddings_take_device_memory_only_when_they_cannot_stay_on_the_host() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let cost = h100();
+    let budget = 5u64 << 30;
+    let pinned = plan(&shape, &req(budget, 4096), &cost).unwrap();
+    assert_eq!(pinned.memory.embeddings, 0);
+    let pageable = plan(
+        &shape,
+        &PlanRequest {
+            host_embeddings: false,
+            ..req(budget, 4096)
+        },
+        &cost,
+    )
+    .unwrap();
+    assert_eq!(pageable.memory.embeddings, shape.embd_bytes);
+    assert!(pageable.memory.total() <= budget);
+    assert!(pageable.resident_layers() < pinned.resident_layers());
+    // Tied embeddings are the output projection, counted once, on the device.
+    let tied = preset_shape("qwen2.5-0.5b", GgmlType::Q8_0).unwrap();
+    assert!(tied.tied);
+    let p = plan(&tied, &req(700 << 20, 1024), &cost).unwrap();
+    assert_eq!(p.memory.embeddings, 0);
+    assert!(p.output_on_gpu && p.memory.output >= tied.embd_bytes);
 }

@@ -30,8 +30,10 @@ pub struct ModelShape {
     pub layer_bytes: Vec<u64>,
     /// Multiply-adds per token of each layer's matrices (attention excluded).
     pub layer_macs: Vec<u64>,
-    /// Bytes of the token embeddings (kept in host memory by planned runs).
+    /// Bytes of the token embeddings.
     pub embd_bytes: u64,
+    /// The output projection is the token embedding matrix (no `output.weight`).
+    pub tied: bool,
     /// Bytes of the output projection and final norm.
     pub output_bytes: u64,
     pub output_macs: u64,
@@ -70,6 +72,7 @@ impl ModelShape {
             layer_bytes,
             layer_macs,
             embd_bytes: t.token_embd.n_bytes,
+            tied: t.output.is_none(),
             output_bytes: out.n_bytes + t.output_norm.n_bytes,
             output_macs: macs(out),
             kv_bytes_per_token: 2 * 2 * cfg.kv_width() as u64,
@@ -115,11 +118,18 @@ pub struct PlanRequest {
     pub ubatch: usize,
     /// Sequences decoded together (the decode batch).
     pub n_parallel: usize,
+    /// Untied token embeddings stay in page-locked host memory (the GPU reads
+    /// the prompt's rows across the bus); false with `--no-pin`, where they
+    /// take device memory.
+    pub host_embeddings: bool,
 }
 
 /// How the budget is spent.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryPlan {
+    /// Token embeddings on the device (0 when they stay in host memory or
+    /// are the output projection).
+    pub embeddings: u64,
     pub resident_weights: u64,
     pub slots: u64,
     pub kv_cache: u64,
@@ -142,7 +152,8 @@ pub fn allocator_reserve(resident_layers: usize, n_layers: usize, n_slots: usize
 
 impl MemoryPlan {
     pub fn total(&self) -> u64 {
-        self.resident_weights
+        self.embeddings
+            + self.resident_weights
             + self.slots
             + self.kv_cache
             + self.activations
@@ -263,18 +274,32 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
     // stay in host memory (the GPU reads only the prompt's rows; tied ones are
     // the output projection and counted there).
     let kv_all = kv_layer * n as u64;
-    let min_needed = 2 * slot + act + workspace + kv_all + output + allocator_reserve(0, n, 2);
+    let embeddings = if shape.tied || req.host_embeddings {
+        0
+    } else {
+        shape.embd_bytes
+    };
+    let min_needed =
+        2 * slot + act + workspace + kv_all + output + embeddings + allocator_reserve(0, n, 2);
     if req.budget < min_needed {
         return Err(PlanError::BudgetTooSmall {
             budget: HumanBytes(req.budget),
             needed: HumanBytes(min_needed),
             why: format!(
-                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {} + output projection {} + allocator reserve {}",
+                "2 streaming slots of {} + KV cache {} for {} tokens + activations and workspace {} + output projection {}{} + allocator reserve {}",
                 HumanBytes(2 * slot),
                 HumanBytes(kv_all),
                 req.n_ctx,
                 HumanBytes(act + workspace),
                 HumanBytes(output),
+                if embeddings > 0 {
+                    format!(
+                        " + token embeddings {} (pageable host memory: --no-pin)",
+                        HumanBytes(embeddings)
+                    )
+                } else {
+                    String::new()
+                },
                 HumanBytes(allocator_reserve(0, n, 2))
             ),
         });
@@ -295,6 +320,7 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
             let pp_tokens = req.ubatch.max(512);
             let preferred = cost::slots_needed(shape, &resident, cost, pp_tokens);
             let memory = |n_slots: usize| MemoryPlan {
+                embeddings,
                 resident_weights: resident_bytes,
                 slots: n_slots as u64 * slot,
                 kv_cache: kv_all,
@@ -378,8 +404,9 @@ impl Plan {
         let _ = writeln!(s, "machine     {}", profile.describe());
         let _ = writeln!(
             s,
-            "budget      {}: resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {}, allocator reserve {} (total {})",
+            "budget      {}: embeddings {}, resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {}, allocator reserve {} (total {})",
             HumanBytes(self.budget),
+            HumanBytes(self.memory.embeddings),
             HumanBytes(self.memory.resident_weights),
             self.n_slots,
             HumanBytes(self.memory.slots),
@@ -465,6 +492,7 @@ pub fn preset_shape(name: &str, ty: crate::quant::GgmlType) -> Option<ModelShape
         layer_bytes: vec![layer_bytes; spec.n_layers as usize],
         layer_macs: vec![layer_macs; spec.n_layers as usize],
         embd_bytes: bytes(d, v),
+        tied: spec.tied,
         output_bytes: bytes(d, v) + 4 * d,
         output_macs: d * v,
         kv_bytes_per_token: 2 * 2 * kvh * hd,

@@ -189,8 +189,9 @@ impl StreamedModel {
         // Untied token embeddings stay in page-locked host memory: the embed
         // kernel reads just the prompt's rows across the bus, and the budget
         // keeps the device memory for layers. (Tied ones are the output
-        // projection too, which decode reads whole every step.)
-        let token_embd = if tensors.output.is_some() {
+        // projection too, which decode reads whole every step; with `--no-pin`
+        // nothing is page-locked and the plan counts them on the device.)
+        let token_embd = if tensors.output.is_some() && pin {
             host_weight(b, g, &tensors.token_embd)?
         } else {
             b.load_weight(g, &tensors.token_embd)?
