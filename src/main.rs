@@ -1762,16 +1762,29 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     };
     // Prompt attention on tensor cores against the reference kernel, on the
     // head shapes of the presets, whole prompts and chunks after a cached past.
-    println!("| attention heads (q, kv, dim) | cached | chunk | rel. diff | result |");
-    println!("| --- | ---: | ---: | ---: | --- |");
+    use ferry::backend::cuda::AttentionKernel;
+    println!("| attention kernel | heads (q, kv, dim) | cached | chunk | rel. diff | result |");
+    println!("| --- | --- | ---: | ---: | ---: | --- |");
     let mut failed = 0;
+    let mut checks = 0;
     for heads in [(14, 2, 64), (28, 4, 128), (40, 8, 128)] {
-        for (done, n) in [(0, 37), (0, 1000), (300, 517), (1, 64)] {
-            let d = cuda.attention_check(heads, done, n)?;
+        let cases = [
+            (AttentionKernel::Flash, 0, 37),
+            (AttentionKernel::Flash, 0, 1000),
+            (AttentionKernel::Flash, 300, 517),
+            (AttentionKernel::Flash, 1, 64),
+            // Decode steps (and a small batch) with keys in tiles.
+            (AttentionKernel::Tiled, 0, 1),
+            (AttentionKernel::Tiled, 5000, 1),
+            (AttentionKernel::Tiled, 300, 7),
+        ];
+        for (kernel, done, n) in cases {
+            let d = cuda.attention_check(kernel, heads, done, n)?;
             let ok = d <= 5e-3;
             failed += !ok as usize;
+            checks += 1;
             println!(
-                "| {heads:?} | {done} | {n} | {d:.2e} | {} |",
+                "| {kernel:?} | {heads:?} | {done} | {n} | {d:.2e} | {} |",
                 if ok { "pass" } else { "FAIL" }
             );
         }
@@ -1878,7 +1891,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     }
     if failed > 0 {
         anyhow::bail!(
-            "{failed} checks (of {} models and 12 attention shapes) differ beyond their tolerance",
+            "{failed} checks (of {} models and {checks} attention cases) differ beyond their tolerance",
             models.len()
         );
     }

@@ -83,8 +83,18 @@ struct Kernels {
     rope: CudaFunction,
     kv_store: CudaFunction,
     attention: CudaFunction,
+    attention_tiled: CudaFunction,
     gather_rows: CudaFunction,
     copy_f32: CudaFunction,
+}
+
+/// The attention kernels gpu-check compares with the shared-memory reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Tensor cores, online softmax (prompts and their chunks).
+    Flash,
+    /// Keys in tiles with an online softmax (decode past 12288 positions).
+    Tiled,
 }
 
 /// Dynamic shared memory of the prompt-attention kernel for a head dimension
@@ -200,6 +210,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             rope: f("rope")?,
             kv_store: f("kv_store")?,
             attention: f("attention")?,
+            attention_tiled: f("attention_tiled")?,
             gather_rows: f("gather_rows")?,
             copy_f32: f("copy_f32")?,
         },
@@ -324,6 +335,9 @@ pub struct CudaBackend {
     /// Prompt attention on tensor cores (off: the one-block-per-query kernel
     /// for every batch; `FERRY_ATTENTION=naive`, and gpu-check's comparison).
     flash: std::sync::atomic::AtomicBool,
+    /// Force the tiled attention kernel where the shared-memory one would do
+    /// (gpu-check compares the two).
+    tiled_decode: std::sync::atomic::AtomicBool,
     pub kernels_from_cache: bool,
     name: String,
     ledger: MemoryLedger,
@@ -376,6 +390,7 @@ impl CudaBackend {
             flash: std::sync::atomic::AtomicBool::new(
                 std::env::var("FERRY_ATTENTION").as_deref() != Ok("naive"),
             ),
+            tiled_decode: std::sync::atomic::AtomicBool::new(false),
             kernels_from_cache: cached,
             name,
             ledger,
@@ -898,14 +913,23 @@ impl CudaBackend {
             .map(|&p| p as usize + 1)
             .max()
             .unwrap_or(0);
+        // Every score in shared memory while it fits (48 KiB: 12288 keys),
+        // else keys in tiles with an online softmax.
         let shared = max_keys * 4;
-        if shared > 48 * 1024 {
+        let tiled = shared > 48 * 1024
+            || head_dim > 512
+            || self.tiled_decode.load(std::sync::atomic::Ordering::Relaxed);
+        if tiled && head_dim > 512 {
             return Err(BackendError::Invalid(format!(
-                "decode attention holds at most 12288 keys per sequence; position {} needs more (use -c 12288 or less)",
-                max_keys - 1
+                "attention: head dimension {head_dim} is above the 512 this kernel holds"
             )));
         }
-        let mut b = self.stream.launch_builder(&self.k.attention);
+        let (kernel, shared) = if tiled {
+            (&self.k.attention_tiled, 0)
+        } else {
+            (&self.k.attention, shared)
+        };
+        let mut b = self.stream.launch_builder(kernel);
         b.arg(&q.data)
             .arg(&kv.k)
             .arg(&kv.v)
@@ -918,16 +942,19 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        // SAFETY: matches the kernel signature; shared memory sized for the longest sequence.
+        // SAFETY: both kernels take the same arguments; `attention`'s shared
+        // memory is sized for the longest sequence, `attention_tiled` uses static.
         unsafe { b.launch(launch) }.map_err(err)?;
         Ok(())
     }
 
-    /// Tensor-core prompt attention against the reference kernel on random
+    /// An attention kernel against the shared-memory reference kernel on random
     /// queries, keys and values: `done` tokens already in the cache, then a
-    /// chunk of `n`. Returns max |Δ| / max |reference| over the chunk's output.
+    /// chunk of `n` (1: a decode step). Returns max |Δ| / max |reference| over
+    /// the chunk's output.
     pub fn attention_check(
         &self,
+        candidate: AttentionKernel,
         (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
         done: usize,
         n: usize,
@@ -954,40 +981,47 @@ impl CudaBackend {
         };
         let heads = (n_heads, n_kv_heads, head_dim);
         let q_width = n_heads * head_dim;
-        let mut run = |first: usize, len: usize, flash: bool, data: &[Vec<f32>; 3]| {
-            let positions: Vec<u32> = (first as u32..(first + len) as u32).collect();
-            let seqs = vec![0u32; len];
-            let tokens = vec![0u32; len];
-            let batch = Batch {
-                tokens: &tokens,
-                positions: &positions,
-                seqs: &seqs,
+        // `Some(kernel)`: that kernel; `None`: the shared-memory reference.
+        let mut run =
+            |first: usize, len: usize, kernel: Option<AttentionKernel>, data: &[Vec<f32>; 3]| {
+                let positions: Vec<u32> = (first as u32..(first + len) as u32).collect();
+                let seqs = vec![0u32; len];
+                let tokens = vec![0u32; len];
+                let batch = Batch {
+                    tokens: &tokens,
+                    positions: &positions,
+                    seqs: &seqs,
+                };
+                let q = self.act_from_host(len, q_width, &data[0])?;
+                let k = self.act_from_host(len, kv_width, &data[1])?;
+                let v = self.act_from_host(len, kv_width, &data[2])?;
+                let mut out = self.act(len, q_width)?;
+                use std::sync::atomic::Ordering::Relaxed;
+                self.set_flash_attention(kernel == Some(AttentionKernel::Flash));
+                self.tiled_decode
+                    .store(kernel == Some(AttentionKernel::Tiled), Relaxed);
+                let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, &mut out);
+                self.set_flash_attention(true);
+                self.tiled_decode.store(false, Relaxed);
+                r?;
+                self.to_host(&out)
             };
-            let q = self.act_from_host(len, q_width, &data[0])?;
-            let k = self.act_from_host(len, kv_width, &data[1])?;
-            let v = self.act_from_host(len, kv_width, &data[2])?;
-            let mut out = self.act(len, q_width)?;
-            self.set_flash_attention(flash);
-            let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, &mut out);
-            self.set_flash_attention(true);
-            r?;
-            self.to_host(&out)
-        };
         if done > 0 {
             let past = [
                 random(done * q_width),
                 random(done * kv_width),
                 random(done * kv_width),
             ];
-            run(0, done, false, &past)?;
+            // The cached past as a prompt would fill it.
+            run(0, done, Some(AttentionKernel::Flash), &past)?;
         }
         let chunk = [
             random(n * q_width),
             random(n * kv_width),
             random(n * kv_width),
         ];
-        let reference = run(done, n, false, &chunk)?;
-        let flash = run(done, n, true, &chunk)?;
+        let reference = run(done, n, None, &chunk)?;
+        let flash = run(done, n, Some(candidate), &chunk)?;
         let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let diff = flash
             .iter()

@@ -481,6 +481,78 @@ extern "C" __global__ void attention(const float* q, const u16* kc, const u16* v
     }
 }
 
+__device__ __forceinline__ float block_max128(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    float r = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ float block_sum128(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    float r = (red[0] + red[1]) + (red[2] + red[3]);
+    __syncthreads();
+    return r;
+}
+
+// As `attention` (one block of 128 threads per (token, head), any batch), for
+// any number of keys: the keys are walked in tiles of 128 with an online
+// softmax (running maximum and sum), so no score array has to fit in shared
+// memory. Used where `attention` would need more than 48 KiB of scores
+// (decode steps past 12288 positions); head_dim ≤ 512.
+extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const u16* vc, float* out,
+                                           const unsigned* base, const unsigned* pos, int n_heads, int n_kv_heads,
+                                           int head_dim, int width, float scale) {
+    __shared__ float p[128];
+    __shared__ float red[32];
+    int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
+    int g = h / (n_heads / n_kv_heads);
+    int n_keys = pos[t] + 1;
+    const float* qh = q + ((size_t)t * n_heads + h) * head_dim;
+    const u16* kb = kc + (size_t)base[t] * width + g * head_dim;
+    const u16* vb = vc + (size_t)base[t] * width + g * head_dim;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float m = INF_NEG, l = 0.0f;
+    for (int k0 = 0; k0 < n_keys; k0 += 128) {
+        int j = k0 + threadIdx.x;
+        float s = INF_NEG;
+        if (j < n_keys) {
+            const u16* kj = kb + (size_t)j * width;
+            float dot = 0.0f;
+            for (int e = 0; e < head_dim; ++e) dot += round_half(qh[e]) * half_to_float(kj[e]);
+            s = dot * scale;
+        }
+        // Key 0 is in the first tile, so the running maximum is finite from then on.
+        float m_new = fmaxf(m, block_max128(s, red));
+        float e = j < n_keys ? expf(s - m_new) : 0.0f;
+        float alpha = expf(m - m_new);
+        l = l * alpha + block_sum128(e, red);
+        m = m_new;
+        p[threadIdx.x] = round_half(e);
+        __syncthreads();
+        int tile = min(128, n_keys - k0);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            int d = threadIdx.x + 128 * i;
+            if (d < head_dim) {
+                float a = acc[i] * alpha;
+                for (int jj = 0; jj < tile; ++jj) a += p[jj] * half_to_float(vb[(size_t)(k0 + jj) * width + d]);
+                acc[i] = a;
+            }
+        }
+        __syncthreads(); // p is rewritten by the next tile
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        int d = threadIdx.x + 128 * i;
+        if (d < head_dim) out[((size_t)t * n_heads + h) * head_dim + d] = acc[i] / l;
+    }
+}
+
 extern "C" __global__ void gather_rows(const float* x, const unsigned* rows, float* out, int width) {
     int i = blockIdx.x;
     for (int c = threadIdx.x; c < width; c += blockDim.x) out[(size_t)i * width + c] = x[(size_t)rows[i] * width + c];
