@@ -451,12 +451,14 @@ fn run(cli: Cli) -> Result<()> {
             let tflops = cuda.measure_gemm_tflops(4096, 8192, repetitions)?;
             println!("GEMM (f16 in, f32 accumulate, 4096 x 8192 x 8192): {tflops:.0} TFLOP/s");
             let cpu = CpuBackend::new(0);
+            let host_read = cpu.measure_read_gbps(bytes.max(1 << 30), repetitions);
             println!(
                 "host memory read: {:.1} GB/s with {} threads",
-                cpu.measure_read_gbps(bytes.max(1 << 30), repetitions),
+                host_read,
                 cpu.threads()
             );
-            let cpu_profile = cpu.run(|| ferry::plan::calibrate::measure_cpu(&cpu))?;
+            let mut cpu_profile = cpu.run(|| ferry::plan::calibrate::measure_cpu(&cpu))?;
+            cpu_profile.host_read_gbps = host_read;
             println!(
                 "CPU Q4_K matrix-vector: {:.1} GB/s; matrix-matrix (256 tokens): {:.0} GFLOP/s",
                 cpu_profile.gemv_gbps, cpu_profile.gemm_gflops

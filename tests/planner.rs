@@ -114,6 +114,7 @@ fn decode_placement_follows_the_cost_model() {
         name: "fast".into(),
         gemv_gbps: 80.0,
         gemm_gflops: 15000.0,
+        host_read_gbps: 0.0,
     };
     assert!(switch(&cost).unwrap_or(usize::MAX) > base);
 }
@@ -277,4 +278,27 @@ fn embeddings_take_device_memory_only_when_they_cannot_stay_on_the_host() {
     let p = plan(&tied, &req(700 << 20, 1024), &cost).unwrap();
     assert_eq!(p.memory.embeddings, 0);
     assert!(p.output_on_gpu && p.memory.output >= tied.embd_bytes);
+}
+
+#[test]
+fn cpu_layers_and_copies_share_the_host_memory_bandwidth() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let mut cost = h100();
+    cost.profile.cpu.gemv_gbps = 49.0;
+    cost.profile.gpu.h2d_gbps = 55.0;
+    let resident = spread_resident(shape.n_layers, 12);
+    let place = cost.decode_placement(&shape, &resident, 1, true, 3);
+    let free = cost.decode_time(&shape, &place, 1, true, 3);
+    // The H200 host reads ~95 GB/s: less than the CPU's 49 plus the copies' 55.
+    cost.profile.cpu.host_read_gbps = 95.0;
+    let shared = cost.decode_time(&shape, &place, 1, true, 3);
+    let host_bytes: u64 = (0..shape.n_layers)
+        .filter(|&i| place[i] != DecodePlace::Gpu)
+        .map(|i| shape.layer_bytes[i])
+        .sum();
+    assert!(shared >= host_bytes as f64 / 95e9, "{shared}");
+    assert!(shared > free, "{shared} vs {free}");
+    // A host fast enough for both changes nothing.
+    cost.profile.cpu.host_read_gbps = 1000.0;
+    assert!((cost.decode_time(&shape, &place, 1, true, 3) - free).abs() < 1e-12);
 }

@@ -82,6 +82,7 @@ pub fn measure_cpu(cpu: &CpuBackend) -> Result<CpuProfile, BackendError> {
         name: format!("{} (calibrated)", cpu.name()),
         gemv_gbps: t.n_bytes as f64 / gemv / 1e9,
         gemm_gflops: 2.0 * (rows * cols * n) as f64 / gemm / 1e9,
+        host_read_gbps: 0.0,
     })
 }
 

@@ -161,6 +161,17 @@ impl CostModel {
         if prev == DecodePlace::Cpu {
             t += self.crossing_secs;
         }
+        // The CPU's layers and the copies both read host memory: together they
+        // can go no faster than its bandwidth, however well they overlap.
+        if self.profile.cpu.host_read_gbps > 0.0 {
+            let host_bytes: u64 = place
+                .iter()
+                .zip(&shape.layer_bytes)
+                .filter(|(p, _)| **p != DecodePlace::Gpu)
+                .map(|(_, b)| *b)
+                .sum();
+            t = t.max(host_bytes as f64 / (self.profile.cpu.host_read_gbps * 1e9));
+        }
         t + if output_on_gpu {
             self.gpu_layer(shape.output_bytes, shape.output_macs, batch)
         } else {

@@ -23,6 +23,10 @@ pub struct CpuProfile {
     pub gemv_gbps: f64,
     /// Rate of quantized matrix-matrix products, GFLOP/s.
     pub gemm_gflops: f64,
+    /// Host memory read bandwidth, GB/s (0: unknown). The CPU's layers and
+    /// the copy engine's reads of streamed layers share it during decode.
+    #[serde(default)]
+    pub host_read_gbps: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,6 +72,7 @@ impl CpuProfile {
             name: "server CPU (uncalibrated default)".into(),
             gemv_gbps: 80.0,
             gemm_gflops: 1500.0,
+            host_read_gbps: 0.0,
         }
     }
 }
@@ -116,7 +121,7 @@ impl MachineProfile {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:.0} GiB, H2D {:.0} GB/s, bf16 {:.0} TFLOP/s, HBM {:.0} GB/s) + {} (GEMV {:.0} GB/s, GEMM {:.0} GFLOP/s)",
+            "{} ({:.0} GiB, H2D {:.0} GB/s, bf16 {:.0} TFLOP/s, HBM {:.0} GB/s) + {} (GEMV {:.0} GB/s, GEMM {:.0} GFLOP/s{})",
             self.gpu.name,
             self.gpu.vram_bytes as f64 / GIB as f64,
             self.gpu.h2d_gbps,
@@ -124,7 +129,12 @@ impl MachineProfile {
             self.gpu.hbm_gbps,
             self.cpu.name,
             self.cpu.gemv_gbps,
-            self.cpu.gemm_gflops
+            self.cpu.gemm_gflops,
+            if self.cpu.host_read_gbps > 0.0 {
+                format!(", host memory {:.0} GB/s", self.cpu.host_read_gbps)
+            } else {
+                String::new()
+            }
         )
     }
 }
