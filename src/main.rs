@@ -279,9 +279,10 @@ enum Command {
         /// Plan for a synthetic preset's shape instead of a file (with --quant).
         #[arg(long, conflicts_with = "model")]
         preset: Option<String>,
-        #[arg(long, default_value = "q4_k")]
+        /// The preset's weight types: a mix (q4_k_m, q5_k_m) or one type (q4_k, q8_0, ...).
+        #[arg(long, default_value = "q4_k_m")]
         quant: String,
-        /// All device memory ferry may use, e.g. 8GiB.
+        /// All device memory ferry may use, e.g. 8GiB, or a percentage of the model (25%).
         #[arg(long)]
         vram_budget: String,
         #[arg(short = 'c', long, default_value_t = 4096)]
@@ -406,11 +407,12 @@ fn run(cli: Cli) -> Result<()> {
             gpu_profile,
         } => {
             use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
-            let ty = ferry::quant::GgmlType::from_name(&quant)
-                .with_context(|| format!("unknown type '{quant}'"))?;
+            let mix = ferry::synth::QuantMix::parse(&quant).with_context(|| {
+                format!("unknown quantization '{quant}' (a weight type such as q4_k, or q4_k_m / q5_k_m)")
+            })?;
             let shape = match (&model, &preset) {
                 (Some(m), _) => ModelShape::from_gguf(&Gguf::open(m)?)?,
-                (None, Some(p)) => ferry::plan::preset_shape(p, ty)
+                (None, Some(p)) => ferry::plan::preset_shape_mix(p, mix)
                     .with_context(|| format!("unknown preset '{p}'"))?,
                 (None, None) => anyhow::bail!("pass -m MODEL or --preset NAME"),
             };

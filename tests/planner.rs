@@ -302,3 +302,27 @@ fn cpu_layers_and_copies_share_the_host_memory_bandwidth() {
     cost.profile.cpu.host_read_gbps = 1000.0;
     assert!((cost.decode_time(&shape, &place, 1, true, 3) - free).abs() < 1e-12);
 }
+
+#[test]
+fn preset_shapes_take_quantization_recipes() {
+    use ferry::synth::QuantMix;
+    let shape = ferry::plan::preset_shape_mix("qwen2.5-32b", QuantMix::Q4KM).unwrap();
+    let total: u64 = shape.layer_bytes.iter().sum::<u64>() + shape.embd_bytes + shape.output_bytes;
+    // The file `ferry synth --preset qwen2.5-32b --quant q4_k_m` writes holds 18.48 GiB of tensors.
+    let gib = total as f64 / (1u64 << 30) as f64;
+    assert!((gib - 18.48).abs() < 0.05, "{gib:.3} GiB");
+    // Q4_K_M gives some layers Q6_K matrices: layers differ in size.
+    let (min, max) = (
+        shape.layer_bytes.iter().min().unwrap(),
+        shape.layer_bytes.iter().max().unwrap(),
+    );
+    assert!(max > min);
+    // A uniform type through either entry point is the same shape.
+    let a = ferry::plan::preset_shape("qwen2.5-7b", GgmlType::Q4_K).unwrap();
+    let b = ferry::plan::preset_shape_mix("qwen2.5-7b", QuantMix::Uniform(GgmlType::Q4_K)).unwrap();
+    assert_eq!(a.layer_bytes, b.layer_bytes);
+    assert_eq!(
+        (a.embd_bytes, a.output_bytes),
+        (b.embd_bytes, b.output_bytes)
+    );
+}

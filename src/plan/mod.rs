@@ -457,47 +457,48 @@ impl Plan {
 /// The shape of a synthetic preset (see `crate::synth::PRESETS`) with matrices
 /// of `ty`, computed without writing the model.
 pub fn preset_shape(name: &str, ty: crate::quant::GgmlType) -> Option<ModelShape> {
-    // (Uniform types; the planner's file-based shapes cover mixes.)
-    let spec = crate::synth::TinySpec::preset(name, ty)?;
-    let (d, ff, h, kvh, v) = (
-        spec.d_model,
-        spec.d_ff,
-        spec.n_heads,
-        spec.n_kv_heads,
-        spec.n_vocab,
-    );
-    let hd = d / h;
-    let bytes = |cols: u64, rows: u64| {
-        let t = if cols.is_multiple_of(ty.block_elems() as u64) {
-            ty
-        } else {
-            crate::quant::GgmlType::Q8_0
-        };
-        t.bytes_for(cols * rows).unwrap_or(0)
+    preset_shape_mix(name, crate::synth::QuantMix::Uniform(ty))
+}
+
+/// The shape of a synthetic preset quantized with `mix` (a type, or a recipe
+/// such as Q4_K_M): the tensors `ferry synth` would write, with their exact
+/// types, counted without writing them.
+pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<ModelShape> {
+    let mut spec = crate::synth::TinySpec::preset(name, crate::quant::GgmlType::F32)?;
+    spec.mix = Some(mix);
+    let tensors = crate::synth::tensor_list(&spec, spec.n_vocab);
+    let bytes = |shape: &[u64], ty: crate::quant::GgmlType| {
+        ty.bytes_for(shape.iter().product()).unwrap_or(0)
     };
-    let mats = [
-        (d, h * hd),
-        (d, kvh * hd),
-        (d, kvh * hd),
-        (h * hd, d),
-        (d, ff),
-        (d, ff),
-        (ff, d),
-    ];
-    let layer_bytes: u64 = mats.iter().map(|&(c, r)| bytes(c, r)).sum::<u64>() + 2 * 4 * d;
-    let layer_macs: u64 = mats.iter().map(|&(c, r)| c * r).sum();
+    let find = |n: &str| tensors.iter().find(|t| t.0 == n);
+    let n = spec.n_layers as usize;
+    let (mut layer_bytes, mut layer_macs) = (vec![0u64; n], vec![0u64; n]);
+    for (tname, shape, ty) in &tensors {
+        let Some(rest) = tname.strip_prefix("blk.") else {
+            continue;
+        };
+        let l: usize = rest.split('.').next()?.parse().ok()?;
+        layer_bytes[l] += bytes(shape, *ty);
+        if shape.len() == 2 {
+            layer_macs[l] += shape[0] * shape[1];
+        }
+    }
+    let (_, embd_shape, embd_ty) = find("token_embd.weight")?;
+    let (_, out_shape, out_ty) = find("output.weight").or(find("token_embd.weight"))?;
+    let (d, h, kvh) = (spec.d_model, spec.n_heads, spec.n_kv_heads);
+    let hd = d / h;
     Some(ModelShape {
-        name: format!("{name} ({ty} synthetic)"),
-        n_layers: spec.n_layers as usize,
-        layer_bytes: vec![layer_bytes; spec.n_layers as usize],
-        layer_macs: vec![layer_macs; spec.n_layers as usize],
-        embd_bytes: bytes(d, v),
+        name: format!("{name} ({} synthetic)", mix.name()),
+        n_layers: n,
+        layer_bytes,
+        layer_macs,
+        embd_bytes: bytes(embd_shape, *embd_ty),
         tied: spec.tied,
-        output_bytes: bytes(d, v) + 4 * d,
-        output_macs: d * v,
+        output_bytes: bytes(out_shape, *out_ty) + 4 * d,
+        output_macs: out_shape.iter().product(),
         kv_bytes_per_token: 2 * 2 * kvh * hd,
         d_model: d as usize,
-        d_ff: ff as usize,
+        d_ff: spec.d_ff as usize,
         n_heads: h as usize,
         head_dim: hd as usize,
     })
