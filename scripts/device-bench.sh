@@ -12,6 +12,7 @@
 #   budget32 32B shape at 25 %: pp2048/8192 streamed, decode stream vs static
 #   final32 32B shape: synth time, resident tg, 25 % budget at a 2K context
 #   decode  resident 7B/32B tg128, 32B at 25 % (stream vs static)
+#   nopin   32B at 25 % from pageable host memory (--no-pin)
 #   budget  peak device memory against the budget (the ledger enforces it),
 #           traces, and `ferry run` within a budget (streamed prefill + hybrid decode)
 set -uo pipefail
@@ -137,6 +138,14 @@ decode)
     [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
     timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 32 -r 2 \
         --mode stream,static --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/decode.txt"
+    ;;
+nopin)
+    # Pageable host memory (--no-pin): copies go through the driver's staging
+    # buffer, the token embeddings move to the device (the plan counts them).
+    synth > /dev/null 2>&1
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    timeout 200 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 512 -n 16 -r 2 --no-pin \
+        --mode stream --gpu-profile calibrated 2>&1 | tee "$OUTDIR/nopin.txt"
     ;;
 esac
 done
