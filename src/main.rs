@@ -855,7 +855,8 @@ fn load_planned(
         n_parallel: p.parallel,
         host_embeddings: p.pin,
     };
-    let plan = ferry::plan::plan(&shape, &req, &CostModel::new(profile.clone()))?;
+    let cost = CostModel::new(profile.clone());
+    let plan = ferry::plan::plan(&shape, &req, &cost)?;
     if p.verbose {
         eprint!("{}", plan.describe(&shape, &profile));
     }
@@ -884,12 +885,19 @@ fn load_planned(
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
-    Ok(ferry::engine::hybrid::HybridModel::new(
-        sm,
-        cpu,
-        g,
-        plan.decode.clone(),
-    )?)
+    // Decode steps place the layers for the batch they have (the server's
+    // active sequences), by the same cost model.
+    let placer = ferry::plan::DecodePlacer::new(
+        cost,
+        shape,
+        resident,
+        plan.n_slots.max(2),
+        plan.output_on_gpu,
+    );
+    Ok(
+        ferry::engine::hybrid::HybridModel::new(sm, cpu, g, plan.decode.clone())?
+            .with_placer(placer),
+    )
 }
 
 /// `ferry run` on the GPU within a VRAM budget: the plan keeps some layers
@@ -1571,7 +1579,7 @@ fn bench_streamed(
                             let t0 = std::time::Instant::now();
                             for step in 0..n {
                                 let runs = match mode.as_str() {
-                                    "stream" => hm.decode_runs(),
+                                    "stream" => hm.decode_runs(1),
                                     "static" => hm.static_runs(),
                                     other => anyhow::bail!(
                                         "--mode {other}: decode modes are stream, static and cpu"
@@ -1879,7 +1887,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             let runs = match step % 3 {
                 0 => hm.static_runs(),
                 1 => hm.planned_runs(),
-                _ => hm.decode_runs(),
+                _ => hm.decode_runs(1),
             };
             let (lh, _) = hm.decode_step(&cuda, &cpu, &mut kvh, t, tokens.len() + step, &runs)?;
             hybrid = hybrid.max(rel(&lh, &lc));

@@ -326,3 +326,25 @@ fn preset_shapes_take_quantization_recipes() {
         (b.embd_bytes, b.output_bytes)
     );
 }
+
+#[test]
+fn decode_placement_follows_the_batch_a_step_has() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let mut cost = h100();
+    cost.profile.cpu.gemv_gbps = 49.0;
+    cost.profile.gpu.h2d_gbps = 55.0;
+    let resident = spread_resident(shape.n_layers, 12);
+    let mut placer =
+        ferry::plan::DecodePlacer::new(cost.clone(), shape.clone(), resident.clone(), 3, true);
+    let one = placer.for_batch(1).to_vec();
+    assert_eq!(one, cost.decode_placement(&shape, &resident, 1, true, 3));
+    assert!(one.contains(&DecodePlace::Cpu) && one.contains(&DecodePlace::Streamed));
+    // Many sequences at once: the CPU's arithmetic is the limit, everything streams.
+    let many = placer.for_batch(256).to_vec();
+    assert!(!many.contains(&DecodePlace::Cpu), "{many:?}");
+    // Resident layers stay resident whatever the batch; asking again gives the same.
+    for (i, &r) in resident.iter().enumerate() {
+        assert_eq!(r, many[i] == DecodePlace::Gpu);
+    }
+    assert_eq!(placer.for_batch(1), &one[..]);
+}

@@ -46,8 +46,10 @@ pub struct HybridModel {
     pub gpu: StreamedModel,
     /// A CPU view of every streamed layer (weights in the pinned buffers).
     cpu_layers: Vec<Option<Layer<CpuBackend>>>,
-    /// The plan's decode placement of each layer.
+    /// The decode placement of each layer (for the last batch size asked).
     pub decode: Vec<DecodePlace>,
+    /// Places the layers for each decode batch size; `None`: `decode` as given.
+    placer: Option<crate::plan::DecodePlacer>,
     /// Page-locked host buffer through which activations go back to the GPU
     /// (read by a kernel: a copy would wait behind the weight prefetches).
     staging: Option<cudarc::driver::PinnedHostSlice<f32>>,
@@ -212,8 +214,16 @@ impl HybridModel {
             gpu,
             cpu_layers,
             decode,
+            placer: None,
             staging: None,
         })
+    }
+
+    /// Place the layers for each decode batch size with `placer` (the plan's
+    /// cost model), instead of one fixed placement.
+    pub fn with_placer(mut self, placer: crate::plan::DecodePlacer) -> Self {
+        self.placer = Some(placer);
+        self
     }
 
     pub fn kv(
@@ -262,9 +272,13 @@ impl HybridModel {
         self.forward(cuda, cpu, kv, &batch, runs, &[0])
     }
 
-    /// Where each layer runs in a decode step: the plan's placement, except
-    /// that a streamed layer still in its slot runs on the GPU for free.
-    pub fn decode_runs(&self) -> Vec<Run> {
+    /// Where each layer runs in a decode step of `batch` sequences: the
+    /// placement for that batch size, except that a streamed layer still in
+    /// its slot runs on the GPU for free.
+    pub fn decode_runs(&mut self, batch: usize) -> Vec<Run> {
+        if let Some(p) = self.placer.as_mut() {
+            self.decode = p.for_batch(batch).to_vec();
+        }
         (0..self.decode.len())
             .map(|i| {
                 if !self.gpu.is_streamed(i) || self.gpu.in_slot(i) {
@@ -625,7 +639,7 @@ impl<'a> HybridSession<'a> {
     /// A forward pass of `batch` with every layer placed for decode; adds
     /// to `decode_stats`.
     fn decode_batch(&mut self, batch: &Batch, rows: &[usize]) -> Result<Vec<f32>, BackendError> {
-        let runs = self.model.decode_runs();
+        let runs = self.model.decode_runs(batch.len());
         let (logits, s) =
             self.model
                 .forward(self.cuda, self.cpu, &mut self.kv, batch, &runs, rows)?;

@@ -246,3 +246,52 @@ pub fn workspace_bytes(shape: &ModelShape, ubatch: usize) -> u64 {
     let acts = (ubatch * shape.d_ff * 2) as u64;
     largest + acts + (32 << 20)
 }
+
+/// Decode placement for each batch size: the split of the non-resident layers
+/// between the CPU and streaming (`CostModel::decode_placement`), computed for
+/// the batch a decode step actually has — parallel sequences raise it — and
+/// remembered per size.
+#[derive(Debug, Clone)]
+pub struct DecodePlacer {
+    cost: CostModel,
+    shape: ModelShape,
+    resident: Vec<bool>,
+    slots: usize,
+    output_on_gpu: bool,
+    known: std::collections::BTreeMap<usize, Vec<DecodePlace>>,
+}
+
+impl DecodePlacer {
+    pub fn new(
+        cost: CostModel,
+        shape: ModelShape,
+        resident: Vec<bool>,
+        slots: usize,
+        output_on_gpu: bool,
+    ) -> Self {
+        DecodePlacer {
+            cost,
+            shape,
+            resident,
+            slots,
+            output_on_gpu,
+            known: Default::default(),
+        }
+    }
+
+    /// The placement for a decode step of `batch` sequences.
+    pub fn for_batch(&mut self, batch: usize) -> &[DecodePlace] {
+        let batch = batch.max(1);
+        let DecodePlacer {
+            cost,
+            shape,
+            resident,
+            slots,
+            output_on_gpu,
+            known,
+        } = self;
+        known.entry(batch).or_insert_with(|| {
+            cost.decode_placement(shape, resident, batch, *output_on_gpu, *slots)
+        })
+    }
+}

@@ -18,7 +18,7 @@ use std::fmt;
 use crate::gguf::Gguf;
 use crate::model::{Config, ModelTensors};
 
-pub use cost::CostModel;
+pub use cost::{CostModel, DecodePlacer};
 pub use profile::{CpuProfile, GpuProfile, MachineProfile};
 
 /// What the planner needs to know about a model.
