@@ -1,14 +1,16 @@
 //! Causal grouped-query attention over an f16 KV cache.
 //!
-//! Rounding follows llama.cpp's CPU path (without flash attention) so that
-//! results agree closely: keys and values are stored as f16, the query is
-//! rounded to f16 before `q·k`, and the softmax weights are rounded to f16
-//! before they weight the values.
+//! The arithmetic follows llama.cpp's CPU path (without flash attention) so
+//! that results agree bit for bit: keys and values are stored as f16, the
+//! query is rounded to f16 before `q·k`, products accumulate in 16 lanes as
+//! its f16 matrix products do, the softmax uses its exp and summation order,
+//! and the softmax weights are rounded to f16 before they weight the values
+//! (`reference_math`).
 
 use half::f16;
 use rayon::prelude::*;
 
-use super::{CpuAct, CpuKv, simd};
+use super::{CpuAct, CpuKv, reference_math, simd};
 use crate::backend::{BackendError, Batch};
 use crate::model::Config;
 
@@ -38,6 +40,13 @@ pub fn attention(
         }
     }
     let scale = 1.0 / (hd as f32).sqrt();
+    // Queries of each sequence in this batch: llama.cpp multiplies one query
+    // (a decode step) differently from several (a prompt), and deciding per
+    // sequence keeps a sequence's results the same alone or batched with others.
+    let mut queries = vec![0usize; kv.n_seq];
+    for &seq in batch.seqs {
+        queries[seq as usize] += 1;
+    }
     let kv = &*kv;
     // One task per (token, KV head): the query heads sharing that KV head are
     // processed together, so each cached key and value is widened once for all.
@@ -63,25 +72,41 @@ pub fn attention(
                 simd::f16_to_f32(&kv.v[off..off + hd], &mut values[j * hd..(j + 1) * hd]);
             }
             let mut scores = vec![0f32; n_keys.next_multiple_of(8)];
+            // Heads whose size is a multiple of 16 follow llama.cpp's
+            // arithmetic exactly (`reference_math::attend`); others take
+            // ferry's own vector kernels with the same softmax.
+            let exact = hd.is_multiple_of(16);
+            let single = queries[seq] == 1;
+            let mut acc = vec![0f32; if exact { 64 * hd } else { 0 }];
             for h in 0..group {
                 let qh = &q_heads[h * hd..(h + 1) * hd];
+                let out_h = &mut out[h * hd..(h + 1) * hd];
+                if exact {
+                    reference_math::attend(
+                        qh,
+                        &keys[..n_keys * hd],
+                        &values,
+                        scale,
+                        single,
+                        &mut scores[..n_keys],
+                        &mut acc,
+                        out_h,
+                    );
+                    continue;
+                }
                 for j in (0..n_keys).step_by(8) {
                     let s = simd::dot8_rows(&keys[j * hd..(j + 8) * hd], qh, hd);
                     scores[j..j + 8].copy_from_slice(&s);
                 }
-                // Softmax; the weights are rounded to f16 like llama.cpp's.
                 let row = &mut scores[..n_keys];
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
-                let mut sum = 0f64;
                 for s in row.iter_mut() {
-                    *s = (*s * scale - max).exp();
-                    sum += *s as f64;
+                    *s *= scale;
                 }
-                let inv = (1.0 / sum) as f32;
+                reference_math::softmax(row);
                 for s in row.iter_mut() {
-                    *s = f16::from_f32(*s * inv).to_f32();
+                    *s = f16::from_f32(*s).to_f32();
                 }
-                simd::weighted_rows(&values, row, hd, &mut out[h * hd..(h + 1) * hd]);
+                simd::weighted_rows(&values, row, hd, out_h);
             }
         });
     Ok(())

@@ -6,6 +6,7 @@
 mod attention;
 mod gemm;
 mod matmul;
+pub mod reference_math;
 pub mod simd;
 
 use half::f16;
@@ -219,8 +220,8 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(width)
                 .zip(x.data.par_chunks(width))
                 .for_each(|(o, x)| {
-                    // ggml accumulates the sum of squares in double precision.
-                    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+                    // As ggml: each square in f32, their sum in f64.
+                    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
                     let scale = 1.0 / ((sum / width as f64) as f32 + eps).sqrt();
                     for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
                         *o = (x * scale) * w;
@@ -267,9 +268,11 @@ impl Backend for CpuBackend {
                                 RopeKind::Normal => (2 * i, 2 * i + 1),
                                 RopeKind::Neox => (i, i + rope.n_dims / 2),
                             };
+                            // Fused as llama.cpp's compiled C fuses them
+                            // (x0·cos − x1·sin with one rounding of x0·cos).
                             let (x0, x1) = (head[a], head[b]);
-                            head[a] = x0 * cos[i] - x1 * sin[i];
-                            head[b] = x0 * sin[i] + x1 * cos[i];
+                            head[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+                            head[b] = x0.mul_add(sin[i], x1 * cos[i]);
                         }
                     }
                 })
@@ -291,15 +294,14 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, gate: &mut CpuAct, up: &CpuAct) {
+        // Row by row, as llama.cpp's CPU backend computes it (its vector exp
+        // on whole groups of 16): see `reference_math`.
+        let width = gate.width;
         self.pool.install(|| {
             gate.data
-                .par_chunks_mut(4096)
-                .zip(up.data.par_chunks(4096))
-                .for_each(|(g, u)| {
-                    for (g, &u) in g.iter_mut().zip(u) {
-                        *g = *g / (1.0 + (-*g).exp()) * u;
-                    }
-                })
+                .par_chunks_mut(width)
+                .zip(up.data.par_chunks(width))
+                .for_each(|(g, u)| reference_math::swiglu_row(g, u))
         });
     }
 

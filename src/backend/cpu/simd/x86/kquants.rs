@@ -175,11 +175,26 @@ pub fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 fn q6_k_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in w.iter().zip(a) {
-        // q is stored as q + 32: Σ (q+32)·a·sc − 32·Σ sc·bsum.
-        let offset: i32 = (0..16)
-            .map(|s| w.scales[s] as i32 * a.bsums[s] as i32)
-            .sum::<i32>()
-            * 32;
+        // q is stored as q + 32. Lane t < 4 sums the low 16-element halves
+        // of each 32-element group (4 bytes each), lane 4 + t the high halves
+        // — the eight partial sums llama.cpp's x86 kernel forms — and the
+        // 32·a·sc offset comes off each lane as that kernel takes it, from
+        // the block sums of scale pairs (2t, 2t+1) and (8+2t, 9+2t), so the
+        // float accumulation below sees its exact integers.
+        let pair = |s: usize| {
+            32 * (a.bsums[s] as i32 * w.scales[s] as i32
+                + a.bsums[s + 1] as i32 * w.scales[s + 1] as i32)
+        };
+        let offsets = _mm256_setr_epi32(
+            pair(0),
+            pair(2),
+            pair(4),
+            pair(6),
+            pair(8),
+            pair(10),
+            pair(12),
+            pair(14),
+        );
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             for (k, q) in q6_k_values(w, n).into_iter().enumerate() {
@@ -189,8 +204,8 @@ fn q6_k_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, scaled_dot(q, av, scales));
             }
         }
+        let sumi = _mm256_sub_epi32(sumi, offsets);
         let d = a.d * w.d.to_f32();
-        let sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(offset, 0, 0, 0, 0, 0, 0, 0));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)

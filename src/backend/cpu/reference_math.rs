@@ -1,0 +1,301 @@
+//! Arithmetic in the exact form llama.cpp's CPU backend uses (x86, AVX-512
+//! build), where results depend on more than the mathematical value: its
+//! vector `exp` (a degree-5 polynomial after a Cody–Waite reduction, used by
+//! the softmax and SiLU), the lane order of its 16-wide vector sums, and the
+//! accumulation order of its f16 matrix products. With them ferry's CPU
+//! attention and SwiGLU produce the reference's bits, so the 8-bit activation
+//! quantization downstream sees the same inputs (one flipped rounding there
+//! otherwise grows to the size of quantization noise within a few layers).
+//!
+//! The constants are those of the published algorithm the reference uses
+//! (log2 e, ln 2 split in two parts, the polynomial's coefficients), written
+//! as bit patterns because Rust has no hexadecimal float literals.
+
+/// 1.5 · 2^23: adding it rounds a float of magnitude < 2^22 to an integer.
+const ROUND: f32 = f32::from_bits(0x4b40_0000);
+const LOG2_E: f32 = f32::from_bits(0x3fb8_aa3b);
+const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
+const C5: f32 = f32::from_bits(0x3c07_2010);
+const C4: f32 = f32::from_bits(0x3d2b_9f17);
+const C3: f32 = f32::from_bits(0x3e2a_af33);
+const C2: f32 = f32::from_bits(0x3eff_fedb);
+const C1: f32 = f32::from_bits(0x3f7f_fff6);
+
+/// `j · 2^n` for an integral `n` with |n| ≤ 192, rounded once (as a scale
+/// instruction does): the first factor keeps the product normal and exact.
+#[inline(always)]
+fn scale_pow2(j: f32, n: f32) -> f32 {
+    let pow2 = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
+    // Saturating conversion; |n| > 192 is selected away by the caller.
+    let n = n as i32;
+    let half = n / 2;
+    j * pow2(half) * pow2(n - half)
+}
+
+/// e^x as the reference's vector exp computes it: x = n·ln 2 + b with n an
+/// integer, e^b by a polynomial, then scaled by 2^n. Below −103.97 it gives
+/// 0, above 88.38 infinity.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let z = x.mul_add(LOG2_E, ROUND);
+    let n = z - ROUND;
+    let b = (-n).mul_add(LN2_HI, x);
+    let b = (-n).mul_add(LN2_LO, b);
+    let u = b * b;
+    let j = C5
+        .mul_add(b, C4)
+        .mul_add(u, C3.mul_add(b, C2))
+        .mul_add(u, C1.mul_add(b, 1.0));
+    // Selects rather than branches, so that loops over it vectorise.
+    let far = if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    if n.abs() > 192.0 {
+        far
+    } else {
+        scale_pow2(j, n)
+    }
+}
+
+/// The sum of 16 lanes in the order of a 512-bit horizontal add: upper half
+/// onto lower half, then again within 256 and 128 bits, then the last pair.
+#[inline(always)]
+pub fn reduce16(v: &[f32; 16]) -> f32 {
+    let a: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let b: [f32; 4] = std::array::from_fn(|i| a[i + 4] + a[i]);
+    (b[0] + b[2]) + (b[1] + b[3])
+}
+
+/// SwiGLU of one row as the reference computes it: whole groups of 16 with
+/// the vector exp, the rest with the C library's.
+#[inline(always)]
+fn swiglu_row_inline(gate: &mut [f32], up: &[f32]) {
+    let whole = gate.len() & !15;
+    for (g, &u) in gate[..whole].iter_mut().zip(&up[..whole]) {
+        *g = *g / (1.0 + exp(0.0 - *g)) * u;
+    }
+    for (g, &u) in gate[whole..].iter_mut().zip(&up[whole..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_row_avx2(gate: &mut [f32], up: &[f32]) {
+    swiglu_row_inline(gate, up)
+}
+
+/// `gate = silu(gate) · up` over one row.
+pub fn swiglu_row(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { swiglu_row_avx2(gate, up) };
+    }
+    swiglu_row_inline(gate, up)
+}
+
+/// The softmax weights of one attention row, as the reference computes them:
+/// `scores` (already scaled) become `exp(s − max)` in groups of 16 with the
+/// vector exp, each group summed in lane order into an f64 total, then every
+/// weight is multiplied by the reciprocal of the total.
+#[inline(always)]
+fn softmax_inline(scores: &mut [f32]) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut total = 0f64;
+    for group in scores.chunks_mut(16) {
+        let mut lanes = [0f32; 16];
+        for (l, s) in group.iter_mut().enumerate() {
+            *s = exp(*s - max);
+            lanes[l] = *s;
+        }
+        total += reduce16(&lanes) as f64;
+    }
+    let inv = (1.0 / total) as f32;
+    for s in scores.iter_mut() {
+        *s *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(scores: &mut [f32]) {
+    softmax_inline(scores)
+}
+
+/// Softmax of one row of scaled scores (see `softmax_inline`); entries past
+/// the causal limit are −∞ and come out 0.
+pub fn softmax(scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { softmax_avx2(scores) };
+    }
+    softmax_inline(scores)
+}
+
+/// One query head's attention as llama.cpp's CPU backend computes it, for a
+/// head size that is a multiple of 16: `q·k` accumulated in 16 lanes (several
+/// queries: its matrix product, one accumulator of 16 lanes per output; a
+/// single query: its vector product, four accumulators of 16 lanes), scaled,
+/// the softmax above, weights rounded to f16, and `Σ p·v` accumulated the
+/// same way over the keys. `q`, `keys` and `values` hold f16 values (as f32),
+/// so every product is exact and only the sums round, in the reference's
+/// order. `scores` has one entry per key; `acc` holds 64 · head size.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_inline(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    single: bool,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    for (s, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+        let dot = if single {
+            dot_vec64(key, q)
+        } else {
+            dot_lanes16(key, q)
+        };
+        *s = dot * scale;
+    }
+    softmax_inline(scores);
+    // acc[slot][d]: key j adds into slot j mod 16 (a matrix product) or
+    // (j / 16 mod 4, j mod 16) (a vector product), keys in order.
+    let slots = if single { 64 } else { 16 };
+    acc[..slots * hd].fill(0.0);
+    for (j, (p, v)) in scores.iter().zip(values.chunks_exact(hd)).enumerate() {
+        let p = half::f16::from_f32(*p).to_f32();
+        let slot = if single { j % 64 } else { j % 16 };
+        for (a, &vd) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(v) {
+            *a += p * vd;
+        }
+    }
+    for (d, o) in out.iter_mut().enumerate() {
+        let lane = |s: usize| acc[s * hd + d];
+        *o = if single {
+            let groups: [[f32; 16]; 4] =
+                std::array::from_fn(|g| std::array::from_fn(|l| lane(16 * g + l)));
+            reduce_groups(&groups)
+        } else {
+            reduce16(&std::array::from_fn(lane))
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    single: bool,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_inline(q, keys, values, scale, single, scores, acc, out)
+}
+
+/// One query head's attention in llama.cpp's arithmetic (see `attend_inline`).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    single: bool,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { attend_avx2(q, keys, values, scale, single, scores, acc, out) };
+    }
+    attend_inline(q, keys, values, scale, single, scores, acc, out)
+}
+
+/// `Σ a[i]·b[i]` over a length that is a multiple of 16, accumulated as the
+/// reference's f16 matrix product does: lane `l` sums the products at
+/// `l, l + 16, l + 32, …` in order, then the lanes are reduced. The inputs are
+/// f16 values (as f32), so each product is exact and only the sums round.
+#[inline(always)]
+pub fn dot_lanes16(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] += ca[l] * cb[l];
+        }
+    }
+    reduce16(&lanes)
+}
+
+/// `Σ a[i]·b[i]` as the reference's f16 vector dot product accumulates it
+/// (used for single-query products: a decode step): four accumulators of 16
+/// lanes take consecutive 16-element groups of each 64, then they are added
+/// pairwise ((0 + 2) + (1 + 3)) and reduced. Lengths beyond a multiple of 64
+/// count as zeros (the reference pads its KV length).
+#[inline(always)]
+pub fn dot_vec64(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [[0f32; 16]; 4];
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        acc[(i / 16) % 4][i % 16] += x * y;
+    }
+    reduce_groups(&acc)
+}
+
+/// The final combination of `dot_vec64`'s four accumulators.
+#[inline(always)]
+pub fn reduce_groups(acc: &[[f32; 16]; 4]) -> f32 {
+    let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    reduce16(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_close_to_the_true_exponential_and_saturates_like_the_reference() {
+        for i in -1000..=1000 {
+            let x = i as f32 * 0.087;
+            let (a, b) = (exp(x), x.exp());
+            assert!(((a - b) / b).abs() < 4e-7, "{x}: {a} vs {b}");
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-200.0), 0.0);
+        assert_eq!(exp(200.0), f32::INFINITY);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn reduce16_pairs_lanes_as_a_512_bit_horizontal_add() {
+        // Values whose sum depends on the order: 1e8 cancels only when the
+        // pairing is (i, i + 8) first.
+        let mut v = [1.0f32; 16];
+        v[0] = 1e8;
+        v[8] = -1e8;
+        assert_eq!(reduce16(&v), 14.0);
+        let seq: f32 = v.iter().sum();
+        assert_ne!(seq, 14.0);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_masked_entries_are_zero() {
+        let mut row: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        for s in &mut row[33..] {
+            *s = f32::NEG_INFINITY;
+        }
+        softmax(&mut row);
+        assert!(row[33..].iter().all(|&p| p == 0.0));
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+    }
+}
