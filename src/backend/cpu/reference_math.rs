@@ -152,23 +152,27 @@ fn attend_inline(
     scores: &mut [f32],
     acc: &mut [f32],
     out: &mut [f32],
+    (lanes16, vec64): (
+        impl Fn(&[f32], &[f32]) -> f32,
+        impl Fn(&[f32], &[f32]) -> f32,
+    ),
 ) {
     let hd = q.len();
     for (s, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
         let dot = if single {
-            dot_vec64(key, q)
+            vec64(key, q)
         } else {
-            dot_lanes16(key, q)
+            lanes16(key, q)
         };
         *s = dot * scale;
     }
     softmax_inline(scores);
+    round_to_f16(scores);
     // acc[slot][d]: key j adds into slot j mod 16 (a matrix product) or
     // (j / 16 mod 4, j mod 16) (a vector product), keys in order.
     let slots = if single { 64 } else { 16 };
     acc[..slots * hd].fill(0.0);
-    for (j, (p, v)) in scores.iter().zip(values.chunks_exact(hd)).enumerate() {
-        let p = half::f16::from_f32(*p).to_f32();
+    for (j, (&p, v)) in scores.iter().zip(values.chunks_exact(hd)).enumerate() {
         let slot = if single { j % 64 } else { j % 16 };
         for (a, &vd) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(v) {
             *a += p * vd;
@@ -186,6 +190,37 @@ fn attend_inline(
     }
 }
 
+/// Round every value to the nearest f16 (ties to even), as the reference's
+/// conversion of the softmax weights for its f16 product does.
+fn round_to_f16(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has F16C (checked above).
+        return unsafe { round_to_f16_f16c(v) };
+    }
+    for x in v {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn round_to_f16_f16c(v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 8 floats; unaligned loads and stores.
+        unsafe {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -199,7 +234,74 @@ unsafe fn attend_avx2(
     acc: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_inline(q, keys, values, scale, single, scores, acc, out)
+    // SAFETY (closures): this function runs only where AVX2 and FMA exist.
+    let dots = (
+        |a: &[f32], b: &[f32]| unsafe { dot_lanes16_avx2(a, b) },
+        |a: &[f32], b: &[f32]| unsafe { dot_vec64_avx2(a, b) },
+    );
+    attend_inline(q, keys, values, scale, single, scores, acc, out, dots)
+}
+
+/// `dot_lanes16` with two 8-wide registers for the 16 lanes. The products
+/// are exact (f16 inputs), so fused multiply-adds give the same sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_lanes16_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len()) / 16 * 16;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..n).step_by(16) {
+        // SAFETY: i + 16 <= n, within both slices.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8)), hi);
+        }
+    }
+    reduce_halves(lo, hi)
+}
+
+/// `dot_vec64` with eight 8-wide registers (four accumulators of 16 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_vec64_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    if !n.is_multiple_of(16) {
+        return dot_vec64(a, b);
+    }
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for i in (0..n).step_by(16) {
+        let g = (i / 16) % 4;
+        // SAFETY: i + 16 <= n, within both slices.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+            acc[2 * g] = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), acc[2 * g]);
+            acc[2 * g + 1] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(8)),
+                _mm256_loadu_ps(pb.add(8)),
+                acc[2 * g + 1],
+            );
+        }
+    }
+    // (0 + 2) + (1 + 3), lane by lane, then the 16-lane reduction.
+    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    reduce_halves(lo, hi)
+}
+
+/// `reduce16` of 16 lanes held as (lanes 0-7, lanes 8-15).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn reduce_halves(lo: std::arch::x86_64::__m256, hi: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_add_ps(hi, lo); // lane i: v[i + 8] + v[i]
+    let b = _mm_add_ps(_mm256_extractf128_ps::<1>(a), _mm256_castps256_ps128(a)); // a[i + 4] + a[i]
+    let c = _mm_add_ps(b, _mm_movehl_ps(b, b)); // b0 + b2, b1 + b3
+    _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
 }
 
 /// One query head's attention in llama.cpp's arithmetic (see `attend_inline`).
@@ -219,7 +321,17 @@ pub fn attend(
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         return unsafe { attend_avx2(q, keys, values, scale, single, scores, acc, out) };
     }
-    attend_inline(q, keys, values, scale, single, scores, acc, out)
+    attend_inline(
+        q,
+        keys,
+        values,
+        scale,
+        single,
+        scores,
+        acc,
+        out,
+        (dot_lanes16, dot_vec64),
+    )
 }
 
 /// `Σ a[i]·b[i]` over a length that is a multiple of 16, accumulated as the
