@@ -21,6 +21,10 @@ cd "$(dirname "$0")"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 OUTDIR=${OUT:-/tmp}
 M=/tmp/ferry-32b-q4km.gguf
+# This machine's calibration (--gpu-profile calibrated), measured once.
+calibrated() {
+    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+}
 synth() {
     [ -f "$M" ] || { /usr/bin/time -f "synth: %e s" ./ferry synth --preset qwen2.5-32b --quant q4_k_m "$M"; ls -l "$M"; }
 }
@@ -45,7 +49,7 @@ sweep)
     ;;
 budget)
     synth > /dev/null 2>&1
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     for b in 15 25 60; do
         timeout 120 ./ferry bench -m "$M" --device cuda --vram-budget $b% -p 512 -n 16 -r 2 \
             --mode stream,sync --gpu-profile calibrated --trace "$OUTDIR/trace-$b.json" 2>&1 | tee -a "$OUTDIR/budget-peak.txt"
@@ -59,7 +63,7 @@ final7b)
     # The budget phase on a 7B shape with SmolLM2's tokenizer (so `ferry run` works).
     M7=/tmp/ferry-7b-q4km.gguf
     [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     # The 7B shape with SmolLM2's vocabulary needs about a third of its size.
     for b in 35 50 70; do
         timeout 90 ./ferry bench -m "$M7" --device cuda --vram-budget $b% -p 512 -n 16 -r 2 \
@@ -108,7 +112,7 @@ big32)
     ;;
 budget32)
     synth > /dev/null 2>&1
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     # 25 % of the model: an 8K context's KV cache (2 GiB) leaves room for
     # 1024-token micro-batches only.
     timeout 200 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 2048,8192 -n 0 -r 2 --ub 1024 \
@@ -122,7 +126,7 @@ final32)
     # at a 2K context, decode stream vs static).
     rm -f "$M"
     synth 2>&1 | tee "$OUTDIR/synth.txt"
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     timeout 120 ./ferry bench -m "$M" --device cuda -p 2048 -n 64 -r 3 --ub 1024 2>&1 | tee "$OUTDIR/final32.txt"
     timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 2048 -n 0 -r 3 --ub 1024 \
         --mode stream,sync --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/final32.txt"
@@ -136,7 +140,7 @@ decode)
     synth > /dev/null 2>&1
     timeout 60 ./ferry bench -m "$M7" --device cuda -p 512 -n 64,128 -r 3 2>&1 | tee "$OUTDIR/decode.txt"
     timeout 90 ./ferry bench -m "$M" --device cuda -p 512 -n 64,128 -r 3 2>&1 | tee -a "$OUTDIR/decode.txt"
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 32 -r 2 \
         --mode stream,static --gpu-profile calibrated 2>&1 | tee -a "$OUTDIR/decode.txt"
     ;;
@@ -144,7 +148,7 @@ nopin)
     # Pageable host memory (--no-pin): copies go through the driver's staging
     # buffer, the token embeddings move to the device (the plan counts them).
     synth > /dev/null 2>&1
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     timeout 200 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 512 -n 16 -r 2 --no-pin \
         --mode stream --gpu-profile calibrated 2>&1 | tee "$OUTDIR/nopin.txt"
     ;;
@@ -152,7 +156,7 @@ residency)
     # llama.cpp's reference run kept 16 of 64 layers on the GPU (pp2048 730 t/s,
     # tg 4.43): budgets around that residency, 2048-token micro-batches.
     synth > /dev/null 2>&1
-    [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    calibrated
     timeout 400 ./ferry bench -m "$M" --device cuda --vram-budget 35%,40%,45% -p 2048 -n 16 -r 2 --ub 2048 \
         --mode stream,sync --gpu-profile calibrated 2>&1 | tee "$OUTDIR/residency.txt"
     ;;

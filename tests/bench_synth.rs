@@ -18,6 +18,29 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d.join(name)
 }
 
+/// Write `spec` to `name` with `threads` worker threads.
+fn write_with_threads(spec: &TinySpec, threads: usize, name: &str) -> std::path::PathBuf {
+    let path = tmp(name);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| write_random_model(&path, spec, None).unwrap());
+    path
+}
+
+/// Prefill 8 tokens on the CPU: the logits are finite and not flat.
+fn assert_runs(g: &Gguf, what: &str) {
+    let backend = CpuBackend::new(2);
+    let m = Model::load(&backend, g, |_, _| {}).unwrap();
+    let mut s = Session::new(&backend, &m, 64, 1).unwrap();
+    let logits = s.prefill(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()), "{what}");
+    let spread = logits.iter().fold(f32::MIN, |a, &b| a.max(b))
+        - logits.iter().fold(f32::MAX, |a, &b| a.min(b));
+    assert!(spread > 1e-3, "{what}: logits are flat");
+}
+
 #[test]
 fn every_preset_has_its_real_models_size() {
     // Sizes of the real Q4_K_M GGUFs (llama.cpp), GiB; ours follow the same recipe
@@ -55,7 +78,6 @@ fn every_preset_has_its_real_models_size() {
 
 #[test]
 fn synthetic_models_of_every_mix_run_on_the_cpu() {
-    let backend = CpuBackend::new(2);
     for (arch, quant) in [
         ("llama", "q4_k_m"),
         ("qwen2", "q5_k_m"),
@@ -72,13 +94,7 @@ fn synthetic_models_of_every_mix_run_on_the_cpu() {
             g.get("general.synthetic").and_then(|v| v.as_bool()),
             Some(true)
         );
-        let m = Model::load(&backend, &g, |_, _| {}).unwrap();
-        let mut s = Session::new(&backend, &m, 64, 1).unwrap();
-        let logits = s.prefill(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
-        assert!(logits.iter().all(|v| v.is_finite()), "{arch} {quant}");
-        let spread = logits.iter().fold(f32::MIN, |a, &b| a.max(b))
-            - logits.iter().fold(f32::MAX, |a, &b| a.min(b));
-        assert!(spread > 1e-3, "{arch} {quant}: logits are flat");
+        assert_runs(&g, &format!("{arch} {quant}"));
     }
 }
 
@@ -92,16 +108,10 @@ fn large_matrices_are_drawn_from_a_pool_of_valid_units() {
     // Pooled beyond 16 · 4096 · 256 = 16.8 M elements: the 9216 × 2048 gate has 18.9 M.
     (spec.d_model, spec.d_ff, spec.n_layers) = (2048, 9216, 1);
     spec.mix = QuantMix::parse("q4_k_m");
-    let write = |threads: usize, name: &str| {
-        let path = tmp(name);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| write_random_model(&path, &spec, None).unwrap());
-        path
-    };
-    let (a, b) = (write(1, "pool-1.gguf"), write(2, "pool-2.gguf"));
+    let (a, b) = (
+        write_with_threads(&spec, 1, "pool-1.gguf"),
+        write_with_threads(&spec, 2, "pool-2.gguf"),
+    );
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let g = Gguf::open(&a).unwrap();
     let gate = g.tensor("blk.0.ffn_gate.weight").unwrap();
@@ -110,14 +120,7 @@ fn large_matrices_are_drawn_from_a_pool_of_valid_units() {
     let units: std::collections::HashSet<&[u8]> = bytes.chunks(144).collect();
     assert!(units.len() <= 4096, "{} distinct units", units.len());
     assert!(units.len() > 3000, "{} distinct units", units.len());
-    let backend = CpuBackend::new(2);
-    let m = Model::load(&backend, &g, |_, _| {}).unwrap();
-    let mut s = Session::new(&backend, &m, 64, 1).unwrap();
-    let logits = s.prefill(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
-    assert!(logits.iter().all(|v| v.is_finite()));
-    let spread = logits.iter().fold(f32::MIN, |x, &y| x.max(y))
-        - logits.iter().fold(f32::MAX, |x, &y| x.min(y));
-    assert!(spread > 1e-3, "logits are flat");
+    assert_runs(&g, "pooled q4_k_m");
     let _ = (std::fs::remove_file(a), std::fs::remove_file(b));
 }
 
@@ -282,14 +285,6 @@ fn synthetic_files_do_not_depend_on_the_thread_count() {
             s
         })
         .unwrap();
-    let write = |threads: usize, name: &str| {
-        let path = tmp(name);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| write_random_model(&path, &spec, None).unwrap());
-        std::fs::read(&path).unwrap()
-    };
-    assert!(write(1, "threads-1.gguf") == write(3, "threads-3.gguf"));
+    let bytes = |threads, name| std::fs::read(write_with_threads(&spec, threads, name)).unwrap();
+    assert!(bytes(1, "threads-1.gguf") == bytes(3, "threads-3.gguf"));
 }

@@ -103,9 +103,7 @@ pub fn attention(
                     *s *= scale;
                 }
                 reference_math::softmax(row);
-                for s in row.iter_mut() {
-                    *s = f16::from_f32(*s).to_f32();
-                }
+                reference_math::round_to_f16(row);
                 simd::weighted_rows(&values, row, hd, out_h);
             }
         });

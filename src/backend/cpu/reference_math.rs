@@ -192,7 +192,7 @@ fn attend_inline(
 
 /// Round every value to the nearest f16 (ties to even), as the reference's
 /// conversion of the softmax weights for its f16 product does.
-fn round_to_f16(v: &mut [f32]) {
+pub fn round_to_f16(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU has F16C (checked above).
