@@ -14,6 +14,9 @@
 #   decode  resident 7B/32B tg128, 32B at 25 % (stream vs static)
 #   nopin   32B at 25 % from pageable host memory (--no-pin)
 #   residency 32B at budgets near llama.cpp's 16/64 resident layers (pp2048, tg16)
+#   gemv    decode GEMVs: shared-memory kernels + fused epilogues vs warp-per-row
+#   handover 32B at 25 %: decode with layers parked after prefill; --no-pin
+#   bound   shared-memory GEMVs with their registers held to 3 or 4 blocks per SM
 #   budget  peak device memory against the budget (the ledger enforces it),
 #           traces, and `ferry run` within a budget (streamed prefill + hybrid decode)
 set -uo pipefail
@@ -24,6 +27,26 @@ M=/tmp/ferry-32b-q4km.gguf
 # This machine's calibration (--gpu-profile calibrated), measured once.
 calibrated() {
     [ -f ~/.cache/ferry/machine.json ] || timeout 120 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+}
+# Resident tg64 of the 7B and 32B shapes under each environment setting
+# (same binary, same machine): tg_variants LOG "VAR=value" ...
+tg_variants() {
+    local log=$1; shift
+    for v in "$@"; do
+        for m in /tmp/ferry-7b-q4km.gguf "$M"; do
+            echo "$v $(basename "$m"): $(env "$v" timeout 60 ./ferry bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$log"
+        done
+    done
+}
+synth7b() {
+    M7=/tmp/ferry-7b-q4km.gguf
+    [ -f "$M7" ] || ./ferry synth --preset qwen2.5-7b --quant q4_k_m --vocab-from smol4.gguf "$M7" 2>&1 | tail -1
+}
+# Registers and spills of every kernel (ptxas on the cached PTX) into LOG.
+ptxas_report() {
+    local ptxas
+    ptxas=$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)
+    for f in ~/.cache/ferry/kernels/*.ptx; do "$ptxas" -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -E "entry|Used|spill"; done > "$1" 2>&1
 }
 synth() {
     [ -f "$M" ] || { /usr/bin/time -f "synth: %e s" ./ferry synth --preset qwen2.5-32b --quant q4_k_m "$M"; ls -l "$M"; }
@@ -104,6 +127,43 @@ kernels)
     timeout 150 "$NCU" --clock-control none --metrics gpu__time_duration.sum --launch-skip 2500 --launch-count 600 \
         --print-summary per-kernel ./ferry bench -m "$M7" --device cuda -p 16 -n 24 -r 1 > "$OUTDIR/ncu-decode-7b.txt" 2>&1
     grep -E "^  [a-z_0-9]+|gpu__time_duration" "$OUTDIR/ncu-decode-7b.txt" | head -60
+    ;;
+gemv)
+    # Decode GEMVs: the persistent shared-memory kernels with fused epilogues
+    # (default) against the warp-per-row kernels and separate ops
+    # (FERRY_GEMV=warp), resident 7B and 32B shapes, same machine; then
+    # per-kernel decode times of the default (Nsight Compute).
+    synth7b
+    synth > /dev/null 2>&1
+    ptxas_report "$OUTDIR/ptxas.txt"
+    grep -A2 "smem\|rms_norm_q8" "$OUTDIR/ptxas.txt" | grep -E "entry|Used" | head -20
+    # Variants (same binary): FERRY_GEMV=warp is the previous kernels and
+    # separate ops; noqkv runs q, k and v as three launches; FERRY_GEMV_WPR
+    # forces the warps per row (cover: as few as cover a row in one round).
+    tg_variants "$OUTDIR/gemv.txt" "FERRY_GEMV=warp" "FERRY_GEMV=default" "FERRY_GEMV=noqkv" "FERRY_GEMV_WPR=1" "FERRY_GEMV_WPR=cover"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 150 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum.per_second --launch-skip 2000 --launch-count 400 \
+        --print-summary per-kernel ./ferry bench -m "$M7" --device cuda -p 16 -n 24 -r 1 > "$OUTDIR/ncu-decode-7b.txt" 2>&1
+    grep -E "^  [a-z_0-9]+|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-7b.txt" | head -80
+    ;;
+bound)
+    # The shared-memory GEMVs' register allocation held to 3 or 4 resident
+    # blocks per SM (FERRY_GEMV_BOUND) against none (116 registers: 2 blocks).
+    synth7b
+    synth > /dev/null 2>&1
+    tg_variants "$OUTDIR/bound.txt" "FERRY_GEMV_BOUND=0" "FERRY_GEMV_BOUND=3" "FERRY_GEMV_BOUND=4"
+    ptxas_report "$OUTDIR/ptxas.txt"
+    grep -A2 "gemv_smem\|gemv_swiglu" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill"
+    ;;
+handover)
+    # Memory handover at 25 % of the 32B shape: decode with the layers parked
+    # after the prefill, against static; pageable host memory priced right.
+    synth > /dev/null 2>&1
+    calibrated
+    timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 32 -r 2 \
+        --mode stream,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/handover.txt"
+    timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 16 -r 2 --no-pin \
+        --mode stream,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/nopin-decode.txt"
     ;;
 big32)
     synth 2>&1 | tee "$OUTDIR/synth.txt"

@@ -471,6 +471,8 @@ fn run(cli: Cli) -> Result<()> {
                     name: format!("{} (calibrated)", cuda.name()),
                     vram_bytes: total as u64,
                     h2d_gbps: pinned,
+                    h2d_pageable_gbps: pageable,
+                    copies_block_host: false,
                     bf16_tflops: tflops,
                     hbm_gbps: hbm,
                 },
@@ -846,8 +848,9 @@ fn load_planned(
     use ferry::backend::cuda::stream::StreamedModel;
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
-    let profile =
-        MachineProfile::load(&resolve_profile(p.gpu_profile, cuda)).map_err(anyhow::Error::msg)?;
+    let profile = MachineProfile::load(&resolve_profile(p.gpu_profile, cuda))
+        .map_err(anyhow::Error::msg)?
+        .for_host_memory(p.pin);
     let req = PlanRequest {
         budget: p.budget,
         n_ctx: p.n_ctx,
@@ -940,6 +943,10 @@ fn run_planned(
     if args.budget.verbose {
         // After the generated text (stdout) has ended its line.
         let d = &session.decode_stats;
+        eprintln!(
+            "memory handover: {} non-resident layers parked on the GPU for decode (in memory prefill used)",
+            session.model.gpu.parked_layers()
+        );
         eprintln!(
             "decode placement, summed over the steps: {} layer runs on the GPU, {} on the CPU, {} streamed ({:.2} GiB), {} device crossings",
             d.gpu_layers,
@@ -1198,7 +1205,8 @@ fn gpu_budget(
     let budget = (free as u64) / 100 * 95;
     let shape = ModelShape::from_gguf(g)?;
     let profile = MachineProfile::load(&resolve_profile(&budget_args.gpu_profile, cuda))
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .for_host_memory(!budget_args.no_pin);
     let req = PlanRequest {
         budget,
         n_ctx: setup.n_ctx(ferry::model::Config::from_gguf(g)?.context_train),
@@ -1365,16 +1373,24 @@ fn bench_streamed(
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
     let profile = MachineProfile::load(&resolve_profile(&args.gpu_profile, cuda))
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .for_host_memory(!args.no_pin);
     let cost = CostModel::new(profile);
     let model_bytes = g.total_tensor_bytes();
     let cpu = CpuBackend::new(args.threads.first().copied().unwrap_or(0));
     let hbm_gbps = cuda.measure_hbm(1 << 30, 3)?;
     let host_gbps = cpu.measure_read_gbps(1 << 30, 3);
-    let h2d_gbps = cuda.measure_h2d(1 << 30, 3)?.0;
+    // The copy rate of the host memory this run streams from.
+    let (pinned_gbps, pageable_gbps) = cuda.measure_h2d(1 << 30, 3)?;
+    let h2d_gbps = if args.no_pin {
+        pageable_gbps
+    } else {
+        pinned_gbps
+    };
     eprintln!(
-        "measured: device memory {hbm_gbps:.0} GB/s, host memory read {host_gbps:.1} GB/s ({} CPU threads), pinned host-to-device {h2d_gbps:.1} GB/s\n",
-        cpu.threads()
+        "measured: device memory {hbm_gbps:.0} GB/s, host memory read {host_gbps:.1} GB/s ({} CPU threads), host-to-device {h2d_gbps:.1} GB/s ({})\n",
+        cpu.threads(),
+        if args.no_pin { "pageable" } else { "pinned" }
     );
     eprintln!(
         "| mode | budget | resident layers | slots | test | t/s | streamed GiB | copy GB/s | decode placement (GPU/slot/CPU/streamed) | bound t/s | of bound | overlap bound t/s | of overlap bound | peak VRAM |"
@@ -1419,7 +1435,16 @@ fn bench_streamed(
             !args.no_pin,
             |_| {},
         )?;
-        let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?;
+        // Decode places the layers around those on the device (memory
+        // handover parks some after each prefill), as `run` and `serve` do.
+        let placer = ferry::plan::DecodePlacer::new(
+            cost.clone(),
+            shape.clone(),
+            resident.clone(),
+            plan.n_slots.max(2),
+            plan.output_on_gpu,
+        );
+        let mut hm = HybridModel::new(sm, &cpu, g, plan.decode.clone())?.with_placer(placer);
         let n_layers = hm.gpu.model.config.n_layers;
         let n_vocab = hm.gpu.model.config.n_vocab as u32;
         let (n_resident, n_slots) = (hm.gpu.resident_layers(), hm.gpu.n_slots());
@@ -1601,7 +1626,7 @@ fn bench_streamed(
                                         Run::Gpu => gpu_b += b,
                                     }
                                     match r {
-                                        Run::Gpu if !hm.gpu.is_streamed(i) => counts[0] += 1,
+                                        Run::Gpu if hm.gpu.on_device(i) => counts[0] += 1,
                                         Run::Gpu => counts[1] += 1,
                                         Run::Cpu => counts[2] += 1,
                                         Run::Stream => counts[3] += 1,
@@ -1626,6 +1651,12 @@ fn bench_streamed(
                         }
                         let mean = times.iter().sum::<f64>() / times.len() as f64;
                         let per = |c: usize| c / n.max(1);
+                        // Memory handover: layers parked after the prefill run
+                        // on the GPU (counted there) instead of the host.
+                        let parked = match mode.as_str() {
+                            "stream" => format!(" ({} parked)", hm.gpu.parked_layers()),
+                            _ => String::new(),
+                        };
                         let mut r = BenchResult::from_samples(
                             &meta(mode),
                             t,
@@ -1634,7 +1665,7 @@ fn bench_streamed(
                         r.vram_peak = Some(cuda.peak_memory());
                         results.push(r);
                         eprintln!(
-                            "{} tg{n} | {:.2} | | | {}/{}/{}/{} | {:.2} | {:.0} % | {:.2} | {:.0} % | {} |",
+                            "{} tg{n} | {:.2} | | | {}/{}/{}/{}{parked} | {:.2} | {:.0} % | {:.2} | {:.0} % | {} |",
                             head(mode),
                             n as f64 / mean,
                             per(counts[0]),
@@ -1825,9 +1856,9 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     }
     println!();
     println!(
-        "| model | types | prefill rel. diff | decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | result |"
+        "| model | types | prefill rel. diff | decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | parked for decode | result |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |");
     for path in &models {
         let g = Gguf::open(path)?;
         let mc = Model::load(&cpu, &g, |_, _| {})?;
@@ -1876,6 +1907,19 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         };
         let lh = hm.prefill(&cuda, &mut kvh, &whole, 16, &[tokens.len() - 1])?;
         let mut hybrid = rel(&lh, &lc);
+        // Memory handover: a budget with room for a streamed layer beyond
+        // what decode needs parks one or two (small layers), which decode then
+        // runs from device memory of their own.
+        let shape = ferry::plan::ModelShape::from_gguf(&g)?;
+        cuda.release_workspace()?;
+        let one_layer = hm.gpu.streamed_len(1).unwrap_or(0) as u64;
+        cuda.set_budget(Some(
+            cuda.memory_in_use()?
+                + ferry::plan::decode_reserve_bytes(&shape, 1)
+                + one_layer
+                + (one_layer / 2).max(4 << 20),
+        ));
+        let parked = hm.hand_over(&cuda, 1)?;
         let mut decode = 0f32;
         for step in 0..8 {
             let t = argmax(&lc);
@@ -1892,6 +1936,8 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             let (lh, _) = hm.decode_step(&cuda, &cpu, &mut kvh, t, tokens.len() + step, &runs)?;
             hybrid = hybrid.max(rel(&lh, &lc));
         }
+        cuda.set_budget(None);
+        drop(hm);
         let mut types: Vec<&str> = g
             .tensors()
             .iter()
@@ -1903,10 +1949,14 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         // Streaming must not change results: every layer streamed (2 slots), and
         // every other layer streamed, against all resident.
         let identical = stream_identity(&cuda, &g, &mg, &tokens)?;
-        let ok = prefill <= tolerance && decode <= tolerance && hybrid <= tolerance && identical;
+        let ok = prefill <= tolerance
+            && decode <= tolerance
+            && hybrid <= tolerance
+            && identical
+            && parked >= 1;
         failed += !ok as usize;
         println!(
-            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {} |",
+            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {parked} | {} |",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),

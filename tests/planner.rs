@@ -4,8 +4,9 @@
 //! batch threshold.
 
 use ferry::plan::{
-    CostModel, CpuProfile, DecodePlace, MachineProfile, PlanError, PlanRequest, parse_size, plan,
-    preset_shape, spread_resident,
+    CostModel, CpuProfile, DecodePlace, DecodePlacer, GEMV_MAX_BATCH, MachineProfile, PlanError,
+    PlanRequest, decode_reserve_bytes, handover_layers, parse_size, plan, preset_shape,
+    spread_resident,
 };
 use ferry::quant::GgmlType;
 
@@ -347,4 +348,136 @@ fn decode_placement_follows_the_batch_a_step_has() {
         assert_eq!(r, many[i] == DecodePlace::Gpu);
     }
     assert_eq!(placer.for_batch(1), &one[..]);
+}
+
+#[test]
+fn pageable_host_memory_is_priced_at_the_pageable_copy_rate() {
+    // The H200 machine's calibration: 55 GB/s pinned, 7.9 GB/s pageable, CPU
+    // kernels 49 GB/s. `--no-pin` runs copy at the pageable rate, so decode
+    // must stream far fewer layers than a pinned run would (the device run
+    // that priced pageable copies at the pinned rate streamed 27 layers and
+    // decoded at 17 % of its bound).
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let mut profile = MachineProfile::load("h200").unwrap();
+    profile.cpu.gemv_gbps = 49.0;
+    profile.gpu.h2d_gbps = 55.0;
+    profile.gpu.h2d_pageable_gbps = 7.9;
+    let resident = spread_resident(shape.n_layers, 8);
+    let streamed = |p: &MachineProfile| {
+        CostModel::new(p.clone())
+            .decode_placement(&shape, &resident, 1, true, 2)
+            .iter()
+            .filter(|&&d| d == DecodePlace::Streamed)
+            .count()
+    };
+    let pinned = streamed(&profile.clone().for_host_memory(true));
+    let pageable_profile = profile.clone().for_host_memory(false);
+    assert_eq!(pageable_profile.gpu.h2d_gbps, 7.9);
+    let pageable = streamed(&pageable_profile);
+    assert!(pinned > 10, "{pinned}");
+    assert!(
+        pageable * 3 < pinned,
+        "pageable {pageable} vs pinned {pinned}"
+    );
+    // A pageable copy holds the host thread (the driver stages it), so it
+    // overlaps nothing: at 7.9 GB/s a layer's copy outlasts its CPU run,
+    // and nothing is streamed. (The device run that let such copies overlap
+    // the CPU on paper decoded at 1.96 t/s against 2.59 all on the CPU.)
+    assert!(pageable_profile.gpu.copies_block_host);
+    assert_eq!(pageable, 0);
+    // Without a measured pageable rate, the estimate is still far below pinned.
+    profile.gpu.h2d_pageable_gbps = 0.0;
+    let estimated = profile.for_host_memory(false).gpu.h2d_gbps;
+    assert!(estimated > 5.0 && estimated < 10.0, "{estimated}");
+}
+
+#[test]
+fn memory_handover_parks_what_fits_spread_evenly_and_decode_gains() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let layer = shape.max_layer_bytes();
+    let resident = spread_resident(shape.n_layers, 8);
+    let bytes: Vec<Option<u64>> = (0..shape.n_layers)
+        .map(|i| (!resident[i]).then_some(shape.layer_bytes[i]))
+        .collect();
+    // No room, no parking; room for 3.5 layers parks 3, never a resident one.
+    assert!(handover_layers(&bytes, layer - 1).is_empty());
+    let parked = handover_layers(&bytes, layer * 7 / 2);
+    assert_eq!(parked.len(), 3);
+    assert!(parked.iter().all(|&i| !resident[i]));
+    let total: u64 = parked.iter().map(|&i| shape.layer_bytes[i]).sum();
+    assert!(total <= layer * 7 / 2);
+    // Spread: the parked layers split the non-resident ones into even runs.
+    let off: Vec<usize> = (0..shape.n_layers).filter(|&i| !resident[i]).collect();
+    let pos: Vec<usize> = parked
+        .iter()
+        .map(|i| off.iter().position(|j| j == i).unwrap())
+        .collect();
+    let gaps: Vec<usize> = pos.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().max().unwrap() - gaps.iter().min().unwrap() <= 1,
+        "{pos:?}"
+    );
+    // Room for everything parks everything.
+    assert_eq!(handover_layers(&bytes, u64::MAX).len(), off.len());
+
+    // Decode with the parked layers on the device is predicted faster, and the
+    // placer places again when the set changes.
+    let mut cost = h100();
+    cost.profile.cpu.gemv_gbps = 49.0;
+    let mut placer = DecodePlacer::new(cost.clone(), shape.clone(), resident.clone(), 2, true);
+    let before = placer.for_batch(1).to_vec();
+    let mut on_device = resident.clone();
+    for &i in &parked {
+        on_device[i] = true;
+    }
+    placer.set_on_device(on_device.clone());
+    let after = placer.for_batch(1).to_vec();
+    assert!(parked.iter().all(|&i| after[i] == DecodePlace::Gpu));
+    let t = |p: &[DecodePlace]| cost.decode_time(&shape, p, 1, true, 2);
+    assert!(t(&after) < t(&before), "{} vs {}", t(&after), t(&before));
+}
+
+#[test]
+fn decode_reserve_covers_the_workspace_only_past_the_gemv_batch() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let small = decode_reserve_bytes(&shape, GEMV_MAX_BATCH);
+    let large = decode_reserve_bytes(&shape, GEMV_MAX_BATCH + 1);
+    // Past the matrix-vector kernels' batch, a step dequantizes the largest
+    // matrix (d_model x d_ff) into f16.
+    assert!(large - small >= (shape.d_model * shape.d_ff * 2) as u64);
+    assert!(small < 256 << 20, "{small}");
+}
+
+#[test]
+fn plans_count_the_layers_the_handover_parks_for_decode() {
+    let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
+    let cost = h100();
+    let budget = shape.layer_bytes.iter().sum::<u64>() / 4;
+    let p = plan(&shape, &req(budget, 2048), &cost).unwrap();
+    assert!(!p.parked.is_empty());
+    let resident: Vec<bool> = p
+        .prefill
+        .iter()
+        .map(|&x| x == ferry::plan::PrefillPlace::Resident)
+        .collect();
+    for &i in &p.parked {
+        assert!(!resident[i]);
+        assert_eq!(p.decode[i], DecodePlace::Gpu);
+    }
+    // They fit in what prefill alone needed plus what the plan left unused,
+    // less what decode needs.
+    let parked: u64 = p.parked.iter().map(|&i| shape.layer_bytes[i]).sum();
+    let room = budget
+        - (p.memory.total() - p.memory.workspace - p.memory.activations)
+        - decode_reserve_bytes(&shape, 1);
+    assert!(parked <= room, "{parked} > {room}");
+    // And decode is predicted faster than without them.
+    let without = cost.decode_placement(&shape, &resident, 1, true, p.n_slots);
+    let t_without = cost.decode_time(&shape, &without, 1, true, p.n_slots);
+    assert!(
+        1.0 / t_without < p.predicted_tg_tps,
+        "{} vs {}",
+        1.0 / t_without,
+        p.predicted_tg_tps
+    );
 }

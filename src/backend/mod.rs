@@ -204,6 +204,61 @@ pub trait Backend {
     fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act);
     /// `x += y`.
     fn add(&self, x: &mut Self::Act, y: &Self::Act);
+    /// `out = x · wᵀ (+ b)`: a projection with its bias (qwen2's q, k, v).
+    /// Backends may fold the bias into the product's epilogue.
+    fn matmul_bias(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        b: Option<&Self::Vector>,
+        out: &mut Self::Act,
+    ) {
+        self.matmul(x, w, out);
+        if let Some(b) = b {
+            self.add_bias(out, b);
+        }
+    }
+    /// The attention's input projections `q, k, v = x · w{q,k,v}ᵀ (+ b)`;
+    /// backends may run them as one launch that reads `x` once.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_qkv(
+        &self,
+        x: &Self::Act,
+        w: [&Self::Weight; 3],
+        b: [Option<&Self::Vector>; 3],
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &mut Self::Act,
+    ) {
+        self.matmul_bias(x, w[0], b[0], q);
+        self.matmul_bias(x, w[1], b[1], k);
+        self.matmul_bias(x, w[2], b[2], v);
+    }
+    /// `acc += x · wᵀ` (a projection back into the residual stream); `tmp`
+    /// is scratch of the product's shape for backends that need it.
+    fn matmul_add(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        tmp: &mut Self::Act,
+        acc: &mut Self::Act,
+    ) {
+        self.matmul(x, w, tmp);
+        self.add(acc, tmp);
+    }
+    /// `gate = silu(x · w_gateᵀ) * (x · w_upᵀ)`; `up` is scratch.
+    fn matmul_swiglu(
+        &self,
+        x: &Self::Act,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+        gate: &mut Self::Act,
+        up: &mut Self::Act,
+    ) {
+        self.matmul(x, w_gate, gate);
+        self.matmul(x, w_up, up);
+        self.swiglu(gate, up);
+    }
     /// Copy rows `rows` of `x` into a new activation.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;
     /// Copy the contiguous rows `rows` of `x` into a new activation.

@@ -53,6 +53,9 @@ pub struct HybridModel {
     /// Page-locked host buffer through which activations go back to the GPU
     /// (read by a kernel: a copy would wait behind the weight prefetches).
     staging: Option<cudarc::driver::PinnedHostSlice<f32>>,
+    shape: crate::plan::ModelShape,
+    /// The decode batch the parked layers left room for (`hand_over`).
+    handover_batch: usize,
 }
 
 /// How a pass uses the slots: where each layer runs, which slot each
@@ -210,13 +213,68 @@ impl HybridModel {
                 .map(|i| gpu.cpu_layer(cpu, g, i))
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        let shape = crate::plan::ModelShape::from_gguf(g)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
         Ok(HybridModel {
             gpu,
             cpu_layers,
             decode,
             placer: None,
             staging: None,
+            shape,
+            handover_batch: 0,
         })
+    }
+
+    /// Memory handover after a prefill: the memory that only prefill needed
+    /// (the f16 conversion workspace, micro-batch activations) and whatever
+    /// the plan left unused, less what decode steps of `n_seq` sequences need,
+    /// holds device copies of non-resident layers, which decode then runs like
+    /// resident ones; the decode placement is redone around them. The next
+    /// prefill (or a batch larger than `n_seq`) gives the memory back first.
+    /// Returns how many layers are parked. Does nothing without a budget.
+    pub fn hand_over(&mut self, cuda: &CudaBackend, n_seq: usize) -> Result<usize, BackendError> {
+        let Some(budget) = cuda.budget() else {
+            return Ok(0);
+        };
+        cuda.release_workspace()?;
+        let used = cuda.memory_in_use()?;
+        let reserve = crate::plan::decode_reserve_bytes(&self.shape, n_seq);
+        let room = budget.saturating_sub(used).saturating_sub(reserve);
+        let bytes: Vec<Option<u64>> = (0..self.decode.len())
+            .map(|i| {
+                (!self.gpu.on_device(i))
+                    .then(|| self.gpu.streamed_len(i).map(|l| l as u64))
+                    .flatten()
+            })
+            .collect();
+        for i in crate::plan::handover_layers(&bytes, room) {
+            self.gpu.park(cuda, i)?;
+        }
+        self.handover_batch = n_seq.max(1);
+        self.sync_placer();
+        Ok(self.gpu.parked_layers())
+    }
+
+    /// Give the parked layers' memory back (a pass larger than the handover
+    /// left room for is coming).
+    fn take_back(&mut self, cuda: &CudaBackend) -> Result<(), BackendError> {
+        if self.gpu.parked_layers() > 0 {
+            self.gpu.unpark_all(cuda)?;
+            self.sync_placer();
+        }
+        self.handover_batch = 0;
+        Ok(())
+    }
+
+    /// The decode placer places around the layers on the device now.
+    fn sync_placer(&mut self) {
+        let on_device: Vec<bool> = (0..self.decode.len())
+            .map(|i| self.gpu.on_device(i))
+            .collect();
+        if let Some(p) = self.placer.as_mut() {
+            p.set_on_device(on_device);
+        }
     }
 
     /// Place the layers for each decode batch size with `placer` (the plan's
@@ -281,7 +339,7 @@ impl HybridModel {
         }
         (0..self.decode.len())
             .map(|i| {
-                if !self.gpu.is_streamed(i) || self.gpu.in_slot(i) {
+                if self.gpu.on_device(i) || self.gpu.in_slot(i) {
                     Run::Gpu
                 } else {
                     match self.decode[i] {
@@ -297,7 +355,7 @@ impl HybridModel {
     /// streamed layer placed on the GPU is copied in (tests the prefetching).
     pub fn planned_runs(&self) -> Vec<Run> {
         (0..self.decode.len())
-            .map(|i| match (self.gpu.is_streamed(i), self.decode[i]) {
+            .map(|i| match (!self.gpu.on_device(i), self.decode[i]) {
                 (false, _) => Run::Gpu,
                 (true, DecodePlace::Cpu) => Run::Cpu,
                 (true, _) => Run::Stream,
@@ -332,18 +390,21 @@ impl HybridModel {
         for i in 0..n {
             kv.sync(cuda, i, &spans, true)?;
         }
+        // The prefill needs the parked layers' memory back.
+        self.take_back(cuda)?;
         let logits = self
             .gpu
             .forward(cuda, &mut kv.gpu, batch, ubatch, logit_rows)?;
         for i in 0..n {
             kv.valid.ran(i, &spans, true);
         }
+        self.hand_over(cuda, kv.n_seq)?;
         Ok(logits)
     }
 
     /// Resolve a pass's placement against what the slots hold now (`assign_slots`).
     fn schedule(&self, runs: &[Run]) -> SlotSchedule {
-        let streamed: Vec<bool> = (0..runs.len()).map(|i| self.gpu.is_streamed(i)).collect();
+        let streamed: Vec<bool> = (0..runs.len()).map(|i| !self.gpu.on_device(i)).collect();
         let holding: Vec<Option<usize>> =
             (0..runs.len()).map(|i| self.gpu.slot_holding(i)).collect();
         assign_slots(runs, &streamed, &holding, self.gpu.n_slots())
@@ -378,6 +439,12 @@ impl HybridModel {
     ) -> Result<(Vec<f32>, PassStats), BackendError> {
         let cfg = self.gpu.model.config.clone();
         let n = batch.len();
+        if n > self.handover_batch && self.gpu.parked_layers() > 0 {
+            // More tokens than the handover left room for: it needs that memory.
+            // (The placement in `runs` stays valid: parked layers run on the
+            // GPU, copied through a slot again.)
+            self.take_back(cuda)?;
+        }
         let spans = batch_spans(batch, kv.n_seq);
         let mut stats = PassStats::default();
         let mut sched = self.schedule(runs);

@@ -112,18 +112,14 @@ impl<B: Backend> Layer<B> {
     ) -> Result<(), BackendError> {
         // Attention.
         b.rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut s.h);
-        b.matmul(&s.h, &self.wq, &mut s.q);
-        b.matmul(&s.h, &self.wk, &mut s.k);
-        b.matmul(&s.h, &self.wv, &mut s.v);
-        if let Some(bias) = &self.bq {
-            b.add_bias(&mut s.q, bias);
-        }
-        if let Some(bias) = &self.bk {
-            b.add_bias(&mut s.k, bias);
-        }
-        if let Some(bias) = &self.bv {
-            b.add_bias(&mut s.v, bias);
-        }
+        b.matmul_qkv(
+            &s.h,
+            [&self.wq, &self.wk, &self.wv],
+            [self.bq.as_ref(), self.bk.as_ref(), self.bv.as_ref()],
+            &mut s.q,
+            &mut s.k,
+            &mut s.v,
+        );
         b.rope(
             &mut s.q,
             cfg.n_heads,
@@ -139,16 +135,12 @@ impl<B: Backend> Layer<B> {
             batch.positions,
         );
         b.attention(cfg, &s.q, &s.k, &s.v, kv, batch, &mut s.attn)?;
-        b.matmul(&s.attn, &self.wo, &mut s.proj);
-        b.add(x, &s.proj);
+        b.matmul_add(&s.attn, &self.wo, &mut s.proj, x);
 
         // Feed-forward (SwiGLU).
         b.rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut s.h);
-        b.matmul(&s.h, &self.w_gate, &mut s.gate);
-        b.matmul(&s.h, &self.w_up, &mut s.up);
-        b.swiglu(&mut s.gate, &s.up);
-        b.matmul(&s.gate, &self.w_down, &mut s.proj);
-        b.add(x, &s.proj);
+        b.matmul_swiglu(&s.h, &self.w_gate, &self.w_up, &mut s.gate, &mut s.up);
+        b.matmul_add(&s.gate, &self.w_down, &mut s.proj, x);
         Ok(())
     }
 }

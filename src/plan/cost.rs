@@ -148,6 +148,10 @@ impl CostModel {
             match p {
                 DecodePlace::Gpu => t += self.gpu_layer(bytes, macs, batch),
                 DecodePlace::Cpu => t += self.cpu_layer(bytes, macs, batch),
+                DecodePlace::Streamed if self.profile.gpu.copies_block_host => {
+                    // The host waits out each copy: nothing overlaps it.
+                    t += self.h2d(bytes) + self.gpu_layer(bytes, macs, batch);
+                }
                 DecodePlace::Streamed => {
                     let s = next_slot % slot_free.len();
                     next_slot += 1;
@@ -276,6 +280,15 @@ impl DecodePlacer {
             slots,
             output_on_gpu,
             known: Default::default(),
+        }
+    }
+
+    /// Layers whose weights are on the device for decode changed (memory
+    /// handover parked some, or a prefill took them back): place again.
+    pub fn set_on_device(&mut self, on_device: Vec<bool>) {
+        if on_device != self.resident {
+            self.resident = on_device;
+            self.known.clear();
         }
     }
 

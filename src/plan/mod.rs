@@ -179,6 +179,10 @@ pub struct Plan {
     pub predicted_tg_tps: f64,
     /// Prompt length the prefill prediction is for.
     pub pp_tokens: usize,
+    /// Memory handover: non-resident layers that park on the GPU after each
+    /// prefill, in the memory only prefill needed (decode runs them there;
+    /// `decode` and the tg prediction count them on the GPU).
+    pub parked: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +260,43 @@ pub fn spread_resident(n: usize, r: usize) -> Vec<bool> {
         keep[idx.min(n - 1)] = true;
     }
     keep
+}
+
+/// Largest decode batch the GPU runs with its matrix-vector kernels; larger
+/// batches dequantize weights into the f16 workspace for GEMMs.
+pub const GEMV_MAX_BATCH: usize = 8;
+
+/// Device memory a decode step of `n_seq` sequences needs besides weights and
+/// KV cache: its activations, logits and small tables (a margin), and the f16
+/// workspace when the batch is too large for the matrix-vector kernels.
+pub fn decode_reserve_bytes(shape: &ModelShape, n_seq: usize) -> u64 {
+    let n = n_seq.max(1);
+    let mut reserve = cost::activation_bytes(shape, n) + (64 << 20) + n as u64 * (1 << 20);
+    if n > GEMV_MAX_BATCH {
+        reserve += cost::workspace_bytes(shape, n);
+    }
+    reserve
+}
+
+/// Memory handover: which of the candidate layers (`bytes[i]`: `Some` for a
+/// layer decode would otherwise run from host memory) to park in `room`
+/// bytes of device memory that prefill used and decode does not. As many as
+/// fit, spread evenly (like resident layers) so the copies and CPU layers
+/// between them stay balanced.
+pub fn handover_layers(bytes: &[Option<u64>], room: u64) -> Vec<usize> {
+    let candidates: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i].is_some()).collect();
+    for k in (1..=candidates.len()).rev() {
+        let pick = spread_resident(candidates.len(), k);
+        let chosen: Vec<usize> = (0..candidates.len())
+            .filter(|&j| pick[j])
+            .map(|j| candidates[j])
+            .collect();
+        let total: u64 = chosen.iter().map(|&i| bytes[i].unwrap_or(0)).sum();
+        if total <= room {
+            return chosen;
+        }
+    }
+    Vec::new()
 }
 
 pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<Plan, PlanError> {
@@ -339,8 +380,21 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
             };
             let Some(n_slots) = fitting else { continue };
             let mem = memory(n_slots);
+            // After the prompt, its workspace and activations are free; what
+            // decode does not need holds parked layers (`hand_over`).
+            let after_prefill = mem.total() - mem.workspace - mem.activations
+                + decode_reserve_bytes(shape, req.n_parallel);
+            let room = req.budget.saturating_sub(after_prefill);
+            let offloaded: Vec<Option<u64>> = (0..n)
+                .map(|i| (!resident[i]).then_some(shape.layer_bytes[i]))
+                .collect();
+            let parked = handover_layers(&offloaded, room);
+            let mut on_device = resident.clone();
+            for &i in &parked {
+                on_device[i] = true;
+            }
             let decode =
-                cost.decode_placement(shape, &resident, req.n_parallel, output_on_gpu, n_slots);
+                cost.decode_placement(shape, &on_device, req.n_parallel, output_on_gpu, n_slots);
             let pp =
                 cost.prefill_time_with_slots(shape, &resident, pp_tokens, n_slots, output_on_gpu);
             let tg = cost.decode_time(shape, &decode, req.n_parallel, output_on_gpu, n_slots);
@@ -365,15 +419,18 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
                 predicted_pp_tps: pp_tokens as f64 / pp,
                 predicted_tg_tps: req.n_parallel as f64 / tg,
                 pp_tokens,
+                parked,
             };
-            // Prefill first (the product's job), then decode, then less memory.
+            // Prefill first (the product's job), then decode; on a tie, more
+            // resident layers (candidates come in that order): parked layers
+            // decode as fast, but are copied again after every prompt.
             let better = match &best {
                 None => true,
                 Some(b) => {
                     let key = |p: &Plan| (p.predicted_pp_tps * (1.0 + 1e-9), p.predicted_tg_tps);
                     let (cp, ct) = key(&candidate);
                     let (bp, bt) = key(b);
-                    cp > bp * 1.0001 || ((cp - bp).abs() <= bp * 1e-4 && ct > bt)
+                    cp > bp * 1.0001 || ((cp - bp).abs() <= bp * 1e-4 && ct >= bt * (1.0 - 1e-9))
                 }
             };
             if better {
@@ -433,17 +490,27 @@ impl Plan {
             count(DecodePlace::Streamed),
             if self.output_on_gpu { "GPU" } else { "CPU" }
         );
+        if !self.parked.is_empty() {
+            let bytes: u64 = self.parked.iter().map(|&i| shape.layer_bytes[i]).sum();
+            let _ = writeln!(
+                s,
+                "handover    after each prompt {} streamed layers ({}) park on the GPU for decode, in the memory prefill used",
+                self.parked.len(),
+                HumanBytes(bytes)
+            );
+        }
         let mut map = String::new();
-        for (p, d) in self.prefill.iter().zip(&self.decode) {
+        for (i, (p, d)) in self.prefill.iter().zip(&self.decode).enumerate() {
             map.push(match (p, d) {
                 (PrefillPlace::Resident, _) => 'R',
+                (PrefillPlace::Streamed, _) if self.parked.contains(&i) => 'P',
                 (PrefillPlace::Streamed, DecodePlace::Cpu) => 'c',
                 (PrefillPlace::Streamed, _) => 's',
             });
         }
         let _ = writeln!(
             s,
-            "layers      {map}   (R resident, s streamed, c streamed in prefill / CPU in decode)"
+            "layers      {map}   (R resident, P streamed in prefill / parked for decode, s streamed, c streamed in prefill / CPU in decode)"
         );
         let _ = writeln!(
             s,

@@ -75,6 +75,13 @@ struct Kernels {
     /// The same with activations quantized to 8 bits (dp4a).
     gemv_q4k_q8: [CudaFunction; 4],
     gemv_q6k_q8: [CudaFunction; 4],
+    /// Persistent decode GEMVs on shared-memory activations, 1 and 2 tokens
+    /// (`gemv_smem_t` in ferry.cu), with bias / residual / SwiGLU epilogues.
+    /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
+    gemv_smem: [[CudaFunction; 2]; 3],
+    gemv_swiglu_smem: [[CudaFunction; 2]; 3],
+    /// RMSNorm that also writes the 8-bit copy of its output.
+    rms_norm_q8: CudaFunction,
     embed: CudaFunction,
     rms_norm: CudaFunction,
     add_bias: CudaFunction,
@@ -102,6 +109,76 @@ pub enum AttentionKernel {
 /// padded by 8 halfs.
 fn flash_smem_bytes(head_dim: usize) -> usize {
     2 * 2 * 64 * (head_dim + 8) * 2
+}
+
+/// Most dynamic shared memory a shared-memory decode GEMV may take (its
+/// activations: a 27648-wide row of two tokens needs 76 KiB).
+const GEMV_SMEM_MAX: usize = 96 << 10;
+
+/// Shared memory of `gemv_segs_t` for `n` tokens of width `cols`: 8-bit
+/// values, per-32 scales, Q4_K's per-16 sums, and 8 warps' partial sums.
+fn gemv_smem_bytes(n: usize, cols: usize) -> usize {
+    let blocks = n * cols / 32;
+    n * cols + 4 * 3 * blocks + 8 * n.next_power_of_two() * 2 * 4
+}
+
+/// One matrix of a shared-memory GEMV launch (`GemvSeg` in ferry.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GemvSeg {
+    w: u64,
+    w2: u64,
+    out: u64,
+    bias: u64,
+    residual: u64,
+    rows: i32,
+    fmt: i32,
+    groups_before: i32,
+    pad: i32,
+}
+
+/// Up to three matrices sharing their activations (`GemvSegs` in ferry.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GemvSegs {
+    seg: [GemvSeg; 3],
+    count: i32,
+    total_groups: i32,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct (repr(C), 8-byte
+// pointers as u64), passed by value.
+unsafe impl cudarc::driver::DeviceRepr for GemvSegs {}
+
+/// A matrix for `gemv_segments`: `out = x · wᵀ` with an epilogue (`w_up`:
+/// SwiGLU with the up matrix; `bias` per row; `residual`: `out += …`).
+struct GemvSpec<'a> {
+    w: &'a CudaWeight,
+    w_up: Option<&'a CudaWeight>,
+    out: &'a mut CudaAct,
+    bias: Option<&'a CudaSlice<f32>>,
+    residual: bool,
+}
+
+/// Warps sharing a row in `gemv_smem_t`: the fewest (1, 2, 4, 8) whose lane
+/// groups cover a row's `nb` superblocks in one round of `per_group` loads each.
+fn gemv_warps_per_row_cover(nb: usize, per_group: usize) -> usize {
+    [1, 2, 4, 8]
+        .into_iter()
+        .find(|w| 4 * per_group * w >= nb)
+        .unwrap_or(8)
+}
+
+/// Warps sharing a row: one, unless the rows leave the GPU's `resident_warps`
+/// short of two row-pieces each (few rows: the K/V projections; or rows
+/// barely more than the warps, whose last round would leave most idle) and
+/// each lane group keeps at least one superblock of its piece.
+fn gemv_warps_per_row(rows: usize, nb: usize, resident_warps: usize) -> usize {
+    let mut wpr = 1;
+    while wpr < 8 && rows * wpr < 2 * resident_warps && nb >= 4 * wpr * 2 {
+        wpr *= 2;
+    }
+    wpr
 }
 
 /// 64-bit FNV-1a: a stable hash for the kernel cache key.
@@ -168,6 +245,25 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             )
             .map_err(err)?;
     }
+    // The shared-memory GEMVs hold a decode step's 8-bit activations.
+    for name in [
+        "gemv_smem",
+        "gemv_swiglu_smem",
+        "gemv_smem_b3",
+        "gemv_swiglu_smem_b3",
+        "gemv_smem_b4",
+        "gemv_swiglu_smem_b4",
+    ]
+    .iter()
+    .flat_map(|k| [format!("{k}_1"), format!("{k}_2")])
+    {
+        f(&name)?
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                GEMV_SMEM_MAX as i32,
+            )
+            .map_err(err)?;
+    }
     Ok((
         Kernels {
             dequant_f16: f("dequant_f16")?,
@@ -202,6 +298,17 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
                 f("gemv_q6k_q8_4")?,
                 f("gemv_q6k_q8_8")?,
             ],
+            gemv_smem: [
+                [f("gemv_smem_1")?, f("gemv_smem_2")?],
+                [f("gemv_smem_b3_1")?, f("gemv_smem_b3_2")?],
+                [f("gemv_smem_b4_1")?, f("gemv_smem_b4_2")?],
+            ],
+            gemv_swiglu_smem: [
+                [f("gemv_swiglu_smem_1")?, f("gemv_swiglu_smem_2")?],
+                [f("gemv_swiglu_smem_b3_1")?, f("gemv_swiglu_smem_b3_2")?],
+                [f("gemv_swiglu_smem_b4_1")?, f("gemv_swiglu_smem_b4_2")?],
+            ],
+            rms_norm_q8: f("rms_norm_q8")?,
             embed: f("embed")?,
             rms_norm: f("rms_norm")?,
             add_bias: f("add_bias")?,
@@ -301,6 +408,18 @@ struct Q8Cache {
     of: Option<(u64, usize, usize, u64)>,
 }
 
+impl Q8Cache {
+    /// Room for `total` 8-bit values with their scales and half sums.
+    fn reserve(&mut self, b: &CudaBackend, total: usize) -> Result<(), BackendError> {
+        if self.q.as_ref().is_none_or(|q| q.len() < total) {
+            self.q = Some(b.zeros::<i8>(total)?);
+            self.d = Some(b.zeros::<f32>(total / 32)?);
+            self.s = Some(b.zeros::<f32>(2 * (total / 32))?);
+        }
+        Ok(())
+    }
+}
+
 /// Micro-batches whose tables stay cached (a 64K-token prompt in 512-token micro-batches is 128).
 const TABLE_CACHE: usize = 256;
 
@@ -332,6 +451,22 @@ pub struct CudaBackend {
     q8_epoch: std::sync::atomic::AtomicU64,
     /// Decode GEMVs on 8-bit activations (`FERRY_GEMV=float`: on f32 ones).
     int_gemv: bool,
+    /// The persistent shared-memory GEMVs and fused epilogues for 1-2 tokens
+    /// (`FERRY_GEMV=warp`: the warp-per-row kernels and separate ops).
+    smem_gemv: bool,
+    /// Warps per row of the shared-memory GEMVs (`FERRY_GEMV_WPR`: 1, 2, 4
+    /// or 8 forced; `cover`: the fewest whose loads cover a row in one round;
+    /// default: balanced against the GPU's warps, `gemv_warps_per_row`).
+    gemv_wpr: Option<String>,
+    /// q, k and v projections of a decode step in one launch
+    /// (`FERRY_GEMV=noqkv`: three).
+    qkv_fused: bool,
+    /// Register bound of the shared-memory GEMVs (`FERRY_GEMV_BOUND`: 3 or 4
+    /// resident blocks per SM; default none).
+    gemv_bound: usize,
+    sm_count: u32,
+    /// Resident blocks per SM of (kernel, shared memory), asked once.
+    occupancy: Mutex<std::collections::HashMap<(u64, usize), u32>>,
     /// Prompt attention on tensor cores (off: the one-block-per-query kernel
     /// for every batch; `FERRY_ATTENTION=naive`, and gpu-check's comparison).
     flash: std::sync::atomic::AtomicBool,
@@ -354,6 +489,15 @@ struct MemoryLedger {
     peak: std::sync::atomic::AtomicU64,
 }
 
+/// One block of 256 threads per row (the norms).
+fn block_per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn grid(n: usize, block: u32) -> LaunchConfig {
     let blocks = n.div_ceil(block as usize).clamp(1, 65535 * 8) as u32;
     LaunchConfig {
@@ -374,6 +518,12 @@ impl CudaBackend {
             peak: std::sync::atomic::AtomicU64::new(0),
         };
         let stream = ctx.default_stream();
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(err)?
+            .max(1) as u32;
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let (k, cached) = load_kernels(&ctx)?;
         let name = format!("CUDA ({})", ctx.name().unwrap_or_else(|_| "GPU".into()));
@@ -387,6 +537,16 @@ impl CudaBackend {
             q8: Mutex::new(Q8Cache::default()),
             q8_epoch: std::sync::atomic::AtomicU64::new(0),
             int_gemv: std::env::var("FERRY_GEMV").as_deref() != Ok("float"),
+            smem_gemv: !matches!(std::env::var("FERRY_GEMV").as_deref(), Ok("float" | "warp")),
+            gemv_wpr: std::env::var("FERRY_GEMV_WPR").ok(),
+            qkv_fused: std::env::var("FERRY_GEMV").as_deref() != Ok("noqkv"),
+            gemv_bound: match std::env::var("FERRY_GEMV_BOUND").as_deref() {
+                Ok("3") => 1,
+                Ok("4") => 2,
+                _ => 0,
+            },
+            sm_count,
+            occupancy: Mutex::new(Default::default()),
             flash: std::sync::atomic::AtomicBool::new(
                 std::env::var("FERRY_ATTENTION").as_deref() != Ok("naive"),
             ),
@@ -403,6 +563,24 @@ impl CudaBackend {
         self.ledger
             .budget
             .store(budget.unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// The budget being enforced, if any.
+    pub fn budget(&self) -> Option<u64> {
+        let b = self
+            .ledger
+            .budget
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (b != u64::MAX).then_some(b)
+    }
+
+    /// Free the f16 conversion workspace (dequantized weights for batched
+    /// products): prefill needs it, decode steps of up to 8 tokens do not,
+    /// and a later batched product allocates it again.
+    pub fn release_workspace(&self) -> Result<(), BackendError> {
+        *self.scratch.lock().expect("scratch lock") = (None, None);
+        // Freed buffers go back to the device at the next synchronisation.
+        self.stream.synchronize().map_err(err)
     }
 
     /// Device memory ferry uses now (see `MemoryLedger`).
@@ -565,7 +743,7 @@ impl CudaBackend {
         }
         let (be, bb) = (w.ty.block_elems() as i32, w.ty.block_bytes() as i32);
         let (ty, rows_i, cols_i, n_i) = (w.ty.id() as i32, rows as i32, cols as i32, n as i32);
-        if n <= 8 {
+        if n <= crate::plan::GEMV_MAX_BATCH {
             // Q4_K and Q6_K rows (most of a Q4_K_M model's bytes) have their own
             // kernels, which need their blocks aligned for wide loads; the
             // 8-element kernel needs whole 8-element groups (and float4 loads of
@@ -684,15 +862,10 @@ impl CudaBackend {
 
     /// A k-quant decode GEMV on 8-bit activations: `x` is quantized (once
     /// while it stays unchanged), then the integer kernel for ≤ 2^`by_tokens` tokens.
-    fn gemv_q8(
-        &self,
-        x: &CudaAct,
-        w: &CudaWeight,
-        out: &mut CudaAct,
-        by_tokens: usize,
-    ) -> Result<(), BackendError> {
+    /// The 8-bit copy of `x` (quantized now unless the cache holds it).
+    fn quantized(&self, x: &CudaAct) -> Result<std::sync::MutexGuard<'_, Q8Cache>, BackendError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let (n, cols, rows) = (x.n, w.cols, w.rows);
+        let (n, cols) = (x.n, x.width);
         let x_ptr = x.data.device_ptr(&self.stream).0;
         let mut c = self.q8.lock().expect("q8 lock");
         let key = (x_ptr, n, cols);
@@ -700,12 +873,8 @@ impl CudaBackend {
             .of
             .is_some_and(|(p, nn, cc, e)| (p, nn, cc) == key && e == self.q8_epoch.load(Relaxed));
         if !fresh {
-            let (blocks, total) = (n * cols / 32, n * cols);
-            if c.q.as_ref().is_none_or(|q| q.len() < total) {
-                c.q = Some(self.zeros::<i8>(total)?);
-                c.d = Some(self.zeros::<f32>(blocks)?);
-                c.s = Some(self.zeros::<f32>(2 * blocks)?);
-            }
+            let total = n * cols;
+            c.reserve(self, total)?;
             let Q8Cache { q, d, s, .. } = &mut *c;
             let (q, d, s) = (
                 q.as_mut().expect("allocated"),
@@ -720,6 +889,21 @@ impl CudaBackend {
             unsafe { b.launch(grid(total, 128)) }.map_err(err)?;
             c.of = Some((x_ptr, n, cols, self.q8_epoch.load(Relaxed)));
         }
+        Ok(c)
+    }
+
+    fn gemv_q8(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        out: &mut CudaAct,
+        by_tokens: usize,
+    ) -> Result<(), BackendError> {
+        if self.gemv_smem(x, w, None, None, false, out)? {
+            return Ok(());
+        }
+        let (n, cols, rows) = (x.n, w.cols, w.rows);
+        let c = self.quantized(x)?;
         let kernel = match w.ty {
             GgmlType::Q4_K => &self.k.gemv_q4k_q8[by_tokens],
             _ => &self.k.gemv_q6k_q8[by_tokens],
@@ -736,6 +920,192 @@ impl CudaBackend {
             .arg(&n_i);
         // SAFETY: matches gemv_*_q8(w, xq, xd, xs, out, rows, cols, n): one warp per row.
         unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
+        Ok(())
+    }
+
+    /// Whether the shared-memory GEMV takes `x · wᵀ` (and `w_up` beside it).
+    fn smem_gemv_fits(&self, x: &CudaAct, w: &CudaWeight, w_up: Option<&CudaWeight>) -> bool {
+        let aligned = |w: &CudaWeight| match w.ty {
+            GgmlType::Q4_K => w.ptr.is_multiple_of(16),
+            GgmlType::Q6_K => w.ptr.is_multiple_of(2),
+            _ => false,
+        };
+        self.int_gemv
+            && self.smem_gemv
+            && (1..=2).contains(&x.n)
+            && x.width == w.cols
+            && w.cols.is_multiple_of(256)
+            && aligned(w)
+            && gemv_smem_bytes(x.n, w.cols) <= GEMV_SMEM_MAX
+            && w_up.is_none_or(|u| {
+                w.ty == GgmlType::Q4_K
+                    && u.ty == GgmlType::Q4_K
+                    && (u.rows, u.cols) == (w.rows, w.cols)
+                    && aligned(u)
+            })
+    }
+
+    /// `out = x · wᵀ` by the persistent shared-memory kernels, with an
+    /// epilogue: `+ bias`, `+ out` (`residual`: in place), or with `w_up`
+    /// `silu(x · wᵀ) · (x · w_upᵀ)`. Returns false (nothing done) where they
+    /// do not apply.
+    fn gemv_smem(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        w_up: Option<&CudaWeight>,
+        bias: Option<&CudaSlice<f32>>,
+        residual: bool,
+        out: &mut CudaAct,
+    ) -> Result<bool, BackendError> {
+        self.gemv_segments(
+            x,
+            &mut [GemvSpec {
+                w,
+                w_up,
+                out,
+                bias,
+                residual,
+            }],
+        )
+    }
+
+    /// Up to three products of the same activations in one launch of the
+    /// shared-memory kernels (x is staged once per block for all of them).
+    /// Returns false (nothing done) unless every one of them fits.
+    fn gemv_segments(&self, x: &CudaAct, specs: &mut [GemvSpec]) -> Result<bool, BackendError> {
+        let swiglu = specs.iter().any(|s| s.w_up.is_some());
+        let fits = (1..=3).contains(&specs.len())
+            && specs.iter().all(|s| {
+                self.smem_gemv_fits(x, s.w, s.w_up)
+                    && (s.out.n, s.out.width) == (x.n, s.w.rows)
+                    && s.w_up.is_some() == swiglu
+            });
+        if !fits {
+            return Ok(false);
+        }
+        let (n, cols) = (x.n, x.width);
+        let c = self.quantized(x)?;
+        let t = n - 1; // kernels for 1 and 2 tokens
+        let bound = self.gemv_bound;
+        let (kernel, per_group) = if swiglu {
+            (&self.k.gemv_swiglu_smem[bound][t], 2)
+        } else {
+            (&self.k.gemv_smem[bound][t], 4)
+        };
+        let smem = gemv_smem_bytes(n, cols);
+        let per_sm = {
+            let mut occ = self.occupancy.lock().expect("occupancy lock");
+            let key = (kernel.cu_function() as u64, smem);
+            match occ.get(&key) {
+                Some(&b) => b,
+                None => {
+                    let b = kernel
+                        .occupancy_max_active_blocks_per_multiprocessor(256, smem, None)
+                        .map_err(err)?
+                        .max(1);
+                    occ.insert(key, b);
+                    b
+                }
+            }
+        };
+        let resident_warps = (self.sm_count * per_sm) as usize * 8;
+        let nb = cols / 256;
+        let rows: usize = specs.iter().map(|s| s.w.rows).sum();
+        let wpr = match self.gemv_wpr.as_deref() {
+            Some("cover") => gemv_warps_per_row_cover(nb, per_group),
+            Some(w) => match w.parse::<usize>() {
+                Ok(w @ (1 | 2 | 4 | 8)) => w,
+                _ => gemv_warps_per_row(rows, nb, resident_warps),
+            },
+            None => gemv_warps_per_row(rows, nb, resident_warps),
+        };
+        let rows_per_group = 8 / wpr;
+        let mut segs = GemvSegs {
+            count: specs.len() as i32,
+            ..Default::default()
+        };
+        let mut groups = 0usize;
+        for (k, spec) in specs.iter_mut().enumerate() {
+            let out = spec.out.data.device_ptr_mut(&self.stream).0;
+            if c.of.is_some_and(|(p, ..)| p == out) {
+                // Writing over the activation whose copy is kept makes it stale.
+                self.forget_q8();
+            }
+            segs.seg[k] = GemvSeg {
+                w: spec.w.ptr,
+                w2: spec.w_up.map_or(0, |u| u.ptr),
+                out,
+                bias: spec.bias.map_or(0, |b| b.device_ptr(&self.stream).0),
+                residual: if spec.residual { out } else { 0 },
+                rows: spec.w.rows as i32,
+                fmt: (spec.w.ty == GgmlType::Q6_K) as i32,
+                groups_before: groups as i32,
+                pad: 0,
+            };
+            groups += spec.w.rows.div_ceil(rows_per_group);
+        }
+        segs.total_groups = groups as i32;
+        let blocks = groups.min(resident_warps / 8).max(1) as u32;
+        let (cols_i, n_i, wpr_i) = (cols as i32, n as i32, wpr as i32);
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(&segs)
+            .arg(c.q.as_ref().expect("filled"))
+            .arg(c.d.as_ref().expect("filled"))
+            .arg(c.s.as_ref().expect("filled"))
+            .arg(&cols_i)
+            .arg(&n_i)
+            .arg(&wpr_i);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr); each
+        // segment's weights hold rows × cols elements (w2 likewise), its bias
+        // `rows` values, its output (and residual, which is the output) n × rows;
+        // null (0) pointers switch epilogues off.
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        Ok(true)
+    }
+
+    /// Record a failed launch so that `check` reports it.
+    fn record(&self, e: BackendError) {
+        eprintln!("ferry: {e}");
+        self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
+            cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
+        )));
+    }
+
+    /// `out = rms_norm(x) · w` and its 8-bit copy in the quantized-activation
+    /// cache (decode batches; see `rms_norm_q8` in ferry.cu).
+    fn rms_norm_q8(
+        &self,
+        x: &CudaAct,
+        w: &CudaSlice<f32>,
+        eps: f32,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut c = self.q8.lock().expect("q8 lock");
+        c.reserve(self, x.n * x.width)?;
+        let out_ptr = out.data.device_ptr(&self.stream).0;
+        let width = x.width as i32;
+        let Q8Cache { q, d, s, .. } = &mut *c;
+        let mut b = self.stream.launch_builder(&self.k.rms_norm_q8);
+        b.arg(&x.data)
+            .arg(w)
+            .arg(&mut out.data)
+            .arg(q.as_mut().expect("reserved"))
+            .arg(d.as_mut().expect("reserved"))
+            .arg(s.as_mut().expect("reserved"))
+            .arg(&width)
+            .arg(&eps);
+        // SAFETY: rms_norm_q8(x, w, out, q, d, s16, width, eps): one block per
+        // row; width ≤ 8192 and a multiple of 32 (checked by the caller); the
+        // cache holds n·width values.
+        unsafe { b.launch(block_per_row(x.n)) }.map_err(err)?;
+        c.of = Some((out_ptr, x.n, x.width, self.q8_epoch.load(Relaxed)));
         Ok(())
     }
 
@@ -1219,6 +1589,18 @@ impl Backend for CudaBackend {
 
     fn rms_norm(&self, x: &CudaAct, w: &CudaSlice<f32>, eps: f32, out: &mut CudaAct) {
         self.forget_q8();
+        if self.int_gemv
+            && self.smem_gemv
+            && x.n <= crate::plan::GEMV_MAX_BATCH
+            && x.width.is_multiple_of(32)
+            && x.width <= 8192
+        {
+            // Decode: the norm writes the 8-bit copy the next products read.
+            if let Err(e) = self.rms_norm_q8(x, w, eps, out) {
+                self.record(e);
+            }
+            return;
+        }
         let width = x.width as i32;
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
         b.arg(&x.data)
@@ -1226,13 +1608,8 @@ impl Backend for CudaBackend {
             .arg(&mut out.data)
             .arg(&width)
             .arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (x.n as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: matches the kernel signature.
-        if let Err(e) = unsafe { b.launch(cfg) } {
+        if let Err(e) = unsafe { b.launch(block_per_row(x.n)) } {
             self.ctx.record_err::<()>(Err(e));
         }
     }
@@ -1245,10 +1622,111 @@ impl Backend for CudaBackend {
         );
         if let Err(e) = self.try_matmul(x, w, out) {
             // Recorded so that `check` (called by gpu-check and the engine) reports it.
-            eprintln!("ferry: {e}");
-            self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
-                cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
-            )));
+            self.record(e);
+        }
+    }
+
+    fn matmul_bias(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        bias: Option<&CudaSlice<f32>>,
+        out: &mut CudaAct,
+    ) {
+        assert_eq!((out.n, out.width), (x.n, w.rows), "matmul_bias shapes");
+        match self.gemv_smem(x, w, None, bias, false, out) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.matmul(x, w, out);
+                if let Some(b) = bias {
+                    self.add_bias(out, b);
+                }
+            }
+            Err(e) => self.record(e),
+        }
+    }
+
+    fn matmul_qkv(
+        &self,
+        x: &CudaAct,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaSlice<f32>>; 3],
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &mut CudaAct,
+    ) {
+        let fused = self.qkv_fused && {
+            let mut specs = [
+                GemvSpec {
+                    w: w[0],
+                    w_up: None,
+                    out: q,
+                    bias: b[0],
+                    residual: false,
+                },
+                GemvSpec {
+                    w: w[1],
+                    w_up: None,
+                    out: k,
+                    bias: b[1],
+                    residual: false,
+                },
+                GemvSpec {
+                    w: w[2],
+                    w_up: None,
+                    out: v,
+                    bias: b[2],
+                    residual: false,
+                },
+            ];
+            match self.gemv_segments(x, &mut specs) {
+                Ok(done) => done,
+                Err(e) => {
+                    self.record(e);
+                    return;
+                }
+            }
+        };
+        if !fused {
+            self.matmul_bias(x, w[0], b[0], q);
+            self.matmul_bias(x, w[1], b[1], k);
+            self.matmul_bias(x, w[2], b[2], v);
+        }
+    }
+
+    fn matmul_add(&self, x: &CudaAct, w: &CudaWeight, tmp: &mut CudaAct, acc: &mut CudaAct) {
+        assert_eq!((acc.n, acc.width), (x.n, w.rows), "matmul_add shapes");
+        match self.gemv_smem(x, w, None, None, true, acc) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.matmul(x, w, tmp);
+                self.add(acc, tmp);
+            }
+            Err(e) => self.record(e),
+        }
+    }
+
+    fn matmul_swiglu(
+        &self,
+        x: &CudaAct,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+        gate: &mut CudaAct,
+        up: &mut CudaAct,
+    ) {
+        assert_eq!(
+            (gate.n, gate.width),
+            (x.n, w_gate.rows),
+            "matmul_swiglu shapes"
+        );
+        match self.gemv_smem(x, w_gate, Some(w_up), None, false, gate) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.matmul(x, w_gate, gate);
+                self.matmul(x, w_up, up);
+                self.swiglu(gate, up);
+            }
+            Err(e) => self.record(e),
         }
     }
 
@@ -1410,7 +1888,7 @@ mod tests {
 /// Compile the kernels with NVRTC for `arch` without needing a GPU (NVRTC is
 /// a library of its own); used to check the kernel source wherever NVRTC is
 /// installed.
-pub fn compile_kernels_for(arch: &'static str) -> Result<usize, String> {
+pub fn compile_kernels_for(arch: &'static str) -> Result<String, String> {
     // SAFETY: only tries to load the shared library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("NVRTC not found".into());
@@ -1421,7 +1899,7 @@ pub fn compile_kernels_for(arch: &'static str) -> Result<usize, String> {
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts)
-        .map(|ptx| ptx.to_src().len())
+        .map(|ptx| ptx.to_src())
         .map_err(|e| format!("{e}"))
 }
 
@@ -1432,11 +1910,80 @@ mod compile_tests {
     #[test]
     fn kernels_compile_where_nvrtc_exists() {
         match super::compile_kernels_for("sm_90") {
-            Ok(len) => assert!(len > 1000),
+            Ok(ptx) => {
+                // Every kernel `load_kernels` asks for by name is an entry point
+                // (the macro-generated ones too).
+                let loaded = include_str!("mod.rs")
+                    .split("f(\"")
+                    .skip(1)
+                    .filter_map(|rest| rest.split('"').next())
+                    .filter(|name| !name.contains(' '))
+                    .collect::<Vec<_>>();
+                assert!(loaded.len() > 30, "{loaded:?}");
+                for name in loaded {
+                    assert!(
+                        ptx.contains(&format!(".entry {name}(")),
+                        "kernel {name} missing from the PTX"
+                    );
+                }
+                for k in ["gemv_smem", "gemv_swiglu_smem"] {
+                    for v in ["", "_b3", "_b4"] {
+                        for t in [1, 2] {
+                            let name = format!("{k}{v}_{t}");
+                            assert!(ptx.contains(&format!(".entry {name}(")), "{name}");
+                        }
+                    }
+                }
+            }
             Err(e) if e == "NVRTC not found" => {
                 eprintln!("NVRTC not installed here; kernel compile not checked")
             }
             Err(e) => panic!("the CUDA kernels do not compile:\n{e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod gemv_launch_tests {
+    use super::*;
+
+    #[test]
+    fn kernel_argument_struct_matches_the_cuda_layout() {
+        // GemvSeg: five 8-byte pointers, four ints; GemvSegs: three of them, two ints.
+        assert_eq!(std::mem::size_of::<GemvSeg>(), 56);
+        assert_eq!(std::mem::size_of::<GemvSegs>(), 3 * 56 + 8);
+        assert_eq!(std::mem::align_of::<GemvSegs>(), 8);
+    }
+
+    #[test]
+    fn warps_per_row_keep_the_gpu_busy_without_starving_lane_groups() {
+        // H200, 2 resident blocks of 8 warps per SM (the 116-register kernel).
+        let warps = 132 * 2 * 8;
+        // 32B gate/up (27648 rows of 20 superblocks): rows enough, one warp each.
+        assert_eq!(gemv_warps_per_row(27648, 20, warps), 1);
+        // 32B q+k+v (7168 rows) and down (5120 rows): at least two rows per warp.
+        assert_eq!(gemv_warps_per_row(7168, 20, warps), 1);
+        assert_eq!(gemv_warps_per_row(5120, 108, warps), 1);
+        // 7B down (3584 rows of 74): two warps share a row; with 4 resident
+        // blocks per SM (twice the warps), four.
+        assert_eq!(gemv_warps_per_row(3584, 74, warps), 2);
+        assert_eq!(gemv_warps_per_row(3584, 74, 2 * warps), 4);
+        // Few rows (7B k, v: 512): split while every lane group keeps a superblock.
+        assert_eq!(gemv_warps_per_row(512, 14, warps), 2);
+        assert_eq!(gemv_warps_per_row(512, 74, warps), 8);
+        // A row of one superblock is never split.
+        assert_eq!(gemv_warps_per_row(16, 1, warps), 1);
+        // Covering a row in one round: 20 superblocks, 4 loads per group: 2 warps.
+        assert_eq!(gemv_warps_per_row_cover(20, 4), 2);
+        assert_eq!(gemv_warps_per_row_cover(108, 4), 8);
+    }
+
+    #[test]
+    fn two_tokens_of_the_widest_rows_fit_the_shared_memory() {
+        // The 32B down projection's input (27648 wide) for one and two tokens.
+        assert!(gemv_smem_bytes(1, 27648) < GEMV_SMEM_MAX / 2);
+        assert!(gemv_smem_bytes(2, 27648) <= GEMV_SMEM_MAX);
+        // 8-bit values, scales and half sums, and the partial sums of 8 warps.
+        assert_eq!(gemv_smem_bytes(1, 256), 256 + 4 * 3 * 8 + 8 * 2 * 4);
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
 
 use super::{CudaBackend, CudaWeight, err};
 use crate::backend::{Backend, BackendError, Batch};
@@ -69,6 +69,10 @@ pub struct StreamedModel {
     copy: Arc<CudaStream>,
     /// Which layer's weights each slot holds now (decode reuses them).
     slot_holds: Vec<Option<usize>>,
+    /// Streamed layers parked in device memory that prefill used and decode
+    /// does not (`park`): decode runs them like resident layers; the next
+    /// prefill gives the memory back (`unpark_all`).
+    parked: Vec<Option<Arc<CudaSlice<u8>>>>,
     /// Bytes copied host → device by the last forward pass.
     pub last_streamed_bytes: u64,
     /// Record a timeline of the next forward passes (`last_trace`).
@@ -196,12 +200,14 @@ impl StreamedModel {
         } else {
             b.load_weight(g, &tensors.token_embd)?
         };
+        let n_layers = config.n_layers;
         let model = Model::from_parts(b, g, config, tensors, layers, token_embd)?;
         Ok(StreamedModel {
             model,
             host,
             slots,
             slot_holds: vec![None; n_slots],
+            parked: (0..n_layers).map(|_| None).collect(),
             slot_ptrs,
             copy,
             last_streamed_bytes: 0,
@@ -213,6 +219,77 @@ impl StreamedModel {
     /// Whether layer `i` is streamed (not resident).
     pub fn is_streamed(&self, i: usize) -> bool {
         self.host[i].is_some()
+    }
+
+    /// Whether layer `i`'s weights are on the device for good: resident, or
+    /// parked for decode.
+    pub fn on_device(&self, i: usize) -> bool {
+        self.host[i].is_none() || self.parked[i].is_some()
+    }
+
+    /// Whether streamed layer `i` is parked in device memory for decode.
+    pub fn is_parked(&self, i: usize) -> bool {
+        self.parked[i].is_some()
+    }
+
+    pub fn parked_layers(&self) -> usize {
+        self.parked.iter().filter(|p| p.is_some()).count()
+    }
+
+    /// Bytes of streamed layer `i` (its packed weights).
+    pub fn streamed_len(&self, i: usize) -> Option<usize> {
+        self.host[i].as_ref().map(|h| h.len)
+    }
+
+    /// Memory handover: copy streamed layer `i` into a device buffer of its
+    /// own, made from memory that prefill needed and decode does not, and
+    /// point the layer there, so decode runs it like a resident layer. The
+    /// copy runs on the copy stream; the compute stream waits for it.
+    pub fn park(&mut self, b: &CudaBackend, i: usize) -> Result<(), BackendError> {
+        let Some(h) = &self.host[i] else {
+            return Ok(());
+        };
+        if self.parked[i].is_some() {
+            return Ok(());
+        }
+        // SAFETY: every byte is written by the copy below before any kernel
+        // reads it (the compute stream waits for the copy).
+        let mut buf = unsafe { b.stream.alloc::<u8>(h.len.max(1)) }.map_err(err)?;
+        b.account("a layer parked for decode", h.len)?;
+        // The allocation is ordered on the compute stream; the copy stream
+        // must not write before it exists.
+        let ready = b.stream.record_event(None).map_err(err)?;
+        self.copy.wait(&ready).map_err(err)?;
+        let dst = buf.device_ptr_mut(&b.stream).0;
+        // SAFETY: the host buffer outlives the copy (owned by the model; the
+        // compute stream waits for the copy before any use, and every pass
+        // ends with `check`); `buf` holds `len` bytes.
+        unsafe {
+            let src = &(*h.pinned).as_ref()[..h.len];
+            cudarc::driver::result::memcpy_htod_async(dst, src, self.copy.cu_stream())
+                .map_err(err)?;
+        }
+        let arrived = self.copy.record_event(None).map_err(err)?;
+        b.stream.wait(&arrived).map_err(err)?;
+        let buf = Arc::new(buf);
+        self.point_at(b, i, buf.clone())?;
+        self.parked[i] = Some(buf);
+        Ok(())
+    }
+
+    /// Give back the memory of every parked layer (before a prefill, which
+    /// needs it for activations); the layers point at their slots again.
+    pub fn unpark_all(&mut self, b: &CudaBackend) -> Result<(), BackendError> {
+        for i in 0..self.parked.len() {
+            if self.parked[i].take().is_some() {
+                let slot = self.host[i]
+                    .as_ref()
+                    .expect("parked layers are streamed")
+                    .slot;
+                self.point_at(b, i, self.slots[slot].clone())?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether streamed layer `i`'s weights sit in its slot now (left there by
@@ -234,14 +311,25 @@ impl StreamedModel {
     /// Point streamed layer `i`'s matrices at `slot` (views, nothing copied).
     fn bind(&mut self, b: &CudaBackend, i: usize, slot: usize) -> Result<(), BackendError> {
         let h = self.host[i].as_mut().expect("streamed layer");
-        if h.slot == slot {
+        if h.slot == slot || self.parked[i].is_some() {
             return Ok(());
         }
         h.slot = slot;
-        let offsets = h.offsets;
+        self.point_at(b, i, self.slots[slot].clone())
+    }
+
+    /// Point streamed layer `i`'s matrices into `buf` (a slot or its parking
+    /// buffer), at the offsets of its packed layout.
+    fn point_at(
+        &mut self,
+        b: &CudaBackend,
+        i: usize,
+        buf: Arc<CudaSlice<u8>>,
+    ) -> Result<(), BackendError> {
+        let offsets = self.host[i].as_ref().expect("streamed layer").offsets;
         let t = &self.model.tensors.layers[i];
         let view = |k: usize, m: &crate::model::TensorRef| {
-            CudaWeight::in_buffer(&b.stream, self.slots[slot].clone(), offsets[k], m)
+            CudaWeight::in_buffer(&b.stream, buf.clone(), offsets[k], m)
         };
         let [wq, wk, wv, wo, w_gate, w_up, w_down] = t.matrices();
         let (wq, wk, wv, wo) = (view(0, wq)?, view(1, wk)?, view(2, wv)?, view(3, wo)?);
@@ -339,6 +427,7 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let n_layers = self.model.config.n_layers;
+        self.unpark_all(b)?;
         self.bind_prefill_slots(b)?;
         // Small uploads queue behind big copies on the copy engine: prepare every
         // micro-batch's tables before the first layer's copy is queued.
@@ -437,6 +526,7 @@ impl StreamedModel {
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
         let cfg = self.model.config.clone();
+        self.unpark_all(b)?;
         self.bind_prefill_slots(b)?;
         let mut x = b.act(batch.len(), cfg.d_model)?;
         b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
