@@ -296,6 +296,10 @@ enum Command {
         /// a built-in GPU (h100, h200, a100-80g, l40s, rtx4090, rtx3090, l4) or a profile file.
         #[arg(long, default_value = "auto")]
         gpu_profile: String,
+        /// Plan as `run --no-pin` does: streamed layers in pageable host memory
+        /// (copies at the pageable rate, holding the host), embeddings on the device.
+        #[arg(long)]
+        no_pin: bool,
     },
     /// Measure this machine's pinned host-to-device copy bandwidth (the figure
     /// the planner's streaming predictions rest on).
@@ -405,6 +409,7 @@ fn run(cli: Cli) -> Result<()> {
             ubatch,
             parallel,
             gpu_profile,
+            no_pin,
         } => {
             use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
             let mix = ferry::synth::QuantMix::parse(&quant).with_context(|| {
@@ -416,7 +421,9 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("unknown preset '{p}'"))?,
                 (None, None) => anyhow::bail!("pass -m MODEL or --preset NAME"),
             };
-            let profile = MachineProfile::load(&gpu_profile).map_err(anyhow::Error::msg)?;
+            let profile = MachineProfile::load(&gpu_profile)
+                .map_err(anyhow::Error::msg)?
+                .for_host_memory(!no_pin);
             let model_bytes =
                 shape.layer_bytes.iter().sum::<u64>() + shape.embd_bytes + shape.output_bytes;
             let budget = budget_from(&vram_budget, model_bytes)?;
@@ -425,7 +432,7 @@ fn run(cli: Cli) -> Result<()> {
                 n_ctx: ctx_size,
                 ubatch,
                 n_parallel: parallel,
-                host_embeddings: true,
+                host_embeddings: !no_pin,
             };
             let cost = CostModel::new(profile.clone());
             let plan = ferry::plan::plan(&shape, &req, &cost)?;

@@ -481,3 +481,37 @@ fn plans_count_the_layers_the_handover_parks_for_decode() {
         p.predicted_tg_tps
     );
 }
+
+#[test]
+fn plan_no_pin_prints_the_pageable_plan() {
+    let plan = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "plan",
+                "--preset",
+                "qwen2.5-32b",
+                "--vram-budget",
+                "25%",
+                "-c",
+                "2048",
+                "--gpu-profile",
+                "h200",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pinned = plan(&[]);
+    assert!(pinned.contains("handover    after each prompt"), "{pinned}");
+    assert!(!pinned.contains("streamed 0 layers"), "{pinned}");
+    let pageable = plan(&["--no-pin"]);
+    assert!(pageable.contains("(pageable host memory)"), "{pageable}");
+    // Copies that hold the host overlap nothing: decode streams no layer.
+    assert!(pageable.contains("streamed 0 layers"), "{pageable}");
+}
