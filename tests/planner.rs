@@ -3,6 +3,8 @@
 //! works, and the decode placement follows the machine's numbers, not a fixed
 //! batch threshold.
 
+mod common;
+
 use ferry::plan::{
     CostModel, CpuProfile, DecodePlace, DecodePlacer, GEMV_MAX_BATCH, MachineProfile, PlanError,
     PlanRequest, decode_reserve_bytes, handover_layers, parse_size, plan, preset_shape,
@@ -485,27 +487,21 @@ fn plans_count_the_layers_the_handover_parks_for_decode() {
 #[test]
 fn plan_no_pin_prints_the_pageable_plan() {
     let plan = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args([
-                "plan",
-                "--preset",
-                "qwen2.5-32b",
-                "--vram-budget",
-                "25%",
-                "-c",
-                "2048",
-                "--gpu-profile",
-                "h200",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let mut args = vec![
+            "plan",
+            "--preset",
+            "qwen2.5-32b",
+            "--vram-budget",
+            "25%",
+            "-c",
+            "2048",
+            "--gpu-profile",
+            "h200",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = common::ferry(&args);
+        assert!(ok, "{stderr}");
+        stdout
     };
     let pinned = plan(&[]);
     assert!(pinned.contains("handover    after each prompt"), "{pinned}");
