@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use ferry::backend::cpu::CpuBackend;
-use ferry::backend::{Backend, Batch};
+use ferry::backend::{Backend, SequenceSpan};
 use ferry::gguf::Gguf;
 use ferry::model::Model;
 
@@ -33,13 +33,8 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(m.config.n_layers);
     let cfg = m.config.clone();
     let n = tokens.len();
-    let positions: Vec<u32> = (0..n as u32).collect();
-    let seqs = vec![0u32; n];
-    let batch = Batch {
-        tokens: &tokens,
-        positions: &positions,
-        seqs: &seqs,
-    };
+    let span = SequenceSpan::new(0, 0, n);
+    let batch = span.batch(&tokens);
     let mut dump = |name: String, x: &ferry::backend::cpu::CpuAct| -> anyhow::Result<()> {
         writeln!(file, "{name} {}", x.data.len())?;
         let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -73,8 +68,20 @@ fn main() -> anyhow::Result<()> {
                     b.add_bias(act, bias);
                 }
             }
-            b.rope(&mut q, cfg.n_heads, cfg.head_dim, &cfg.rope, &positions);
-            b.rope(&mut k, cfg.n_kv_heads, cfg.head_dim, &cfg.rope, &positions);
+            b.rope(
+                &mut q,
+                cfg.n_heads,
+                cfg.head_dim,
+                &cfg.rope,
+                &span.positions,
+            );
+            b.rope(
+                &mut k,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                &cfg.rope,
+                &span.positions,
+            );
             b.attention(&cfg, &q, &k, &v, &mut kv, &batch, &mut attn)?;
             dump(format!("kqv_out-{li}"), &attn)?;
             b.matmul(&attn, &layer.wo, &mut proj);

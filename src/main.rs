@@ -1479,13 +1479,8 @@ fn bench_streamed(
                     let tokens: Vec<u32> = (0..n as u32)
                         .map(|i| (n_vocab / 20 + i * 7919) % (n_vocab / 2))
                         .collect();
-                    let positions: Vec<u32> = (0..n as u32).collect();
-                    let seqs = vec![0u32; n];
-                    let batch = Batch {
-                        tokens: &tokens,
-                        positions: &positions,
-                        seqs: &seqs,
-                    };
+                    let span = ferry::backend::SequenceSpan::new(0, 0, n);
+                    let batch = span.batch(&tokens);
                     for mode in args.mode.iter().filter(|m| *m != "cpu") {
                         let reps = if mode == "static" {
                             args.repetitions.min(1)
@@ -1758,16 +1753,10 @@ fn stream_identity(
     resident_model: &Model<ferry::backend::cuda::CudaBackend>,
     tokens: &[u32],
 ) -> Result<bool> {
-    use ferry::backend::Batch;
     use ferry::backend::cuda::stream::StreamedModel;
     let n_layers = resident_model.config.n_layers;
-    let positions: Vec<u32> = (0..tokens.len() as u32).collect();
-    let seqs = vec![0u32; tokens.len()];
-    let batch = Batch {
-        tokens,
-        positions: &positions,
-        seqs: &seqs,
-    };
+    let span = ferry::backend::SequenceSpan::new(0, 0, tokens.len());
+    let batch = span.batch(tokens);
     let rows: Vec<usize> = (0..tokens.len()).collect();
     let kv = |m: &Model<ferry::backend::cuda::CudaBackend>| -> Result<Vec<_>, _> {
         (0..n_layers)
@@ -1905,13 +1894,8 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             .collect();
         let mut hm = ferry::engine::hybrid::HybridModel::new(sm, &cpu, &g, place)?;
         let mut kvh = hm.kv(&cuda, &cpu, 256, 1)?;
-        let positions: Vec<u32> = (0..tokens.len() as u32).collect();
-        let seqs = vec![0u32; tokens.len()];
-        let whole = ferry::backend::Batch {
-            tokens: &tokens,
-            positions: &positions,
-            seqs: &seqs,
-        };
+        let span = ferry::backend::SequenceSpan::new(0, 0, tokens.len());
+        let whole = span.batch(&tokens);
         let lh = hm.prefill(&cuda, &mut kvh, &whole, 16, &[tokens.len() - 1])?;
         let mut hybrid = rel(&lh, &lc);
         // Memory handover: a budget with room for a streamed layer beyond

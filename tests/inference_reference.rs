@@ -21,7 +21,7 @@ mod common;
 
 use common::*;
 use ferry::backend::cpu::CpuBackend;
-use ferry::backend::{Backend, Batch};
+use ferry::backend::{Backend, SequenceSpan};
 use ferry::engine::{Session, argmax};
 use ferry::gguf::Gguf;
 use ferry::model::Model;
@@ -52,14 +52,9 @@ fn first_position_is_bit_identical_to_llama_cpp() {
             let mut kv: Vec<_> = (0..m.config.n_layers)
                 .map(|_| backend.kv_cache(&m.config, 64, 1).unwrap())
                 .collect();
-            let positions: Vec<u32> = (0..tokens.len() as u32).collect();
-            let seqs = vec![0; tokens.len()];
             let rows: Vec<usize> = (0..tokens.len()).collect();
-            let batch = Batch {
-                tokens: &tokens,
-                positions: &positions,
-                seqs: &seqs,
-            };
+            let span = SequenceSpan::new(0, 0, tokens.len());
+            let batch = span.batch(&tokens);
             let logits = m.forward(&backend, &mut kv, &batch, &rows).unwrap();
             for (i, row) in logits.chunks(m.config.n_vocab).enumerate() {
                 let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();

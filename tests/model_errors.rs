@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use ferry::backend::cpu::CpuBackend;
@@ -177,22 +176,20 @@ fn unknown_architecture_missing_tensor_and_wrong_shape_are_named() {
 
 #[test]
 fn run_rejects_a_prompt_longer_than_the_context() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "run",
-            "-m",
-            model("smollm2").to_str().unwrap(),
-            "-c",
-            "16",
-            "--temp",
-            "0",
-            "-p",
-        ])
-        .arg("word ".repeat(40))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let model = model("smollm2");
+    let prompt = "word ".repeat(40);
+    let (ok, _, err) = ferry(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-c",
+        "16",
+        "--temp",
+        "0",
+        "-p",
+        &prompt,
+    ]);
+    assert!(!ok);
     assert!(
         err.contains("the context holds 16") && err.contains("-c"),
         "{err}"
@@ -201,29 +198,21 @@ fn run_rejects_a_prompt_longer_than_the_context() {
 
 #[test]
 fn run_generates_greedy_text_on_the_real_model() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "run",
-            "-m",
-            model("smollm2").to_str().unwrap(),
-            "-n",
-            "8",
-            "--temp",
-            "0",
-            "-p",
-        ])
-        .arg("The capital of France is")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let model = model("smollm2");
+    let (ok, text, err) = ferry(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "-p",
+        "The capital of France is",
+    ]);
+    assert!(ok, "{err}");
     // llama.cpp's greedy continuation of this prompt starts " Paris."
     assert!(text.starts_with(" Paris."), "{text:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("prefill:") && err.contains("decode:") && err.contains("tokens/s"),
         "{err}"

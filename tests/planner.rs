@@ -188,17 +188,12 @@ fn plan_uses_the_calibration_when_there_is_one() {
     let cache = std::env::temp_dir().join(format!("ferry-cal-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
     let plan = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["plan", "--preset", "qwen2.5-7b", "--vram-budget", "3GiB"])
-            .env("XDG_CACHE_HOME", &cache)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, stdout, stderr) = common::ferry_env(
+            &["plan", "--preset", "qwen2.5-7b", "--vram-budget", "3GiB"],
+            &[("XDG_CACHE_HOME", &cache)],
         );
-        String::from_utf8(out.stdout).unwrap()
+        assert!(ok, "{stderr}");
+        stdout
     };
     assert!(plan().contains("machine     h100 "), "{}", plan());
     let mut calibrated = MachineProfile::load("l4").unwrap();

@@ -71,8 +71,14 @@ impl Rng {
 
 /// Run the `ferry` binary; (success, stdout, stderr).
 pub fn ferry(args: &[&str]) -> (bool, String, String) {
+    ferry_env(args, &[])
+}
+
+/// `ferry` with environment variables set for it.
+pub fn ferry_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
