@@ -2,12 +2,18 @@
 # Device benchmarks for the streaming engine (staged by scripts/device-prep.sh;
 # run as `bash .device/device-bench.sh PHASE` with carry .device). Logs go to $OUT.
 #   check   gpu-check (CUDA vs CPU, streamed = resident, hybrid GPU+CPU)
+#   check0  gpu-check with FERRY_GEMV_BOUND=0 (no register bound)
+#   attn    calibrate, with the prompt-attention kernel timed at 8K
+#   pprofile per-launch times of a 32B-shape pp2048 pass (ncu)
 #   main    calibrate; 32B-shape Q4_K_M: full-resident and 25 % budget
 #           (prefill stream/sync/static, decode stream/static)
 #   sweep   prefill t/s against the VRAM budget for each mode (the plot)
 #   serve7b `ferry serve` within a budget (hybrid engine), two parallel requests
 #   kernels resident 7B-shape prefill/decode speed, attention kernels side by
 #           side, per-kernel decode times (ncu)
+#   prefill5 the fifth session's measurements (resident 32B/7B, 25 % budget, profile)
+#   pp32    32B shape: resident pp512/2048/8192 only
+#   pp8k    32B shape: resident pp8192 with 4096- and 8192-token micro-batches
 #   big32   32B shape: resident pp512/2048/8192 + tg
 #   budget32 32B shape at 25 %: pp2048/8192 streamed, decode stream vs static
 #   final32 32B shape: synth time, resident tg, 25 % budget at a 2K context
@@ -53,6 +59,23 @@ synth() {
 }
 for phase in "$@"; do
 case "$phase" in
+check0)
+    # gpu-check with the shared-memory GEMVs unbounded (the default holds 3 blocks per SM).
+    FERRY_GEMV_BOUND=0 timeout 300 ./ferry gpu-check smol4.gguf --synthetic /tmp/ferry-synthetic 2>&1 | tee "$OUTDIR/gpu-check-bound0.txt"
+    ;;
+attn)
+    # Calibration, with the prompt-attention kernel timed alone at 8K.
+    timeout 180 ./ferry calibrate 2>&1 | tee "$OUTDIR/calibrate.txt"
+    ;;
+pprofile)
+    # Where a 32B-shape pp2048 pass spends its time: every launch of a few
+    # layers in the middle of the pass (Nsight Compute, durations only).
+    synth > /dev/null 2>&1
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 400 "$NCU" --clock-control none --metrics gpu__time_duration.sum --launch-skip ${SKIP:-400} --launch-count ${COUNT:-160} \
+        ./ferry bench -m "$M" --device cuda -p 2048 -n 0 -r 1 --ub 2048 > "$OUTDIR/ncu-prefill-32b.txt" 2>&1
+    grep -E "^  [a-zA-Z_0-9]|gpu__time_duration" "$OUTDIR/ncu-prefill-32b.txt" | paste - - | awk '{print $1, $(NF)}' | head -200
+    ;;
 check)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/gpu.txt"
     timeout 300 ./ferry gpu-check smol4.gguf --synthetic /tmp/ferry-synthetic 2>&1 | tee "$OUTDIR/gpu-check.txt"
@@ -164,6 +187,38 @@ handover)
         --mode stream,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/handover.txt"
     timeout 150 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 16 -n 16 -r 2 --no-pin \
         --mode stream,static --gpu-profile calibrated 2>&1 | tee "$OUTDIR/nopin-decode.txt"
+    ;;
+prefill5)
+    # Fifth session's prefill conversions and attention, measured together:
+    # resident 32B pp512/2048/8192 (2048- and 8192-token micro-batches), 7B
+    # pp2048, decode of both (registers held to 3 blocks per SM by default),
+    # 32B at 25 % of the model streamed (pp2048, decode), per-launch profile.
+    synth7b
+    synth > /dev/null 2>&1
+    calibrated
+    timeout 150 ./ferry bench -m "$M" --device cuda -p 512,2048,8192 -n 64 -r 3 --ub 2048 2>&1 | tee "$OUTDIR/resident32.txt"
+    timeout 100 ./ferry bench -m "$M" --device cuda -p 8192 -n 0 -r 3 -b 8192 --ub 8192 2>&1 | tee -a "$OUTDIR/resident32.txt"
+    timeout 100 ./ferry bench -m /tmp/ferry-7b-q4km.gguf --device cuda -p 512,2048 -n 64 -r 3 --ub 2048 2>&1 | tee "$OUTDIR/resident7b.txt"
+    timeout 200 ./ferry bench -m "$M" --device cuda --vram-budget 25% -p 2048 -n 16 -r 2 --ub 1024 \
+        --mode stream,sync --gpu-profile calibrated 2>&1 | tee "$OUTDIR/budget32.txt"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum --launch-skip 400 --launch-count 160 \
+        ./ferry bench -m "$M" --device cuda -p 2048 -n 0 -r 1 --ub 2048 > "$OUTDIR/ncu-prefill-32b.txt" 2>&1
+    ;;
+pp32)
+    # Resident 32B-shape prefill only (2048-token micro-batches).
+    synth > /dev/null 2>&1
+    timeout 200 ./ferry bench -m "$M" --device cuda -p 512,2048,8192 -n 0 -r 2 --ub 2048 2>&1 | tee "$OUTDIR/pp32.txt"
+    ;;
+pp8k)
+    # Resident 32B-shape pp8192 with larger micro-batches (weights dequantized
+    # once per micro-batch), and the kernels' registers.
+    synth > /dev/null 2>&1
+    for ub in 4096 8192; do
+        timeout 120 ./ferry bench -m "$M" --device cuda -p 8192 -n 0 -r 2 -b 8192 --ub $ub 2>&1 | tee -a "$OUTDIR/pp8k.txt"
+    done
+    ptxas_report "$OUTDIR/ptxas.txt"
+    grep -A2 "flash_prefill\|dequant_q\|swiglu_f16" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill"
     ;;
 big32)
     synth 2>&1 | tee "$OUTDIR/synth.txt"

@@ -459,6 +459,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("device memory: {hbm:.0} GB/s (device-to-device copy)");
             let tflops = cuda.measure_gemm_tflops(4096, 8192, repetitions)?;
             println!("GEMM (f16 in, f32 accumulate, 4096 x 8192 x 8192): {tflops:.0} TFLOP/s");
+            // Not part of the profile: the speed of ferry's own prompt-attention
+            // kernel at an 8K context, for the head shapes of Qwen2.5-7B and -32B.
+            for (label, heads) in [("7B", (28, 4, 128)), ("32B", (40, 8, 128))] {
+                let (ms, tf) = cuda.measure_attention(heads, 8192, repetitions)?;
+                println!(
+                    "prompt attention, 8192 tokens, causal, {label} heads {heads:?}: {ms:.2} ms, {tf:.0} TFLOP/s"
+                );
+            }
             let cpu = CpuBackend::new(0);
             let host_read = cpu.measure_read_gbps(bytes.max(1 << 30), repetitions);
             println!(

@@ -63,6 +63,12 @@ pub fn availability() -> Result<(), String> {
 struct Kernels {
     dequant_f16: CudaFunction,
     dequant8_f16: CudaFunction,
+    /// Prefill conversions at memory speed (whole k-quant matrices, 4-wide
+    /// activations, SwiGLU that also writes the down projection's f16 input).
+    dequant_q4k_f16: CudaFunction,
+    dequant_q6k_f16: CudaFunction,
+    f32_to_f16_x4: CudaFunction,
+    swiglu_f16_x4: CudaFunction,
     flash_prefill_d64: CudaFunction,
     flash_prefill_d128: CudaFunction,
     f32_to_f16: CudaFunction,
@@ -102,6 +108,12 @@ pub enum AttentionKernel {
     Flash,
     /// Keys in tiles with an online softmax (decode past 12288 positions).
     Tiled,
+}
+
+/// Warps per block of the prompt-attention kernel for a head dimension (each
+/// takes 16 query rows; see `flash_prefill_d128` in ferry.cu).
+fn flash_warps(head_dim: usize) -> usize {
+    if head_dim == 128 { 8 } else { 4 }
 }
 
 /// Dynamic shared memory of the prompt-attention kernel for a head dimension
@@ -268,6 +280,10 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
         Kernels {
             dequant_f16: f("dequant_f16")?,
             dequant8_f16: f("dequant8_f16")?,
+            dequant_q4k_f16: f("dequant_q4k_f16")?,
+            dequant_q6k_f16: f("dequant_q6k_f16")?,
+            f32_to_f16_x4: f("f32_to_f16_x4")?,
+            swiglu_f16_x4: f("swiglu_f16_x4")?,
             flash_prefill_d64: f("flash_prefill_d64")?,
             flash_prefill_d128: f("flash_prefill_d128")?,
             f32_to_f16: f("f32_to_f16")?,
@@ -379,7 +395,18 @@ pub struct CudaKv {
 }
 
 /// f16 buffers for a dequantized weight matrix and converted activations.
-type Scratch = (Option<CudaSlice<f16>>, Option<CudaSlice<f16>>);
+/// f16 workspace of batched products (grown on demand, freed after prefill).
+#[derive(Default)]
+struct Scratch {
+    /// The dequantized weight.
+    w: Option<CudaSlice<f16>>,
+    /// Activations as f16 ...
+    x: Option<CudaSlice<f16>>,
+    /// ... and which activation they hold (device pointer, rows, width,
+    /// activation epoch): products that share an input (q/k/v, gate/up)
+    /// convert it once, and SwiGLU writes the down projection's.
+    x_of: Option<(u64, usize, usize, u64)>,
+}
 
 /// Per-batch tables every layer uses (RoPE cos/sin; KV slots, sequence bases and
 /// positions), uploaded once per batch instead of once per layer: small
@@ -462,7 +489,7 @@ pub struct CudaBackend {
     /// (`FERRY_GEMV=noqkv`: three).
     qkv_fused: bool,
     /// Register bound of the shared-memory GEMVs (`FERRY_GEMV_BOUND`: 3 or 4
-    /// resident blocks per SM; default none).
+    /// resident blocks per SM, 0 none; default 3).
     gemv_bound: usize,
     sm_count: u32,
     /// Resident blocks per SM of (kernel, shared memory), asked once.
@@ -532,7 +559,7 @@ impl CudaBackend {
             stream,
             blas,
             k,
-            scratch: Mutex::new((None, None)),
+            scratch: Mutex::new(Scratch::default()),
             tables: Mutex::new(BatchTables::default()),
             q8: Mutex::new(Q8Cache::default()),
             q8_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -540,10 +567,12 @@ impl CudaBackend {
             smem_gemv: !matches!(std::env::var("FERRY_GEMV").as_deref(), Ok("float" | "warp")),
             gemv_wpr: std::env::var("FERRY_GEMV_WPR").ok(),
             qkv_fused: std::env::var("FERRY_GEMV").as_deref() != Ok("noqkv"),
+            // Registers held to 3 blocks per SM by default: +3.4 % (7B) and
+            // +3.5 % (32B) decode on two H200 machines against none; 4 is slower.
             gemv_bound: match std::env::var("FERRY_GEMV_BOUND").as_deref() {
-                Ok("3") => 1,
+                Ok("0") => 0,
                 Ok("4") => 2,
-                _ => 0,
+                _ => 1,
             },
             sm_count,
             occupancy: Mutex::new(Default::default()),
@@ -578,7 +607,7 @@ impl CudaBackend {
     /// products): prefill needs it, decode steps of up to 8 tokens do not,
     /// and a later batched product allocates it again.
     pub fn release_workspace(&self) -> Result<(), BackendError> {
-        *self.scratch.lock().expect("scratch lock") = (None, None);
+        *self.scratch.lock().expect("scratch lock") = Scratch::default();
         // Freed buffers go back to the device at the next synchronisation.
         self.stream.synchronize().map_err(err)
     }
@@ -723,13 +752,114 @@ impl CudaBackend {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The whole of `w` as f16 into `out`. Q4_K and Q6_K matrices (nearly all
+    /// of a Q4_K_M model's bytes) take kernels that decode a superblock per
+    /// warp at memory speed; other types the 8-element one.
+    fn dequantize_f16(&self, w: &CudaWeight, out: &mut CudaSlice<f16>) -> Result<(), BackendError> {
+        let (rows, cols) = (w.rows, w.cols);
+        let elems = rows * cols;
+        let superblocks = match w.ty {
+            GgmlType::Q4_K if w.ptr.is_multiple_of(16) => Some(&self.k.dequant_q4k_f16),
+            GgmlType::Q6_K if w.ptr.is_multiple_of(2) => Some(&self.k.dequant_q6k_f16),
+            _ => None,
+        };
+        if let Some(kernel) = superblocks {
+            let n_blocks = elems / 256;
+            let mut b = self.stream.launch_builder(kernel);
+            b.arg(&w.ptr).arg(out).arg(&n_blocks);
+            // Four superblocks per warp, 32 lanes each.
+            // SAFETY: `w` holds `n_blocks` blocks (rows are whole superblocks)
+            // and `out` at least `elems` halfs; alignment checked above.
+            unsafe { b.launch(grid(n_blocks.div_ceil(4) * 32, 256)) }.map_err(err)?;
+            return Ok(());
+        }
+        let (be, bb) = (w.ty.block_elems() as i32, w.ty.block_bytes() as i32);
+        let (ty, rows_i, cols_i) = (w.ty.id() as i32, rows as i32, cols as i32);
+        // Whole 8-element groups take the vectorised kernel (every real
+        // model's rows); anything else the element-wise one.
+        let (kernel, threads) = if cols % 8 == 0 {
+            (&self.k.dequant8_f16, elems / 8)
+        } else {
+            (&self.k.dequant_f16, elems)
+        };
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(&w.ptr)
+            .arg(out)
+            .arg(&ty)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&be)
+            .arg(&bb);
+        // SAFETY: argument types match the kernel signature; buffers are sized by shape.
+        unsafe { b.launch(grid(threads, 256)) }.map_err(err)?;
+        Ok(())
+    }
+
+    /// The first `len` values of `x` as f16 into `out`.
+    fn to_f16(
+        &self,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f16>,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        if len.is_multiple_of(4) {
+            let n4 = len / 4;
+            let mut b = self.stream.launch_builder(&self.k.f32_to_f16_x4);
+            b.arg(x).arg(out).arg(&n4);
+            // SAFETY: both buffers hold `len` values; device allocations are
+            // 256-byte aligned, so the 16- and 8-byte accesses are aligned.
+            unsafe { b.launch(grid(n4, 256)) }.map_err(err)?;
+        } else {
+            let mut b = self.stream.launch_builder(&self.k.f32_to_f16);
+            b.arg(x).arg(out).arg(&len);
+            // SAFETY: both buffers hold `len` values.
+            unsafe { b.launch(grid(len, 256)) }.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// `gate = silu(gate) · up`, also written as f16 into the workspace and
+    /// recorded there as `gate`'s copy, so that the down projection that
+    /// follows converts nothing. `gate.data.len()` must be a multiple of 4.
+    fn swiglu_to_f16(&self, gate: &mut CudaAct, up: &CudaAct) -> Result<(), BackendError> {
+        self.forget_q8();
+        let len = gate.data.len();
+        let mut scratch = self.scratch.lock().expect("scratch lock");
+        if scratch.x.as_ref().is_none_or(|s| s.len() < len) {
+            scratch.x = Some(self.zeros::<f16>(len)?);
+        }
+        let key = (
+            gate.data.device_ptr(&self.stream).0,
+            gate.n,
+            gate.width,
+            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let xf = scratch.x.as_mut().expect("allocated");
+        let n4 = len / 4;
+        let mut b = self.stream.launch_builder(&self.k.swiglu_f16_x4);
+        b.arg(&mut gate.data).arg(&up.data).arg(xf).arg(&n4);
+        // SAFETY: gate and up hold `len` values, the workspace at least as
+        // many; device allocations are aligned for the vector accesses.
+        unsafe { b.launch(grid(n4, 256)) }.map_err(err)?;
+        scratch.x_of = Some(key);
+        Ok(())
+    }
+
+    /// `out = x · Wᵀ`, or with `accumulate` (batches above the GEMV size
+    /// only) `out += x · Wᵀ` inside the GEMM.
     fn try_matmul(
         &self,
         x: &CudaAct,
         w: &CudaWeight,
         out: &mut CudaAct,
+        accumulate: bool,
     ) -> Result<(), BackendError> {
         let (n, cols, rows) = (x.n, w.cols, w.rows);
+        if accumulate && n <= crate::plan::GEMV_MAX_BATCH {
+            return Err(BackendError::Invalid(
+                "an accumulating product of a decode-sized batch (use matmul and add)".into(),
+            ));
+        }
         // Writing over the activation whose quantized copy is kept makes it stale.
         let out_ptr = out.data.device_ptr(&self.stream).0;
         if self
@@ -787,52 +917,53 @@ impl CudaBackend {
         let mut scratch = self.scratch.lock().expect("scratch lock");
         let need_w = rows * cols;
         let need_x = n * cols;
-        if scratch.0.as_ref().is_none_or(|s| s.len() < need_w) {
-            scratch.0 = Some(self.zeros::<f16>(need_w)?);
+        if scratch.w.as_ref().is_none_or(|s| s.len() < need_w) {
+            scratch.w = Some(self.zeros::<f16>(need_w)?);
         }
-        if scratch.1.as_ref().is_none_or(|s| s.len() < need_x) {
-            scratch.1 = Some(self.zeros::<f16>(need_x)?);
+        if scratch.x.as_ref().is_none_or(|s| s.len() < need_x) {
+            scratch.x = Some(self.zeros::<f16>(need_x)?);
+            scratch.x_of = None;
         }
-        let (wf, xf) = {
-            let (a, b) = &mut *scratch;
-            (
-                a.as_mut().expect("allocated"),
-                b.as_mut().expect("allocated"),
-            )
-        };
-        {
-            // Whole 8-element groups take the vectorised kernel (every real
-            // model's rows); anything else the element-wise one.
-            let (kernel, threads) = if cols % 8 == 0 {
-                (&self.k.dequant8_f16, need_w / 8)
-            } else {
-                (&self.k.dequant_f16, need_w)
-            };
-            let mut b = self.stream.launch_builder(kernel);
-            b.arg(&w.ptr)
-                .arg(&mut *wf)
-                .arg(&ty)
-                .arg(&rows_i)
-                .arg(&cols_i)
-                .arg(&be)
-                .arg(&bb);
-            // SAFETY: as above.
-            unsafe { b.launch(grid(threads, 256)) }.map_err(err)?;
+        let x_key = (
+            x.data.device_ptr(&self.stream).0,
+            n,
+            cols,
+            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        // Afterwards the copy holds `x` either way, so a copy of what the
+        // product overwrites (`out` is not `x`) is never kept.
+        let x_fresh = scratch.x_of == Some(x_key);
+        scratch.x_of = Some(x_key);
+        let Scratch { w: wf, x: xf, .. } = &mut *scratch;
+        let (wf, xf) = (
+            wf.as_mut().expect("allocated"),
+            xf.as_mut().expect("allocated"),
+        );
+        self.dequantize_f16(w, wf)?;
+        if !x_fresh {
+            self.to_f16(&x.data, xf, need_x)?;
         }
-        {
-            let total = need_x;
-            let mut b = self.stream.launch_builder(&self.k.f32_to_f16);
-            b.arg(&x.data).arg(&mut *xf).arg(&total);
-            // SAFETY: as above.
-            unsafe { b.launch(grid(total, 256)) }.map_err(err)?;
-        }
+        self.gemm_f16(wf, xf, &mut out.data, (rows, n, cols), accumulate)
+    }
+
+    /// cuBLAS: `out[n][rows] (+)= x[n][cols] · w[rows][cols]ᵀ`, f16 inputs,
+    /// f32 accumulation and output.
+    fn gemm_f16(
+        &self,
+        w: &CudaSlice<f16>,
+        x: &CudaSlice<f16>,
+        out: &mut CudaSlice<f32>,
+        (rows, n, cols): (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        let (rows_i, n_i, cols_i) = (rows as i32, n as i32, cols as i32);
         // Row-major out[n][rows] is column-major (rows × n) = Wᵀᵀ · Xᵀ: A = W
         // stored (cols × rows) column-major, transposed; B = X stored (cols × n).
         use cudarc::cublas::sys;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let (a_ptr, _ga) = wf.device_ptr(&self.stream);
-        let (b_ptr, _gb) = xf.device_ptr(&self.stream);
-        let (c_ptr, _gc) = out.data.device_ptr_mut(&self.stream);
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let (a_ptr, _ga) = w.device_ptr(&self.stream);
+        let (b_ptr, _gb) = x.device_ptr(&self.stream);
+        let (c_ptr, _gc) = out.device_ptr_mut(&self.stream);
         // SAFETY: pointers are live device allocations of the sizes the call reads/writes.
         unsafe {
             cudarc::cublas::result::gemm_ex(
@@ -1255,26 +1386,21 @@ impl CudaBackend {
             && one_prompt
             && self.flash.load(std::sync::atomic::Ordering::Relaxed)
         {
-            let p0 = batch.positions[0] as i32;
-            let base = (batch.seqs[0] as usize * kv.n_ctx) as i32;
-            let scale_log2 = scale * std::f32::consts::LOG2_E;
-            let mut b = self.stream.launch_builder(kernel);
-            b.arg(&q.data).arg(&kv.k).arg(&kv.v).arg(&mut out.data);
-            b.arg(&n_i)
-                .arg(&p0)
-                .arg(&base)
-                .arg(&nh)
-                .arg(&nkv)
-                .arg(&width)
-                .arg(&scale_log2);
-            let launch = LaunchConfig {
-                grid_dim: (n.div_ceil(64) as u32, n_heads as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: flash_smem_bytes(head_dim) as u32,
-            };
-            // SAFETY: matches the kernel signature; the positions were checked
-            // against the cache by `kv_tables`, so every key row read exists.
-            unsafe { b.launch(launch) }.map_err(err)?;
+            let p0 = batch.positions[0] as usize;
+            let base = batch.seqs[0] as usize * kv.n_ctx;
+            // SAFETY: the positions were checked against the cache by
+            // `kv_tables`, so every key row the kernel reads exists.
+            unsafe {
+                self.launch_flash(
+                    kernel,
+                    (n_heads, n_kv_heads, head_dim),
+                    q,
+                    kv,
+                    p0,
+                    base,
+                    out,
+                )
+            }?;
             return Ok(());
         }
         let max_keys = batch
@@ -1316,6 +1442,101 @@ impl CudaBackend {
         // memory is sized for the longest sequence, `attention_tiled` uses static.
         unsafe { b.launch(launch) }.map_err(err)?;
         Ok(())
+    }
+
+    /// Prompt attention on tensor cores for `q.n` queries at positions
+    /// `p0 ..`, keys from cache row `base` on.
+    ///
+    /// # Safety
+    /// Rows `base .. base + p0 + q.n` of the cache must exist.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_flash(
+        &self,
+        kernel: &CudaFunction,
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        q: &CudaAct,
+        kv: &CudaKv,
+        p0: usize,
+        base: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let n = q.n;
+        let (n_i, p0, base) = (n as i32, p0 as i32, base as i32);
+        let (nh, nkv, width) = (n_heads as i32, n_kv_heads as i32, kv.width as i32);
+        let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(&q.data).arg(&kv.k).arg(&kv.v).arg(&mut out.data);
+        b.arg(&n_i)
+            .arg(&p0)
+            .arg(&base)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&width)
+            .arg(&scale_log2);
+        let warps = flash_warps(head_dim);
+        let launch = LaunchConfig {
+            grid_dim: (n.div_ceil(16 * warps) as u32, n_heads as u32, 1),
+            block_dim: (32 * warps as u32, 1, 1),
+            shared_mem_bytes: flash_smem_bytes(head_dim) as u32,
+        };
+        // SAFETY: matches the kernel signature; the caller vouches for the cache rows.
+        unsafe { b.launch(launch) }.map_err(err)?;
+        Ok(())
+    }
+
+    /// Speed of prompt attention on tensor cores: one causal prompt of `n`
+    /// tokens (random queries, keys and values), best of `reps` kernel runs.
+    /// Returns (milliseconds, effective TFLOP/s), counting 4 · head dim FLOPs
+    /// per (query, visible key, head): the two products, no masked work.
+    pub fn measure_attention(
+        &self,
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        n: usize,
+        reps: usize,
+    ) -> Result<(f64, f64), BackendError> {
+        let kernel = match head_dim {
+            64 => &self.k.flash_prefill_d64,
+            128 => &self.k.flash_prefill_d128,
+            _ => {
+                return Err(BackendError::Invalid(format!(
+                    "prompt attention on tensor cores takes head dimension 64 or 128, not {head_dim}"
+                )));
+            }
+        };
+        let kv_width = n_kv_heads * head_dim;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let to_f16 = |x: Vec<f32>| -> Vec<f16> { x.into_iter().map(f16::from_f32).collect() };
+        let kv = CudaKv {
+            n_ctx: n,
+            n_seq: 1,
+            width: kv_width,
+            k: self.upload(&to_f16(random(n * kv_width)))?,
+            v: self.upload(&to_f16(random(n * kv_width)))?,
+        };
+        let q = self.act_from_host(n, n_heads * head_dim, &random(n * n_heads * head_dim))?;
+        let mut out = self.act(n, n_heads * head_dim)?;
+        let heads = (n_heads, n_kv_heads, head_dim);
+        let mut best = f64::MAX;
+        for _ in 0..reps.max(1) + 1 {
+            self.stream.synchronize().map_err(err)?;
+            let t0 = std::time::Instant::now();
+            // SAFETY: the cache holds `n` rows, the prompt's positions 0 .. n.
+            unsafe { self.launch_flash(kernel, heads, &q, &kv, 0, 0, &mut out) }?;
+            self.stream.synchronize().map_err(err)?;
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        let flops = 4.0 * (head_dim * n_heads) as f64 * (n as f64 * (n as f64 + 1.0) / 2.0);
+        Ok((best * 1e3, flops / best / 1e12))
     }
 
     /// An attention kernel against the shared-memory reference kernel on random
@@ -1450,25 +1671,36 @@ impl CudaBackend {
         Ok((time(true)?, time(false)?))
     }
 
-    /// The rate of ferry's GEMM path (f16 weights, f16 in, f32 accumulate) on
-    /// an `m × k` by `k × k` product, TFLOP/s (best of `reps`).
+    /// The card's rate for the GEMM ferry's prefill runs (cuBLAS, f16 in,
+    /// f32 accumulate and out) on an `m × k` by `k × k` product, TFLOP/s (best
+    /// of `reps`): the GEMM alone, not the conversions before it.
     pub fn measure_gemm_tflops(
         &self,
         m: usize,
         k: usize,
         reps: usize,
     ) -> Result<f64, BackendError> {
-        let (bytes, t) = crate::plan::calibrate::synthetic_weight(GgmlType::F16, k, k)?;
-        let buf = Arc::new(self.upload(bytes.as_slice())?);
-        let w = CudaWeight::in_buffer(&self.stream, buf, 0, &t)?;
-        let x = self.act(m, k)?;
-        let mut out = self.act(m, k)?;
+        // Random operands: zeros would draw less power and run at higher clocks.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = |len: usize| -> Vec<f16> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    f16::from_f32(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+                })
+                .collect()
+        };
+        let w = self.upload(&random(k * k))?;
+        let x = self.upload(&random(m * k))?;
+        let mut out = self.zeros::<f32>(m * k)?;
         let mut best = f64::MAX;
         for _ in 0..reps.max(1) + 1 {
             self.stream.synchronize().map_err(err)?;
             let t0 = std::time::Instant::now();
-            self.matmul(&x, &w, &mut out);
-            self.check()?;
+            self.gemm_f16(&w, &x, &mut out, (k, m, k), false)?;
+            self.stream.synchronize().map_err(err)?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
         Ok(2.0 * (m * k * k) as f64 / best / 1e12)
@@ -1620,7 +1852,7 @@ impl Backend for CudaBackend {
             (w.cols, x.n, w.rows),
             "matmul shapes"
         );
-        if let Err(e) = self.try_matmul(x, w, out) {
+        if let Err(e) = self.try_matmul(x, w, out, false) {
             // Recorded so that `check` (called by gpu-check and the engine) reports it.
             self.record(e);
         }
@@ -1687,7 +1919,18 @@ impl Backend for CudaBackend {
                 }
             }
         };
-        if !fused {
+        if !fused && x.n > crate::plan::GEMV_MAX_BATCH {
+            // The three products first, so that they share one f16 copy of
+            // `x` (a bias add counts as a write to the activations).
+            self.matmul(x, w[0], q);
+            self.matmul(x, w[1], k);
+            self.matmul(x, w[2], v);
+            for (out, bias) in [(q, b[0]), (k, b[1]), (v, b[2])] {
+                if let Some(bias) = bias {
+                    self.add_bias(out, bias);
+                }
+            }
+        } else if !fused {
             self.matmul_bias(x, w[0], b[0], q);
             self.matmul_bias(x, w[1], b[1], k);
             self.matmul_bias(x, w[2], b[2], v);
@@ -1698,6 +1941,12 @@ impl Backend for CudaBackend {
         assert_eq!((acc.n, acc.width), (x.n, w.rows), "matmul_add shapes");
         match self.gemv_smem(x, w, None, None, true, acc) {
             Ok(true) => {}
+            // A batch: the GEMM adds into the residual stream itself.
+            Ok(false) if x.n > crate::plan::GEMV_MAX_BATCH => {
+                if let Err(e) = self.try_matmul(x, w, acc, true) {
+                    self.record(e);
+                }
+            }
             Ok(false) => {
                 self.matmul(x, w, tmp);
                 self.add(acc, tmp);
@@ -1724,7 +1973,13 @@ impl Backend for CudaBackend {
             Ok(false) => {
                 self.matmul(x, w_gate, gate);
                 self.matmul(x, w_up, up);
-                self.swiglu(gate, up);
+                if gate.n > crate::plan::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
+                    if let Err(e) = self.swiglu_to_f16(gate, up) {
+                        self.record(e);
+                    }
+                } else {
+                    self.swiglu(gate, up);
+                }
             }
             Err(e) => self.record(e),
         }

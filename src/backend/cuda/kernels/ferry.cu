@@ -566,8 +566,8 @@ extern "C" __global__ void copy_f32(const float* src, float* dst, size_t n) {
 // ---------------------------------------------------------------------------
 // Prompt attention on tensor cores (flash attention 2, causal, GQA).
 //
-// One block of 4 warps takes 64 query rows of one head; each warp owns 16 rows
-// and walks the keys in tiles of 64 (K and V staged in shared memory as f16,
+// One block of WARPS warps takes 16 · WARPS query rows of one head; each warp
+// owns 16 rows and walks the keys in tiles of 64 (K and V staged in shared memory as f16,
 // as the cache stores them). Scores stay in registers: S = Q·Kᵀ and O += P·V
 // are m16n8k16 MMAs with f32 accumulation, and the softmax is the online one
 // (running max and sum per row), so the n × n matrix never exists. For one
@@ -586,18 +586,15 @@ __device__ __forceinline__ void mma_16816(float c[4], const u32 a[4], u32 b0, u3
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two 8×8 f16 matrices from shared memory, transposed: the B operand of
-// P·V from V stored key-major. Lanes 0..15 give the addresses of the 16 rows.
-__device__ __forceinline__ void ldmatrix_x2_trans(u32& r0, u32& r1, const u16* p) {
-    u32 addr;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
-}
-
 __device__ __forceinline__ u32 shared_addr(const void* p) {
     u32 addr;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
     return addr;
+}
+// Two 8×8 f16 matrices from shared memory, transposed: the B operand of
+// P·V from V stored key-major. Lanes 0..15 give the addresses of the 16 rows.
+__device__ __forceinline__ void ldmatrix_x2_trans(u32& r0, u32& r1, const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(shared_addr(p)));
 }
 
 // 16 bytes global → shared without passing through registers; `src_bytes` 0
@@ -609,10 +606,9 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-#define FA_ROWS 64
 #define FA_KEYS 64
 
-template <int D>
+template <int D, int WARPS>
 __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, const u16* vc, float* out, int n,
                                               int p0, int base, int n_heads, int n_kv_heads, int width,
                                               float scale_log2) {
@@ -627,13 +623,14 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
     int kvh = h / (n_heads / n_kv_heads);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int g = lane / 4, tig = lane % 4;
-    int row0 = qblock * FA_ROWS + warp * 16;
+    constexpr int ROWS = 16 * WARPS;
+    int row0 = qblock * ROWS + warp * 16;
     // Each lane holds rows g and g + 8 of its warp's 16; rows past the end act
     // as the last token (their results are not written).
     int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);
     int pos_a = p0 + ra, pos_b = p0 + rb;
 
-    int block_last = min(qblock * FA_ROWS + FA_ROWS - 1, n - 1);
+    int block_last = min(qblock * ROWS + ROWS - 1, n - 1);
     int n_keys = p0 + block_last + 1;
     int n_tiles = (n_keys + FA_KEYS - 1) / FA_KEYS;
     int warp_last = p0 + min(row0 + 15, n - 1);
@@ -684,6 +681,7 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
         const u16* ks = smem + (tile & 1) * 2 * FA_KEYS * S;
         const u16* vs = ks + FA_KEYS * S;
         if (k0 <= warp_last) { // else every key of the tile is in this warp's future
+            // S = Q·Kᵀ, unscaled.
             float s[FA_KEYS / 8][4];
             for (int j = 0; j < FA_KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
             for (int kk = 0; kk < D / 16; ++kk) {
@@ -692,34 +690,39 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
                     mma_16816(s[j], qf[kk], *(const u32*)kp, *(const u32*)(kp + 8));
                 }
             }
-            // Scale (to base 2), causal mask, running maximum per row.
+            // Causal mask (only tiles that reach past a row's position need
+            // it), running maximum per row.
+            bool masked = !__all_sync(0xffffffff, k0 + FA_KEYS - 1 <= min(pos_a, pos_b));
             float mx_a = m_a, mx_b = m_b;
             for (int j = 0; j < FA_KEYS / 8; ++j) {
                 for (int e = 0; e < 2; ++e) {
-                    int key = k0 + j * 8 + tig * 2 + e;
-                    float va = key <= pos_a ? s[j][e] * scale_log2 : INF_NEG;
-                    float vb = key <= pos_b ? s[j][2 + e] * scale_log2 : INF_NEG;
-                    s[j][e] = va;
-                    s[j][2 + e] = vb;
-                    mx_a = fmaxf(mx_a, va);
-                    mx_b = fmaxf(mx_b, vb);
+                    if (masked) {
+                        int key = k0 + j * 8 + tig * 2 + e;
+                        if (key > pos_a) s[j][e] = INF_NEG;
+                        if (key > pos_b) s[j][2 + e] = INF_NEG;
+                    }
+                    mx_a = fmaxf(mx_a, s[j][e]);
+                    mx_b = fmaxf(mx_b, s[j][2 + e]);
                 }
             }
             for (int off = 1; off < 4; off <<= 1) {
                 mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, off));
                 mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, off));
             }
-            // Key 0 is in every row's past, so after the first tile the maxima are finite.
-            float alpha_a = exp2f(m_a - mx_a), alpha_b = exp2f(m_b - mx_b);
+            // Key 0 is in every row's past, so after the first tile the maxima
+            // are finite. Probabilities 2^((s − max)·scale) with the scale
+            // folded into one FMA per score.
+            float alpha_a = exp2f((m_a - mx_a) * scale_log2), alpha_b = exp2f((m_b - mx_b) * scale_log2);
             m_a = mx_a;
             m_b = mx_b;
-            // P = 2^(S - max), packed straight into the A fragments of P·V: the
-            // accumulator layout of n-tiles 2k and 2k+1 is the operand layout of k-step k.
+            float ms_a = m_a * scale_log2, ms_b = m_b * scale_log2;
+            // P, packed straight into the A fragments of P·V: the accumulator
+            // layout of n-tiles 2k and 2k+1 is the operand layout of k-step k.
             u32 pf[FA_KEYS / 16][4];
             float sum_a = 0.0f, sum_b = 0.0f;
             for (int j = 0; j < FA_KEYS / 8; ++j) {
-                float pa0 = exp2f(s[j][0] - m_a), pa1 = exp2f(s[j][1] - m_a);
-                float pb0 = exp2f(s[j][2] - m_b), pb1 = exp2f(s[j][3] - m_b);
+                float pa0 = exp2f(fmaf(s[j][0], scale_log2, -ms_a)), pa1 = exp2f(fmaf(s[j][1], scale_log2, -ms_a));
+                float pb0 = exp2f(fmaf(s[j][2], scale_log2, -ms_b)), pb1 = exp2f(fmaf(s[j][3], scale_log2, -ms_b));
                 sum_a += pa0 + pa1;
                 sum_b += pb0 + pb1;
                 pf[j / 2][(j % 2) * 2] = pack_half2(pa0, pa1);
@@ -768,17 +771,20 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
 }
 
 // Dynamic shared memory: 36864 bytes for D = 64, 69632 for D = 128 (the host
-// raises the kernel's limit for the latter).
-extern "C" __global__ void __launch_bounds__(128) flash_prefill_d64(
+// raises the kernel's limit for the latter). Warps per block
+// (`flash_warps` on the host): 4 for D = 64; 8 for D = 128, where every K/V
+// tile then serves 128 query rows (213 against 208 TFLOP/s with 4 warps and
+// 195 with ldmatrix.x4 K loads: 32B heads at 8K tokens on an H200).
+extern "C" __global__ void __launch_bounds__(128, 1) flash_prefill_d64(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
     int n_kv_heads, int width, float scale_log2) {
-    flash_prefill<64>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
+    flash_prefill<64, 4>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
-extern "C" __global__ void __launch_bounds__(128) flash_prefill_d128(
+extern "C" __global__ void __launch_bounds__(256, 1) flash_prefill_d128(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
     int n_kv_heads, int width, float scale_log2) {
-    flash_prefill<128>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
+    flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1547,5 +1553,142 @@ extern "C" __global__ void rms_norm_q8(const float* x, const float* w, float* ou
             if (lane8 == 0) dq[blk] = dd;
             if (lane8 % 4 == 0) s16[blk * 2 + lane8 / 4] = dd * (float)sum;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prefill conversions. A batched product dequantizes its weight to f16 and
+// converts its activations to f16 before cuBLAS runs; at 2048 tokens these
+// passes took 40 % of a 32B layer's time next to the GEMMs, so they are
+// written to move bytes at memory speed: wide, coalesced loads and stores,
+// several loads in flight per lane, no per-element division or type switch.
+
+// A matrix of k-quant superblocks is a flat array of blocks whose elements,
+// row after row, are the f16 output in order: superblock b → out[256 b ..].
+// Q4_K: one warp per superblock, lane i decodes elements 8i .. 8i + 8, all in
+// sub-block i / 4 (one scale and minimum) and in 8 consecutive bytes of qs.
+// Each warp takes 4 consecutive superblocks and issues their loads first.
+// Blocks are 144 bytes: the matrix must start 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(256) dequant_q4k_f16(const u8* w, u16* out, size_t n_blocks) {
+    constexpr int U = 4;
+    int lane = threadIdx.x % 32;
+    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    size_t n_warps = (size_t)gridDim.x * blockDim.x / 32;
+    int c = lane / 8, half = (lane % 8) / 4, l = (lane % 4) * 8, s = lane / 4;
+    for (size_t b0 = warp * U; b0 < n_blocks; b0 += n_warps * U) {
+        uint4 hdr[U];
+        uint2 qs[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (b0 + u < n_blocks) {
+                const u8* blk = w + (b0 + u) * 144;
+                hdr[u] = *(const uint4*)blk;
+                qs[u] = *(const uint2*)(blk + 16 + 32 * c + l);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (b0 + u < n_blocks) {
+                int sc, mn;
+                scale_min_hdr(hdr[u], s, &sc, &mn);
+                // As dequant8: d·sc·q − dmin·m, rounded to f16.
+                float d = half_to_float((u16)(hdr[u].x & 0xFFFF)) * (float)sc;
+                float m = half_to_float((u16)(hdr[u].x >> 16)) * (float)mn;
+                u32 lo = qs[u].x >> (4 * half), hi = qs[u].y >> (4 * half);
+                float v[8];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    v[k] = d * (float)((lo >> (8 * k)) & 0xF) - m;
+                    v[4 + k] = d * (float)((hi >> (8 * k)) & 0xF) - m;
+                }
+                uint4 packed;
+                packed.x = (u32)float_to_half(v[0]) | ((u32)float_to_half(v[1]) << 16);
+                packed.y = (u32)float_to_half(v[2]) | ((u32)float_to_half(v[3]) << 16);
+                packed.z = (u32)float_to_half(v[4]) | ((u32)float_to_half(v[5]) << 16);
+                packed.w = (u32)float_to_half(v[6]) | ((u32)float_to_half(v[7]) << 16);
+                *(uint4*)(out + (b0 + u) * 256 + lane * 8) = packed;
+            }
+        }
+    }
+}
+
+// Q6_K: 210-byte blocks are only 2-byte aligned, so each warp first copies its
+// 4 consecutive superblocks (840 bytes) into shared memory with coalesced
+// 16-bit loads, then lane i decodes elements 8i .. 8i + 8 from there
+// (element e: low 4 bits in ql, high 2 in qh, one scale per 16).
+#define Q6K_U 4
+#define Q6K_HALFS (Q6K_U * 105)
+extern "C" __global__ void __launch_bounds__(256) dequant_q6k_f16(const u8* w, u16* out, size_t n_blocks) {
+    __shared__ u16 stage[8][Q6K_HALFS];
+    int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
+    const u8* sb = (const u8*)stage[wi];
+    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    size_t n_warps = (size_t)gridDim.x * blockDim.x / 32;
+    int n = lane / 16, kk = (lane % 16) / 4, l = (lane % 4) * 8;
+    for (size_t b0 = warp * Q6K_U; b0 < n_blocks; b0 += n_warps * Q6K_U) {
+        int cnt = (int)min((size_t)Q6K_U, n_blocks - b0);
+        const u16* src = (const u16*)(w + b0 * 210);
+        constexpr int PER_LANE = (Q6K_HALFS + 31) / 32;
+        u16 tmp[PER_LANE];
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            int j = lane + 32 * i;
+            if (j < cnt * 105) tmp[i] = src[j];
+        }
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            int j = lane + 32 * i;
+            if (j < cnt * 105) stage[wi][j] = tmp[i];
+        }
+        __syncwarp();
+        for (int u = 0; u < cnt; ++u) {
+            const u8* blk = sb + u * 210;
+            // As dequant8: d · scale, times q − 32, rounded to f16.
+            float d = h2f(blk + 208) * (float)((const i8*)(blk + 192))[lane / 2];
+            const u8* ql = blk + 64 * n + l + 32 * (kk & 1);
+            const u8* qh = blk + 128 + 32 * n + l;
+            float v[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                int x = ((ql[k] >> (4 * (kk / 2))) & 0xF) | (((qh[k] >> (2 * kk)) & 3) << 4);
+                v[k] = d * (float)(x - 32);
+            }
+            uint4 packed;
+            packed.x = (u32)float_to_half(v[0]) | ((u32)float_to_half(v[1]) << 16);
+            packed.y = (u32)float_to_half(v[2]) | ((u32)float_to_half(v[3]) << 16);
+            packed.z = (u32)float_to_half(v[4]) | ((u32)float_to_half(v[5]) << 16);
+            packed.w = (u32)float_to_half(v[6]) | ((u32)float_to_half(v[7]) << 16);
+            *(uint4*)(out + (b0 + u) * 256 + lane * 8) = packed;
+        }
+        __syncwarp(); // the stage is refilled next round
+    }
+}
+
+// out = f16(x), four elements per step (n a multiple of 4, 16-byte aligned x).
+extern "C" __global__ void f32_to_f16_x4(const float4* x, uint2* out, size_t n4) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        float4 v = x[i];
+        uint2 h;
+        h.x = (u32)float_to_half(v.x) | ((u32)float_to_half(v.y) << 16);
+        h.y = (u32)float_to_half(v.z) | ((u32)float_to_half(v.w) << 16);
+        out[i] = h;
+    }
+}
+
+// g = silu(g) · u as `swiglu` computes it, four elements per step, and the
+// result also as f16 for the down projection's GEMM (which then converts
+// nothing). n a multiple of 4.
+extern "C" __global__ void swiglu_f16_x4(float4* g, const float4* u, uint2* h, size_t n4) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        float4 a = g[i], b = u[i];
+        a.x = a.x / (1.0f + expf(-a.x)) * b.x;
+        a.y = a.y / (1.0f + expf(-a.y)) * b.y;
+        a.z = a.z / (1.0f + expf(-a.z)) * b.z;
+        a.w = a.w / (1.0f + expf(-a.w)) * b.w;
+        g[i] = a;
+        uint2 p;
+        p.x = (u32)float_to_half(a.x) | ((u32)float_to_half(a.y) << 16);
+        p.y = (u32)float_to_half(a.z) | ((u32)float_to_half(a.w) << 16);
+        h[i] = p;
     }
 }
