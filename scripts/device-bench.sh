@@ -12,6 +12,8 @@
 #   kernels resident 7B-shape prefill/decode speed, attention kernels side by
 #           side, per-kernel decode times (ncu)
 #   prefill5 the fifth session's measurements (resident 32B/7B, 25 % budget, profile)
+#   dprofile per-launch times and DRAM bytes of a 32B-shape decode step (ncu)
+#   decode5 resident 7B/32B decode and one 32B step's launches (ncu)
 #   pp32    32B shape: resident pp512/2048/8192 only
 #   pp8k    32B shape: resident pp8192 with 4096- and 8192-token micro-batches
 #   big32   32B shape: resident pp512/2048/8192 + tg
@@ -204,6 +206,25 @@ prefill5)
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
     timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum --launch-skip 400 --launch-count 160 \
         ./ferry bench -m "$M" --device cuda -p 2048 -n 0 -r 1 --ub 2048 > "$OUTDIR/ncu-prefill-32b.txt" 2>&1
+    ;;
+dprofile)
+    # Every launch of about one 32B-shape decode step (duration, DRAM bytes).
+    synth > /dev/null 2>&1
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 400 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip ${SKIP:-3000} --launch-count ${COUNT:-800} \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    timeout 60 ./ferry bench -m "$M" --device cuda -p 16 -n 64 -r 3 2>&1 | tee "$OUTDIR/tg32.txt"
+    ;;
+decode5)
+    # Decode after the branch-free Q4_K scale unpacking: resident 7B and 32B,
+    # then per-launch times of one 32B step.
+    synth7b
+    synth > /dev/null 2>&1
+    timeout 60 ./ferry bench -m /tmp/ferry-7b-q4km.gguf --device cuda -p 16 -n 64 -r 3 2>&1 | tee "$OUTDIR/decode.txt"
+    timeout 60 ./ferry bench -m "$M" --device cuda -p 16 -n 64 -r 3 2>&1 | tee -a "$OUTDIR/decode.txt"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
     ;;
 pp32)
     # Resident 32B-shape prefill only (2048-token micro-batches).

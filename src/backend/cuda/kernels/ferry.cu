@@ -794,21 +794,19 @@ extern "C" __global__ void __launch_bounds__(256, 1) flash_prefill_d128(
 // wide loads, and each lane folds the block scales in once per 16 elements:
 // Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x.
 
-__device__ __forceinline__ int byte_of(uint4 h, int k) {
-    u32 w = k < 4 ? h.x : k < 8 ? h.y : k < 12 ? h.z : h.w;
-    return (w >> (8 * (k & 3))) & 0xFF;
-}
-
 // 6-bit scale and minimum j of a Q4_K/Q5_K superblock whose first 16 bytes are `h`.
+// Header bytes 4..15 pack 8 scales and 8 minimums; all of them are unpacked
+// with a few word operations (scales 0-3 and 4-7, minimums 0-3 and 4-7, one
+// per byte) and byte j is picked without a branch, so lanes that take
+// different sub-blocks do not diverge (the per-byte, branching version cost
+// the decode GEMVs a large share of their instructions).
 __device__ __forceinline__ void scale_min_hdr(uint4 h, int j, int* sc, int* m) {
-    // The 12 scale bytes start at byte 4 of the header.
-    if (j < 4) {
-        *sc = byte_of(h, 4 + j) & 63;
-        *m = byte_of(h, 8 + j) & 63;
-    } else {
-        *sc = (byte_of(h, 8 + j) & 0xF) | ((byte_of(h, j) >> 6) << 4);
-        *m = (byte_of(h, 8 + j) >> 4) | ((byte_of(h, 4 + j) >> 6) << 4);
-    }
+    u32 sc_lo = h.y & 0x3f3f3f3fu, m_lo = h.z & 0x3f3f3f3fu;
+    u32 sc_hi = (h.w & 0x0f0f0f0fu) | ((h.y >> 2) & 0x30303030u);
+    u32 m_hi = ((h.w >> 4) & 0x0f0f0f0fu) | ((h.z >> 2) & 0x30303030u);
+    int sh = 8 * (j & 3);
+    *sc = (int)(((j < 4 ? sc_lo : sc_hi) >> sh) & 0xFF);
+    *m = (int)(((j < 4 ? m_lo : m_hi) >> sh) & 0xFF);
 }
 
 // Q4_K: lane s of its group of 8 takes qs[16s .. 16s + 16] (one 16-byte load):
