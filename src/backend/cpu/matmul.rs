@@ -19,7 +19,7 @@ use crate::gguf::SharedBytes;
 use crate::model::TensorRef;
 use crate::quant::{
     BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
-    BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType,
+    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,
 };
 
 /// A weight matrix in host memory (a view into the model file's map, or an
@@ -127,9 +127,15 @@ pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: 
         GgmlType::Q8_0 => quant_matmul::<BlockQ8_0>(x, w, out, dot_max_tokens),
         GgmlType::Q2_K => quant_matmul::<BlockQ2K>(x, w, out, dot_max_tokens),
         GgmlType::Q3_K => quant_matmul::<BlockQ3K>(x, w, out, dot_max_tokens),
-        GgmlType::Q4_K => quant_matmul::<BlockQ4K>(x, w, out, dot_max_tokens),
+        GgmlType::Q4_K => match simd::q4_k_repacked_kernel() {
+            Some(k) => q4_k_llama_order(x, w, out, dot_max_tokens, k),
+            None => quant_matmul::<BlockQ4K>(x, w, out, dot_max_tokens),
+        },
         GgmlType::Q5_K => quant_matmul::<BlockQ5K>(x, w, out, dot_max_tokens),
-        GgmlType::Q6_K => quant_matmul::<BlockQ6K>(x, w, out, dot_max_tokens),
+        GgmlType::Q6_K => match simd::q6_k_superblock_kernel() {
+            Some(k) => q6_k_llama_order(x, w, out, dot_max_tokens, k),
+            None => quant_matmul::<BlockQ6K>(x, w, out, dot_max_tokens),
+        },
         other => panic!("matmul: weight type {other} is not a matrix type (rejected at load)"),
     }
 }
@@ -234,6 +240,95 @@ fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_
             let wrow = &weights[r * nb..(r + 1) * nb];
             for t in tile.tokens.clone() {
                 tile.set(t, r, dot(wrow, &xq[t * nb_act..(t + 1) * nb_act]));
+            }
+        }
+    });
+}
+
+/// Every activation row quantized to Q8_K, row after row.
+fn quantize_q8_k_rows(x: &CpuAct) -> Vec<BlockQ8K> {
+    x.data
+        .par_chunks(x.width)
+        .flat_map_iter(|row| row.chunks_exact(QK_K).map(BlockQ8K::quantize_activation))
+        .collect()
+}
+
+/// Q4_K as llama.cpp's x86 backend multiplies it (it repacks Q4_K matrices):
+/// tokens in whole groups of four from the start of the batch take its GEMM's
+/// float order, the rest its single-token GEMV's, so each token's result
+/// matches llama.cpp's for the same batch bit for bit. A batch of at most
+/// `dot_max` tokens (decode steps, batch-invariant server batches) gives
+/// every token the single-token order, so a token's result never depends on
+/// its company.
+fn q4_k_llama_order(
+    x: &CpuAct,
+    w: &CpuWeight,
+    out: &mut CpuAct,
+    dot_max: usize,
+    kernel: simd::Q4kRepackedKernel,
+) {
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let nb = cols / QK_K;
+    let xq = quantize_q8_k_rows(x);
+    let weights: &[BlockQ4K] = bytemuck::cast_slice(w.data());
+    let grouped = if n <= dot_max { 0 } else { n - n % 4 };
+    let x8 = simd::q4_k_repacked_x8_kernel();
+    let act = |t: usize| &xq[t * nb..(t + 1) * nb];
+    for_each_tile(rows, n, cols, out, |tile| {
+        for r in tile.rows.clone() {
+            let wrow = &weights[r * nb..(r + 1) * nb];
+            let mut t = tile.tokens.start;
+            // Eight grouped tokens at a time share the weight row's unpacking.
+            if let Some(x8) = x8 {
+                while t + 8 <= tile.tokens.end.min(grouped) {
+                    let v = x8(wrow, std::array::from_fn(|k| act(t + k)));
+                    for (k, v) in v.into_iter().enumerate() {
+                        tile.set(t + k, r, v);
+                    }
+                    t += 8;
+                }
+            }
+            for t in t..tile.tokens.end {
+                tile.set(t, r, kernel(wrow, act(t), t < grouped));
+            }
+        }
+    });
+}
+
+/// Q6_K as llama.cpp's x86 backend multiplies it: batches of 8 tokens or more
+/// (beyond `dot_max`) in its per-super-block float order, smaller ones with
+/// the `vec_dot` kernel (the quantized dot path).
+fn q6_k_llama_order(
+    x: &CpuAct,
+    w: &CpuWeight,
+    out: &mut CpuAct,
+    dot_max: usize,
+    kernel: simd::Q6kSuperblockKernel,
+) {
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    if n < 8 || n <= dot_max {
+        return quant_matmul::<BlockQ6K>(x, w, out, usize::MAX);
+    }
+    let nb = cols / QK_K;
+    let xq = quantize_q8_k_rows(x);
+    let weights: &[BlockQ6K] = bytemuck::cast_slice(w.data());
+    let x8 = simd::q6_k_superblock_x8_kernel();
+    let act = |t: usize| &xq[t * nb..(t + 1) * nb];
+    for_each_tile(rows, n, cols, out, |tile| {
+        for r in tile.rows.clone() {
+            let wrow = &weights[r * nb..(r + 1) * nb];
+            let mut t = tile.tokens.start;
+            if let Some(x8) = x8 {
+                while t + 8 <= tile.tokens.end {
+                    let v = x8(wrow, std::array::from_fn(|k| act(t + k)));
+                    for (k, v) in v.into_iter().enumerate() {
+                        tile.set(t + k, r, v);
+                    }
+                    t += 8;
+                }
+            }
+            for t in t..tile.tokens.end {
+                tile.set(t, r, kernel(wrow, act(t)));
             }
         }
     });

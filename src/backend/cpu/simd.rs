@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use crate::quant::BlockFormat;
+use crate::quant::{BlockFormat, BlockQ4K, BlockQ6K, BlockQ8K};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -20,6 +20,48 @@ pub fn describe() -> &'static str {
         }
     }
     "scalar"
+}
+
+/// A Q4_K row against Q8_K activations in the float order of llama.cpp's
+/// repacked kernels (`true`: its 4-token GEMM, `false`: its single-token
+/// GEMV), where this CPU runs them (x86 with AVX2).
+pub type Q4kRepackedKernel = fn(&[BlockQ4K], &[BlockQ8K], bool) -> f32;
+
+pub fn q4_k_repacked_kernel() -> Option<Q4kRepackedKernel> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::q4_k_repacked_kernel();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// A Q6_K row against Q8_K activations in the float order llama.cpp's x86
+/// backend uses from 8 tokens on, where this CPU runs it (AVX2).
+pub type Q6kSuperblockKernel = fn(&[BlockQ6K], &[BlockQ8K]) -> f32;
+
+pub fn q6_k_superblock_kernel() -> Option<Q6kSuperblockKernel> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::q6_k_superblock_kernel();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Eight tokens at once, each with the result its single-token kernel gives
+/// (`Q4kRepackedKernel` with `true`, `Q6kSuperblockKernel`).
+pub type Q4kRepackedX8Kernel = fn(&[BlockQ4K], [&[BlockQ8K]; 8]) -> [f32; 8];
+pub type Q6kSuperblockX8Kernel = fn(&[BlockQ6K], [&[BlockQ8K]; 8]) -> [f32; 8];
+
+pub fn q4_k_repacked_x8_kernel() -> Option<Q4kRepackedX8Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::q4_k_repacked_x8_kernel();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+pub fn q6_k_superblock_x8_kernel() -> Option<Q6kSuperblockX8Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::q6_k_superblock_x8_kernel();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// A dot product of weight blocks with activation blocks.

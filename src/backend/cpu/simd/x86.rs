@@ -22,6 +22,25 @@ pub fn has_avx2() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// llama.cpp's repacked-Q4_K order (`kquants::q4_k_q8_k_repacked`), with AVX2.
+pub fn q4_k_repacked_kernel() -> Option<super::Q4kRepackedKernel> {
+    has_avx2().then_some(kquants::q4_k_q8_k_repacked as super::Q4kRepackedKernel)
+}
+
+/// llama.cpp's Q6_K order from 8 tokens on (`kquants::q6_k_q8_k_superblocks`), with AVX2.
+pub fn q6_k_superblock_kernel() -> Option<super::Q6kSuperblockKernel> {
+    has_avx2().then_some(kquants::q6_k_q8_k_superblocks as super::Q6kSuperblockKernel)
+}
+
+/// The eight-token forms of the two kernels above (Q4_K: the GEMM order).
+pub fn q4_k_repacked_x8_kernel() -> Option<super::Q4kRepackedX8Kernel> {
+    has_avx2().then_some(kquants::q4_k_q8_k_repacked_x8 as super::Q4kRepackedX8Kernel)
+}
+
+pub fn q6_k_superblock_x8_kernel() -> Option<super::Q6kSuperblockX8Kernel> {
+    has_avx2().then_some(kquants::q6_k_q8_k_superblocks_x8 as super::Q6kSuperblockX8Kernel)
+}
+
 /// The AVX2 kernel for `W`, if there is one and the CPU has AVX2.
 pub fn dot_kernel<W: BlockFormat>() -> Option<DotKernel<W>> {
     if !has_avx2() {

@@ -292,3 +292,258 @@ fn q3_k_avx2(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
     }
     hsum_ps(acc)
 }
+
+// ------------------------------------------------ llama.cpp's batched orders
+//
+// llama.cpp's CPU backend (x86, AVX2) multiplies Q4_K matrices through
+// repacked kernels and, from 8 tokens on, Q6_K matrices through a path of
+// their own; their integer sums are the ones below (exact in any order), their
+// float steps differ from the `vec_dot` kernels above. Found against its own
+// captured tensors (`scripts/q4k_formula.py`, `scripts/q6k_formula.py`).
+
+/// Σ over a Q4_K super-block's sub-block pair (2j, 2j+1) of scale · q · a,
+/// exact, for j = 0..4.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q4_k_pair_sums(w: &BlockQ4K, a: &BlockQ8K, sc: &[u8; 8]) -> [i32; 4] {
+    let low = _mm256_set1_epi8(0x0f);
+    let mut out = [0i32; 4];
+    for (j, o) in out.iter_mut().enumerate() {
+        let q = load32(&w.qs[32 * j..]);
+        let lo = _mm256_and_si256(q, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+        let a_lo = load32_i8(&a.qs[64 * j..]);
+        let a_hi = load32_i8(&a.qs[64 * j + 32..]);
+        let s = _mm256_add_epi32(
+            scaled_dot(lo, a_lo, _mm256_set1_epi16(sc[2 * j] as i16)),
+            scaled_dot(hi, a_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16)),
+        );
+        *o = hsum_epi32(s);
+    }
+    out
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// A Q4_K row against Q8_K activations in llama.cpp's repacked order. `pair`
+/// (its 4-token GEMM): one float step per pair of 32-element sub-blocks;
+/// otherwise (its single-token GEMV) one per super-block. Each step is
+/// `acc = fma(Σ scale·q·a, d·d_a, acc)` and `acc_min = fma(Σ min·bsum,
+/// dmin·d_a, acc_min)`; the result is `acc − acc_min`.
+pub fn q4_k_q8_k_repacked(w: &[BlockQ4K], a: &[BlockQ8K], pair: bool) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q4_k_repacked_avx2(w, a, pair) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_repacked_avx2(w: &[BlockQ4K], a: &[BlockQ8K], pair: bool) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (w, a) in w.iter().zip(a) {
+        let (sc, m) = k4_scales(&w.scales);
+        let sums = q4_k_pair_sums(w, a, &sc);
+        let mins: [i32; 4] = std::array::from_fn(|j| {
+            m[2 * j] as i32 * bsum32(a, 2 * j) + m[2 * j + 1] as i32 * bsum32(a, 2 * j + 1)
+        });
+        let ds = w.d.to_f32() * a.d;
+        let dm = w.dmin.to_f32() * a.d;
+        if pair {
+            for j in 0..4 {
+                acc = (sums[j] as f32).mul_add(ds, acc);
+                acc_min = (mins[j] as f32).mul_add(dm, acc_min);
+            }
+        } else {
+            let s: i32 = sums.iter().sum();
+            let mn: i32 = mins.iter().sum();
+            acc = (s as f32).mul_add(ds, acc);
+            acc_min = (mn as f32).mul_add(dm, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// A Q6_K row against Q8_K activations in the order llama.cpp takes from 8
+/// tokens on: per super-block the exact Σ scale·q·a, then
+/// `acc = fma(Σ·d, d_a, acc)` (the product with the weight scale rounded).
+pub fn q6_k_q8_k_superblocks(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { q6_k_superblocks_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_superblocks_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        // As `q6_k_avx2`: q + 32 against the activations, the 32·a·scale
+        // offset off through the block sums; the total is exact.
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            for (k, q) in q6_k_values(w, n).into_iter().enumerate() {
+                let s = 8 * n + 2 * k;
+                let scales = scale_pair(w.scales[s] as i16, w.scales[s + 1] as i16);
+                let av = load32_i8(&a.qs[128 * n + 32 * k..]);
+                sumi = _mm256_add_epi32(sumi, scaled_dot(q, av, scales));
+            }
+        }
+        let offset: i32 = (0..16)
+            .map(|s| 32 * a.bsums[s] as i32 * w.scales[s] as i32)
+            .sum();
+        let total = hsum_epi32(sumi) - offset;
+        acc = (total as f32 * w.d.to_f32()).mul_add(a.d, acc);
+    }
+    acc
+}
+
+/// Lane t of the result: the sum of the eight lanes of `v[t]` (exact).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    // Per 128-bit half: the four-lane sums of v0..v3 (and v4..v7).
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    let lo = _mm256_permute2x128_si256::<0x20>(h0123, h4567);
+    let hi = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// `q4_k_q8_k_repacked(w, a[t], true)` for eight tokens at once: each weight
+/// super-block is unpacked once for all eight, the float steps run with one
+/// token per lane (the same steps, in the same order, per token).
+pub fn q4_k_q8_k_repacked_x8(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    // SAFETY: only selected when AVX2/FMA/F16C are present; the AVX-512VL
+    // build (same code, 32 vector registers) only where the CPU has it.
+    unsafe {
+        if super::has_avx512_vnni() {
+            q4_k_repacked_x8_avx512(w, a)
+        } else {
+            q4_k_repacked_x8_avx2(w, a)
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
+fn q4_k_repacked_x8_avx512(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    q4_k_repacked_x8_body(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_repacked_x8_avx2(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    q4_k_repacked_x8_body(w, a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_repacked_x8_body(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    for (b, wb) in w.iter().enumerate() {
+        let (sc, m) = k4_scales(&wb.scales);
+        let da: [f32; 8] = std::array::from_fn(|t| a[t][b].d);
+        // SAFETY: eight readable floats.
+        let da = unsafe { _mm256_loadu_ps(da.as_ptr()) };
+        let ds = _mm256_mul_ps(_mm256_set1_ps(wb.d.to_f32()), da);
+        let dm = _mm256_mul_ps(_mm256_set1_ps(wb.dmin.to_f32()), da);
+        for j in 0..4 {
+            let q = load32(&wb.qs[32 * j..]);
+            let lo = _mm256_and_si256(q, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+            let (s_lo, s_hi) = (
+                _mm256_set1_epi16(sc[2 * j] as i16),
+                _mm256_set1_epi16(sc[2 * j + 1] as i16),
+            );
+            let v: [__m256i; 8] = std::array::from_fn(|t| {
+                let ab = &a[t][b];
+                _mm256_add_epi32(
+                    scaled_dot(lo, load32_i8(&ab.qs[64 * j..]), s_lo),
+                    scaled_dot(hi, load32_i8(&ab.qs[64 * j + 32..]), s_hi),
+                )
+            });
+            let sums = reduce8(&v);
+            let mins: [i32; 8] = std::array::from_fn(|t| {
+                m[2 * j] as i32 * bsum32(&a[t][b], 2 * j)
+                    + m[2 * j + 1] as i32 * bsum32(&a[t][b], 2 * j + 1)
+            });
+            // SAFETY: eight readable i32.
+            let mins = unsafe { _mm256_loadu_si256(mins.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), ds, acc);
+            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm, acc_min);
+        }
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: eight writable floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, acc_min)) };
+    out
+}
+
+/// `q6_k_q8_k_superblocks(w, a[t])` for eight tokens at once (one token per
+/// lane in the float steps, the same steps in the same order).
+pub fn q6_k_q8_k_superblocks_x8(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    // SAFETY: as `q4_k_q8_k_repacked_x8`.
+    unsafe {
+        if super::has_avx512_vnni() {
+            q6_k_superblocks_x8_avx512(w, a)
+        } else {
+            q6_k_superblocks_x8_avx2(w, a)
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
+fn q6_k_superblocks_x8_avx512(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    q6_k_superblocks_x8_body(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_superblocks_x8_avx2(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    q6_k_superblocks_x8_body(w, a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_superblocks_x8_body(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let mut acc = _mm256_setzero_ps();
+    for (b, wb) in w.iter().enumerate() {
+        let mut v = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            for (k, q) in q6_k_values(wb, n).into_iter().enumerate() {
+                let s = 8 * n + 2 * k;
+                let scales = scale_pair(wb.scales[s] as i16, wb.scales[s + 1] as i16);
+                for (t, vt) in v.iter_mut().enumerate() {
+                    let av = load32_i8(&a[t][b].qs[128 * n + 32 * k..]);
+                    *vt = _mm256_add_epi32(*vt, scaled_dot(q, av, scales));
+                }
+            }
+        }
+        // 32 · Σ scale · bsum per token (the q + 32 offset), from the 16
+        // block sums against the 16 scales widened to i16.
+        // SAFETY: sixteen readable bytes.
+        let sc16 =
+            _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(wb.scales.as_ptr() as *const __m128i) });
+        // SAFETY: sixteen readable i16 per token.
+        let offsets = reduce8(&std::array::from_fn(|t| {
+            let bs = unsafe { _mm256_loadu_si256(a[t][b].bsums.as_ptr() as *const __m256i) };
+            _mm256_madd_epi16(bs, sc16)
+        }));
+        let total = _mm256_sub_epi32(reduce8(&v), _mm256_slli_epi32::<5>(offsets));
+        let da: [f32; 8] = std::array::from_fn(|t| a[t][b].d);
+        // SAFETY: eight readable floats.
+        let da = unsafe { _mm256_loadu_ps(da.as_ptr()) };
+        let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(wb.d.to_f32()));
+        acc = _mm256_fmadd_ps(scaled, da, acc);
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: eight writable floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
