@@ -253,6 +253,31 @@ fn quantize_q8_k_rows(x: &CpuAct) -> Vec<BlockQ8K> {
         .collect()
 }
 
+/// Every output of the tile: for each row, tokens eight at a time through
+/// `x8(row, first token)` while all eight lie below `eight_end`, the others
+/// one at a time through `one(row, token)`.
+fn by_eight_tokens(
+    tile: &mut Tile,
+    eight_end: usize,
+    x8: Option<impl Fn(usize, usize) -> [f32; 8]>,
+    one: impl Fn(usize, usize) -> f32,
+) {
+    for r in tile.rows.clone() {
+        let mut t = tile.tokens.start;
+        if let Some(x8) = &x8 {
+            while t + 8 <= tile.tokens.end.min(eight_end) {
+                for (k, v) in x8(r, t).into_iter().enumerate() {
+                    tile.set(t + k, r, v);
+                }
+                t += 8;
+            }
+        }
+        for t in t..tile.tokens.end {
+            tile.set(t, r, one(r, t));
+        }
+    }
+}
+
 /// Q4_K as llama.cpp's x86 backend multiplies it (it repacks Q4_K matrices):
 /// tokens in whole groups of four from the start of the batch take its GEMM's
 /// float order, the rest its single-token GEMV's, so each token's result
@@ -272,26 +297,15 @@ fn q4_k_llama_order(
     let xq = quantize_q8_k_rows(x);
     let weights: &[BlockQ4K] = bytemuck::cast_slice(w.data());
     let grouped = if n <= dot_max { 0 } else { n - n % 4 };
-    let x8 = simd::q4_k_repacked_x8_kernel();
     let act = |t: usize| &xq[t * nb..(t + 1) * nb];
+    let wrow = |r: usize| &weights[r * nb..(r + 1) * nb];
+    let x8 = simd::q4_k_repacked_x8_kernel()
+        .map(|k| move |r: usize, t: usize| k(wrow(r), std::array::from_fn(|i| act(t + i))));
+    // Eight grouped tokens at a time share the weight row's unpacking.
     for_each_tile(rows, n, cols, out, |tile| {
-        for r in tile.rows.clone() {
-            let wrow = &weights[r * nb..(r + 1) * nb];
-            let mut t = tile.tokens.start;
-            // Eight grouped tokens at a time share the weight row's unpacking.
-            if let Some(x8) = x8 {
-                while t + 8 <= tile.tokens.end.min(grouped) {
-                    let v = x8(wrow, std::array::from_fn(|k| act(t + k)));
-                    for (k, v) in v.into_iter().enumerate() {
-                        tile.set(t + k, r, v);
-                    }
-                    t += 8;
-                }
-            }
-            for t in t..tile.tokens.end {
-                tile.set(t, r, kernel(wrow, act(t), t < grouped));
-            }
-        }
+        by_eight_tokens(tile, grouped, x8, |r, t| {
+            kernel(wrow(r), act(t), t < grouped)
+        })
     });
 }
 
@@ -312,25 +326,12 @@ fn q6_k_llama_order(
     let nb = cols / QK_K;
     let xq = quantize_q8_k_rows(x);
     let weights: &[BlockQ6K] = bytemuck::cast_slice(w.data());
-    let x8 = simd::q6_k_superblock_x8_kernel();
     let act = |t: usize| &xq[t * nb..(t + 1) * nb];
+    let wrow = |r: usize| &weights[r * nb..(r + 1) * nb];
+    let x8 = simd::q6_k_superblock_x8_kernel()
+        .map(|k| move |r: usize, t: usize| k(wrow(r), std::array::from_fn(|i| act(t + i))));
     for_each_tile(rows, n, cols, out, |tile| {
-        for r in tile.rows.clone() {
-            let wrow = &weights[r * nb..(r + 1) * nb];
-            let mut t = tile.tokens.start;
-            if let Some(x8) = x8 {
-                while t + 8 <= tile.tokens.end {
-                    let v = x8(wrow, std::array::from_fn(|k| act(t + k)));
-                    for (k, v) in v.into_iter().enumerate() {
-                        tile.set(t + k, r, v);
-                    }
-                    t += 8;
-                }
-            }
-            for t in t..tile.tokens.end {
-                tile.set(t, r, kernel(wrow, act(t)));
-            }
-        }
+        by_eight_tokens(tile, n, x8, |r, t| kernel(wrow(r), act(t)))
     });
 }
 

@@ -110,6 +110,21 @@ pub enum AttentionKernel {
     Tiled,
 }
 
+/// Reproducible test data: each call returns `len` values uniform in
+/// `[-amplitude, amplitude)` from an xorshift generator seeded with `seed`.
+fn xorshift_values(mut state: u64, amplitude: f32) -> impl FnMut(usize) -> Vec<f32> {
+    move |len| {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * amplitude - amplitude
+            })
+            .collect()
+    }
+}
+
 /// Warps per block of the prompt-attention kernel for a head dimension (each
 /// takes 16 query rows; see `flash_prefill_d128` in ferry.cu).
 fn flash_warps(head_dim: usize) -> usize {
@@ -1504,17 +1519,7 @@ impl CudaBackend {
             }
         };
         let kv_width = n_kv_heads * head_dim;
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut random = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
+        let mut random = xorshift_values(0x2545_f491_4f6c_dd1d, 1.0);
         let to_f16 = |x: Vec<f32>| -> Vec<f16> { x.into_iter().map(f16::from_f32).collect() };
         let kv = CudaKv {
             n_ctx: n,
@@ -1559,17 +1564,7 @@ impl CudaBackend {
             k: self.zeros::<f16>(n_ctx * kv_width)?,
             v: self.zeros::<f16>(n_ctx * kv_width)?,
         };
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-                })
-                .collect()
-        };
+        let mut random = xorshift_values(0x9e37_79b9_7f4a_7c15, 2.0);
         let heads = (n_heads, n_kv_heads, head_dim);
         let q_width = n_heads * head_dim;
         // `Some(kernel)`: that kernel; `None`: the shared-memory reference.
@@ -1681,17 +1676,9 @@ impl CudaBackend {
         reps: usize,
     ) -> Result<f64, BackendError> {
         // Random operands: zeros would draw less power and run at higher clocks.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = |len: usize| -> Vec<f16> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    f16::from_f32(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-                })
-                .collect()
-        };
+        let mut values = xorshift_values(0x9e37_79b9_7f4a_7c15, 1.0);
+        let mut random =
+            |len: usize| -> Vec<f16> { values(len).into_iter().map(f16::from_f32).collect() };
         let w = self.upload(&random(k * k))?;
         let x = self.upload(&random(m * k))?;
         let mut out = self.zeros::<f32>(m * k)?;

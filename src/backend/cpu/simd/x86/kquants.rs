@@ -166,6 +166,24 @@ pub(super) fn q6_k_values(b: &BlockQ6K, n: usize) -> [__m256i; 4] {
     ]
 }
 
+/// Σ (q + 32)·a·scale of a Q6_K super-block in eight i32 lanes: lane t < 4
+/// sums the low 16-element halves of each 32-element group (4 bytes each),
+/// lane 4 + t the high halves, as llama.cpp's x86 kernel forms them.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q6_k_scaled_sums(w: &BlockQ6K, a: &BlockQ8K) -> __m256i {
+    let mut sumi = _mm256_setzero_si256();
+    for n in 0..2 {
+        for (k, q) in q6_k_values(w, n).into_iter().enumerate() {
+            let s = 8 * n + 2 * k;
+            let scales = scale_pair(w.scales[s] as i16, w.scales[s + 1] as i16);
+            let av = load32_i8(&a.qs[128 * n + 32 * k..]);
+            sumi = _mm256_add_epi32(sumi, scaled_dot(q, av, scales));
+        }
+    }
+    sumi
+}
+
 pub fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     // SAFETY: only selected when AVX2/FMA/F16C are present.
     unsafe { q6_k_avx2(w, a) }
@@ -195,16 +213,7 @@ fn q6_k_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
             pair(12),
             pair(14),
         );
-        let mut sumi = _mm256_setzero_si256();
-        for n in 0..2 {
-            for (k, q) in q6_k_values(w, n).into_iter().enumerate() {
-                let s = 8 * n + 2 * k;
-                let scales = scale_pair(w.scales[s] as i16, w.scales[s + 1] as i16);
-                let av = load32_i8(&a.qs[128 * n + 32 * k..]);
-                sumi = _mm256_add_epi32(sumi, scaled_dot(q, av, scales));
-            }
-        }
-        let sumi = _mm256_sub_epi32(sumi, offsets);
+        let sumi = _mm256_sub_epi32(q6_k_scaled_sums(w, a), offsets);
         let d = a.d * w.d.to_f32();
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -382,15 +391,7 @@ fn q6_k_superblocks_avx2(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     for (w, a) in w.iter().zip(a) {
         // As `q6_k_avx2`: q + 32 against the activations, the 32·a·scale
         // offset off through the block sums; the total is exact.
-        let mut sumi = _mm256_setzero_si256();
-        for n in 0..2 {
-            for (k, q) in q6_k_values(w, n).into_iter().enumerate() {
-                let s = 8 * n + 2 * k;
-                let scales = scale_pair(w.scales[s] as i16, w.scales[s + 1] as i16);
-                let av = load32_i8(&a.qs[128 * n + 32 * k..]);
-                sumi = _mm256_add_epi32(sumi, scaled_dot(q, av, scales));
-            }
-        }
+        let sumi = q6_k_scaled_sums(w, a);
         let offset: i32 = (0..16)
             .map(|s| 32 * a.bsums[s] as i32 * w.scales[s] as i32)
             .sum();
@@ -416,30 +417,37 @@ fn reduce8(v: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// `q4_k_q8_k_repacked(w, a[t], true)` for eight tokens at once: each weight
-/// super-block is unpacked once for all eight, the float steps run with one
-/// token per lane (the same steps, in the same order, per token).
-pub fn q4_k_q8_k_repacked_x8(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-    // SAFETY: only selected when AVX2/FMA/F16C are present; the AVX-512VL
-    // build (same code, 32 vector registers) only where the CPU has it.
-    unsafe {
-        if super::has_avx512_vnni() {
-            q4_k_repacked_x8_avx512(w, a)
-        } else {
-            q4_k_repacked_x8_avx2(w, a)
+// `q4_k_q8_k_repacked(w, a[t], true)` for eight tokens at once: each weight
+// super-block is unpacked once for all eight, the float steps run with one
+// token per lane (the same steps, in the same order, per token).
+
+/// `pub fn $name(w, a)`: `$body` compiled twice, for AVX2 and for AVX-512VL
+/// (the same code with 32 vector registers), the latter where the CPU has it.
+macro_rules! x8_entry {
+    ($name:ident, $block:ty, $body:ident) => {
+        pub fn $name(w: &[$block], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
+            fn wide(w: &[$block], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+                $body(w, a)
+            }
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn narrow(w: &[$block], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+                $body(w, a)
+            }
+            // SAFETY: only selected when AVX2/FMA/F16C are present, the wide
+            // build only where the CPU has AVX-512VL.
+            unsafe {
+                if super::has_avx512_vnni() {
+                    wide(w, a)
+                } else {
+                    narrow(w, a)
+                }
+            }
         }
-    }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
-fn q4_k_repacked_x8_avx512(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-    q4_k_repacked_x8_body(w, a)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_repacked_x8_avx2(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-    q4_k_repacked_x8_body(w, a)
-}
+x8_entry!(q4_k_q8_k_repacked_x8, BlockQ4K, q4_k_repacked_x8_body);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -486,28 +494,9 @@ fn q4_k_repacked_x8_body(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
     out
 }
 
-/// `q6_k_q8_k_superblocks(w, a[t])` for eight tokens at once (one token per
-/// lane in the float steps, the same steps in the same order).
-pub fn q6_k_q8_k_superblocks_x8(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-    // SAFETY: as `q4_k_q8_k_repacked_x8`.
-    unsafe {
-        if super::has_avx512_vnni() {
-            q6_k_superblocks_x8_avx512(w, a)
-        } else {
-            q6_k_superblocks_x8_avx2(w, a)
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
-fn q6_k_superblocks_x8_avx512(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-    q6_k_superblocks_x8_body(w, a)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_superblocks_x8_avx2(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-    q6_k_superblocks_x8_body(w, a)
-}
+// `q6_k_q8_k_superblocks(w, a[t])` for eight tokens at once (one token per
+// lane in the float steps, the same steps in the same order).
+x8_entry!(q6_k_q8_k_superblocks_x8, BlockQ6K, q6_k_superblocks_x8_body);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
