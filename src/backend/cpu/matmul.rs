@@ -253,6 +253,20 @@ fn quantize_q8_k_rows(x: &CpuAct) -> Vec<BlockQ8K> {
         .collect()
 }
 
+/// `Tokens8::of` each whole block of eight tokens among the first `end` of
+/// the quantized activations (`nb` blocks per token), in token order.
+fn tokens8(xq: &[BlockQ8K], nb: usize, end: usize) -> Vec<Vec<simd::Tokens8>> {
+    (0..end / 8)
+        .into_par_iter()
+        .map(|b| {
+            let t0 = 8 * b;
+            simd::Tokens8::of(std::array::from_fn(|i| {
+                &xq[(t0 + i) * nb..(t0 + i + 1) * nb]
+            }))
+        })
+        .collect()
+}
+
 /// Every output of the tile: for each row, tokens eight at a time through
 /// `x8(row, first token)` while all eight lie below `eight_end`, the others
 /// one at a time through `one(row, token)`.
@@ -299,8 +313,11 @@ fn q4_k_llama_order(
     let grouped = if n <= dot_max { 0 } else { n - n % 4 };
     let act = |t: usize| &xq[t * nb..(t + 1) * nb];
     let wrow = |r: usize| &weights[r * nb..(r + 1) * nb];
-    let x8 = simd::q4_k_repacked_x8_kernel()
-        .map(|k| move |r: usize, t: usize| k(wrow(r), std::array::from_fn(|i| act(t + i))));
+    let pre = tokens8(&xq, nb, grouped);
+    let x8 = simd::q4_k_repacked_x8_kernel().map(|k| {
+        let pre = &pre;
+        move |r: usize, t: usize| k(wrow(r), std::array::from_fn(|i| act(t + i)), &pre[t / 8])
+    });
     // Eight grouped tokens at a time share the weight row's unpacking.
     for_each_tile(rows, n, cols, out, |tile| {
         by_eight_tokens(tile, grouped, x8, |r, t| {
@@ -328,8 +345,11 @@ fn q6_k_llama_order(
     let weights: &[BlockQ6K] = bytemuck::cast_slice(w.data());
     let act = |t: usize| &xq[t * nb..(t + 1) * nb];
     let wrow = |r: usize| &weights[r * nb..(r + 1) * nb];
-    let x8 = simd::q6_k_superblock_x8_kernel()
-        .map(|k| move |r: usize, t: usize| k(wrow(r), std::array::from_fn(|i| act(t + i))));
+    let pre = tokens8(&xq, nb, n);
+    let x8 = simd::q6_k_superblock_x8_kernel().map(|k| {
+        let pre = &pre;
+        move |r: usize, t: usize| k(wrow(r), std::array::from_fn(|i| act(t + i)), &pre[t / 8])
+    });
     for_each_tile(rows, n, cols, out, |tile| {
         by_eight_tokens(tile, n, x8, |r, t| kernel(wrow(r), act(t)))
     });

@@ -45,10 +45,37 @@ pub fn q6_k_superblock_kernel() -> Option<Q6kSuperblockKernel> {
     None
 }
 
+/// What eight tokens' Q8_K activations contribute to each super-block of a
+/// product besides their quants, side by side (one token per lane): their
+/// scales and their 32-element sums. Computed once per block of eight tokens,
+/// shared by every weight row.
+pub struct Tokens8 {
+    pub d: [f32; 8],
+    /// `bsum32[s][t]`: Σ of token t's quants in sub-block s.
+    pub bsum32: [[i32; 8]; 8],
+}
+
+impl Tokens8 {
+    /// One entry per super-block of the eight rows.
+    pub fn of(a: [&[BlockQ8K]; 8]) -> Vec<Tokens8> {
+        (0..a[0].len())
+            .map(|b| Tokens8 {
+                d: std::array::from_fn(|t| a[t][b].d),
+                bsum32: std::array::from_fn(|s| {
+                    std::array::from_fn(|t| {
+                        a[t][b].bsums[2 * s] as i32 + a[t][b].bsums[2 * s + 1] as i32
+                    })
+                }),
+            })
+            .collect()
+    }
+}
+
 /// Eight tokens at once, each with the result its single-token kernel gives
-/// (`Q4kRepackedKernel` with `true`, `Q6kSuperblockKernel`).
-pub type Q4kRepackedX8Kernel = fn(&[BlockQ4K], [&[BlockQ8K]; 8]) -> [f32; 8];
-pub type Q6kSuperblockX8Kernel = fn(&[BlockQ6K], [&[BlockQ8K]; 8]) -> [f32; 8];
+/// (`Q4kRepackedKernel` with `true`, `Q6kSuperblockKernel`); `pre` is
+/// `Tokens8::of` the same eight activation rows.
+pub type Q4kRepackedX8Kernel = fn(&[BlockQ4K], [&[BlockQ8K]; 8], &[Tokens8]) -> [f32; 8];
+pub type Q6kSuperblockX8Kernel = fn(&[BlockQ6K], [&[BlockQ8K]; 8], &[Tokens8]) -> [f32; 8];
 
 pub fn q4_k_repacked_x8_kernel() -> Option<Q4kRepackedX8Kernel> {
     #[cfg(target_arch = "x86_64")]

@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 
 use crate::quant::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
+use super::super::Tokens8;
 use super::hsum_ps;
 
 #[inline]
@@ -83,20 +84,22 @@ fn q4_k_avx2(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - mins
 }
 
-/// The eight 6-bit (scale, min) codes of a Q4_K/Q5_K block.
+/// The eight 6-bit (scale, min) codes of a Q4_K/Q5_K block, unpacked a word
+/// (four codes) at a time without branches.
 fn k4_scales(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for j in 0..8 {
-        if j < 4 {
-            sc[j] = q[j] & 63;
-            m[j] = q[j + 4] & 63;
-        } else {
-            sc[j] = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-            m[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-        }
-    }
-    (sc, m)
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    let sc_lo = a & 0x3f3f_3f3f;
+    let m_lo = b & 0x3f3f_3f3f;
+    let sc_hi = (c & 0x0f0f_0f0f) | ((a >> 2) & 0x3030_3030);
+    let m_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 2) & 0x3030_3030);
+    let join = |lo: u32, hi: u32| -> [u8; 8] {
+        let mut v = [0u8; 8];
+        v[..4].copy_from_slice(&lo.to_le_bytes());
+        v[4..].copy_from_slice(&hi.to_le_bytes());
+        v
+    };
+    (join(sc_lo, sc_hi), join(m_lo, m_hi))
 }
 
 pub fn q5_k_q8_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
@@ -425,22 +428,22 @@ fn reduce8(v: &[__m256i; 8]) -> __m256i {
 /// (the same code with 32 vector registers), the latter where the CPU has it.
 macro_rules! x8_entry {
     ($name:ident, $block:ty, $body:ident) => {
-        pub fn $name(w: &[$block], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+        pub fn $name(w: &[$block], a: [&[BlockQ8K]; 8], pre: &[Tokens8]) -> [f32; 8] {
             #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
-            fn wide(w: &[$block], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-                $body(w, a)
+            fn wide(w: &[$block], a: [&[BlockQ8K]; 8], pre: &[Tokens8]) -> [f32; 8] {
+                $body(w, a, pre)
             }
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn narrow(w: &[$block], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
-                $body(w, a)
+            fn narrow(w: &[$block], a: [&[BlockQ8K]; 8], pre: &[Tokens8]) -> [f32; 8] {
+                $body(w, a, pre)
             }
             // SAFETY: only selected when AVX2/FMA/F16C are present, the wide
             // build only where the CPU has AVX-512VL.
             unsafe {
                 if super::has_avx512_vnni() {
-                    wide(w, a)
+                    wide(w, a, pre)
                 } else {
-                    narrow(w, a)
+                    narrow(w, a, pre)
                 }
             }
         }
@@ -451,15 +454,15 @@ x8_entry!(q4_k_q8_k_repacked_x8, BlockQ4K, q4_k_repacked_x8_body);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_repacked_x8_body(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+fn q4_k_repacked_x8_body(w: &[BlockQ4K], a: [&[BlockQ8K]; 8], pre: &[Tokens8]) -> [f32; 8] {
     let low = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for (b, wb) in w.iter().enumerate() {
         let (sc, m) = k4_scales(&wb.scales);
-        let da: [f32; 8] = std::array::from_fn(|t| a[t][b].d);
+        let pre = &pre[b];
         // SAFETY: eight readable floats.
-        let da = unsafe { _mm256_loadu_ps(da.as_ptr()) };
+        let da = unsafe { _mm256_loadu_ps(pre.d.as_ptr()) };
         let ds = _mm256_mul_ps(_mm256_set1_ps(wb.d.to_f32()), da);
         let dm = _mm256_mul_ps(_mm256_set1_ps(wb.dmin.to_f32()), da);
         for j in 0..4 {
@@ -478,12 +481,18 @@ fn q4_k_repacked_x8_body(w: &[BlockQ4K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
                 )
             });
             let sums = reduce8(&v);
-            let mins: [i32; 8] = std::array::from_fn(|t| {
-                m[2 * j] as i32 * bsum32(&a[t][b], 2 * j)
-                    + m[2 * j + 1] as i32 * bsum32(&a[t][b], 2 * j + 1)
-            });
-            // SAFETY: eight readable i32.
-            let mins = unsafe { _mm256_loadu_si256(mins.as_ptr() as *const __m256i) };
+            // Σ min·bsum of the pair, the eight tokens' sub-block sums side by side.
+            // SAFETY: eight readable i32 each.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(pre.bsum32[2 * j].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(pre.bsum32[2 * j + 1].as_ptr() as *const __m256i),
+                )
+            };
+            let mins = _mm256_add_epi32(
+                _mm256_mullo_epi32(b0, _mm256_set1_epi32(m[2 * j] as i32)),
+                _mm256_mullo_epi32(b1, _mm256_set1_epi32(m[2 * j + 1] as i32)),
+            );
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), ds, acc);
             acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm, acc_min);
         }
@@ -500,7 +509,7 @@ x8_entry!(q6_k_q8_k_superblocks_x8, BlockQ6K, q6_k_superblocks_x8_body);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_superblocks_x8_body(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+fn q6_k_superblocks_x8_body(w: &[BlockQ6K], a: [&[BlockQ8K]; 8], pre: &[Tokens8]) -> [f32; 8] {
     let mut acc = _mm256_setzero_ps();
     for (b, wb) in w.iter().enumerate() {
         let mut v = [_mm256_setzero_si256(); 8];
@@ -525,9 +534,8 @@ fn q6_k_superblocks_x8_body(w: &[BlockQ6K], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
             _mm256_madd_epi16(bs, sc16)
         }));
         let total = _mm256_sub_epi32(reduce8(&v), _mm256_slli_epi32::<5>(offsets));
-        let da: [f32; 8] = std::array::from_fn(|t| a[t][b].d);
         // SAFETY: eight readable floats.
-        let da = unsafe { _mm256_loadu_ps(da.as_ptr()) };
+        let da = unsafe { _mm256_loadu_ps(pre[b].d.as_ptr()) };
         let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(wb.d.to_f32()));
         acc = _mm256_fmadd_ps(scaled, da, acc);
     }
