@@ -152,7 +152,7 @@ fn rows_per_task(rows: usize, n: usize, cols: usize) -> usize {
 const TOKEN_TILE: usize = 128;
 // Blocks of eight tokens start at multiples of 8 in every tile (`tokens8`
 // indexes its blocks by first token / 8).
-const _: () = assert!(TOKEN_TILE % 8 == 0);
+const _: () = assert!(TOKEN_TILE.is_multiple_of(8));
 
 /// The part of the output one task may write: rows `rows` of tokens `tokens`.
 pub struct Tile {
