@@ -228,14 +228,7 @@ fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_
     let act_elems = <W::Act as BlockFormat>::ELEMS;
     let nb_act = cols / act_elems;
     // Quantize every activation row once.
-    let xq: Vec<W::Act> = x
-        .data
-        .par_chunks(cols)
-        .flat_map_iter(|row| {
-            row.chunks_exact(act_elems)
-                .map(<W::Act as BlockFormat>::quantize_activation)
-        })
-        .collect();
+    let xq: Vec<W::Act> = quantize_act_rows(x);
     let weights: &[W] = bytemuck::cast_slice(w.data());
     let dot = simd::dot_kernel::<W>();
     for_each_tile(rows, n, cols, out, |tile| {
@@ -248,11 +241,11 @@ fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_
     });
 }
 
-/// Every activation row quantized to Q8_K, row after row.
-fn quantize_q8_k_rows(x: &CpuAct) -> Vec<BlockQ8K> {
+/// Every activation row quantized to the activation format `A`, row after row.
+fn quantize_act_rows<A: BlockFormat>(x: &CpuAct) -> Vec<A> {
     x.data
         .par_chunks(x.width)
-        .flat_map_iter(|row| row.chunks_exact(QK_K).map(BlockQ8K::quantize_activation))
+        .flat_map_iter(|row| row.chunks_exact(A::ELEMS).map(A::quantize_activation))
         .collect()
 }
 
@@ -311,7 +304,7 @@ fn q4_k_llama_order(
 ) {
     let (n, cols, rows) = (x.n, x.width, w.rows);
     let nb = cols / QK_K;
-    let xq = quantize_q8_k_rows(x);
+    let xq: Vec<BlockQ8K> = quantize_act_rows(x);
     let weights: &[BlockQ4K] = bytemuck::cast_slice(w.data());
     let grouped = if n <= dot_max { 0 } else { n - n % 4 };
     let act = |t: usize| &xq[t * nb..(t + 1) * nb];
@@ -344,7 +337,7 @@ fn q6_k_llama_order(
         return quant_matmul::<BlockQ6K>(x, w, out, usize::MAX);
     }
     let nb = cols / QK_K;
-    let xq = quantize_q8_k_rows(x);
+    let xq: Vec<BlockQ8K> = quantize_act_rows(x);
     let weights: &[BlockQ6K] = bytemuck::cast_slice(w.data());
     let act = |t: usize| &xq[t * nb..(t + 1) * nb];
     let wrow = |r: usize| &weights[r * nb..(r + 1) * nb];
