@@ -14,6 +14,12 @@
 #   prefill5 the fifth session's measurements (resident 32B/7B, 25 % budget, profile)
 #   dprofile per-launch times and DRAM bytes of a 32B-shape decode step (ncu)
 #   decode5 resident 7B/32B decode and one 32B step's launches (ncu)
+#   gemvstat stall reasons and issue rates of the decode GEMVs (ncu sections),
+#           warps per row against tg64
+#   ab      this build (./ferry) against the previous one (./ferry-old, when
+#           staged): gpu-check, tg64 7B/32B interleaved, one 32B step's launches
+#   pipe    streaming decode GEMVs: gpu-check, against the register-load
+#           kernels (FERRY_GEMV=smem), stage sizes, one 32B step's launches
 #   pp32    32B shape: resident pp512/2048/8192 only
 #   pp8k    32B shape: resident pp8192 with 4096- and 8192-token micro-batches
 #   big32   32B shape: resident pp512/2048/8192 + tg
@@ -42,7 +48,7 @@ tg_variants() {
     local log=$1; shift
     for v in "$@"; do
         for m in /tmp/ferry-7b-q4km.gguf "$M"; do
-            echo "$v $(basename "$m"): $(env "$v" timeout 60 ./ferry bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$log"
+            echo "$v $(basename "$m"): $(env $v timeout 60 ./ferry bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$log"
         done
     done
 }
@@ -225,6 +231,49 @@ decode5)
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
     timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
         ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    ;;
+ab)
+    synth7b
+    synth > /dev/null 2>&1
+    timeout 300 ./ferry gpu-check smol4.gguf --synthetic /tmp/ferry-synthetic 2>&1 | tee "$OUTDIR/gpu-check.txt" | tail -16
+    for round in 1 2; do
+        for b in ./ferry-old ./ferry; do
+            [ -x "$b" ] || continue
+            for m in /tmp/ferry-7b-q4km.gguf "$M"; do
+                echo "$b $(basename "$m"): $(env ${AB_ENV:-X=1} timeout 60 $b bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$OUTDIR/ab.txt"
+            done
+        done
+    done
+    ptxas_report "$OUTDIR/ptxas.txt"
+    grep -A2 "gemv_s" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill" | paste - - - | awk '{print $6, $(NF-10), $(NF-6), $(NF-3)}' | head -12
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    grep -E "^  [a-zA-Z_0-9]|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-32b.txt" | paste - - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-1), $NF}' | head -24
+    ;;
+gemvstat)
+    synth7b
+    synth > /dev/null 2>&1
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    for g in smem pipe; do
+        FERRY_GEMV=$g timeout 200 "$NCU" --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+            --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis -k regex:gemv --launch-skip 300 --launch-count 8 \
+            ./ferry bench -m "$M" --device cuda -p 16 -n 4 -r 1 > "$OUTDIR/ncu-gemv-$g.txt" 2>&1
+    done
+    tg_variants "$OUTDIR/wpr.txt" "FERRY_GEMV=smem FERRY_GEMV_WPR=1" "FERRY_GEMV=smem FERRY_GEMV_WPR=2" "FERRY_GEMV=smem FERRY_GEMV_WPR=4" "FERRY_GEMV=smem FERRY_GEMV_WPR=8" FERRY_GEMV_WPR=8
+    ;;
+pipe)
+    synth7b
+    synth > /dev/null 2>&1
+    timeout 300 ./ferry gpu-check smol4.gguf --synthetic /tmp/ferry-synthetic 2>&1 | tee "$OUTDIR/gpu-check.txt" | tail -25
+    tg_variants "$OUTDIR/pipe.txt" FERRY_GEMV=smem FERRY_GEMV=pipe FERRY_GEMV_STAGE=1024 FERRY_GEMV_STAGE=1536 \
+        FERRY_GEMV_STAGE=3072 FERRY_GEMV_STAGE=4096 FERRY_GEMV=smem FERRY_GEMV=pipe
+    ptxas_report "$OUTDIR/ptxas.txt"
+    grep -A2 "pipe" "$OUTDIR/ptxas.txt" | head -30
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    grep -E "^  [a-zA-Z_0-9]|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-32b.txt" | paste - - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-1), $NF}' | head -40
     ;;
 pp32)
     # Resident 32B-shape prefill only (2048-token micro-batches).

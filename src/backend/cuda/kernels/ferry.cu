@@ -1202,43 +1202,69 @@ GEMV_Q8_ENTRY(8)
 // a residual (out = W·x + residual, in place for x += W·h), and SwiGLU over two
 // matrices read side by side (out = silu(W_gate·x) · W_up·x).
 
-// One Q4_K superblock (header `hdr`, this lane's 16 quant bytes `qv`) against
-// the shared-memory activations; lane s of its group of 8 as in gemv_q4k_q8_t.
+// The block's copy of the 8-bit activations is stored swizzled: the 16-byte
+// chunk ch (elements 16 ch .. 16 ch + 16) of superblock blk sits in slot
+// (4 (ch % 4) + ch / 4) ^ (4 (blk % 2)) of its 256 bytes. A Q4_K lane reads
+// the chunks 4c + k (k = 0..3) of its 64 elements in step k, so the 8 lanes of
+// a quarter warp (4 lanes of one superblock, 4 of the next) hit 8 distinct
+// groups of 4 banks; in the natural order they would hit 2-4 lanes per bank.
+__device__ __forceinline__ int xq_slot(int blk, int ch) { return (4 * (ch & 3) + (ch >> 2)) ^ (4 * (blk & 1)); }
+
+// Byte offset of element e (multiple of 8) of token t in the swizzled copy.
+__device__ __forceinline__ int xq_at(int t, int cols, int e) {
+    int blk = e >> 8, ch = (e >> 4) & 15;
+    return t * cols + (blk << 8) + 16 * xq_slot(blk, ch) + (e & 15);
+}
+
+// One Q4_K superblock against the shared-memory activations, four lanes per
+// superblock: lane c (0..3) holds qs[32c .. 32c + 32] (`qa`, `qb`), whose low
+// nibbles are sub-block 2c and high nibbles sub-block 2c + 1, so each lane
+// unpacks two scale/minimum pairs per 64 elements (with eight lanes per
+// superblock it was two per 32, and the GEMV issued an instruction every
+// cycle it could). Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x per sub-block.
 template <int NT>
-__device__ __forceinline__ void q4k_dot_smem(uint4 hdr, uint4 qv, int blk, const i8* sq, const float* sd,
-                                             const float* ss, int cols, int nxb, int n, int s, float* acc) {
-    int c = s / 2, l = 16 * (s % 2), hf = s % 2;
+__device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int blk, const i8* sq,
+                                              const float* sd, const float* ss, int cols, int nxb, int n, int c,
+                                              float* acc) {
     float d = half_to_float((u16)(hdr.x & 0xFFFF)), dmin = half_to_float((u16)(hdr.x >> 16));
     int sc0, m0, sc1, m1;
     scale_min_hdr(hdr, 2 * c, &sc0, &m0);
     scale_min_hdr(hdr, 2 * c + 1, &sc1, &m1);
     float d0 = d * (float)sc0, d1 = d * (float)sc1;
     float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
-    int lo[4], hi[4];
-    u32 qw[4] = {qv.x, qv.y, qv.z, qv.w};
+    int lo[8], hi[8];
+    u32 qw[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 8; ++i) {
         lo[i] = (int)(qw[i] & 0x0F0F0F0F);
         hi[i] = (int)((qw[i] >> 4) & 0x0F0F0F0F);
     }
-    int e_lo = blk * 256 + 64 * c + l;
-    int xb = blk * 8 + 2 * c;
+    const int xb = blk * 8 + 2 * c;
+    const int sw = 4 * (blk & 1);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         if (t >= n) break;
-        uint4 xl = *(const uint4*)(sq + (size_t)t * cols + e_lo);
-        uint4 xh = *(const uint4*)(sq + (size_t)t * cols + e_lo + 32);
-        int sl = dp4a(lo[0], (int)xl.x, 0);
-        sl = dp4a(lo[1], (int)xl.y, sl);
-        sl = dp4a(lo[2], (int)xl.z, sl);
-        sl = dp4a(lo[3], (int)xl.w, sl);
-        int sh = dp4a(hi[0], (int)xh.x, 0);
-        sh = dp4a(hi[1], (int)xh.y, sh);
-        sh = dp4a(hi[2], (int)xh.z, sh);
-        sh = dp4a(hi[3], (int)xh.w, sh);
-        int bx = t * nxb + xb;
-        acc[t] += d0 * sd[bx] * (float)sl - mn0 * ss[bx * 2 + hf] + d1 * sd[bx + 1] * (float)sh -
-                  mn1 * ss[(bx + 1) * 2 + hf];
+        const uint4* xs = (const uint4*)(sq + (size_t)t * cols + blk * 256);
+        uint4 x0 = xs[c ^ sw], x1 = xs[(4 + c) ^ sw], x2 = xs[(8 + c) ^ sw], x3 = xs[(12 + c) ^ sw];
+        int sl = dp4a(lo[0], (int)x0.x, 0);
+        sl = dp4a(lo[1], (int)x0.y, sl);
+        sl = dp4a(lo[2], (int)x0.z, sl);
+        sl = dp4a(lo[3], (int)x0.w, sl);
+        sl = dp4a(lo[4], (int)x1.x, sl);
+        sl = dp4a(lo[5], (int)x1.y, sl);
+        sl = dp4a(lo[6], (int)x1.z, sl);
+        sl = dp4a(lo[7], (int)x1.w, sl);
+        int sh = dp4a(hi[0], (int)x2.x, 0);
+        sh = dp4a(hi[1], (int)x2.y, sh);
+        sh = dp4a(hi[2], (int)x2.z, sh);
+        sh = dp4a(hi[3], (int)x2.w, sh);
+        sh = dp4a(hi[4], (int)x3.x, sh);
+        sh = dp4a(hi[5], (int)x3.y, sh);
+        sh = dp4a(hi[6], (int)x3.z, sh);
+        sh = dp4a(hi[7], (int)x3.w, sh);
+        float2 dx = *(const float2*)(sd + t * nxb + xb);
+        float4 s4 = *(const float4*)(ss + 2 * (t * nxb + xb));
+        acc[t] += d0 * dx.x * (float)sl - mn0 * (s4.x + s4.y) + d1 * dx.y * (float)sh - mn1 * (s4.z + s4.w);
     }
 }
 
@@ -1288,7 +1314,7 @@ __device__ __forceinline__ void q6k_dot_smem(const Q6kLane& q, int blk, const i8
         float total = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            uint2 xv = *(const uint2*)(sq + (size_t)t * cols + e0 + 32 * k);
+            uint2 xv = *(const uint2*)(sq + xq_at(t, cols, e0 + 32 * k));
             int si = dp4a(qs[k][0], (int)xv.x, dp4a(qs[k][1], (int)xv.y, 0));
             total += dk[k] * sd[t * nxb + xb0 + k] * (float)si;
         }
@@ -1322,18 +1348,19 @@ struct GemvSegs {
     int total_groups;
 };
 
-// One round of a lane's loads: its 16 header and 16 quant bytes of U Q4_K
-// superblocks first + stride·u (those past the row's end skipped).
+// One round of a lane's loads: the 16 header bytes and lane c's 32 quant
+// bytes of U Q4_K superblocks first + stride·u (those past the row's end skipped).
 template <int U>
-__device__ __forceinline__ void q4k_round(const u8* row, int first, int stride, int nb, int s, uint4 (&h)[U],
-                                          uint4 (&q)[U]) {
+__device__ __forceinline__ void q4k_round(const u8* row, int first, int stride, int nb, int c, uint4 (&h)[U],
+                                          uint4 (&qa)[U], uint4 (&qb)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         int blk = first + stride * u;
         if (blk < nb) {
             const u8* b = row + (size_t)blk * 144;
             h[u] = *(const uint4*)b;
-            q[u] = *(const uint4*)(b + 16 + 16 * s);
+            qa[u] = *(const uint4*)(b + 16 + 32 * c);
+            qb[u] = *(const uint4*)(b + 32 + 32 * c);
         }
     }
 }
@@ -1357,15 +1384,15 @@ __device__ __forceinline__ void gemv_row_part(const u8* row, const u8* row2, int
                                               int n, float* acc, float* acc2) {
     for (int first = first0; first < nb; first += U * stride) {
         if (FMT == 0) {
-            uint4 h[U], q[U], h2[U], q2[U];
-            q4k_round<U>(row, first, stride, nb, s, h, q);
-            if (SWIGLU) q4k_round<U>(row2, first, stride, nb, s, h2, q2);
+            uint4 h[U], qa[U], qb[U], h2[U], qa2[U], qb2[U];
+            q4k_round<U>(row, first, stride, nb, s, h, qa, qb);
+            if (SWIGLU) q4k_round<U>(row2, first, stride, nb, s, h2, qa2, qb2);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 int blk = first + stride * u;
                 if (blk >= nb) break;
-                q4k_dot_smem<NT>(h[u], q[u], blk, sq, sd, ss, cols, nxb, n, s, acc);
-                if (SWIGLU) q4k_dot_smem<NT>(h2[u], q2[u], blk, sq, sd, ss, cols, nxb, n, s, acc2);
+                q4k_dot4_smem<NT>(h[u], qa[u], qb[u], blk, sq, sd, ss, cols, nxb, n, s, acc);
+                if (SWIGLU) q4k_dot4_smem<NT>(h2[u], qa2[u], qb2[u], blk, sq, sd, ss, cols, nxb, n, s, acc2);
             }
         } else {
             Q6kLane q[U];
@@ -1392,7 +1419,11 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
     float* sd = (float*)(gemv_smem + (size_t)n * cols);
     float* ss = sd + n * nxb;
     float* part = ss + 2 * n * nxb;
-    for (int i = threadIdx.x; i < n * cols / 16; i += blockDim.x) ((uint4*)sq)[i] = ((const uint4*)xq)[i];
+    const int chunks = cols / 16; // 16-byte chunks per token, stored swizzled (xq_slot)
+    for (int i = threadIdx.x; i < n * chunks; i += blockDim.x) {
+        int t = i / chunks, ci = i - t * chunks, blk = ci >> 4;
+        ((uint4*)(sq + (size_t)t * cols + blk * 256))[xq_slot(blk, ci & 15)] = ((const uint4*)xq)[i];
+    }
     for (int i = threadIdx.x; i < n * nxb; i += blockDim.x) {
         sd[i] = xd[i];
         ss[2 * i] = xs[2 * i];
@@ -1401,8 +1432,12 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
     __syncthreads();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rpb = 8 / wpr, row_in = warp / wpr, piece = warp % wpr;
+    // Q6_K: groups of 8 lanes per superblock; Q4_K: groups of 4 (q4k_dot4_smem),
+    // each taking superblocks first + stride·k of the warp's interleaved share.
     const int s = lane % 8;
-    const int first0 = piece * 4 + lane / 8, stride = 4 * wpr; // this group's superblocks: first0 + stride·k
+    const int first0 = piece * 4 + lane / 8, stride = 4 * wpr;
+    const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
+    constexpr int U4 = U > 1 ? U / 2 : 1; // a Q4_K lane loads 48 bytes per superblock, a Q6_K lane 26
     for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
         GemvSeg g = segs.seg[0];
         if (segs.count > 1 && rg >= segs.seg[1].groups_before) g = segs.seg[1];
@@ -1415,8 +1450,8 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
             if (SWIGLU || g.fmt == 0) {
                 const u8* row = g.w + (size_t)r * nb * 144;
                 const u8* row2 = SWIGLU ? g.w2 + (size_t)r * nb * 144 : row;
-                gemv_row_part<NT, 0, SWIGLU, U>(row, row2, first0, stride, nb, s, sq, sd, ss, cols, nxb, n, acc,
-                                                acc2);
+                gemv_row_part<NT, 0, SWIGLU, U4>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
+                                                 acc2);
             } else {
                 const u8* row = g.w + (size_t)r * nb * 210;
                 gemv_row_part<NT, 1, false, U>(row, row, first0, stride, nb, s, sq, sd, ss, cols, nxb, n, acc,
