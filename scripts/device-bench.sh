@@ -236,16 +236,18 @@ ab)
     synth7b
     synth > /dev/null 2>&1
     timeout 300 ./ferry gpu-check smol4.gguf --synthetic /tmp/ferry-synthetic 2>&1 | tee "$OUTDIR/gpu-check.txt" | tail -16
-    for round in 1 2; do
-        for b in ./ferry-old ./ferry; do
+    # VARIANTS: "binary:VAR=value" pairs (default: the previous build against this one).
+    for round in $(seq ${ROUNDS:-2}); do
+        for bv in ${VARIANTS:-./ferry-old:X=1 ./ferry:X=1}; do
+            b=${bv%%:*}; v=${bv#*:}
             [ -x "$b" ] || continue
             for m in /tmp/ferry-7b-q4km.gguf "$M"; do
-                echo "$b $(basename "$m"): $(env ${AB_ENV:-X=1} timeout 60 $b bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$OUTDIR/ab.txt"
+                echo "$b $v $(basename "$m"): $(env $v timeout 60 $b bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$OUTDIR/ab.txt"
             done
         done
     done
     ptxas_report "$OUTDIR/ptxas.txt"
-    grep -A2 "gemv_s" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill" | paste - - - | awk '{print $6, $(NF-10), $(NF-6), $(NF-3)}' | head -12
+    grep -A2 "gemv_s\|async" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill" | paste - - - | head -24
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
     timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
         ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1

@@ -1814,6 +1814,18 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             ferry::synth::write_random_llama(&p, &ferry::synth::TinySpec::new(ty))?;
             models.push(p);
         }
+        // Two layers of the 32B shape, Q4_K_M-like (layer 0's v and down
+        // projections Q4_K, layer 1's Q6_K): rows as long as the real model's,
+        // so the decode GEMVs run with several rounds per row and the warps
+        // sharing a row that the tiny models never reach.
+        let p = dir.join("synthetic-32b-2-layers-q4_k_m.gguf");
+        let mut spec = ferry::synth::TinySpec::preset("qwen2.5-32b", GgmlType::Q4_K)
+            .context("the qwen2.5-32b preset")?;
+        spec.mix = Some(ferry::synth::QuantMix::Q4KM);
+        spec.n_layers = 2;
+        spec.n_vocab = 512;
+        ferry::synth::write_random_llama(&p, &spec)?;
+        models.push(p);
     }
     let rel = |a: &[f32], b: &[f32]| {
         let max = b.iter().fold(f32::MIN, |m, &v| m.max(v));

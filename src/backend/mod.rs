@@ -187,6 +187,23 @@ pub trait Backend {
         rope: &RopeParams,
         positions: &[u32],
     );
+    /// `rope` on the queries (`n_heads`) and keys (`n_kv_heads`) of a batch;
+    /// a backend may do both in one pass (the CUDA one does: one launch
+    /// fewer per layer of a decode step).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qk(
+        &self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        rope: &RopeParams,
+        positions: &[u32],
+    ) {
+        self.rope(q, n_heads, head_dim, rope, positions);
+        self.rope(k, n_kv_heads, head_dim, rope, positions);
+    }
     /// Store `k`, `v` in the cache at the batch's positions, then causal
     /// grouped-query attention of `q` over each token's sequence up to its position.
     #[allow(clippy::too_many_arguments)]

@@ -120,15 +120,10 @@ impl<B: Backend> Layer<B> {
             &mut s.k,
             &mut s.v,
         );
-        b.rope(
+        b.rope_qk(
             &mut s.q,
-            cfg.n_heads,
-            cfg.head_dim,
-            &cfg.rope,
-            batch.positions,
-        );
-        b.rope(
             &mut s.k,
+            cfg.n_heads,
             cfg.n_kv_heads,
             cfg.head_dim,
             &cfg.rope,

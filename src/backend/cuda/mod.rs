@@ -94,6 +94,7 @@ struct Kernels {
     add: CudaFunction,
     swiglu: CudaFunction,
     rope: CudaFunction,
+    rope_qk: CudaFunction,
     kv_store: CudaFunction,
     attention: CudaFunction,
     attention_tiled: CudaFunction,
@@ -206,6 +207,31 @@ fn gemv_warps_per_row(rows: usize, nb: usize, resident_warps: usize) -> usize {
         wpr *= 2;
     }
     wpr
+}
+
+/// Warps sharing a row, chosen for the last round of row groups: the launch's
+/// `blocks` persistent blocks take row groups of 8 / wpr rows in turn, so with
+/// `units` groups the busy share of the last round is units / (⌈units / blocks⌉
+/// · blocks) (a 32B down projection with 2 warps per row left 19 % of the GPU
+/// idle). Sharing stops where a warp's piece of the row (nb / wpr superblocks)
+/// would no longer fill one round of its lane groups' loads (16 superblocks),
+/// and a larger wpr must gain more than 5 %.
+fn gemv_warps_per_row_balanced(rows: &[usize], nb: usize, blocks: usize) -> usize {
+    let busy = |wpr: usize| {
+        let units: usize = rows.iter().map(|r| r.div_ceil(8 / wpr)).sum();
+        units as f64 / (units.div_ceil(blocks.max(1)) * blocks.max(1)) as f64
+    };
+    let mut best = (1, busy(1));
+    for wpr in [2, 4, 8] {
+        if nb / wpr < 16 {
+            break;
+        }
+        let b = busy(wpr);
+        if b > best.1 * 1.05 {
+            best = (wpr, b);
+        }
+    }
+    best.0
 }
 
 /// 64-bit FNV-1a: a stable hash for the kernel cache key.
@@ -339,6 +365,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
                 [f("gemv_swiglu_smem_b3_1")?, f("gemv_swiglu_smem_b3_2")?],
                 [f("gemv_swiglu_smem_b4_1")?, f("gemv_swiglu_smem_b4_2")?],
             ],
+
             rms_norm_q8: f("rms_norm_q8")?,
             embed: f("embed")?,
             rms_norm: f("rms_norm")?,
@@ -346,6 +373,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             add: f("add")?,
             swiglu: f("swiglu")?,
             rope: f("rope")?,
+            rope_qk: f("rope_qk")?,
             kv_store: f("kv_store")?,
             attention: f("attention")?,
             attention_tiled: f("attention_tiled")?,
@@ -498,7 +526,8 @@ pub struct CudaBackend {
     smem_gemv: bool,
     /// Warps per row of the shared-memory GEMVs (`FERRY_GEMV_WPR`: 1, 2, 4
     /// or 8 forced; `cover`: the fewest whose loads cover a row in one round;
-    /// default: balanced against the GPU's warps, `gemv_warps_per_row`).
+    /// `fill`: enough warps to fill the GPU twice, `gemv_warps_per_row`;
+    /// default: the fullest last round, `gemv_warps_per_row_balanced`).
     gemv_wpr: Option<String>,
     /// q, k and v projections of a decode step in one launch
     /// (`FERRY_GEMV=noqkv`: three).
@@ -506,6 +535,12 @@ pub struct CudaBackend {
     /// Register bound of the shared-memory GEMVs (`FERRY_GEMV_BOUND`: 3 or 4
     /// resident blocks per SM, 0 none; default 3).
     gemv_bound: usize,
+    /// Decode attention writes the 8-bit copy of its output
+    /// (`FERRY_ATTN_Q8=0`: a separate quantize_q8 launch).
+    attn_q8: bool,
+    /// RMSNorm of decode rows spread over one block per 1024 elements
+    /// (`FERRY_NORM_SPLIT=0`: one block per row).
+    norm_split: bool,
     sm_count: u32,
     /// Resident blocks per SM of (kernel, shared memory), asked once.
     occupancy: Mutex<std::collections::HashMap<(u64, usize), u32>>,
@@ -589,6 +624,8 @@ impl CudaBackend {
                 Ok("4") => 2,
                 _ => 1,
             },
+            attn_q8: std::env::var("FERRY_ATTN_Q8").as_deref() != Ok("0"),
+            norm_split: std::env::var("FERRY_NORM_SPLIT").as_deref() != Ok("0"),
             sm_count,
             occupancy: Mutex::new(Default::default()),
             flash: std::sync::atomic::AtomicBool::new(
@@ -1158,13 +1195,16 @@ impl CudaBackend {
         let resident_warps = (self.sm_count * per_sm) as usize * 8;
         let nb = cols / 256;
         let rows: usize = specs.iter().map(|s| s.w.rows).sum();
+        let seg_rows: Vec<usize> = specs.iter().map(|s| s.w.rows).collect();
+        let balanced = || gemv_warps_per_row_balanced(&seg_rows, nb, resident_warps / 8);
         let wpr = match self.gemv_wpr.as_deref() {
             Some("cover") => gemv_warps_per_row_cover(nb, per_group),
+            Some("fill") => gemv_warps_per_row(rows, nb, resident_warps),
             Some(w) => match w.parse::<usize>() {
                 Ok(w @ (1 | 2 | 4 | 8)) => w,
-                _ => gemv_warps_per_row(rows, nb, resident_warps),
+                _ => balanced(),
             },
-            None => gemv_warps_per_row(rows, nb, resident_warps),
+            None => balanced(),
         };
         let rows_per_group = 8 / wpr;
         let mut segs = GemvSegs {
@@ -1215,6 +1255,75 @@ impl CudaBackend {
         Ok(true)
     }
 
+    /// `rope` on `q` (`n_heads` per token) and, with `k`, on its
+    /// `n_kv_heads` too, in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_launch(
+        &self,
+        q: &mut CudaAct,
+        k: Option<&mut CudaAct>,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        rope: &RopeParams,
+        positions: &[u32],
+    ) {
+        self.forget_q8();
+        let half = rope.n_dims / 2;
+        let cs = match self.rope_table(rope, positions) {
+            Ok(cs) => cs,
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
+                    cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+                )));
+                return;
+            }
+        };
+        let cs = &*cs;
+        let (hd, nd, neox, n) = (
+            head_dim as i32,
+            rope.n_dims as i32,
+            (rope.kind == RopeKind::Neox) as i32,
+            positions.len() as i32,
+        );
+        let (nq, nk) = (n_heads as i32, n_kv_heads as i32);
+        let pairs = positions.len() * half;
+        let launched = match k {
+            None => {
+                let mut b = self.stream.launch_builder(&self.k.rope);
+                b.arg(&mut q.data)
+                    .arg(cs)
+                    .arg(&nq)
+                    .arg(&hd)
+                    .arg(&nd)
+                    .arg(&neox)
+                    .arg(&n);
+                // SAFETY: matches rope(x, cs, n_heads, head_dim, n_dims, neox, n):
+                // x holds n rows of n_heads heads, cs n · half (cos, sin) pairs.
+                unsafe { b.launch(grid(pairs * n_heads, 256)) }
+            }
+            Some(k) => {
+                let mut b = self.stream.launch_builder(&self.k.rope_qk);
+                b.arg(&mut q.data)
+                    .arg(&mut k.data)
+                    .arg(cs)
+                    .arg(&nq)
+                    .arg(&nk)
+                    .arg(&hd)
+                    .arg(&nd)
+                    .arg(&neox)
+                    .arg(&n);
+                // SAFETY: matches rope_qk(q, k, cs, n_heads_q, n_heads_k,
+                // head_dim, n_dims, neox, n): q and k hold n rows of their heads.
+                unsafe { b.launch(grid(pairs * (n_heads + n_kv_heads), 256)) }
+            }
+        };
+        if let Err(e) = launched {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
     /// Record a failed launch so that `check` reports it.
     fn record(&self, e: BackendError) {
         eprintln!("ferry: {e}");
@@ -1247,10 +1356,20 @@ impl CudaBackend {
             .arg(s.as_mut().expect("reserved"))
             .arg(&width)
             .arg(&eps);
+        // One block per row, or per row and 1024-element slice.
+        let slices = if self.norm_split {
+            x.width.div_ceil(1024)
+        } else {
+            1
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (x.n as u32, slices as u32, 1),
+            ..block_per_row(x.n)
+        };
         // SAFETY: rms_norm_q8(x, w, out, q, d, s16, width, eps): one block per
-        // row; width ≤ 8192 and a multiple of 32 (checked by the caller); the
-        // cache holds n·width values.
-        unsafe { b.launch(block_per_row(x.n)) }.map_err(err)?;
+        // row (and slice); width ≤ 8192 and a multiple of 32 (checked by the
+        // caller), so slices ≤ 8; the cache holds n·width values.
+        unsafe { b.launch(cfg) }.map_err(err)?;
         c.of = Some((out_ptr, x.n, x.width, self.q8_epoch.load(Relaxed)));
         Ok(())
     }
@@ -1440,6 +1559,22 @@ impl CudaBackend {
         } else {
             (&self.k.attention, shared)
         };
+        // Decode steps: the kernel also writes the 8-bit copy of its output
+        // for the o projection's GEMV (`FERRY_ATTN_Q8=0`: quantize_q8 does).
+        let out_width = n_heads * head_dim;
+        let mut q8 = (!tiled && n <= 2 && head_dim.is_multiple_of(32) && self.attn_q8)
+            .then(|| self.q8.lock().expect("q8 lock"));
+        let mut q8_ptrs = (0u64, 0u64, 0u64);
+        if let Some(c) = q8.as_deref_mut() {
+            c.reserve(self, n * out_width)?;
+            let Q8Cache { q, d, s, .. } = c;
+            q8_ptrs = (
+                q.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+                d.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+                s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+            );
+        }
+        let out_ptr = out.data.device_ptr(&self.stream).0;
         let mut b = self.stream.launch_builder(kernel);
         b.arg(&q.data)
             .arg(&kv.k)
@@ -1448,14 +1583,21 @@ impl CudaBackend {
             .arg(bases)
             .arg(pos);
         b.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
+        b.arg(&q8_ptrs.0).arg(&q8_ptrs.1).arg(&q8_ptrs.2);
         let launch = LaunchConfig {
             grid_dim: ((n * n_heads) as u32, 1, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: shared as u32,
         };
         // SAFETY: both kernels take the same arguments; `attention`'s shared
-        // memory is sized for the longest sequence, `attention_tiled` uses static.
+        // memory is sized for the longest sequence, `attention_tiled` uses
+        // static. The 8-bit copy's buffers (or nulls) hold n · out_width values,
+        // their scales and half sums.
         unsafe { b.launch(launch) }.map_err(err)?;
+        if let Some(c) = q8.as_deref_mut() {
+            use std::sync::atomic::Ordering::Relaxed;
+            c.of = Some((out_ptr, n, out_width, self.q8_epoch.load(Relaxed)));
+        }
         Ok(())
     }
 
@@ -1986,38 +2128,20 @@ impl Backend for CudaBackend {
         rope: &RopeParams,
         positions: &[u32],
     ) {
-        self.forget_q8();
-        let half = rope.n_dims / 2;
-        let cs = match self.rope_table(rope, positions) {
-            Ok(cs) => cs,
-            Err(e) => {
-                eprintln!("ferry: {e}");
-                self.ctx.record_err::<()>(Err(cudarc::driver::DriverError(
-                    cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
-                )));
-                return;
-            }
-        };
-        let cs = &*cs;
-        let (nh, hd, nd, neox, n) = (
-            n_heads as i32,
-            head_dim as i32,
-            rope.n_dims as i32,
-            (rope.kind == RopeKind::Neox) as i32,
-            positions.len() as i32,
-        );
-        let mut b = self.stream.launch_builder(&self.k.rope);
-        b.arg(&mut x.data)
-            .arg(cs)
-            .arg(&nh)
-            .arg(&hd)
-            .arg(&nd)
-            .arg(&neox)
-            .arg(&n);
-        // SAFETY: matches the kernel signature.
-        if let Err(e) = unsafe { b.launch(grid(positions.len() * n_heads * half, 256)) } {
-            self.ctx.record_err::<()>(Err(e));
-        }
+        self.rope_launch(x, None, n_heads, 0, head_dim, rope, positions);
+    }
+
+    fn rope_qk(
+        &self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        rope: &RopeParams,
+        positions: &[u32],
+    ) {
+        self.rope_launch(q, Some(k), n_heads, n_kv_heads, head_dim, rope, positions);
     }
 
     fn attention(
@@ -2218,6 +2342,27 @@ mod gemv_launch_tests {
         // Covering a row in one round: 20 superblocks, 4 loads per group: 2 warps.
         assert_eq!(gemv_warps_per_row_cover(20, 4), 2);
         assert_eq!(gemv_warps_per_row_cover(108, 4), 8);
+    }
+
+    #[test]
+    fn balanced_warps_per_row_fill_the_last_round() {
+        // H200 at 3 resident blocks per SM: 396 blocks.
+        let blocks = 132 * 3;
+        // 32B down (5120 rows of 108): 2 warps per row leave the last of 3.23
+        // rounds 23 % full (81 % busy overall), 4 warps 92 %.
+        assert_eq!(gemv_warps_per_row_balanced(&[5120], 108, blocks), 4);
+        // 32B gate/up: 8.7 rounds of one warp per row are 97 % busy already.
+        assert_eq!(gemv_warps_per_row_balanced(&[27648], 20, blocks), 1);
+        // 32B q, k, v (5120 + 1024 + 1024 rows of 20): a piece of 10 would
+        // not fill a round.
+        assert_eq!(
+            gemv_warps_per_row_balanced(&[5120, 1024, 1024], 20, blocks),
+            1
+        );
+        // 7B down (3584 rows of 74): 57 % busy with one warp per row.
+        assert_eq!(gemv_warps_per_row_balanced(&[3584], 74, blocks), 4);
+        // Pieces never drop below 16 superblocks.
+        assert_eq!(gemv_warps_per_row_balanced(&[512], 14, blocks), 1);
     }
 
     #[test]

@@ -410,6 +410,30 @@ extern "C" __global__ void rope(float* x, const float* cs, int n_heads, int head
     }
 }
 
+// `rope` on the queries q (n_heads_q per token) and keys k (n_heads_k) of a
+// batch in one launch: pair index idx < n · n_heads_q · half rotates q, the
+// rest k, with the same arithmetic.
+extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, int n_heads_q, int n_heads_k, int head_dim,
+                                   int n_dims, int neox, int n) {
+    int half = n_dims / 2;
+    size_t in_q = (size_t)n * n_heads_q * half, total = in_q + (size_t)n * n_heads_k * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        bool is_q = idx < in_q;
+        size_t j = is_q ? idx : idx - in_q;
+        int n_heads = is_q ? n_heads_q : n_heads_k;
+        int i = j % half;
+        size_t th = j / half;
+        int t = th / n_heads;
+        float* head = (is_q ? q : k) + th * head_dim;
+        int a = neox ? i : 2 * i;
+        int b = neox ? i + half : 2 * i + 1;
+        float c = cs[((size_t)t * half + i) * 2], s = cs[((size_t)t * half + i) * 2 + 1];
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * c - x1 * s;
+        head[b] = x0 * s + x1 * c;
+    }
+}
+
 // Store new keys and values (f16) at their sequence positions.
 extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16* vc, const unsigned* slot,
                                     int width, int n) {
@@ -426,9 +450,13 @@ extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16
 // Causal grouped-query attention, one block per (token, head); the scores of
 // every key live in dynamic shared memory. base[t] is the first cache slot of
 // token t's sequence, pos[t] its position.
+// With `q8` (decode steps; head_dim a multiple of 32) it also writes the
+// 8-bit copy of its output that the o projection's GEMV reads, as quantize_q8
+// would (each warp holds 32 consecutive dimensions: one block of the copy),
+// saving that launch.
 extern "C" __global__ void attention(const float* q, const u16* kc, const u16* vc, float* out,
                                      const unsigned* base, const unsigned* pos, int n_heads, int n_kv_heads,
-                                     int head_dim, int width, float scale) {
+                                     int head_dim, int width, float scale, i8* q8, float* d8, float* s8) {
     extern __shared__ float scores[];
     __shared__ float red[32];
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
@@ -437,11 +465,18 @@ extern "C" __global__ void attention(const float* q, const u16* kc, const u16* v
     const float* qh = q + ((size_t)t * n_heads + h) * head_dim;
     const u16* kb = kc + (size_t)base[t] * width + g * head_dim;
     const u16* vb = vc + (size_t)base[t] * width + g * head_dim;
-    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) {
+    // Scores: one warp per key, its lanes over the head's dimensions (a key's
+    // 2·head_dim bytes in one coalesced load per 32 dimensions), summed by
+    // shuffles. (One thread per key walking all dimensions left most threads
+    // idle and the rest in a chain of dependent loads: ~10 us per layer for a
+    // few dozen keys.)
+    const int lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+    for (int j = threadIdx.x / 32; j < n_keys; j += n_warps) {
         const u16* kj = kb + (size_t)j * width;
         float s = 0.0f;
-        for (int d = 0; d < head_dim; ++d) s += round_half(qh[d]) * half_to_float(kj[d]);
-        scores[j] = s * scale;
+        for (int d = lane; d < head_dim; d += 32) s += round_half(qh[d]) * half_to_float(kj[d]);
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (lane == 0) scores[j] = s * scale;
     }
     __syncthreads();
     float m = INF_NEG;
@@ -473,11 +508,25 @@ extern "C" __global__ void attention(const float* q, const u16* kc, const u16* v
     }
     __syncthreads();
     float inv = 1.0f / red[0];
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    for (int d0 = threadIdx.x - lane; d0 < head_dim; d0 += blockDim.x) {
+        const int d = d0 + lane;
         float acc = 0.0f;
-        for (int j = 0; j < n_keys; ++j)
-            acc += round_half(scores[j] * inv) * half_to_float(vb[(size_t)j * width + d]);
-        out[((size_t)t * n_heads + h) * head_dim + d] = acc;
+        if (d < head_dim)
+            for (int j = 0; j < n_keys; ++j)
+                acc += round_half(scores[j] * inv) * half_to_float(vb[(size_t)j * width + d]);
+        size_t at = ((size_t)t * n_heads + h) * head_dim + d;
+        if (d < head_dim) out[at] = acc;
+        if (q8) { // whole warps: head_dim is a multiple of 32
+            float amax = fabsf(acc);
+            for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+            float dd = amax / 127.0f;
+            int qi = amax > 0.0f ? __float2int_rn(acc / dd) : 0;
+            q8[at] = (i8)qi;
+            int sum = qi;
+            for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+            if (lane == 0) d8[at / 32] = dd;
+            if (lane % 16 == 0) s8[(at / 32) * 2 + lane / 16] = dd * (float)sum;
+        }
     }
 }
 
@@ -504,9 +553,10 @@ __device__ __forceinline__ float block_sum128(float v, float* red) {
 // softmax (running maximum and sum), so no score array has to fit in shared
 // memory. Used where `attention` would need more than 48 KiB of scores
 // (decode steps past 12288 positions); head_dim ≤ 512.
+// (q8, d8, s8: `attention`'s arguments, unused here: the host quantizes.)
 extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const u16* vc, float* out,
                                            const unsigned* base, const unsigned* pos, int n_heads, int n_kv_heads,
-                                           int head_dim, int width, float scale) {
+                                           int head_dim, int width, float scale, i8* q8, float* d8, float* s8) {
     __shared__ float p[128];
     __shared__ float red[32];
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
@@ -1268,55 +1318,100 @@ __device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int
     }
 }
 
-// This lane's part of one Q6_K superblock: 8 low-bit bytes from each quarter,
-// its high bits, four scales and d (as in gemv_q6k_q8_t).
-struct Q6kLane {
-    u32 ql0[2], ql1[2], qh[2], sc;
-    float d;
+// Q6_K, four lanes per superblock: lane c takes half h = c / 2 and the 16
+// columns l0 = 16 (c % 2) .. l0 + 16 of it, i.e. 16 bytes of each of ql[64h ..],
+// ql[64h + 32 ..] and qh[32h ..] (elements 128h + 32k + l0 + 0..16, k = 0..3)
+// and the 8 scale bytes of its half. All those runs start 16 bytes apart from
+// each other, so they share the block's misalignment (blocks of 210 bytes are
+// only 2-byte aligned): each is read as three aligned 8-byte words and shifted
+// into place. With eight lanes per superblock a lane took 17 loads of 1-2
+// bytes per 32 elements and the GEMV was bound by the L1's throughput (80 %
+// busy at 1.5 TB/s); here 12 loads cover 64 elements.
+struct Q6kLane4 {
+    unsigned long long ql0[3], ql1[3], qh[3], sc[2];
+    u32 d; // f16 bits
 };
 
-__device__ __forceinline__ Q6kLane q6k_load(const u8* b, int s) {
-    int half_ = s / 4, l0 = 8 * (s % 4);
-    Q6kLane q;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        q.ql0[i] = load_u32_2aligned(b + 64 * half_ + l0 + 4 * i);
-        q.ql1[i] = load_u32_2aligned(b + 64 * half_ + 32 + l0 + 4 * i);
-        q.qh[i] = load_u32_2aligned(b + 128 + 32 * half_ + l0 + 4 * i);
-    }
-    const u8* sp = b + 192 + 8 * half_ + l0 / 16;
-    q.sc = (u32)sp[0] | ((u32)sp[2] << 8) | ((u32)sp[4] << 16) | ((u32)sp[6] << 24);
-    q.d = h2f(b + 208);
+__device__ __forceinline__ Q6kLane4 q6k_load4(const u8* b, int c) {
+    const int h = c >> 1, l0 = 16 * (c & 1);
+    const size_t a = (size_t)b;
+    const unsigned long long* p;
+    Q6kLane4 q;
+    p = (const unsigned long long*)((a + 64 * h + l0) & ~(size_t)7);
+    q.ql0[0] = p[0], q.ql0[1] = p[1], q.ql0[2] = p[2];
+    p = (const unsigned long long*)((a + 64 * h + 32 + l0) & ~(size_t)7);
+    q.ql1[0] = p[0], q.ql1[1] = p[1], q.ql1[2] = p[2];
+    p = (const unsigned long long*)((a + 128 + 32 * h + l0) & ~(size_t)7);
+    q.qh[0] = p[0], q.qh[1] = p[1], q.qh[2] = p[2];
+    p = (const unsigned long long*)((a + 192 + 8 * h) & ~(size_t)7);
+    q.sc[0] = p[0], q.sc[1] = p[1];
+    q.d = *(const u16*)(b + 208);
     return q;
 }
 
+// Bytes [sh / 8, sh / 8 + 4n) of the words w (little-endian), sh = 8 · (block
+// address % 8): o[i] = bytes 4i .. 4i + 4 of the run.
+template <int N>
+__device__ __forceinline__ void q6k_align(const unsigned long long* w, int sh, u32* o) {
+    u32 v[2 * ((N + 1) / 2) + 2];
+#pragma unroll
+    for (int i = 0; i < (N + 1) / 2 + 1; ++i) {
+        v[2 * i] = (u32)w[i];
+        v[2 * i + 1] = (u32)(w[i] >> 32);
+    }
+    const bool up = sh >= 32;
+    const int r = sh & 31;
+#pragma unroll
+    for (int i = 0; i < N; ++i) o[i] = __funnelshift_r(up ? v[i + 1] : v[i], up ? v[i + 2] : v[i + 1], r);
+}
+
+// d · Σ_k sc_k · Σ (q − 32) · x over the lane's 64 elements, as
+// d · sc_k · (dx · Σ q·x8 − 32 · Σ x) per 16: the 6-bit values stay unsigned
+// (dp4a u8 × s8) and the −32 is taken once per 16 from the activation's sum.
+__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
 template <int NT>
-__device__ __forceinline__ void q6k_dot_smem(const Q6kLane& q, int blk, const i8* sq, const float* sd, int cols,
-                                             int nxb, int n, int s, float* acc) {
-    int half_ = s / 4, l0 = 8 * (s % 4);
-    int qs[4][2];
+__device__ __forceinline__ void q6k_dot4_smem(const Q6kLane4& q, size_t addr, int blk, const i8* sq,
+                                              const float* sd, const float* ss, int cols, int nxb, int n, int c,
+                                              float* acc) {
+    const int h = c >> 1, hf = c & 1;
+    const int sh = 8 * (int)(addr & 7);
+    u32 ql0[4], ql1[4], qh[4], sc[2];
+    q6k_align<4>(q.ql0, sh, ql0);
+    q6k_align<4>(q.ql1, sh, ql1);
+    q6k_align<4>(q.qh, sh, qh);
+    q6k_align<2>(q.sc, sh, sc);
+    const float d = half_to_float((u16)q.d);
+    u32 qs[4][4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            qs[k][i] = ((((k & 1) ? ql1[i] : ql0[i]) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) |
+                       (((qh[i] >> (2 * k)) & 0x03030303u) << 4);
+    // Scale k of this lane: byte 2k + hf of the half's 8.
     float dk[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        dk[k] = q.d * (float)(i8)((q.sc >> (8 * k)) & 0xFF);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            u32 lo = (((k & 1) ? q.ql1[i] : q.ql0[i]) >> ((k >> 1) * 4)) & 0x0F0F0F0F;
-            u32 hi = ((q.qh[i] >> (2 * k)) & 0x03030303) << 4;
-            qs[k][i] = (int)((((lo | hi) | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
-        }
-    }
-    int e0 = blk * 256 + 128 * half_ + l0;
-    int xb0 = blk * 8 + 4 * half_;
+    for (int k = 0; k < 4; ++k) dk[k] = d * (float)(i8)((sc[k >> 1] >> (8 * (2 * (k & 1) + hf))) & 0xFF);
+    const int e0 = blk * 256 + 128 * h + 16 * hf;
+    const int xb0 = blk * 8 + 4 * h;
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         if (t >= n) break;
         float total = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            uint2 xv = *(const uint2*)(sq + xq_at(t, cols, e0 + 32 * k));
-            int si = dp4a(qs[k][0], (int)xv.x, dp4a(qs[k][1], (int)xv.y, 0));
-            total += dk[k] * sd[t * nxb + xb0 + k] * (float)si;
+            uint4 xv = *(const uint4*)(sq + xq_at(t, cols, e0 + 32 * k));
+            int si = dp4a_us(qs[k][0], (int)xv.x, 0);
+            si = dp4a_us(qs[k][1], (int)xv.y, si);
+            si = dp4a_us(qs[k][2], (int)xv.z, si);
+            si = dp4a_us(qs[k][3], (int)xv.w, si);
+            int bx = t * nxb + xb0 + k;
+            total += dk[k] * (sd[bx] * (float)si - 32.0f * ss[2 * bx + hf]);
         }
         acc[t] += total;
     }
@@ -1365,15 +1460,6 @@ __device__ __forceinline__ void q4k_round(const u8* row, int first, int stride, 
     }
 }
 
-template <int U>
-__device__ __forceinline__ void q6k_round(const u8* row, int first, int stride, int nb, int s, Q6kLane (&q)[U]) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        int blk = first + stride * u;
-        if (blk < nb) q[u] = q6k_load(row + (size_t)blk * 210, s);
-    }
-}
-
 // This warp's share of row `r` of one matrix: its lane groups' superblocks
 // first0 + stride·k, in rounds of U loads per group all in flight together.
 // (Issuing the next round before this one's arithmetic was tried: it needs
@@ -1395,16 +1481,98 @@ __device__ __forceinline__ void gemv_row_part(const u8* row, const u8* row2, int
                 if (SWIGLU) q4k_dot4_smem<NT>(h2[u], qa2[u], qb2[u], blk, sq, sd, ss, cols, nxb, n, s, acc2);
             }
         } else {
-            Q6kLane q[U];
-            q6k_round<U>(row, first, stride, nb, s, q);
+            Q6kLane4 q[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                int blk = first + stride * u;
+                if (blk < nb) q[u] = q6k_load4(row + (size_t)blk * 210, s);
+            }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 int blk = first + stride * u;
                 if (blk >= nb) break;
-                q6k_dot_smem<NT>(q[u], blk, sq, sd, cols, nxb, n, s, acc);
+                q6k_dot4_smem<NT>(q[u], (size_t)(row + (size_t)blk * 210), blk, sq, sd, ss, cols, nxb, n, s, acc);
             }
         }
     }
+}
+
+// The block's copy of the step's 8-bit activations (swizzled, xq_slot), their
+// per-32 scales and per-16 sums; ends with a barrier.
+__device__ __forceinline__ void stage_activations(const i8* __restrict__ xq, const float* __restrict__ xd,
+                                                  const float* __restrict__ xs, i8* sq, float* sd, float* ss,
+                                                  int cols, int n) {
+    const int chunks = cols / 16, nxb = cols / 32;
+    for (int i = threadIdx.x; i < n * chunks; i += blockDim.x) {
+        int t = i / chunks, ci = i - t * chunks, blk = ci >> 4;
+        ((uint4*)(sq + (size_t)t * cols + blk * 256))[xq_slot(blk, ci & 15)] = ((const uint4*)xq)[i];
+    }
+    for (int i = threadIdx.x; i < n * nxb; i += blockDim.x) {
+        sd[i] = xd[i];
+        ss[2 * i] = xs[2 * i];
+        ss[2 * i + 1] = xs[2 * i + 1];
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ GemvSeg seg_of(const GemvSegs& segs, int rg) {
+    GemvSeg g = segs.seg[0];
+    if (segs.count > 1 && rg >= segs.seg[1].groups_before) g = segs.seg[1];
+    if (segs.count > 2 && rg >= segs.seg[2].groups_before) g = segs.seg[2];
+    return g;
+}
+
+// Row r's lane sums → its output: reduced over the warp, over the row's `wpr`
+// warps in a fixed order (through `part`, with block barriers every warp of
+// the block reaches), then the epilogue (SwiGLU, bias, residual).
+template <int NT, bool SWIGLU>
+__device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, float* acc2, float* part, int n,
+                                           int wpr, int warp, int piece, int lane) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        acc[t] = warp_sum(acc[t]);
+        if (SWIGLU) acc2[t] = warp_sum(acc2[t]);
+    }
+    if (wpr > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                part[(warp * NT + t) * 2] = acc[t];
+                part[(warp * NT + t) * 2 + 1] = acc2[t];
+            }
+        }
+        __syncthreads();
+        if (piece == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                float a = 0.0f, a2 = 0.0f;
+                for (int p = 0; p < wpr; ++p) {
+                    a += part[((warp + p) * NT + t) * 2];
+                    a2 += part[((warp + p) * NT + t) * 2 + 1];
+                }
+                acc[t] = a;
+                acc2[t] = a2;
+            }
+        }
+    }
+    if (piece == 0 && lane < NT && r < g.rows) {
+        // Lane t writes token t's result.
+        float v = 0.0f, v2 = 0.0f;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+            if (t == lane) {
+                v = acc[t];
+                v2 = acc2[t];
+            }
+        if (lane < n) {
+            if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
+            if (g.bias) v += g.bias[r];
+            size_t at = (size_t)lane * g.rows + r;
+            if (g.residual) v += g.residual[at];
+            g.out[at] = v;
+        }
+    }
+    if (wpr > 1) __syncthreads(); // the partial sums are rewritten next round
 }
 
 // Shared memory: n·cols quant bytes, n·cols/32 scales, 2·n·cols/32 half sums
@@ -1419,29 +1587,15 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
     float* sd = (float*)(gemv_smem + (size_t)n * cols);
     float* ss = sd + n * nxb;
     float* part = ss + 2 * n * nxb;
-    const int chunks = cols / 16; // 16-byte chunks per token, stored swizzled (xq_slot)
-    for (int i = threadIdx.x; i < n * chunks; i += blockDim.x) {
-        int t = i / chunks, ci = i - t * chunks, blk = ci >> 4;
-        ((uint4*)(sq + (size_t)t * cols + blk * 256))[xq_slot(blk, ci & 15)] = ((const uint4*)xq)[i];
-    }
-    for (int i = threadIdx.x; i < n * nxb; i += blockDim.x) {
-        sd[i] = xd[i];
-        ss[2 * i] = xs[2 * i];
-        ss[2 * i + 1] = xs[2 * i + 1];
-    }
-    __syncthreads();
+    stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rpb = 8 / wpr, row_in = warp / wpr, piece = warp % wpr;
-    // Q6_K: groups of 8 lanes per superblock; Q4_K: groups of 4 (q4k_dot4_smem),
-    // each taking superblocks first + stride·k of the warp's interleaved share.
-    const int s = lane % 8;
-    const int first0 = piece * 4 + lane / 8, stride = 4 * wpr;
+    // Groups of 4 lanes per superblock (q4k_dot4_smem, q6k_dot4_smem), each
+    // taking superblocks first + stride·k of the warp's interleaved share.
     const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
-    constexpr int U4 = U > 1 ? U / 2 : 1; // a Q4_K lane loads 48 bytes per superblock, a Q6_K lane 26
+    constexpr int U4 = U > 1 ? U / 2 : 1; // a Q4_K lane loads 48 bytes per superblock
     for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
-        GemvSeg g = segs.seg[0];
-        if (segs.count > 1 && rg >= segs.seg[1].groups_before) g = segs.seg[1];
-        if (segs.count > 2 && rg >= segs.seg[2].groups_before) g = segs.seg[2];
+        const GemvSeg g = seg_of(segs, rg);
         const int r = (rg - g.groups_before) * rpb + row_in;
         float acc[NT], acc2[NT];
 #pragma unroll
@@ -1454,59 +1608,16 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
                                                  acc2);
             } else {
                 const u8* row = g.w + (size_t)r * nb * 210;
-                gemv_row_part<NT, 1, false, U>(row, row, first0, stride, nb, s, sq, sd, ss, cols, nxb, n, acc,
+                gemv_row_part<NT, 1, false, 1>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
                                                acc2);
             }
         }
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-            acc[t] = warp_sum(acc[t]);
-            if (SWIGLU) acc2[t] = warp_sum(acc2[t]);
-        }
-        if (wpr > 1) {
-            if (lane == 0) {
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    part[(warp * NT + t) * 2] = acc[t];
-                    part[(warp * NT + t) * 2 + 1] = acc2[t];
-                }
-            }
-            __syncthreads();
-            if (piece == 0) {
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    float a = 0.0f, a2 = 0.0f;
-                    for (int p = 0; p < wpr; ++p) {
-                        a += part[((warp + p) * NT + t) * 2];
-                        a2 += part[((warp + p) * NT + t) * 2 + 1];
-                    }
-                    acc[t] = a;
-                    acc2[t] = a2;
-                }
-            }
-        }
-        if (piece == 0 && lane < NT && r < g.rows) {
-            // Lane t writes token t's result.
-            float v = 0.0f, v2 = 0.0f;
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-                if (t == lane) {
-                    v = acc[t];
-                    v2 = acc2[t];
-                }
-            if (lane < n) {
-                if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
-                if (g.bias) v += g.bias[r];
-                size_t at = (size_t)lane * g.rows + r;
-                if (g.residual) v += g.residual[at];
-                g.out[at] = v;
-            }
-        }
-        if (wpr > 1) __syncthreads(); // the partial sums are rewritten next round
+        finish_row<NT, SWIGLU>(g, r, acc, acc2, part, n, wpr, warp, piece, lane);
     }
 }
 
 // MIN_BLOCKS: resident blocks per SM the register allocation must allow.
+// U: Q4_K rounds of U / 2 superblocks per lane group (Q6_K: one).
 #define GEMV_SMEM_ENTRY(NAME, NT, SWIGLU, U, MIN_BLOCKS)                                                   \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                            \
         NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
@@ -1528,22 +1639,33 @@ GEMV_SMEM_ENTRIES(_b4, 4)
 // GEMVs read (quantize_q8's layout and arithmetic), saving a launch. Same
 // shape limits as rms_norm's vector path (256 threads, width a multiple of 32,
 // at most 8192): a 32-element block is 8 consecutive float4s of 8 lanes.
+//
+// Launched with gridDim.y > 1 (one block per 1024-element slice of the row),
+// every block still sums the whole row, in the same order, and then writes
+// only slice blockIdx.y: the same results from several SMs at once (a single
+// block per row took 4.7 us for a 5120-wide decode row).
 extern "C" __global__ void rms_norm_q8(const float* x, const float* w, float* out, i8* q, float* dq,
                                        float* s16, int width, float eps) {
     __shared__ float partial[32];
+    const bool split = gridDim.y > 1;
     const float* xr = x + (size_t)blockIdx.x * width;
     float* orow = out + (size_t)blockIdx.x * width;
     int n4 = width / 4;
-    float4 v[8];
+    float4 v[8], wv[8];
     float s = 0.0f;
+    // The weights are loaded with the row (in flight during the reduction: a
+    // decode step runs this on one row, where each round trip shows).
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         int c = threadIdx.x + i * 256;
         if (c < n4) {
             v[i] = ((const float4*)xr)[c];
-            s += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+            if (!split || i == (int)blockIdx.y) wv[i] = ((const float4*)w)[c];
         }
     }
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        if (threadIdx.x + i * 256 < n4) s += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
     if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
     __syncthreads();
@@ -1557,12 +1679,13 @@ extern "C" __global__ void rms_norm_q8(const float* x, const float* w, float* ou
     int nxb = width / 32;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
+        if (split && i != (int)blockIdx.y) continue; // the same for the whole block
         // Whole 8-lane groups are active or not (n4 is a multiple of 8); the
         // shuffles below stay within a group, among the active lanes.
         int c = threadIdx.x + i * 256;
         unsigned active = __ballot_sync(0xffffffff, c < n4);
         if (c < n4) {
-            float4 ww = ((const float4*)w)[c], r;
+            float4 ww = wv[i], r;
             r.x = v[i].x * scale * ww.x;
             r.y = v[i].y * scale * ww.y;
             r.z = v[i].z * scale * ww.z;
