@@ -93,7 +93,6 @@ struct Kernels {
     add_bias: CudaFunction,
     add: CudaFunction,
     swiglu: CudaFunction,
-    rope: CudaFunction,
     rope_qk: CudaFunction,
     kv_store: CudaFunction,
     attention: CudaFunction,
@@ -372,7 +371,6 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             add_bias: f("add_bias")?,
             add: f("add")?,
             swiglu: f("swiglu")?,
-            rope: f("rope")?,
             rope_qk: f("rope_qk")?,
             kv_store: f("kv_store")?,
             attention: f("attention")?,
@@ -1289,36 +1287,25 @@ impl CudaBackend {
         );
         let (nq, nk) = (n_heads as i32, n_kv_heads as i32);
         let pairs = positions.len() * half;
-        let launched = match k {
-            None => {
-                let mut b = self.stream.launch_builder(&self.k.rope);
-                b.arg(&mut q.data)
-                    .arg(cs)
-                    .arg(&nq)
-                    .arg(&hd)
-                    .arg(&nd)
-                    .arg(&neox)
-                    .arg(&n);
-                // SAFETY: matches rope(x, cs, n_heads, head_dim, n_dims, neox, n):
-                // x holds n rows of n_heads heads, cs n · half (cos, sin) pairs.
-                unsafe { b.launch(grid(pairs * n_heads, 256)) }
-            }
-            Some(k) => {
-                let mut b = self.stream.launch_builder(&self.k.rope_qk);
-                b.arg(&mut q.data)
-                    .arg(&mut k.data)
-                    .arg(cs)
-                    .arg(&nq)
-                    .arg(&nk)
-                    .arg(&hd)
-                    .arg(&nd)
-                    .arg(&neox)
-                    .arg(&n);
-                // SAFETY: matches rope_qk(q, k, cs, n_heads_q, n_heads_k,
-                // head_dim, n_dims, neox, n): q and k hold n rows of their heads.
-                unsafe { b.launch(grid(pairs * (n_heads + n_kv_heads), 256)) }
-            }
+        // No keys: a null k and no key heads (the kernel never touches k).
+        let (k_ptr, nk) = match k {
+            Some(k) => (k.data.device_ptr_mut(&self.stream).0, nk),
+            None => (0u64, 0),
         };
+        let mut b = self.stream.launch_builder(&self.k.rope_qk);
+        b.arg(&mut q.data)
+            .arg(&k_ptr)
+            .arg(cs)
+            .arg(&nq)
+            .arg(&nk)
+            .arg(&hd)
+            .arg(&nd)
+            .arg(&neox)
+            .arg(&n);
+        // SAFETY: matches rope_qk(q, k, cs, n_heads_q, n_heads_k, head_dim,
+        // n_dims, neox, n): q (and k, unless n_heads_k is 0) hold n rows of
+        // their heads, cs n · half (cos, sin) pairs.
+        let launched = unsafe { b.launch(grid(pairs * (n_heads + nk as usize), 256)) };
         if let Err(e) = launched {
             self.ctx.record_err::<()>(Err(e));
         }

@@ -392,27 +392,9 @@ extern "C" __global__ void swiglu(float* g, const float* u, size_t n) {
 }
 
 // Rotate pairs of each head by position; cos/sin precomputed on the host per
-// (token, pair): cs[(t * half + i) * 2 + {0, 1}].
-extern "C" __global__ void rope(float* x, const float* cs, int n_heads, int head_dim, int n_dims, int neox, int n) {
-    int half = n_dims / 2;
-    size_t total = (size_t)n * n_heads * half;
-    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
-        int i = idx % half;
-        size_t th = idx / half;
-        int t = th / n_heads;
-        float* head = x + th * head_dim;
-        int a = neox ? i : 2 * i;
-        int b = neox ? i + half : 2 * i + 1;
-        float c = cs[((size_t)t * half + i) * 2], s = cs[((size_t)t * half + i) * 2 + 1];
-        float x0 = head[a], x1 = head[b];
-        head[a] = x0 * c - x1 * s;
-        head[b] = x0 * s + x1 * c;
-    }
-}
-
-// `rope` on the queries q (n_heads_q per token) and keys k (n_heads_k) of a
-// batch in one launch: pair index idx < n · n_heads_q · half rotates q, the
-// rest k, with the same arithmetic.
+// (token, pair): cs[(t * half + i) * 2 + {0, 1}]. The queries q (n_heads_q
+// per token) and keys k (n_heads_k, 0 for none) of a batch in one launch:
+// pair index idx < n · n_heads_q · half rotates q, the rest k.
 extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, int n_heads_q, int n_heads_k, int head_dim,
                                    int n_dims, int neox, int n) {
     int half = n_dims / 2;
@@ -445,6 +427,22 @@ extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16
         kc[off] = float_to_half(k[idx]);
         vc[off] = float_to_half(v[idx]);
     }
+}
+
+// One warp quantizes the 32-element block holding element `at` (lane i holds
+// element 32·(at / 32) + i, value v): q = round(v / d), d = max |v| / 127; per
+// block the scale d, per 16-element half the sum d · Σ q (quantize_q8's layout).
+__device__ __forceinline__ void quantize_block32(float v, size_t at, i8* q, float* d, float* s16) {
+    const int lane = threadIdx.x % 32;
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+    float dd = amax / 127.0f;
+    int qi = amax > 0.0f ? __float2int_rn(v / dd) : 0;
+    q[at] = (i8)qi;
+    int sum = qi;
+    for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o); // within each half
+    if (lane == 0) d[at / 32] = dd;
+    if (lane % 16 == 0) s16[(at / 32) * 2 + lane / 16] = dd * (float)sum;
 }
 
 // Causal grouped-query attention, one block per (token, head); the scores of
@@ -516,17 +514,7 @@ extern "C" __global__ void attention(const float* q, const u16* kc, const u16* v
                 acc += round_half(scores[j] * inv) * half_to_float(vb[(size_t)j * width + d]);
         size_t at = ((size_t)t * n_heads + h) * head_dim + d;
         if (d < head_dim) out[at] = acc;
-        if (q8) { // whole warps: head_dim is a multiple of 32
-            float amax = fabsf(acc);
-            for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
-            float dd = amax / 127.0f;
-            int qi = amax > 0.0f ? __float2int_rn(acc / dd) : 0;
-            q8[at] = (i8)qi;
-            int sum = qi;
-            for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-            if (lane == 0) d8[at / 32] = dd;
-            if (lane % 16 == 0) s8[(at / 32) * 2 + lane / 16] = dd * (float)sum;
-        }
+        if (q8) quantize_block32(acc, at, q8, d8, s8); // whole warps: head_dim is a multiple of 32
     }
 }
 
@@ -1059,16 +1047,7 @@ extern "C" __global__ void quantize_q8(const float* x, i8* q, float* d, float* s
     int blocks = cols / 32;
     if (warp >= n * blocks) return;
     size_t at = (size_t)warp * 32 + lane; // rows are whole blocks
-    float v = x[at];
-    float amax = fabsf(v);
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
-    float dd = amax / 127.0f;
-    int qi = amax > 0.0f ? __float2int_rn(v / dd) : 0;
-    q[at] = (i8)qi;
-    int sum = qi;
-    for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o); // within each half
-    if (lane == 0) d[warp] = dd;
-    if (lane % 16 == 0) s16[(size_t)warp * 2 + lane / 16] = dd * (float)sum;
+    quantize_block32(x[at], at, q, d, s16);
 }
 
 // Q4_K × 8-bit activations. Lanes as in gemv_q4k_t: lane s of its group of 8
@@ -1266,6 +1245,18 @@ __device__ __forceinline__ int xq_at(int t, int cols, int e) {
     return t * cols + (blk << 8) + 16 * xq_slot(blk, ch) + (e & 15);
 }
 
+// Σ of 32 byte products: the words w[0..8] against the bytes of a, then b.
+__device__ __forceinline__ int dp4a_32(const int* w, uint4 a, uint4 b) {
+    int s = dp4a(w[0], (int)a.x, 0);
+    s = dp4a(w[1], (int)a.y, s);
+    s = dp4a(w[2], (int)a.z, s);
+    s = dp4a(w[3], (int)a.w, s);
+    s = dp4a(w[4], (int)b.x, s);
+    s = dp4a(w[5], (int)b.y, s);
+    s = dp4a(w[6], (int)b.z, s);
+    return dp4a(w[7], (int)b.w, s);
+}
+
 // One Q4_K superblock against the shared-memory activations, four lanes per
 // superblock: lane c (0..3) holds qs[32c .. 32c + 32] (`qa`, `qb`), whose low
 // nibbles are sub-block 2c and high nibbles sub-block 2c + 1, so each lane
@@ -1296,22 +1287,7 @@ __device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int
         if (t >= n) break;
         const uint4* xs = (const uint4*)(sq + (size_t)t * cols + blk * 256);
         uint4 x0 = xs[c ^ sw], x1 = xs[(4 + c) ^ sw], x2 = xs[(8 + c) ^ sw], x3 = xs[(12 + c) ^ sw];
-        int sl = dp4a(lo[0], (int)x0.x, 0);
-        sl = dp4a(lo[1], (int)x0.y, sl);
-        sl = dp4a(lo[2], (int)x0.z, sl);
-        sl = dp4a(lo[3], (int)x0.w, sl);
-        sl = dp4a(lo[4], (int)x1.x, sl);
-        sl = dp4a(lo[5], (int)x1.y, sl);
-        sl = dp4a(lo[6], (int)x1.z, sl);
-        sl = dp4a(lo[7], (int)x1.w, sl);
-        int sh = dp4a(hi[0], (int)x2.x, 0);
-        sh = dp4a(hi[1], (int)x2.y, sh);
-        sh = dp4a(hi[2], (int)x2.z, sh);
-        sh = dp4a(hi[3], (int)x2.w, sh);
-        sh = dp4a(hi[4], (int)x3.x, sh);
-        sh = dp4a(hi[5], (int)x3.y, sh);
-        sh = dp4a(hi[6], (int)x3.z, sh);
-        sh = dp4a(hi[7], (int)x3.w, sh);
+        int sl = dp4a_32(lo, x0, x1), sh = dp4a_32(hi, x2, x3);
         float2 dx = *(const float2*)(sd + t * nxb + xb);
         float4 s4 = *(const float4*)(ss + 2 * (t * nxb + xb));
         acc[t] += d0 * dx.x * (float)sl - mn0 * (s4.x + s4.y) + d1 * dx.y * (float)sh - mn1 * (s4.z + s4.w);
