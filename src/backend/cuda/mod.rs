@@ -82,7 +82,7 @@ struct Kernels {
     gemv_q4k_q8: [CudaFunction; 4],
     gemv_q6k_q8: [CudaFunction; 4],
     /// Persistent decode GEMVs on shared-memory activations, 1 and 2 tokens
-    /// (`gemv_smem_t` in ferry.cu), with bias / residual / SwiGLU epilogues.
+    /// (`gemv_segs_t` in ferry.cu), with bias / residual / SwiGLU epilogues.
     /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
     gemv_smem: [[CudaFunction; 2]; 3],
     gemv_swiglu_smem: [[CudaFunction; 2]; 3],
@@ -187,12 +187,13 @@ struct GemvSpec<'a> {
     residual: bool,
 }
 
-/// Warps sharing a row in `gemv_smem_t`: the fewest (1, 2, 4, 8) whose lane
-/// groups cover a row's `nb` superblocks in one round of `per_group` loads each.
-fn gemv_warps_per_row_cover(nb: usize, per_group: usize) -> usize {
+/// Warps sharing a row in `gemv_segs_t`: the fewest (1, 2, 4, 8) that cover
+/// a row's `nb` superblocks in one round of loads, a warp loading `per_round`
+/// superblocks per round (8 lane groups × their Q4_K round).
+fn gemv_warps_per_row_cover(nb: usize, per_round: usize) -> usize {
     [1, 2, 4, 8]
         .into_iter()
-        .find(|w| 4 * per_group * w >= nb)
+        .find(|w| per_round * w >= nb)
         .unwrap_or(8)
 }
 
@@ -1169,10 +1170,12 @@ impl CudaBackend {
         let c = self.quantized(x)?;
         let t = n - 1; // kernels for 1 and 2 tokens
         let bound = self.gemv_bound;
-        let (kernel, per_group) = if swiglu {
-            (&self.k.gemv_swiglu_smem[bound][t], 2)
+        // Superblocks a warp loads per round: 8 lane groups × 1 (SwiGLU: gate
+        // and up) or × 2 (the kernels' U / 2).
+        let (kernel, per_round) = if swiglu {
+            (&self.k.gemv_swiglu_smem[bound][t], 8)
         } else {
-            (&self.k.gemv_smem[bound][t], 4)
+            (&self.k.gemv_smem[bound][t], 16)
         };
         let smem = gemv_smem_bytes(n, cols);
         let per_sm = {
@@ -1196,7 +1199,7 @@ impl CudaBackend {
         let seg_rows: Vec<usize> = specs.iter().map(|s| s.w.rows).collect();
         let balanced = || gemv_warps_per_row_balanced(&seg_rows, nb, resident_warps / 8);
         let wpr = match self.gemv_wpr.as_deref() {
-            Some("cover") => gemv_warps_per_row_cover(nb, per_group),
+            Some("cover") => gemv_warps_per_row_cover(nb, per_round),
             Some("fill") => gemv_warps_per_row(rows, nb, resident_warps),
             Some(w) => match w.parse::<usize>() {
                 Ok(w @ (1 | 2 | 4 | 8)) => w,
@@ -2326,9 +2329,10 @@ mod gemv_launch_tests {
         assert_eq!(gemv_warps_per_row(512, 74, warps), 8);
         // A row of one superblock is never split.
         assert_eq!(gemv_warps_per_row(16, 1, warps), 1);
-        // Covering a row in one round: 20 superblocks, 4 loads per group: 2 warps.
-        assert_eq!(gemv_warps_per_row_cover(20, 4), 2);
-        assert_eq!(gemv_warps_per_row_cover(108, 4), 8);
+        // Covering a row in one round: 20 superblocks, 16 per warp: 2 warps.
+        assert_eq!(gemv_warps_per_row_cover(20, 16), 2);
+        assert_eq!(gemv_warps_per_row_cover(108, 16), 8);
+        assert_eq!(gemv_warps_per_row_cover(20, 8), 4);
     }
 
     #[test]
