@@ -1302,7 +1302,11 @@ __device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int
 // only 2-byte aligned): each is read as three aligned 8-byte words and shifted
 // into place. With eight lanes per superblock a lane took 17 loads of 1-2
 // bytes per 32 elements and the GEMV was bound by the L1's throughput (80 %
-// busy at 1.5 TB/s); here 12 loads cover 64 elements.
+// busy at 1.5 TB/s); here 12 loads cover 64 elements. Every word read lies in
+// the block except the second scale word of the upper half, which can reach 6
+// bytes past it: for a matrix's last block that is past the matrix, but inside
+// the aligned 8-byte word that holds the block's last bytes (so never another
+// page or allocation).
 struct Q6kLane4 {
     unsigned long long ql0[3], ql1[3], qh[3], sc[2];
     u32 d; // f16 bits
