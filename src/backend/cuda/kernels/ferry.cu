@@ -920,6 +920,14 @@ __device__ __forceinline__ void gemv_q4k_t(const u8* __restrict__ w, const float
     }
 }
 
+// Four Q6_K values (0..63, one per byte) of quarter k (elements 32k + l of a
+// half): low 4 bits from ql[l] (k = 0, 2) or ql[l + 32] (k = 1, 3), the low or
+// high nibble by k / 2; high 2 bits from qh[l] at bit 2k. `ql0`, `ql1`, `qh`:
+// the same four consecutive l of each.
+__device__ __forceinline__ u32 q6k_values(u32 ql0, u32 ql1, u32 qh, int k) {
+    return ((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((qh >> (2 * k)) & 0x03030303u) << 4);
+}
+
 __device__ __forceinline__ u32 load_u32_2aligned(const u8* p) {
     const u16* h = (const u16*)p;
     return (u32)h[0] | ((u32)h[1] << 16);
@@ -1173,11 +1181,9 @@ __device__ __forceinline__ void gemv_q6k_q8_t(const u8* __restrict__ w, const i8
             for (int k = 0; k < 4; ++k) {
                 dk[k] = dd[u] * (float)(i8)((sc[u] >> (8 * k)) & 0xFF);
 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    u32 lo = (((k & 1) ? ql1[u][i] : ql0[u][i]) >> ((k >> 1) * 4)) & 0x0F0F0F0F;
-                    u32 hi = ((qh[u][i] >> (2 * k)) & 0x03030303) << 4;
-                    qs[k][i] = (int)((((lo | hi) | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
-                }
+                for (int i = 0; i < 2; ++i)
+                    qs[k][i] = (int)(((q6k_values(ql0[u][i], ql1[u][i], qh[u][i], k) | 0x80808080u) - 0x20202020u) ^
+                                     0x80808080u);
             }
             int e0 = blk * 256 + 128 * half_ + l0;
             int xb0 = blk * 8 + 4 * half_;
@@ -1371,8 +1377,7 @@ __device__ __forceinline__ void q6k_dot4_smem(const Q6kLane4& q, size_t addr, in
     for (int k = 0; k < 4; ++k)
 #pragma unroll
         for (int i = 0; i < 4; ++i)
-            qs[k][i] = ((((k & 1) ? ql1[i] : ql0[i]) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) |
-                       (((qh[i] >> (2 * k)) & 0x03030303u) << 4);
+            qs[k][i] = q6k_values(ql0[i], ql1[i], qh[i], k);
     // Scale k of this lane: byte 2k + hf of the half's 8.
     float dk[4];
 #pragma unroll
