@@ -2,6 +2,9 @@
 //! one warm-up; the table reports mean ± sample standard deviation of tokens/s.
 //! Tests: `ppN` prefills N tokens into an empty cache, `tgN` generates N tokens
 //! one at a time, `pgP,N` prefills P tokens then generates N (time for both).
+//! With a depth D (`-d`, llama-bench's `n_depth`) every test starts with D
+//! tokens already in the cache (prefilled untimed): `tg64 @ d8192` is decode
+//! speed at an 8K context.
 
 use std::time::Instant;
 
@@ -61,6 +64,8 @@ pub struct BenchResult {
     pub meta: ResultMeta,
     pub n_prompt: usize,
     pub n_gen: usize,
+    /// Tokens in the cache before the test (prefilled, not timed).
+    pub n_depth: usize,
     pub test: String,
     pub samples_ns: Vec<u64>,
     pub avg_ns: u64,
@@ -101,6 +106,7 @@ impl BenchResult {
             meta: meta.clone(),
             n_prompt,
             n_gen,
+            n_depth: 0,
             test: test.name(),
             avg_ns: avg_ns as u64,
             stddev_ns: sd(&ns_f, avg_ns) as u64,
@@ -134,6 +140,7 @@ fn run_once<B: Backend + Sync>(
     model: &Model<B>,
     test: Test,
     ubatch: usize,
+    depth: usize,
 ) -> anyhow::Result<u64>
 where
     B::Kv: Send,
@@ -141,9 +148,14 @@ where
     B::Vector: Sync,
 {
     let n_vocab = model.config.n_vocab;
-    let ctx = test.tokens() + 1;
+    let ctx = depth + test.tokens() + 1;
     let mut s = Session::new(backend, model, ctx.max(16), 1)?;
     s.ubatch = ubatch;
+    if depth > 0 {
+        let past = tokens(depth, n_vocab, 5);
+        backend.run(|| s.prefill(0, &past))?;
+        backend.check()?;
+    }
     let t = match test {
         Test::Prompt(p) => {
             let toks = tokens(p, n_vocab, 7);
@@ -184,6 +196,8 @@ pub struct BenchSetup<'a, B: Backend> {
     pub model: &'a Model<B>,
     pub meta: ResultMeta,
     pub repetitions: usize,
+    /// Tokens in the cache before each test (untimed).
+    pub depth: usize,
 }
 
 pub fn run_test<B: Backend + Sync>(setup: &BenchSetup<B>, test: Test) -> anyhow::Result<BenchResult>
@@ -193,12 +207,18 @@ where
     B::Vector: Sync,
 {
     let ubatch = setup.meta.n_ubatch;
-    run_once(setup.backend, setup.model, test, ubatch)?; // warm-up
+    let depth = setup.depth;
+    run_once(setup.backend, setup.model, test, ubatch, depth)?; // warm-up
     let mut samples = Vec::with_capacity(setup.repetitions);
     for _ in 0..setup.repetitions.max(1) {
-        samples.push(run_once(setup.backend, setup.model, test, ubatch)?);
+        samples.push(run_once(setup.backend, setup.model, test, ubatch, depth)?);
     }
-    Ok(BenchResult::from_samples(&setup.meta, test, samples))
+    let mut r = BenchResult::from_samples(&setup.meta, test, samples);
+    if depth > 0 {
+        r.n_depth = depth;
+        r.test = format!("{} @ d{depth}", r.test);
+    }
+    Ok(r)
 }
 
 fn human_size(bytes: u64) -> String {

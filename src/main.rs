@@ -171,6 +171,16 @@ struct BenchArgs {
     /// Prompt then generation, as "P,N" (ppP+tgN).
     #[arg(long = "pg")]
     pg: Option<String>,
+    /// Context depths, comma separated: each test starts with this many
+    /// tokens already in the cache (prefilled, not timed), e.g. -d 0,8192 for
+    /// decode speed at an empty and an 8K context.
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    n_depth: Vec<usize>,
     /// Repetitions of each test (after one warm-up).
     #[arg(short = 'r', long, default_value_t = 5)]
     repetitions: usize,
@@ -459,6 +469,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("device memory: {hbm:.0} GB/s (device-to-device copy)");
             let tflops = cuda.measure_gemm_tflops(4096, 8192, repetitions)?;
             println!("GEMM (f16 in, f32 accumulate, 4096 x 8192 x 8192): {tflops:.0} TFLOP/s");
+            let gemv = ferry::plan::calibrate::measure_cuda_gemv(&cuda, repetitions)?;
+            println!(
+                "decode GEMV (Q4_K, 1 token, 27648 x 5120 and 5120 x 27648): {gemv:.0} GB/s = {:.0} % of device memory",
+                100.0 * gemv / hbm
+            );
             // Not part of the profile: the speed of ferry's own prompt-attention
             // kernel at an 8K context, for the head shapes of Qwen2.5-7B and -32B.
             for (label, heads) in [("7B", (28, 4, 128)), ("32B", (40, 8, 128))] {
@@ -490,6 +505,7 @@ fn run(cli: Cli) -> Result<()> {
                     copies_block_host: false,
                     bf16_tflops: tflops,
                     hbm_gbps: hbm,
+                    gemv_gbps: gemv,
                 },
                 cpu: cpu_profile,
             };
@@ -1299,6 +1315,11 @@ fn bench(args: BenchArgs) -> Result<()> {
                     }
                     bench_on(&b, &g, path, b.threads(), &args, &tests)?
                 }
+                Device::Cuda(_)
+                    if !args.vram_budget.is_empty() && args.n_depth.iter().any(|&d| d > 0) =>
+                {
+                    anyhow::bail!("--n-depth measures resident runs; leave out --vram-budget")
+                }
                 Device::Cuda(b) if !args.vram_budget.is_empty() => {
                     let mut r = bench_streamed(&b, &g, path, &args, &tests)?;
                     // `cpu` beside the budgeted modes: the whole model on the CPU.
@@ -1335,7 +1356,7 @@ where
         {
             let model = load_model(backend, g, path)?;
             let (model_type, model_n_params) = model_description(g);
-            let setup = BenchSetup {
+            let mut setup = BenchSetup {
                 backend,
                 model: &model,
                 meta: ferry::bench::ResultMeta {
@@ -1351,15 +1372,19 @@ where
                     vram_budget: None,
                 },
                 repetitions: args.repetitions,
+                depth: 0,
             };
-            for &t in tests {
-                let r = ferry::bench::run_test(&setup, t)?;
-                if args.output == "jsonl" {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    eprintln!("{}: {:.2} ± {:.2} t/s", r.test, r.avg_ts, r.stddev_ts);
+            for &depth in &args.n_depth {
+                setup.depth = depth;
+                for &t in tests {
+                    let r = ferry::bench::run_test(&setup, t)?;
+                    if args.output == "jsonl" {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        eprintln!("{}: {:.2} ± {:.2} t/s", r.test, r.avg_ts, r.stddev_ts);
+                    }
+                    results.push(r);
                 }
-                results.push(r);
             }
         }
     }
@@ -1858,6 +1883,10 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             (AttentionKernel::Tiled, 0, 1),
             (AttentionKernel::Tiled, 5000, 1),
             (AttentionKernel::Tiled, 300, 7),
+            // Decode steps with keys split over blocks (long contexts).
+            (AttentionKernel::Split, 0, 1),
+            (AttentionKernel::Split, 5000, 1),
+            (AttentionKernel::Split, 3000, 2),
         ];
         for (kernel, done, n) in cases {
             let d = cuda.attention_check(kernel, heads, done, n)?;

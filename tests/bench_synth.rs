@@ -226,6 +226,20 @@ fn bench_output_parses_like_llama_bench() {
     assert_eq!(out.lines().count(), 2 + 4);
     assert!(out.lines().nth(2).unwrap().contains("| cpu | - |"), "{out}");
 
+    // Depths: every test again with tokens already in the cache.
+    let (ok, out, err) = ferry(&[
+        "bench", "-m", p, "-p", "8", "-n", "2", "-d", "0,16", "-r", "1", "-t", "1", "-o", "json",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp8", "tg2", "pp8 @ d16", "tg2 @ d16"]);
+    let depths: Vec<u64> = rows
+        .iter()
+        .map(|r| r["n_depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(depths, [0, 0, 16, 16]);
+
     let (ok, _, err) = ferry(&["bench", "-m", p, "-o", "xml"]);
     assert!(!ok && err.contains("md, json, jsonl or csv"), "{err}");
     let (ok, _, err) = ferry(&["bench", "-m", p, "--pg", "8"]);

@@ -157,6 +157,30 @@ fn profiles_load_by_name_or_file() {
     assert_eq!(MachineProfile::load(p.to_str().unwrap()).unwrap(), m);
 }
 
+/// A calibrated decode GEMV rate prices GPU layers at what ferry's kernels
+/// measured, not at an assumed fraction of the memory bandwidth; profiles
+/// written before the rate existed still load (and keep the assumption).
+#[test]
+fn gpu_gemv_time_uses_the_calibrated_rate() {
+    let mut profile = MachineProfile::load("h200").unwrap();
+    let bytes = 1_000_000_000u64;
+    let assumed = CostModel::new(profile.clone()).gpu_gemv(bytes);
+    let expected = bytes as f64 / (profile.gpu.hbm_gbps * 1e9 * 0.7);
+    assert!(
+        (assumed - expected).abs() < 1e-12 * expected,
+        "{assumed} {expected}"
+    );
+    profile.gpu.gemv_gbps = 2000.0;
+    let measured = CostModel::new(profile.clone()).gpu_gemv(bytes);
+    assert!((measured - 0.5e-3).abs() < 1e-12, "{measured}");
+    assert!(profile.describe().contains("decode GEMV 2000 GB/s"));
+
+    let mut json: serde_json::Value = serde_json::to_value(&profile).unwrap();
+    json["gpu"].as_object_mut().unwrap().remove("gemv_gbps");
+    let old: MachineProfile = serde_json::from_value(json).unwrap();
+    assert_eq!(old.gpu.gemv_gbps, 0.0);
+}
+
 /// The plan reserves what the allocator takes beyond the bytes asked for:
 /// 2 MiB granules per large allocation and a fixed reserve. Measured on the
 /// device: without it a plan at 60 % of a 32B model overran its budget.

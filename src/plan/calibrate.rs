@@ -54,6 +54,20 @@ pub fn synthetic_weight(
     Ok((SharedBytes::external(Box::new(bytes)), t))
 }
 
+/// ferry's one-token GEMV rate on the GPU, GB/s of weights: Q4_K matrices
+/// of a 32B model's feed-forward shapes (27648 × 5120 and 5120 × 27648,
+/// 80 MB each, past any L2), alternating as gate and down projections do.
+pub fn measure_cuda_gemv(
+    cuda: &crate::backend::cuda::CudaBackend,
+    reps: usize,
+) -> Result<f64, BackendError> {
+    let weights = [(27648, 5120), (5120, 27648)]
+        .into_iter()
+        .map(|(rows, cols)| synthetic_weight(GgmlType::Q4_K, rows, cols))
+        .collect::<Result<Vec<_>, _>>()?;
+    cuda.measure_gemv_gbps(&weights, reps)
+}
+
 /// The CPU's quantized matrix-vector bandwidth (one token over a Q4_K matrix
 /// much larger than the caches) and matrix-matrix rate (a 256-token batch).
 pub fn measure_cpu(cpu: &CpuBackend) -> Result<CpuProfile, BackendError> {

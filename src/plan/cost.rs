@@ -10,7 +10,8 @@ pub struct CostModel {
     pub profile: MachineProfile,
     /// Fraction of the bf16 peak that GEMMs reach.
     pub gemm_efficiency: f64,
-    /// Fraction of HBM bandwidth that GEMVs reach.
+    /// Fraction of HBM bandwidth that GEMVs reach, where the profile has no
+    /// measured GEMV rate (`GpuProfile::gemv_gbps`).
     pub gemv_efficiency: f64,
     /// Fixed cost of moving activations between CPU and GPU at a layer boundary, seconds.
     pub crossing_secs: f64,
@@ -36,7 +37,13 @@ impl CostModel {
     }
 
     pub fn gpu_gemv(&self, bytes: u64) -> f64 {
-        bytes as f64 / (self.profile.gpu.hbm_gbps * 1e9 * self.gemv_efficiency)
+        let gpu = &self.profile.gpu;
+        let gbps = if gpu.gemv_gbps > 0.0 {
+            gpu.gemv_gbps
+        } else {
+            gpu.hbm_gbps * self.gemv_efficiency
+        };
+        bytes as f64 / (gbps * 1e9)
     }
 
     /// GPU time of a layer over `tokens` tokens: the larger of reading its

@@ -23,6 +23,11 @@ pub struct GpuProfile {
     pub bf16_tflops: f64,
     /// Device memory bandwidth, GB/s.
     pub hbm_gbps: f64,
+    /// Weight bytes per second ferry's one-token decode GEMVs read, GB/s
+    /// (`ferry calibrate` times them); 0: not measured, the cost model then
+    /// assumes a fixed fraction of `hbm_gbps`.
+    #[serde(default)]
+    pub gemv_gbps: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +77,7 @@ impl GpuProfile {
                 copies_block_host: false,
                 bf16_tflops: tflops,
                 hbm_gbps: hbm,
+                gemv_gbps: 0.0,
             })
     }
 }
@@ -160,12 +166,17 @@ impl MachineProfile {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:.0} GiB, H2D {:.0} GB/s, bf16 {:.0} TFLOP/s, HBM {:.0} GB/s) + {} (GEMV {:.0} GB/s, GEMM {:.0} GFLOP/s{})",
+            "{} ({:.0} GiB, H2D {:.0} GB/s, bf16 {:.0} TFLOP/s, HBM {:.0} GB/s{}) + {} (GEMV {:.0} GB/s, GEMM {:.0} GFLOP/s{})",
             self.gpu.name,
             self.gpu.vram_bytes as f64 / GIB as f64,
             self.gpu.h2d_gbps,
             self.gpu.bf16_tflops,
             self.gpu.hbm_gbps,
+            if self.gpu.gemv_gbps > 0.0 {
+                format!(", decode GEMV {:.0} GB/s", self.gpu.gemv_gbps)
+            } else {
+                String::new()
+            },
             self.cpu.name,
             self.cpu.gemv_gbps,
             self.cpu.gemm_gflops,

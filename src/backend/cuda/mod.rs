@@ -97,6 +97,8 @@ struct Kernels {
     kv_store: CudaFunction,
     attention: CudaFunction,
     attention_tiled: CudaFunction,
+    attention_split: CudaFunction,
+    attention_combine: CudaFunction,
     gather_rows: CudaFunction,
     copy_f32: CudaFunction,
 }
@@ -108,6 +110,8 @@ pub enum AttentionKernel {
     Flash,
     /// Keys in tiles with an online softmax (decode past 12288 positions).
     Tiled,
+    /// Keys split over blocks, parts combined (decode at long contexts).
+    Split,
 }
 
 /// Reproducible test data: each call returns `len` values uniform in
@@ -290,7 +294,11 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
     let f = |name: &str| module.load_function(name).map_err(err);
     // The prompt-attention kernels keep two stages of K and V tiles in
     // dynamic shared memory, beyond the default 48 KiB for head dimension 128.
-    for (name, head_dim) in [("flash_prefill_d64", 64), ("flash_prefill_d128", 128)] {
+    for (name, head_dim) in [
+        ("flash_prefill_d64", 64),
+        ("flash_prefill_d128", 128),
+        ("flash_prefill_d128_b2", 128),
+    ] {
         f(name)?
             .set_attribute(
                 cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -326,7 +334,10 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             f32_to_f16_x4: f("f32_to_f16_x4")?,
             swiglu_f16_x4: f("swiglu_f16_x4")?,
             flash_prefill_d64: f("flash_prefill_d64")?,
-            flash_prefill_d128: f("flash_prefill_d128")?,
+            flash_prefill_d128: match std::env::var("FERRY_FLASH_BLOCKS").as_deref() {
+                Ok("2") => f("flash_prefill_d128_b2")?,
+                _ => f("flash_prefill_d128")?,
+            },
             f32_to_f16: f("f32_to_f16")?,
             gemv: f("gemv")?,
             gemv8: f("gemv8")?,
@@ -376,6 +387,8 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             kv_store: f("kv_store")?,
             attention: f("attention")?,
             attention_tiled: f("attention_tiled")?,
+            attention_split: f("attention_split")?,
+            attention_combine: f("attention_combine")?,
             gather_rows: f("gather_rows")?,
             copy_f32: f("copy_f32")?,
         },
@@ -540,6 +553,16 @@ pub struct CudaBackend {
     /// RMSNorm of decode rows spread over one block per 1024 elements
     /// (`FERRY_NORM_SPLIT=0`: one block per row).
     norm_split: bool,
+    /// Decode attention stores the step's keys and values itself
+    /// (`FERRY_ATTN_KV=0`: a separate kv_store launch).
+    attn_kv: bool,
+    /// The decode step's kernels launched as programmatic dependent launches
+    /// (`launch_chained`; cards of compute capability 9.0 and later,
+    /// `FERRY_PDL=0` off).
+    chained: bool,
+    /// Row groups of weights each shared-memory GEMV block asks L2 for before
+    /// waiting on the previous kernel (`FERRY_GEMV_PREFETCH`, default 1).
+    gemv_prefetch: i32,
     sm_count: u32,
     /// Resident blocks per SM of (kernel, shared memory), asked once.
     occupancy: Mutex<std::collections::HashMap<(u64, usize), u32>>,
@@ -549,6 +572,11 @@ pub struct CudaBackend {
     /// Force the tiled attention kernel where the shared-memory one would do
     /// (gpu-check compares the two).
     tiled_decode: std::sync::atomic::AtomicBool,
+    /// Decode attention splits the keys over blocks from this many keys on
+    /// (`FERRY_ATTN_SPLIT`: the number, 0 never; gpu-check forces it).
+    split_min: std::sync::atomic::AtomicUsize,
+    /// `attention_split`'s partial outputs (grown on demand).
+    attn_parts: Mutex<Option<CudaSlice<f32>>>,
     pub kernels_from_cache: bool,
     name: String,
     ledger: MemoryLedger,
@@ -571,6 +599,41 @@ fn block_per_row(rows: usize) -> LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+/// A kernel's arguments for `launch_chained`: pointers to their values, in
+/// the kernel's order, borrowed until the launch.
+struct KernelArgs<'a> {
+    ptrs: Vec<*mut std::ffi::c_void>,
+    values: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> KernelArgs<'a> {
+    fn new() -> Self {
+        KernelArgs {
+            ptrs: Vec::with_capacity(16),
+            values: std::marker::PhantomData,
+        }
+    }
+
+    fn arg<T: cudarc::driver::DeviceRepr>(&mut self, value: &'a T) -> &mut Self {
+        self.ptrs.push(value as *const T as *mut std::ffi::c_void);
+        self
+    }
+}
+
+/// Keys from which decode attention splits them over blocks: 1024 (one
+/// block per (token, head) is as fast below), `FERRY_ATTN_SPLIT=N`, or never
+/// with 0.
+fn split_min_from_env() -> usize {
+    match std::env::var("FERRY_ATTN_SPLIT")
+        .ok()
+        .map(|v| v.parse::<usize>())
+    {
+        Some(Ok(0)) => usize::MAX,
+        Some(Ok(n)) => n,
+        _ => 1024,
     }
 }
 
@@ -600,6 +663,11 @@ impl CudaBackend {
             )
             .map_err(err)?
             .max(1) as u32;
+        let major = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )
+            .map_err(err)?;
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let (k, cached) = load_kernels(&ctx)?;
         let name = format!("CUDA ({})", ctx.name().unwrap_or_else(|_| "GPU".into()));
@@ -625,12 +693,21 @@ impl CudaBackend {
             },
             attn_q8: std::env::var("FERRY_ATTN_Q8").as_deref() != Ok("0"),
             norm_split: std::env::var("FERRY_NORM_SPLIT").as_deref() != Ok("0"),
+            attn_kv: std::env::var("FERRY_ATTN_KV").as_deref() != Ok("0"),
+            chained: major >= 9 && std::env::var("FERRY_PDL").as_deref() != Ok("0"),
+            gemv_prefetch: std::env::var("FERRY_GEMV_PREFETCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)
+                .clamp(0, 8),
             sm_count,
             occupancy: Mutex::new(Default::default()),
             flash: std::sync::atomic::AtomicBool::new(
                 std::env::var("FERRY_ATTENTION").as_deref() != Ok("naive"),
             ),
             tiled_decode: std::sync::atomic::AtomicBool::new(false),
+            split_min: std::sync::atomic::AtomicUsize::new(split_min_from_env()),
+            attn_parts: Mutex::new(None),
             kernels_from_cache: cached,
             name,
             ledger,
@@ -1064,14 +1141,83 @@ impl CudaBackend {
                 s.as_mut().expect("allocated"),
             );
             let (cols_i, n_i) = (cols as i32, n as i32);
-            let mut b = self.stream.launch_builder(&self.k.quantize_q8);
-            b.arg(&x.data).arg(q).arg(d).arg(s).arg(&cols_i).arg(&n_i);
+            let (q, d, s) = (
+                q.device_ptr_mut(&self.stream).0,
+                d.device_ptr_mut(&self.stream).0,
+                s.device_ptr_mut(&self.stream).0,
+            );
+            let mut a = KernelArgs::new();
+            a.arg(&x_ptr).arg(&q).arg(&d).arg(&s).arg(&cols_i).arg(&n_i);
             // SAFETY: quantize_q8(x, q, d, s16, cols, n); buffers hold n·cols
             // values, n·cols/32 scales and twice as many half sums.
-            unsafe { b.launch(grid(total, 128)) }.map_err(err)?;
+            unsafe { self.launch_chained(&self.k.quantize_q8, grid(total, 128), &mut a) }?;
             c.of = Some((x_ptr, n, cols, self.q8_epoch.load(Relaxed)));
         }
         Ok(c)
+    }
+
+    /// Launch `f` on the compute stream as a programmatic dependent launch:
+    /// the kernel may start while the previous one finishes, and must call
+    /// `chain_wait()` (ferry.cu) before it touches anything an earlier kernel
+    /// writes. The decode step's chain (norms, GEMVs, RoPE, KV store,
+    /// attention, quantization) runs this way, so that each GEMV's first
+    /// weights are on their way while the kernels before it end. Where the
+    /// card has no such launches (before compute capability 9.0) or
+    /// `FERRY_PDL=0`, an ordinary launch.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters, and the buffers they point
+    /// to must hold what the kernel reads and writes at this launch's
+    /// configuration.
+    unsafe fn launch_chained(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut KernelArgs,
+    ) -> Result<(), BackendError> {
+        use cudarc::driver::sys;
+        self.ctx.bind_to_thread().map_err(err)?;
+        if !self.chained {
+            // SAFETY: the caller's contract.
+            return unsafe {
+                cudarc::driver::result::launch_kernel(
+                    f.cu_function(),
+                    cfg.grid_dim,
+                    cfg.block_dim,
+                    cfg.shared_mem_bytes,
+                    self.stream.cu_stream(),
+                    &mut args.ptrs,
+                )
+            }
+            .map_err(err);
+        }
+        // SAFETY: an all-zero attribute is valid plain data; id and value set below.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the caller's contract; `config` and `attr` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                args.ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(err)
     }
 
     fn gemv_q8(
@@ -1235,24 +1381,30 @@ impl CudaBackend {
         segs.total_groups = groups as i32;
         let blocks = groups.min(resident_warps / 8).max(1) as u32;
         let (cols_i, n_i, wpr_i) = (cols as i32, n as i32, wpr as i32);
-        let mut b = self.stream.launch_builder(kernel);
-        b.arg(&segs)
-            .arg(c.q.as_ref().expect("filled"))
-            .arg(c.d.as_ref().expect("filled"))
-            .arg(c.s.as_ref().expect("filled"))
+        let (xq, xd, xs) = (
+            c.q.as_ref().expect("filled").device_ptr(&self.stream).0,
+            c.d.as_ref().expect("filled").device_ptr(&self.stream).0,
+            c.s.as_ref().expect("filled").device_ptr(&self.stream).0,
+        );
+        let mut a = KernelArgs::new();
+        a.arg(&segs)
+            .arg(&xq)
+            .arg(&xd)
+            .arg(&xs)
             .arg(&cols_i)
             .arg(&n_i)
-            .arg(&wpr_i);
+            .arg(&wpr_i)
+            .arg(&self.gemv_prefetch);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr); each
-        // segment's weights hold rows × cols elements (w2 likewise), its bias
-        // `rows` values, its output (and residual, which is the output) n × rows;
-        // null (0) pointers switch epilogues off.
-        unsafe { b.launch(cfg) }.map_err(err)?;
+        // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr,
+        // prefetch); each segment's weights hold rows × cols elements (w2
+        // likewise), its bias `rows` values, its output (and residual, which
+        // is the output) n × rows; null (0) pointers switch epilogues off.
+        unsafe { self.launch_chained(kernel, cfg, &mut a) }?;
         Ok(true)
     }
 
@@ -1295,22 +1447,24 @@ impl CudaBackend {
             Some(k) => (k.data.device_ptr_mut(&self.stream).0, nk),
             None => (0u64, 0),
         };
-        let mut b = self.stream.launch_builder(&self.k.rope_qk);
-        b.arg(&mut q.data)
+        let q_ptr = q.data.device_ptr_mut(&self.stream).0;
+        let cs_ptr = cs.device_ptr(&self.stream).0;
+        let mut a = KernelArgs::new();
+        a.arg(&q_ptr)
             .arg(&k_ptr)
-            .arg(cs)
+            .arg(&cs_ptr)
             .arg(&nq)
             .arg(&nk)
             .arg(&hd)
             .arg(&nd)
             .arg(&neox)
             .arg(&n);
+        let cfg = grid(pairs * (n_heads + nk as usize), 256);
         // SAFETY: matches rope_qk(q, k, cs, n_heads_q, n_heads_k, head_dim,
         // n_dims, neox, n): q (and k, unless n_heads_k is 0) hold n rows of
         // their heads, cs n · half (cos, sin) pairs.
-        let launched = unsafe { b.launch(grid(pairs * (n_heads + nk as usize), 256)) };
-        if let Err(e) = launched {
-            self.ctx.record_err::<()>(Err(e));
+        if let Err(e) = unsafe { self.launch_chained(&self.k.rope_qk, cfg, &mut a) } {
+            self.record(e);
         }
     }
 
@@ -1334,16 +1488,25 @@ impl CudaBackend {
         use std::sync::atomic::Ordering::Relaxed;
         let mut c = self.q8.lock().expect("q8 lock");
         c.reserve(self, x.n * x.width)?;
-        let out_ptr = out.data.device_ptr(&self.stream).0;
+        let out_ptr = out.data.device_ptr_mut(&self.stream).0;
         let width = x.width as i32;
         let Q8Cache { q, d, s, .. } = &mut *c;
-        let mut b = self.stream.launch_builder(&self.k.rms_norm_q8);
-        b.arg(&x.data)
-            .arg(w)
-            .arg(&mut out.data)
-            .arg(q.as_mut().expect("reserved"))
-            .arg(d.as_mut().expect("reserved"))
-            .arg(s.as_mut().expect("reserved"))
+        let (x_ptr, w_ptr) = (
+            x.data.device_ptr(&self.stream).0,
+            w.device_ptr(&self.stream).0,
+        );
+        let (q, d, s) = (
+            q.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+            d.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+            s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+        );
+        let mut a = KernelArgs::new();
+        a.arg(&x_ptr)
+            .arg(&w_ptr)
+            .arg(&out_ptr)
+            .arg(&q)
+            .arg(&d)
+            .arg(&s)
             .arg(&width)
             .arg(&eps);
         // One block per row, or per row and 1024-element slice.
@@ -1359,7 +1522,7 @@ impl CudaBackend {
         // SAFETY: rms_norm_q8(x, w, out, q, d, s16, width, eps): one block per
         // row (and slice); width ≤ 8192 and a multiple of 32 (checked by the
         // caller), so slices ≤ 8; the cache holds n·width values.
-        unsafe { b.launch(cfg) }.map_err(err)?;
+        unsafe { self.launch_chained(&self.k.rms_norm_q8, cfg, &mut a) }?;
         c.of = Some((out_ptr, x.n, x.width, self.q8_epoch.load(Relaxed)));
         Ok(())
     }
@@ -1480,19 +1643,25 @@ impl CudaBackend {
         let n = batch.len();
         let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
         let (slots, bases, pos) = (&tables.0, &tables.1, &tables.2);
-        let (width, n_i) = (kv.width as i32, n as i32);
-        {
-            let mut b = self.stream.launch_builder(&self.k.kv_store);
-            b.arg(&k.data)
-                .arg(&v.data)
-                .arg(&mut kv.k)
-                .arg(&mut kv.v)
-                .arg(slots)
-                .arg(&width)
-                .arg(&n_i);
-            // SAFETY: matches the kernel signature.
-            unsafe { b.launch(grid(n * kv.width, 256)) }.map_err(err)?;
-        }
+        let width = kv.width as i32;
+        let store = |kv: &mut CudaKv| -> Result<(), BackendError> {
+            let ptrs = [
+                k.data.device_ptr(&self.stream).0,
+                v.data.device_ptr(&self.stream).0,
+                kv.k.device_ptr_mut(&self.stream).0,
+                kv.v.device_ptr_mut(&self.stream).0,
+                slots.device_ptr(&self.stream).0,
+            ];
+            let n_i = n as i32;
+            let mut a = KernelArgs::new();
+            for p in &ptrs {
+                a.arg(p);
+            }
+            a.arg(&width).arg(&n_i);
+            // SAFETY: kv_store(k, v, kc, vc, slot, width, n): k and v hold n
+            // rows of `width`, the slots (checked by kv_tables) are cache rows.
+            unsafe { self.launch_chained(&self.k.kv_store, grid(n * kv.width, 256), &mut a) }
+        };
         let (nh, nkv, hd) = (n_heads as i32, n_kv_heads as i32, head_dim as i32);
         let scale = 1.0f32 / (head_dim as f32).sqrt();
         let one_prompt = n > 1
@@ -1510,6 +1679,7 @@ impl CudaBackend {
             && one_prompt
             && self.flash.load(std::sync::atomic::Ordering::Relaxed)
         {
+            store(kv)?;
             let p0 = batch.positions[0] as usize;
             let base = batch.seqs[0] as usize * kv.n_ctx;
             // SAFETY: the positions were checked against the cache by
@@ -1533,12 +1703,26 @@ impl CudaBackend {
             .map(|&p| p as usize + 1)
             .max()
             .unwrap_or(0);
-        // Every score in shared memory while it fits (48 KiB: 12288 keys),
-        // else keys in tiles with an online softmax.
+        // Long contexts: keys split over blocks (`attention_split`). Shorter
+        // ones: one block per (token, head), every score in shared memory
+        // while it fits (48 KiB: 12288 keys), else keys in tiles with an
+        // online softmax.
+        let forced_tiled = self.tiled_decode.load(std::sync::atomic::Ordering::Relaxed);
+        let split =
+            !forced_tiled && max_keys >= self.split_min.load(std::sync::atomic::Ordering::Relaxed);
+        if split {
+            store(kv)?;
+            return self.attention_split(
+                (n_heads, n_kv_heads, head_dim),
+                q,
+                kv,
+                batch,
+                max_keys,
+                out,
+            );
+        }
         let shared = max_keys * 4;
-        let tiled = shared > 48 * 1024
-            || head_dim > 512
-            || self.tiled_decode.load(std::sync::atomic::Ordering::Relaxed);
+        let tiled = shared > 48 * 1024 || head_dim > 512 || forced_tiled;
         if tiled && head_dim > 512 {
             return Err(BackendError::Invalid(format!(
                 "attention: head dimension {head_dim} is above the 512 this kernel holds"
@@ -1548,6 +1732,24 @@ impl CudaBackend {
             (&self.k.attention_tiled, 0)
         } else {
             (&self.k.attention, shared)
+        };
+        // Where every token is its sequence's only new one (decode steps),
+        // `attention` stores the keys and values itself (`FERRY_ATTN_KV=0`:
+        // kv_store does).
+        let distinct_seqs = {
+            let mut seqs = batch.seqs.to_vec();
+            seqs.sort_unstable();
+            seqs.windows(2).all(|w| w[0] != w[1])
+        };
+        let fused_store = !tiled && self.attn_kv && distinct_seqs;
+        let (knew, vnew) = if fused_store {
+            (
+                k.data.device_ptr(&self.stream).0,
+                v.data.device_ptr(&self.stream).0,
+            )
+        } else {
+            store(kv)?;
+            (0u64, 0u64)
         };
         // Decode steps: the kernel also writes the 8-bit copy of its output
         // for the o projection's GEMV (`FERRY_ATTN_Q8=0`: quantize_q8 does).
@@ -1564,16 +1766,22 @@ impl CudaBackend {
                 s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
             );
         }
-        let out_ptr = out.data.device_ptr(&self.stream).0;
-        let mut b = self.stream.launch_builder(kernel);
-        b.arg(&q.data)
-            .arg(&kv.k)
-            .arg(&kv.v)
-            .arg(&mut out.data)
-            .arg(bases)
-            .arg(pos);
-        b.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
-        b.arg(&q8_ptrs.0).arg(&q8_ptrs.1).arg(&q8_ptrs.2);
+        let out_ptr = out.data.device_ptr_mut(&self.stream).0;
+        let ptrs = [
+            q.data.device_ptr(&self.stream).0,
+            kv.k.device_ptr_mut(&self.stream).0,
+            kv.v.device_ptr_mut(&self.stream).0,
+            out_ptr,
+            bases.device_ptr(&self.stream).0,
+            pos.device_ptr(&self.stream).0,
+        ];
+        let mut a = KernelArgs::new();
+        for p in &ptrs {
+            a.arg(p);
+        }
+        a.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
+        a.arg(&q8_ptrs.0).arg(&q8_ptrs.1).arg(&q8_ptrs.2);
+        a.arg(&knew).arg(&vnew);
         let launch = LaunchConfig {
             grid_dim: ((n * n_heads) as u32, 1, 1),
             block_dim: (128, 1, 1),
@@ -1582,8 +1790,114 @@ impl CudaBackend {
         // SAFETY: both kernels take the same arguments; `attention`'s shared
         // memory is sized for the longest sequence, `attention_tiled` uses
         // static. The 8-bit copy's buffers (or nulls) hold n · out_width values,
-        // their scales and half sums.
-        unsafe { b.launch(launch) }.map_err(err)?;
+        // their scales and half sums; knew and vnew (or nulls) n rows of the
+        // cache's width, whose slots base + pos kv_tables checked.
+        unsafe { self.launch_chained(kernel, launch, &mut a) }?;
+        if let Some(c) = q8.as_deref_mut() {
+            use std::sync::atomic::Ordering::Relaxed;
+            c.of = Some((out_ptr, n, out_width, self.q8_epoch.load(Relaxed)));
+        }
+        Ok(())
+    }
+
+    /// Decode attention over long contexts: `attention_split` over every
+    /// 256 keys of each (token, head), then `attention_combine` (which also
+    /// writes the o projection's 8-bit input, as `attention` does). The keys
+    /// and values are in the cache already.
+    fn attention_split(
+        &self,
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        q: &CudaAct,
+        kv: &CudaKv,
+        batch: &Batch,
+        max_keys: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        const SPLIT_KEYS: usize = 256; // as in ferry.cu
+        let n = batch.len();
+        let splits = max_keys.div_ceil(SPLIT_KEYS);
+        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
+        let (bases, pos) = (&tables.1, &tables.2);
+        let part_len = n * n_heads * splits * (head_dim + 2);
+        let mut parts = self.attn_parts.lock().expect("attention parts lock");
+        if parts.as_ref().is_none_or(|p| p.len() < part_len) {
+            *parts = None;
+            *parts = Some(self.zeros::<f32>(part_len)?);
+        }
+        let part_ptr = parts
+            .as_mut()
+            .expect("allocated")
+            .device_ptr_mut(&self.stream)
+            .0;
+        let (nh, nkv, hd, width, splits_i) = (
+            n_heads as i32,
+            n_kv_heads as i32,
+            head_dim as i32,
+            kv.width as i32,
+            splits as i32,
+        );
+        let scale = 1.0f32 / (head_dim as f32).sqrt();
+        let ptrs = [
+            q.data.device_ptr(&self.stream).0,
+            kv.k.device_ptr(&self.stream).0,
+            kv.v.device_ptr(&self.stream).0,
+            part_ptr,
+            bases.device_ptr(&self.stream).0,
+            pos.device_ptr(&self.stream).0,
+        ];
+        let mut a = KernelArgs::new();
+        for p in &ptrs {
+            a.arg(p);
+        }
+        a.arg(&nh)
+            .arg(&nkv)
+            .arg(&hd)
+            .arg(&width)
+            .arg(&scale)
+            .arg(&splits_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((n * n_heads) as u32, splits as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention_split(q, kc, vc, part, base, pos, n_heads,
+        // n_kv_heads, head_dim, width, scale, splits): the parts hold
+        // n · n_heads · splits · (head_dim + 2) floats; the cache rows
+        // base + pos were checked by kv_tables.
+        unsafe { self.launch_chained(&self.k.attention_split, cfg, &mut a) }?;
+        // The o projection's 8-bit input, as `attention` writes it.
+        let out_width = n_heads * head_dim;
+        let mut q8 = (n <= 2 && head_dim.is_multiple_of(32) && self.attn_q8)
+            .then(|| self.q8.lock().expect("q8 lock"));
+        let mut q8_ptrs = (0u64, 0u64, 0u64);
+        if let Some(c) = q8.as_deref_mut() {
+            c.reserve(self, n * out_width)?;
+            let Q8Cache { q, d, s, .. } = c;
+            q8_ptrs = (
+                q.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+                d.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+                s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+            );
+        }
+        let out_ptr = out.data.device_ptr_mut(&self.stream).0;
+        let mut a = KernelArgs::new();
+        a.arg(&part_ptr)
+            .arg(&out_ptr)
+            .arg(&hd)
+            .arg(&splits_i)
+            .arg(&q8_ptrs.0)
+            .arg(&q8_ptrs.1)
+            .arg(&q8_ptrs.2);
+        let threads = head_dim.next_multiple_of(32).min(512) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: ((n * n_heads) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention_combine(part, out, head_dim, splits, q8, d8, s8):
+        // out holds n · n_heads · head_dim values; the 8-bit copy's buffers (or
+        // nulls) as many, their scales and half sums.
+        unsafe { self.launch_chained(&self.k.attention_combine, cfg, &mut a) }?;
         if let Some(c) = q8.as_deref_mut() {
             use std::sync::atomic::Ordering::Relaxed;
             c.of = Some((out_ptr, n, out_width, self.q8_epoch.load(Relaxed)));
@@ -1718,9 +2032,15 @@ impl CudaBackend {
                 self.set_flash_attention(kernel == Some(AttentionKernel::Flash));
                 self.tiled_decode
                     .store(kernel == Some(AttentionKernel::Tiled), Relaxed);
+                let split_min = match kernel {
+                    Some(AttentionKernel::Split) => 1,
+                    _ => usize::MAX,
+                };
+                let split_was = self.split_min.swap(split_min, Relaxed);
                 let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, &mut out);
                 self.set_flash_attention(true);
                 self.tiled_decode.store(false, Relaxed);
+                self.split_min.store(split_was, Relaxed);
                 r?;
                 self.to_host(&out)
             };
@@ -1823,6 +2143,55 @@ impl CudaBackend {
             best = best.min(t0.elapsed().as_secs_f64());
         }
         Ok(2.0 * (m * k * k) as f64 / best / 1e12)
+    }
+
+    /// Weight bytes per second of ferry's decode GEMVs, GB/s: one token
+    /// through each of `weights` in turn (`LAUNCHES` products per timing, so
+    /// the gaps between launches count, as in a decode step), median of
+    /// `reps`. The activations are random, as a step's are.
+    pub fn measure_gemv_gbps(
+        &self,
+        weights: &[(crate::gguf::SharedBytes, TensorRef)],
+        reps: usize,
+    ) -> Result<f64, BackendError> {
+        const LAUNCHES: usize = 16;
+        let mut values = xorshift_values(0x2545_f491_4f6c_dd1d, 1.0);
+        let mut ops = Vec::new();
+        for (bytes, t) in weights {
+            let buf = Arc::new(self.upload(bytes.as_slice())?);
+            let w = CudaWeight::in_buffer(&self.stream, buf, 0, t)?;
+            let x = CudaAct {
+                n: 1,
+                width: w.cols,
+                data: self.upload(&values(w.cols))?,
+            };
+            let out = self.act(1, w.rows)?;
+            ops.push((w, x, out, t.n_bytes));
+        }
+        if ops.is_empty() {
+            return Err(BackendError::Invalid(
+                "measure_gemv_gbps: no weights".into(),
+            ));
+        }
+        let mut t = Vec::new();
+        let mut bytes = 0;
+        for rep in 0..reps.max(1) + 1 {
+            self.check()?;
+            let t0 = std::time::Instant::now();
+            bytes = 0;
+            let count = ops.len();
+            for i in 0..LAUNCHES {
+                let (w, x, out, n) = &mut ops[i % count];
+                self.matmul(x, w, out);
+                bytes += *n;
+            }
+            self.check()?;
+            if rep > 0 {
+                t.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(bytes as f64 / t[t.len() / 2] / 1e9)
     }
 
     /// Device memory bandwidth: a device-to-device copy reads and writes every
@@ -2281,6 +2650,11 @@ mod compile_tests {
                         ptx.contains(&format!(".entry {name}(")),
                         "kernel {name} missing from the PTX"
                     );
+                }
+                // The decode chain's kernels wait on their predecessors
+                // (programmatic dependent launch, sm_90).
+                for op in ["griddepcontrol.wait", "griddepcontrol.launch_dependents"] {
+                    assert!(ptx.contains(op), "{op} missing from the PTX");
                 }
                 for k in ["gemv_smem", "gemv_swiglu_smem"] {
                     for v in ["", "_b3", "_b4"] {

@@ -14,6 +14,29 @@ typedef u64 size_t_;
 #define size_t size_t_
 #define INF_NEG __int_as_float(0xff800000)
 
+// Programmatic dependent launch (sm_90 and later). The decode step's kernels
+// are launched so that each may start before the previous one has finished
+// (`launch_chained` in mod.rs): everything before `chain_wait()` may only
+// read what no earlier kernel writes (the weights), everything after it sees
+// the previous kernel's writes, complete. `chain_next()` lets the next kernel
+// of the stream start launching; a kernel that never calls it lets it go when
+// it exits. Launched the ordinary way, both are no-ops.
+__device__ __forceinline__ void chain_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void chain_next() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
 __device__ __forceinline__ float half_to_float(u16 h) {
     float f;
     asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
@@ -397,6 +420,8 @@ extern "C" __global__ void swiglu(float* g, const float* u, size_t n) {
 // pair index idx < n · n_heads_q · half rotates q, the rest k.
 extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, int n_heads_q, int n_heads_k, int head_dim,
                                    int n_dims, int neox, int n) {
+    chain_next();
+    chain_wait();
     int half = n_dims / 2;
     size_t in_q = (size_t)n * n_heads_q * half, total = in_q + (size_t)n * n_heads_k * half;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
@@ -419,6 +444,8 @@ extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, int n_he
 // Store new keys and values (f16) at their sequence positions.
 extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16* vc, const unsigned* slot,
                                     int width, int n) {
+    chain_next();
+    chain_wait();
     size_t total = (size_t)n * width;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
         size_t t = idx / width;
@@ -452,17 +479,37 @@ __device__ __forceinline__ void quantize_block32(float v, size_t at, i8* q, floa
 // 8-bit copy of its output that the o projection's GEMV reads, as quantize_q8
 // would (each warp holds 32 consecutive dimensions: one block of the copy),
 // saving that launch.
-extern "C" __global__ void attention(const float* q, const u16* kc, const u16* vc, float* out,
-                                     const unsigned* base, const unsigned* pos, int n_heads, int n_kv_heads,
-                                     int head_dim, int width, float scale, i8* q8, float* d8, float* s8) {
+//
+// With `knew` (decode steps whose tokens are of distinct sequences) it also
+// stores the step's keys and values, saving kv_store's launch: token t's own
+// key and value (its last position) are read from knew/vnew (rounded to f16
+// as the cache holds them), and the block of each KV group's first head
+// writes them to the cache row, which no other block of the step reads.
+extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* out, const unsigned* base,
+                                     const unsigned* pos, int n_heads, int n_kv_heads, int head_dim, int width,
+                                     float scale, i8* q8, float* d8, float* s8, const float* knew,
+                                     const float* vnew) {
     extern __shared__ float scores[];
     __shared__ float red[32];
+    chain_next();
+    chain_wait();
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
     int g = h / (n_heads / n_kv_heads);
     int n_keys = pos[t] + 1;
     const float* qh = q + ((size_t)t * n_heads + h) * head_dim;
     const u16* kb = kc + (size_t)base[t] * width + g * head_dim;
     const u16* vb = vc + (size_t)base[t] * width + g * head_dim;
+    // Keys and values from the cache: all of them, or all but the token's own.
+    const int cached = knew ? n_keys - 1 : n_keys;
+    const float* kt = knew ? knew + (size_t)t * width + g * head_dim : nullptr;
+    const float* vt = knew ? vnew + (size_t)t * width + g * head_dim : nullptr;
+    if (knew && h % (n_heads / n_kv_heads) == 0) {
+        size_t row = ((size_t)base[t] + pos[t]) * width + g * head_dim;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            kc[row + d] = float_to_half(kt[d]);
+            vc[row + d] = float_to_half(vt[d]);
+        }
+    }
     // Scores: one warp per key, its lanes over the head's dimensions (a key's
     // 2·head_dim bytes in one coalesced load per 32 dimensions), summed by
     // shuffles. (One thread per key walking all dimensions left most threads
@@ -472,7 +519,10 @@ extern "C" __global__ void attention(const float* q, const u16* kc, const u16* v
     for (int j = threadIdx.x / 32; j < n_keys; j += n_warps) {
         const u16* kj = kb + (size_t)j * width;
         float s = 0.0f;
-        for (int d = lane; d < head_dim; d += 32) s += round_half(qh[d]) * half_to_float(kj[d]);
+        if (j < cached)
+            for (int d = lane; d < head_dim; d += 32) s += round_half(qh[d]) * half_to_float(kj[d]);
+        else
+            for (int d = lane; d < head_dim; d += 32) s += round_half(qh[d]) * round_half(kt[d]);
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
         if (lane == 0) scores[j] = s * scale;
     }
@@ -509,9 +559,11 @@ extern "C" __global__ void attention(const float* q, const u16* kc, const u16* v
     for (int d0 = threadIdx.x - lane; d0 < head_dim; d0 += blockDim.x) {
         const int d = d0 + lane;
         float acc = 0.0f;
-        if (d < head_dim)
-            for (int j = 0; j < n_keys; ++j)
+        if (d < head_dim) {
+            for (int j = 0; j < cached; ++j)
                 acc += round_half(scores[j] * inv) * half_to_float(vb[(size_t)j * width + d]);
+            if (cached < n_keys) acc += round_half(scores[cached] * inv) * round_half(vt[d]);
+        }
         size_t at = ((size_t)t * n_heads + h) * head_dim + d;
         if (d < head_dim) out[at] = acc;
         if (q8) quantize_block32(acc, at, q8, d8, s8); // whole warps: head_dim is a multiple of 32
@@ -541,12 +593,16 @@ __device__ __forceinline__ float block_sum128(float v, float* red) {
 // softmax (running maximum and sum), so no score array has to fit in shared
 // memory. Used where `attention` would need more than 48 KiB of scores
 // (decode steps past 12288 positions); head_dim ≤ 512.
-// (q8, d8, s8: `attention`'s arguments, unused here: the host quantizes.)
+// (q8, d8, s8, knew, vnew: `attention`'s arguments, unused here: the host
+// quantizes, and kv_store has stored the step's keys and values.)
 extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const u16* vc, float* out,
                                            const unsigned* base, const unsigned* pos, int n_heads, int n_kv_heads,
-                                           int head_dim, int width, float scale, i8* q8, float* d8, float* s8) {
+                                           int head_dim, int width, float scale, i8* q8, float* d8, float* s8,
+                                           const float* knew, const float* vnew) {
     __shared__ float p[128];
     __shared__ float red[32];
+    chain_next();
+    chain_wait();
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
     int g = h / (n_heads / n_kv_heads);
     int n_keys = pos[t] + 1;
@@ -588,6 +644,97 @@ extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const 
     for (int i = 0; i < 4; ++i) {
         int d = threadIdx.x + 128 * i;
         if (d < head_dim) out[((size_t)t * n_heads + h) * head_dim + d] = acc[i] / l;
+    }
+}
+
+// Decode attention split over the keys, for long contexts where one block per
+// (token, head) leaves most of the GPU idle: block (t · n_heads + h, s) takes
+// keys [s · SPLIT_KEYS, (s + 1) · SPLIT_KEYS) of token t's sequence and writes
+// its part of the output unnormalised, Σ p_j v_j with p_j = exp(s_j − m) for
+// its own maximum m, followed by m and l = Σ p_j (head_dim + 2 floats per
+// part); attention_combine rescales and adds the parts. 128 threads.
+#define SPLIT_KEYS 256
+extern "C" __global__ void __launch_bounds__(128) attention_split(const float* q, const u16* kc, const u16* vc,
+                                                                  float* part, const unsigned* base,
+                                                                  const unsigned* pos, int n_heads, int n_kv_heads,
+                                                                  int head_dim, int width, float scale, int splits) {
+    __shared__ float sc[SPLIT_KEYS];
+    __shared__ float red[32];
+    chain_next();
+    chain_wait();
+    const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads, s = blockIdx.y;
+    const int g = h / (n_heads / n_kv_heads);
+    const int n_keys = pos[t] + 1, k0 = s * SPLIT_KEYS, len = min(SPLIT_KEYS, n_keys - k0);
+    float* po = part + ((size_t)blockIdx.x * splits + s) * (head_dim + 2);
+    if (len <= 0) { // past this token's keys: an empty part
+        if (threadIdx.x == 0) {
+            po[head_dim] = INF_NEG;
+            po[head_dim + 1] = 0.0f;
+        }
+        return;
+    }
+    const float* qh = q + ((size_t)t * n_heads + h) * head_dim;
+    const u16* kb = kc + ((size_t)base[t] + k0) * width + g * head_dim;
+    const u16* vb = vc + ((size_t)base[t] + k0) * width + g * head_dim;
+    const int lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+    // Scores as in `attention`: one warp per key.
+    for (int j = threadIdx.x / 32; j < len; j += n_warps) {
+        const u16* kj = kb + (size_t)j * width;
+        float d = 0.0f;
+        for (int e = lane; e < head_dim; e += 32) d += round_half(qh[e]) * half_to_float(kj[e]);
+        d = warp_sum(d);
+        if (lane == 0) sc[j] = d * scale;
+    }
+    __syncthreads();
+    float m = INF_NEG;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, sc[j]);
+    m = block_max128(m, red);
+    float l = 0.0f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        float e = expf(sc[j] - m);
+        sc[j] = e;
+        l += e;
+    }
+    l = block_sum128(l, red); // its barriers also publish sc
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < len; ++j) acc += sc[j] * half_to_float(vb[(size_t)j * width + d]);
+        po[d] = acc;
+    }
+    if (threadIdx.x == 0) {
+        po[head_dim] = m;
+        po[head_dim + 1] = l;
+    }
+}
+
+// The parts of attention_split → the output of (token, head) blockIdx.x:
+// Σ_s e^(m_s − M) · o_s / Σ_s e^(m_s − M) · l_s, M the largest m_s; and, with
+// q8 (head_dim a multiple of 32), its 8-bit copy as `attention` writes it.
+extern "C" __global__ void attention_combine(const float* part, float* out, int head_dim, int splits, i8* q8,
+                                             float* d8, float* s8) {
+    chain_next();
+    chain_wait();
+    const int stride = head_dim + 2, lane = threadIdx.x % 32;
+    const float* p = part + (size_t)blockIdx.x * splits * stride;
+    float mx = INF_NEG;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * stride + head_dim]);
+    float l = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        float ms = p[s * stride + head_dim];
+        if (ms > INF_NEG) l += p[s * stride + head_dim + 1] * expf(ms - mx);
+    }
+    for (int d0 = threadIdx.x - lane; d0 < head_dim; d0 += blockDim.x) {
+        const int d = d0 + lane;
+        float acc = 0.0f;
+        if (d < head_dim)
+            for (int s = 0; s < splits; ++s) {
+                float ms = p[s * stride + head_dim];
+                if (ms > INF_NEG) acc += p[s * stride + d] * expf(ms - mx);
+            }
+        acc /= l;
+        size_t at = (size_t)blockIdx.x * head_dim + d;
+        if (d < head_dim) out[at] = acc;
+        if (q8) quantize_block32(acc, at, q8, d8, s8); // whole warps: head_dim is a multiple of 32
     }
 }
 
@@ -825,6 +972,14 @@ extern "C" __global__ void __launch_bounds__(256, 1) flash_prefill_d128(
     flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
+// The same with registers held to two resident blocks per SM (≤ 128 per
+// thread; `FERRY_FLASH_BLOCKS=2`).
+extern "C" __global__ void __launch_bounds__(256, 2) flash_prefill_d128_b2(
+    const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
+    int n_kv_heads, int width, float scale_log2) {
+    flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
+}
+
 // ---------------------------------------------------------------------------
 // Decode GEMVs for the k-quant blocks that make up Q4_K_M-like models: out[t, r]
 // = Σ_c x[t, c] · W[r, c] for n ≤ 8 tokens. One warp per row, 8 lanes per
@@ -1051,6 +1206,8 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 // per block the scale, and per 16-element half the sum d · Σ q (what the 8-bit
 // values add up to, for the Q4_K minimum term). One warp per block.
 extern "C" __global__ void quantize_q8(const float* x, i8* q, float* d, float* s16, int cols, int n) {
+    chain_next();
+    chain_wait();
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     int blocks = cols / 32;
     if (warp >= n * blocks) return;
@@ -1402,10 +1559,6 @@ __device__ __forceinline__ void q6k_dot4_smem(const Q6kLane4& q, size_t addr, in
     }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    return v;
-}
 
 
 // One matrix of a launch: up to three share the activations (the q, k and v
@@ -1560,21 +1713,42 @@ __device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, 
     if (wpr > 1) __syncthreads(); // the partial sums are rewritten next round
 }
 
+// Ask L2 for the weight rows of row group `rg` (and the up matrix's beside
+// them): one prefetch per 128-byte line, spread over the block's threads.
+template <bool SWIGLU>
+__device__ __forceinline__ void prefetch_rows(const GemvSegs& segs, int rg, int rpb, int nb) {
+    if (rg >= segs.total_groups) return;
+    const GemvSeg g = seg_of(segs, rg);
+    const int r0 = (rg - g.groups_before) * rpb;
+    const size_t row_bytes = (size_t)nb * (g.fmt ? 210 : 144);
+    const size_t off = (size_t)r0 * row_bytes, bytes = (size_t)min(rpb, g.rows - r0) * row_bytes;
+    for (size_t at = (size_t)threadIdx.x * 128; at < bytes; at += (size_t)blockDim.x * 128) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(g.w + off + at));
+        if (SWIGLU) asm volatile("prefetch.global.L2 [%0];" ::"l"(g.w2 + off + at));
+    }
+}
+
 // Shared memory: n·cols quant bytes, n·cols/32 scales, 2·n·cols/32 half sums
 // (Q4_K), then 8 warps × NT × 2 partial sums. SWIGLU segments are Q4_K.
 template <int NT, bool SWIGLU, int U>
 __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, int cols,
-                                            int n, int wpr) {
+                                            int n, int wpr, int prefetch) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     const int nb = cols / 256, nxb = cols / 32;
     i8* sq = (i8*)gemv_smem;
     float* sd = (float*)(gemv_smem + (size_t)n * cols);
     float* ss = sd + n * nxb;
     float* part = ss + 2 * n * nxb;
-    stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rpb = 8 / wpr, row_in = warp / wpr, piece = warp % wpr;
+    // While the previous kernels finish, the weights of this block's first
+    // `prefetch` row groups are fetched into L2 (they depend on no kernel);
+    // then the activations.
+    for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
+    chain_wait();
+    chain_next();
+    stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
     // Groups of 4 lanes per superblock (q4k_dot4_smem, q6k_dot4_smem), each
     // taking superblocks first + stride·k of the warp's interleaved share.
     const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
@@ -1606,8 +1780,8 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
 #define GEMV_SMEM_ENTRY(NAME, NT, SWIGLU, U, MIN_BLOCKS)                                                   \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                            \
         NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
-             const float* __restrict__ xs, int cols, int n, int wpr) {                                       \
-        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr);                                          \
+             const float* __restrict__ xs, int cols, int n, int wpr, int prefetch) {                         \
+        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, prefetch);                                \
     }
 // 1 and 2 tokens, plain and SwiGLU: gemv_smem{SUFFIX}_N, gemv_swiglu_smem{SUFFIX}_N.
 #define GEMV_SMEM_ENTRIES(SUFFIX, MIN_BLOCKS)                                                              \
@@ -1638,15 +1812,20 @@ extern "C" __global__ void rms_norm_q8(const float* x, const float* w, float* ou
     int n4 = width / 4;
     float4 v[8], wv[8];
     float s = 0.0f;
-    // The weights are loaded with the row (in flight during the reduction: a
-    // decode step runs this on one row, where each round trip shows).
+    // The weights are loaded first, before the previous kernel has finished
+    // (chain_wait), and are in flight during the reduction: a decode step runs
+    // this on one row, where each round trip shows.
+    chain_next();
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         int c = threadIdx.x + i * 256;
-        if (c < n4) {
-            v[i] = ((const float4*)xr)[c];
-            if (!split || i == (int)blockIdx.y) wv[i] = ((const float4*)w)[c];
-        }
+        if (c < n4 && (!split || i == (int)blockIdx.y)) wv[i] = ((const float4*)w)[c];
+    }
+    chain_wait();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        int c = threadIdx.x + i * 256;
+        if (c < n4) v[i] = ((const float4*)xr)[c];
     }
 #pragma unroll
     for (int i = 0; i < 8; ++i)
