@@ -1884,7 +1884,7 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             (AttentionKernel::Tiled, 5000, 1),
             (AttentionKernel::Tiled, 300, 7),
             // Decode steps with keys split over blocks (long contexts).
-            (AttentionKernel::Split, 0, 1),
+            (AttentionKernel::Split, 300, 1),
             (AttentionKernel::Split, 5000, 1),
             (AttentionKernel::Split, 3000, 2),
         ];

@@ -623,6 +623,15 @@ impl<'a> KernelArgs<'a> {
     }
 }
 
+/// Slices of the keys decode attention splits each (token, head) into:
+/// enough blocks for about four per SM, at least 256 keys per slice (1: no
+/// split). The partial outputs then stay small (about 4 · SMs · (head dim +
+/// 2) floats) whatever the context.
+fn attention_splits(token_heads: usize, max_keys: usize, sms: usize) -> usize {
+    let want = (4 * sms).div_ceil(token_heads.max(1));
+    want.clamp(1, max_keys.div_ceil(256).max(1))
+}
+
 /// Keys from which decode attention splits them over blocks: 1024 (one
 /// block per (token, head) is as fast below), `FERRY_ATTN_SPLIT=N`, or never
 /// with 0.
@@ -1708,18 +1717,15 @@ impl CudaBackend {
         // while it fits (48 KiB: 12288 keys), else keys in tiles with an
         // online softmax.
         let forced_tiled = self.tiled_decode.load(std::sync::atomic::Ordering::Relaxed);
-        let split =
-            !forced_tiled && max_keys >= self.split_min.load(std::sync::atomic::Ordering::Relaxed);
+        let splits = attention_splits(n * n_heads, max_keys, self.sm_count as usize);
+        let split = !forced_tiled
+            && head_dim <= 512
+            && splits > 1
+            && max_keys >= self.split_min.load(std::sync::atomic::Ordering::Relaxed);
         if split {
             store(kv)?;
-            return self.attention_split(
-                (n_heads, n_kv_heads, head_dim),
-                q,
-                kv,
-                batch,
-                max_keys,
-                out,
-            );
+            let heads = (n_heads, n_kv_heads, head_dim);
+            return self.attention_split(heads, q, kv, batch, (max_keys, splits), out);
         }
         let shared = max_keys * 4;
         let tiled = shared > 48 * 1024 || head_dim > 512 || forced_tiled;
@@ -1800,22 +1806,22 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Decode attention over long contexts: `attention_split` over every
-    /// 256 keys of each (token, head), then `attention_combine` (which also
-    /// writes the o projection's 8-bit input, as `attention` does). The keys
-    /// and values are in the cache already.
+    /// Decode attention over long contexts: `attention_split` over `splits`
+    /// slices of the keys of each (token, head), then `attention_combine`
+    /// (which also writes the o projection's 8-bit input, as `attention`
+    /// does). The keys and values are in the cache already.
     fn attention_split(
         &self,
         (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
         q: &CudaAct,
         kv: &CudaKv,
         batch: &Batch,
-        max_keys: usize,
+        (max_keys, splits): (usize, usize),
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        const SPLIT_KEYS: usize = 256; // as in ferry.cu
         let n = batch.len();
-        let splits = max_keys.div_ceil(SPLIT_KEYS);
+        let chunk = max_keys.div_ceil(splits);
+        let splits = max_keys.div_ceil(chunk);
         let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
         let (bases, pos) = (&tables.1, &tables.2);
         let part_len = n * n_heads * splits * (head_dim + 2);
@@ -1829,12 +1835,13 @@ impl CudaBackend {
             .expect("allocated")
             .device_ptr_mut(&self.stream)
             .0;
-        let (nh, nkv, hd, width, splits_i) = (
+        let (nh, nkv, hd, width, splits_i, chunk_i) = (
             n_heads as i32,
             n_kv_heads as i32,
             head_dim as i32,
             kv.width as i32,
             splits as i32,
+            chunk as i32,
         );
         let scale = 1.0f32 / (head_dim as f32).sqrt();
         let ptrs = [
@@ -1854,14 +1861,16 @@ impl CudaBackend {
             .arg(&hd)
             .arg(&width)
             .arg(&scale)
-            .arg(&splits_i);
+            .arg(&splits_i)
+            .arg(&chunk_i);
         let cfg = LaunchConfig {
             grid_dim: ((n * n_heads) as u32, splits as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: attention_split(q, kc, vc, part, base, pos, n_heads,
-        // n_kv_heads, head_dim, width, scale, splits): the parts hold
+        // n_kv_heads, head_dim, width, scale, splits, chunk), head_dim ≤ 512
+        // (checked by the caller): the parts hold
         // n · n_heads · splits · (head_dim + 2) floats; the cache rows
         // base + pos were checked by kv_tables.
         unsafe { self.launch_chained(&self.k.attention_split, cfg, &mut a) }?;
@@ -2599,6 +2608,25 @@ mod tests {
         assert!(name.ends_with("-sm_90-13000.ptx"), "{name}");
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
+    }
+
+    /// Decode attention splits a long context so that about four blocks
+    /// per SM run, never into slices under 256 keys, and not at all where
+    /// the (token, head) pairs fill the GPU already.
+    #[test]
+    fn attention_splits_fill_the_gpu_with_bounded_parts() {
+        // One token, 40 heads, 132 SMs: 14 slices at 8K keys (586 each).
+        assert_eq!(attention_splits(40, 8192, 132), 14);
+        // Short contexts: no slice under 256 keys.
+        assert_eq!(attention_splits(40, 301, 132), 2);
+        assert_eq!(attention_splits(40, 256, 132), 1);
+        // A batch of 64 tokens already gives 2560 blocks.
+        assert_eq!(attention_splits(64 * 40, 32768, 132), 1);
+        // The partial outputs stay near 4 · SMs parts whatever the context.
+        for keys in [1024, 8192, 32768, 131072] {
+            let parts = 40 * attention_splits(40, keys, 132);
+            assert!(parts <= 4 * 132 + 40, "{keys}: {parts}");
+        }
     }
 
     #[test]

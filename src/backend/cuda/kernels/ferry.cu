@@ -649,24 +649,26 @@ extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const 
 
 // Decode attention split over the keys, for long contexts where one block per
 // (token, head) leaves most of the GPU idle: block (t · n_heads + h, s) takes
-// keys [s · SPLIT_KEYS, (s + 1) · SPLIT_KEYS) of token t's sequence and writes
-// its part of the output unnormalised, Σ p_j v_j with p_j = exp(s_j − m) for
-// its own maximum m, followed by m and l = Σ p_j (head_dim + 2 floats per
-// part); attention_combine rescales and adds the parts. 128 threads.
+// keys [s · chunk, (s + 1) · chunk) of token t's sequence, in tiles of
+// SPLIT_KEYS with an online softmax, and writes its part of the output
+// unnormalised, Σ p_j v_j with p_j = exp(s_j − m) for its own maximum m,
+// followed by m and l = Σ p_j (head_dim + 2 floats per part);
+// attention_combine rescales and adds the parts. 128 threads, head_dim ≤ 512.
 #define SPLIT_KEYS 256
 extern "C" __global__ void __launch_bounds__(128) attention_split(const float* q, const u16* kc, const u16* vc,
                                                                   float* part, const unsigned* base,
                                                                   const unsigned* pos, int n_heads, int n_kv_heads,
-                                                                  int head_dim, int width, float scale, int splits) {
+                                                                  int head_dim, int width, float scale, int splits,
+                                                                  int chunk) {
     __shared__ float sc[SPLIT_KEYS];
     __shared__ float red[32];
     chain_next();
     chain_wait();
     const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads, s = blockIdx.y;
     const int g = h / (n_heads / n_kv_heads);
-    const int n_keys = pos[t] + 1, k0 = s * SPLIT_KEYS, len = min(SPLIT_KEYS, n_keys - k0);
+    const int n_keys = pos[t] + 1, k0 = s * chunk, k1 = min(k0 + chunk, n_keys);
     float* po = part + ((size_t)blockIdx.x * splits + s) * (head_dim + 2);
-    if (len <= 0) { // past this token's keys: an empty part
+    if (k0 >= k1) { // past this token's keys: an empty part
         if (threadIdx.x == 0) {
             po[head_dim] = INF_NEG;
             po[head_dim + 1] = 0.0f;
@@ -674,32 +676,48 @@ extern "C" __global__ void __launch_bounds__(128) attention_split(const float* q
         return;
     }
     const float* qh = q + ((size_t)t * n_heads + h) * head_dim;
-    const u16* kb = kc + ((size_t)base[t] + k0) * width + g * head_dim;
-    const u16* vb = vc + ((size_t)base[t] + k0) * width + g * head_dim;
+    const u16* kb = kc + (size_t)base[t] * width + g * head_dim;
+    const u16* vb = vc + (size_t)base[t] * width + g * head_dim;
     const int lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
-    // Scores as in `attention`: one warp per key.
-    for (int j = threadIdx.x / 32; j < len; j += n_warps) {
-        const u16* kj = kb + (size_t)j * width;
-        float d = 0.0f;
-        for (int e = lane; e < head_dim; e += 32) d += round_half(qh[e]) * half_to_float(kj[e]);
-        d = warp_sum(d);
-        if (lane == 0) sc[j] = d * scale;
+    float m = INF_NEG, l = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j0 = k0; j0 < k1; j0 += SPLIT_KEYS) {
+        const int len = min(SPLIT_KEYS, k1 - j0);
+        // Scores as in `attention`: one warp per key.
+        for (int j = threadIdx.x / 32; j < len; j += n_warps) {
+            const u16* kj = kb + (size_t)(j0 + j) * width;
+            float d = 0.0f;
+            for (int e = lane; e < head_dim; e += 32) d += round_half(qh[e]) * half_to_float(kj[e]);
+            d = warp_sum(d);
+            if (lane == 0) sc[j] = d * scale;
+        }
+        __syncthreads();
+        float mt = INF_NEG;
+        for (int j = threadIdx.x; j < len; j += blockDim.x) mt = fmaxf(mt, sc[j]);
+        const float m_new = fmaxf(m, block_max128(mt, red)); // finite: the tile has a key
+        const float alpha = expf(m - m_new);                  // 0 on the first tile
+        float lt = 0.0f;
+        for (int j = threadIdx.x; j < len; j += blockDim.x) {
+            float e = expf(sc[j] - m_new);
+            sc[j] = e;
+            lt += e;
+        }
+        l = l * alpha + block_sum128(lt, red); // its barriers also publish sc
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int d = threadIdx.x + 128 * i;
+            if (d < head_dim) {
+                float a = acc[i] * alpha;
+                for (int j = 0; j < len; ++j) a += sc[j] * half_to_float(vb[(size_t)(j0 + j) * width + d]);
+                acc[i] = a;
+            }
+        }
+        __syncthreads(); // sc is rewritten by the next tile
     }
-    __syncthreads();
-    float m = INF_NEG;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, sc[j]);
-    m = block_max128(m, red);
-    float l = 0.0f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        float e = expf(sc[j] - m);
-        sc[j] = e;
-        l += e;
-    }
-    l = block_sum128(l, red); // its barriers also publish sc
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < len; ++j) acc += sc[j] * half_to_float(vb[(size_t)j * width + d]);
-        po[d] = acc;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int d = threadIdx.x + 128 * i;
+        if (d < head_dim) po[d] = acc[i];
     }
     if (threadIdx.x == 0) {
         po[head_dim] = m;
