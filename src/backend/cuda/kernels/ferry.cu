@@ -977,7 +977,8 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
 // raises the kernel's limit for the latter). Warps per block
 // (`flash_warps` on the host): 4 for D = 64; 8 for D = 128, where every K/V
 // tile then serves 128 query rows (213 against 208 TFLOP/s with 4 warps and
-// 195 with ldmatrix.x4 K loads: 32B heads at 8K tokens on an H200).
+// 195 with ldmatrix.x4 K loads: 32B heads at 8K tokens on an H200; held to two
+// blocks per SM, 170 against 214 on an H100).
 extern "C" __global__ void __launch_bounds__(128, 1) flash_prefill_d64(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
     int n_kv_heads, int width, float scale_log2) {
@@ -985,14 +986,6 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_prefill_d64(
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) flash_prefill_d128(
-    const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
-    int n_kv_heads, int width, float scale_log2) {
-    flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
-}
-
-// The same with registers held to two resident blocks per SM (≤ 128 per
-// thread; `FERRY_FLASH_BLOCKS=2`).
-extern "C" __global__ void __launch_bounds__(256, 2) flash_prefill_d128_b2(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
     int n_kv_heads, int width, float scale_log2) {
     flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
