@@ -1765,19 +1765,7 @@ impl CudaBackend {
         };
         // Decode steps: the kernel also writes the 8-bit copy of its output
         // for the o projection's GEMV (`FERRY_ATTN_Q8=0`: quantize_q8 does).
-        let out_width = n_heads * head_dim;
-        let mut q8 = (!tiled && n <= 2 && head_dim.is_multiple_of(32) && self.attn_q8)
-            .then(|| self.q8.lock().expect("q8 lock"));
-        let mut q8_ptrs = (0u64, 0u64, 0u64);
-        if let Some(c) = q8.as_deref_mut() {
-            c.reserve(self, n * out_width)?;
-            let Q8Cache { q, d, s, .. } = c;
-            q8_ptrs = (
-                q.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
-                d.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
-                s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
-            );
-        }
+        let (mut q8, q8_ptrs) = self.attention_q8(!tiled, n, n_heads * head_dim, head_dim)?;
         let out_ptr = out.data.device_ptr_mut(&self.stream).0;
         let ptrs = [
             q.data.device_ptr(&self.stream).0,
@@ -1807,9 +1795,36 @@ impl CudaBackend {
         unsafe { self.launch_chained(kernel, launch, &mut a) }?;
         if let Some(c) = q8.as_deref_mut() {
             use std::sync::atomic::Ordering::Relaxed;
-            c.of = Some((out_ptr, n, out_width, self.q8_epoch.load(Relaxed)));
+            c.of = Some((out_ptr, n, n_heads * head_dim, self.q8_epoch.load(Relaxed)));
         }
         Ok(())
+    }
+
+    /// Where decode attention (`kernel_can`: the kernel in use writes it) is
+    /// to write the 8-bit copy of its `n × width` output for the o projection:
+    /// the locked cache and its buffers' device addresses, or nulls
+    /// (`FERRY_ATTN_Q8=0`, more than 2 tokens, head_dim not a multiple of 32).
+    /// The caller records the copy in the cache after the launch.
+    #[allow(clippy::type_complexity)]
+    fn attention_q8(
+        &self,
+        kernel_can: bool,
+        n: usize,
+        width: usize,
+        head_dim: usize,
+    ) -> Result<(Option<std::sync::MutexGuard<'_, Q8Cache>>, (u64, u64, u64)), BackendError> {
+        if !(kernel_can && n <= 2 && head_dim.is_multiple_of(32) && self.attn_q8) {
+            return Ok((None, (0, 0, 0)));
+        }
+        let mut c = self.q8.lock().expect("q8 lock");
+        c.reserve(self, n * width)?;
+        let Q8Cache { q, d, s, .. } = &mut *c;
+        let ptrs = (
+            q.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+            d.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+            s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
+        );
+        Ok((Some(c), ptrs))
     }
 
     /// Decode attention over long contexts: `attention_split` over `splits`
@@ -1881,19 +1896,7 @@ impl CudaBackend {
         // base + pos were checked by kv_tables.
         unsafe { self.launch_chained(&self.k.attention_split, cfg, &mut a) }?;
         // The o projection's 8-bit input, as `attention` writes it.
-        let out_width = n_heads * head_dim;
-        let mut q8 = (n <= 2 && head_dim.is_multiple_of(32) && self.attn_q8)
-            .then(|| self.q8.lock().expect("q8 lock"));
-        let mut q8_ptrs = (0u64, 0u64, 0u64);
-        if let Some(c) = q8.as_deref_mut() {
-            c.reserve(self, n * out_width)?;
-            let Q8Cache { q, d, s, .. } = c;
-            q8_ptrs = (
-                q.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
-                d.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
-                s.as_mut().expect("reserved").device_ptr_mut(&self.stream).0,
-            );
-        }
+        let (mut q8, q8_ptrs) = self.attention_q8(true, n, n_heads * head_dim, head_dim)?;
         let out_ptr = out.data.device_ptr_mut(&self.stream).0;
         let mut a = KernelArgs::new();
         a.arg(&part_ptr)
@@ -1915,7 +1918,7 @@ impl CudaBackend {
         unsafe { self.launch_chained(&self.k.attention_combine, cfg, &mut a) }?;
         if let Some(c) = q8.as_deref_mut() {
             use std::sync::atomic::Ordering::Relaxed;
-            c.of = Some((out_ptr, n, out_width, self.q8_epoch.load(Relaxed)));
+            c.of = Some((out_ptr, n, n_heads * head_dim, self.q8_epoch.load(Relaxed)));
         }
         Ok(())
     }

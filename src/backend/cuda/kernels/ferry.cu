@@ -588,6 +588,23 @@ __device__ __forceinline__ float block_sum128(float v, float* red) {
     return r;
 }
 
+// One tile of an online softmax's P·V in a block of 128 threads: for the
+// dimensions d = threadIdx.x + 128·i (head_dim ≤ 512), acc[i] ← acc[i]·alpha +
+// Σ_j p[j]·v_j[d] over the tile's `len` keys, whose values start at vb, rows
+// `width` apart.
+__device__ __forceinline__ void pv_tile128(float (&acc)[4], float alpha, const float* p, int len, const u16* vb,
+                                           int width, int head_dim) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int d = threadIdx.x + 128 * i;
+        if (d < head_dim) {
+            float a = acc[i] * alpha;
+            for (int j = 0; j < len; ++j) a += p[j] * half_to_float(vb[(size_t)j * width + d]);
+            acc[i] = a;
+        }
+    }
+}
+
 // As `attention` (one block of 128 threads per (token, head), any batch), for
 // any number of keys: the keys are walked in tiles of 128 with an online
 // softmax (running maximum and sum), so no score array has to fit in shared
@@ -628,16 +645,7 @@ extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const 
         m = m_new;
         p[threadIdx.x] = round_half(e);
         __syncthreads();
-        int tile = min(128, n_keys - k0);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            int d = threadIdx.x + 128 * i;
-            if (d < head_dim) {
-                float a = acc[i] * alpha;
-                for (int jj = 0; jj < tile; ++jj) a += p[jj] * half_to_float(vb[(size_t)(k0 + jj) * width + d]);
-                acc[i] = a;
-            }
-        }
+        pv_tile128(acc, alpha, p, min(128, n_keys - k0), vb + (size_t)k0 * width, width, head_dim);
         __syncthreads(); // p is rewritten by the next tile
     }
 #pragma unroll
@@ -703,15 +711,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_split(const float* q
         }
         l = l * alpha + block_sum128(lt, red); // its barriers also publish sc
         m = m_new;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int d = threadIdx.x + 128 * i;
-            if (d < head_dim) {
-                float a = acc[i] * alpha;
-                for (int j = 0; j < len; ++j) a += sc[j] * half_to_float(vb[(size_t)(j0 + j) * width + d]);
-                acc[i] = a;
-            }
-        }
+        pv_tile128(acc, alpha, sc, len, vb + (size_t)j0 * width, width, head_dim);
         __syncthreads(); // sc is rewritten by the next tile
     }
 #pragma unroll
