@@ -1304,6 +1304,9 @@ fn bench(args: BenchArgs) -> Result<()> {
     {
         anyhow::bail!("--mode {bad}: the modes are stream, sync, static and cpu");
     }
+    if !args.vram_budget.is_empty() && args.n_depth.iter().any(|&d| d > 0) {
+        anyhow::bail!("--n-depth measures resident runs; leave out --vram-budget");
+    }
     let mut results: Vec<ferry::bench::BenchResult> = Vec::new();
     for path in &args.model {
         for &threads in &args.threads {
@@ -1314,11 +1317,6 @@ fn bench(args: BenchArgs) -> Result<()> {
                         anyhow::bail!("--vram-budget needs --device cuda");
                     }
                     bench_on(&b, &g, path, b.threads(), &args, &tests)?
-                }
-                Device::Cuda(_)
-                    if !args.vram_budget.is_empty() && args.n_depth.iter().any(|&d| d > 0) =>
-                {
-                    anyhow::bail!("--n-depth measures resident runs; leave out --vram-budget")
                 }
                 Device::Cuda(b) if !args.vram_budget.is_empty() => {
                     let mut r = bench_streamed(&b, &g, path, &args, &tests)?;

@@ -240,6 +240,8 @@ fn bench_output_parses_like_llama_bench() {
         .collect();
     assert_eq!(depths, [0, 0, 16, 16]);
 
+    let (ok, _, err) = ferry(&["bench", "-m", p, "-d", "64", "--vram-budget", "1GiB"]);
+    assert!(!ok && err.contains("--n-depth"), "{err}");
     let (ok, _, err) = ferry(&["bench", "-m", p, "-o", "xml"]);
     assert!(!ok && err.contains("md, json, jsonl or csv"), "{err}");
     let (ok, _, err) = ferry(&["bench", "-m", p, "--pg", "8"]);
