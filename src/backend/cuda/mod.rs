@@ -615,6 +615,14 @@ impl<'a> KernelArgs<'a> {
         self.ptrs.push(value as *const T as *mut std::ffi::c_void);
         self
     }
+
+    /// Consecutive arguments of one type (device pointers), in order.
+    fn args<T: cudarc::driver::DeviceRepr>(&mut self, values: &'a [T]) -> &mut Self {
+        for v in values {
+            self.arg(v);
+        }
+        self
+    }
 }
 
 /// Row groups a decode GEMV block asks L2 for before it waits on the
@@ -1669,10 +1677,7 @@ impl CudaBackend {
             ];
             let n_i = n as i32;
             let mut a = KernelArgs::new();
-            for p in &ptrs {
-                a.arg(p);
-            }
-            a.arg(&width).arg(&n_i);
+            a.args(&ptrs).arg(&width).arg(&n_i);
             // SAFETY: kv_store(k, v, kc, vc, slot, width, n): k and v hold n
             // rows of `width`, the slots (checked by kv_tables) are cache rows.
             unsafe { self.launch_chained(&self.k.kv_store, grid(n * kv.width, 256), &mut a) }
@@ -1748,11 +1753,8 @@ impl CudaBackend {
         // Where every token is its sequence's only new one (decode steps),
         // `attention` stores the keys and values itself (`FERRY_ATTN_KV=0`:
         // kv_store does).
-        let distinct_seqs = {
-            let mut seqs = batch.seqs.to_vec();
-            seqs.sort_unstable();
-            seqs.windows(2).all(|w| w[0] != w[1])
-        };
+        let seqs = batch.seqs;
+        let distinct_seqs = (1..seqs.len()).all(|i| !seqs[..i].contains(&seqs[i]));
         let fused_store = !tiled && self.attn_kv && distinct_seqs;
         let (knew, vnew) = if fused_store {
             (
@@ -1776,10 +1778,12 @@ impl CudaBackend {
             pos.device_ptr(&self.stream).0,
         ];
         let mut a = KernelArgs::new();
-        for p in &ptrs {
-            a.arg(p);
-        }
-        a.arg(&nh).arg(&nkv).arg(&hd).arg(&width).arg(&scale);
+        a.args(&ptrs)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&hd)
+            .arg(&width)
+            .arg(&scale);
         a.arg(&q8_ptrs.0).arg(&q8_ptrs.1).arg(&q8_ptrs.2);
         a.arg(&knew).arg(&vnew);
         let launch = LaunchConfig {
@@ -1874,10 +1878,8 @@ impl CudaBackend {
             pos.device_ptr(&self.stream).0,
         ];
         let mut a = KernelArgs::new();
-        for p in &ptrs {
-            a.arg(p);
-        }
-        a.arg(&nh)
+        a.args(&ptrs)
+            .arg(&nh)
             .arg(&nkv)
             .arg(&hd)
             .arg(&width)
