@@ -625,6 +625,40 @@ impl<'a> KernelArgs<'a> {
     }
 }
 
+/// The arguments the decode attention kernels (`attention`,
+/// `attention_tiled`, `attention_split`) begin with: q, the key and value
+/// caches, the output (or the partial outputs), base, pos; n_heads,
+/// n_kv_heads, head_dim, the cache's width; the score scale 1/√head_dim.
+struct AttentionArgs {
+    ptrs: [u64; 6],
+    ints: [i32; 4],
+    scale: f32,
+}
+
+impl AttentionArgs {
+    fn new(
+        ptrs: [u64; 6],
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        width: usize,
+    ) -> Self {
+        AttentionArgs {
+            ptrs,
+            ints: [
+                n_heads as i32,
+                n_kv_heads as i32,
+                head_dim as i32,
+                width as i32,
+            ],
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Push them onto `a`, in the kernels' order.
+    fn push<'a>(&'a self, a: &mut KernelArgs<'a>) {
+        a.args(&self.ptrs).args(&self.ints).arg(&self.scale);
+    }
+}
+
 /// Row groups a decode GEMV block asks L2 for before it waits on the
 /// kernel before it: its first one where a block has at most three rounds of
 /// groups (the q/k/v and o projections, whose first round is a large share
@@ -1682,8 +1716,6 @@ impl CudaBackend {
             // rows of `width`, the slots (checked by kv_tables) are cache rows.
             unsafe { self.launch_chained(&self.k.kv_store, grid(n * kv.width, 256), &mut a) }
         };
-        let (nh, nkv, hd) = (n_heads as i32, n_kv_heads as i32, head_dim as i32);
-        let scale = 1.0f32 / (head_dim as f32).sqrt();
         let one_prompt = n > 1
             && batch.seqs.iter().all(|&s| s == batch.seqs[0])
             && batch
@@ -1769,21 +1801,20 @@ impl CudaBackend {
         // for the o projection's GEMV (`FERRY_ATTN_Q8=0`: quantize_q8 does).
         let (mut q8, q8_ptrs) = self.attention_q8(!tiled, n, n_heads * head_dim, head_dim)?;
         let out_ptr = out.data.device_ptr_mut(&self.stream).0;
-        let ptrs = [
-            q.data.device_ptr(&self.stream).0,
-            kv.k.device_ptr_mut(&self.stream).0,
-            kv.v.device_ptr_mut(&self.stream).0,
-            out_ptr,
-            bases.device_ptr(&self.stream).0,
-            pos.device_ptr(&self.stream).0,
-        ];
+        let common = AttentionArgs::new(
+            [
+                q.data.device_ptr(&self.stream).0,
+                kv.k.device_ptr_mut(&self.stream).0,
+                kv.v.device_ptr_mut(&self.stream).0,
+                out_ptr,
+                bases.device_ptr(&self.stream).0,
+                pos.device_ptr(&self.stream).0,
+            ],
+            (n_heads, n_kv_heads, head_dim),
+            kv.width,
+        );
         let mut a = KernelArgs::new();
-        a.args(&ptrs)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&width)
-            .arg(&scale);
+        common.push(&mut a);
         a.arg(&q8_ptrs.0).arg(&q8_ptrs.1).arg(&q8_ptrs.2);
         a.arg(&knew).arg(&vnew);
         let launch = LaunchConfig {
@@ -1860,32 +1891,22 @@ impl CudaBackend {
             .expect("allocated")
             .device_ptr_mut(&self.stream)
             .0;
-        let (nh, nkv, hd, width, splits_i, chunk_i) = (
-            n_heads as i32,
-            n_kv_heads as i32,
-            head_dim as i32,
-            kv.width as i32,
-            splits as i32,
-            chunk as i32,
+        let (hd, splits_i, chunk_i) = (head_dim as i32, splits as i32, chunk as i32);
+        let common = AttentionArgs::new(
+            [
+                q.data.device_ptr(&self.stream).0,
+                kv.k.device_ptr(&self.stream).0,
+                kv.v.device_ptr(&self.stream).0,
+                part_ptr,
+                bases.device_ptr(&self.stream).0,
+                pos.device_ptr(&self.stream).0,
+            ],
+            (n_heads, n_kv_heads, head_dim),
+            kv.width,
         );
-        let scale = 1.0f32 / (head_dim as f32).sqrt();
-        let ptrs = [
-            q.data.device_ptr(&self.stream).0,
-            kv.k.device_ptr(&self.stream).0,
-            kv.v.device_ptr(&self.stream).0,
-            part_ptr,
-            bases.device_ptr(&self.stream).0,
-            pos.device_ptr(&self.stream).0,
-        ];
         let mut a = KernelArgs::new();
-        a.args(&ptrs)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&width)
-            .arg(&scale)
-            .arg(&splits_i)
-            .arg(&chunk_i);
+        common.push(&mut a);
+        a.arg(&splits_i).arg(&chunk_i);
         let cfg = LaunchConfig {
             grid_dim: ((n * n_heads) as u32, splits as u32, 1),
             block_dim: (128, 1, 1),
