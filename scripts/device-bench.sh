@@ -14,8 +14,8 @@
 #   prefill5 the fifth session's measurements (resident 32B/7B, 25 % budget, profile)
 #   dprofile per-launch times and DRAM bytes of a 32B-shape decode step (ncu)
 #   decode5 resident 7B/32B decode and one 32B step's launches (ncu)
-#   gemvstat stall reasons and issue rates of the decode GEMVs (ncu sections),
-#           warps per row against tg64
+#   gemvstat stall reasons, issue rates and memory pipes of the decode GEMVs
+#           (ncu sections)
 #   ab      this build (./ferry) against the previous one (./ferry-old, when
 #           staged): gpu-check, tg64 7B/32B interleaved, one 32B step's launches
 #   pipe    streaming decode GEMVs: gpu-check, against the register-load
@@ -254,15 +254,14 @@ ab)
     grep -E "^  [a-zA-Z_0-9]|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-32b.txt" | paste - - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-1), $NF}' | head -24
     ;;
 gemvstat)
-    synth7b
+    # Stall reasons, issue rates and memory pipes of one 32B decode step's GEMVs
+    # (q/k/v, o, gate/up, down over three layers; Nsight Compute sections).
     synth > /dev/null 2>&1
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-    for g in smem pipe; do
-        FERRY_GEMV=$g timeout 200 "$NCU" --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
-            --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis -k regex:gemv --launch-skip 300 --launch-count 8 \
-            ./ferry bench -m "$M" --device cuda -p 16 -n 4 -r 1 > "$OUTDIR/ncu-gemv-$g.txt" 2>&1
-    done
-    tg_variants "$OUTDIR/wpr.txt" "FERRY_GEMV=smem FERRY_GEMV_WPR=1" "FERRY_GEMV=smem FERRY_GEMV_WPR=2" "FERRY_GEMV=smem FERRY_GEMV_WPR=4" "FERRY_GEMV=smem FERRY_GEMV_WPR=8" FERRY_GEMV_WPR=8
+    timeout 240 "$NCU" --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+        --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis -k regex:gemv --launch-skip 300 --launch-count 12 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 4 -r 1 > "$OUTDIR/ncu-gemv.txt" 2>&1
+    grep -E "^  gemv|Duration|DRAM Throughput|L1/TEX Cache Throughput|Issued Warp Per|Warp Cycles Per Issued|Achieved Active Warps" "$OUTDIR/ncu-gemv.txt" | head -100
     ;;
 pipe)
     synth7b

@@ -111,30 +111,29 @@ impl<B: Backend> Layer<B> {
         batch: &Batch,
     ) -> Result<(), BackendError> {
         // Attention.
-        b.rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut s.h);
-        b.matmul_qkv(
-            &s.h,
+        b.norm_matmul_qkv(
+            x,
+            (&self.attn_norm, cfg.rms_eps),
+            &mut s.h,
             [&self.wq, &self.wk, &self.wv],
             [self.bq.as_ref(), self.bk.as_ref(), self.bv.as_ref()],
             &mut s.q,
             &mut s.k,
             &mut s.v,
         );
-        b.rope_qk(
-            &mut s.q,
-            &mut s.k,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            &cfg.rope,
-            batch.positions,
-        );
-        b.attention(cfg, &s.q, &s.k, &s.v, kv, batch, &mut s.attn)?;
+        b.rope_attention(cfg, &mut s.q, &mut s.k, &s.v, kv, batch, &mut s.attn)?;
         b.matmul_add(&s.attn, &self.wo, &mut s.proj, x);
 
         // Feed-forward (SwiGLU).
-        b.rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut s.h);
-        b.matmul_swiglu(&s.h, &self.w_gate, &self.w_up, &mut s.gate, &mut s.up);
+        b.norm_matmul_swiglu(
+            x,
+            (&self.ffn_norm, cfg.rms_eps),
+            &mut s.h,
+            &self.w_gate,
+            &self.w_up,
+            &mut s.gate,
+            &mut s.up,
+        );
         b.matmul_add(&s.gate, &self.w_down, &mut s.proj, x);
         Ok(())
     }

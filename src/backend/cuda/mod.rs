@@ -153,6 +153,10 @@ fn gemv_smem_bytes(n: usize, cols: usize) -> usize {
     n * cols + 4 * 3 * blocks + 8 * n.next_power_of_two() * 2 * 4
 }
 
+/// `flags` bits of the shared-memory GEMVs (as defined in ferry.cu).
+const GEMV_ROW_BARRIER: i32 = 1;
+const GEMV_PRELOAD: i32 = 2;
+
 /// One matrix of a shared-memory GEMV launch (`GemvSeg` in ferry.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -557,6 +561,18 @@ pub struct CudaBackend {
     /// waiting on the previous kernel (`FERRY_GEMV_PREFETCH=N`; default
     /// `gemv_prefetch_groups`).
     gemv_prefetch: Option<i32>,
+    /// `flags` of the shared-memory GEMVs (ferry.cu): the warps sharing a row
+    /// meet at their own barrier (`FERRY_GEMV_BAR=block`: the block's), and a
+    /// block loads its first round of weights before waiting on the previous
+    /// kernel (`FERRY_GEMV_PRELOAD=0` off).
+    gemv_flags: i32,
+    /// Decode steps normalize inside the q/k/v and gate/up GEMVs
+    /// (`stage_normed`) instead of launching rms_norm_q8
+    /// (`FERRY_NORM_FUSED=0` off).
+    norm_fused: bool,
+    /// Decode attention applies RoPE to its query and new key
+    /// (`FERRY_ROPE_FUSED=0`: a rope_qk launch).
+    rope_fused: bool,
     sm_count: u32,
     /// Resident blocks per SM of (kernel, shared memory), asked once.
     occupancy: Mutex<std::collections::HashMap<(u64, usize), u32>>,
@@ -623,6 +639,22 @@ impl<'a> KernelArgs<'a> {
         }
         self
     }
+}
+
+/// The kernels `attention_heads` runs for a batch (`attention_path`).
+enum AttentionPath {
+    /// A prompt's consecutive tokens: the tensor-core kernel.
+    Flash,
+    /// Long contexts: keys split over blocks.
+    Split { max_keys: usize, splits: usize },
+    /// One block per (token, head): the scores in `shared` bytes of shared
+    /// memory, or in tiles; `fused_store`: the kernel stores the step's keys
+    /// and values.
+    Single {
+        tiled: bool,
+        shared: usize,
+        fused_store: bool,
+    },
 }
 
 /// The arguments the decode attention kernels (`attention`,
@@ -754,6 +786,13 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse::<i32>().ok())
                 .map(|n| n.clamp(0, 8)),
+            gemv_flags: {
+                let row_barrier = std::env::var("FERRY_GEMV_BAR").as_deref() != Ok("block");
+                let preload = std::env::var("FERRY_GEMV_PRELOAD").as_deref() != Ok("0");
+                (row_barrier as i32 * GEMV_ROW_BARRIER) | (preload as i32 * GEMV_PRELOAD)
+            },
+            norm_fused: std::env::var("FERRY_NORM_FUSED").as_deref() != Ok("0"),
+            rope_fused: std::env::var("FERRY_ROPE_FUSED").as_deref() != Ok("0"),
             sm_count,
             occupancy: Mutex::new(Default::default()),
             flash: std::sync::atomic::AtomicBool::new(
@@ -1342,6 +1381,7 @@ impl CudaBackend {
     ) -> Result<bool, BackendError> {
         self.gemv_segments(
             x,
+            None,
             &mut [GemvSpec {
                 w,
                 w_up,
@@ -1354,8 +1394,16 @@ impl CudaBackend {
 
     /// Up to three products of the same activations in one launch of the
     /// shared-memory kernels (x is staged once per block for all of them).
-    /// Returns false (nothing done) unless every one of them fits.
-    fn gemv_segments(&self, x: &CudaAct, specs: &mut [GemvSpec]) -> Result<bool, BackendError> {
+    /// With `norm` (weights, eps) the products are of `rms_norm(x)·norm`,
+    /// which each block computes as it stages x (no RMSNorm launch; see
+    /// `stage_normed`). Returns false (nothing done) unless every one of them
+    /// fits.
+    fn gemv_segments(
+        &self,
+        x: &CudaAct,
+        norm: Option<(&CudaSlice<f32>, f32)>,
+        specs: &mut [GemvSpec],
+    ) -> Result<bool, BackendError> {
         let swiglu = specs.iter().any(|s| s.w_up.is_some());
         let fits = (1..=3).contains(&specs.len())
             && specs.iter().all(|s| {
@@ -1367,7 +1415,11 @@ impl CudaBackend {
             return Ok(false);
         }
         let (n, cols) = (x.n, x.width);
-        let c = self.quantized(x)?;
+        // The 8-bit copy of x (none to make where the kernel normalizes x).
+        let c = match norm {
+            None => self.quantized(x)?,
+            Some(_) => self.q8.lock().expect("q8 lock"),
+        };
         let t = n - 1; // kernels for 1 and 2 tokens
         let bound = self.gemv_bound;
         // Superblocks a warp loads per round: 8 lane groups × 1 (SwiGLU: gate
@@ -1438,11 +1490,22 @@ impl CudaBackend {
         let prefetch = self
             .gemv_prefetch
             .unwrap_or_else(|| gemv_prefetch_groups(groups, blocks as usize));
-        let (xq, xd, xs) = (
-            c.q.as_ref().expect("filled").device_ptr(&self.stream).0,
-            c.d.as_ref().expect("filled").device_ptr(&self.stream).0,
-            c.s.as_ref().expect("filled").device_ptr(&self.stream).0,
-        );
+        let (xq, xd, xs) = match norm {
+            None => (
+                c.q.as_ref().expect("filled").device_ptr(&self.stream).0,
+                c.d.as_ref().expect("filled").device_ptr(&self.stream).0,
+                c.s.as_ref().expect("filled").device_ptr(&self.stream).0,
+            ),
+            Some(_) => (0, 0, 0),
+        };
+        let (nx, nw, eps) = match norm {
+            Some((w, eps)) => (
+                x.data.device_ptr(&self.stream).0,
+                w.device_ptr(&self.stream).0,
+                eps,
+            ),
+            None => (0, 0, 0.0f32),
+        };
         let mut a = KernelArgs::new();
         a.arg(&segs)
             .arg(&xq)
@@ -1451,18 +1514,56 @@ impl CudaBackend {
             .arg(&cols_i)
             .arg(&n_i)
             .arg(&wpr_i)
-            .arg(&prefetch);
+            .arg(&prefetch)
+            .arg(&self.gemv_flags)
+            .arg(&nx)
+            .arg(&nw)
+            .arg(&eps);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr,
-        // prefetch); each segment's weights hold rows × cols elements (w2
-        // likewise), its bias `rows` values, its output (and residual, which
-        // is the output) n × rows; null (0) pointers switch epilogues off.
+        // prefetch, flags, nx, nw, eps); each segment's weights hold rows ×
+        // cols elements (w2 likewise), its bias `rows` values, its output (and
+        // residual, which is the output) n × rows; null (0) pointers switch
+        // epilogues off; the kernel reads the 8-bit copy (n·cols values) or,
+        // with nx, the n × cols rows x and the cols norm weights.
         unsafe { self.launch_chained(kernel, cfg, &mut a) }?;
         Ok(true)
+    }
+
+    /// The q, k and v projections of `x` (or, with `norm`, of
+    /// `rms_norm(x)·norm`) in one shared-memory GEMV launch; false (nothing
+    /// done) where those kernels do not apply.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_segments(
+        &self,
+        x: &CudaAct,
+        norm: Option<(&CudaSlice<f32>, f32)>,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaSlice<f32>>; 3],
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &mut CudaAct,
+    ) -> Result<bool, BackendError> {
+        let spec = |w, out, bias| GemvSpec {
+            w,
+            w_up: None,
+            out,
+            bias,
+            residual: false,
+        };
+        self.gemv_segments(
+            x,
+            norm,
+            &mut [
+                spec(w[0], q, b[0]),
+                spec(w[1], k, b[1]),
+                spec(w[2], v, b[2]),
+            ],
+        )
     }
 
     /// `rope` on `q` (`n_heads` per token) and, with `k`, on its
@@ -1687,6 +1788,70 @@ impl CudaBackend {
     /// other batches (decode steps of several sequences) take one block per
     /// (token, head) with every score in shared memory.
     #[allow(clippy::too_many_arguments)]
+    /// Which attention kernels `attention_heads` runs for this batch.
+    fn attention_path(&self, n_heads: usize, head_dim: usize, batch: &Batch) -> AttentionPath {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = batch.len();
+        let one_prompt = n > 1
+            && batch.seqs.iter().all(|&s| s == batch.seqs[0])
+            && batch
+                .positions
+                .windows(2)
+                .all(|w| w[1] == w[0].wrapping_add(1));
+        if matches!(head_dim, 64 | 128) && one_prompt && self.flash.load(Relaxed) {
+            return AttentionPath::Flash;
+        }
+        let max_keys = batch
+            .positions
+            .iter()
+            .map(|&p| p as usize + 1)
+            .max()
+            .unwrap_or(0);
+        // Long contexts: keys split over blocks (`attention_split`). Shorter
+        // ones: one block per (token, head), every score in shared memory
+        // while it fits (46 KiB of the 48 beside the kernel's static arrays:
+        // 11776 keys), else keys in tiles with an online softmax.
+        let forced_tiled = self.tiled_decode.load(Relaxed);
+        let splits = attention_splits(n * n_heads, max_keys, self.sm_count as usize);
+        if !forced_tiled
+            && head_dim <= 512
+            && splits > 1
+            && max_keys >= self.split_min.load(Relaxed)
+        {
+            return AttentionPath::Split { max_keys, splits };
+        }
+        let shared = max_keys * 4;
+        let tiled = shared > 46 * 1024 || head_dim > 512 || forced_tiled;
+        // Where every token is its sequence's only new one (decode steps),
+        // `attention` stores the keys and values itself (`FERRY_ATTN_KV=0`:
+        // kv_store does).
+        let seqs = batch.seqs;
+        let distinct_seqs = (1..seqs.len()).all(|i| !seqs[..i].contains(&seqs[i]));
+        AttentionPath::Single {
+            shared: if tiled { 0 } else { shared },
+            tiled,
+            fused_store: !tiled && self.attn_kv && distinct_seqs,
+        }
+    }
+
+    /// Whether the kernel of `path` can apply RoPE itself: the one-block
+    /// kernel that also stores the step's keys (it rotates the new key before
+    /// storing it), for heads of at most 256 dimensions.
+    fn rope_fusable(&self, path: &AttentionPath, head_dim: usize) -> bool {
+        matches!(
+            path,
+            AttentionPath::Single {
+                tiled: false,
+                fused_store: true,
+                ..
+            }
+        ) && head_dim <= 256
+    }
+
+    /// Attention of `q` over the cache after storing `k`, `v`. With `rope`
+    /// the one-block kernel also rotates q and k (the caller checked
+    /// `rope_fusable`); without it they are rotated already.
+    #[allow(clippy::too_many_arguments)]
     fn attention_heads(
         &self,
         (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
@@ -1695,6 +1860,7 @@ impl CudaBackend {
         v: &CudaAct,
         kv: &mut CudaKv,
         batch: &Batch,
+        rope: Option<&RopeParams>,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
         let n = batch.len();
@@ -1716,78 +1882,57 @@ impl CudaBackend {
             // rows of `width`, the slots (checked by kv_tables) are cache rows.
             unsafe { self.launch_chained(&self.k.kv_store, grid(n * kv.width, 256), &mut a) }
         };
-        let one_prompt = n > 1
-            && batch.seqs.iter().all(|&s| s == batch.seqs[0])
-            && batch
-                .positions
-                .windows(2)
-                .all(|w| w[1] == w[0].wrapping_add(1));
-        let flash_kernel = match head_dim {
-            64 => Some(&self.k.flash_prefill_d64),
-            128 => Some(&self.k.flash_prefill_d128),
-            _ => None,
+        let path = self.attention_path(n_heads, head_dim, batch);
+        if rope.is_some() && !self.rope_fusable(&path, head_dim) {
+            return Err(BackendError::Invalid(
+                "attention: RoPE asked of a kernel that does not apply it".into(),
+            ));
+        }
+        let (tiled, shared, fused_store) = match path {
+            AttentionPath::Flash => {
+                let kernel = match head_dim {
+                    64 => &self.k.flash_prefill_d64,
+                    _ => &self.k.flash_prefill_d128,
+                };
+                store(kv)?;
+                let p0 = batch.positions[0] as usize;
+                let base = batch.seqs[0] as usize * kv.n_ctx;
+                // SAFETY: the positions were checked against the cache by
+                // `kv_tables`, so every key row the kernel reads exists.
+                unsafe {
+                    self.launch_flash(
+                        kernel,
+                        (n_heads, n_kv_heads, head_dim),
+                        q,
+                        kv,
+                        p0,
+                        base,
+                        out,
+                    )
+                }?;
+                return Ok(());
+            }
+            AttentionPath::Split { max_keys, splits } => {
+                store(kv)?;
+                let heads = (n_heads, n_kv_heads, head_dim);
+                return self.attention_split(heads, q, kv, batch, (max_keys, splits), out);
+            }
+            AttentionPath::Single {
+                tiled,
+                shared,
+                fused_store,
+            } => (tiled, shared, fused_store),
         };
-        if let Some(kernel) = flash_kernel
-            && one_prompt
-            && self.flash.load(std::sync::atomic::Ordering::Relaxed)
-        {
-            store(kv)?;
-            let p0 = batch.positions[0] as usize;
-            let base = batch.seqs[0] as usize * kv.n_ctx;
-            // SAFETY: the positions were checked against the cache by
-            // `kv_tables`, so every key row the kernel reads exists.
-            unsafe {
-                self.launch_flash(
-                    kernel,
-                    (n_heads, n_kv_heads, head_dim),
-                    q,
-                    kv,
-                    p0,
-                    base,
-                    out,
-                )
-            }?;
-            return Ok(());
-        }
-        let max_keys = batch
-            .positions
-            .iter()
-            .map(|&p| p as usize + 1)
-            .max()
-            .unwrap_or(0);
-        // Long contexts: keys split over blocks (`attention_split`). Shorter
-        // ones: one block per (token, head), every score in shared memory
-        // while it fits (48 KiB: 12288 keys), else keys in tiles with an
-        // online softmax.
-        let forced_tiled = self.tiled_decode.load(std::sync::atomic::Ordering::Relaxed);
-        let splits = attention_splits(n * n_heads, max_keys, self.sm_count as usize);
-        let split = !forced_tiled
-            && head_dim <= 512
-            && splits > 1
-            && max_keys >= self.split_min.load(std::sync::atomic::Ordering::Relaxed);
-        if split {
-            store(kv)?;
-            let heads = (n_heads, n_kv_heads, head_dim);
-            return self.attention_split(heads, q, kv, batch, (max_keys, splits), out);
-        }
-        let shared = max_keys * 4;
-        let tiled = shared > 48 * 1024 || head_dim > 512 || forced_tiled;
         if tiled && head_dim > 512 {
             return Err(BackendError::Invalid(format!(
                 "attention: head dimension {head_dim} is above the 512 this kernel holds"
             )));
         }
-        let (kernel, shared) = if tiled {
-            (&self.k.attention_tiled, 0)
+        let kernel = if tiled {
+            &self.k.attention_tiled
         } else {
-            (&self.k.attention, shared)
+            &self.k.attention
         };
-        // Where every token is its sequence's only new one (decode steps),
-        // `attention` stores the keys and values itself (`FERRY_ATTN_KV=0`:
-        // kv_store does).
-        let seqs = batch.seqs;
-        let distinct_seqs = (1..seqs.len()).all(|i| !seqs[..i].contains(&seqs[i]));
-        let fused_store = !tiled && self.attn_kv && distinct_seqs;
         let (knew, vnew) = if fused_store {
             (
                 k.data.device_ptr(&self.stream).0,
@@ -1796,6 +1941,17 @@ impl CudaBackend {
         } else {
             store(kv)?;
             (0u64, 0u64)
+        };
+        let cs = rope
+            .map(|r| self.rope_table(r, batch.positions))
+            .transpose()?;
+        let (cs_ptr, n_dims, neox) = match (&cs, rope) {
+            (Some(cs), Some(r)) => (
+                cs.device_ptr(&self.stream).0,
+                r.n_dims as i32,
+                (r.kind == RopeKind::Neox) as i32,
+            ),
+            _ => (0u64, 0i32, 0i32),
         };
         // Decode steps: the kernel also writes the 8-bit copy of its output
         // for the o projection's GEMV (`FERRY_ATTN_Q8=0`: quantize_q8 does).
@@ -1816,7 +1972,7 @@ impl CudaBackend {
         let mut a = KernelArgs::new();
         common.push(&mut a);
         a.arg(&q8_ptrs.0).arg(&q8_ptrs.1).arg(&q8_ptrs.2);
-        a.arg(&knew).arg(&vnew);
+        a.arg(&knew).arg(&vnew).arg(&cs_ptr).arg(&n_dims).arg(&neox);
         let launch = LaunchConfig {
             grid_dim: ((n * n_heads) as u32, 1, 1),
             block_dim: (128, 1, 1),
@@ -1826,7 +1982,9 @@ impl CudaBackend {
         // memory is sized for the longest sequence, `attention_tiled` uses
         // static. The 8-bit copy's buffers (or nulls) hold n · out_width values,
         // their scales and half sums; knew and vnew (or nulls) n rows of the
-        // cache's width, whose slots base + pos kv_tables checked.
+        // cache's width, whose slots base + pos kv_tables checked; the RoPE
+        // table (or null) n · n_dims values, n_dims ≤ head_dim ≤ 256
+        // (`rope_fusable`).
         unsafe { self.launch_chained(kernel, launch, &mut a) }?;
         if let Some(c) = q8.as_deref_mut() {
             use std::sync::atomic::Ordering::Relaxed;
@@ -2078,7 +2236,7 @@ impl CudaBackend {
                     _ => usize::MAX,
                 };
                 let split_was = self.split_min.swap(split_min, Relaxed);
-                let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, &mut out);
+                let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, None, &mut out);
                 self.set_flash_attention(true);
                 self.tiled_decode.store(false, Relaxed);
                 self.split_min.store(split_was, Relaxed);
@@ -2416,38 +2574,14 @@ impl Backend for CudaBackend {
         k: &mut CudaAct,
         v: &mut CudaAct,
     ) {
-        let fused = self.qkv_fused && {
-            let mut specs = [
-                GemvSpec {
-                    w: w[0],
-                    w_up: None,
-                    out: q,
-                    bias: b[0],
-                    residual: false,
-                },
-                GemvSpec {
-                    w: w[1],
-                    w_up: None,
-                    out: k,
-                    bias: b[1],
-                    residual: false,
-                },
-                GemvSpec {
-                    w: w[2],
-                    w_up: None,
-                    out: v,
-                    bias: b[2],
-                    residual: false,
-                },
-            ];
-            match self.gemv_segments(x, &mut specs) {
+        let fused = self.qkv_fused
+            && match self.qkv_segments(x, None, w, b, q, k, v) {
                 Ok(done) => done,
                 Err(e) => {
                     self.record(e);
                     return;
                 }
-            }
-        };
+            };
         if !fused && x.n > crate::plan::GEMV_MAX_BATCH {
             // The three products first, so that they share one f16 copy of
             // `x` (a bias add counts as a write to the activations).
@@ -2464,6 +2598,56 @@ impl Backend for CudaBackend {
             self.matmul_bias(x, w[1], b[1], k);
             self.matmul_bias(x, w[2], b[2], v);
         }
+    }
+
+    fn norm_matmul_qkv(
+        &self,
+        x: &CudaAct,
+        norm: (&CudaSlice<f32>, f32),
+        h: &mut CudaAct,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaSlice<f32>>; 3],
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &mut CudaAct,
+    ) {
+        if self.norm_fused && self.qkv_fused {
+            match self.qkv_segments(x, Some(norm), w, b, q, k, v) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => return self.record(e),
+            }
+        }
+        self.rms_norm(x, norm.0, norm.1, h);
+        self.matmul_qkv(h, w, b, q, k, v);
+    }
+
+    fn norm_matmul_swiglu(
+        &self,
+        x: &CudaAct,
+        norm: (&CudaSlice<f32>, f32),
+        h: &mut CudaAct,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+        gate: &mut CudaAct,
+        up: &mut CudaAct,
+    ) {
+        if self.norm_fused {
+            let spec = GemvSpec {
+                w: w_gate,
+                w_up: Some(w_up),
+                out: gate,
+                bias: None,
+                residual: false,
+            };
+            match self.gemv_segments(x, Some(norm), &mut [spec]) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => return self.record(e),
+            }
+        }
+        self.rms_norm(x, norm.0, norm.1, h);
+        self.matmul_swiglu(h, w_gate, w_up, gate, up);
     }
 
     fn matmul_add(&self, x: &CudaAct, w: &CudaWeight, tmp: &mut CudaAct, acc: &mut CudaAct) {
@@ -2556,7 +2740,35 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         self.forget_q8();
         let heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        self.attention_heads(heads, q, k, v, kv, batch, out)
+        self.attention_heads(heads, q, k, v, kv, batch, None, out)
+    }
+
+    fn rope_attention(
+        &self,
+        cfg: &Config,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        kv: &mut CudaKv,
+        batch: &Batch,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let path = self.attention_path(cfg.n_heads, cfg.head_dim, batch);
+        if self.rope_fused && self.rope_fusable(&path, cfg.head_dim) {
+            self.forget_q8();
+            return self.attention_heads(heads, q, k, v, kv, batch, Some(&cfg.rope), out);
+        }
+        self.rope_qk(
+            q,
+            k,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            &cfg.rope,
+            batch.positions,
+        );
+        self.attention(cfg, q, k, v, kv, batch, out)
     }
 
     fn swiglu(&self, gate: &mut CudaAct, up: &CudaAct) {

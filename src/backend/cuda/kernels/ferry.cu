@@ -485,12 +485,36 @@ __device__ __forceinline__ void quantize_block32(float v, size_t at, i8* q, floa
 // key and value (its last position) are read from knew/vnew (rounded to f16
 // as the cache holds them), and the block of each KV group's first head
 // writes them to the cache row, which no other block of the step reads.
+//
+// With `rope` (only with knew; head_dim ≤ ROPE_MAX_HEAD) it also applies RoPE,
+// saving rope_qk's launch: the block rotates its query head and its group's
+// new key into shared memory (as rope_qk would: rope[(t · n_dims / 2 + i) ·
+// 2 + {0, 1}] the cos and sin of pair i) and stores the rotated key.
+#define ROPE_MAX_HEAD 256
+__device__ __forceinline__ void rope_head(const float* x, float* o, const float* cs, int head_dim, int n_dims,
+                                          int neox) {
+    const int half = n_dims / 2;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        if (d >= n_dims) {
+            o[d] = x[d];
+            continue;
+        }
+        // d is the first (a) or second (b) element of pair i.
+        const bool first = neox ? d < half : (d & 1) == 0;
+        const int i = neox ? (first ? d : d - half) : d / 2;
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float c = cs[2 * i], s = cs[2 * i + 1], x0 = x[a], x1 = x[b];
+        o[d] = first ? x0 * c - x1 * s : x0 * s + x1 * c;
+    }
+}
+
 extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* out, const unsigned* base,
                                      const unsigned* pos, int n_heads, int n_kv_heads, int head_dim, int width,
                                      float scale, i8* q8, float* d8, float* s8, const float* knew,
-                                     const float* vnew) {
+                                     const float* vnew, const float* rope, int n_dims, int neox) {
     extern __shared__ float scores[];
     __shared__ float red[32];
+    __shared__ float qrot[ROPE_MAX_HEAD], krot[ROPE_MAX_HEAD];
     chain_next();
     chain_wait();
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
@@ -503,6 +527,14 @@ extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* ou
     const int cached = knew ? n_keys - 1 : n_keys;
     const float* kt = knew ? knew + (size_t)t * width + g * head_dim : nullptr;
     const float* vt = knew ? vnew + (size_t)t * width + g * head_dim : nullptr;
+    if (rope) {
+        const float* cs = rope + (size_t)t * n_dims;
+        rope_head(qh, qrot, cs, head_dim, n_dims, neox);
+        rope_head(kt, krot, cs, head_dim, n_dims, neox);
+        __syncthreads();
+        qh = qrot;
+        kt = krot;
+    }
     if (knew && h % (n_heads / n_kv_heads) == 0) {
         size_t row = ((size_t)base[t] + pos[t]) * width + g * head_dim;
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
@@ -610,12 +642,14 @@ __device__ __forceinline__ void pv_tile128(float (&acc)[4], float alpha, const f
 // softmax (running maximum and sum), so no score array has to fit in shared
 // memory. Used where `attention` would need more than 48 KiB of scores
 // (decode steps past 12288 positions); head_dim ≤ 512.
-// (q8, d8, s8, knew, vnew: `attention`'s arguments, unused here: the host
-// quantizes, and kv_store has stored the step's keys and values.)
+// (q8, d8, s8, knew, vnew, rope, n_dims, neox: `attention`'s arguments,
+// unused here: the host quantizes, kv_store has stored the step's keys and
+// values, and rope_qk has rotated them.)
 extern "C" __global__ void attention_tiled(const float* q, const u16* kc, const u16* vc, float* out,
                                            const unsigned* base, const unsigned* pos, int n_heads, int n_kv_heads,
                                            int head_dim, int width, float scale, i8* q8, float* d8, float* s8,
-                                           const float* knew, const float* vnew) {
+                                           const float* knew, const float* vnew, const float* rope, int n_dims,
+                                           int neox) {
     __shared__ float p[128];
     __shared__ float red[32];
     chain_next();
@@ -1609,40 +1643,103 @@ __device__ __forceinline__ void q4k_round(const u8* row, int first, int stride, 
     }
 }
 
+// One round of a lane's weight loads in any of the kernels' formats, 96
+// bytes: Q4_K two superblocks' 48 (header, its 32 quant bytes) or, for
+// SwiGLU, one of the gate matrix's and one of the up matrix's; Q6_K one
+// superblock's Q6kLane4 (90). A block loads its first round into one of these
+// before it waits on the previous kernel (`GEMV_PRELOAD`).
+struct RoundRegs {
+    uint4 v[6];
+};
+
+__device__ __forceinline__ uint4 pack_u64(u64 a, u64 b) {
+    uint4 r;
+    r.x = (u32)a, r.y = (u32)(a >> 32), r.z = (u32)b, r.w = (u32)(b >> 32);
+    return r;
+}
+__device__ __forceinline__ u64 lo_u64(uint4 a) { return (u64)a.x | ((u64)a.y << 32); }
+__device__ __forceinline__ u64 hi_u64(uint4 a) { return (u64)a.z | ((u64)a.w << 32); }
+
+// The round of superblocks first + stride·u (u < U) of `row` (and of `row2`,
+// SwiGLU's up matrix), lane group position s; those past nb are not loaded.
+template <int FMT, bool SWIGLU, int U>
+__device__ __forceinline__ void load_round(RoundRegs& p, const u8* row, const u8* row2, int first, int stride,
+                                           int nb, int s) {
+    static_assert(FMT != 0 || 3 * U * (SWIGLU ? 2 : 1) <= 6, "a Q4_K round is at most 96 bytes");
+    static_assert(FMT == 0 || (U == 1 && !SWIGLU), "a Q6_K round is one superblock");
+    if (FMT == 0) {
+        uint4 h[U], qa[U], qb[U];
+        q4k_round<U>(row, first, stride, nb, s, h, qa, qb);
+#pragma unroll
+        for (int u = 0; u < U; ++u) p.v[3 * u] = h[u], p.v[3 * u + 1] = qa[u], p.v[3 * u + 2] = qb[u];
+        if (SWIGLU) {
+            q4k_round<U>(row2, first, stride, nb, s, h, qa, qb);
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+                p.v[3 * (U + u)] = h[u], p.v[3 * (U + u) + 1] = qa[u], p.v[3 * (U + u) + 2] = qb[u];
+        }
+    } else {
+        if (first < nb) {
+            Q6kLane4 q = q6k_load4(row + (size_t)first * 210, s);
+            p.v[0] = pack_u64(q.ql0[0], q.ql0[1]);
+            p.v[1] = pack_u64(q.ql0[2], q.ql1[0]);
+            p.v[2] = pack_u64(q.ql1[1], q.ql1[2]);
+            p.v[3] = pack_u64(q.qh[0], q.qh[1]);
+            p.v[4] = pack_u64(q.qh[2], q.sc[0]);
+            p.v[5] = pack_u64(q.sc[1], (u64)q.d);
+        }
+    }
+}
+
+__device__ __forceinline__ Q6kLane4 q6k_unpack(const RoundRegs& p) {
+    Q6kLane4 q;
+    q.ql0[0] = lo_u64(p.v[0]), q.ql0[1] = hi_u64(p.v[0]), q.ql0[2] = lo_u64(p.v[1]);
+    q.ql1[0] = hi_u64(p.v[1]), q.ql1[1] = lo_u64(p.v[2]), q.ql1[2] = hi_u64(p.v[2]);
+    q.qh[0] = lo_u64(p.v[3]), q.qh[1] = hi_u64(p.v[3]), q.qh[2] = lo_u64(p.v[4]);
+    q.sc[0] = hi_u64(p.v[4]), q.sc[1] = lo_u64(p.v[5]);
+    q.d = p.v[5].z;
+    return q;
+}
+
+// One round's arithmetic: the superblocks first + stride·u (u < U) of the
+// round `p` against the activations.
+template <int NT, int FMT, bool SWIGLU, int U>
+__device__ __forceinline__ void round_dot(const RoundRegs& p, const u8* row, int first, int stride, int nb, int s,
+                                          const i8* sq, const float* sd, const float* ss, int cols, int nxb, int n,
+                                          float* acc, float* acc2) {
+    if (FMT == 0) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int blk = first + stride * u;
+            if (blk >= nb) break;
+            q4k_dot4_smem<NT>(p.v[3 * u], p.v[3 * u + 1], p.v[3 * u + 2], blk, sq, sd, ss, cols, nxb, n, s, acc);
+            if (SWIGLU)
+                q4k_dot4_smem<NT>(p.v[3 * (U + u)], p.v[3 * (U + u) + 1], p.v[3 * (U + u) + 2], blk, sq, sd, ss, cols,
+                                  nxb, n, s, acc2);
+        }
+    } else {
+        q6k_dot4_smem<NT>(q6k_unpack(p), (size_t)(row + (size_t)first * 210), first, sq, sd, ss, cols, nxb, n, s, acc);
+    }
+}
+
 // This warp's share of row `r` of one matrix: its lane groups' superblocks
-// first0 + stride·k, in rounds of U loads per group all in flight together.
+// first0 + stride·k, in rounds of U loads per group all in flight together;
+// with PRE the first round is `pre`, loaded before the kernel's wait.
 // (Issuing the next round before this one's arithmetic was tried: it needs
 // ~115 registers, halves the resident warps, and decoded 10 % slower.)
-template <int NT, int FMT, bool SWIGLU, int U>
+template <int NT, int FMT, bool SWIGLU, int U, bool PRE>
 __device__ __forceinline__ void gemv_row_part(const u8* row, const u8* row2, int first0, int stride, int nb, int s,
                                               const i8* sq, const float* sd, const float* ss, int cols, int nxb,
-                                              int n, float* acc, float* acc2) {
-    for (int first = first0; first < nb; first += U * stride) {
-        if (FMT == 0) {
-            uint4 h[U], qa[U], qb[U], h2[U], qa2[U], qb2[U];
-            q4k_round<U>(row, first, stride, nb, s, h, qa, qb);
-            if (SWIGLU) q4k_round<U>(row2, first, stride, nb, s, h2, qa2, qb2);
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                int blk = first + stride * u;
-                if (blk >= nb) break;
-                q4k_dot4_smem<NT>(h[u], qa[u], qb[u], blk, sq, sd, ss, cols, nxb, n, s, acc);
-                if (SWIGLU) q4k_dot4_smem<NT>(h2[u], qa2[u], qb2[u], blk, sq, sd, ss, cols, nxb, n, s, acc2);
-            }
-        } else {
-            Q6kLane4 q[U];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                int blk = first + stride * u;
-                if (blk < nb) q[u] = q6k_load4(row + (size_t)blk * 210, s);
-            }
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                int blk = first + stride * u;
-                if (blk >= nb) break;
-                q6k_dot4_smem<NT>(q[u], (size_t)(row + (size_t)blk * 210), blk, sq, sd, ss, cols, nxb, n, s, acc);
-            }
-        }
+                                              int n, float* acc, float* acc2, const RoundRegs& pre) {
+    int first = first0;
+    if (PRE) {
+        if (first < nb) round_dot<NT, FMT, SWIGLU, U>(pre, row, first, stride, nb, s, sq, sd, ss, cols, nxb, n, acc, acc2);
+        first += U * stride;
+    }
+    for (; first < nb; first += U * stride) {
+        RoundRegs p;
+        load_round<FMT, SWIGLU, U>(p, row, row2, first, stride, nb, s);
+        round_dot<NT, FMT, SWIGLU, U>(p, row, first, stride, nb, s, sq, sd, ss, cols, nxb, n, acc, acc2);
     }
 }
 
@@ -1664,6 +1761,66 @@ __device__ __forceinline__ void stage_activations(const i8* __restrict__ xq, con
     __syncthreads();
 }
 
+// As stage_activations, with the activations made here from the rows x
+// (n ≤ 2, width cols, a multiple of 256) as RMSNorm computes them:
+// rms_norm(x)·nw, quantized per 32 as quantize_q8 does. This replaces the
+// decode step's rms_norm_q8 launches: every block normalizes the same rows in
+// the same order (its sums of squares: per thread, per warp by shuffles, then
+// over the 8 warps in order), so all blocks hold the same copy. Ends with a
+// barrier.
+__device__ __forceinline__ void stage_normed(const float* __restrict__ x, const float* __restrict__ nw, float eps,
+                                             i8* sq, float* sd, float* ss, int cols, int n) {
+    __shared__ float sums[2 * 8];
+    const int n4 = cols / 4, nxb = cols / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t = 0; t < n; ++t) {
+        const float4* xr = (const float4*)(x + (size_t)t * cols);
+        float s = 0.0f;
+        for (int c = threadIdx.x; c < n4; c += blockDim.x) {
+            float4 v = xr[c];
+            s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        s = warp_sum(s);
+        if (lane == 0) sums[8 * t + warp] = s;
+    }
+    __syncthreads();
+    float scale0 = 0.0f, scale1 = 0.0f;
+    for (int t = 0; t < n; ++t) {
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) s += sums[8 * t + w];
+        (t ? scale1 : scale0) = rsqrtf(s / cols + eps);
+    }
+    // Thread i takes elements 4c .. 4c + 4 of row t (i = t·n4 + c); 8
+    // consecutive threads hold a 32-element block (n4 is a multiple of 64,
+    // so whole warps take part in every round and c % 8 = threadIdx.x % 8).
+    for (int i = threadIdx.x; i < n * n4; i += blockDim.x) {
+        const int t = i / n4, c = i - t * n4;
+        const float4 v = ((const float4*)x)[i], ww = ((const float4*)nw)[c];
+        const float sc = t ? scale1 : scale0;
+        float4 r;
+        r.x = v.x * sc * ww.x;
+        r.y = v.y * sc * ww.y;
+        r.z = v.z * sc * ww.z;
+        r.w = v.w * sc * ww.w;
+        float amax = fmaxf(fmaxf(fabsf(r.x), fabsf(r.y)), fmaxf(fabsf(r.z), fabsf(r.w)));
+        for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+        const float dd = amax / 127.0f;
+        const int q0 = amax > 0.0f ? __float2int_rn(r.x / dd) : 0;
+        const int q1 = amax > 0.0f ? __float2int_rn(r.y / dd) : 0;
+        const int q2 = amax > 0.0f ? __float2int_rn(r.z / dd) : 0;
+        const int q3 = amax > 0.0f ? __float2int_rn(r.w / dd) : 0;
+        *(u32*)(sq + xq_at(t, cols, 4 * c)) =
+            (u32)(q0 & 0xFF) | ((u32)(q1 & 0xFF) << 8) | ((u32)(q2 & 0xFF) << 16) | ((u32)(q3 & 0xFF) << 24);
+        int sum = q0 + q1 + q2 + q3;
+        sum += __shfl_xor_sync(0xffffffff, sum, 1); // the 4 threads of a 16-element half
+        sum += __shfl_xor_sync(0xffffffff, sum, 2);
+        const int blk = t * nxb + c / 8, lane8 = threadIdx.x % 8;
+        if (lane8 == 0) sd[blk] = dd;
+        if (lane8 % 4 == 0) ss[2 * blk + lane8 / 4] = dd * (float)sum;
+    }
+    __syncthreads();
+}
+
 __device__ __forceinline__ GemvSeg seg_of(const GemvSegs& segs, int rg) {
     GemvSeg g = segs.seg[0];
     if (segs.count > 1 && rg >= segs.seg[1].groups_before) g = segs.seg[1];
@@ -1671,12 +1828,29 @@ __device__ __forceinline__ GemvSeg seg_of(const GemvSegs& segs, int rg) {
     return g;
 }
 
+// `flags` of the shared-memory GEMVs.
+// The row's warps meet at a barrier of their own (bar.sync 1 + row_in), not
+// the whole block's: the other rows' warps keep their loads in flight.
+#define GEMV_ROW_BARRIER 1
+// The block's first round of weights is loaded before it waits on the
+// previous kernel (RoundRegs), so its round trip overlaps the wait and the
+// staging of the activations.
+#define GEMV_PRELOAD 2
+
+// Where the `wpr` warps sharing a row exchange partial sums.
+__device__ __forceinline__ void row_sync(int flags, int row_in, int wpr) {
+    if (flags & GEMV_ROW_BARRIER)
+        asm volatile("bar.sync %0, %1;" ::"r"(1 + row_in), "r"(32 * wpr) : "memory");
+    else
+        __syncthreads();
+}
+
 // Row r's lane sums → its output: reduced over the warp, over the row's `wpr`
-// warps in a fixed order (through `part`, with block barriers every warp of
-// the block reaches), then the epilogue (SwiGLU, bias, residual).
+// warps in a fixed order (through `part`, with barriers every warp of the row
+// group reaches), then the epilogue (SwiGLU, bias, residual).
 template <int NT, bool SWIGLU>
 __device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, float* acc2, float* part, int n,
-                                           int wpr, int warp, int piece, int lane) {
+                                           int wpr, int warp, int piece, int lane, int row_in, int flags) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         acc[t] = warp_sum(acc[t]);
@@ -1690,7 +1864,7 @@ __device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, 
                 part[(warp * NT + t) * 2 + 1] = acc2[t];
             }
         }
-        __syncthreads();
+        row_sync(flags, row_in, wpr);
         if (piece == 0) {
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
@@ -1721,7 +1895,7 @@ __device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, 
             g.out[at] = v;
         }
     }
-    if (wpr > 1) __syncthreads(); // the partial sums are rewritten next round
+    if (wpr > 1) row_sync(flags, row_in, wpr); // the partial sums are rewritten next round
 }
 
 // Ask L2 for the weight rows of row group `rg` (and the up matrix's beside
@@ -1739,12 +1913,39 @@ __device__ __forceinline__ void prefetch_rows(const GemvSegs& segs, int rg, int 
     }
 }
 
+// Row group rg: this warp's share of its row, then the row's output.
+template <int NT, bool SWIGLU, int U4, bool PRE>
+__device__ __forceinline__ void gemv_group(const GemvSegs& segs, int rg, int rpb, int row_in, int first4, int stride4,
+                                           int nb, int c4, const i8* sq, const float* sd, const float* ss, int cols,
+                                           int nxb, int n, float* part, int wpr, int warp, int piece, int lane,
+                                           int flags, const RoundRegs& pre) {
+    const GemvSeg g = seg_of(segs, rg);
+    const int r = (rg - g.groups_before) * rpb + row_in;
+    float acc[NT], acc2[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+    if (r < g.rows) {
+        if (SWIGLU || g.fmt == 0) {
+            const u8* row = g.w + (size_t)r * nb * 144;
+            const u8* row2 = SWIGLU ? g.w2 + (size_t)r * nb * 144 : row;
+            gemv_row_part<NT, 0, SWIGLU, U4, PRE>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
+                                                  acc2, pre);
+        } else {
+            const u8* row = g.w + (size_t)r * nb * 210;
+            gemv_row_part<NT, 1, false, 1, PRE>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc, acc2,
+                                                pre);
+        }
+    }
+    finish_row<NT, SWIGLU>(g, r, acc, acc2, part, n, wpr, warp, piece, lane, row_in, flags);
+}
+
 // Shared memory: n·cols quant bytes, n·cols/32 scales, 2·n·cols/32 half sums
 // (Q4_K), then 8 warps × NT × 2 partial sums. SWIGLU segments are Q4_K.
 template <int NT, bool SWIGLU, int U>
 __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, int cols,
-                                            int n, int wpr, int prefetch) {
+                                            int n, int wpr, int prefetch, int flags, const float* __restrict__ nx,
+                                            const float* __restrict__ nw, float eps) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     const int nb = cols / 256, nxb = cols / 32;
     i8* sq = (i8*)gemv_smem;
@@ -1753,37 +1954,44 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
     float* part = ss + 2 * n * nxb;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rpb = 8 / wpr, row_in = warp / wpr, piece = warp % wpr;
-    // While the previous kernels finish, the weights of this block's first
-    // `prefetch` row groups are fetched into L2 (they depend on no kernel);
-    // then the activations.
-    for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
-    chain_wait();
-    chain_next();
-    stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
     // Groups of 4 lanes per superblock (q4k_dot4_smem, q6k_dot4_smem), each
     // taking superblocks first + stride·k of the warp's interleaved share.
     const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
     constexpr int U4 = U > 1 ? U / 2 : 1; // a Q4_K lane loads 48 bytes per superblock
-    for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
-        const GemvSeg g = seg_of(segs, rg);
-        const int r = (rg - g.groups_before) * rpb + row_in;
-        float acc[NT], acc2[NT];
-#pragma unroll
-        for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+    // While the previous kernels finish: this warp's first round of weights
+    // (GEMV_PRELOAD), and the weights of the block's first `prefetch` row
+    // groups into L2 (none depends on a kernel); then the activations.
+    RoundRegs pre;
+    bool preloaded = false;
+    if ((flags & GEMV_PRELOAD) && blockIdx.x < segs.total_groups) {
+        const GemvSeg g = seg_of(segs, blockIdx.x);
+        const int r = (blockIdx.x - g.groups_before) * rpb + row_in;
         if (r < g.rows) {
-            if (SWIGLU || g.fmt == 0) {
-                const u8* row = g.w + (size_t)r * nb * 144;
-                const u8* row2 = SWIGLU ? g.w2 + (size_t)r * nb * 144 : row;
-                gemv_row_part<NT, 0, SWIGLU, U4>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
-                                                 acc2);
-            } else {
-                const u8* row = g.w + (size_t)r * nb * 210;
-                gemv_row_part<NT, 1, false, 1>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
-                                               acc2);
-            }
+            preloaded = true;
+            if (SWIGLU || g.fmt == 0)
+                load_round<0, SWIGLU, U4>(pre, g.w + (size_t)r * nb * 144, SWIGLU ? g.w2 + (size_t)r * nb * 144 : g.w,
+                                          first4, stride4, nb, c4);
+            else
+                load_round<1, false, 1>(pre, g.w + (size_t)r * nb * 210, g.w, first4, stride4, nb, c4);
         }
-        finish_row<NT, SWIGLU>(g, r, acc, acc2, part, n, wpr, warp, piece, lane);
     }
+    for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
+    chain_wait();
+    chain_next();
+    if (nx)
+        stage_normed(nx, nw, eps, sq, sd, ss, cols, n);
+    else
+        stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
+    // The first row group apart, so that `pre` is dead in the loop.
+    int rg = blockIdx.x;
+    if (preloaded) {
+        gemv_group<NT, SWIGLU, U4, true>(segs, rg, rpb, row_in, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, part,
+                                         wpr, warp, piece, lane, flags, pre);
+        rg += gridDim.x;
+    }
+    for (; rg < segs.total_groups; rg += gridDim.x)
+        gemv_group<NT, SWIGLU, U4, false>(segs, rg, rpb, row_in, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n,
+                                          part, wpr, warp, piece, lane, flags, pre);
 }
 
 // MIN_BLOCKS: resident blocks per SM the register allocation must allow.
@@ -1791,8 +1999,9 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
 #define GEMV_SMEM_ENTRY(NAME, NT, SWIGLU, U, MIN_BLOCKS)                                                   \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                            \
         NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
-             const float* __restrict__ xs, int cols, int n, int wpr, int prefetch) {                         \
-        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, prefetch);                                \
+             const float* __restrict__ xs, int cols, int n, int wpr, int prefetch, int flags,                \
+             const float* __restrict__ nx, const float* __restrict__ nw, float eps) {                        \
+        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, prefetch, flags, nx, nw, eps);            \
     }
 // 1 and 2 tokens, plain and SwiGLU: gemv_smem{SUFFIX}_N, gemv_swiglu_smem{SUFFIX}_N.
 #define GEMV_SMEM_ENTRIES(SUFFIX, MIN_BLOCKS)                                                              \
