@@ -218,7 +218,7 @@ dprofile)
     synth > /dev/null 2>&1
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
     timeout 400 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip ${SKIP:-3000} --launch-count ${COUNT:-800} \
-        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+        ./ferry bench -m "$M" --device cuda -p 16 -n 16 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
     timeout 60 ./ferry bench -m "$M" --device cuda -p 16 -n 64 -r 3 2>&1 | tee "$OUTDIR/tg32.txt"
     ;;
 decode5)
@@ -229,8 +229,8 @@ decode5)
     timeout 60 ./ferry bench -m /tmp/ferry-7b-q4km.gguf --device cuda -p 16 -n 64 -r 3 2>&1 | tee "$OUTDIR/decode.txt"
     timeout 60 ./ferry bench -m "$M" --device cuda -p 16 -n 64 -r 3 2>&1 | tee -a "$OUTDIR/decode.txt"
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-    timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
-        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 3000 --launch-count 100 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 16 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
     ;;
 ab)
     synth7b
@@ -249,8 +249,8 @@ ab)
     ptxas_report "$OUTDIR/ptxas.txt"
     grep -A2 "gemv_s\|async" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill" | paste - - - | head -24
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
-        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum -k regex:"gemv_s|^attention|quantize_q8|rms_norm_q8" --launch-skip 300 --launch-count 40 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 16 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
     grep -E "^  [a-zA-Z_0-9]|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-32b.txt" | paste - - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-1), $NF}' | head -24
     ;;
 gemvstat)
@@ -272,8 +272,8 @@ pipe)
     ptxas_report "$OUTDIR/ptxas.txt"
     grep -A2 "pipe" "$OUTDIR/ptxas.txt" | head -30
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 4400 --launch-count 100 \
-        ./ferry bench -m "$M" --device cuda -p 16 -n 8 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
+    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-skip 3000 --launch-count 100 \
+        ./ferry bench -m "$M" --device cuda -p 16 -n 16 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
     grep -E "^  [a-zA-Z_0-9]|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-32b.txt" | paste - - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-1), $NF}' | head -40
     ;;
 pp32)

@@ -251,24 +251,6 @@ pub trait Backend {
         self.matmul_bias(x, w[1], b[1], k);
         self.matmul_bias(x, w[2], b[2], v);
     }
-    /// `matmul_qkv` of `h = rms_norm(x) · norm.0` (`norm.1`: epsilon). `h`
-    /// is scratch of x's shape: a backend that normalizes inside the
-    /// products' launch (the CUDA decode GEMVs) may leave it unwritten.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_matmul_qkv(
-        &self,
-        x: &Self::Act,
-        norm: (&Self::Vector, f32),
-        h: &mut Self::Act,
-        w: [&Self::Weight; 3],
-        b: [Option<&Self::Vector>; 3],
-        q: &mut Self::Act,
-        k: &mut Self::Act,
-        v: &mut Self::Act,
-    ) {
-        self.rms_norm(x, norm.0, norm.1, h);
-        self.matmul_qkv(h, w, b, q, k, v);
-    }
     /// `acc += x · wᵀ` (a projection back into the residual stream); `tmp`
     /// is scratch of the product's shape for backends that need it.
     fn matmul_add(
@@ -293,22 +275,6 @@ pub trait Backend {
         self.matmul(x, w_gate, gate);
         self.matmul(x, w_up, up);
         self.swiglu(gate, up);
-    }
-    /// `matmul_swiglu` of `h = rms_norm(x) · norm.0`; `h` as in
-    /// `norm_matmul_qkv`.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_matmul_swiglu(
-        &self,
-        x: &Self::Act,
-        norm: (&Self::Vector, f32),
-        h: &mut Self::Act,
-        w_gate: &Self::Weight,
-        w_up: &Self::Weight,
-        gate: &mut Self::Act,
-        up: &mut Self::Act,
-    ) {
-        self.rms_norm(x, norm.0, norm.1, h);
-        self.matmul_swiglu(h, w_gate, w_up, gate, up);
     }
     /// `rope_qk` on q and k at the batch's positions, then `attention`;
     /// backends may apply the rotation inside the attention kernel (q and k

@@ -111,10 +111,9 @@ impl<B: Backend> Layer<B> {
         batch: &Batch,
     ) -> Result<(), BackendError> {
         // Attention.
-        b.norm_matmul_qkv(
-            x,
-            (&self.attn_norm, cfg.rms_eps),
-            &mut s.h,
+        b.rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut s.h);
+        b.matmul_qkv(
+            &s.h,
             [&self.wq, &self.wk, &self.wv],
             [self.bq.as_ref(), self.bk.as_ref(), self.bv.as_ref()],
             &mut s.q,
@@ -125,15 +124,8 @@ impl<B: Backend> Layer<B> {
         b.matmul_add(&s.attn, &self.wo, &mut s.proj, x);
 
         // Feed-forward (SwiGLU).
-        b.norm_matmul_swiglu(
-            x,
-            (&self.ffn_norm, cfg.rms_eps),
-            &mut s.h,
-            &self.w_gate,
-            &self.w_up,
-            &mut s.gate,
-            &mut s.up,
-        );
+        b.rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut s.h);
+        b.matmul_swiglu(&s.h, &self.w_gate, &self.w_up, &mut s.gate, &mut s.up);
         b.matmul_add(&s.gate, &self.w_down, &mut s.proj, x);
         Ok(())
     }

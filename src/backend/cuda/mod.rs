@@ -566,10 +566,6 @@ pub struct CudaBackend {
     /// block loads its first round of weights before waiting on the previous
     /// kernel (`FERRY_GEMV_PRELOAD=0` off).
     gemv_flags: i32,
-    /// Decode steps normalize inside the q/k/v and gate/up GEMVs
-    /// (`stage_normed`) instead of launching rms_norm_q8
-    /// (`FERRY_NORM_FUSED=0` off).
-    norm_fused: bool,
     /// Decode attention applies RoPE to its query and new key
     /// (`FERRY_ROPE_FUSED=0`: a rope_qk launch).
     rope_fused: bool,
@@ -791,7 +787,6 @@ impl CudaBackend {
                 let preload = std::env::var("FERRY_GEMV_PRELOAD").as_deref() != Ok("0");
                 (row_barrier as i32 * GEMV_ROW_BARRIER) | (preload as i32 * GEMV_PRELOAD)
             },
-            norm_fused: std::env::var("FERRY_NORM_FUSED").as_deref() != Ok("0"),
             rope_fused: std::env::var("FERRY_ROPE_FUSED").as_deref() != Ok("0"),
             sm_count,
             occupancy: Mutex::new(Default::default()),
@@ -1381,7 +1376,6 @@ impl CudaBackend {
     ) -> Result<bool, BackendError> {
         self.gemv_segments(
             x,
-            None,
             &mut [GemvSpec {
                 w,
                 w_up,
@@ -1394,16 +1388,8 @@ impl CudaBackend {
 
     /// Up to three products of the same activations in one launch of the
     /// shared-memory kernels (x is staged once per block for all of them).
-    /// With `norm` (weights, eps) the products are of `rms_norm(x)·norm`,
-    /// which each block computes as it stages x (no RMSNorm launch; see
-    /// `stage_normed`). Returns false (nothing done) unless every one of them
-    /// fits.
-    fn gemv_segments(
-        &self,
-        x: &CudaAct,
-        norm: Option<(&CudaSlice<f32>, f32)>,
-        specs: &mut [GemvSpec],
-    ) -> Result<bool, BackendError> {
+    /// Returns false (nothing done) unless every one of them fits.
+    fn gemv_segments(&self, x: &CudaAct, specs: &mut [GemvSpec]) -> Result<bool, BackendError> {
         let swiglu = specs.iter().any(|s| s.w_up.is_some());
         let fits = (1..=3).contains(&specs.len())
             && specs.iter().all(|s| {
@@ -1415,11 +1401,7 @@ impl CudaBackend {
             return Ok(false);
         }
         let (n, cols) = (x.n, x.width);
-        // The 8-bit copy of x (none to make where the kernel normalizes x).
-        let c = match norm {
-            None => self.quantized(x)?,
-            Some(_) => self.q8.lock().expect("q8 lock"),
-        };
+        let c = self.quantized(x)?;
         let t = n - 1; // kernels for 1 and 2 tokens
         let bound = self.gemv_bound;
         // Superblocks a warp loads per round: 8 lane groups × 1 (SwiGLU: gate
@@ -1490,22 +1472,11 @@ impl CudaBackend {
         let prefetch = self
             .gemv_prefetch
             .unwrap_or_else(|| gemv_prefetch_groups(groups, blocks as usize));
-        let (xq, xd, xs) = match norm {
-            None => (
-                c.q.as_ref().expect("filled").device_ptr(&self.stream).0,
-                c.d.as_ref().expect("filled").device_ptr(&self.stream).0,
-                c.s.as_ref().expect("filled").device_ptr(&self.stream).0,
-            ),
-            Some(_) => (0, 0, 0),
-        };
-        let (nx, nw, eps) = match norm {
-            Some((w, eps)) => (
-                x.data.device_ptr(&self.stream).0,
-                w.device_ptr(&self.stream).0,
-                eps,
-            ),
-            None => (0, 0, 0.0f32),
-        };
+        let (xq, xd, xs) = (
+            c.q.as_ref().expect("filled").device_ptr(&self.stream).0,
+            c.d.as_ref().expect("filled").device_ptr(&self.stream).0,
+            c.s.as_ref().expect("filled").device_ptr(&self.stream).0,
+        );
         let mut a = KernelArgs::new();
         a.arg(&segs)
             .arg(&xq)
@@ -1515,33 +1486,27 @@ impl CudaBackend {
             .arg(&n_i)
             .arg(&wpr_i)
             .arg(&prefetch)
-            .arg(&self.gemv_flags)
-            .arg(&nx)
-            .arg(&nw)
-            .arg(&eps);
+            .arg(&self.gemv_flags);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr,
-        // prefetch, flags, nx, nw, eps); each segment's weights hold rows ×
-        // cols elements (w2 likewise), its bias `rows` values, its output (and
-        // residual, which is the output) n × rows; null (0) pointers switch
-        // epilogues off; the kernel reads the 8-bit copy (n·cols values) or,
-        // with nx, the n × cols rows x and the cols norm weights.
+        // prefetch, flags); each segment's weights hold rows × cols elements
+        // (w2 likewise), its bias `rows` values, its output (and residual,
+        // which is the output) n × rows; null (0) pointers switch epilogues
+        // off; the 8-bit copy holds n·cols values.
         unsafe { self.launch_chained(kernel, cfg, &mut a) }?;
         Ok(true)
     }
 
-    /// The q, k and v projections of `x` (or, with `norm`, of
-    /// `rms_norm(x)·norm`) in one shared-memory GEMV launch; false (nothing
-    /// done) where those kernels do not apply.
+    /// The q, k and v projections of `x` in one shared-memory GEMV launch;
+    /// false (nothing done) where those kernels do not apply.
     #[allow(clippy::too_many_arguments)]
     fn qkv_segments(
         &self,
         x: &CudaAct,
-        norm: Option<(&CudaSlice<f32>, f32)>,
         w: [&CudaWeight; 3],
         b: [Option<&CudaSlice<f32>>; 3],
         q: &mut CudaAct,
@@ -1557,7 +1522,6 @@ impl CudaBackend {
         };
         self.gemv_segments(
             x,
-            norm,
             &mut [
                 spec(w[0], q, b[0]),
                 spec(w[1], k, b[1]),
@@ -2575,7 +2539,7 @@ impl Backend for CudaBackend {
         v: &mut CudaAct,
     ) {
         let fused = self.qkv_fused
-            && match self.qkv_segments(x, None, w, b, q, k, v) {
+            && match self.qkv_segments(x, w, b, q, k, v) {
                 Ok(done) => done,
                 Err(e) => {
                     self.record(e);
@@ -2598,56 +2562,6 @@ impl Backend for CudaBackend {
             self.matmul_bias(x, w[1], b[1], k);
             self.matmul_bias(x, w[2], b[2], v);
         }
-    }
-
-    fn norm_matmul_qkv(
-        &self,
-        x: &CudaAct,
-        norm: (&CudaSlice<f32>, f32),
-        h: &mut CudaAct,
-        w: [&CudaWeight; 3],
-        b: [Option<&CudaSlice<f32>>; 3],
-        q: &mut CudaAct,
-        k: &mut CudaAct,
-        v: &mut CudaAct,
-    ) {
-        if self.norm_fused && self.qkv_fused {
-            match self.qkv_segments(x, Some(norm), w, b, q, k, v) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => return self.record(e),
-            }
-        }
-        self.rms_norm(x, norm.0, norm.1, h);
-        self.matmul_qkv(h, w, b, q, k, v);
-    }
-
-    fn norm_matmul_swiglu(
-        &self,
-        x: &CudaAct,
-        norm: (&CudaSlice<f32>, f32),
-        h: &mut CudaAct,
-        w_gate: &CudaWeight,
-        w_up: &CudaWeight,
-        gate: &mut CudaAct,
-        up: &mut CudaAct,
-    ) {
-        if self.norm_fused {
-            let spec = GemvSpec {
-                w: w_gate,
-                w_up: Some(w_up),
-                out: gate,
-                bias: None,
-                residual: false,
-            };
-            match self.gemv_segments(x, Some(norm), &mut [spec]) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => return self.record(e),
-            }
-        }
-        self.rms_norm(x, norm.0, norm.1, h);
-        self.matmul_swiglu(h, w_gate, w_up, gate, up);
     }
 
     fn matmul_add(&self, x: &CudaAct, w: &CudaWeight, tmp: &mut CudaAct, acc: &mut CudaAct) {

@@ -1761,66 +1761,6 @@ __device__ __forceinline__ void stage_activations(const i8* __restrict__ xq, con
     __syncthreads();
 }
 
-// As stage_activations, with the activations made here from the rows x
-// (n ≤ 2, width cols, a multiple of 256) as RMSNorm computes them:
-// rms_norm(x)·nw, quantized per 32 as quantize_q8 does. This replaces the
-// decode step's rms_norm_q8 launches: every block normalizes the same rows in
-// the same order (its sums of squares: per thread, per warp by shuffles, then
-// over the 8 warps in order), so all blocks hold the same copy. Ends with a
-// barrier.
-__device__ __forceinline__ void stage_normed(const float* __restrict__ x, const float* __restrict__ nw, float eps,
-                                             i8* sq, float* sd, float* ss, int cols, int n) {
-    __shared__ float sums[2 * 8];
-    const int n4 = cols / 4, nxb = cols / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int t = 0; t < n; ++t) {
-        const float4* xr = (const float4*)(x + (size_t)t * cols);
-        float s = 0.0f;
-        for (int c = threadIdx.x; c < n4; c += blockDim.x) {
-            float4 v = xr[c];
-            s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        s = warp_sum(s);
-        if (lane == 0) sums[8 * t + warp] = s;
-    }
-    __syncthreads();
-    float scale0 = 0.0f, scale1 = 0.0f;
-    for (int t = 0; t < n; ++t) {
-        float s = 0.0f;
-#pragma unroll
-        for (int w = 0; w < 8; ++w) s += sums[8 * t + w];
-        (t ? scale1 : scale0) = rsqrtf(s / cols + eps);
-    }
-    // Thread i takes elements 4c .. 4c + 4 of row t (i = t·n4 + c); 8
-    // consecutive threads hold a 32-element block (n4 is a multiple of 64,
-    // so whole warps take part in every round and c % 8 = threadIdx.x % 8).
-    for (int i = threadIdx.x; i < n * n4; i += blockDim.x) {
-        const int t = i / n4, c = i - t * n4;
-        const float4 v = ((const float4*)x)[i], ww = ((const float4*)nw)[c];
-        const float sc = t ? scale1 : scale0;
-        float4 r;
-        r.x = v.x * sc * ww.x;
-        r.y = v.y * sc * ww.y;
-        r.z = v.z * sc * ww.z;
-        r.w = v.w * sc * ww.w;
-        float amax = fmaxf(fmaxf(fabsf(r.x), fabsf(r.y)), fmaxf(fabsf(r.z), fabsf(r.w)));
-        for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
-        const float dd = amax / 127.0f;
-        const int q0 = amax > 0.0f ? __float2int_rn(r.x / dd) : 0;
-        const int q1 = amax > 0.0f ? __float2int_rn(r.y / dd) : 0;
-        const int q2 = amax > 0.0f ? __float2int_rn(r.z / dd) : 0;
-        const int q3 = amax > 0.0f ? __float2int_rn(r.w / dd) : 0;
-        *(u32*)(sq + xq_at(t, cols, 4 * c)) =
-            (u32)(q0 & 0xFF) | ((u32)(q1 & 0xFF) << 8) | ((u32)(q2 & 0xFF) << 16) | ((u32)(q3 & 0xFF) << 24);
-        int sum = q0 + q1 + q2 + q3;
-        sum += __shfl_xor_sync(0xffffffff, sum, 1); // the 4 threads of a 16-element half
-        sum += __shfl_xor_sync(0xffffffff, sum, 2);
-        const int blk = t * nxb + c / 8, lane8 = threadIdx.x % 8;
-        if (lane8 == 0) sd[blk] = dd;
-        if (lane8 % 4 == 0) ss[2 * blk + lane8 / 4] = dd * (float)sum;
-    }
-    __syncthreads();
-}
-
 __device__ __forceinline__ GemvSeg seg_of(const GemvSegs& segs, int rg) {
     GemvSeg g = segs.seg[0];
     if (segs.count > 1 && rg >= segs.seg[1].groups_before) g = segs.seg[1];
@@ -1944,8 +1884,7 @@ __device__ __forceinline__ void gemv_group(const GemvSegs& segs, int rg, int rpb
 template <int NT, bool SWIGLU, int U>
 __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, int cols,
-                                            int n, int wpr, int prefetch, int flags, const float* __restrict__ nx,
-                                            const float* __restrict__ nw, float eps) {
+                                            int n, int wpr, int prefetch, int flags) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     const int nb = cols / 256, nxb = cols / 32;
     i8* sq = (i8*)gemv_smem;
@@ -1978,10 +1917,7 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
     for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
     chain_wait();
     chain_next();
-    if (nx)
-        stage_normed(nx, nw, eps, sq, sd, ss, cols, n);
-    else
-        stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
+    stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
     // The first row group apart, so that `pre` is dead in the loop.
     int rg = blockIdx.x;
     if (preloaded) {
@@ -1999,9 +1935,8 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
 #define GEMV_SMEM_ENTRY(NAME, NT, SWIGLU, U, MIN_BLOCKS)                                                   \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                            \
         NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
-             const float* __restrict__ xs, int cols, int n, int wpr, int prefetch, int flags,                \
-             const float* __restrict__ nx, const float* __restrict__ nw, float eps) {                        \
-        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, prefetch, flags, nx, nw, eps);            \
+             const float* __restrict__ xs, int cols, int n, int wpr, int prefetch, int flags) {              \
+        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, prefetch, flags);                         \
     }
 // 1 and 2 tokens, plain and SwiGLU: gemv_smem{SUFFIX}_N, gemv_swiglu_smem{SUFFIX}_N.
 #define GEMV_SMEM_ENTRIES(SUFFIX, MIN_BLOCKS)                                                              \
