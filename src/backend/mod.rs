@@ -290,16 +290,7 @@ pub trait Backend {
         batch: &Batch,
         out: &mut Self::Act,
     ) -> Result<(), BackendError> {
-        self.rope_qk(
-            q,
-            k,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            &cfg.rope,
-            batch.positions,
-        );
-        self.attention(cfg, q, k, v, kv, batch, out)
+        rope_then_attention(self, cfg, q, k, v, kv, batch, out)
     }
     /// Copy rows `rows` of `x` into a new activation.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;
@@ -313,4 +304,30 @@ pub trait Backend {
     fn write_rows(&self, dst: &mut Self::Act, first: usize, src: &Self::Act);
     /// Read activations back to host memory (row-major).
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>, BackendError>;
+}
+
+/// `Backend::rope_attention` as two steps: `rope_qk` on q and k at the
+/// batch's positions, then `attention` (the trait's default, and what a
+/// backend that fuses the rotation falls back to where it cannot).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_then_attention<B: Backend + ?Sized>(
+    b: &B,
+    cfg: &Config,
+    q: &mut B::Act,
+    k: &mut B::Act,
+    v: &B::Act,
+    kv: &mut B::Kv,
+    batch: &Batch,
+    out: &mut B::Act,
+) -> Result<(), BackendError> {
+    b.rope_qk(
+        q,
+        k,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        &cfg.rope,
+        batch.positions,
+    );
+    b.attention(cfg, q, k, v, kv, batch, out)
 }

@@ -1501,35 +1501,6 @@ impl CudaBackend {
         Ok(true)
     }
 
-    /// The q, k and v projections of `x` in one shared-memory GEMV launch;
-    /// false (nothing done) where those kernels do not apply.
-    #[allow(clippy::too_many_arguments)]
-    fn qkv_segments(
-        &self,
-        x: &CudaAct,
-        w: [&CudaWeight; 3],
-        b: [Option<&CudaSlice<f32>>; 3],
-        q: &mut CudaAct,
-        k: &mut CudaAct,
-        v: &mut CudaAct,
-    ) -> Result<bool, BackendError> {
-        let spec = |w, out, bias| GemvSpec {
-            w,
-            w_up: None,
-            out,
-            bias,
-            residual: false,
-        };
-        self.gemv_segments(
-            x,
-            &mut [
-                spec(w[0], q, b[0]),
-                spec(w[1], k, b[1]),
-                spec(w[2], v, b[2]),
-            ],
-        )
-    }
-
     /// `rope` on `q` (`n_heads` per token) and, with `k`, on its
     /// `n_kv_heads` too, in one launch.
     #[allow(clippy::too_many_arguments)]
@@ -2538,8 +2509,22 @@ impl Backend for CudaBackend {
         k: &mut CudaAct,
         v: &mut CudaAct,
     ) {
+        let spec = |w, out, bias| GemvSpec {
+            w,
+            w_up: None,
+            out,
+            bias,
+            residual: false,
+        };
         let fused = self.qkv_fused
-            && match self.qkv_segments(x, w, b, q, k, v) {
+            && match self.gemv_segments(
+                x,
+                &mut [
+                    spec(w[0], q, b[0]),
+                    spec(w[1], k, b[1]),
+                    spec(w[2], v, b[2]),
+                ],
+            ) {
                 Ok(done) => done,
                 Err(e) => {
                     self.record(e);
@@ -2673,16 +2658,7 @@ impl Backend for CudaBackend {
             self.forget_q8();
             return self.attention_heads(heads, q, k, v, kv, batch, Some(&cfg.rope), out);
         }
-        self.rope_qk(
-            q,
-            k,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            &cfg.rope,
-            batch.positions,
-        );
-        self.attention(cfg, q, k, v, kv, batch, out)
+        crate::backend::rope_then_attention(self, cfg, q, k, v, kv, batch, out)
     }
 
     fn swiglu(&self, gate: &mut CudaAct, up: &CudaAct) {
