@@ -239,7 +239,7 @@ ab)
     # VARIANTS: "binary:VAR=value" pairs (default: the previous build against this one).
     for round in $(seq ${ROUNDS:-2}); do
         for bv in ${VARIANTS:-./ferry-old:X=1 ./ferry:X=1}; do
-            b=${bv%%:*}; v=${bv#*:}
+            b=${bv%%:*}; v=${bv#*:}; v=${v//,/ } # VAR=a,VAR2=b: both
             [ -x "$b" ] || continue
             for m in /tmp/ferry-7b-q4km.gguf "$M"; do
                 echo "$b $v $(basename "$m"): $(env $v timeout 60 $b bench -m "$m" --device cuda -p 16 -n 64 -r 3 2>&1 | grep tg64)" | tee -a "$OUTDIR/ab.txt"
@@ -247,9 +247,9 @@ ab)
         done
     done
     ptxas_report "$OUTDIR/ptxas.txt"
-    grep -A2 "gemv_s\|async" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill" | paste - - - | head -24
+    grep -A2 "gemv_s\|ring" "$OUTDIR/ptxas.txt" | grep -E "entry|Used|spill" | paste - - - | head -24
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum -k regex:"gemv_s|^attention|quantize_q8|rms_norm_q8" --launch-skip 300 --launch-count 40 \
+    timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum -k regex:"gemv_s|gemv_r|_ring|^attention|quantize_q8|rms_norm_q8" --launch-skip 300 --launch-count 40 \
         ./ferry bench -m "$M" --device cuda -p 16 -n 16 -r 1 > "$OUTDIR/ncu-decode-32b.txt" 2>&1
     grep -E "^  [a-zA-Z_0-9]|gpu__time_duration|dram__bytes" "$OUTDIR/ncu-decode-32b.txt" | paste - - - | awk '{print $1, $(NF-4), $(NF-3), $(NF-1), $NF}' | head -24
     ;;

@@ -86,6 +86,10 @@ struct Kernels {
     /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
     gemv_smem: [[CudaFunction; 2]; 3],
     gemv_swiglu_smem: [[CudaFunction; 2]; 3],
+    /// The same fed by the copy engine through a shared-memory ring
+    /// (`gemv_ring_t`, sm_90), 1 and 2 tokens.
+    gemv_ring: [CudaFunction; 2],
+    gemv_swiglu_ring: [CudaFunction; 2],
     /// RMSNorm that also writes the 8-bit copy of its output.
     rms_norm_q8: CudaFunction,
     embed: CudaFunction,
@@ -242,6 +246,123 @@ fn gemv_warps_per_row_balanced(rows: &[usize], nb: usize, blocks: usize) -> usiz
     best.0
 }
 
+/// Most bytes a stage of the ring GEMVs holds where it takes more than one
+/// row: a 32B model's eight 5120-wide Q4_K rows (23 KB), or four of gate and
+/// four of up. Larger stages leave fewer of them in a block's shared memory.
+const RING_STAGE_MAX: usize = 24 << 10;
+
+/// Shared memory of a ring stage beside its weights: two mbarriers and the
+/// computing warps' partial sums (up to 16 warps, 2 tokens, SwiGLU's two).
+const RING_STAGE_EXTRA: usize = 2 * 8 + 16 * 2 * 2 * 4;
+
+/// How a ring GEMV (`gemv_ring_t` in ferry.cu) takes its launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RingPlan {
+    /// Computing warps of a block (8: two blocks per SM; 16: one), beside
+    /// the one that refills the ring.
+    consumers: usize,
+    /// Warps per row (a stage is one row group of consumers / wpr rows).
+    wpr: usize,
+    blocks: usize,
+    stages: usize,
+    stage_bytes: usize,
+    /// Where the ring starts in shared memory, past the activations.
+    ring_at: usize,
+    /// Dynamic shared memory of a block.
+    smem: usize,
+}
+
+/// The card's shared memory as the ring GEMVs see it.
+#[derive(Debug, Clone, Copy)]
+struct SmemLimits {
+    sms: usize,
+    per_sm: usize,
+    /// The most one block may opt into.
+    per_block: usize,
+    /// Kept by the driver for each resident block.
+    reserved: usize,
+}
+
+/// What the ring GEMVs may choose from: computing warps per block (8 or 16;
+/// None: either), and the weights an SM's rings hold (`ring_bytes`).
+#[derive(Debug, Clone, Copy)]
+struct RingChoice {
+    consumers: Option<usize>,
+    ring_bytes: usize,
+    /// Launches whose widest row is shorter stay with the register-fed
+    /// kernel (`FERRY_GEMV_RING_MIN_ROW`, default 4096 bytes: on an H100 the
+    /// ring read 27648-wide down projections 15-20 % faster, 5120-wide Q6_K
+    /// rows (a 32B model's v and output projections) a little faster, and
+    /// 5120- or 3584-wide Q4_K rows slower, its consumers then waiting on
+    /// stages of a few rows each).
+    min_row_bytes: usize,
+}
+
+/// Row groups, blocks and stages for a ring GEMV over matrices of
+/// `seg_rows` rows (the widest row `row_bytes` long; `matrices` 2 for gate
+/// and up side by side) whose activations take `act_bytes`. Candidates: one
+/// block of 16 computing warps per SM or two of 8, row groups of 1 to 16
+/// rows (at most RING_STAGE_MAX a stage unless one row), as many stages as
+/// `ring_bytes` per SM asks (at least two, as many as fit). Chosen: those
+/// whose last round of row groups leaves the fewest blocks idle (within
+/// 3 %), then two blocks of 8 (on an H100 one block of 16 per SM, with
+/// twice the weights in flight, decoded a 32B model 8 % slower), then the
+/// larger stage. None where two stages do not fit.
+fn gemv_ring_plan(
+    seg_rows: &[usize],
+    row_bytes: usize,
+    matrices: usize,
+    act_bytes: usize,
+    smem: SmemLimits,
+    choice: RingChoice,
+) -> Option<RingPlan> {
+    let ring_at = act_bytes.next_multiple_of(128);
+    let mut candidates = Vec::new();
+    for (consumers, per_sm) in [(8usize, 2usize), (16, 1)] {
+        if choice.consumers.is_some_and(|c| c != consumers) {
+            continue;
+        }
+        let limit = (smem.per_sm / per_sm)
+            .saturating_sub(smem.reserved)
+            .min(smem.per_block);
+        for wpr in [1usize, 2, 4, 8, 16] {
+            if wpr > consumers {
+                continue;
+            }
+            let rows_per_group = consumers / wpr;
+            // Each matrix's span starts at the 16-byte boundary below its rows.
+            let stage_bytes = matrices * (rows_per_group * row_bytes + 15).next_multiple_of(16);
+            if stage_bytes > RING_STAGE_MAX && rows_per_group > 1 {
+                continue;
+            }
+            let fit = limit.saturating_sub(ring_at) / (stage_bytes + RING_STAGE_EXTRA);
+            let stages = (choice.ring_bytes / per_sm / stage_bytes).clamp(2, fit.max(2));
+            if fit < 2 {
+                continue;
+            }
+            let units: usize = seg_rows.iter().map(|r| r.div_ceil(rows_per_group)).sum();
+            let blocks = units.min(smem.sms * per_sm).max(1);
+            let busy = units as f64 / (units.div_ceil(blocks) * blocks) as f64;
+            let plan = RingPlan {
+                consumers,
+                wpr,
+                blocks,
+                stages,
+                stage_bytes,
+                ring_at,
+                smem: ring_at + stages * (stage_bytes + RING_STAGE_EXTRA),
+            };
+            candidates.push((busy, consumers, stage_bytes, plan));
+        }
+    }
+    let best = candidates.iter().map(|c| c.0).fold(0.0, f64::max);
+    candidates
+        .into_iter()
+        .filter(|c| c.0 >= best - 0.03)
+        .max_by_key(|c| (c.1 == 8, c.2))
+        .map(|c| c.3)
+}
+
 /// 64-bit FNV-1a: a stable hash for the kernel cache key.
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -325,6 +446,24 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             )
             .map_err(err)?;
     }
+    // The ring GEMVs take what a block may opt into (their activations and
+    // stages of weights; `gemv_ring_plan` sizes them).
+    let optin = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(err)?;
+    for name in [
+        "gemv_ring_1",
+        "gemv_ring_2",
+        "gemv_swiglu_ring_1",
+        "gemv_swiglu_ring_2",
+    ] {
+        f(name)?
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                optin,
+            )
+            .map_err(err)?;
+    }
     Ok((
         Kernels {
             dequant_f16: f("dequant_f16")?,
@@ -373,6 +512,8 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
                 [f("gemv_swiglu_smem_b3_1")?, f("gemv_swiglu_smem_b3_2")?],
                 [f("gemv_swiglu_smem_b4_1")?, f("gemv_swiglu_smem_b4_2")?],
             ],
+            gemv_ring: [f("gemv_ring_1")?, f("gemv_ring_2")?],
+            gemv_swiglu_ring: [f("gemv_swiglu_ring_1")?, f("gemv_swiglu_ring_2")?],
 
             rms_norm_q8: f("rms_norm_q8")?,
             embed: f("embed")?,
@@ -497,6 +638,15 @@ impl Q8Cache {
         }
         Ok(())
     }
+
+    /// Device addresses of the 8-bit values, their scales and half sums.
+    fn pointers(&self, stream: &Arc<CudaStream>) -> (u64, u64, u64) {
+        (
+            self.q.as_ref().expect("filled").device_ptr(stream).0,
+            self.d.as_ref().expect("filled").device_ptr(stream).0,
+            self.s.as_ref().expect("filled").device_ptr(stream).0,
+        )
+    }
 }
 
 /// Micro-batches whose tables stay cached (a 64K-token prompt in 512-token micro-batches is 128).
@@ -569,6 +719,17 @@ pub struct CudaBackend {
     /// Decode attention applies RoPE to its query and new key
     /// (`FERRY_ROPE_FUSED=0`: a rope_qk launch).
     rope_fused: bool,
+    /// Which decode GEMVs the copy engine feeds (`gemv_ring_t`; sm_90 and
+    /// later): `FERRY_GEMV_RING=0` none, `all`, default all but gate/up
+    /// (whose short rows the register-fed kernel reads faster: 57 against
+    /// 65 us for a 32B layer on an H100).
+    ring_plain: bool,
+    ring_swiglu: bool,
+    /// Computing warps of a ring GEMV block forced (`FERRY_GEMV_RING_WARPS`:
+    /// 8 or 16), the weights in an SM's rings (`FERRY_GEMV_RING_KIB`,
+    /// default 160), the shortest rows it takes.
+    ring: RingChoice,
+    smem: SmemLimits,
     sm_count: u32,
     /// Resident blocks per SM of (kernel, shared memory), asked once.
     occupancy: Mutex<std::collections::HashMap<(u64, usize), u32>>,
@@ -751,6 +912,14 @@ impl CudaBackend {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
             )
             .map_err(err)?;
+        let attr = |a| ctx.attribute(a).map_err(err).map(|v| v.max(0) as usize);
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let smem = SmemLimits {
+            sms: sm_count as usize,
+            per_sm: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+            per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            reserved: attr(A::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)?,
+        };
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let (k, cached) = load_kernels(&ctx)?;
         let name = format!("CUDA ({})", ctx.name().unwrap_or_else(|_| "GPU".into()));
@@ -788,6 +957,26 @@ impl CudaBackend {
                 (row_barrier as i32 * GEMV_ROW_BARRIER) | (preload as i32 * GEMV_PRELOAD)
             },
             rope_fused: std::env::var("FERRY_ROPE_FUSED").as_deref() != Ok("0"),
+            ring_plain: major >= 9
+                && !matches!(std::env::var("FERRY_GEMV_RING").as_deref(), Ok("0")),
+            ring_swiglu: major >= 9 && std::env::var("FERRY_GEMV_RING").as_deref() == Ok("all"),
+            ring: RingChoice {
+                consumers: match std::env::var("FERRY_GEMV_RING_WARPS").as_deref() {
+                    Ok("8") => Some(8),
+                    Ok("16") => Some(16),
+                    _ => None,
+                },
+                ring_bytes: std::env::var("FERRY_GEMV_RING_KIB")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .map_or(160, |k| k.clamp(16, 224))
+                    << 10,
+                min_row_bytes: std::env::var("FERRY_GEMV_RING_MIN_ROW")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(4096),
+            },
+            smem,
             sm_count,
             occupancy: Mutex::new(Default::default()),
             flash: std::sync::atomic::AtomicBool::new(
@@ -1403,6 +1592,64 @@ impl CudaBackend {
         let (n, cols) = (x.n, x.width);
         let c = self.quantized(x)?;
         let t = n - 1; // kernels for 1 and 2 tokens
+        let nb = cols / 256;
+        let seg_rows: Vec<usize> = specs.iter().map(|s| s.w.rows).collect();
+        let row_bytes = specs
+            .iter()
+            .map(|s| nb * if s.w.ty == GgmlType::Q6_K { 210 } else { 144 })
+            .max()
+            .unwrap_or(0);
+        let ring = if ((swiglu && self.ring_swiglu) || (!swiglu && self.ring_plain))
+            && row_bytes >= self.ring.min_row_bytes
+        {
+            gemv_ring_plan(
+                &seg_rows,
+                row_bytes,
+                if swiglu { 2 } else { 1 },
+                gemv_smem_bytes(n, cols),
+                self.smem,
+                self.ring,
+            )
+        } else {
+            None
+        };
+        if let Some(plan) = ring {
+            let kernel = if swiglu {
+                &self.k.gemv_swiglu_ring[t]
+            } else {
+                &self.k.gemv_ring[t]
+            };
+            let segs = self.gemv_segs(&c, specs, plan.consumers / plan.wpr);
+            let (xq, xd, xs) = c.pointers(&self.stream);
+            let ints = [
+                cols as i32,
+                n as i32,
+                plan.wpr as i32,
+                plan.consumers as i32,
+                plan.ring_at as i32,
+                plan.stages as i32,
+                plan.stage_bytes as i32,
+            ];
+            let mut a = KernelArgs::new();
+            a.arg(&segs).arg(&xq).arg(&xd).arg(&xs).args(&ints);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    plan.blocks.min(segs.total_groups as usize).max(1) as u32,
+                    1,
+                    1,
+                ),
+                // The computing warps and the one that refills the ring.
+                block_dim: (32 * (plan.consumers as u32 + 1), 1, 1),
+                shared_mem_bytes: plan.smem as u32,
+            };
+            // SAFETY: matches gemv_*ring_N(segs, xq, xd, xs, cols, n, wpr,
+            // consumers, ring_at, stages, stage_bytes); the segments as in the
+            // shared-memory kernels below; the ring and its barriers lie
+            // within `plan.smem` (gemv_ring_plan), each stage holds a row
+            // group's 16-byte-aligned span (of gate and up: two halves).
+            unsafe { self.launch_chained(kernel, cfg, &mut a) }?;
+            return Ok(true);
+        }
         let bound = self.gemv_bound;
         // Superblocks a warp loads per round: 8 lane groups × 1 (SwiGLU: gate
         // and up) or × 2 (the kernels' U / 2).
@@ -1428,9 +1675,7 @@ impl CudaBackend {
             }
         };
         let resident_warps = (self.sm_count * per_sm) as usize * 8;
-        let nb = cols / 256;
         let rows: usize = specs.iter().map(|s| s.w.rows).sum();
-        let seg_rows: Vec<usize> = specs.iter().map(|s| s.w.rows).collect();
         let balanced = || gemv_warps_per_row_balanced(&seg_rows, nb, resident_warps / 8);
         let wpr = match self.gemv_wpr.as_deref() {
             Some("cover") => gemv_warps_per_row_cover(nb, per_round),
@@ -1441,7 +1686,40 @@ impl CudaBackend {
             },
             None => balanced(),
         };
-        let rows_per_group = 8 / wpr;
+        let segs = self.gemv_segs(&c, specs, 8 / wpr);
+        let groups = segs.total_groups as usize;
+        let blocks = groups.min(resident_warps / 8).max(1) as u32;
+        let (cols_i, n_i, wpr_i) = (cols as i32, n as i32, wpr as i32);
+        let prefetch = self
+            .gemv_prefetch
+            .unwrap_or_else(|| gemv_prefetch_groups(groups, blocks as usize));
+        let (xq, xd, xs) = c.pointers(&self.stream);
+        let mut a = KernelArgs::new();
+        a.arg(&segs)
+            .arg(&xq)
+            .arg(&xd)
+            .arg(&xs)
+            .arg(&cols_i)
+            .arg(&n_i)
+            .arg(&wpr_i)
+            .arg(&prefetch)
+            .arg(&self.gemv_flags);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr,
+        // prefetch, flags); each segment's weights hold rows × cols elements
+        // (w2 likewise), its bias `rows` values, its output (and residual,
+        // which is the output) n × rows; null (0) pointers switch epilogues
+        // off; the 8-bit copy holds n·cols values.
+        unsafe { self.launch_chained(kernel, cfg, &mut a) }?;
+        Ok(true)
+    }
+
+    /// The kernels' view of `specs` in row groups of `rows_per_group`.
+    fn gemv_segs(&self, c: &Q8Cache, specs: &mut [GemvSpec], rows_per_group: usize) -> GemvSegs {
         let mut segs = GemvSegs {
             count: specs.len() as i32,
             ..Default::default()
@@ -1467,38 +1745,7 @@ impl CudaBackend {
             groups += spec.w.rows.div_ceil(rows_per_group);
         }
         segs.total_groups = groups as i32;
-        let blocks = groups.min(resident_warps / 8).max(1) as u32;
-        let (cols_i, n_i, wpr_i) = (cols as i32, n as i32, wpr as i32);
-        let prefetch = self
-            .gemv_prefetch
-            .unwrap_or_else(|| gemv_prefetch_groups(groups, blocks as usize));
-        let (xq, xd, xs) = (
-            c.q.as_ref().expect("filled").device_ptr(&self.stream).0,
-            c.d.as_ref().expect("filled").device_ptr(&self.stream).0,
-            c.s.as_ref().expect("filled").device_ptr(&self.stream).0,
-        );
-        let mut a = KernelArgs::new();
-        a.arg(&segs)
-            .arg(&xq)
-            .arg(&xd)
-            .arg(&xs)
-            .arg(&cols_i)
-            .arg(&n_i)
-            .arg(&wpr_i)
-            .arg(&prefetch)
-            .arg(&self.gemv_flags);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        // SAFETY: matches gemv_*smem_N(segs, xq, xd, xs, cols, n, wpr,
-        // prefetch, flags); each segment's weights hold rows × cols elements
-        // (w2 likewise), its bias `rows` values, its output (and residual,
-        // which is the output) n × rows; null (0) pointers switch epilogues
-        // off; the 8-bit copy holds n·cols values.
-        unsafe { self.launch_chained(kernel, cfg, &mut a) }?;
-        Ok(true)
+        segs
     }
 
     /// `rope` on `q` (`n_heads` per token) and, with `k`, on its
@@ -2763,6 +3010,83 @@ mod tests {
         }
     }
 
+    /// The ring GEMVs' plans on an H100's shared memory for a 32B model's
+    /// decode matrices: stages within the block's share, every block busy in
+    /// the last round but a few percent, long rows one per stage.
+    #[test]
+    fn ring_plans_fit_the_card_and_balance_the_blocks() {
+        let h100 = SmemLimits {
+            sms: 132,
+            per_sm: 233_472,
+            per_block: 232_448,
+            reserved: 1024,
+        };
+        let check = |rows: &[usize],
+                     cols: usize,
+                     row_bytes: usize,
+                     matrices: usize,
+                     consumers: Option<usize>| {
+            let choice = RingChoice {
+                consumers,
+                ring_bytes: 160 << 10,
+                min_row_bytes: 0,
+            };
+            let act = gemv_smem_bytes(1, cols);
+            let p = gemv_ring_plan(rows, row_bytes, matrices, act, h100, choice).expect("a plan");
+            let per_sm = 16 / p.consumers;
+            assert!(consumers.is_none_or(|c| c == p.consumers));
+            assert!(p.blocks <= 132 * per_sm);
+            assert!(p.smem + h100.reserved <= h100.per_sm / per_sm, "{p:?}");
+            assert!(p.ring_at >= act && p.ring_at.is_multiple_of(128));
+            assert!(p.stages >= 2, "{p:?}");
+            let rows_per_group = p.consumers / p.wpr;
+            assert!(p.stage_bytes >= matrices * (rows_per_group * row_bytes + 15));
+            let units: usize = rows.iter().map(|r| r.div_ceil(rows_per_group)).sum();
+            let busy = units as f64 / (units.div_ceil(p.blocks) * p.blocks) as f64;
+            assert!(busy > 0.95, "{p:?}: {busy}");
+            p
+        };
+        for consumers in [None, Some(8), Some(16)] {
+            // Down projections, 27648 wide: one row a stage.
+            let down = check(&[5120], 27648, 108 * 144, 1, consumers);
+            assert_eq!(down.consumers / down.wpr, 1);
+            let down6 = check(&[5120], 27648, 108 * 210, 1, consumers);
+            assert_eq!(down6.consumers / down6.wpr, 1);
+            // q, k, v (v in Q6_K), o and gate+up, 5120 wide.
+            check(&[5120, 1024, 1024], 5120, 20 * 210, 1, consumers);
+            let o = check(&[5120], 5120, 20 * 144, 1, consumers);
+            assert!(o.stage_bytes <= RING_STAGE_MAX);
+            check(&[27648], 5120, 20 * 144, 2, consumers);
+        }
+        // By default two blocks of 8 per SM, as many stages as fit (4).
+        let down = check(&[5120], 27648, 108 * 144, 1, None);
+        assert_eq!((down.consumers, down.blocks, down.stages), (8, 264, 4));
+        let down16 = check(&[5120], 27648, 108 * 144, 1, Some(16));
+        assert_eq!((down16.blocks, down16.stages), (132, 10));
+        // No room for two stages: none.
+        let tiny = SmemLimits {
+            per_block: 40 << 10,
+            per_sm: 80 << 10,
+            ..h100
+        };
+        let choice = RingChoice {
+            consumers: None,
+            ring_bytes: 160 << 10,
+            min_row_bytes: 0,
+        };
+        assert_eq!(
+            gemv_ring_plan(
+                &[5120],
+                108 * 210,
+                1,
+                gemv_smem_bytes(1, 27648),
+                tiny,
+                choice
+            ),
+            None
+        );
+    }
+
     #[test]
     fn availability_is_an_answer_not_a_panic() {
         // On machines without a GPU (CI) this must say why, in one line.
@@ -2816,6 +3140,14 @@ mod compile_tests {
                 // The decode chain's kernels wait on their predecessors
                 // (programmatic dependent launch, sm_90).
                 for op in ["griddepcontrol.wait", "griddepcontrol.launch_dependents"] {
+                    assert!(ptx.contains(op), "{op} missing from the PTX");
+                }
+                // The ring GEMVs' copies and their barriers (sm_90).
+                for op in [
+                    "cp.async.bulk.shared",
+                    "mbarrier.try_wait.parity",
+                    "mbarrier.arrive.expect_tx",
+                ] {
                     assert!(ptx.contains(op), "{op} missing from the PTX");
                 }
                 for k in ["gemv_smem", "gemv_swiglu_smem"] {

@@ -1522,16 +1522,19 @@ struct Q6kLane4 {
 
 __device__ __forceinline__ Q6kLane4 q6k_load4(const u8* b, int c) {
     const int h = c >> 1, l0 = 16 * (c & 1);
-    const size_t a = (size_t)b;
+    // The 8-byte word below the block's start; every run starts a multiple
+    // of 8 bytes past it. (Pointer arithmetic, not integer: the compiler then
+    // still sees shared memory as shared, for the ring GEMVs.)
+    const u8* w = b - ((size_t)b & 7);
     const unsigned long long* p;
     Q6kLane4 q;
-    p = (const unsigned long long*)((a + 64 * h + l0) & ~(size_t)7);
+    p = (const unsigned long long*)(w + 64 * h + l0);
     q.ql0[0] = p[0], q.ql0[1] = p[1], q.ql0[2] = p[2];
-    p = (const unsigned long long*)((a + 64 * h + 32 + l0) & ~(size_t)7);
+    p = (const unsigned long long*)(w + 64 * h + 32 + l0);
     q.ql1[0] = p[0], q.ql1[1] = p[1], q.ql1[2] = p[2];
-    p = (const unsigned long long*)((a + 128 + 32 * h + l0) & ~(size_t)7);
+    p = (const unsigned long long*)(w + 128 + 32 * h + l0);
     q.qh[0] = p[0], q.qh[1] = p[1], q.qh[2] = p[2];
-    p = (const unsigned long long*)((a + 192 + 8 * h) & ~(size_t)7);
+    p = (const unsigned long long*)(w + 192 + 8 * h);
     q.sc[0] = p[0], q.sc[1] = p[1];
     q.d = *(const u16*)(b + 208);
     return q;
@@ -1744,19 +1747,42 @@ __device__ __forceinline__ void gemv_row_part(const u8* row, const u8* row2, int
 }
 
 // The block's copy of the step's 8-bit activations (swizzled, xq_slot), their
-// per-32 scales and per-16 sums; ends with a barrier.
+// per-32 scales and per-16 sums; ends with a barrier. All of it is one list
+// of 16-byte pieces (values, then scales, then sums), each thread loading
+// BATCH pieces before storing any: the staging is on every decode GEMV's
+// critical path (after the wait on the previous kernel), and one load at a
+// time made it ten round trips to L2 for a 27648-wide row.
+template <int BATCH>
 __device__ __forceinline__ void stage_activations(const i8* __restrict__ xq, const float* __restrict__ xd,
                                                   const float* __restrict__ xs, i8* sq, float* sd, float* ss,
                                                   int cols, int n) {
     const int chunks = cols / 16, nxb = cols / 32;
-    for (int i = threadIdx.x; i < n * chunks; i += blockDim.x) {
-        int t = i / chunks, ci = i - t * chunks, blk = ci >> 4;
-        ((uint4*)(sq + (size_t)t * cols + blk * 256))[xq_slot(blk, ci & 15)] = ((const uint4*)xq)[i];
-    }
-    for (int i = threadIdx.x; i < n * nxb; i += blockDim.x) {
-        sd[i] = xd[i];
-        ss[2 * i] = xs[2 * i];
-        ss[2 * i + 1] = xs[2 * i + 1];
+    const int values = n * chunks, scales = n * nxb / 4, sums = 2 * n * nxb / 4; // nxb is a multiple of 8
+    const int pieces = values + scales + sums;
+    for (int base = threadIdx.x; base < pieces; base += BATCH * blockDim.x) {
+        uint4 v[BATCH];
+#pragma unroll
+        for (int k = 0; k < BATCH; ++k) {
+            const int i = base + k * blockDim.x;
+            if (i < values)
+                v[k] = ((const uint4*)xq)[i];
+            else if (i < values + scales)
+                v[k] = ((const uint4*)xd)[i - values];
+            else if (i < pieces)
+                v[k] = ((const uint4*)xs)[i - values - scales];
+        }
+#pragma unroll
+        for (int k = 0; k < BATCH; ++k) {
+            const int i = base + k * blockDim.x;
+            if (i < values) {
+                const int t = i / chunks, ci = i - t * chunks, blk = ci >> 4;
+                ((uint4*)(sq + (size_t)t * cols + blk * 256))[xq_slot(blk, ci & 15)] = v[k];
+            } else if (i < values + scales) {
+                ((uint4*)sd)[i - values] = v[k];
+            } else if (i < pieces) {
+                ((uint4*)ss)[i - values - scales] = v[k];
+            }
+        }
     }
     __syncthreads();
 }
@@ -1917,7 +1943,7 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
     for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
     chain_wait();
     chain_next();
-    stage_activations(xq, xd, xs, sq, sd, ss, cols, n);
+    stage_activations<2>(xq, xd, xs, sq, sd, ss, cols, n);
     // The first row group apart, so that `pre` is dead in the loop.
     int rg = blockIdx.x;
     if (preloaded) {
@@ -1948,6 +1974,241 @@ GEMV_SMEM_ENTRIES(, 1)
 // The same held to 3 and 4 resident blocks (≤ 85 and ≤ 64 registers).
 GEMV_SMEM_ENTRIES(_b3, 3)
 GEMV_SMEM_ENTRIES(_b4, 4)
+
+// ---------------------------------------------------------------------------
+// Decode GEMVs fed by the copy engine (sm_90): each block keeps a ring of
+// `stages` buffers in shared memory, and one lane of its last warp asks the
+// Tensor Memory Accelerator for whole row groups (cp.async.bulk: rows are
+// contiguous, so a group of rpb rows is one copy) into them, each buffer's
+// arrival counted by its own mbarrier. The other warps compute from shared
+// memory while the next stages are in flight: the loads hold no registers,
+// so a block keeps 3-4 stages of 16-23 KB in flight however long its
+// arithmetic takes (the register-fed kernel above holds 96 bytes a lane and
+// stops loading while it reduces a row: its long-row down projections ran at
+// 2.0 TB/s against gate and up's 2.75). The first `stages` row groups are
+// asked for before the wait on the previous kernel. Same lanes and
+// arithmetic as gemv_segs_t (gemv_row_part) and the same epilogues. Used for
+// launches with rows of at least 4 KiB (mod.rs, `min_row_bytes`): with
+// shorter rows a stage is a few rows whose arithmetic cannot hide the
+// per-stage waits, and the register-fed kernel is faster.
+// ---------------------------------------------------------------------------
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+#endif
+}
+
+// This thread's arrival, announcing `bytes` the copies will complete.
+__device__ __forceinline__ void mbar_expect(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+
+// Until the barrier's phase `parity` has completed.
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done;
+    do {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(done)
+            : "r"(smem_addr(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
+// Shared-memory writes and barrier initialisation by ordinary instructions,
+// ordered before what the copy engine does next.
+__device__ __forceinline__ void fence_async_smem() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// `bytes` (a multiple of 16) from global `src` (16-byte aligned) to shared
+// `dst`, completing on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes, u64* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_addr(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_addr(bar))
+                 : "memory");
+#endif
+}
+
+// The 16-byte-aligned span around `bytes` at `src`: its start and length.
+__device__ __forceinline__ void aligned_span(const u8* src, size_t bytes, const u8** start, u32* len) {
+    const size_t a0 = (size_t)src & ~(size_t)15, a1 = ((size_t)src + bytes + 15) & ~(size_t)15;
+    *start = (const u8*)a0;
+    *len = (u32)(a1 - a0);
+}
+
+// Row group rg (its rows of w and, SwiGLU, of w2) into `stage`: w's span at
+// the start, w2's at stage + half. Called by one thread.
+template <bool SWIGLU>
+__device__ __forceinline__ void ring_fill(const GemvSegs& segs, int rg, int rpb, int nb, u8* stage, int half,
+                                          u64* bar) {
+    const GemvSeg g = seg_of(segs, rg);
+    const int r0 = (rg - g.groups_before) * rpb, cnt = min(rpb, g.rows - r0);
+    const size_t rb = (size_t)nb * (g.fmt ? 210 : 144);
+    const u8* a;
+    u32 len, len2 = 0;
+    aligned_span(g.w + (size_t)r0 * rb, (size_t)cnt * rb, &a, &len);
+    const u8* a2 = a;
+    if (SWIGLU) aligned_span(g.w2 + (size_t)r0 * rb, (size_t)cnt * rb, &a2, &len2);
+    mbar_expect(bar, len + len2);
+    bulk_copy(stage, a, len, bar);
+    if (SWIGLU) bulk_copy(stage + half, a2, len2, bar);
+}
+
+// One consumer warp's arrival: done reading its stage, partial sums written.
+__device__ __forceinline__ void mbar_arrive(u64* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+
+// Shared memory: the activations as in gemv_segs_t up to `ring_at`, then
+// `stages` buffers of `stage_bytes` (each one row group: for SwiGLU the gate
+// rows in the first half, the up rows in the second), then per buffer a
+// `full` and an `empty` mbarrier, then per buffer the computing warps'
+// partial sums of its rows (consumers × NT × 2 floats). A row group is
+// rpb = consumers / wpr rows.
+//
+// consumers + 1 warps (8 or 16 compute): each computing warp takes its piece
+// of a row of every stage, with no barrier among them (its partial sum goes
+// to the stage's slots, then it arrives on `empty`); the last warp reduces
+// each stage's partial sums in a fixed order, writes the rows' outputs and
+// refills the buffer. (With eight warps meeting at two barriers per stage
+// and reducing themselves, a block computed one stage at a time: 47 us for a
+// 32B down projection against the register-fed kernel's 41.)
+template <int NT, bool SWIGLU, int U>
+__device__ __forceinline__ void gemv_ring_t(const GemvSegs& segs, const i8* __restrict__ xq,
+                                            const float* __restrict__ xd, const float* __restrict__ xs, int cols,
+                                            int n, int wpr, int consumers, int ring_at, int stages,
+                                            int stage_bytes) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char ring_smem[];
+    const int nb = cols / 256, nxb = cols / 32;
+    i8* sq = (i8*)ring_smem;
+    float* sd = (float*)(ring_smem + (size_t)n * cols);
+    float* ss = sd + n * nxb;
+    u8* ring = ring_smem + ring_at;
+    u64* full = (u64*)(ring + (size_t)stages * stage_bytes);
+    u64* empty = full + stages;
+    float* parts = (float*)(empty + stages); // [stage][warp][NT][2]
+    const int half = stage_bytes / 2;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rpb = consumers / wpr;
+    const bool producer = warp == consumers;
+    // The ring's first row groups, before the previous kernel is waited on.
+    if (producer && lane == 0) {
+        for (int s = 0; s < stages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], consumers);
+        fence_async_smem();
+        for (int s = 0; s < stages; ++s) {
+            const int rg = blockIdx.x + s * gridDim.x;
+            if (rg < segs.total_groups)
+                ring_fill<SWIGLU>(segs, rg, rpb, nb, ring + (size_t)s * stage_bytes, half, &full[s]);
+        }
+    }
+    chain_wait();
+    chain_next();
+    stage_activations<8>(xq, xd, xs, sq, sd, ss, cols, n); // its barrier also publishes the mbarriers
+    int s = 0;
+    u32 parity = 0;
+    if (!producer) {
+        const int row_in = warp / wpr, piece = warp % wpr;
+        const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
+        constexpr int U4 = U > 1 ? U / 2 : 1;
+        const RoundRegs unused = {};
+        for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
+            const u8* stage = ring + (size_t)s * stage_bytes;
+            const GemvSeg g = seg_of(segs, rg);
+            const int r0 = (rg - g.groups_before) * rpb, r = r0 + row_in;
+            const size_t rb = (size_t)nb * (g.fmt ? 210 : 144);
+            // The copy started at the 16-byte boundary below row r0, so the
+            // staged rows keep their global misalignment (Q6_K reads by it).
+            const u8* row = stage + (((size_t)g.w + (size_t)r0 * rb) & 15) + (size_t)row_in * rb;
+            const u8* row2 =
+                SWIGLU ? stage + half + (((size_t)g.w2 + (size_t)r0 * rb) & 15) + (size_t)row_in * rb : row;
+            float acc[NT], acc2[NT];
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+            mbar_wait(&full[s], parity);
+            if (r < g.rows) {
+                if (SWIGLU || g.fmt == 0)
+                    gemv_row_part<NT, 0, SWIGLU, U4, false>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols,
+                                                            nxb, n, acc, acc2, unused);
+                else
+                    gemv_row_part<NT, 1, false, 1, false>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb,
+                                                          n, acc, acc2, unused);
+            }
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                acc[t] = warp_sum(acc[t]);
+                if (SWIGLU) acc2[t] = warp_sum(acc2[t]);
+            }
+            if (lane == 0) {
+                float* p = parts + ((size_t)s * consumers + warp) * NT * 2;
+#pragma unroll
+                for (int t = 0; t < NT; ++t) p[2 * t] = acc[t], p[2 * t + 1] = acc2[t];
+                mbar_arrive(&empty[s]);
+            }
+            if (++s == stages) s = 0, parity ^= 1;
+        }
+    } else {
+        for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
+            mbar_wait(&empty[s], parity);
+            // Lane j: row j % rpb of the group, token j / rpb.
+            const GemvSeg g = seg_of(segs, rg);
+            const int row_in = lane % rpb, t = lane / rpb;
+            const int r = (rg - g.groups_before) * rpb + row_in;
+            if (t < n && r < g.rows) {
+                const float* p = parts + (size_t)s * consumers * NT * 2;
+                float v = 0.0f, v2 = 0.0f;
+                for (int k = 0; k < wpr; ++k) {
+                    v += p[((row_in * wpr + k) * NT + t) * 2];
+                    v2 += p[((row_in * wpr + k) * NT + t) * 2 + 1];
+                }
+                if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
+                if (g.bias) v += g.bias[r];
+                const size_t at = (size_t)t * g.rows + r;
+                if (g.residual) v += g.residual[at];
+                g.out[at] = v;
+            }
+            __syncwarp();
+            if (lane == 0) {
+                const int next = rg + stages * gridDim.x;
+                if (next < segs.total_groups) {
+                    fence_async_smem();
+                    ring_fill<SWIGLU>(segs, next, rpb, nb, ring + (size_t)s * stage_bytes, half, &full[s]);
+                }
+            }
+            if (++s == stages) s = 0, parity ^= 1;
+        }
+    }
+#endif
+}
+
+#define GEMV_RING_ENTRY(NAME, NT, SWIGLU, U)                                                               \
+    extern "C" __global__ void __launch_bounds__(17 * 32, 1)                                                 \
+        NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+             const float* __restrict__ xs, int cols, int n, int wpr, int consumers, int ring_at, int stages, \
+             int stage_bytes) {                                                                              \
+        gemv_ring_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, consumers, ring_at, stages, stage_bytes); \
+    }
+GEMV_RING_ENTRY(gemv_ring_1, 1, false, 4)
+GEMV_RING_ENTRY(gemv_ring_2, 2, false, 4)
+GEMV_RING_ENTRY(gemv_swiglu_ring_1, 1, true, 2)
+GEMV_RING_ENTRY(gemv_swiglu_ring_2, 2, true, 2)
 
 // RMSNorm of up to 8 rows (decode) that also writes the 8-bit copy the next
 // GEMVs read (quantize_q8's layout and arithmetic), saving a launch. Same
