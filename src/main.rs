@@ -1899,9 +1899,9 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     }
     println!();
     println!(
-        "| model | types | prefill rel. diff | decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | parked for decode | result |"
+        "| model | types | prefill rel. diff | decode max rel. diff | two-sequence decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | parked for decode | result |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |");
     for path in &models {
         let g = Gguf::open(path)?;
         let mc = Model::load(&cpu, &g, |_, _| {})?;
@@ -1976,6 +1976,27 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         }
         cuda.set_budget(None);
         drop(hm);
+        // Two sequences decoded together (the decode GEMVs' two-token
+        // kernels), from prompts of different lengths.
+        let mut pair = 0f32;
+        {
+            let mut sc2 = Session::new(&cpu, &mc, 256, 2)?;
+            let mut sg2 = Session::new(&cuda, &mg, 256, 2)?;
+            let mut next = [0u32; 2];
+            for (seq, part) in [&tokens[..96], &tokens[96..]].into_iter().enumerate() {
+                let l = cpu.run(|| sc2.prefill(seq, part))?;
+                sg2.prefill(seq, part)?;
+                next[seq] = argmax(&l);
+            }
+            for _ in 0..4 {
+                let l2c = cpu.run(|| sc2.decode(&[0, 1], &next))?;
+                let l2g = sg2.decode(&[0, 1], &next)?;
+                cuda.check()?;
+                pair = pair.max(rel(&l2g, &l2c));
+                let v = l2c.len() / 2;
+                next = [argmax(&l2c[..v]), argmax(&l2c[v..])];
+            }
+        }
         let mut types: Vec<&str> = g
             .tensors()
             .iter()
@@ -1989,18 +2010,20 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         let identical = stream_identity(&cuda, &g, &mg, &tokens)?;
         let ok = prefill <= tolerance
             && decode <= tolerance
+            && pair <= tolerance
             && hybrid <= tolerance
             && identical
             && parked >= 1;
         failed += !ok as usize;
         println!(
-            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {parked} | {} |",
+            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {parked} | {} |",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             types.join(" "),
             prefill,
             decode,
+            pair,
             hybrid,
             agree,
             if identical {
