@@ -2045,6 +2045,10 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes,
 }
 
 // The 16-byte-aligned span around `bytes` at `src`: its start and length.
+// It reaches at most 15 bytes either side of the rows, within the aligned
+// 16-byte words that hold their first and last bytes: inside the weight's
+// device buffer (allocations start 256-byte aligned and are sized in larger
+// units), so never another page. The bytes outside the rows are not read.
 __device__ __forceinline__ void aligned_span(const u8* src, size_t bytes, const u8** start, u32* len) {
     const size_t a0 = (size_t)src & ~(size_t)15, a1 = ((size_t)src + bytes + 15) & ~(size_t)15;
     *start = (const u8*)a0;
