@@ -1811,6 +1811,17 @@ __device__ __forceinline__ void row_sync(int flags, int row_in, int wpr) {
         __syncthreads();
 }
 
+// Token t's output of row r from its sums (v; SwiGLU: v2 the up matrix's):
+// the epilogue (SwiGLU, bias, residual), then the store.
+template <bool SWIGLU>
+__device__ __forceinline__ void store_row(const GemvSeg& g, int r, int t, float v, float v2) {
+    if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
+    if (g.bias) v += g.bias[r];
+    const size_t at = (size_t)t * g.rows + r;
+    if (g.residual) v += g.residual[at];
+    g.out[at] = v;
+}
+
 // Row r's lane sums → its output: reduced over the warp, over the row's `wpr`
 // warps in a fixed order (through `part`, with barriers every warp of the row
 // group reaches), then the epilogue (SwiGLU, bias, residual).
@@ -1853,13 +1864,7 @@ __device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, 
                 v = acc[t];
                 v2 = acc2[t];
             }
-        if (lane < n) {
-            if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
-            if (g.bias) v += g.bias[r];
-            size_t at = (size_t)lane * g.rows + r;
-            if (g.residual) v += g.residual[at];
-            g.out[at] = v;
-        }
+        if (lane < n) store_row<SWIGLU>(g, r, lane, v, v2);
     }
     if (wpr > 1) row_sync(flags, row_in, wpr); // the partial sums are rewritten next round
 }
@@ -2182,11 +2187,7 @@ __device__ __forceinline__ void gemv_ring_t(const GemvSegs& segs, const i8* __re
                     v += p[((row_in * wpr + k) * NT + t) * 2];
                     v2 += p[((row_in * wpr + k) * NT + t) * 2 + 1];
                 }
-                if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
-                if (g.bias) v += g.bias[r];
-                const size_t at = (size_t)t * g.rows + r;
-                if (g.residual) v += g.residual[at];
-                g.out[at] = v;
+                store_row<SWIGLU>(g, r, t, v, v2);
             }
             __syncwarp();
             if (lane == 0) {
