@@ -60,7 +60,7 @@ synth7b() {
 ptxas_report() {
     local ptxas
     ptxas=$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)
-    for f in ~/.cache/ferry/kernels/*.ptx; do "$ptxas" -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -E "entry|Used|spill"; done > "$1" 2>&1
+    for f in ~/.cache/ferry/kernels/*.ptx; do "$ptxas" -arch=sm_90a -v "$f" -o /dev/null 2>&1 | grep -E "entry|Used|spill"; done > "$1" 2>&1
 }
 synth() {
     [ -f "$M" ] || { /usr/bin/time -f "synth: %e s" ./ferry synth --preset qwen2.5-32b --quant q4_k_m "$M"; ls -l "$M"; }

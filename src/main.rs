@@ -322,6 +322,10 @@ enum Command {
         /// Where to write the machine profile (default ~/.cache/ferry/machine.json).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only time the prompt-attention kernel (8K tokens, the 7B and 32B
+        /// head shapes) and write no profile.
+        #[arg(long)]
+        attention: bool,
     },
     /// Write a model with random weights in the shape of a real one (llama
     /// architecture; presets: tiny, qwen2.5-0.5b, llama-1b, qwen2.5-7b,
@@ -452,9 +456,29 @@ fn run(cli: Cli) -> Result<()> {
             size,
             repetitions,
             out,
+            attention,
         } => {
             use ferry::plan::{GpuProfile, MachineProfile};
             let cuda = ferry::backend::cuda::CudaBackend::new(0)?;
+            // Not part of the profile: the speed of ferry's own prompt-attention
+            // kernel at an 8K context, for the head shapes of Qwen2.5-7B and -32B.
+            let time_attention = || -> anyhow::Result<()> {
+                let kernel = if cuda.flash_wgmma() {
+                    "warpgroup MMAs"
+                } else {
+                    "mma.sync"
+                };
+                for (label, heads) in [("7B", (28, 4, 128)), ("32B", (40, 8, 128))] {
+                    let (ms, tf) = cuda.measure_attention(heads, 8192, repetitions)?;
+                    println!(
+                        "prompt attention ({kernel}), 8192 tokens, causal, {label} heads {heads:?}: {ms:.2} ms, {tf:.0} TFLOP/s"
+                    );
+                }
+                Ok(())
+            };
+            if attention {
+                return time_attention();
+            }
             let bytes = ferry::plan::parse_size(&size).map_err(anyhow::Error::msg)? as usize;
             let (pinned, pageable) = cuda.measure_h2d(bytes, repetitions)?;
             println!(
@@ -474,14 +498,7 @@ fn run(cli: Cli) -> Result<()> {
                 "decode GEMV (Q4_K, 1 token, 27648 x 5120 and 5120 x 27648): {gemv:.0} GB/s = {:.0} % of device memory",
                 100.0 * gemv / hbm
             );
-            // Not part of the profile: the speed of ferry's own prompt-attention
-            // kernel at an 8K context, for the head shapes of Qwen2.5-7B and -32B.
-            for (label, heads) in [("7B", (28, 4, 128)), ("32B", (40, 8, 128))] {
-                let (ms, tf) = cuda.measure_attention(heads, 8192, repetitions)?;
-                println!(
-                    "prompt attention, 8192 tokens, causal, {label} heads {heads:?}: {ms:.2} ms, {tf:.0} TFLOP/s"
-                );
-            }
+            time_attention()?;
             let cpu = CpuBackend::new(0);
             let host_read = cpu.measure_read_gbps(bytes.max(1 << 30), repetitions);
             println!(
@@ -1871,12 +1888,17 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     println!("| --- | --- | ---: | ---: | ---: | --- |");
     let mut failed = 0;
     let mut checks = 0;
+    // Where the warpgroup-MMA kernel takes 128-dim heads, the mma.sync one
+    // (64-dim heads, other cards) is checked on them too.
+    let wgmma = cuda.flash_wgmma();
     for heads in [(14, 2, 64), (28, 4, 128), (40, 8, 128)] {
-        let cases = [
+        let mma_too = wgmma && heads.2 == 128;
+        let mut cases = vec![
             (AttentionKernel::Flash, 0, 37),
             (AttentionKernel::Flash, 0, 1000),
             (AttentionKernel::Flash, 300, 517),
             (AttentionKernel::Flash, 1, 64),
+            (AttentionKernel::Flash, 0, 4099),
             // Decode steps (and a small batch) with keys in tiles.
             (AttentionKernel::Tiled, 0, 1),
             (AttentionKernel::Tiled, 5000, 1),
@@ -1886,13 +1908,25 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             (AttentionKernel::Split, 5000, 1),
             (AttentionKernel::Split, 3000, 2),
         ];
+        if mma_too {
+            cases.extend([
+                (AttentionKernel::FlashMma, 0, 1000),
+                (AttentionKernel::FlashMma, 300, 517),
+            ]);
+        }
         for (kernel, done, n) in cases {
             let d = cuda.attention_check(kernel, heads, done, n)?;
             let ok = d <= 5e-3;
             failed += !ok as usize;
             checks += 1;
+            let name = match kernel {
+                AttentionKernel::Flash if wgmma && heads.2 == 128 => {
+                    "Flash (warpgroup MMAs)".into()
+                }
+                _ => format!("{kernel:?}"),
+            };
             println!(
-                "| {kernel:?} | {heads:?} | {done} | {n} | {d:.2e} | {} |",
+                "| {name} | {heads:?} | {done} | {n} | {d:.2e} | {} |",
                 if ok { "pass" } else { "FAIL" }
             );
         }

@@ -276,6 +276,23 @@ pub trait Backend {
         self.matmul(x, w_up, up);
         self.swiglu(gate, up);
     }
+    /// The feed-forward block added into the residual stream:
+    /// `acc += (silu(x · w_gateᵀ) * (x · w_upᵀ)) · w_downᵀ`. `gate`, `up` and
+    /// `tmp` are scratch of the products' shapes, left unspecified afterwards,
+    /// so a backend may keep the intermediate products in a narrower type.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_forward(
+        &self,
+        x: &Self::Act,
+        [w_gate, w_up, w_down]: [&Self::Weight; 3],
+        gate: &mut Self::Act,
+        up: &mut Self::Act,
+        tmp: &mut Self::Act,
+        acc: &mut Self::Act,
+    ) {
+        self.matmul_swiglu(x, w_gate, w_up, gate, up);
+        self.matmul_add(gate, w_down, tmp, acc);
+    }
     /// `rope_qk` on q and k at the batch's positions, then `attention`;
     /// backends may apply the rotation inside the attention kernel (q and k
     /// are then left as they were).
@@ -291,6 +308,24 @@ pub trait Backend {
         out: &mut Self::Act,
     ) -> Result<(), BackendError> {
         rope_then_attention(self, cfg, q, k, v, kv, batch, out)
+    }
+    /// The attention block up to its output projection: `q, k, v = x ·
+    /// w{q,k,v}ᵀ (+ b)`, then `rope_attention` into `out`. Backends may fold
+    /// the q and k biases into the rotation.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_attention(
+        &self,
+        cfg: &Config,
+        x: &Self::Act,
+        w: [&Self::Weight; 3],
+        b: [Option<&Self::Vector>; 3],
+        [q, k, v]: [&mut Self::Act; 3],
+        kv: &mut Self::Kv,
+        batch: &Batch,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.matmul_qkv(x, w, b, q, k, v);
+        self.rope_attention(cfg, q, k, v, kv, batch, out)
     }
     /// Copy rows `rows` of `x` into a new activation.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;

@@ -112,21 +112,28 @@ impl<B: Backend> Layer<B> {
     ) -> Result<(), BackendError> {
         // Attention.
         b.rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut s.h);
-        b.matmul_qkv(
+        b.qkv_attention(
+            cfg,
             &s.h,
             [&self.wq, &self.wk, &self.wv],
             [self.bq.as_ref(), self.bk.as_ref(), self.bv.as_ref()],
-            &mut s.q,
-            &mut s.k,
-            &mut s.v,
-        );
-        b.rope_attention(cfg, &mut s.q, &mut s.k, &s.v, kv, batch, &mut s.attn)?;
+            [&mut s.q, &mut s.k, &mut s.v],
+            kv,
+            batch,
+            &mut s.attn,
+        )?;
         b.matmul_add(&s.attn, &self.wo, &mut s.proj, x);
 
         // Feed-forward (SwiGLU).
         b.rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut s.h);
-        b.matmul_swiglu(&s.h, &self.w_gate, &self.w_up, &mut s.gate, &mut s.up);
-        b.matmul_add(&s.gate, &self.w_down, &mut s.proj, x);
+        b.feed_forward(
+            &s.h,
+            [&self.w_gate, &self.w_up, &self.w_down],
+            &mut s.gate,
+            &mut s.up,
+            &mut s.proj,
+            x,
+        );
         Ok(())
     }
 }

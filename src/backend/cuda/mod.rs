@@ -69,8 +69,12 @@ struct Kernels {
     dequant_q6k_f16: CudaFunction,
     f32_to_f16_x4: CudaFunction,
     swiglu_f16_x4: CudaFunction,
+    swiglu_h16_x4: CudaFunction,
     flash_prefill_d64: CudaFunction,
     flash_prefill_d128: CudaFunction,
+    /// Prompt attention on warpgroup MMAs for 128-dimension heads (sm_90a:
+    /// loaded only for compute capability 9.0).
+    flash_wgmma: Option<CudaFunction>,
     f32_to_f16: CudaFunction,
     gemv: CudaFunction,
     gemv8: CudaFunction,
@@ -110,8 +114,11 @@ struct Kernels {
 /// The attention kernels gpu-check compares with the shared-memory reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// Tensor cores, online softmax (prompts and their chunks).
+    /// Tensor cores, online softmax (prompts and their chunks): the kernel
+    /// in use (on an H100/H200 the warpgroup-MMA one for 128-dim heads).
     Flash,
+    /// The mma.sync prompt kernel, where the warpgroup-MMA one is in use.
+    FlashMma,
     /// Keys in tiles with an online softmax (decode past 12288 positions).
     Tiled,
     /// Keys split over blocks, parts combined (decode at long contexts).
@@ -132,6 +139,22 @@ fn xorshift_values(mut state: u64, amplitude: f32) -> impl FnMut(usize) -> Vec<f
             .collect()
     }
 }
+
+/// Whether 128-dimension heads take the warpgroup-MMA prompt-attention kernel
+/// (`flash_wgmma` in ferry.cu; sm_90a cards only): `FERRY_FLASH` unset or
+/// `wgmma` yes, `mma` no (the mma.sync kernel, 222 against 409-413 TFLOP/s
+/// for 32B heads at 8K tokens on an H100).
+fn flash_wgmma_from(v: Option<&str>) -> Result<bool, String> {
+    match v {
+        None | Some("") | Some("wgmma") => Ok(true),
+        Some("mma") => Ok(false),
+        Some(other) => Err(format!("FERRY_FLASH={other}: expected wgmma or mma")),
+    }
+}
+
+/// Dynamic shared memory of the warpgroup-MMA attention kernel: three stages
+/// of a 64-key K and V tile (128 dimensions, f16) and 1 KiB to align them.
+const FLASH_WGMMA_SMEM: usize = 3 * 2 * 64 * 128 * 2 + 1024;
 
 /// Warps per block of the prompt-attention kernel for a head dimension (each
 /// takes 16 query rows; see `flash_prefill_d128` in ferry.cu).
@@ -386,9 +409,19 @@ pub fn kernel_cache_path(arch: &str, driver: i32) -> std::path::PathBuf {
     ))
 }
 
+/// NVRTC's target for a compute capability: 9.0 gets the architecture-specific
+/// `sm_90a`, whose warpgroup MMAs the prompt-attention kernel uses.
+fn nvrtc_arch(major: i32, minor: i32) -> String {
+    if (major, minor) == (9, 0) {
+        "sm_90a".into()
+    } else {
+        format!("sm_{major}{minor}")
+    }
+}
+
 fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError> {
     let (major, minor) = ctx.compute_capability().map_err(err)?;
-    let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+    let arch: &'static str = Box::leak(nvrtc_arch(major, minor).into_boxed_str());
     let mut driver = 0i32;
     // SAFETY: writes one int.
     unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
@@ -427,6 +460,19 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             )
             .map_err(err)?;
     }
+    // The warpgroup-MMA attention kernel (sm_90a) keeps its stages beyond
+    // the default 48 KiB too.
+    let flash_wgmma = if arch == "sm_90a" {
+        let f = f("flash_wgmma_k64")?;
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            FLASH_WGMMA_SMEM as i32,
+        )
+        .map_err(err)?;
+        Some(f)
+    } else {
+        None
+    };
     // The shared-memory GEMVs hold a decode step's 8-bit activations.
     for name in [
         "gemv_smem",
@@ -472,8 +518,10 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             dequant_q6k_f16: f("dequant_q6k_f16")?,
             f32_to_f16_x4: f("f32_to_f16_x4")?,
             swiglu_f16_x4: f("swiglu_f16_x4")?,
+            swiglu_h16_x4: f("swiglu_h16_x4")?,
             flash_prefill_d64: f("flash_prefill_d64")?,
             flash_prefill_d128: f("flash_prefill_d128")?,
+            flash_wgmma,
             f32_to_f16: f("f32_to_f16")?,
             gemv: f("gemv")?,
             gemv8: f("gemv8")?,
@@ -719,6 +767,9 @@ pub struct CudaBackend {
     /// Decode attention applies RoPE to its query and new key
     /// (`FERRY_ROPE_FUSED=0`: a rope_qk launch).
     rope_fused: bool,
+    /// A batch's feed-forward block keeps its gate and up products in f16
+    /// (`feed_forward_f16`; `FERRY_FFN_F16=0`: f32 products, f32 SwiGLU).
+    ffn_f16: bool,
     /// Which decode GEMVs the copy engine feeds (`gemv_ring_t`; sm_90 and
     /// later): `FERRY_GEMV_RING=0` none, `all`, default all but gate/up
     /// (whose short rows the register-fed kernel reads faster: 57 against
@@ -736,6 +787,9 @@ pub struct CudaBackend {
     /// Prompt attention on tensor cores (off: the one-block-per-query kernel
     /// for every batch; `FERRY_ATTENTION=naive`, and gpu-check's comparison).
     flash: std::sync::atomic::AtomicBool,
+    /// 128-dimension heads take the warpgroup-MMA prompt kernel (where the
+    /// card has it; `FERRY_FLASH`).
+    flash_wgmma: std::sync::atomic::AtomicBool,
     /// Force the tiled attention kernel where the shared-memory one would do
     /// (gpu-check compares the two).
     tiled_decode: std::sync::atomic::AtomicBool,
@@ -922,6 +976,9 @@ impl CudaBackend {
         };
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let (k, cached) = load_kernels(&ctx)?;
+        let flash_wgmma = k.flash_wgmma.is_some()
+            && flash_wgmma_from(std::env::var("FERRY_FLASH").ok().as_deref())
+                .map_err(BackendError::Invalid)?;
         let name = format!("CUDA ({})", ctx.name().unwrap_or_else(|_| "GPU".into()));
         Ok(CudaBackend {
             ctx,
@@ -957,6 +1014,7 @@ impl CudaBackend {
                 (row_barrier as i32 * GEMV_ROW_BARRIER) | (preload as i32 * GEMV_PRELOAD)
             },
             rope_fused: std::env::var("FERRY_ROPE_FUSED").as_deref() != Ok("0"),
+            ffn_f16: std::env::var("FERRY_FFN_F16").as_deref() != Ok("0"),
             ring_plain: major >= 9
                 && !matches!(std::env::var("FERRY_GEMV_RING").as_deref(), Ok("0")),
             ring_swiglu: major >= 9 && std::env::var("FERRY_GEMV_RING").as_deref() == Ok("all"),
@@ -982,6 +1040,7 @@ impl CudaBackend {
             flash: std::sync::atomic::AtomicBool::new(
                 std::env::var("FERRY_ATTENTION").as_deref() != Ok("naive"),
             ),
+            flash_wgmma: std::sync::atomic::AtomicBool::new(flash_wgmma),
             tiled_decode: std::sync::atomic::AtomicBool::new(false),
             split_min: std::sync::atomic::AtomicUsize::new(split_min_from_env()),
             attn_parts: Mutex::new(None),
@@ -1250,6 +1309,74 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// A batch's feed-forward block with its intermediate products in f16:
+    /// the gate and up GEMMs write f16 into the first halves of `gate`'s and
+    /// `up`'s buffers, SwiGLU reads them and writes the down projection's f16
+    /// input into the workspace, and the down GEMM adds into `acc`. Against
+    /// f32 products and an f32 SwiGLU result this moves 1.4 instead of 3.2 GB
+    /// per 32B layer at 8192 tokens; the products are rounded to f16 where
+    /// the down projection's input already was.
+    fn feed_forward_f16(
+        &self,
+        x: &CudaAct,
+        [w_gate, w_up, w_down]: [&CudaWeight; 3],
+        gate: &mut CudaAct,
+        up: &mut CudaAct,
+        acc: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        use cudarc::cublas::sys::cudaDataType::CUDA_R_16F;
+        let (n, cols, inner) = (x.n, w_gate.cols, w_gate.rows);
+        // The key of `x`'s f16 copy (the norm before may have written it) is
+        // taken before anything here moves the activation epoch.
+        let x_key = (
+            x.data.device_ptr(&self.stream).0,
+            n,
+            cols,
+            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let mut scratch = self.scratch.lock().expect("scratch lock");
+        let need_w = (inner * cols).max(w_down.rows * w_down.cols);
+        let need_x = n * cols.max(inner);
+        if scratch.w.as_ref().is_none_or(|s| s.len() < need_w) {
+            scratch.w = Some(self.zeros::<f16>(need_w)?);
+        }
+        if scratch.x.as_ref().is_none_or(|s| s.len() < need_x) {
+            scratch.x = Some(self.zeros::<f16>(need_x)?);
+            scratch.x_of = None;
+        }
+        let x_fresh = scratch.x_of == Some(x_key);
+        // Afterwards the workspace holds the SwiGLU result, no named
+        // activation, and the residual stream `acc` has changed.
+        scratch.x_of = None;
+        self.forget_q8();
+        let Scratch { w: wf, x: xf, .. } = &mut *scratch;
+        let (wf, xf) = (
+            wf.as_mut().expect("allocated"),
+            xf.as_mut().expect("allocated"),
+        );
+        if !x_fresh {
+            self.to_f16(&x.data, xf, n * cols)?;
+        }
+        let (g_ptr, _gg) = gate.data.device_ptr_mut(&self.stream);
+        let (u_ptr, _gu) = up.data.device_ptr_mut(&self.stream);
+        // SAFETY (both GEMMs): `gate` and `up` hold n · inner f32, room for
+        // as many f16.
+        self.dequantize_f16(w_gate, wf)?;
+        self.gemm_f16_to(wf, xf, (g_ptr, CUDA_R_16F), (inner, n, cols), false)?;
+        self.dequantize_f16(w_up, wf)?;
+        self.gemm_f16_to(wf, xf, (u_ptr, CUDA_R_16F), (inner, n, cols), false)?;
+        let n4 = n * inner / 4;
+        {
+            let mut b = self.stream.launch_builder(&self.k.swiglu_h16_x4);
+            b.arg(&g_ptr).arg(&u_ptr).arg(&mut *xf).arg(&n4);
+            // SAFETY: three buffers of at least n · inner f16 (the workspace
+            // was sized above), 8-byte aligned as device allocations are.
+            unsafe { b.launch(grid(n4, 256)) }.map_err(err)?;
+        }
+        self.dequantize_f16(w_down, wf)?;
+        self.gemm_f16(wf, xf, &mut acc.data, (w_down.rows, n, w_down.cols), true)
+    }
+
     /// `out = x · Wᵀ`, or with `accumulate` (batches above the GEMV size
     /// only) `out += x · Wᵀ` inside the GEMM.
     fn try_matmul(
@@ -1358,6 +1485,21 @@ impl CudaBackend {
         w: &CudaSlice<f16>,
         x: &CudaSlice<f16>,
         out: &mut CudaSlice<f32>,
+        dims: (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        let (c_ptr, _gc) = out.device_ptr_mut(&self.stream);
+        let out_type = cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+        self.gemm_f16_to(w, x, (c_ptr, out_type), dims, accumulate)
+    }
+
+    /// `gemm_f16` into a raw device buffer of f32 or f16 (`out`: pointer and
+    /// type; f32 accumulation either way), which must hold `n · rows` values.
+    fn gemm_f16_to(
+        &self,
+        w: &CudaSlice<f16>,
+        x: &CudaSlice<f16>,
+        (c_ptr, out_type): (u64, cudarc::cublas::sys::cudaDataType),
         (rows, n, cols): (usize, usize, usize),
         accumulate: bool,
     ) -> Result<(), BackendError> {
@@ -1368,8 +1510,8 @@ impl CudaBackend {
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         let (a_ptr, _ga) = w.device_ptr(&self.stream);
         let (b_ptr, _gb) = x.device_ptr(&self.stream);
-        let (c_ptr, _gc) = out.device_ptr_mut(&self.stream);
-        // SAFETY: pointers are live device allocations of the sizes the call reads/writes.
+        // SAFETY: pointers are live device allocations of the sizes the call
+        // reads/writes (the caller's word for `c_ptr`).
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *self.blas.handle(),
@@ -1387,7 +1529,7 @@ impl CudaBackend {
                 cols_i,
                 &beta as *const f32 as *const _,
                 c_ptr as *mut _,
-                sys::cudaDataType::CUDA_R_32F,
+                out_type,
                 rows_i,
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -1760,6 +1902,7 @@ impl CudaBackend {
         head_dim: usize,
         rope: &RopeParams,
         positions: &[u32],
+        [bq, bk]: [Option<&CudaSlice<f32>>; 2],
     ) {
         self.forget_q8();
         let half = rope.n_dims / 2;
@@ -1789,10 +1932,15 @@ impl CudaBackend {
         };
         let q_ptr = q.data.device_ptr_mut(&self.stream).0;
         let cs_ptr = cs.device_ptr(&self.stream).0;
+        let bias_ptr =
+            |b: Option<&CudaSlice<f32>>| b.map_or(0u64, |b| b.device_ptr(&self.stream).0);
+        let (bq_ptr, bk_ptr) = (bias_ptr(bq), bias_ptr(bk));
         let mut a = KernelArgs::new();
         a.arg(&q_ptr)
             .arg(&k_ptr)
             .arg(&cs_ptr)
+            .arg(&bq_ptr)
+            .arg(&bk_ptr)
             .arg(&nq)
             .arg(&nk)
             .arg(&hd)
@@ -1800,9 +1948,10 @@ impl CudaBackend {
             .arg(&neox)
             .arg(&n);
         let cfg = grid(pairs * (n_heads + nk as usize), 256);
-        // SAFETY: matches rope_qk(q, k, cs, n_heads_q, n_heads_k, head_dim,
-        // n_dims, neox, n): q (and k, unless n_heads_k is 0) hold n rows of
-        // their heads, cs n · half (cos, sin) pairs.
+        // SAFETY: matches rope_qk(q, k, cs, bq, bk, n_heads_q, n_heads_k,
+        // head_dim, n_dims, neox, n): q (and k, unless n_heads_k is 0) hold n
+        // rows of their heads, cs n · half (cos, sin) pairs, the biases (null
+        // or, by the caller, with n_dims = head_dim) one row of q's and k's.
         if let Err(e) = unsafe { self.launch_chained(&self.k.rope_qk, cfg, &mut a) } {
             self.record(e);
         }
@@ -2072,25 +2221,13 @@ impl CudaBackend {
         }
         let (tiled, shared, fused_store) = match path {
             AttentionPath::Flash => {
-                let kernel = match head_dim {
-                    64 => &self.k.flash_prefill_d64,
-                    _ => &self.k.flash_prefill_d128,
-                };
                 store(kv)?;
                 let p0 = batch.positions[0] as usize;
                 let base = batch.seqs[0] as usize * kv.n_ctx;
                 // SAFETY: the positions were checked against the cache by
                 // `kv_tables`, so every key row the kernel reads exists.
                 unsafe {
-                    self.launch_flash(
-                        kernel,
-                        (n_heads, n_kv_heads, head_dim),
-                        q,
-                        kv,
-                        p0,
-                        base,
-                        out,
-                    )
+                    self.launch_flash((n_heads, n_kv_heads, head_dim), q, kv, p0, base, out)
                 }?;
                 return Ok(());
             }
@@ -2286,6 +2423,25 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Whether 128-dimension heads take the warpgroup-MMA prompt kernel now
+    /// (sm_90a cards), not the mma.sync one.
+    pub fn flash_wgmma(&self) -> bool {
+        self.flash_wgmma.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose the prompt-attention kernel for 128-dimension heads (gpu-check
+    /// checks both); the warpgroup-MMA one on a card without it is an error.
+    pub fn set_flash_wgmma(&self, on: bool) -> Result<(), BackendError> {
+        if on && self.k.flash_wgmma.is_none() {
+            return Err(BackendError::Invalid(
+                "the warpgroup-MMA attention kernel needs compute capability 9.0 (H100/H200); set FERRY_FLASH=mma".into(),
+            ));
+        }
+        self.flash_wgmma
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Prompt attention on tensor cores for `q.n` queries at positions
     /// `p0 ..`, keys from cache row `base` on.
     ///
@@ -2294,7 +2450,6 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch_flash(
         &self,
-        kernel: &CudaFunction,
         (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
         q: &CudaAct,
         kv: &CudaKv,
@@ -2306,6 +2461,20 @@ impl CudaBackend {
         let (n_i, p0, base) = (n as i32, p0 as i32, base as i32);
         let (nh, nkv, width) = (n_heads as i32, n_kv_heads as i32, kv.width as i32);
         let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+        let wgmma = match (head_dim, &self.k.flash_wgmma) {
+            (128, Some(kernel)) if self.flash_wgmma() => Some(kernel),
+            _ => None,
+        };
+        let kernel = match (head_dim, wgmma) {
+            (_, Some(kernel)) => kernel,
+            (64, None) => &self.k.flash_prefill_d64,
+            (128, None) => &self.k.flash_prefill_d128,
+            _ => {
+                return Err(BackendError::Invalid(format!(
+                    "prompt attention on tensor cores takes head dimension 64 or 128, not {head_dim}"
+                )));
+            }
+        };
         let mut b = self.stream.launch_builder(kernel);
         b.arg(&q.data).arg(&kv.k).arg(&kv.v).arg(&mut out.data);
         b.arg(&n_i)
@@ -2315,11 +2484,20 @@ impl CudaBackend {
             .arg(&nkv)
             .arg(&width)
             .arg(&scale_log2);
-        let warps = flash_warps(head_dim);
-        let launch = LaunchConfig {
-            grid_dim: (n.div_ceil(16 * warps) as u32, n_heads as u32, 1),
-            block_dim: (32 * warps as u32, 1, 1),
-            shared_mem_bytes: flash_smem_bytes(head_dim) as u32,
+        let launch = match wgmma {
+            Some(_) => LaunchConfig {
+                grid_dim: (n.div_ceil(128) as u32, n_heads as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: FLASH_WGMMA_SMEM as u32,
+            },
+            None => {
+                let warps = flash_warps(head_dim);
+                LaunchConfig {
+                    grid_dim: (n.div_ceil(16 * warps) as u32, n_heads as u32, 1),
+                    block_dim: (32 * warps as u32, 1, 1),
+                    shared_mem_bytes: flash_smem_bytes(head_dim) as u32,
+                }
+            }
         };
         // SAFETY: matches the kernel signature; the caller vouches for the cache rows.
         unsafe { b.launch(launch) }.map_err(err)?;
@@ -2336,15 +2514,6 @@ impl CudaBackend {
         n: usize,
         reps: usize,
     ) -> Result<(f64, f64), BackendError> {
-        let kernel = match head_dim {
-            64 => &self.k.flash_prefill_d64,
-            128 => &self.k.flash_prefill_d128,
-            _ => {
-                return Err(BackendError::Invalid(format!(
-                    "prompt attention on tensor cores takes head dimension 64 or 128, not {head_dim}"
-                )));
-            }
-        };
         let kv_width = n_kv_heads * head_dim;
         let mut random = xorshift_values(0x2545_f491_4f6c_dd1d, 1.0);
         let to_f16 = |x: Vec<f32>| -> Vec<f16> { x.into_iter().map(f16::from_f32).collect() };
@@ -2363,7 +2532,7 @@ impl CudaBackend {
             self.stream.synchronize().map_err(err)?;
             let t0 = std::time::Instant::now();
             // SAFETY: the cache holds `n` rows, the prompt's positions 0 .. n.
-            unsafe { self.launch_flash(kernel, heads, &q, &kv, 0, 0, &mut out) }?;
+            unsafe { self.launch_flash(heads, &q, &kv, 0, 0, &mut out) }?;
             self.stream.synchronize().map_err(err)?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
@@ -2410,7 +2579,14 @@ impl CudaBackend {
                 let v = self.act_from_host(len, kv_width, &data[2])?;
                 let mut out = self.act(len, q_width)?;
                 use std::sync::atomic::Ordering::Relaxed;
-                self.set_flash_attention(kernel == Some(AttentionKernel::Flash));
+                let wgmma_was = self.flash_wgmma();
+                if kernel == Some(AttentionKernel::FlashMma) {
+                    self.set_flash_wgmma(false)?;
+                }
+                self.set_flash_attention(matches!(
+                    kernel,
+                    Some(AttentionKernel::Flash | AttentionKernel::FlashMma)
+                ));
                 self.tiled_decode
                     .store(kernel == Some(AttentionKernel::Tiled), Relaxed);
                 let split_min = match kernel {
@@ -2420,6 +2596,7 @@ impl CudaBackend {
                 let split_was = self.split_min.swap(split_min, Relaxed);
                 let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, None, &mut out);
                 self.set_flash_attention(true);
+                self.set_flash_wgmma(wgmma_was)?;
                 self.tiled_decode.store(false, Relaxed);
                 self.split_min.store(split_was, Relaxed);
                 r?;
@@ -2703,16 +2880,41 @@ impl Backend for CudaBackend {
             return;
         }
         let width = x.width as i32;
+        // A batch: the norm also writes the f16 copy its products' GEMMs read
+        // (recorded as `out`'s, so they convert nothing).
+        let mut scratch = self.scratch.lock().expect("scratch lock");
+        let len = x.n * x.width;
+        let copy = x.n > crate::plan::GEMV_MAX_BATCH;
+        if copy && scratch.x.as_ref().is_none_or(|s| s.len() < len) {
+            match self.zeros::<f16>(len) {
+                Ok(s) => scratch.x = Some(s),
+                Err(e) => return self.record(e),
+            }
+        }
+        let out16 = match (&mut scratch.x, copy) {
+            (Some(s), true) => s.device_ptr_mut(&self.stream).0,
+            _ => 0u64,
+        };
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
         b.arg(&x.data)
             .arg(w)
             .arg(&mut out.data)
+            .arg(&out16)
             .arg(&width)
             .arg(&eps);
-        // SAFETY: matches the kernel signature.
+        // SAFETY: matches the kernel signature; `out16` is null or holds n · width f16.
         if let Err(e) = unsafe { b.launch(block_per_row(x.n)) } {
             self.ctx.record_err::<()>(Err(e));
+            return;
         }
+        scratch.x_of = copy.then(|| {
+            (
+                out.data.device_ptr(&self.stream).0,
+                x.n,
+                x.width,
+                self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
     }
 
     fn matmul(&self, x: &CudaAct, w: &CudaWeight, out: &mut CudaAct) {
@@ -2814,6 +3016,25 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn feed_forward(
+        &self,
+        x: &CudaAct,
+        [w_gate, w_up, w_down]: [&CudaWeight; 3],
+        gate: &mut CudaAct,
+        up: &mut CudaAct,
+        tmp: &mut CudaAct,
+        acc: &mut CudaAct,
+    ) {
+        if self.ffn_f16 && x.n > crate::plan::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
+            if let Err(e) = self.feed_forward_f16(x, [w_gate, w_up, w_down], gate, up, acc) {
+                self.record(e);
+            }
+            return;
+        }
+        self.matmul_swiglu(x, w_gate, w_up, gate, up);
+        self.matmul_add(gate, w_down, tmp, acc);
+    }
+
     fn matmul_swiglu(
         &self,
         x: &CudaAct,
@@ -2858,7 +3079,7 @@ impl Backend for CudaBackend {
         rope: &RopeParams,
         positions: &[u32],
     ) {
-        self.rope_launch(x, None, n_heads, 0, head_dim, rope, positions);
+        self.rope_launch(x, None, n_heads, 0, head_dim, rope, positions, [None, None]);
     }
 
     fn rope_qk(
@@ -2871,7 +3092,16 @@ impl Backend for CudaBackend {
         rope: &RopeParams,
         positions: &[u32],
     ) {
-        self.rope_launch(q, Some(k), n_heads, n_kv_heads, head_dim, rope, positions);
+        self.rope_launch(
+            q,
+            Some(k),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope,
+            positions,
+            [None, None],
+        );
     }
 
     fn attention(
@@ -2887,6 +3117,42 @@ impl Backend for CudaBackend {
         self.forget_q8();
         let heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         self.attention_heads(heads, q, k, v, kv, batch, None, out)
+    }
+
+    fn qkv_attention(
+        &self,
+        cfg: &Config,
+        x: &CudaAct,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaSlice<f32>>; 3],
+        [q, k, v]: [&mut CudaAct; 3],
+        kv: &mut CudaKv,
+        batch: &Batch,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        // A batch: the q and k biases ride along with the rotation (which
+        // reads and writes every element anyway, when it covers the whole
+        // head) instead of an add_bias launch each: 184 us of a 32B layer at
+        // 8192 tokens.
+        if x.n > crate::plan::GEMV_MAX_BATCH
+            && cfg.rope.n_dims == cfg.head_dim
+            && (b[0].is_some() || b[1].is_some())
+        {
+            self.matmul_qkv(x, w, [None, None, b[2]], q, k, v);
+            self.rope_launch(
+                q,
+                Some(k),
+                cfg.n_heads,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                &cfg.rope,
+                batch.positions,
+                [b[0], b[1]],
+            );
+            return self.attention(cfg, q, k, v, kv, batch, out);
+        }
+        self.matmul_qkv(x, w, b, q, k, v);
+        self.rope_attention(cfg, q, k, v, kv, batch, out)
     }
 
     fn rope_attention(
@@ -2981,6 +3247,21 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flash_switch_and_nvrtc_target() {
+        use super::flash_wgmma_from;
+        assert_eq!(flash_wgmma_from(None), Ok(true));
+        assert_eq!(flash_wgmma_from(Some("wgmma")), Ok(true));
+        assert_eq!(flash_wgmma_from(Some("mma")), Ok(false));
+        let e = flash_wgmma_from(Some("k128")).unwrap_err();
+        assert!(
+            e.contains("FERRY_FLASH=k128") && e.contains("wgmma or mma"),
+            "{e}"
+        );
+        assert_eq!(super::nvrtc_arch(9, 0), "sm_90a");
+        assert_eq!(super::nvrtc_arch(8, 9), "sm_89");
+    }
 
     #[test]
     fn kernel_cache_key_names_source_arch_and_driver() {
@@ -3120,7 +3401,7 @@ mod compile_tests {
     /// with `pip install nvidia-cuda-nvrtc`), the kernels must compile.
     #[test]
     fn kernels_compile_where_nvrtc_exists() {
-        match super::compile_kernels_for("sm_90") {
+        match super::compile_kernels_for("sm_90a") {
             Ok(ptx) => {
                 // Every kernel `load_kernels` asks for by name is an entry point
                 // (the macro-generated ones too).
@@ -3150,6 +3431,16 @@ mod compile_tests {
                 ] {
                     assert!(ptx.contains(op), "{op} missing from the PTX");
                 }
+                // Prompt attention on warpgroup MMAs (sm_90a), every variant.
+                for op in [
+                    "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16",
+                    "wgmma.fence",
+                ] {
+                    assert!(ptx.contains(op), "{op} missing from the PTX");
+                }
+                // Other cards compile the same source without them.
+                let ampere = super::compile_kernels_for("sm_80").expect("compiles for sm_80");
+                assert!(!ampere.contains("wgmma.mma_async"));
                 for k in ["gemv_smem", "gemv_swiglu_smem"] {
                     for v in ["", "_b3", "_b4"] {
                         for t in [1, 2] {

@@ -348,7 +348,9 @@ extern "C" __global__ void embed(const u8* table, const unsigned* tokens, float*
 // a multiple of 4 and at most 8192 are read once, as float4s kept in
 // registers (all loads in flight together: a decode step runs this on a
 // single row, where a load-use loop would pay one memory latency per element).
-extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int width, float eps) {
+// With `out16` (a batch whose next products are GEMMs) the output also as
+// f16, the copy those GEMMs read (`rms_norm` in mod.rs).
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, u16* out16, int width, float eps) {
     __shared__ float partial[32];
     const float* xr = x + (size_t)blockIdx.x * width;
     float* orow = out + (size_t)blockIdx.x * width;
@@ -390,10 +392,19 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
                 r.z = v[i].z * scale * ww.z;
                 r.w = v[i].w * scale * ww.w;
                 ((float4*)orow)[c] = r;
+                if (out16) {
+                    uint2 p;
+                    p.x = (u32)float_to_half(r.x) | ((u32)float_to_half(r.y) << 16);
+                    p.y = (u32)float_to_half(r.z) | ((u32)float_to_half(r.w) << 16);
+                    ((uint2*)(out16 + (size_t)blockIdx.x * width))[c] = p;
+                }
             }
         }
     } else {
-        for (int c = threadIdx.x; c < width; c += blockDim.x) orow[c] = xr[c] * scale * w[c];
+        for (int c = threadIdx.x; c < width; c += blockDim.x) {
+            orow[c] = xr[c] * scale * w[c];
+            if (out16) out16[(size_t)blockIdx.x * width + c] = float_to_half(orow[c]);
+        }
     }
 }
 
@@ -418,8 +429,10 @@ extern "C" __global__ void swiglu(float* g, const float* u, size_t n) {
 // (token, pair): cs[(t * half + i) * 2 + {0, 1}]. The queries q (n_heads_q
 // per token) and keys k (n_heads_k, 0 for none) of a batch in one launch:
 // pair index idx < n · n_heads_q · half rotates q, the rest k.
-extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, int n_heads_q, int n_heads_k, int head_dim,
-                                   int n_dims, int neox, int n) {
+// With bq / bk (non-null, and n_dims = head_dim) the projections' biases are
+// added first, each element read and written once (`qkv_attention` in mod.rs).
+extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, const float* bq, const float* bk,
+                                   int n_heads_q, int n_heads_k, int head_dim, int n_dims, int neox, int n) {
     chain_next();
     chain_wait();
     int half = n_dims / 2;
@@ -436,6 +449,12 @@ extern "C" __global__ void rope_qk(float* q, float* k, const float* cs, int n_he
         int b = neox ? i + half : 2 * i + 1;
         float c = cs[((size_t)t * half + i) * 2], s = cs[((size_t)t * half + i) * 2 + 1];
         float x0 = head[a], x1 = head[b];
+        const float* bias = is_q ? bq : bk;
+        if (bias) {
+            const float* hb = bias + (th % n_heads) * head_dim;
+            x0 += hb[a];
+            x1 += hb[b];
+        }
         head[a] = x0 * c - x1 * s;
         head[b] = x0 * s + x1 * c;
     }
@@ -843,6 +862,69 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
+// One key tile's online-softmax step for a lane's two rows (a: g, b: g + 8)
+// of a 16-row slice: causal mask (only tiles that reach past a row's
+// position need it), running maximum and sum, the rescale of the output
+// accumulators, and P packed straight into the A fragments of P·V (the
+// accumulator layout of n-tiles 2k and 2k+1 is the operand layout of k-step
+// k: true of mma.sync's m16n8k16 and of wgmma's m64nNk16 alike).
+template <int KEYS, int D>
+__device__ __forceinline__ void softmax_tile(float s[KEYS / 8][4], u32 pf[KEYS / 16][4], float o[D / 8][4], int k0,
+                                             int pos_a, int pos_b, float& m_a, float& m_b, float& l_a, float& l_b,
+                                             float scale_log2) {
+    int tig = threadIdx.x % 4;
+    // A branch around the whole mask, not a select per score: most tiles
+    // need none.
+    if (!__all_sync(0xffffffff, k0 + KEYS - 1 <= min(pos_a, pos_b))) {
+        for (int j = 0; j < KEYS / 8; ++j) {
+            for (int e = 0; e < 2; ++e) {
+                int key = k0 + j * 8 + tig * 2 + e;
+                if (key > pos_a) s[j][e] = INF_NEG;
+                if (key > pos_b) s[j][2 + e] = INF_NEG;
+            }
+        }
+    }
+    float mx_a = m_a, mx_b = m_b;
+    for (int j = 0; j < KEYS / 8; ++j) {
+        for (int e = 0; e < 2; ++e) {
+            mx_a = fmaxf(mx_a, s[j][e]);
+            mx_b = fmaxf(mx_b, s[j][2 + e]);
+        }
+    }
+    for (int off = 1; off < 4; off <<= 1) {
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, off));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, off));
+    }
+    // Key 0 is in every row's past, so after the first tile the maxima
+    // are finite. Probabilities 2^((s − max)·scale) with the scale
+    // folded into one FMA per score.
+    float alpha_a = exp2f((m_a - mx_a) * scale_log2), alpha_b = exp2f((m_b - mx_b) * scale_log2);
+    m_a = mx_a;
+    m_b = mx_b;
+    float ms_a = m_a * scale_log2, ms_b = m_b * scale_log2;
+    float sum_a = 0.0f, sum_b = 0.0f;
+    for (int j = 0; j < KEYS / 8; ++j) {
+        float pa0 = exp2f(fmaf(s[j][0], scale_log2, -ms_a)), pa1 = exp2f(fmaf(s[j][1], scale_log2, -ms_a));
+        float pb0 = exp2f(fmaf(s[j][2], scale_log2, -ms_b)), pb1 = exp2f(fmaf(s[j][3], scale_log2, -ms_b));
+        sum_a += pa0 + pa1;
+        sum_b += pb0 + pb1;
+        pf[j / 2][(j % 2) * 2] = pack_half2(pa0, pa1);
+        pf[j / 2][(j % 2) * 2 + 1] = pack_half2(pb0, pb1);
+    }
+    l_a = l_a * alpha_a + sum_a;
+    l_b = l_b * alpha_b + sum_b;
+    // Once the maxima settle most tiles leave them alone (α = 1 exactly, so
+    // skipping the multiply changes nothing).
+    if (__any_sync(0xffffffff, alpha_a != 1.0f || alpha_b != 1.0f)) {
+        for (int d = 0; d < D / 8; ++d) {
+            o[d][0] *= alpha_a;
+            o[d][1] *= alpha_a;
+            o[d][2] *= alpha_b;
+            o[d][3] *= alpha_b;
+        }
+    }
+}
+
 #define FA_KEYS 64
 
 template <int D, int WARPS>
@@ -927,52 +1009,8 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
                     mma_16816(s[j], qf[kk], *(const u32*)kp, *(const u32*)(kp + 8));
                 }
             }
-            // Causal mask (only tiles that reach past a row's position need
-            // it), running maximum per row.
-            bool masked = !__all_sync(0xffffffff, k0 + FA_KEYS - 1 <= min(pos_a, pos_b));
-            float mx_a = m_a, mx_b = m_b;
-            for (int j = 0; j < FA_KEYS / 8; ++j) {
-                for (int e = 0; e < 2; ++e) {
-                    if (masked) {
-                        int key = k0 + j * 8 + tig * 2 + e;
-                        if (key > pos_a) s[j][e] = INF_NEG;
-                        if (key > pos_b) s[j][2 + e] = INF_NEG;
-                    }
-                    mx_a = fmaxf(mx_a, s[j][e]);
-                    mx_b = fmaxf(mx_b, s[j][2 + e]);
-                }
-            }
-            for (int off = 1; off < 4; off <<= 1) {
-                mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, off));
-                mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, off));
-            }
-            // Key 0 is in every row's past, so after the first tile the maxima
-            // are finite. Probabilities 2^((s − max)·scale) with the scale
-            // folded into one FMA per score.
-            float alpha_a = exp2f((m_a - mx_a) * scale_log2), alpha_b = exp2f((m_b - mx_b) * scale_log2);
-            m_a = mx_a;
-            m_b = mx_b;
-            float ms_a = m_a * scale_log2, ms_b = m_b * scale_log2;
-            // P, packed straight into the A fragments of P·V: the accumulator
-            // layout of n-tiles 2k and 2k+1 is the operand layout of k-step k.
             u32 pf[FA_KEYS / 16][4];
-            float sum_a = 0.0f, sum_b = 0.0f;
-            for (int j = 0; j < FA_KEYS / 8; ++j) {
-                float pa0 = exp2f(fmaf(s[j][0], scale_log2, -ms_a)), pa1 = exp2f(fmaf(s[j][1], scale_log2, -ms_a));
-                float pb0 = exp2f(fmaf(s[j][2], scale_log2, -ms_b)), pb1 = exp2f(fmaf(s[j][3], scale_log2, -ms_b));
-                sum_a += pa0 + pa1;
-                sum_b += pb0 + pb1;
-                pf[j / 2][(j % 2) * 2] = pack_half2(pa0, pa1);
-                pf[j / 2][(j % 2) * 2 + 1] = pack_half2(pb0, pb1);
-            }
-            l_a = l_a * alpha_a + sum_a;
-            l_b = l_b * alpha_b + sum_b;
-            for (int d = 0; d < D / 8; ++d) {
-                o[d][0] *= alpha_a;
-                o[d][1] *= alpha_a;
-                o[d][2] *= alpha_b;
-                o[d][3] *= alpha_b;
-            }
+            softmax_tile<FA_KEYS, D>(s, pf, o, k0, pos_a, pos_b, m_a, m_b, l_a, l_b, scale_log2);
             for (int kt = 0; kt < FA_KEYS / 16; ++kt) {
                 for (int d = 0; d < D / 8; ++d) {
                     u32 b0, b1;
@@ -1023,6 +1061,245 @@ extern "C" __global__ void __launch_bounds__(256, 1) flash_prefill_d128(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
     int n_kv_heads, int width, float scale_log2) {
     flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
+}
+
+// ---------------------------------------------------------------------------
+// Prompt attention on Hopper's warpgroup MMAs (wgmma; sm_90a, the H100 and
+// H200). Same algorithm and the same per-lane softmax as `flash_prefill`, but
+// a warpgroup (four warps, 64 query rows) multiplies as one: S = Q·Kᵀ is
+// m64n{KEYS}k16 steps with Q's fragments in registers and K read by the
+// tensor cores straight from shared memory, O += P·V m64n128k16 steps with P
+// in registers and V read from shared memory transposed (MN-major). No
+// fragment of K or V passes through registers, which is what held the
+// mma.sync kernel near 210 TFLOP/s: its warps spent their issue slots on
+// shared-memory loads.
+//
+// Shared memory holds K and V tiles in the layout of the 128-byte swizzle:
+// a tile is two halves (dimensions 0-63, 64-127) of one 128-byte row per
+// key, and the 16-byte chunk c of key r's row sits at chunk c ^ (r % 8), so
+// that the tensor cores' reads of eight rows fall in distinct banks (the
+// same tiles unswizzled, in 8 × 16-byte core matrices, ran at 229 against
+// 377 TFLOP/s on an H100). For S (B = K, K-major) a k16 step is 32 bytes
+// along the rows and 8-key groups are 1024 bytes apart; for P·V (B = V,
+// MN-major) a k16 step is 16 keys (2048 bytes) and the leading offset is
+// the step from one half to the other. Sixteen threads copy a key's 256
+// bytes into its two rows.
+//
+// Two warpgroups share each 64-key K/V tile (128 query rows per block).
+// 409-413 TFLOP/s for 32B heads at 8K tokens on an H100 (mma.sync: 222).
+// Tried and dropped: the second warpgroup running half a step behind, its
+// P·V of tile j − 1 issued with its S of tile j so that one warpgroup's
+// softmax overlaps the other's tensor-core work (slower once the tiles were
+// swizzled); 128-key tiles (see below). What holds it: two warps per
+// scheduler, each waiting on its own wgmmas and then on its softmax.
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// Shared-memory matrix descriptor of a 128-byte-swizzled operand (PTX ISA
+// "matrix descriptor format": address, leading and stride byte offsets in
+// 16-byte units, swizzle mode 1; the swizzle's pattern repeats every 1024
+// bytes from a 1024-byte boundary).
+__device__ __forceinline__ u64 wgmma_desc(u32 addr, u32 leading, u32 stride) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)((leading & 0x3FFFF) >> 4) << 16) |
+           ((u64)((stride & 0x3FFFF) >> 4) << 32) | 1ull << 62;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Pins accumulators after a wait: the compiler may not read them before
+// the wgmma that writes them has completed.
+template <int N>
+__device__ __forceinline__ void wgmma_pin(float d[N][4]) {
+    for (int j = 0; j < N; ++j)
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+}
+// This thread's cp.async writes become visible to the tensor cores' reads
+// (the async proxy) once the block's barrier has passed.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// d = a · B + (accumulate ? d : 0) (m64n64k16, f16 in, f32 accumulate), A from
+// registers, B from shared memory through `desc`; TRANS_B 1 reads B MN-major.
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n64k16(float d[8][4], const u32 a[4], u64 desc, int accumulate = 1) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate), "n"(TRANS_B));
+}
+
+// The same, m64n128k16.
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n128k16(float d[16][4], const u32 a[4], u64 desc, int accumulate = 1) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+          "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+          "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+          "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+          "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate), "n"(TRANS_B));
+}
+
+
+template <int KEYS>
+__device__ __forceinline__ void wgmma_scores(float s[KEYS / 8][4], const u32 qf[8][4], u32 kaddr) {
+    // Dimensions 16kk ..: half kk / 4, 32 bytes per step along the rows. The
+    // first step overwrites s (no zeroing between fence and wgmma).
+    for (int kk = 0; kk < 8; ++kk) {
+        u64 desc = wgmma_desc(kaddr + (kk / 4) * KEYS * 128 + (kk % 4) * 32, 16, 1024);
+        if constexpr (KEYS == 64) wgmma_m64n64k16<0>(s, qf[kk], desc, kk > 0);
+        else wgmma_m64n128k16<0>(s, qf[kk], desc, kk > 0);
+    }
+}
+template <int KEYS>
+__device__ __forceinline__ void wgmma_pv(float o[16][4], const u32 pf[KEYS / 16][4], u32 vaddr) {
+    for (int kt = 0; kt < KEYS / 16; ++kt) // keys 16kt ..
+        wgmma_m64n128k16<1>(o, pf[kt], wgmma_desc(vaddr + kt * 2048, KEYS * 128, 1024));
+}
+#endif
+
+template <int KEYS>
+__device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const u16* vc, float* out, int n, int p0,
+                                            int base, int n_heads, int n_kv_heads, int width, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // 128-key tiles ran at 466-486 TFLOP/s but gave wrong outputs once a
+    // block had more than one tile (not understood; the same tiles with the
+    // second warpgroup half a step behind were right), so they are not built.
+    static_assert(KEYS == 64, "64-key tiles only (see above)");
+    // One tile in flight ahead of the one in use (409 against 367 TFLOP/s
+    // with two). The stage refilled at tile t held tile t − 2: two stages
+    // would do; the build checked and timed on the device has three.
+    constexpr int D = 128, STAGES = 3, AHEAD = 1;
+    constexpr int TILE = KEYS * D; // halfs in a K (or V) tile
+    extern __shared__ __align__(128) u16 smem_raw[];
+    // Stages start on a 1024-byte boundary (the swizzle's period; the host
+    // adds 1 KiB of room).
+    u16* smem = smem_raw + (((shared_addr(smem_raw) + 1023) & ~1023u) - shared_addr(smem_raw)) / 2;
+    int qblock = gridDim.x - 1 - blockIdx.x; // the last query blocks see the most keys: first
+    int h = blockIdx.y;
+    int kvh = h / (n_heads / n_kv_heads);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int g = lane / 4, tig = lane % 4;
+    int row0 = qblock * 128 + warp * 16;
+    // Each lane holds rows g and g + 8 of its warp's 16; rows past the end act
+    // as the last token (their results are not written).
+    int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);
+    int pos_a = p0 + ra, pos_b = p0 + rb;
+    int n_keys = p0 + min(qblock * 128 + 127, n - 1) + 1;
+    int n_tiles = (n_keys + KEYS - 1) / KEYS;
+
+    // This thread's share of a tile copy: chunk `chunk` (8 dimensions) of
+    // keys r0 + 16i, the same shared-memory slot in every tile.
+    int chunk = threadIdx.x & 15, r0 = threadIdx.x >> 4;
+    int slot0 = (chunk >> 3) * KEYS * 8 + r0 * 8 + ((chunk & 7) ^ (r0 & 7)); // 16-byte units
+    const u16* kbase = kc + (size_t)base * width + kvh * D + chunk * 8;
+    const u16* vbase = vc + (size_t)base * width + kvh * D + chunk * 8;
+    auto load_tile = [&](int tile) {
+        if (tile < n_tiles) {
+            u16* ks = smem + (tile % STAGES) * 2 * TILE + slot0 * 8;
+            int k0 = tile * KEYS;
+#pragma unroll
+            for (int i = 0; i < KEYS / 16; ++i) { // 256 threads, 16 keys a round
+                int r = k0 + r0 + 16 * i;
+                bool ok = r < n_keys;
+                size_t off = (size_t)(ok ? r : 0) * width;
+                cp_async16(ks + i * 16 * 64, kbase + off, ok ? 16 : 0);
+                cp_async16(ks + TILE + i * 16 * 64, vbase + off, ok ? 16 : 0);
+            }
+        }
+        cp_async_commit(); // empty groups past the end keep the count uniform
+    };
+    for (int t = 0; t < AHEAD; ++t) load_tile(t);
+
+    u32 qf[8][4];
+    {
+        const float* qa = q + ((size_t)ra * n_heads + h) * D;
+        const float* qb = q + ((size_t)rb * n_heads + h) * D;
+        for (int kk = 0; kk < 8; ++kk) {
+            int c = kk * 16 + tig * 2;
+            float2 x0 = *(const float2*)(qa + c), x1 = *(const float2*)(qb + c);
+            float2 x2 = *(const float2*)(qa + c + 8), x3 = *(const float2*)(qb + c + 8);
+            qf[kk][0] = pack_half2(x0.x, x0.y);
+            qf[kk][1] = pack_half2(x1.x, x1.y);
+            qf[kk][2] = pack_half2(x2.x, x2.y);
+            qf[kk][3] = pack_half2(x3.x, x3.y);
+        }
+    }
+    float o[16][4];
+    for (int d = 0; d < 16; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m_a = INF_NEG, m_b = INF_NEG, l_a = 0.0f, l_b = 0.0f;
+    u32 pf[KEYS / 16][4];
+
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        int k0 = tile * KEYS;
+        // This thread's copies of this tile have landed (the next tile's may
+        // still be in flight); the fence (a memory barrier in SASS, which
+        // would also wait for copies issued before it) comes before the
+        // copies of tile + 2 are issued, and after the block's barrier every
+        // warpgroup is done with the stage they refill (tile − 1's).
+        cp_async_wait<AHEAD - 1>();
+        fence_async_shared();
+        __syncthreads();
+        load_tile(tile + AHEAD);
+        u32 kaddr = shared_addr(smem + (tile % STAGES) * 2 * TILE);
+        // Every warpgroup takes every tile of the block, even one whose keys
+        // all lie in its rows' future (the last 64-key tile for the first
+        // warpgroup): masked to −∞ such a tile leaves the maxima, sums and
+        // outputs exactly as they were, and wgmmas behind a branch would
+        // be serialized by ptxas.
+        float s[KEYS / 8][4];
+        wgmma_fence();
+        wgmma_scores<KEYS>(s, qf, kaddr);
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_pin<KEYS / 8>(s);
+        softmax_tile<KEYS, 128>(s, pf, o, k0, pos_a, pos_b, m_a, m_b, l_a, l_b, scale_log2);
+        wgmma_fence();
+        wgmma_pv<KEYS>(o, pf, kaddr + TILE * 2);
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_pin<16>(o);
+    }
+    for (int off = 1; off < 4; off <<= 1) {
+        l_a += __shfl_xor_sync(0xffffffff, l_a, off);
+        l_b += __shfl_xor_sync(0xffffffff, l_b, off);
+    }
+    float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
+    int row_a = row0 + g, row_b = row0 + g + 8;
+    for (int d = 0; d < 16; ++d) {
+        int c = d * 8 + tig * 2;
+        if (row_a < n) *(float2*)(out + ((size_t)row_a * n_heads + h) * D + c) = float2{o[d][0] * inv_a, o[d][1] * inv_a};
+        if (row_b < n) *(float2*)(out + ((size_t)row_b * n_heads + h) * D + c) = float2{o[d][2] * inv_b, o[d][3] * inv_b};
+    }
+#endif
+}
+
+// Dynamic shared memory: three stages of a 64-key K tile and V tile and 1 KiB
+// for alignment, 97 KiB (`FLASH_WGMMA_SMEM` on the host).
+extern "C" __global__ void __launch_bounds__(256, 1)
+    flash_wgmma_k64(const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
+                    int n_kv_heads, int width, float scale_log2) {
+    flash_wgmma<64>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
 // ---------------------------------------------------------------------------
@@ -2430,6 +2707,23 @@ extern "C" __global__ void swiglu_f16_x4(float4* g, const float4* u, uint2* h, s
         uint2 p;
         p.x = (u32)float_to_half(a.x) | ((u32)float_to_half(a.y) << 16);
         p.y = (u32)float_to_half(a.z) | ((u32)float_to_half(a.w) << 16);
+        h[i] = p;
+    }
+}
+
+// The same from gate and up products stored as f16, the result only as f16
+// (a batch's feed-forward block, `feed_forward_f16` in mod.rs).
+__device__ __forceinline__ float silu_times(u16 g, u16 u) {
+    float a = half_to_float(g);
+    return a / (1.0f + expf(-a)) * half_to_float(u);
+}
+extern "C" __global__ void swiglu_h16_x4(const uint2* g, const uint2* u, uint2* h, size_t n4) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        uint2 a = g[i], b = u[i], p;
+        p.x = (u32)float_to_half(silu_times(a.x & 0xffff, b.x & 0xffff)) |
+              ((u32)float_to_half(silu_times(a.x >> 16, b.x >> 16)) << 16);
+        p.y = (u32)float_to_half(silu_times(a.y & 0xffff, b.y & 0xffff)) |
+              ((u32)float_to_half(silu_times(a.y >> 16, b.y >> 16)) << 16);
         h[i] = p;
     }
 }
