@@ -1282,6 +1282,36 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// What the f16 workspace's activation copy is of (`Scratch::x_of`):
+    /// the activation's buffer and shape, and the activation epoch, which
+    /// anything that may change activations moves.
+    fn f16_copy_key(&self, a: &CudaAct) -> (u64, usize, usize, u64) {
+        (
+            a.data.device_ptr(&self.stream).0,
+            a.n,
+            a.width,
+            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Grow the f16 workspace to at least `need_w` weight and `need_x`
+    /// activation values (a new activation buffer holds nobody's copy).
+    fn reserve_f16(
+        &self,
+        s: &mut Scratch,
+        need_w: usize,
+        need_x: usize,
+    ) -> Result<(), BackendError> {
+        if need_w > 0 && s.w.as_ref().is_none_or(|w| w.len() < need_w) {
+            s.w = Some(self.zeros::<f16>(need_w)?);
+        }
+        if need_x > 0 && s.x.as_ref().is_none_or(|x| x.len() < need_x) {
+            s.x = Some(self.zeros::<f16>(need_x)?);
+            s.x_of = None;
+        }
+        Ok(())
+    }
+
     /// `gate = silu(gate) · up`, also written as f16 into the workspace and
     /// recorded there as `gate`'s copy, so that the down projection that
     /// follows converts nothing. `gate.data.len()` must be a multiple of 4.
@@ -1289,15 +1319,8 @@ impl CudaBackend {
         self.forget_q8();
         let len = gate.data.len();
         let mut scratch = self.scratch.lock().expect("scratch lock");
-        if scratch.x.as_ref().is_none_or(|s| s.len() < len) {
-            scratch.x = Some(self.zeros::<f16>(len)?);
-        }
-        let key = (
-            gate.data.device_ptr(&self.stream).0,
-            gate.n,
-            gate.width,
-            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        self.reserve_f16(&mut scratch, 0, len)?;
+        let key = self.f16_copy_key(gate);
         let xf = scratch.x.as_mut().expect("allocated");
         let n4 = len / 4;
         let mut b = self.stream.launch_builder(&self.k.swiglu_f16_x4);
@@ -1329,22 +1352,10 @@ impl CudaBackend {
         let (n, cols, inner) = (x.n, w_gate.cols, w_gate.rows);
         // The key of `x`'s f16 copy (the norm before may have written it) is
         // taken before anything here moves the activation epoch.
-        let x_key = (
-            x.data.device_ptr(&self.stream).0,
-            n,
-            cols,
-            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let x_key = self.f16_copy_key(x);
         let mut scratch = self.scratch.lock().expect("scratch lock");
         let need_w = (inner * cols).max(w_down.rows * w_down.cols);
-        let need_x = n * cols.max(inner);
-        if scratch.w.as_ref().is_none_or(|s| s.len() < need_w) {
-            scratch.w = Some(self.zeros::<f16>(need_w)?);
-        }
-        if scratch.x.as_ref().is_none_or(|s| s.len() < need_x) {
-            scratch.x = Some(self.zeros::<f16>(need_x)?);
-            scratch.x_of = None;
-        }
+        self.reserve_f16(&mut scratch, need_w, n * cols.max(inner))?;
         let x_fresh = scratch.x_of == Some(x_key);
         // Afterwards the workspace holds the SwiGLU result, no named
         // activation, and the residual stream `acc` has changed.
@@ -1448,21 +1459,9 @@ impl CudaBackend {
             return Ok(());
         }
         let mut scratch = self.scratch.lock().expect("scratch lock");
-        let need_w = rows * cols;
         let need_x = n * cols;
-        if scratch.w.as_ref().is_none_or(|s| s.len() < need_w) {
-            scratch.w = Some(self.zeros::<f16>(need_w)?);
-        }
-        if scratch.x.as_ref().is_none_or(|s| s.len() < need_x) {
-            scratch.x = Some(self.zeros::<f16>(need_x)?);
-            scratch.x_of = None;
-        }
-        let x_key = (
-            x.data.device_ptr(&self.stream).0,
-            n,
-            cols,
-            self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        self.reserve_f16(&mut scratch, rows * cols, need_x)?;
+        let x_key = self.f16_copy_key(x);
         // Afterwards the copy holds `x` either way, so a copy of what the
         // product overwrites (`out` is not `x`) is never kept.
         let x_fresh = scratch.x_of == Some(x_key);
@@ -2886,11 +2885,8 @@ impl Backend for CudaBackend {
         let mut scratch = self.scratch.lock().expect("scratch lock");
         let len = x.n * x.width;
         let copy = x.n > crate::plan::GEMV_MAX_BATCH;
-        if copy && scratch.x.as_ref().is_none_or(|s| s.len() < len) {
-            match self.zeros::<f16>(len) {
-                Ok(s) => scratch.x = Some(s),
-                Err(e) => return self.record(e),
-            }
+        if let Err(e) = self.reserve_f16(&mut scratch, 0, if copy { len } else { 0 }) {
+            return self.record(e);
         }
         let out16 = match (&mut scratch.x, copy) {
             (Some(s), true) => s.device_ptr_mut(&self.stream).0,
@@ -2908,14 +2904,7 @@ impl Backend for CudaBackend {
             self.ctx.record_err::<()>(Err(e));
             return;
         }
-        scratch.x_of = copy.then(|| {
-            (
-                out.data.device_ptr(&self.stream).0,
-                x.n,
-                x.width,
-                self.q8_epoch.load(std::sync::atomic::Ordering::Relaxed),
-            )
-        });
+        scratch.x_of = copy.then(|| self.f16_copy_key(out));
     }
 
     fn matmul(&self, x: &CudaAct, w: &CudaWeight, out: &mut CudaAct) {
