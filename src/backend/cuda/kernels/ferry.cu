@@ -527,6 +527,31 @@ __device__ __forceinline__ void rope_head(const float* x, float* o, const float*
     }
 }
 
+// Decode attention's handling of the step's own key, shared by `attention`
+// and `attention_lanes`: with `rope` (the batch's RoPE table, or null) the
+// query head and the group's new key are rotated into qrot / krot with token
+// t's cos/sin pairs, and qh and kt then point there; with `store` the step's
+// key and value are written to cache row `row` (by the first head of each KV
+// group; no block of the step reads that row from the cache).
+__device__ __forceinline__ void attention_step_key(const float*& qh, const float*& kt, const float* vt, float* qrot,
+                                                   float* krot, const float* rope, int t, int head_dim, int n_dims,
+                                                   int neox, bool store, u16* kc, u16* vc, size_t row) {
+    if (rope) {
+        const float* cs = rope + (size_t)t * n_dims;
+        rope_head(qh, qrot, cs, head_dim, n_dims, neox);
+        rope_head(kt, krot, cs, head_dim, n_dims, neox);
+        __syncthreads();
+        qh = qrot;
+        kt = krot;
+    }
+    if (store) {
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            kc[row + d] = float_to_half(kt[d]);
+            vc[row + d] = float_to_half(vt[d]);
+        }
+    }
+}
+
 extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* out, const unsigned* base,
                                      const unsigned* pos, int n_heads, int n_kv_heads, int head_dim, int width,
                                      float scale, i8* q8, float* d8, float* s8, const float* knew,
@@ -546,21 +571,9 @@ extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* ou
     const int cached = knew ? n_keys - 1 : n_keys;
     const float* kt = knew ? knew + (size_t)t * width + g * head_dim : nullptr;
     const float* vt = knew ? vnew + (size_t)t * width + g * head_dim : nullptr;
-    if (rope) {
-        const float* cs = rope + (size_t)t * n_dims;
-        rope_head(qh, qrot, cs, head_dim, n_dims, neox);
-        rope_head(kt, krot, cs, head_dim, n_dims, neox);
-        __syncthreads();
-        qh = qrot;
-        kt = krot;
-    }
-    if (knew && h % (n_heads / n_kv_heads) == 0) {
-        size_t row = ((size_t)base[t] + pos[t]) * width + g * head_dim;
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-            kc[row + d] = float_to_half(kt[d]);
-            vc[row + d] = float_to_half(vt[d]);
-        }
-    }
+    attention_step_key(qh, kt, vt, qrot, krot, rope, t, head_dim, n_dims, neox,
+                       knew && h % (n_heads / n_kv_heads) == 0, kc, vc,
+                       ((size_t)base[t] + pos[t]) * width + g * head_dim);
     // Scores: one warp per key, its lanes over the head's dimensions (a key's
     // 2·head_dim bytes in one coalesced load per 32 dimensions), summed by
     // shuffles. (One thread per key walking all dimensions left most threads
@@ -688,21 +701,8 @@ __device__ __forceinline__ void attention_lanes(const float* q, u16* kc, u16* vc
     const int cached = knew ? n_keys - 1 : n_keys;
     const float* kt = knew ? knew + (size_t)t * width + g * HD : nullptr;
     const float* vt = knew ? vnew + (size_t)t * width + g * HD : nullptr;
-    if (rope) {
-        const float* cs = rope + (size_t)t * n_dims;
-        rope_head(qh, qrot, cs, HD, n_dims, neox);
-        rope_head(kt, krot, cs, HD, n_dims, neox);
-        __syncthreads();
-        qh = qrot;
-        kt = krot;
-    }
-    if (knew && h % (n_heads / n_kv_heads) == 0) {
-        const size_t row = (first + n_keys - 1) * width + g * HD;
-        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-            kc[row + d] = float_to_half(kt[d]);
-            vc[row + d] = float_to_half(vt[d]);
-        }
-    }
+    attention_step_key(qh, kt, vt, qrot, krot, rope, t, HD, n_dims, neox,
+                       knew && h % (n_heads / n_kv_heads) == 0, kc, vc, (first + n_keys - 1) * width + g * HD);
     const int d0 = lane * DPL;
     float qv[DPL];
 #pragma unroll
