@@ -1907,12 +1907,6 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             (AttentionKernel::Split, 300, 1),
             (AttentionKernel::Split, 5000, 1),
             (AttentionKernel::Split, 3000, 2),
-            // Decode steps (and a small batch), one block per (token, head),
-            // lanes over the dimensions, against `attention`.
-            (AttentionKernel::Lanes, 0, 1),
-            (AttentionKernel::Lanes, 61, 1),
-            (AttentionKernel::Lanes, 1000, 2),
-            (AttentionKernel::Lanes, 300, 7),
         ];
         if mma_too {
             cases.extend([

@@ -104,9 +104,6 @@ struct Kernels {
     rope_qk: CudaFunction,
     kv_store: CudaFunction,
     attention: CudaFunction,
-    /// `attention` for 64- and 128-dimensional heads, lanes over dimensions
-    /// (`attention_lanes` in ferry.cu).
-    attention_lanes: [CudaFunction; 2],
     attention_tiled: CudaFunction,
     attention_split: CudaFunction,
     attention_combine: CudaFunction,
@@ -126,9 +123,6 @@ pub enum AttentionKernel {
     Tiled,
     /// Keys split over blocks, parts combined (decode at long contexts).
     Split,
-    /// One block per (token, head), lanes over the head's dimensions (decode
-    /// below the split, 64- and 128-dim heads); the reference is `attention`.
-    Lanes,
 }
 
 /// Reproducible test data: each call returns `len` values uniform in
@@ -178,6 +172,18 @@ fn flash_smem_bytes(head_dim: usize) -> usize {
 /// Most dynamic shared memory a shared-memory decode GEMV may take (its
 /// activations: a 27648-wide row of two tokens needs 76 KiB).
 const GEMV_SMEM_MAX: usize = 96 << 10;
+
+/// Most bytes of scores (4 per key) the one-block decode attention kernel
+/// keeps in dynamic shared memory; longer contexts take the tiled kernel.
+/// Beside the kernel's static arrays (`ATTENTION_STATIC_SMEM`) it must stay
+/// within the 48 KiB a block gets without opting in (46 KiB did not: a batch
+/// of 14 or more decode tokens at 11745-11776 keys would not have launched).
+const ATTENTION_SCORES_MAX: usize = 44 << 10;
+
+/// `attention`'s static shared memory (ferry.cu): `red[32]`, `qrot` and
+/// `krot` of ROPE_MAX_HEAD (256) floats.
+const ATTENTION_STATIC_SMEM: usize = 4 * (32 + 2 * 256);
+const _: () = assert!(ATTENTION_SCORES_MAX + ATTENTION_STATIC_SMEM <= 48 << 10);
 
 /// Shared memory of `gemv_segs_t` for `n` tokens of width `cols`: 8-bit
 /// values, per-32 scales, Q4_K's per-16 sums, and 8 warps' partial sums.
@@ -578,7 +584,6 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             rope_qk: f("rope_qk")?,
             kv_store: f("kv_store")?,
             attention: f("attention")?,
-            attention_lanes: [f("attention_lanes_64")?, f("attention_lanes_128")?],
             attention_tiled: f("attention_tiled")?,
             attention_split: f("attention_split")?,
             attention_combine: f("attention_combine")?,
@@ -758,9 +763,6 @@ pub struct CudaBackend {
     /// Decode attention stores the step's keys and values itself
     /// (`FERRY_ATTN_KV=0`: a separate kv_store launch).
     attn_kv: bool,
-    /// Decode attention for 64- and 128-dimensional heads by
-    /// `attention_lanes` (`FERRY_ATTN_LANES=0`: `attention`).
-    attn_lanes: std::sync::atomic::AtomicBool,
     /// The decode step's kernels launched as programmatic dependent launches
     /// (`launch_chained`; cards of compute capability 9.0 and later,
     /// `FERRY_PDL=0` off).
@@ -1013,9 +1015,6 @@ impl CudaBackend {
             attn_q8: std::env::var("FERRY_ATTN_Q8").as_deref() != Ok("0"),
             norm_split: std::env::var("FERRY_NORM_SPLIT").as_deref() != Ok("0"),
             attn_kv: std::env::var("FERRY_ATTN_KV").as_deref() != Ok("0"),
-            attn_lanes: std::sync::atomic::AtomicBool::new(
-                std::env::var("FERRY_ATTN_LANES").as_deref() != Ok("0"),
-            ),
             chained: major >= 9 && std::env::var("FERRY_PDL").as_deref() != Ok("0"),
             gemv_prefetch: std::env::var("FERRY_GEMV_PREFETCH")
                 .ok()
@@ -2153,9 +2152,8 @@ impl CudaBackend {
             .unwrap_or(0);
         // Long contexts: keys split over blocks (`attention_split`). Shorter
         // ones: one block per (token, head), every score in shared memory
-        // while it fits (44 KiB of the 48 beside the kernels' static arrays,
-        // at most 3.2 KiB: 11264 keys), else keys in tiles with an online
-        // softmax.
+        // while it fits (44 KiB of the 48 beside the kernel's static arrays,
+        // 2.1 KiB: 11264 keys), else keys in tiles with an online softmax.
         let forced_tiled = self.tiled_decode.load(Relaxed);
         let splits = attention_splits(n * n_heads, max_keys, self.sm_count as usize);
         if !forced_tiled
@@ -2166,7 +2164,7 @@ impl CudaBackend {
             return AttentionPath::Split { max_keys, splits };
         }
         let shared = max_keys * 4;
-        let tiled = shared > 44 * 1024 || head_dim > 512 || forced_tiled;
+        let tiled = shared > ATTENTION_SCORES_MAX || head_dim > 512 || forced_tiled;
         // Where every token is its sequence's only new one (decode steps),
         // `attention` stores the keys and values itself (`FERRY_ATTN_KV=0`:
         // kv_store does).
@@ -2261,12 +2259,10 @@ impl CudaBackend {
                 "attention: head dimension {head_dim} is above the 512 this kernel holds"
             )));
         }
-        let lanes = self.attn_lanes.load(std::sync::atomic::Ordering::Relaxed);
-        let kernel = match (tiled, head_dim) {
-            (true, _) => &self.k.attention_tiled,
-            (false, 64) if lanes => &self.k.attention_lanes[0],
-            (false, 128) if lanes => &self.k.attention_lanes[1],
-            (false, _) => &self.k.attention,
+        let kernel = if tiled {
+            &self.k.attention_tiled
+        } else {
+            &self.k.attention
         };
         let (knew, vnew) = if fused_store {
             (
@@ -2313,10 +2309,9 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        // SAFETY: the kernels take the same arguments; the shared memory of
-        // `attention` and `attention_lanes` is sized for the longest
-        // sequence (with their static arrays within 48 KiB), `attention_tiled`
-        // uses static. The 8-bit copy's buffers (or nulls) hold n · out_width values,
+        // SAFETY: both kernels take the same arguments; `attention`'s shared
+        // memory is sized for the longest sequence, `attention_tiled` uses
+        // static. The 8-bit copy's buffers (or nulls) hold n · out_width values,
         // their scales and half sums; knew and vnew (or nulls) n rows of the
         // cache's width, whose slots base + pos kv_tables checked; the RoPE
         // table (or null) n · n_dims values, n_dims ≤ head_dim ≤ 256
@@ -2611,11 +2606,7 @@ impl CudaBackend {
                     _ => usize::MAX,
                 };
                 let split_was = self.split_min.swap(split_min, Relaxed);
-                let lanes_was = self
-                    .attn_lanes
-                    .swap(kernel == Some(AttentionKernel::Lanes), Relaxed);
                 let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, None, &mut out);
-                self.attn_lanes.store(lanes_was, Relaxed);
                 self.set_flash_attention(true);
                 self.set_flash_wgmma(wgmma_was)?;
                 self.tiled_decode.store(false, Relaxed);

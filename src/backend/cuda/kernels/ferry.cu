@@ -527,31 +527,6 @@ __device__ __forceinline__ void rope_head(const float* x, float* o, const float*
     }
 }
 
-// Decode attention's handling of the step's own key, shared by `attention`
-// and `attention_lanes`: with `rope` (the batch's RoPE table, or null) the
-// query head and the group's new key are rotated into qrot / krot with token
-// t's cos/sin pairs, and qh and kt then point there; with `store` the step's
-// key and value are written to cache row `row` (by the first head of each KV
-// group; no block of the step reads that row from the cache).
-__device__ __forceinline__ void attention_step_key(const float*& qh, const float*& kt, const float* vt, float* qrot,
-                                                   float* krot, const float* rope, int t, int head_dim, int n_dims,
-                                                   int neox, bool store, u16* kc, u16* vc, size_t row) {
-    if (rope) {
-        const float* cs = rope + (size_t)t * n_dims;
-        rope_head(qh, qrot, cs, head_dim, n_dims, neox);
-        rope_head(kt, krot, cs, head_dim, n_dims, neox);
-        __syncthreads();
-        qh = qrot;
-        kt = krot;
-    }
-    if (store) {
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-            kc[row + d] = float_to_half(kt[d]);
-            vc[row + d] = float_to_half(vt[d]);
-        }
-    }
-}
-
 extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* out, const unsigned* base,
                                      const unsigned* pos, int n_heads, int n_kv_heads, int head_dim, int width,
                                      float scale, i8* q8, float* d8, float* s8, const float* knew,
@@ -571,9 +546,21 @@ extern "C" __global__ void attention(const float* q, u16* kc, u16* vc, float* ou
     const int cached = knew ? n_keys - 1 : n_keys;
     const float* kt = knew ? knew + (size_t)t * width + g * head_dim : nullptr;
     const float* vt = knew ? vnew + (size_t)t * width + g * head_dim : nullptr;
-    attention_step_key(qh, kt, vt, qrot, krot, rope, t, head_dim, n_dims, neox,
-                       knew && h % (n_heads / n_kv_heads) == 0, kc, vc,
-                       ((size_t)base[t] + pos[t]) * width + g * head_dim);
+    if (rope) {
+        const float* cs = rope + (size_t)t * n_dims;
+        rope_head(qh, qrot, cs, head_dim, n_dims, neox);
+        rope_head(kt, krot, cs, head_dim, n_dims, neox);
+        __syncthreads();
+        qh = qrot;
+        kt = krot;
+    }
+    if (knew && h % (n_heads / n_kv_heads) == 0) {
+        size_t row = ((size_t)base[t] + pos[t]) * width + g * head_dim;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            kc[row + d] = float_to_half(kt[d]);
+            vc[row + d] = float_to_half(vt[d]);
+        }
+    }
     // Scores: one warp per key, its lanes over the head's dimensions (a key's
     // 2·head_dim bytes in one coalesced load per 32 dimensions), summed by
     // shuffles. (One thread per key walking all dimensions left most threads
@@ -651,136 +638,6 @@ __device__ __forceinline__ float block_sum128(float v, float* red) {
     __syncthreads();
     return r;
 }
-
-// DPL consecutive f16 values at p (8-byte aligned for 4, 4-byte for 2) as floats.
-template <int DPL>
-__device__ __forceinline__ void load_halves(const u16* p, float (&v)[DPL]) {
-    static_assert(DPL == 2 || DPL == 4, "2 or 4 values");
-    if (DPL == 4) {
-        const uint2 r = *(const uint2*)p;
-        v[0] = half_to_float((u16)r.x), v[1] = half_to_float((u16)(r.x >> 16));
-        v[DPL > 2 ? 2 : 0] = half_to_float((u16)r.y), v[DPL > 3 ? 3 : 0] = half_to_float((u16)(r.y >> 16));
-    } else {
-        const u32 r = *(const u32*)p;
-        v[0] = half_to_float((u16)r), v[1] = half_to_float((u16)(r >> 16));
-    }
-}
-
-// Decode attention for heads of 32·DPL dimensions (64 or 128), `attention`'s
-// arguments, shared memory and launch (128 threads per (token, head)): the
-// same terms, with each warp keeping several loads in flight. A lane holds
-// DPL consecutive dimensions (of the query, a key, a value, the output), so
-// a key or value row is one coalesced load per warp; warp w takes keys 4w ..
-// 4w + 3, then 16 further on, the four of a round loaded together. (`attention`
-// walks a warp's keys one by one and each thread its dimension's values one
-// key at a time: chains of dependent L2 round trips, ~5 us per layer at a few
-// dozen keys, on the decode step's critical path.) Sums run in another order
-// than `attention`'s: a score over the lane's dimensions, then across lanes;
-// an output per warp, then over the four warps in order.
-template <int DPL>
-__device__ __forceinline__ void attention_lanes(const float* q, u16* kc, u16* vc, float* out, const unsigned* base,
-                                                const unsigned* pos, int n_heads, int n_kv_heads, int width,
-                                                float scale, i8* q8, float* d8, float* s8, const float* knew,
-                                                const float* vnew, const float* rope, int n_dims, int neox) {
-    constexpr int HD = 32 * DPL, U = 4, WARPS = 4;
-    extern __shared__ float scores[];
-    __shared__ float red[32];
-    __shared__ float qrot[HD], krot[HD];
-    __shared__ float part[WARPS][HD];
-    const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads, g = h / (n_heads / n_kv_heads);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    chain_next();
-    // The batch's tables were uploaded before the step's first kernel, so
-    // they are read while the q/k/v GEMV finishes.
-    const int n_keys = pos[t] + 1;
-    const size_t first = base[t];
-    chain_wait();
-    const float* qh = q + ((size_t)t * n_heads + h) * HD;
-    const u16* kb = kc + first * width + g * HD;
-    const u16* vb = vc + first * width + g * HD;
-    const int cached = knew ? n_keys - 1 : n_keys;
-    const float* kt = knew ? knew + (size_t)t * width + g * HD : nullptr;
-    const float* vt = knew ? vnew + (size_t)t * width + g * HD : nullptr;
-    attention_step_key(qh, kt, vt, qrot, krot, rope, t, HD, n_dims, neox,
-                       knew && h % (n_heads / n_kv_heads) == 0, kc, vc, (first + n_keys - 1) * width + g * HD);
-    const int d0 = lane * DPL;
-    float qv[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; ++i) qv[i] = round_half(qh[d0 + i]);
-    // Key j's row (its own from kt, rounded as the cache would hold it), or
-    // zeros past the last key.
-    auto key_row = [&](const u16* cache, const float* own, int j, float (&v)[DPL]) {
-        if (j < cached)
-            load_halves<DPL>(cache + (size_t)j * width + d0, v);
-        else
-#pragma unroll
-            for (int i = 0; i < DPL; ++i) v[i] = j < n_keys ? round_half(own[d0 + i]) : 0.0f;
-    };
-    for (int j0 = warp * U; j0 < n_keys; j0 += WARPS * U) {
-        float s[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            float k[DPL];
-            key_row(kb, kt, j0 + u, k);
-            s[u] = 0.0f;
-#pragma unroll
-            for (int i = 0; i < DPL; ++i) s[u] += qv[i] * k[i];
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) s[u] = warp_sum(s[u]);
-        if (lane == 0)
-#pragma unroll
-            for (int u = 0; u < U; ++u)
-                if (j0 + u < n_keys) scores[j0 + u] = s[u] * scale;
-    }
-    __syncthreads();
-    float m = INF_NEG;
-    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) m = fmaxf(m, scores[j]);
-    m = block_max128(m, red);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) {
-        const float e = expf(scores[j] - m);
-        scores[j] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / block_sum128(sum, red); // its barriers also publish the exponentials
-    float acc[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
-    for (int j0 = warp * U; j0 < n_keys; j0 += WARPS * U) {
-        float v[U][DPL], p[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            key_row(vb, vt, j0 + u, v[u]);
-            p[u] = j0 + u < n_keys ? round_half(scores[j0 + u] * inv) : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int i = 0; i < DPL; ++i) acc[i] += p[u] * v[u][i];
-    }
-#pragma unroll
-    for (int i = 0; i < DPL; ++i) part[warp][d0 + i] = acc[i];
-    __syncthreads();
-    const int d = threadIdx.x;
-    if (d < HD) { // whole warps: HD is a multiple of 32
-        const float o = ((part[0][d] + part[1][d]) + part[2][d]) + part[3][d];
-        const size_t at = ((size_t)t * n_heads + h) * HD + d;
-        out[at] = o;
-        if (q8) quantize_block32(o, at, q8, d8, s8);
-    }
-}
-
-#define ATTENTION_LANES_ENTRY(NAME, DPL)                                                                    \
-    extern "C" __global__ void NAME(const float* q, u16* kc, u16* vc, float* out, const unsigned* base,      \
-                                    const unsigned* pos, int n_heads, int n_kv_heads, int head_dim, int width, \
-                                    float scale, i8* q8, float* d8, float* s8, const float* knew,            \
-                                    const float* vnew, const float* rope, int n_dims, int neox) {            \
-        attention_lanes<DPL>(q, kc, vc, out, base, pos, n_heads, n_kv_heads, width, scale, q8, d8, s8, knew, \
-                             vnew, rope, n_dims, neox);                                                      \
-    }
-ATTENTION_LANES_ENTRY(attention_lanes_64, 2)
-ATTENTION_LANES_ENTRY(attention_lanes_128, 4)
 
 // One tile of an online softmax's P·V in a block of 128 threads: for the
 // dimensions d = threadIdx.x + 128·i (head_dim ≤ 512), acc[i] ← acc[i]·alpha +
