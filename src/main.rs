@@ -1903,6 +1903,9 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             (AttentionKernel::Tiled, 0, 1),
             (AttentionKernel::Tiled, 5000, 1),
             (AttentionKernel::Tiled, 300, 7),
+            // A batch of decode tokens whose reference holds nearly the most
+            // scores the one-block kernel keeps in shared memory (44 KiB).
+            (AttentionKernel::Tiled, 11200, 16),
             // Decode steps with keys split over blocks (long contexts).
             (AttentionKernel::Split, 300, 1),
             (AttentionKernel::Split, 5000, 1),
