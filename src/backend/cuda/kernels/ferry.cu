@@ -834,6 +834,25 @@ __device__ __forceinline__ u32 pack_half2(float a, float b) {
     return (u32)float_to_half(a) | ((u32)float_to_half(b) << 16);
 }
 
+// The A fragments of query rows ra and rb of head h (m16n8k16 layout, lane
+// position tig in its group), rounded to f16: qf[kk] covers dimensions
+// 16·kk .. 16·kk + 16. Both prompt-attention kernels keep them in registers.
+template <int D>
+__device__ __forceinline__ void load_q_fragments(const float* q, int ra, int rb, int h, int n_heads, int tig,
+                                                 u32 (&qf)[D / 16][4]) {
+    const float* qa = q + ((size_t)ra * n_heads + h) * D;
+    const float* qb = q + ((size_t)rb * n_heads + h) * D;
+    for (int kk = 0; kk < D / 16; ++kk) {
+        int c = kk * 16 + tig * 2;
+        float2 x0 = *(const float2*)(qa + c), x1 = *(const float2*)(qb + c);
+        float2 x2 = *(const float2*)(qa + c + 8), x3 = *(const float2*)(qb + c + 8);
+        qf[kk][0] = pack_half2(x0.x, x0.y);
+        qf[kk][1] = pack_half2(x1.x, x1.y);
+        qf[kk][2] = pack_half2(x2.x, x2.y);
+        qf[kk][3] = pack_half2(x3.x, x3.y);
+    }
+}
+
 // c += a · b for one m16n8k16 tile (f16 inputs, f32 accumulators).
 __device__ __forceinline__ void mma_16816(float c[4], const u32 a[4], u32 b0, u32 b1) {
     asm volatile(
@@ -971,19 +990,7 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
     load_tile(0, 0);
 
     u32 qf[D / 16][4];
-    {
-        const float* qa = q + ((size_t)ra * n_heads + h) * D;
-        const float* qb = q + ((size_t)rb * n_heads + h) * D;
-        for (int kk = 0; kk < D / 16; ++kk) {
-            int c = kk * 16 + tig * 2;
-            float2 x0 = *(const float2*)(qa + c), x1 = *(const float2*)(qb + c);
-            float2 x2 = *(const float2*)(qa + c + 8), x3 = *(const float2*)(qb + c + 8);
-            qf[kk][0] = pack_half2(x0.x, x0.y);
-            qf[kk][1] = pack_half2(x1.x, x1.y);
-            qf[kk][2] = pack_half2(x2.x, x2.y);
-            qf[kk][3] = pack_half2(x3.x, x3.y);
-        }
-    }
+    load_q_fragments<D>(q, ra, rb, h, n_heads, tig, qf);
     float o[D / 8][4];
     for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     float m_a = INF_NEG, m_b = INF_NEG, l_a = 0.0f, l_b = 0.0f;
@@ -1215,19 +1222,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const
     for (int t = 0; t < AHEAD; ++t) load_tile(t);
 
     u32 qf[8][4];
-    {
-        const float* qa = q + ((size_t)ra * n_heads + h) * D;
-        const float* qb = q + ((size_t)rb * n_heads + h) * D;
-        for (int kk = 0; kk < 8; ++kk) {
-            int c = kk * 16 + tig * 2;
-            float2 x0 = *(const float2*)(qa + c), x1 = *(const float2*)(qb + c);
-            float2 x2 = *(const float2*)(qa + c + 8), x3 = *(const float2*)(qb + c + 8);
-            qf[kk][0] = pack_half2(x0.x, x0.y);
-            qf[kk][1] = pack_half2(x1.x, x1.y);
-            qf[kk][2] = pack_half2(x2.x, x2.y);
-            qf[kk][3] = pack_half2(x3.x, x3.y);
-        }
-    }
+    load_q_fragments<D>(q, ra, rb, h, n_heads, tig, qf);
     float o[16][4];
     for (int d = 0; d < 16; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     float m_a = INF_NEG, m_b = INF_NEG, l_a = 0.0f, l_b = 0.0f;
