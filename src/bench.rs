@@ -144,6 +144,7 @@ fn run_once<B: Backend + Sync>(
 ) -> anyhow::Result<u64>
 where
     B::Kv: Send,
+    B::Act: Send,
     B::Weight: Sync,
     B::Vector: Sync,
 {
@@ -203,6 +204,7 @@ pub struct BenchSetup<'a, B: Backend> {
 pub fn run_test<B: Backend + Sync>(setup: &BenchSetup<B>, test: Test) -> anyhow::Result<BenchResult>
 where
     B::Kv: Send,
+    B::Act: Send,
     B::Weight: Sync,
     B::Vector: Sync,
 {

@@ -722,6 +722,7 @@ where
     B::Weight: Send + Sync,
     B::Vector: Send + Sync,
     B::Kv: Send,
+    B::Act: Send,
 {
     let model = load_model(backend, g, path)?;
     let load_secs = t0.elapsed().as_secs_f64();
@@ -1071,6 +1072,7 @@ where
     B::Weight: Send + Sync,
     B::Vector: Send + Sync,
     B::Kv: Send,
+    B::Act: Send,
 {
     let model = load_model(backend, g, path)?;
     let n_ctx = args.setup.n_ctx(model.config.context_train);
@@ -1364,6 +1366,7 @@ where
     B::Weight: Send + Sync,
     B::Vector: Send + Sync,
     B::Kv: Send,
+    B::Act: Send,
 {
     use ferry::bench::BenchSetup;
     let mut results = Vec::new();
@@ -1793,6 +1796,39 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
     Ok(())
 }
 
+/// Decode with its activations kept from step to step (`Workspace`, as it
+/// runs) against fresh ones each step: one sequence and then two decoded
+/// together, the same tokens both ways; true when every logit is
+/// bit-identical (no kernel may depend on what a buffer held before).
+fn workspace_identity(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    model: &Model<ferry::backend::cuda::CudaBackend>,
+    tokens: &[u32],
+) -> Result<bool> {
+    let run = |reuse: bool| -> Result<Vec<f32>> {
+        let mut s = Session::new(cuda, model, 256, 2)?;
+        s.reuse_buffers = reuse;
+        let mut logits = s.prefill(0, &tokens[..96])?;
+        logits.extend(s.prefill(1, &tokens[96..])?);
+        // Several steps of each batch size (the workspace is remade when
+        // the size changes).
+        for &t in &tokens[..4] {
+            logits.extend(s.decode(&[0], &[t])?);
+        }
+        for (i, &t) in tokens[..4].iter().enumerate() {
+            logits.extend(s.decode(&[0, 1], &[t, tokens[i + 8]])?);
+        }
+        cuda.check()?;
+        Ok(logits)
+    };
+    let runs = [run(true)?, run(false)?];
+    Ok(runs[0].len() == runs[1].len()
+        && runs[0]
+            .iter()
+            .zip(&runs[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits()))
+}
+
 /// Logits of a prefill with streamed layers equal those with every layer
 /// resident, bit for bit.
 fn stream_identity(
@@ -1936,9 +1972,9 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
     }
     println!();
     println!(
-        "| model | types | prefill rel. diff | decode max rel. diff | two-sequence decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | parked for decode | result |"
+        "| model | types | prefill rel. diff | decode max rel. diff | two-sequence decode max rel. diff | hybrid GPU+CPU max rel. diff | top-1 agree | streamed = resident | kept buffers = fresh | parked for decode | result |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |");
     for path in &models {
         let g = Gguf::open(path)?;
         let mc = Model::load(&cpu, &g, |_, _| {})?;
@@ -2045,15 +2081,17 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         // Streaming must not change results: every layer streamed (2 slots), and
         // every other layer streamed, against all resident.
         let identical = stream_identity(&cuda, &g, &mg, &tokens)?;
+        let kept_identical = workspace_identity(&cuda, &mg, &tokens)?;
         let ok = prefill <= tolerance
             && decode <= tolerance
             && pair <= tolerance
             && hybrid <= tolerance
             && identical
+            && kept_identical
             && parked >= 1;
         failed += !ok as usize;
         println!(
-            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {parked} | {} |",
+            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {}/9 | {} | {} | {parked} | {} |",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -2064,6 +2102,11 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
             hybrid,
             agree,
             if identical {
+                "bit-identical"
+            } else {
+                "DIFFERENT"
+            },
+            if kept_identical {
                 "bit-identical"
             } else {
                 "DIFFERENT"

@@ -71,3 +71,39 @@ fn batched_decode_equals_single_decode() {
         }
     }
 }
+
+/// Decode keeps its activations from step to step (`Session::reuse_buffers`):
+/// the logits must equal those of fresh buffers at every step, bit for bit,
+/// across changes of the batch size too.
+#[test]
+fn kept_buffers_decode_equals_fresh() {
+    let path = common::model(common::MODELS[0]);
+    let g = Gguf::open(&path).unwrap();
+    let backend = CpuBackend::new(2);
+    let model = backend.run(|| Model::load(&backend, &g, |_, _| {}).unwrap());
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    let run = |reuse: bool| -> Vec<f32> {
+        let mut s = Session::new(&backend, &model, 64, 2).unwrap();
+        s.reuse_buffers = reuse;
+        backend.run(|| {
+            let mut out = s.prefill(0, &tok.encode(PROMPTS[0], true, false)).unwrap();
+            out.extend(s.prefill(1, &tok.encode(PROMPTS[1], true, false)).unwrap());
+            for step in 0..6u32 {
+                let (seqs, toks): (&[usize], Vec<u32>) = match step % 3 {
+                    2 => (&[0], vec![100 + step]),
+                    _ => (&[0, 1], vec![100 + step, 200 + step]),
+                };
+                out.extend(s.decode(seqs, &toks).unwrap());
+            }
+            out
+        })
+    };
+    let (kept, fresh) = (run(true), run(false));
+    assert_eq!(kept.len(), fresh.len());
+    assert!(
+        kept.iter()
+            .zip(&fresh)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "decode with kept buffers differs from fresh buffers"
+    );
+}

@@ -5,7 +5,7 @@ pub mod sampler;
 pub mod trace;
 
 use crate::backend::{Backend, BackendError, Batch};
-use crate::model::Model;
+use crate::model::{Model, Workspace};
 
 pub use sampler::{Sampler, SamplerConfig, argmax};
 
@@ -19,6 +19,10 @@ pub struct Session<'m, B: Backend> {
     filled: Vec<usize>,
     /// Tokens per forward pass during prefill (bounds activation memory).
     pub ubatch: usize,
+    /// Decode steps keep their activations from one step to the next
+    /// (`reuse_buffers`, default on; gpu-check compares with fresh ones).
+    workspace: Option<Workspace<B>>,
+    pub reuse_buffers: bool,
 }
 
 impl<'m, B: Backend> Session<'m, B> {
@@ -38,6 +42,8 @@ impl<'m, B: Backend> Session<'m, B> {
             n_ctx,
             filled: vec![0; n_seq],
             ubatch: 512,
+            workspace: None,
+            reuse_buffers: true,
         })
     }
 
@@ -105,9 +111,16 @@ impl<'m, B: Backend> Session<'m, B> {
             seqs: &seq_ids,
         };
         let rows: Vec<usize> = (0..tokens.len()).collect();
-        let logits = self
-            .model
-            .forward(self.backend, &mut self.kv, &batch, &rows)?;
+        if !self.reuse_buffers {
+            self.workspace = None;
+        }
+        let logits = self.model.forward_in(
+            self.backend,
+            &mut self.kv,
+            &batch,
+            &rows,
+            &mut self.workspace,
+        )?;
         for &s in seqs {
             self.filled[s] += 1;
         }

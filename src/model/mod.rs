@@ -66,6 +66,31 @@ impl<B: Backend> Scratch<B> {
     }
 }
 
+/// The activations of a forward pass, kept between passes over the same
+/// number of tokens (`Model::forward_in`): a decode loop then allocates and
+/// zeroes nothing per step (on a GPU a dozen allocations, each checked
+/// against the budget, and their memsets, all before the step's first
+/// kernel).
+pub struct Workspace<B: Backend> {
+    x: B::Act,
+    scratch: Scratch<B>,
+    /// The final norm and the logits where the pass wants every row's
+    /// (allocated on first use).
+    normed: Option<B::Act>,
+    logits: Option<B::Act>,
+}
+
+impl<B: Backend> Workspace<B> {
+    pub fn new(b: &B, cfg: &Config, n: usize) -> Result<Self, BackendError> {
+        Ok(Workspace {
+            x: b.act(n, cfg.d_model)?,
+            scratch: Scratch::new(b, cfg, n)?,
+            normed: None,
+            logits: None,
+        })
+    }
+}
+
 impl<B: Backend> Layer<B> {
     pub fn load(b: &B, g: &Gguf, t: &LayerTensors) -> Result<Self, BackendError> {
         Self::assemble(b, g, t, |_, m| b.load_weight(g, m))
@@ -215,15 +240,43 @@ impl<B: Backend> Model<B> {
         batch: &Batch,
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, BackendError> {
+        self.forward_in(b, kv, batch, logit_rows, &mut None)
+    }
+
+    /// `forward` in the activations of `ws`, made (or remade) for the
+    /// batch's size where it holds none of that size.
+    pub fn forward_in(
+        &self,
+        b: &B,
+        kv: &mut [B::Kv],
+        batch: &Batch,
+        logit_rows: &[usize],
+        ws: &mut Option<Workspace<B>>,
+    ) -> Result<Vec<f32>, BackendError> {
         let cfg = &self.config;
         let n = batch.len();
-        let mut x = b.act(n, cfg.d_model)?;
-        b.embed(&self.token_embd, batch.tokens, &mut x)?;
-        let mut scratch = Scratch::new(b, cfg, n)?;
+        let ws = match ws {
+            Some(w) if w.scratch.n == n => w,
+            _ => ws.insert(Workspace::new(b, cfg, n)?),
+        };
+        b.embed(&self.token_embd, batch.tokens, &mut ws.x)?;
         for (layer, kv) in self.layers.iter().zip(kv.iter_mut()) {
-            layer.forward(b, cfg, &mut x, &mut scratch, kv, batch)?;
+            layer.forward(b, cfg, &mut ws.x, &mut ws.scratch, kv, batch)?;
         }
-        self.logits(b, &x, logit_rows)
+        if logit_rows.iter().copied().eq(0..n) {
+            // Every row, in order (a decode step): no gather.
+            let (normed, logits) = match (&mut ws.normed, &mut ws.logits) {
+                (Some(normed), Some(logits)) => (normed, logits),
+                (normed, logits) => (
+                    normed.insert(b.act(n, cfg.d_model)?),
+                    logits.insert(b.act(n, cfg.n_vocab)?),
+                ),
+            };
+            b.rms_norm(&ws.x, &self.output_norm, cfg.rms_eps, normed);
+            b.matmul(normed, self.output_weight(), logits);
+            return b.to_host(logits);
+        }
+        self.logits(b, &ws.x, logit_rows)
     }
 
     /// Layer-major forward pass: the whole batch passes layer i, in
