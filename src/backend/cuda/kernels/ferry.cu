@@ -2385,7 +2385,10 @@ __device__ __forceinline__ void gemv_ring_t(const GemvSegs& segs, const i8* __re
     }
     chain_wait();
     chain_next();
-    stage_activations<8>(xq, xd, xs, sq, sd, ss, cols, n); // its barrier also publishes the mbarriers
+    // One token: a 27648-wide row (a 32B down projection) is 2376 pieces, one
+    // batch of 9 loads for the 8 computing warps and the refilling one (in
+    // batches of 8 it took two round trips: 0.9 % of a 32B decode step).
+    stage_activations<NT == 1 ? 9 : 8>(xq, xd, xs, sq, sd, ss, cols, n); // its barrier also publishes the mbarriers
     int s = 0;
     u32 parity = 0;
     if (!producer) {
