@@ -272,9 +272,7 @@ impl<B: Backend> Model<B> {
                     logits.insert(b.act(n, cfg.n_vocab)?),
                 ),
             };
-            b.rms_norm(&ws.x, &self.output_norm, cfg.rms_eps, normed);
-            b.matmul(normed, self.output_weight(), logits);
-            return b.to_host(logits);
+            return self.output_into(b, &ws.x, normed, logits);
         }
         self.logits(b, &ws.x, logit_rows)
     }
@@ -333,9 +331,21 @@ impl<B: Backend> Model<B> {
         }
         let picked = b.gather_rows(x, rows)?;
         let mut normed = b.act(rows.len(), self.config.d_model)?;
-        b.rms_norm(&picked, &self.output_norm, self.config.rms_eps, &mut normed);
         let mut logits = b.act(rows.len(), self.config.n_vocab)?;
-        b.matmul(&normed, self.output_weight(), &mut logits);
-        b.to_host(&logits)
+        self.output_into(b, &picked, &mut normed, &mut logits)
+    }
+
+    /// Final norm of `x` into `normed`, output projection into `logits`,
+    /// read back to the host.
+    fn output_into(
+        &self,
+        b: &B,
+        x: &B::Act,
+        normed: &mut B::Act,
+        logits: &mut B::Act,
+    ) -> Result<Vec<f32>, BackendError> {
+        b.rms_norm(x, &self.output_norm, self.config.rms_eps, normed);
+        b.matmul(normed, self.output_weight(), logits);
+        b.to_host(logits)
     }
 }
