@@ -42,63 +42,22 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     b.run(|| -> anyhow::Result<()> {
+        // The model's own forward pass, layer by layer, with a tap.
         let mut x = b.act(n, cfg.d_model)?;
-        b.embed(&m.token_embd, &tokens, &mut x)?;
-        let mut h = b.act(n, cfg.d_model)?;
-        let (mut q, mut k, mut v) = (
-            b.act(n, cfg.q_width())?,
-            b.act(n, cfg.kv_width())?,
-            b.act(n, cfg.kv_width())?,
-        );
-        let (mut attn, mut proj) = (b.act(n, cfg.q_width())?, b.act(n, cfg.d_model)?);
-        let (mut gate, mut up) = (b.act(n, cfg.d_ff)?, b.act(n, cfg.d_ff)?);
+        m.embed(&b, &tokens, &mut x)?;
+        dump("inp_scaled".into(), &x)?;
+        let mut s = ferry::model::Scratch::new(&b, &cfg, n)?;
         for (li, layer) in m.layers.iter().enumerate().take(layers) {
             let mut kv = b.kv_cache(&cfg, n.max(1), 1)?;
-            b.rms_norm(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
-            dump(format!("attn_norm-{li}"), &h)?;
-            b.matmul(&h, &layer.wq, &mut q);
-            b.matmul(&h, &layer.wk, &mut k);
-            b.matmul(&h, &layer.wv, &mut v);
-            for (act, bias) in [
-                (&mut q, &layer.bq),
-                (&mut k, &layer.bk),
-                (&mut v, &layer.bv),
-            ] {
-                if let Some(bias) = bias {
-                    b.add_bias(act, bias);
+            let mut failed = None;
+            layer.forward_tapped(&b, &cfg, &mut x, &mut s, &mut kv, &batch, &mut |name, t| {
+                if failed.is_none() {
+                    failed = dump(format!("{name}-{li}"), t).err();
                 }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
             }
-            b.rope(
-                &mut q,
-                cfg.n_heads,
-                cfg.head_dim,
-                &cfg.rope,
-                &span.positions,
-            );
-            b.rope(
-                &mut k,
-                cfg.n_kv_heads,
-                cfg.head_dim,
-                &cfg.rope,
-                &span.positions,
-            );
-            b.attention(&cfg, &q, &k, &v, &mut kv, &batch, &mut attn)?;
-            dump(format!("kqv_out-{li}"), &attn)?;
-            b.matmul(&attn, &layer.wo, &mut proj);
-            b.add(&mut x, &proj);
-            dump(format!("ffn_inp-{li}"), &x)?;
-            b.rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
-            dump(format!("ffn_norm-{li}"), &h)?;
-            b.matmul(&h, &layer.w_gate, &mut gate);
-            b.matmul(&h, &layer.w_up, &mut up);
-            dump(format!("ffn_gate-{li}"), &gate)?;
-            dump(format!("ffn_up-{li}"), &up)?;
-            b.swiglu(&mut gate, &up);
-            dump(format!("ffn_swiglu-{li}"), &gate)?;
-            b.matmul(&gate, &layer.w_down, &mut proj);
-            dump(format!("ffn_out-{li}"), &proj)?;
-            b.add(&mut x, &proj);
-            dump(format!("l_out-{li}"), &x)?;
         }
         Ok(())
     })

@@ -44,7 +44,21 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 MODELS = {
     "smollm2": os.path.join(ROOT, "models", "smollm2-135m-instruct-q4_1.gguf"),
     "qwen05": os.path.join(ROOT, "models", "qwen2.5-coder-0.5b-instruct.gguf"),
+    "gemma3": os.path.join(ROOT, "models", "gemma-3-270m-q4_k_m.gguf"),
 }
+# Files without a chat template get the architecture's official one, as
+# ferry does (src/tokenizer/templates/).
+BUILTIN_TEMPLATES = {"gemma3": os.path.join(ROOT, "src", "tokenizer", "templates", "gemma3.jinja")}
+# FERRY_FIXTURE_MODELS=gemma3 (comma-separated) regenerates only those models.
+if os.environ.get("FERRY_FIXTURE_MODELS"):
+    MODELS = {k: v for k, v in MODELS.items() if k in os.environ["FERRY_FIXTURE_MODELS"].split(",")}
+
+
+def chat_template(model, r):
+    if "tokenizer.chat_template" in r.fields:
+        return r.fields["tokenizer.chat_template"].contents()
+    with open(BUILTIN_TEMPLATES[model]) as f:
+        return f.read()
 T = gguf.GGMLQuantizationType
 
 DEQUANT_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -119,7 +133,9 @@ def gen_quant(rng):
 
 
 def gen_real_tensors():
-    result = {}
+    out = os.path.join(FIX, "real_tensors.json")
+    # Models not regenerated keep their entries.
+    result = json.load(open(out)) if os.path.exists(out) else {}
     for model, path in MODELS.items():
         r = gguf.GGUFReader(path)
         hashes = {}
@@ -132,7 +148,7 @@ def gen_real_tensors():
             }
         result[model] = hashes
         print(f"{model}: {len(hashes)} tensors hashed", file=sys.stderr)
-    write(os.path.join(FIX, "real_tensors.json"), json.dumps(result, indent=1, sort_keys=True))
+    write(out, json.dumps(result, indent=1, sort_keys=True))
 
 
 def gen_tokens(strings):
@@ -170,7 +186,7 @@ CONVERSATIONS = [
 def gen_chat():
     for model, path in MODELS.items():
         r = gguf.GGUFReader(path)
-        template = r.fields["tokenizer.chat_template"].contents()
+        template = chat_template(model, r)
         tokens = r.fields["tokenizer.ggml.tokens"].contents()
         bos = tokens[r.fields["tokenizer.ggml.bos_token_id"].contents()]
         eos = tokens[r.fields["tokenizer.ggml.eos_token_id"].contents()]
@@ -211,7 +227,7 @@ def gen_logits():
     os.makedirs(out, exist_ok=True)
     for model, path in MODELS.items():
         r = gguf.GGUFReader(path)
-        template = r.fields["tokenizer.chat_template"].contents()
+        template = chat_template(model, r)
         tokens = r.fields["tokenizer.ggml.tokens"].contents()
         bos = tokens[r.fields["tokenizer.ggml.bos_token_id"].contents()]
         eos = tokens[r.fields["tokenizer.ggml.eos_token_id"].contents()]
@@ -244,7 +260,9 @@ SHORT_PROMPTS = ["The capital of France", "def add(a, b):", "Hello, my name", "1
 def gen_short():
     """Prompts of at most 4 tokens, with the sha256 of llama.cpp's logits at every
     position: up to 4 tokens, ferry reproduces llama.cpp bit for bit."""
-    out = {}
+    short = os.path.join(FIX, "logits", "short.json")
+    # Models not regenerated keep their entries.
+    out = json.load(open(short)) if os.path.exists(short) else {}
     for model, path in MODELS.items():
         llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=2, verbose=False, logits_all=True)
         cases = []
@@ -259,7 +277,7 @@ def gen_short():
                 hashes.append(hashlib.sha256(logits.tobytes()).hexdigest())
             cases.append({"tokens": ids, "sha256": hashes})
         out[model] = cases
-    write(os.path.join(FIX, "logits", "short.json"), json.dumps(out, indent=1))
+    write(short, json.dumps(out, indent=1))
 
 
 def main():

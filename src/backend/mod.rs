@@ -5,7 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 
-use crate::model::{Config, RopeParams, TensorRef};
+use crate::model::{Activation, AttnSpec, Config, RopeParams, TensorRef};
 
 /// Which tokens a forward pass processes: token `i` is at `positions[i]` of
 /// sequence `seqs[i]`.
@@ -174,6 +174,13 @@ pub trait Backend {
     ) -> Result<(), BackendError>;
     /// `out = x / rms(x) * w`, row by row.
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32, out: &mut Self::Act);
+    /// `rms_norm` of every `head_dim`-wide head of every row, in place, with
+    /// the same `head_dim` weights for each head (q/k norms).
+    fn rms_norm_heads(&self, x: &mut Self::Act, w: &Self::Vector, head_dim: usize, eps: f32);
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Act, s: f32);
+    /// `x = c · tanh(x / c)` (logit soft-capping).
+    fn softcap(&self, x: &mut Self::Act, c: f32);
     /// `out = x · wᵀ`: `[n, cols] × [rows, cols]ᵀ → [n, rows]`.
     fn matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act);
     /// `x[i] += b` for every row.
@@ -205,11 +212,13 @@ pub trait Backend {
         self.rope(k, n_kv_heads, head_dim, rope, positions);
     }
     /// Store `k`, `v` in the cache at the batch's positions, then causal
-    /// grouped-query attention of `q` over each token's sequence up to its position.
+    /// grouped-query attention of `q` over each token's sequence up to its
+    /// position (over the last `spec.window` positions where it has one),
+    /// the scores scaled by `spec.scale`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
-        cfg: &Config,
+        spec: &AttnSpec,
         q: &Self::Act,
         k: &Self::Act,
         v: &Self::Act,
@@ -219,6 +228,15 @@ pub trait Backend {
     ) -> Result<(), BackendError>;
     /// `gate = silu(gate) * up`.
     fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act);
+    /// `gate = gelu_tanh(gate) * up`.
+    fn geglu(&self, gate: &mut Self::Act, up: &Self::Act);
+    /// `gate = act(gate) * up`.
+    fn glu(&self, gate: &mut Self::Act, up: &Self::Act, act: Activation) {
+        match act {
+            Activation::Silu => self.swiglu(gate, up),
+            Activation::GeluTanh => self.geglu(gate, up),
+        }
+    }
     /// `x += y`.
     fn add(&self, x: &mut Self::Act, y: &Self::Act);
     /// `out = x · wᵀ (+ b)`: a projection with its bias (qwen2's q, k, v).
@@ -263,21 +281,22 @@ pub trait Backend {
         self.matmul(x, w, tmp);
         self.add(acc, tmp);
     }
-    /// `gate = silu(x · w_gateᵀ) * (x · w_upᵀ)`; `up` is scratch.
-    fn matmul_swiglu(
+    /// `gate = act(x · w_gateᵀ) * (x · w_upᵀ)`; `up` is scratch.
+    fn matmul_glu(
         &self,
         x: &Self::Act,
         w_gate: &Self::Weight,
         w_up: &Self::Weight,
+        act: Activation,
         gate: &mut Self::Act,
         up: &mut Self::Act,
     ) {
         self.matmul(x, w_gate, gate);
         self.matmul(x, w_up, up);
-        self.swiglu(gate, up);
+        self.glu(gate, up, act);
     }
     /// The feed-forward block added into the residual stream:
-    /// `acc += (silu(x · w_gateᵀ) * (x · w_upᵀ)) · w_downᵀ`. `gate`, `up` and
+    /// `acc += (act(x · w_gateᵀ) * (x · w_upᵀ)) · w_downᵀ`. `gate`, `up` and
     /// `tmp` are scratch of the products' shapes, left unspecified afterwards,
     /// so a backend may keep the intermediate products in a narrower type.
     #[allow(clippy::too_many_arguments)]
@@ -285,12 +304,13 @@ pub trait Backend {
         &self,
         x: &Self::Act,
         [w_gate, w_up, w_down]: [&Self::Weight; 3],
+        act: Activation,
         gate: &mut Self::Act,
         up: &mut Self::Act,
         tmp: &mut Self::Act,
         acc: &mut Self::Act,
     ) {
-        self.matmul_swiglu(x, w_gate, w_up, gate, up);
+        self.matmul_glu(x, w_gate, w_up, act, gate, up);
         self.matmul_add(gate, w_down, tmp, acc);
     }
     /// `rope_qk` on q and k at the batch's positions, then `attention`;
@@ -299,7 +319,7 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn rope_attention(
         &self,
-        cfg: &Config,
+        spec: &AttnSpec,
         q: &mut Self::Act,
         k: &mut Self::Act,
         v: &Self::Act,
@@ -307,7 +327,7 @@ pub trait Backend {
         batch: &Batch,
         out: &mut Self::Act,
     ) -> Result<(), BackendError> {
-        rope_then_attention(self, cfg, q, k, v, kv, batch, out)
+        rope_then_attention(self, spec, q, k, v, kv, batch, out)
     }
     /// The attention block up to its output projection: `q, k, v = x ·
     /// w{q,k,v}ᵀ (+ b)`, then `rope_attention` into `out`. Backends may fold
@@ -315,7 +335,7 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn qkv_attention(
         &self,
-        cfg: &Config,
+        spec: &AttnSpec,
         x: &Self::Act,
         w: [&Self::Weight; 3],
         b: [Option<&Self::Vector>; 3],
@@ -325,7 +345,7 @@ pub trait Backend {
         out: &mut Self::Act,
     ) -> Result<(), BackendError> {
         self.matmul_qkv(x, w, b, q, k, v);
-        self.rope_attention(cfg, q, k, v, kv, batch, out)
+        self.rope_attention(spec, q, k, v, kv, batch, out)
     }
     /// Copy rows `rows` of `x` into a new activation.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;
@@ -347,7 +367,7 @@ pub trait Backend {
 #[allow(clippy::too_many_arguments)]
 pub fn rope_then_attention<B: Backend + ?Sized>(
     b: &B,
-    cfg: &Config,
+    spec: &AttnSpec,
     q: &mut B::Act,
     k: &mut B::Act,
     v: &B::Act,
@@ -358,11 +378,11 @@ pub fn rope_then_attention<B: Backend + ?Sized>(
     b.rope_qk(
         q,
         k,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.head_dim,
-        &cfg.rope,
+        spec.n_heads,
+        spec.n_kv_heads,
+        spec.head_dim,
+        &spec.rope,
         batch.positions,
     );
-    b.attention(cfg, q, k, v, kv, batch, out)
+    b.attention(spec, q, k, v, kv, batch, out)
 }

@@ -452,7 +452,7 @@ impl HybridModel {
         pump.pump(&mut self.gpu, cuda, &sched)?;
         let mut on_gpu = true;
         let mut xg = cuda.act(n, cfg.d_model)?;
-        cuda.embed(&self.gpu.model.token_embd, batch.tokens, &mut xg)?;
+        self.gpu.model.embed(cuda, batch.tokens, &mut xg)?;
         let mut xc = CpuAct::zeros(0, cfg.d_model);
         let mut gpu_scratch = Scratch::new(cuda, &cfg, n)?;
         let mut cpu_scratch: Option<Scratch<CpuBackend>> = None;

@@ -8,15 +8,189 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5: llama plus biases on Q, K and V.
     Qwen2,
+    /// Qwen3 (dense): RMS norms on each query and key head before RoPE, no biases.
+    Qwen3,
+    /// Gemma 3: sliding-window layers between global ones, each with its own
+    /// RoPE base; q/k norms; GELU-tanh; norms after attention and after the
+    /// feed-forward block; embeddings scaled by √d.
+    Gemma3,
 }
 
+/// How an architecture departs from llama's layer: the one table a new
+/// architecture adds a row to (with its tensor names in `weights.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ArchDesc {
+    pub arch: Arch,
+    pub name: &'static str,
+    pub rope: RopeKind,
+    pub qkv_bias: Presence,
+    pub qk_norm: bool,
+    /// RMS norms on the attention's and the feed-forward block's outputs
+    /// before they join the residual stream.
+    pub post_norms: bool,
+    pub activation: Activation,
+    /// Token embeddings multiplied by √d_model.
+    pub embed_scale_sqrt_d: bool,
+    /// Queries scaled before attention (the scores then unscaled), as gemma
+    /// does; otherwise the scores are scaled inside the softmax.
+    pub scale_query: bool,
+    /// Layer `i` is a sliding-window layer unless `(i + 1) % pattern == 0`
+    /// (when the file sets a window); 0: every layer uses the window.
+    pub swa_pattern: usize,
+}
+
+/// Whether a family of tensors is in every file, in none, or in some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Never,
+    Optional,
+    Required,
+}
+
+pub const ARCHITECTURES: [ArchDesc; 4] = [
+    ArchDesc {
+        arch: Arch::Llama,
+        name: "llama",
+        rope: RopeKind::Normal,
+        qkv_bias: Presence::Optional,
+        qk_norm: false,
+        post_norms: false,
+        activation: Activation::Silu,
+        embed_scale_sqrt_d: false,
+        scale_query: false,
+        swa_pattern: 0,
+    },
+    ArchDesc {
+        arch: Arch::Qwen2,
+        name: "qwen2",
+        rope: RopeKind::Neox,
+        qkv_bias: Presence::Required,
+        qk_norm: false,
+        post_norms: false,
+        activation: Activation::Silu,
+        embed_scale_sqrt_d: false,
+        scale_query: false,
+        swa_pattern: 0,
+    },
+    ArchDesc {
+        arch: Arch::Qwen3,
+        name: "qwen3",
+        rope: RopeKind::Neox,
+        qkv_bias: Presence::Never,
+        qk_norm: true,
+        post_norms: false,
+        activation: Activation::Silu,
+        embed_scale_sqrt_d: false,
+        scale_query: false,
+        swa_pattern: 0,
+    },
+    ArchDesc {
+        arch: Arch::Gemma3,
+        name: "gemma3",
+        rope: RopeKind::Neox,
+        qkv_bias: Presence::Never,
+        qk_norm: true,
+        post_norms: true,
+        activation: Activation::GeluTanh,
+        embed_scale_sqrt_d: true,
+        scale_query: true,
+        swa_pattern: 6,
+    },
+];
+
 impl Arch {
+    pub fn desc(self) -> &'static ArchDesc {
+        ARCHITECTURES
+            .iter()
+            .find(|d| d.arch == self)
+            .expect("every Arch has a row in ARCHITECTURES")
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
+        self.desc().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Arch> {
+        ARCHITECTURES
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.arch)
+    }
+
+    /// The names ferry runs, for error messages and help.
+    pub fn supported() -> String {
+        ARCHITECTURES
+            .iter()
+            .map(|d| d.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The gated activation of a feed-forward block: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: `silu(gate) * up`.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (gemma).
+    GeluTanh,
+}
+
+/// What the attention of one layer computes: its heads, RoPE, window and
+/// score scale. Every backend's attention follows this description.
+#[derive(Debug, Clone)]
+pub struct AttnSpec {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope: RopeParams,
+    /// Sliding window: a token attends to the `window` positions up to and
+    /// including its own (`None`: the whole context).
+    pub window: Option<usize>,
+    /// Scale of the scores inside the softmax (1 where the queries were
+    /// scaled before: `LayerSpec::query_scale`).
+    pub scale: f32,
+}
+
+impl AttnSpec {
+    /// Full-context attention scaled by 1/√head_dim, with a plain RoPE
+    /// (kernel measurements and checks, where no model is loaded).
+    pub fn full(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
+        AttnSpec {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope: RopeParams {
+                kind: RopeKind::Normal,
+                n_dims: head_dim,
+                freq_base: 10000.0,
+                scaling: RopeScaling::None,
+                freq_factors: None,
+            },
+            window: None,
+            scale: 1.0 / (head_dim as f32).sqrt(),
         }
     }
+
+    /// The first cached position a token at `pos` attends to.
+    pub fn first_key(&self, pos: usize) -> usize {
+        match self.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+}
+
+/// One transformer block as data: the forward pass (`Layer::forward`)
+/// follows it, whatever the architecture.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    pub attn: AttnSpec,
+    /// Queries multiplied by this before attention (gemma), if set.
+    pub query_scale: Option<f32>,
+    pub qk_norm: bool,
+    pub post_norms: bool,
+    pub activation: Activation,
 }
 
 /// How RoPE pairs the dimensions of a head.
@@ -54,12 +228,43 @@ pub struct RopeParams {
     pub n_dims: usize,
     pub freq_base: f32,
     pub scaling: RopeScaling,
+    /// Per-pair divisors of the frequencies (`rope_freqs.weight`: Llama 3.1+
+    /// long-context scaling), `n_dims / 2` of them.
+    pub freq_factors: Option<std::sync::Arc<[f32]>>,
+}
+
+/// `rope_freqs.weight`, where the file has it (Llama 3.1+ RoPE scaling).
+fn rope_factors(g: &Gguf, n_dims: usize) -> Result<Option<std::sync::Arc<[f32]>>, ConfigError> {
+    let Some(t) = g.tensor("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    let bad = |why: String| ConfigError::Bad {
+        key: "rope_freqs.weight".into(),
+        value: format!("{:?} {:?}", t.ty, t.shape),
+        why,
+    };
+    if t.ty != crate::quant::GgmlType::F32 || t.shape.first() != Some(&(n_dims as u64 / 2)) {
+        return Err(bad(format!(
+            "must be {} f32 values (half the rotated dimensions)",
+            n_dims / 2
+        )));
+    }
+    let v: Vec<f32> = g
+        .tensor_bytes(t)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if v.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+        return Err(bad("every factor must be a finite number > 0".into()));
+    }
+    Ok(Some(v.into()))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "architecture '{0}' is not supported; ferry runs 'llama' (Llama 2/3, SmolLM, Mistral-style) and 'qwen2' models"
+        "architecture '{0}' is not supported; ferry runs {supported} models (see `ferry inspect` for a file's architecture)",
+        supported = Arch::supported()
     )]
     UnsupportedArch(String),
     #[error("{0}")]
@@ -84,17 +289,22 @@ pub struct Config {
     pub n_vocab: usize,
     pub context_train: usize,
     pub rms_eps: f32,
+    /// RoPE of the global (full-context) layers.
     pub rope: RopeParams,
+    /// Token embeddings are multiplied by this (gemma: √d_model).
+    pub embed_scale: Option<f32>,
+    /// Final logits soft-capped: `c · tanh(logit / c)`.
+    pub final_softcap: Option<f32>,
+    /// Each layer's description.
+    pub layers: Vec<LayerSpec>,
 }
 
 impl Config {
     pub fn from_gguf(g: &Gguf) -> Result<Self, ConfigError> {
         let arch_name = g.architecture()?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => return Err(ConfigError::UnsupportedArch(other.to_string())),
-        };
+        let arch = Arch::from_name(arch_name)
+            .ok_or_else(|| ConfigError::UnsupportedArch(arch_name.to_string()))?;
+        let desc = arch.desc();
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize, ConfigError> { Ok(g.get_u64(&key(k))? as usize) };
         let n_layers = req("block_count")?;
@@ -147,16 +357,45 @@ impl Config {
                 "head size must be even and at most 1024",
             ));
         }
+        if let Some(v) = g.get_u64_opt(&key("attention.value_length"))?
+            && v as usize != head_dim
+        {
+            return Err(bad(
+                "attention.value_length",
+                v as usize,
+                "ferry needs value heads as large as key heads (attention.key_length)",
+            ));
+        }
         let n_vocab = g
             .tensor("token_embd.weight")
             .and_then(|t| t.shape.get(1).copied())
             .map(|v| v as usize)
             .or(g.get_u64_opt(&key("vocab_size"))?.map(|v| v as usize))
             .unwrap_or(0);
-        let rms_eps = g
-            .get_f64_opt(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5) as f32;
-        let freq_base = g.get_f64_opt(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
+        let float = |k: &str, default: f64, ok: fn(f64) -> bool, why: &str| {
+            let v = g.get_f64_opt(&key(k))?.unwrap_or(default);
+            if !ok(v) {
+                return Err(ConfigError::Bad {
+                    key: key(k),
+                    value: v.to_string(),
+                    why: why.to_string(),
+                });
+            }
+            Ok(v as f32)
+        };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let rms_eps = float(
+            "attention.layer_norm_rms_epsilon",
+            1e-5,
+            |v| v.is_finite() && v >= 0.0,
+            "must be a finite number ≥ 0",
+        )?;
+        let freq_base = float(
+            "rope.freq_base",
+            10000.0,
+            positive,
+            "must be a finite number > 0",
+        )?;
         let n_dims = g
             .get_u64_opt(&key("rope.dimension_count"))?
             .map_or(head_dim, |v| v as usize);
@@ -168,6 +407,9 @@ impl Config {
             ));
         }
         let context_train = g.get_u64_opt(&key("context_length"))?.unwrap_or(4096) as usize;
+        if context_train == 0 {
+            return Err(bad("context_length", 0, "must be at least 1"));
+        }
         let scaling_type = g
             .get(&key("rope.scaling.type"))
             .and_then(|v| v.as_str())
@@ -206,6 +448,76 @@ impl Config {
                 });
             }
         };
+        let rope = RopeParams {
+            kind: desc.rope,
+            n_dims,
+            freq_base,
+            scaling,
+            freq_factors: rope_factors(g, n_dims)?,
+        };
+        // Sliding-window layers: the window from the file, the layers from
+        // the architecture's pattern (or the file's), their own RoPE base.
+        let window = g
+            .get_u64_opt(&key("attention.sliding_window"))?
+            .map(|v| v as usize)
+            .filter(|&w| w > 0 && desc.swa_pattern > 0);
+        let pattern = g
+            .get_u64_opt(&key("attention.sliding_window_pattern"))?
+            .map_or(desc.swa_pattern, |v| v as usize);
+        let rope_swa = RopeParams {
+            freq_base: float(
+                "rope.freq_base_swa",
+                10000.0,
+                positive,
+                "must be a finite number > 0",
+            )?,
+            scaling: RopeScaling::None,
+            ..rope.clone()
+        };
+        let attn_scale = match arch {
+            // As llama.cpp (after gemma_pytorch): the 27B (62 layers) scales
+            // by its query_pre_attn_scalar, d_model / n_heads.
+            Arch::Gemma3 if n_layers == 62 => 1.0 / ((d_model / n_heads) as f32).sqrt(),
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        let layers = (0..n_layers)
+            .map(|i| {
+                let local = window.is_some() && (pattern == 0 || (i + 1) % pattern != 0);
+                LayerSpec {
+                    attn: AttnSpec {
+                        n_heads,
+                        n_kv_heads,
+                        head_dim,
+                        rope: if local {
+                            rope_swa.clone()
+                        } else {
+                            rope.clone()
+                        },
+                        window: window.filter(|_| local),
+                        scale: if desc.scale_query { 1.0 } else { attn_scale },
+                    },
+                    query_scale: desc.scale_query.then_some(attn_scale),
+                    qk_norm: desc.qk_norm,
+                    post_norms: desc.post_norms,
+                    activation: desc.activation,
+                }
+            })
+            .collect();
+        let final_softcap = g
+            .get_f64_opt(&key("final_logit_softcapping"))?
+            .filter(|&c| c != 0.0)
+            .map(|c| {
+                if positive(c) {
+                    Ok(c as f32)
+                } else {
+                    Err(ConfigError::Bad {
+                        key: key("final_logit_softcapping"),
+                        value: c.to_string(),
+                        why: "must be a finite number > 0 (or 0: none)".into(),
+                    })
+                }
+            })
+            .transpose()?;
         Ok(Config {
             arch,
             n_layers,
@@ -217,16 +529,16 @@ impl Config {
             n_vocab,
             context_train,
             rms_eps,
-            rope: RopeParams {
-                kind: match arch {
-                    Arch::Llama => RopeKind::Normal,
-                    Arch::Qwen2 => RopeKind::Neox,
-                },
-                n_dims,
-                freq_base,
-                scaling,
-            },
+            rope,
+            embed_scale: desc.embed_scale_sqrt_d.then(|| (d_model as f32).sqrt()),
+            final_softcap,
+            layers,
         })
+    }
+
+    /// Whether every layer attends over the whole context.
+    pub fn all_global(&self) -> bool {
+        self.layers.iter().all(|l| l.attn.window.is_none())
     }
 
     pub fn q_width(&self) -> usize {
@@ -239,6 +551,35 @@ impl Config {
 }
 
 impl RopeParams {
+    /// The scaling and frequency factors as words, for keys of caches of
+    /// tables computed from these parameters.
+    pub fn fingerprint(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = match self.scaling {
+            RopeScaling::None => vec![0],
+            RopeScaling::Linear { factor } => vec![1, factor.to_bits()],
+            RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                ext_factor,
+                attn_factor,
+            } => vec![
+                2,
+                factor.to_bits(),
+                original_context,
+                beta_fast.to_bits(),
+                beta_slow.to_bits(),
+                ext_factor.to_bits(),
+                attn_factor.to_bits(),
+            ],
+        };
+        if let Some(f) = &self.freq_factors {
+            v.extend(f.iter().map(|x| x.to_bits()));
+        }
+        v
+    }
+
     /// cos/sin for every rotated pair at position `pos`, as ggml computes them
     /// (theta_i = pos * base^(-2i/n_dims), with the configured scaling).
     pub fn cos_sin(&self, pos: u32, cos: &mut [f32], sin: &mut [f32]) {
@@ -270,7 +611,10 @@ impl RopeParams {
         }
         let mut theta = pos as f32;
         for i in 0..half {
-            let extrap = theta;
+            let extrap = match &self.freq_factors {
+                Some(f) => theta / f[i],
+                None => theta,
+            };
             let interp = freq_scale * extrap;
             let t = if ext_factor != 0.0 {
                 let y = (i as f32 - corr.0) / (corr.1 - corr.0).max(0.001);

@@ -4,7 +4,10 @@
 mod config;
 mod weights;
 
-pub use config::{Arch, Config, ConfigError, RopeKind, RopeParams, RopeScaling};
+pub use config::{
+    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec, Presence,
+    RopeKind, RopeParams, RopeScaling,
+};
 pub use weights::{LayerTensors, ModelTensors, TensorRef, WeightError};
 
 use crate::backend::{Backend, BackendError, Batch};
@@ -30,11 +33,15 @@ pub struct Layer<B: Backend> {
     pub bq: Option<B::Vector>,
     pub bk: Option<B::Vector>,
     pub bv: Option<B::Vector>,
+    pub q_norm: Option<B::Vector>,
+    pub k_norm: Option<B::Vector>,
     pub wo: B::Weight,
+    pub post_attn_norm: Option<B::Vector>,
     pub ffn_norm: B::Vector,
     pub w_gate: B::Weight,
     pub w_up: B::Weight,
     pub w_down: B::Weight,
+    pub post_ffn_norm: Option<B::Vector>,
 }
 
 /// Scratch activations for one forward pass over `n` tokens.
@@ -116,16 +123,25 @@ impl<B: Backend> Layer<B> {
             bq: opt(&t.bq)?,
             bk: opt(&t.bk)?,
             bv: opt(&t.bv)?,
+            q_norm: opt(&t.q_norm)?,
+            k_norm: opt(&t.k_norm)?,
             wo: matrix(3, wo)?,
+            post_attn_norm: opt(&t.post_attn_norm)?,
             ffn_norm: b.load_vector(g, &t.ffn_norm)?,
             w_gate: matrix(4, w_gate)?,
             w_up: matrix(5, w_up)?,
             w_down: matrix(6, w_down)?,
+            post_ffn_norm: opt(&t.post_ffn_norm)?,
         })
     }
 
-    /// One transformer block over the batch: `x += attention(norm(x))`, then
-    /// `x += ffn(norm(x))`.
+    /// One transformer block over the batch, as its `LayerSpec` describes
+    /// it: `x += post_norm(attention(norm(x)))`, then `x +=
+    /// post_norm(ffn(norm(x)))` (the post norms where the architecture has
+    /// them). Every executor (resident, layer-major, streamed, hybrid) runs a
+    /// layer through here. Where a step departs from llama's (q/k norms, a
+    /// query scale, post norms) the backend's fused entry points give way to
+    /// the unfused sequence of operations, which every backend has.
     pub fn forward(
         &self,
         b: &B,
@@ -135,30 +151,94 @@ impl<B: Backend> Layer<B> {
         kv: &mut B::Kv,
         batch: &Batch,
     ) -> Result<(), BackendError> {
-        // Attention.
-        b.rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut s.h);
-        b.qkv_attention(
-            cfg,
-            &s.h,
-            [&self.wq, &self.wk, &self.wv],
-            [self.bq.as_ref(), self.bk.as_ref(), self.bv.as_ref()],
-            [&mut s.q, &mut s.k, &mut s.v],
-            kv,
-            batch,
-            &mut s.attn,
-        )?;
-        b.matmul_add(&s.attn, &self.wo, &mut s.proj, x);
+        self.forward_tapped(b, cfg, x, s, kv, batch, &mut |_, _| {})
+    }
 
-        // Feed-forward (SwiGLU).
-        b.rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut s.h);
-        b.feed_forward(
-            &s.h,
-            [&self.w_gate, &self.w_up, &self.w_down],
-            &mut s.gate,
-            &mut s.up,
-            &mut s.proj,
-            x,
-        );
+    /// `forward`, showing `tap` the intermediate activations under
+    /// llama.cpp's graph names (`attn_norm`, `Qcur_normed`, `Kcur_normed`,
+    /// `kqv_out`, `attn_post_norm`, `ffn_inp`, `ffn_norm`, `ffn_out`,
+    /// `ffn_post_norm`, `l_out`) where this layer's path computes them apart
+    /// (`examples/dump_layers.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_tapped(
+        &self,
+        b: &B,
+        cfg: &Config,
+        x: &mut B::Act,
+        s: &mut Scratch<B>,
+        kv: &mut B::Kv,
+        batch: &Batch,
+        tap: &mut dyn FnMut(&str, &B::Act),
+    ) -> Result<(), BackendError> {
+        let spec = &cfg.layers[self.index];
+        let eps = cfg.rms_eps;
+        // Attention.
+        b.rms_norm(x, &self.attn_norm, eps, &mut s.h);
+        tap("attn_norm", &s.h);
+        let w = [&self.wq, &self.wk, &self.wv];
+        let bias = [self.bq.as_ref(), self.bk.as_ref(), self.bv.as_ref()];
+        let qkv = [&mut s.q, &mut s.k, &mut s.v];
+        let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
+        if norms.is_none() && spec.query_scale.is_none() {
+            b.qkv_attention(&spec.attn, &s.h, w, bias, qkv, kv, batch, &mut s.attn)?;
+        } else {
+            let [q, k, v] = qkv;
+            b.matmul_qkv(&s.h, w, bias, q, k, v);
+            if let Some((qn, kn)) = norms {
+                b.rms_norm_heads(q, qn, spec.attn.head_dim, eps);
+                b.rms_norm_heads(k, kn, spec.attn.head_dim, eps);
+                tap("Qcur_normed", q);
+                tap("Kcur_normed", k);
+            }
+            match spec.query_scale {
+                // Rotated, then scaled (llama.cpp's order for gemma).
+                Some(f) => {
+                    let a = &spec.attn;
+                    let heads = (a.n_heads, a.n_kv_heads, a.head_dim);
+                    b.rope_qk(q, k, heads.0, heads.1, heads.2, &a.rope, batch.positions);
+                    b.scale(q, f);
+                    b.attention(a, q, k, v, kv, batch, &mut s.attn)?;
+                }
+                None => b.rope_attention(&spec.attn, q, k, v, kv, batch, &mut s.attn)?,
+            }
+        }
+        tap("kqv_out", &s.attn);
+        match &self.post_attn_norm {
+            Some(post) => {
+                b.matmul(&s.attn, &self.wo, &mut s.proj);
+                b.rms_norm(&s.proj, post, eps, &mut s.h);
+                tap("attn_post_norm", &s.h);
+                b.add(x, &s.h);
+            }
+            None => b.matmul_add(&s.attn, &self.wo, &mut s.proj, x),
+        }
+        tap("ffn_inp", x);
+
+        // Feed-forward (a gated activation).
+        b.rms_norm(x, &self.ffn_norm, eps, &mut s.h);
+        tap("ffn_norm", &s.h);
+        let ffn = [&self.w_gate, &self.w_up, &self.w_down];
+        match &self.post_ffn_norm {
+            Some(post) => {
+                let (gate, up) = (&mut s.gate, &mut s.up);
+                b.matmul_glu(&s.h, ffn[0], ffn[1], spec.activation, gate, up);
+                b.matmul(&s.gate, ffn[2], &mut s.proj);
+                tap("ffn_out", &s.proj);
+                b.rms_norm(&s.proj, post, eps, &mut s.h);
+                tap("ffn_post_norm", &s.h);
+                b.add(x, &s.h);
+            }
+            None => b.feed_forward(
+                &s.h,
+                ffn,
+                spec.activation,
+                &mut s.gate,
+                &mut s.up,
+                &mut s.proj,
+                x,
+            ),
+        }
+        tap("l_out", x);
         Ok(())
     }
 }
@@ -227,6 +307,16 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The batch's token embeddings into `x`, scaled where the architecture
+    /// scales them (gemma: √d_model).
+    pub fn embed(&self, b: &B, tokens: &[u32], x: &mut B::Act) -> Result<(), BackendError> {
+        b.embed(&self.token_embd, tokens, x)?;
+        if let Some(s) = self.config.embed_scale {
+            b.scale(x, s);
+        }
+        Ok(())
+    }
+
     pub fn output_weight(&self) -> &B::Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
@@ -259,7 +349,7 @@ impl<B: Backend> Model<B> {
             Some(w) if w.scratch.n == n => w,
             _ => ws.insert(Workspace::new(b, cfg, n)?),
         };
-        b.embed(&self.token_embd, batch.tokens, &mut ws.x)?;
+        self.embed(b, batch.tokens, &mut ws.x)?;
         for (layer, kv) in self.layers.iter().zip(kv.iter_mut()) {
             layer.forward(b, cfg, &mut ws.x, &mut ws.scratch, kv, batch)?;
         }
@@ -295,7 +385,7 @@ impl<B: Backend> Model<B> {
         let cfg = &self.config;
         let n = batch.len();
         let mut x = b.act(n, cfg.d_model)?;
-        b.embed(&self.token_embd, batch.tokens, &mut x)?;
+        self.embed(b, batch.tokens, &mut x)?;
         let chunks = batch.micro_batches(ubatch);
         // Scratch for a full micro-batch and, if the last one is shorter, for it.
         let mut full = Scratch::new(b, cfg, chunks[0].0.len())?;
@@ -346,6 +436,9 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<f32>, BackendError> {
         b.rms_norm(x, &self.output_norm, self.config.rms_eps, normed);
         b.matmul(normed, self.output_weight(), logits);
+        if let Some(c) = self.config.final_softcap {
+            b.softcap(logits, c);
+        }
         b.to_host(logits)
     }
 }

@@ -5,7 +5,7 @@
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-use super::config::{Arch, Config};
+use super::config::{Config, Presence};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
@@ -77,11 +77,18 @@ pub struct LayerTensors {
     pub bq: Option<TensorRef>,
     pub bk: Option<TensorRef>,
     pub bv: Option<TensorRef>,
+    /// RMS norm weights of each query and key head (qwen3, gemma3).
+    pub q_norm: Option<TensorRef>,
+    pub k_norm: Option<TensorRef>,
     pub wo: TensorRef,
+    /// Norm of the attention's output before the residual (gemma).
+    pub post_attn_norm: Option<TensorRef>,
     pub ffn_norm: TensorRef,
     pub w_gate: TensorRef,
     pub w_up: TensorRef,
     pub w_down: TensorRef,
+    /// Norm of the feed-forward block's output before the residual (gemma).
+    pub post_ffn_norm: Option<TensorRef>,
 }
 
 impl LayerTensors {
@@ -111,8 +118,21 @@ impl LayerTensors {
             &self.w_up,
             &self.w_down,
         ];
-        v.extend(self.bq.iter().chain(&self.bk).chain(&self.bv));
+        v.extend(self.vectors_opt().into_iter().flatten());
         v
+    }
+
+    /// The optional vectors (biases and the extra norms).
+    fn vectors_opt(&self) -> [Option<&TensorRef>; 7] {
+        [
+            self.bq.as_ref(),
+            self.bk.as_ref(),
+            self.bv.as_ref(),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+            self.post_attn_norm.as_ref(),
+            self.post_ffn_norm.as_ref(),
+        ]
     }
 
     /// Total bytes of the layer's weights.
@@ -178,17 +198,22 @@ impl ModelTensors {
             Ok(r)
         };
         let (d, q, kv, ff) = (cfg.d_model, cfg.q_width(), cfg.kv_width(), cfg.d_ff);
+        let desc = cfg.arch.desc();
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let bias = |s: &str, width: usize| -> Result<Option<TensorRef>, WeightError> {
-                match cfg.arch {
-                    Arch::Qwen2 => vector(&n(s), width).map(Some),
-                    // Llama-family files may carry biases too; use them if present.
-                    Arch::Llama if g.tensor(&n(s)).is_some() => vector(&n(s), width).map(Some),
-                    Arch::Llama => Ok(None),
-                }
+            let present = |p: Presence, s: &str, width: usize| match p {
+                Presence::Required => vector(&n(s), width).map(Some),
+                // Files of the family may carry them; used where present.
+                Presence::Optional if g.tensor(&n(s)).is_some() => vector(&n(s), width).map(Some),
+                Presence::Optional | Presence::Never => Ok(None),
             };
+            let bias = |s: &str, width: usize| present(desc.qkv_bias, s, width);
+            let needed = |yes: bool| match yes {
+                true => Presence::Required,
+                false => Presence::Never,
+            };
+            let hd = cfg.head_dim;
             layers.push(LayerTensors {
                 index: i,
                 attn_norm: vector(&n("attn_norm.weight"), d)?,
@@ -198,11 +223,15 @@ impl ModelTensors {
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
+                q_norm: present(needed(desc.qk_norm), "attn_q_norm.weight", hd)?,
+                k_norm: present(needed(desc.qk_norm), "attn_k_norm.weight", hd)?,
                 wo: find(&n("attn_output.weight"), &[q, d])?,
+                post_attn_norm: present(needed(desc.post_norms), "post_attention_norm.weight", d)?,
                 ffn_norm: vector(&n("ffn_norm.weight"), d)?,
                 w_gate: find(&n("ffn_gate.weight"), &[d, ff])?,
                 w_up: find(&n("ffn_up.weight"), &[d, ff])?,
                 w_down: find(&n("ffn_down.weight"), &[ff, d])?,
+                post_ffn_norm: present(needed(desc.post_norms), "post_ffw_norm.weight", d)?,
             });
         }
         let token_embd = find("token_embd.weight", &[d, cfg.n_vocab])?;

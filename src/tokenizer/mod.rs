@@ -297,7 +297,8 @@ impl Tokenizer {
             chat_template: g
                 .get("tokenizer.chat_template")
                 .and_then(|v| v.as_str())
-                .map(str::to_string),
+                .map(str::to_string)
+                .or_else(|| builtin_template(g.architecture().ok()?).map(str::to_string)),
             model,
             pre,
             tokens,
@@ -352,6 +353,8 @@ impl Tokenizer {
             .map(|&i| (i, self.tokens[i as usize].as_str()))
     }
 
+    /// The file's chat template, or for an architecture with one known
+    /// format (gemma3: its official template) that one where the file has none.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
@@ -624,5 +627,13 @@ impl StreamDecoder<'_> {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
+    }
+}
+
+/// The chat template of an architecture whose files may ship without one.
+fn builtin_template(arch: &str) -> Option<&'static str> {
+    match arch {
+        "gemma3" => Some(include_str!("templates/gemma3.jinja")),
+        _ => None,
     }
 }

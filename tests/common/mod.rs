@@ -33,6 +33,7 @@ pub fn model(name: &str) -> PathBuf {
     let file = match name {
         "smollm2" => "smollm2-135m-instruct-q4_1.gguf",
         "qwen05" => "qwen2.5-coder-0.5b-instruct.gguf",
+        "gemma3" => "gemma-3-270m-q4_k_m.gguf",
         _ => panic!("unknown model {name}"),
     };
     let p = dir.join(file);
@@ -44,7 +45,7 @@ pub fn model(name: &str) -> PathBuf {
     p
 }
 
-pub const MODELS: [&str; 2] = ["smollm2", "qwen05"];
+pub const MODELS: [&str; 3] = ["smollm2", "qwen05", "gemma3"];
 
 /// A tiny deterministic PRNG (xorshift64*) so tests need no extra crates.
 pub struct Rng(pub u64);

@@ -12,10 +12,10 @@ use rayon::prelude::*;
 
 use super::{CpuAct, CpuKv, reference_math, simd};
 use crate::backend::{BackendError, Batch};
-use crate::model::Config;
+use crate::model::AttnSpec;
 
 pub fn attention(
-    cfg: &Config,
+    cfg: &AttnSpec,
     q: &CpuAct,
     k: &CpuAct,
     v: &CpuAct,
@@ -39,7 +39,7 @@ pub fn attention(
             *dst = f16::from_f32(src);
         }
     }
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = cfg.scale;
     // Queries of each sequence in this batch: llama.cpp multiplies one query
     // (a decode step) differently from several (a prompt), and deciding per
     // sequence keeps a sequence's results the same alone or batched with others.
@@ -56,8 +56,11 @@ pub fn attention(
         .for_each(|(task, out)| {
             let (t, g) = (task / cfg.n_kv_heads, task % cfg.n_kv_heads);
             let (seq, pos) = (batch.seqs[t] as usize, batch.positions[t] as usize);
-            let base = seq * kv.n_ctx * width + g * hd;
-            let n_keys = pos + 1;
+            // A sliding window starts the keys later; the lanes of the sums
+            // then start at the window's first key.
+            let first = cfg.first_key(pos);
+            let base = (seq * kv.n_ctx + first) * width + g * hd;
+            let n_keys = pos + 1 - first;
             // Queries rounded to f16, as llama.cpp multiplies them with f16 keys.
             let q_heads: Vec<f32> = q.row(t)[g * group * hd..(g + 1) * group * hd]
                 .iter()

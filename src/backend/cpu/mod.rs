@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
-use crate::model::{Config, RopeKind, RopeParams, TensorRef};
+use crate::model::{AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::quant::{self, GgmlType};
 
 pub use matmul::{CpuWeight, matmul, matmul_with};
@@ -219,15 +219,31 @@ impl Backend for CpuBackend {
             out.data
                 .par_chunks_mut(width)
                 .zip(x.data.par_chunks(width))
-                .for_each(|(o, x)| {
-                    // As ggml: each square in f32, their sum in f64.
-                    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-                    let scale = 1.0 / ((sum / width as f64) as f32 + eps).sqrt();
-                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                        *o = (x * scale) * w;
-                    }
-                })
+                .for_each(|(o, x)| reference_math::rms_norm_row(x, w, eps, o))
         });
+    }
+
+    fn rms_norm_heads(&self, x: &mut CpuAct, w: &Vec<f32>, head_dim: usize, eps: f32) {
+        assert_eq!(x.width % head_dim, 0, "rms_norm_heads: row of whole heads");
+        self.pool.install(|| {
+            x.data
+                .par_chunks_mut(head_dim)
+                .for_each(|h| reference_math::rms_norm_in_place(h, w, eps))
+        });
+    }
+
+    fn scale(&self, x: &mut CpuAct, s: f32) {
+        for v in x.data.iter_mut() {
+            *v *= s;
+        }
+    }
+
+    fn softcap(&self, x: &mut CpuAct, c: f32) {
+        // As llama.cpp's graph: scale by 1/c, tanh, scale by c.
+        let inv = 1.0 / c;
+        for v in x.data.iter_mut() {
+            *v = (*v * inv).tanh() * c;
+        }
     }
 
     fn matmul(&self, x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
@@ -281,7 +297,7 @@ impl Backend for CpuBackend {
 
     fn attention(
         &self,
-        cfg: &Config,
+        cfg: &AttnSpec,
         q: &CpuAct,
         k: &CpuAct,
         v: &CpuAct,
@@ -302,6 +318,16 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(width)
                 .zip(up.data.par_chunks(width))
                 .for_each(|(g, u)| reference_math::swiglu_row(g, u))
+        });
+    }
+
+    fn geglu(&self, gate: &mut CpuAct, up: &CpuAct) {
+        let width = gate.width;
+        self.pool.install(|| {
+            gate.data
+                .par_chunks_mut(width)
+                .zip(up.data.par_chunks(width))
+                .for_each(|(g, u)| reference_math::geglu_row(g, u))
         });
     }
 

@@ -370,6 +370,62 @@ pub fn reduce_groups(acc: &[[f32; 16]; 4]) -> f32 {
     reduce16(&v)
 }
 
+/// `out = x / rms(x) * w` as ggml computes it: each square in f32, their sum
+/// in f64, then the scale, then the weight (ggml's `rms_norm` and `mul`).
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = (x * scale) * w;
+    }
+}
+
+/// `rms_norm_row` in place (the q/k norms of one head).
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt();
+    for (x, &w) in x.iter_mut().zip(w) {
+        *x = (*x * scale) * w;
+    }
+}
+
+/// GELU with the tanh approximation, as ggml's `ggml_gelu_f32` (its compiler
+/// forms an FMA in `1 + a·x·x`).
+pub fn gelu_tanh(x: f32) -> f32 {
+    #[allow(clippy::excessive_precision)]
+    const SQRT_2_OVER_PI: f32 = 0.797_884_560_802_865_4;
+    const COEF_A: f32 = 0.044715;
+    let inner = (COEF_A * x).mul_add(x, 1.0);
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
+}
+
+/// ggml's GELU table: `gelu_tanh` of every f16 value, rounded to f16.
+fn gelu_table() -> &'static [half::f16] {
+    static TABLE: std::sync::OnceLock<Vec<half::f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| half::f16::from_f32(gelu_tanh(half::f16::from_bits(bits).to_f32())))
+            .collect()
+    })
+}
+
+/// `gate = gelu_tanh(gate) · up` over one row, as llama.cpp's CPU backend
+/// computes it: the GELU of the input rounded to f16, looked up in a table of
+/// f16 results; 0 below −10 and the identity above 10.
+pub fn geglu_row(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[half::f16::from_f32(x).to_bits() as usize].to_f32() * u
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub mod stream;
 
 use super::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
-use crate::model::{Config, RopeKind, RopeParams, TensorRef};
+use crate::model::{Activation, AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::quant::GgmlType;
 
 const KERNELS: &str = include_str!("kernels/ferry.cu");
@@ -101,6 +101,9 @@ struct Kernels {
     add_bias: CudaFunction,
     add: CudaFunction,
     swiglu: CudaFunction,
+    geglu: CudaFunction,
+    scale: CudaFunction,
+    softcap: CudaFunction,
     rope_qk: CudaFunction,
     kv_store: CudaFunction,
     attention: CudaFunction,
@@ -581,6 +584,9 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             add_bias: f("add_bias")?,
             add: f("add")?,
             swiglu: f("swiglu")?,
+            geglu: f("geglu")?,
+            scale: f("scale")?,
+            softcap: f("softcap")?,
             rope_qk: f("rope_qk")?,
             kv_store: f("kv_store")?,
             attention: f("attention")?,
@@ -883,7 +889,7 @@ enum AttentionPath {
 /// The arguments the decode attention kernels (`attention`,
 /// `attention_tiled`, `attention_split`) begin with: q, the key and value
 /// caches, the output (or the partial outputs), base, pos; n_heads,
-/// n_kv_heads, head_dim, the cache's width; the score scale 1/√head_dim.
+/// n_kv_heads, head_dim, the cache's width; the score scale.
 struct AttentionArgs {
     ptrs: [u64; 6],
     ints: [i32; 4],
@@ -895,6 +901,7 @@ impl AttentionArgs {
         ptrs: [u64; 6],
         (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
         width: usize,
+        scale: f32,
     ) -> Self {
         AttentionArgs {
             ptrs,
@@ -904,7 +911,7 @@ impl AttentionArgs {
                 head_dim as i32,
                 width as i32,
             ],
-            scale: 1.0 / (head_dim as f32).sqrt(),
+            scale,
         }
     }
 
@@ -2065,6 +2072,7 @@ impl CudaBackend {
             rope.freq_base.to_bits(),
             (rope.kind == RopeKind::Neox) as u32,
         ]);
+        key.extend(rope.fingerprint());
         let mut t = self.tables.lock().expect("tables lock");
         if let Some(cs) = cached(&t.rope, &key) {
             return Ok(cs);
@@ -2087,11 +2095,16 @@ impl CudaBackend {
     /// KV slots, sequence bases and positions of a batch, uploaded once per batch.
     /// The batch's KV slots (`seq · n_ctx + pos`, checked against the cache's
     /// shape), each token's sequence base and positions, on the device.
+    /// The step's cache slots, and each token's first key row (`bases`) and
+    /// last key's offset from it (`pos`): a sliding window starts the keys at
+    /// the window's first position, so every decode kernel attends over the
+    /// window alone, and the new key's row `base + pos` stays the same.
     fn kv_tables(
         &self,
         batch: &Batch,
         n_ctx: usize,
         n_seq: usize,
+        spec: &AttnSpec,
     ) -> Result<Arc<KvTables>, BackendError> {
         let slots: Vec<u32> = batch
             .cache_slots(n_seq, n_ctx)?
@@ -2101,19 +2114,22 @@ impl CudaBackend {
         let mut key: Vec<u32> = batch.positions.to_vec();
         key.extend(batch.seqs);
         key.push(n_ctx as u32);
+        key.push(spec.window.map_or(0, |w| w as u32));
         let mut t = self.tables.lock().expect("tables lock");
         if let Some(kv) = cached(&t.kv, &key) {
             return Ok(kv);
         }
-        let bases: Vec<u32> = batch
-            .seqs
-            .iter()
-            .map(|&s| (s as usize * n_ctx) as u32)
+        let first = |i: usize| spec.first_key(batch.positions[i] as usize);
+        let bases: Vec<u32> = (0..batch.len())
+            .map(|i| (batch.seqs[i] as usize * n_ctx + first(i)) as u32)
+            .collect();
+        let pos: Vec<u32> = (0..batch.len())
+            .map(|i| batch.positions[i] - first(i) as u32)
             .collect();
         let kv = Arc::new((
             self.upload(&slots)?,
             self.upload(&bases)?,
-            self.upload(batch.positions)?,
+            self.upload(&pos)?,
         ));
         remember(&mut t.kv, key, kv.clone());
         Ok(kv)
@@ -2132,10 +2148,19 @@ impl CudaBackend {
     /// (token, head) with every score in shared memory.
     #[allow(clippy::too_many_arguments)]
     /// Which attention kernels `attention_heads` runs for this batch.
-    fn attention_path(&self, n_heads: usize, head_dim: usize, batch: &Batch) -> AttentionPath {
+    fn attention_path(&self, spec: &AttnSpec, batch: &Batch) -> AttentionPath {
         use std::sync::atomic::Ordering::Relaxed;
+        let (n_heads, head_dim) = (spec.n_heads, spec.head_dim);
         let n = batch.len();
-        let one_prompt = n > 1
+        // The tensor-core prompt kernel masks causally from the sequence's
+        // start: a sliding window that cuts keys off takes the kernels below,
+        // which start each token's keys where its window does (`kv_tables`).
+        let window_cuts = batch
+            .positions
+            .iter()
+            .any(|&p| spec.first_key(p as usize) > 0);
+        let one_prompt = !window_cuts
+            && n > 1
             && batch.seqs.iter().all(|&s| s == batch.seqs[0])
             && batch
                 .positions
@@ -2147,7 +2172,7 @@ impl CudaBackend {
         let max_keys = batch
             .positions
             .iter()
-            .map(|&p| p as usize + 1)
+            .map(|&p| p as usize + 1 - spec.first_key(p as usize))
             .max()
             .unwrap_or(0);
         // Long contexts: keys split over blocks (`attention_split`). Shorter
@@ -2197,7 +2222,7 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn attention_heads(
         &self,
-        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        spec: &AttnSpec,
         q: &CudaAct,
         k: &CudaAct,
         v: &CudaAct,
@@ -2206,8 +2231,9 @@ impl CudaBackend {
         rope: Option<&RopeParams>,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        let (n_heads, n_kv_heads, head_dim) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
         let n = batch.len();
-        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
+        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq, spec)?;
         let (slots, bases, pos) = (&tables.0, &tables.1, &tables.2);
         let width = kv.width as i32;
         let store = |kv: &mut CudaKv| -> Result<(), BackendError> {
@@ -2225,7 +2251,7 @@ impl CudaBackend {
             // rows of `width`, the slots (checked by kv_tables) are cache rows.
             unsafe { self.launch_chained(&self.k.kv_store, grid(n * kv.width, 256), &mut a) }
         };
-        let path = self.attention_path(n_heads, head_dim, batch);
+        let path = self.attention_path(spec, batch);
         if rope.is_some() && !self.rope_fusable(&path, head_dim) {
             return Err(BackendError::Invalid(
                 "attention: RoPE asked of a kernel that does not apply it".into(),
@@ -2238,15 +2264,12 @@ impl CudaBackend {
                 let base = batch.seqs[0] as usize * kv.n_ctx;
                 // SAFETY: the positions were checked against the cache by
                 // `kv_tables`, so every key row the kernel reads exists.
-                unsafe {
-                    self.launch_flash((n_heads, n_kv_heads, head_dim), q, kv, p0, base, out)
-                }?;
+                unsafe { self.launch_flash(spec, q, kv, p0, base, out) }?;
                 return Ok(());
             }
             AttentionPath::Split { max_keys, splits } => {
                 store(kv)?;
-                let heads = (n_heads, n_kv_heads, head_dim);
-                return self.attention_split(heads, q, kv, batch, (max_keys, splits), out);
+                return self.attention_split(spec, q, kv, batch, (max_keys, splits), out);
             }
             AttentionPath::Single {
                 tiled,
@@ -2299,6 +2322,7 @@ impl CudaBackend {
             ],
             (n_heads, n_kv_heads, head_dim),
             kv.width,
+            spec.scale,
         );
         let mut a = KernelArgs::new();
         common.push(&mut a);
@@ -2357,17 +2381,18 @@ impl CudaBackend {
     /// does). The keys and values are in the cache already.
     fn attention_split(
         &self,
-        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        spec: &AttnSpec,
         q: &CudaAct,
         kv: &CudaKv,
         batch: &Batch,
         (max_keys, splits): (usize, usize),
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        let (n_heads, n_kv_heads, head_dim) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
         let n = batch.len();
         let chunk = max_keys.div_ceil(splits);
         let splits = max_keys.div_ceil(chunk);
-        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq)?;
+        let tables = self.kv_tables(batch, kv.n_ctx, kv.n_seq, spec)?;
         let (bases, pos) = (&tables.1, &tables.2);
         let part_len = n * n_heads * splits * (head_dim + 2);
         let mut parts = self.attn_parts.lock().expect("attention parts lock");
@@ -2392,6 +2417,7 @@ impl CudaBackend {
             ],
             (n_heads, n_kv_heads, head_dim),
             kv.width,
+            spec.scale,
         );
         let mut a = KernelArgs::new();
         common.push(&mut a);
@@ -2462,17 +2488,18 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch_flash(
         &self,
-        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        spec: &AttnSpec,
         q: &CudaAct,
         kv: &CudaKv,
         p0: usize,
         base: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        let (n_heads, n_kv_heads, head_dim) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
         let n = q.n;
         let (n_i, p0, base) = (n as i32, p0 as i32, base as i32);
         let (nh, nkv, width) = (n_heads as i32, n_kv_heads as i32, kv.width as i32);
-        let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+        let scale_log2 = std::f32::consts::LOG2_E * spec.scale;
         let wgmma = match (head_dim, &self.k.flash_wgmma) {
             (128, Some(kernel)) if self.flash_wgmma() => Some(kernel),
             _ => None,
@@ -2538,13 +2565,13 @@ impl CudaBackend {
         };
         let q = self.act_from_host(n, n_heads * head_dim, &random(n * n_heads * head_dim))?;
         let mut out = self.act(n, n_heads * head_dim)?;
-        let heads = (n_heads, n_kv_heads, head_dim);
+        let heads = AttnSpec::full(n_heads, n_kv_heads, head_dim);
         let mut best = f64::MAX;
         for _ in 0..reps.max(1) + 1 {
             self.stream.synchronize().map_err(err)?;
             let t0 = std::time::Instant::now();
             // SAFETY: the cache holds `n` rows, the prompt's positions 0 .. n.
-            unsafe { self.launch_flash(heads, &q, &kv, 0, 0, &mut out) }?;
+            unsafe { self.launch_flash(&heads, &q, &kv, 0, 0, &mut out) }?;
             self.stream.synchronize().map_err(err)?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
@@ -2573,7 +2600,7 @@ impl CudaBackend {
             v: self.zeros::<f16>(n_ctx * kv_width)?,
         };
         let mut random = xorshift_values(0x9e37_79b9_7f4a_7c15, 2.0);
-        let heads = (n_heads, n_kv_heads, head_dim);
+        let heads = AttnSpec::full(n_heads, n_kv_heads, head_dim);
         let q_width = n_heads * head_dim;
         // `Some(kernel)`: that kernel; `None`: the shared-memory reference.
         let mut run =
@@ -2606,7 +2633,7 @@ impl CudaBackend {
                     _ => usize::MAX,
                 };
                 let split_was = self.split_min.swap(split_min, Relaxed);
-                let r = self.attention_heads(heads, &q, &k, &v, &mut kv, &batch, None, &mut out);
+                let r = self.attention_heads(&heads, &q, &k, &v, &mut kv, &batch, None, &mut out);
                 self.set_flash_attention(true);
                 self.set_flash_wgmma(wgmma_was)?;
                 self.tiled_decode.store(false, Relaxed);
@@ -2653,8 +2680,10 @@ impl CudaBackend {
         n_ctx: usize,
         n_seq: usize,
     ) -> Result<(), BackendError> {
-        self.rope_table(&cfg.rope, batch.positions)?;
-        self.kv_tables(batch, n_ctx, n_seq)?;
+        for layer in &cfg.layers {
+            self.rope_table(&layer.attn.rope, batch.positions)?;
+            self.kv_tables(batch, n_ctx, n_seq, &layer.attn)?;
+        }
         Ok(())
     }
 
@@ -3022,34 +3051,48 @@ impl Backend for CudaBackend {
         &self,
         x: &CudaAct,
         [w_gate, w_up, w_down]: [&CudaWeight; 3],
+        act: Activation,
         gate: &mut CudaAct,
         up: &mut CudaAct,
         tmp: &mut CudaAct,
         acc: &mut CudaAct,
     ) {
+        if act != Activation::Silu {
+            // The fused SwiGLU paths do not apply: the unfused sequence.
+            self.matmul_glu(x, w_gate, w_up, act, gate, up);
+            self.matmul_add(gate, w_down, tmp, acc);
+            return;
+        }
         if self.ffn_f16 && x.n > crate::plan::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
             if let Err(e) = self.feed_forward_f16(x, [w_gate, w_up, w_down], gate, up, acc) {
                 self.record(e);
             }
             return;
         }
-        self.matmul_swiglu(x, w_gate, w_up, gate, up);
+        self.matmul_glu(x, w_gate, w_up, act, gate, up);
         self.matmul_add(gate, w_down, tmp, acc);
     }
 
-    fn matmul_swiglu(
+    fn matmul_glu(
         &self,
         x: &CudaAct,
         w_gate: &CudaWeight,
         w_up: &CudaWeight,
+        act: Activation,
         gate: &mut CudaAct,
         up: &mut CudaAct,
     ) {
         assert_eq!(
             (gate.n, gate.width),
             (x.n, w_gate.rows),
-            "matmul_swiglu shapes"
+            "matmul_glu shapes"
         );
+        if act != Activation::Silu {
+            self.matmul(x, w_gate, gate);
+            self.matmul(x, w_up, up);
+            self.glu(gate, up, act);
+            return;
+        }
         match self.gemv_smem(x, w_gate, Some(w_up), None, false, gate) {
             Ok(true) => {}
             Ok(false) => {
@@ -3108,7 +3151,7 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
-        cfg: &Config,
+        cfg: &AttnSpec,
         q: &CudaAct,
         k: &CudaAct,
         v: &CudaAct,
@@ -3117,13 +3160,12 @@ impl Backend for CudaBackend {
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
         self.forget_q8();
-        let heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        self.attention_heads(heads, q, k, v, kv, batch, None, out)
+        self.attention_heads(cfg, q, k, v, kv, batch, None, out)
     }
 
     fn qkv_attention(
         &self,
-        cfg: &Config,
+        cfg: &AttnSpec,
         x: &CudaAct,
         w: [&CudaWeight; 3],
         b: [Option<&CudaSlice<f32>>; 3],
@@ -3159,7 +3201,7 @@ impl Backend for CudaBackend {
 
     fn rope_attention(
         &self,
-        cfg: &Config,
+        cfg: &AttnSpec,
         q: &mut CudaAct,
         k: &mut CudaAct,
         v: &CudaAct,
@@ -3167,11 +3209,10 @@ impl Backend for CudaBackend {
         batch: &Batch,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let path = self.attention_path(cfg.n_heads, cfg.head_dim, batch);
+        let path = self.attention_path(cfg, batch);
         if self.rope_fused && self.rope_fusable(&path, cfg.head_dim) {
             self.forget_q8();
-            return self.attention_heads(heads, q, k, v, kv, batch, Some(&cfg.rope), out);
+            return self.attention_heads(cfg, q, k, v, kv, batch, Some(&cfg.rope), out);
         }
         crate::backend::rope_then_attention(self, cfg, q, k, v, kv, batch, out)
     }
@@ -3181,9 +3222,57 @@ impl Backend for CudaBackend {
         self.elementwise(&self.k.swiglu, &mut gate.data, Some(&up.data), None);
     }
 
+    fn geglu(&self, gate: &mut CudaAct, up: &CudaAct) {
+        self.forget_q8();
+        self.elementwise(&self.k.geglu, &mut gate.data, Some(&up.data), None);
+    }
+
     fn add(&self, x: &mut CudaAct, y: &CudaAct) {
         self.forget_q8();
         self.elementwise(&self.k.add, &mut x.data, Some(&y.data), None);
+    }
+
+    fn scale(&self, x: &mut CudaAct, s: f32) {
+        self.forget_q8();
+        let n = x.data.len();
+        let mut b = self.stream.launch_builder(&self.k.scale);
+        b.arg(&mut x.data).arg(&s).arg(&n);
+        // SAFETY: scale(x, s, n): x holds n floats.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    fn softcap(&self, x: &mut CudaAct, c: f32) {
+        self.forget_q8();
+        let (n, inv) = (x.data.len(), 1.0 / c);
+        let mut b = self.stream.launch_builder(&self.k.softcap);
+        b.arg(&mut x.data).arg(&c).arg(&inv).arg(&n);
+        // SAFETY: softcap(x, c, inv, n): x holds n floats.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    fn rms_norm_heads(&self, x: &mut CudaAct, w: &CudaSlice<f32>, head_dim: usize, eps: f32) {
+        self.forget_q8();
+        assert_eq!(x.width % head_dim, 0, "rms_norm_heads: rows of whole heads");
+        let rows = x.n * (x.width / head_dim);
+        let (width, null16) = (head_dim as i32, 0u64);
+        let ptr = x.data.device_ptr_mut(&self.stream).0;
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(&ptr)
+            .arg(w)
+            .arg(&ptr)
+            .arg(&null16)
+            .arg(&width)
+            .arg(&eps);
+        // SAFETY: rms_norm(x, w, out, out16, width, eps), one block per row of
+        // `width`: each thread reads its elements before it writes them, so
+        // in place is safe; x holds rows · head_dim floats, w head_dim.
+        if let Err(e) = unsafe { b.launch(block_per_row(rows)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
     }
 
     fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct, BackendError> {

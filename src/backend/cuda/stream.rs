@@ -529,7 +529,7 @@ impl StreamedModel {
         self.unpark_all(b)?;
         self.bind_prefill_slots(b)?;
         let mut x = b.act(batch.len(), cfg.d_model)?;
-        b.embed(&self.model.token_embd, batch.tokens, &mut x)?;
+        self.model.embed(b, batch.tokens, &mut x)?;
         let mut streamed = 0u64;
         for (r, sub) in batch.micro_batches(ubatch) {
             let mut xc = b.read_rows(&x, r.clone())?;

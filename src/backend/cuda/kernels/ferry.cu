@@ -425,6 +425,36 @@ extern "C" __global__ void swiglu(float* g, const float* u, size_t n) {
     }
 }
 
+// gate = gelu_tanh(gate) * up, as llama.cpp's CPU backend computes it: the
+// input rounded to f16, GELU in f32, the result rounded to f16 (its table of
+// f16 results); 0 below -10, the identity above 10.
+extern "C" __global__ void geglu(float* g, const float* u, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = g[i], y;
+        if (x <= -10.0f) {
+            y = 0.0f;
+        } else if (x >= 10.0f) {
+            y = x;
+        } else {
+            x = round_half(x);
+            float inner = fmaf(0.044715f * x, x, 1.0f);
+            y = round_half(0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * inner)));
+        }
+        g[i] = y * u[i];
+    }
+}
+
+extern "C" __global__ void scale(float* x, float s, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
+// x = c * tanh(x / c), with 1/c passed as inv (as llama.cpp's graph scales).
+extern "C" __global__ void softcap(float* x, float c, float inv, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = tanhf(x[i] * inv) * c;
+}
+
 // Rotate pairs of each head by position; cos/sin precomputed on the host per
 // (token, pair): cs[(t * half + i) * 2 + {0, 1}]. The queries q (n_heads_q
 // per token) and keys k (n_heads_k, 0 for none) of a batch in one launch:
