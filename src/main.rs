@@ -343,6 +343,9 @@ enum Command {
         /// Seed of the random weights.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Keep only the preset's first N layers (small files for tests).
+        #[arg(long)]
+        layers: Option<u64>,
         out: PathBuf,
     },
     /// Write a copy of a model that keeps only its first N layers (real weights
@@ -542,6 +545,7 @@ fn run(cli: Cli) -> Result<()> {
             quant,
             vocab_from,
             seed,
+            layers,
             out,
         } => {
             let mix = ferry::synth::QuantMix::parse(&quant).with_context(|| {
@@ -551,11 +555,20 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let mut spec = ferry::synth::TinySpec::preset(&preset, ferry::quant::GgmlType::Q8_0)
                 .with_context(|| {
-                    let names: Vec<&str> = ferry::synth::PRESETS.iter().map(|p| p.0).collect();
+                    let names: Vec<&str> = ferry::synth::PRESETS.iter().map(|p| p.name).collect();
                     format!("unknown preset '{preset}'; known: {}", names.join(", "))
                 })?;
             spec.mix = Some(mix);
             spec.seed = seed;
+            if let Some(n) = layers {
+                anyhow::ensure!(
+                    (1..=spec.n_layers).contains(&n),
+                    "--layers {n}: the preset '{preset}' has {} layers; keep 1 to {} of them",
+                    spec.n_layers,
+                    spec.n_layers
+                );
+                spec.n_layers = n;
+            }
             let vocab = vocab_from.as_ref().map(Gguf::open).transpose()?;
             let t0 = std::time::Instant::now();
             ferry::synth::write_random_model(&out, &spec, vocab.as_ref())?;

@@ -68,14 +68,21 @@ impl QuantMix {
 /// Shape of a random model.
 #[derive(Debug, Clone)]
 pub struct TinySpec {
-    /// `llama` or `qwen2` (which adds Q/K/V biases).
+    /// An architecture ferry runs (`crate::model::ARCHITECTURES`): its
+    /// extra tensors (biases, q/k norms, post norms) come with it.
     pub arch: &'static str,
     pub d_model: u64,
     pub d_ff: u64,
     pub n_heads: u64,
     pub n_kv_heads: u64,
+    /// Head size where it is not `d_model / n_heads` (qwen3, gemma3).
+    pub head_dim: Option<u64>,
     pub n_layers: u64,
     pub n_vocab: u64,
+    /// Sliding window of the file (`attention.sliding_window`), if any.
+    pub window: Option<u64>,
+    /// Llama 3.1-style RoPE frequency factors (`rope_freqs.weight`).
+    pub rope_freqs: bool,
     pub weight_type: GgmlType,
     /// Overrides `weight_type` per tensor when set.
     pub mix: Option<QuantMix>,
@@ -84,70 +91,115 @@ pub struct TinySpec {
     pub seed: u64,
 }
 
-/// Shapes of real models for synthetic benchmarks: (name, architecture, tied
-/// embeddings, [d_model, d_ff, heads, kv_heads, layers, vocab]).
-pub const PRESETS: [(&str, &str, bool, [u64; 6]); 10] = [
-    ("tiny", "llama", true, [256, 512, 4, 2, 2, 512]),
-    (
-        "qwen2.5-0.5b",
-        "qwen2",
-        true,
-        [896, 4864, 14, 2, 24, 151936],
+impl TinySpec {
+    pub fn head_dim(&self) -> u64 {
+        self.head_dim.unwrap_or(self.d_model / self.n_heads)
+    }
+}
+
+/// A real model's shape, for synthetic files (`ferry synth --preset`).
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub name: &'static str,
+    pub arch: &'static str,
+    pub tied: bool,
+    /// d_model, d_ff, heads, kv_heads, layers, vocab.
+    pub shape: [u64; 6],
+    pub head_dim: Option<u64>,
+    pub window: Option<u64>,
+    pub rope_freqs: bool,
+}
+
+const fn preset(name: &'static str, arch: &'static str, tied: bool, shape: [u64; 6]) -> Preset {
+    Preset {
+        name,
+        arch,
+        tied,
+        shape,
+        head_dim: None,
+        window: None,
+        rope_freqs: false,
+    }
+}
+
+const fn with_heads(p: Preset, head_dim: u64, window: Option<u64>) -> Preset {
+    Preset {
+        head_dim: Some(head_dim),
+        window,
+        ..p
+    }
+}
+
+/// Shapes of real models for synthetic benchmarks and tests.
+pub const PRESETS: [Preset; 18] = [
+    preset("tiny", "llama", true, [256, 512, 4, 2, 2, 512]),
+    preset("qwen2.5-0.5b", "qwen2", true, [896, 4864, 14, 2, 24, 151936]),
+    preset("llama-1b", "llama", true, [2048, 8192, 32, 8, 16, 128256]),
+    preset("qwen2.5-7b", "qwen2", false, [3584, 18944, 28, 4, 28, 152064]),
+    preset("llama3-8b", "llama", false, [4096, 14336, 32, 8, 32, 128256]),
+    Preset {
+        rope_freqs: true,
+        ..preset("llama3.1-8b", "llama", false, [4096, 14336, 32, 8, 32, 128256])
+    },
+    Preset {
+        window: Some(4096),
+        ..preset("mistral-7b", "llama", false, [4096, 14336, 32, 8, 32, 32000])
+    },
+    preset("qwen2.5-14b", "qwen2", false, [5120, 13824, 40, 8, 48, 152064]),
+    preset("qwen2.5-32b", "qwen2", false, [5120, 27648, 40, 8, 64, 152064]),
+    preset("qwen2.5-72b", "qwen2", false, [8192, 29568, 64, 8, 80, 152064]),
+    preset("llama3-70b", "llama", false, [8192, 28672, 64, 8, 80, 128256]),
+    preset("smollm2-135m", "llama", true, [576, 1536, 9, 3, 30, 49152]),
+    with_heads(
+        preset("qwen3-0.6b", "qwen3", true, [1024, 3072, 16, 8, 28, 151936]),
+        128,
+        None,
     ),
-    ("llama-1b", "llama", true, [2048, 8192, 32, 8, 16, 128256]),
-    (
-        "qwen2.5-7b",
-        "qwen2",
-        false,
-        [3584, 18944, 28, 4, 28, 152064],
+    with_heads(
+        preset("qwen3-8b", "qwen3", false, [4096, 12288, 32, 8, 36, 151936]),
+        128,
+        None,
     ),
-    (
-        "llama3-8b",
-        "llama",
-        false,
-        [4096, 14336, 32, 8, 32, 128256],
+    with_heads(
+        preset("qwen3-32b", "qwen3", false, [5120, 25600, 64, 8, 64, 151936]),
+        128,
+        None,
     ),
-    (
-        "qwen2.5-14b",
-        "qwen2",
-        false,
-        [5120, 13824, 40, 8, 48, 152064],
+    with_heads(
+        preset("gemma3-270m", "gemma3", true, [640, 2048, 4, 1, 18, 262144]),
+        256,
+        Some(512),
     ),
-    (
-        "qwen2.5-32b",
-        "qwen2",
-        false,
-        [5120, 27648, 40, 8, 64, 152064],
+    with_heads(
+        preset("gemma3-1b", "gemma3", true, [1152, 6912, 4, 1, 26, 262144]),
+        256,
+        Some(512),
     ),
-    (
-        "qwen2.5-72b",
-        "qwen2",
-        false,
-        [8192, 29568, 64, 8, 80, 152064],
+    with_heads(
+        preset("gemma3-27b", "gemma3", true, [5376, 21504, 32, 16, 62, 262208]),
+        128,
+        Some(1024),
     ),
-    (
-        "llama3-70b",
-        "llama",
-        false,
-        [8192, 28672, 64, 8, 80, 128256],
-    ),
-    ("smollm2-135m", "llama", true, [576, 1536, 9, 3, 30, 49152]),
 ];
 
 impl TinySpec {
     /// A preset's shape (see `PRESETS`).
     pub fn preset(name: &str, weight_type: GgmlType) -> Option<Self> {
-        let (_, arch, tied, [d, ff, h, kv, l, v]) = PRESETS.iter().find(|p| p.0 == name)?;
+        let p = PRESETS.iter().find(|p| p.name == name)?;
+        let [d, ff, h, kv, l, v] = p.shape;
         Some(TinySpec {
-            arch,
+            arch: p.arch,
             mix: None,
-            tied: *tied,
-            d_model: *d,
-            d_ff: *ff,
-            n_heads: *h,
-            n_kv_heads: *kv,
-            n_layers: *l,
-            n_vocab: *v,
+            tied: p.tied,
+            d_model: d,
+            d_ff: ff,
+            n_heads: h,
+            n_kv_heads: kv,
+            head_dim: p.head_dim,
+            n_layers: l,
+            n_vocab: v,
+            window: p.window,
+            rope_freqs: p.rope_freqs,
             weight_type,
             seed: 1,
         })
@@ -162,8 +214,11 @@ impl TinySpec {
             d_ff: 512,
             n_heads: 4,
             n_kv_heads: 2,
+            head_dim: None,
             n_layers: 2,
             n_vocab: 512,
+            window: None,
+            rope_freqs: false,
             weight_type,
             seed: 1,
         }
@@ -239,8 +294,22 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
     );
     w.set(
         format!("{arch}.rope.freq_base"),
-        Value::F32(if arch == "qwen2" { 1e6 } else { 5e5 }),
+        Value::F32(match arch {
+            "qwen2" | "qwen3" | "gemma3" => 1e6,
+            _ => 5e5,
+        }),
     );
+    if spec.head_dim.is_some() {
+        for k in ["attention.key_length", "attention.value_length"] {
+            w.set(format!("{arch}.{k}"), Value::U32(spec.head_dim() as u32));
+        }
+    }
+    if let Some(win) = spec.window {
+        w.set(
+            format!("{arch}.attention.sliding_window"),
+            Value::U32(win as u32),
+        );
+    }
     match vocab_from {
         Some(g) => {
             for (k, val) in g.metadata() {
@@ -283,7 +352,15 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
             out.finish()?;
             Ok(())
         });
-        for (ti, (_, shape, ty)) in tensors.iter().enumerate() {
+        for (ti, (name, shape, ty)) in tensors.iter().enumerate() {
+            if name == "rope_freqs.weight" {
+                let f = llama3_rope_factors(spec.head_dim() as usize, 5e5);
+                let bytes = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+                if send.send(vec![bytes]).is_err() {
+                    break;
+                }
+                continue;
+            }
             let (cols, rows) = (shape[0], shape.iter().skip(1).product::<u64>());
             let std = if shape.len() == 1 {
                 0.1
@@ -348,6 +425,27 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
     Ok(())
 }
 
+/// Llama 3.1's RoPE frequency factors (factor 8, low/high frequency factors
+/// 1 and 4, original context 8192), as llama.cpp's converter computes them.
+pub fn llama3_rope_factors(head_dim: usize, base: f64) -> Vec<f32> {
+    let (factor, low, high, old_ctx) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < old_ctx / high {
+                1.0
+            } else if wavelen > old_ctx / low {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
+}
+
 /// The tensors of a synthetic model: names, shapes and types (after the Q8_0
 /// fallback for rows that do not divide into the type's blocks).
 pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, GgmlType)> {
@@ -358,8 +456,9 @@ pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, Ggml
         spec.n_kv_heads,
         n_vocab,
     );
-    let hd = d / h;
+    let hd = spec.head_dim();
     let arch = spec.arch;
+    let desc = crate::model::Arch::from_name(arch).map(|a| *a.desc());
     let mix = spec.mix.unwrap_or(QuantMix::Uniform(spec.weight_type));
     let mut tensors: Vec<(String, Vec<u64>, GgmlType)> = vec![
         (
@@ -369,6 +468,9 @@ pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, Ggml
         ),
         ("output_norm.weight".into(), vec![d], GgmlType::F32),
     ];
+    if spec.rope_freqs {
+        tensors.push(("rope_freqs.weight".into(), vec![hd / 2], GgmlType::F32));
+    }
     if !spec.tied {
         tensors.push((
             "output.weight".into(),
@@ -388,11 +490,21 @@ pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, Ggml
             ("ffn_up.weight", vec![d, ff]),
             ("ffn_down.weight", vec![ff, d]),
         ];
-        if arch == "qwen2" {
+        use crate::model::Presence;
+        if desc.is_some_and(|a| a.qkv_bias == Presence::Required) {
             layer.extend([
                 ("attn_q.bias", vec![h * hd]),
                 ("attn_k.bias", vec![kvh * hd]),
                 ("attn_v.bias", vec![kvh * hd]),
+            ]);
+        }
+        if desc.is_some_and(|a| a.qk_norm) {
+            layer.extend([("attn_q_norm.weight", vec![hd]), ("attn_k_norm.weight", vec![hd])]);
+        }
+        if desc.is_some_and(|a| a.post_norms) {
+            layer.extend([
+                ("post_attention_norm.weight", vec![d]),
+                ("post_ffw_norm.weight", vec![d]),
             ]);
         }
         for (n, shape) in layer {

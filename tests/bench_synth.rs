@@ -52,7 +52,7 @@ fn every_preset_has_its_real_models_size() {
         ("qwen2.5-72b", 44.15),
         ("llama3-70b", 39.59),
     ];
-    for (name, ..) in PRESETS {
+    for name in PRESETS.map(|p| p.name) {
         let mut spec = TinySpec::preset(name, GgmlType::Q8_0).unwrap();
         spec.mix = Some(QuantMix::Q4KM);
         let tensors = tensor_list(&spec, spec.n_vocab);
@@ -60,10 +60,15 @@ fn every_preset_has_its_real_models_size() {
             .iter()
             .map(|(_, s, t)| t.bytes_for(s.iter().product()).unwrap())
             .sum();
-        let per_layer = if spec.arch == "qwen2" { 12 } else { 9 };
+        let per_layer = match spec.arch {
+            "qwen2" => 12,
+            "qwen3" => 11,
+            "gemma3" => 13,
+            _ => 9,
+        };
         assert_eq!(
             tensors.len() as u64,
-            2 + (!spec.tied) as u64 + spec.n_layers * per_layer,
+            2 + (!spec.tied) as u64 + spec.rope_freqs as u64 + spec.n_layers * per_layer,
             "{name}"
         );
         if let Some((_, gib)) = real.iter().find(|r| r.0 == name) {
@@ -83,6 +88,8 @@ fn synthetic_models_of_every_mix_run_on_the_cpu() {
         ("qwen2", "q5_k_m"),
         ("qwen2", "q4_0"),
         ("llama", "f16"),
+        ("qwen3", "q8_0"),
+        ("gemma3", "q4_k_m"),
     ] {
         let mut spec = TinySpec::preset("tiny", GgmlType::Q8_0).unwrap();
         spec.arch = arch;
@@ -303,4 +310,43 @@ fn synthetic_files_do_not_depend_on_the_thread_count() {
         .unwrap();
     let bytes = |threads, name| std::fs::read(write_with_threads(&spec, threads, name)).unwrap();
     assert!(bytes(1, "threads-1.gguf") == bytes(3, "threads-3.gguf"));
+}
+
+/// The per-layer description read from a file: gemma3's five local layers
+/// then a global one, each with its RoPE base, its query scale and embedding
+/// scale; a llama file with a window (Mistral) windows every layer; qwen3
+/// normalizes q and k and has no window.
+#[test]
+fn layer_descriptions_follow_the_architecture() {
+    use ferry::model::{Activation, Config};
+    let config = |arch: &'static str, window: Option<u64>, head_dim: Option<u64>| {
+        let mut spec = TinySpec::preset("tiny", GgmlType::Q8_0).unwrap();
+        (spec.arch, spec.window, spec.head_dim, spec.n_layers) = (arch, window, head_dim, 7);
+        let path = tmp(&format!("desc-{arch}.gguf"));
+        write_random_model(&path, &spec, None).unwrap();
+        Config::from_gguf(&Gguf::open(&path).unwrap()).unwrap()
+    };
+    let g = config("gemma3", Some(16), Some(32));
+    for (i, l) in g.layers.iter().enumerate() {
+        let global = i == 5;
+        assert_eq!(l.attn.window, (!global).then_some(16), "gemma3 layer {i}");
+        let base = if global { 1e6 } else { 1e4 };
+        assert_eq!(l.attn.rope.freq_base, base, "gemma3 layer {i}");
+        assert_eq!(l.query_scale, Some(1.0 / 32f32.sqrt()));
+        assert_eq!(l.attn.scale, 1.0);
+        assert!(l.qk_norm && l.post_norms);
+        assert_eq!(l.activation, Activation::GeluTanh);
+    }
+    assert_eq!(g.embed_scale, Some(16.0));
+    assert_eq!(g.q_width(), 4 * 32);
+
+    let m = config("llama", Some(8), None);
+    assert!(m.layers.iter().all(|l| l.attn.window == Some(8)));
+    assert!(m.layers.iter().all(|l| !l.qk_norm && l.query_scale.is_none()));
+    assert_eq!(m.layers[0].attn.scale, 1.0 / 64f32.sqrt());
+
+    let q = config("qwen3", None, Some(128));
+    assert!(q.layers.iter().all(|l| l.qk_norm && l.attn.window.is_none()));
+    assert_eq!((q.q_width(), q.kv_width()), (4 * 128, 2 * 128));
+    assert_eq!(q.embed_scale, None);
 }

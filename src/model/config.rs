@@ -34,9 +34,11 @@ pub struct ArchDesc {
     /// Queries scaled before attention (the scores then unscaled), as gemma
     /// does; otherwise the scores are scaled inside the softmax.
     pub scale_query: bool,
-    /// Layer `i` is a sliding-window layer unless `(i + 1) % pattern == 0`
-    /// (when the file sets a window); 0: every layer uses the window.
-    pub swa_pattern: usize,
+    /// Where the file sets `attention.sliding_window`: layer `i` uses it
+    /// unless `(i + 1) % pattern == 0`; `Some(0)`: every layer does (Mistral
+    /// files of the llama architecture; llama.cpp ignores their window, which
+    /// only matters past it, 4096 tokens); `None`: no layer does.
+    pub swa_pattern: Option<usize>,
 }
 
 /// Whether a family of tensors is in every file, in none, or in some.
@@ -58,7 +60,7 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         activation: Activation::Silu,
         embed_scale_sqrt_d: false,
         scale_query: false,
-        swa_pattern: 0,
+        swa_pattern: Some(0),
     },
     ArchDesc {
         arch: Arch::Qwen2,
@@ -70,7 +72,7 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         activation: Activation::Silu,
         embed_scale_sqrt_d: false,
         scale_query: false,
-        swa_pattern: 0,
+        swa_pattern: None,
     },
     ArchDesc {
         arch: Arch::Qwen3,
@@ -82,7 +84,7 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         activation: Activation::Silu,
         embed_scale_sqrt_d: false,
         scale_query: false,
-        swa_pattern: 0,
+        swa_pattern: None,
     },
     ArchDesc {
         arch: Arch::Gemma3,
@@ -94,7 +96,7 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         activation: Activation::GeluTanh,
         embed_scale_sqrt_d: true,
         scale_query: true,
-        swa_pattern: 6,
+        swa_pattern: Some(6),
     },
 ];
 
@@ -460,10 +462,10 @@ impl Config {
         let window = g
             .get_u64_opt(&key("attention.sliding_window"))?
             .map(|v| v as usize)
-            .filter(|&w| w > 0 && desc.swa_pattern > 0);
+            .filter(|&w| w > 0 && desc.swa_pattern.is_some());
         let pattern = g
             .get_u64_opt(&key("attention.sliding_window_pattern"))?
-            .map_or(desc.swa_pattern, |v| v as usize);
+            .map_or(desc.swa_pattern.unwrap_or(0), |v| v as usize);
         let rope_swa = RopeParams {
             freq_base: float(
                 "rope.freq_base_swa",

@@ -553,7 +553,7 @@ pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<Model
     let (_, embd_shape, embd_ty) = find("token_embd.weight")?;
     let (_, out_shape, out_ty) = find("output.weight").or(find("token_embd.weight"))?;
     let (d, h, kvh) = (spec.d_model, spec.n_heads, spec.n_kv_heads);
-    let hd = d / h;
+    let hd = spec.head_dim();
     Some(ModelShape {
         name: format!("{name} ({} synthetic)", mix.name()),
         n_layers: n,

@@ -27,22 +27,27 @@ pub fn f32s(bytes: &[u8]) -> Vec<f32> {
 /// Tests that need them fail loudly when they are missing rather than skip, so
 /// that a CI run can never pass without having checked them.
 pub fn model(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FERRY_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"));
     let file = match name {
         "smollm2" => "smollm2-135m-instruct-q4_1.gguf",
         "qwen05" => "qwen2.5-coder-0.5b-instruct.gguf",
         "gemma3" => "gemma-3-270m-q4_k_m.gguf",
         _ => panic!("unknown model {name}"),
     };
+    PathBuf::from(model_file(file))
+}
+
+/// A real model's path by its file name (models/ or $FERRY_MODELS), checked.
+pub fn model_file(file: &str) -> String {
+    let dir = std::env::var_os("FERRY_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models"));
     let p = dir.join(file);
     assert!(
         Path::new(&p).exists(),
         "{} is missing: run `python3 scripts/fetch_models.py` first",
         p.display()
     );
-    p
+    p.display().to_string()
 }
 
 pub const MODELS: [&str; 3] = ["smollm2", "qwen05", "gemma3"];

@@ -56,9 +56,13 @@ pub fn attention(
         .for_each(|(task, out)| {
             let (t, g) = (task / cfg.n_kv_heads, task % cfg.n_kv_heads);
             let (seq, pos) = (batch.seqs[t] as usize, batch.positions[t] as usize);
-            // A sliding window starts the keys later; the lanes of the sums
-            // then start at the window's first key.
-            let first = cfg.first_key(pos);
+            // A sliding window: the keys from a multiple of 64 at or before
+            // its first, the ones before it masked. Every lane of the sums
+            // below (16 or 64 keys wide) then holds the keys it holds when
+            // llama.cpp masks the whole cache, and the skipped keys would have
+            // added exact zeros: the same bits, for a window's work.
+            let first = cfg.first_key(pos) / 64 * 64;
+            let masked = cfg.first_key(pos) - first;
             let base = (seq * kv.n_ctx + first) * width + g * hd;
             let n_keys = pos + 1 - first;
             // Queries rounded to f16, as llama.cpp multiplies them with f16 keys.
@@ -91,6 +95,7 @@ pub fn attention(
                         &values,
                         scale,
                         single,
+                        masked,
                         &mut scores[..n_keys],
                         &mut acc,
                         out_h,
@@ -105,6 +110,7 @@ pub fn attention(
                 for s in row.iter_mut() {
                     *s *= scale;
                 }
+                row[..masked].fill(f32::NEG_INFINITY);
                 reference_math::softmax(row);
                 reference_math::round_to_f16(row);
                 simd::weighted_rows(&values, row, hd, out_h);

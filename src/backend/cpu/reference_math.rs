@@ -149,6 +149,7 @@ fn attend_inline(
     values: &[f32],
     scale: f32,
     single: bool,
+    masked: usize,
     scores: &mut [f32],
     acc: &mut [f32],
     out: &mut [f32],
@@ -166,6 +167,8 @@ fn attend_inline(
         };
         *s = dot * scale;
     }
+    // Keys before a sliding window's start, masked as the reference masks them.
+    scores[..masked].fill(f32::NEG_INFINITY);
     softmax_inline(scores);
     round_to_f16(scores);
     // acc[slot][d]: key j adds into slot j mod 16 (a matrix product) or
@@ -230,6 +233,7 @@ unsafe fn attend_avx2(
     values: &[f32],
     scale: f32,
     single: bool,
+    masked: usize,
     scores: &mut [f32],
     acc: &mut [f32],
     out: &mut [f32],
@@ -239,7 +243,7 @@ unsafe fn attend_avx2(
         |a: &[f32], b: &[f32]| unsafe { dot_lanes16_avx2(a, b) },
         |a: &[f32], b: &[f32]| unsafe { dot_vec64_avx2(a, b) },
     );
-    attend_inline(q, keys, values, scale, single, scores, acc, out, dots)
+    attend_inline(q, keys, values, scale, single, masked, scores, acc, out, dots)
 }
 
 /// `dot_lanes16` with two 8-wide registers for the 16 lanes. The products
@@ -304,7 +308,8 @@ fn reduce_halves(lo: std::arch::x86_64::__m256, hi: std::arch::x86_64::__m256) -
     _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
 }
 
-/// One query head's attention in llama.cpp's arithmetic (see `attend_inline`).
+/// One query head's attention in llama.cpp's arithmetic (see `attend_inline`);
+/// the first `masked` keys are masked out (a sliding window).
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
@@ -312,6 +317,7 @@ pub fn attend(
     values: &[f32],
     scale: f32,
     single: bool,
+    masked: usize,
     scores: &mut [f32],
     acc: &mut [f32],
     out: &mut [f32],
@@ -319,7 +325,7 @@ pub fn attend(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { attend_avx2(q, keys, values, scale, single, scores, acc, out) };
+        return unsafe { attend_avx2(q, keys, values, scale, single, masked, scores, acc, out) };
     }
     attend_inline(
         q,
@@ -327,6 +333,7 @@ pub fn attend(
         values,
         scale,
         single,
+        masked,
         scores,
         acc,
         out,

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""llama.cpp's results on synthetic files in real shapes, for architectures
+with no small real model here (tests/synth_reference.rs checks ferry's).
+
+Each case is a `ferry synth` command (random weights from a seed, a real
+tokenizer copied with --vocab-from); the file is deterministic, so the test
+writes it again and checks its sha256 before comparing. For each prompt:
+the sha256 of llama.cpp's logits at every position, the last position's
+logits, and a greedy continuation.
+
+Needs: pip install numpy llama-cpp-python; the real models
+(scripts/fetch_models.py); a release build (cargo build --release).
+
+    python3 scripts/gen_synth_fixtures.py [CASE...]
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import llama_cpp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures", "synth")
+FERRY = os.path.join(ROOT, "target", "release", "ferry")
+M = os.path.join(ROOT, "models")
+
+# name: (preset, layers, quant, vocab model, seed)
+CASES = {
+    "qwen3": ("qwen3-0.6b", 3, "q8_0", "qwen2.5-coder-0.5b-instruct.gguf", 7),
+    "gemma3-1b": ("gemma3-1b", 6, "q4_k_m", "gemma-3-270m-q4_k_m.gguf", 7),
+    "llama31": ("llama3.1-8b", 2, "q8_0", "smollm2-135m-instruct-q4_1.gguf", 7),
+}
+PROMPTS = [
+    "The capital of France is",
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    "Once upon a time, in a land far away, a small dragon",
+]
+N_GREEDY = 16
+# Cases with a sliding window also take a prompt longer than it (gemma3-1b:
+# 512), so the window's cut is compared too.
+LONG_PROMPT = " ".join(f"item {i}: the {['red', 'green', 'blue'][i % 3]} box" for i in range(100))
+WINDOWED = {"gemma3-1b"}
+
+
+def synth_args(case):
+    preset, layers, quant, vocab, seed = CASES[case]
+    return ["synth", "--preset", preset, "--layers", str(layers), "--quant", quant,
+            "--vocab-from", os.path.join(M, vocab), "--seed", str(seed)]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def logits_at(llm, i):
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32).copy()
+
+
+def main():
+    os.makedirs(FIX, exist_ok=True)
+    for case in sys.argv[1:] or list(CASES):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{case}.gguf")
+            subprocess.run([FERRY, *synth_args(case), path], check=True)
+            llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=1024, n_ubatch=1024, n_threads=2,
+                                  logits_all=True, verbose=False)
+            prompts = []
+            for i, text in enumerate(PROMPTS + ([LONG_PROMPT] if case in WINDOWED else [])):
+                ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+                llm.reset()
+                llm.eval(ids)
+                hashes = [hashlib.sha256(logits_at(llm, j).tobytes()).hexdigest() for j in range(len(ids))]
+                last = logits_at(llm, len(ids) - 1)
+                with open(os.path.join(FIX, f"{case}-{i}.f32"), "wb") as f:
+                    f.write(last.tobytes())
+                greedy = []
+                for _ in range(N_GREEDY):
+                    nxt = int(np.argmax(logits_at(llm, -1)))
+                    greedy.append(nxt)
+                    llm.eval([nxt])
+                prompts.append({"tokens": ids, "sha256": hashes, "greedy": greedy})
+                print(f"{case} prompt {i}: {len(ids)} tokens", file=sys.stderr)
+            out = {"synth": synth_args(case), "file_sha256": sha256_file(path), "prompts": prompts}
+            with open(os.path.join(FIX, f"{case}.json"), "w") as f:
+                json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+//! Architectures with no small real model here (qwen3, gemma3 at the 1B
+//! shape, Llama 3.1 RoPE scaling) against llama.cpp on synthetic files in
+//! their real shapes: random weights from a seed, a real tokenizer. The test
+//! writes each file again with `ferry synth` (deterministic), checks its
+//! sha256 against the one llama.cpp scored (`scripts/gen_synth_fixtures.py`),
+//! then compares the logits at every position of each prompt bit for bit, the
+//! last position's values, and greedy continuations.
+//!
+//! The gemma3 case has a prompt longer than its 512-token sliding window
+//! (791 tokens): ferry reads each row's keys from a multiple of 64 before the
+//! window's start, masking the ones before it, and so matches llama.cpp,
+//! which masks the whole cache, bit for bit there too.
+//!
+//! Matrices are Q8_0 (qwen3, llama3.1) or Q4_K_M (gemma3), whose products
+//! follow llama.cpp's float order at these shapes. Two quantizations do not
+//! yet at the Llama 3 8B shape (open in the quantization issue): Q4_0 (which
+//! llama.cpp repacks for AVX2), up to 5e-2 apart, and Q4_K_M at 14 and 30
+//! tokens, 1e-6 apart.
+
+mod common;
+
+use common::*;
+use ferry::backend::cpu::CpuBackend;
+use ferry::backend::{Backend, SequenceSpan};
+use ferry::engine::{Session, argmax};
+use ferry::gguf::Gguf;
+use ferry::model::Model;
+use sha2::{Digest, Sha256};
+
+#[derive(serde::Deserialize)]
+struct Prompt {
+    tokens: Vec<u32>,
+    sha256: Vec<String>,
+    greedy: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    synth: Vec<String>,
+    file_sha256: String,
+    prompts: Vec<Prompt>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Prompts up to this long are compared at every position (all rows' logits
+/// at once); longer ones at the last.
+const ALL_ROWS_MAX: usize = 64;
+
+fn check(case: &str, window: Option<usize>) {
+    let fx: Fixture =
+        serde_json::from_slice(&read_fixture(&format!("synth/{case}.json"))).unwrap();
+    let dir = std::env::temp_dir().join(format!("ferry-synth-ref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{case}.gguf"));
+    // The fixture's command names the models by the path they had; here they
+    // come from models/ (or $FERRY_MODELS).
+    let args: Vec<String> = fx
+        .synth
+        .iter()
+        .map(|a| match std::path::Path::new(a).file_name() {
+            Some(f) if a.ends_with(".gguf") => model_file(f.to_str().unwrap()),
+            _ => a.clone(),
+        })
+        .collect();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(&args)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ferry {args:?} failed");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        hex(&bytes),
+        fx.file_sha256,
+        "{case}: `ferry {}` no longer writes the file llama.cpp scored; regenerate the fixture",
+        args.join(" ")
+    );
+    drop(bytes);
+
+    let backend = CpuBackend::new(0);
+    let g = Gguf::open(&path).unwrap();
+    let m = Model::load(&backend, &g, |_, _| {}).unwrap();
+    let n_vocab = m.config.n_vocab;
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (i, p) in fx.prompts.iter().enumerate() {
+        let n = p.tokens.len();
+        if let Some(w) = window {
+            assert!(
+                fx.prompts.iter().any(|p| p.tokens.len() > w),
+                "{case}: no prompt beyond the {w}-token window"
+            );
+        }
+        // Every position's logits (short prompts), bit for bit.
+        if n <= ALL_ROWS_MAX {
+            let mut kv: Vec<_> = (0..m.config.n_layers)
+                .map(|_| backend.kv_cache(&m.config, n, 1).unwrap())
+                .collect();
+            let rows: Vec<usize> = (0..n).collect();
+            let span = SequenceSpan::new(0, 0, n);
+            let logits = m
+                .forward(&backend, &mut kv, &span.batch(&p.tokens), &rows)
+                .unwrap();
+            for (j, row) in logits.chunks(n_vocab).enumerate() {
+                if hex(&le_bytes(row)) != p.sha256[j] {
+                    failures.push(format!("{case} #{i}: position {j} differs from llama.cpp"));
+                }
+            }
+        }
+        // The last position's values and the greedy continuation.
+        let want = f32s(&read_fixture(&format!("synth/{case}-{i}.f32")));
+        let mut s = Session::new(&backend, &m, n + p.greedy.len() + 1, 1).unwrap();
+        let mut logits = s.prefill(0, &p.tokens).unwrap();
+        let same_bits = hex(&le_bytes(&logits)) == p.sha256[n - 1];
+        let range = want.iter().fold(f32::MIN, |a, &b| a.max(b))
+            - want.iter().fold(f32::MAX, |a, &b| a.min(b));
+        let max_diff = logits
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        if !same_bits {
+            failures.push(format!(
+                "{case} #{i}: last position differs from llama.cpp by up to {max_diff}"
+            ));
+        }
+        let mut same = 0;
+        for (step, &reference) in p.greedy.iter().enumerate() {
+            let ours = argmax(&logits);
+            if ours != reference {
+                failures.push(format!(
+                    "{case} #{i}: greedy step {step}: ferry {ours}, llama.cpp {reference}"
+                ));
+                break;
+            }
+            same += 1;
+            logits = s.decode(&[0], &[ours]).unwrap();
+        }
+        report.push(format!(
+            "{case} #{i} ({n} tokens): last position {}, max |Δ| {max_diff:.2e} of range {range:.2}; greedy {same}/{}",
+            if same_bits { "bit-identical" } else { "differs" },
+            p.greedy.len()
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn qwen3_matches_llama_cpp() {
+    check("qwen3", None);
+}
+
+#[test]
+fn gemma3_1b_shape_matches_llama_cpp_within_and_beyond_its_window() {
+    check("gemma3-1b", Some(512));
+}
+
+#[test]
+fn llama31_rope_factors_match_llama_cpp() {
+    check("llama31", None);
+}
