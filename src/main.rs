@@ -1915,6 +1915,33 @@ fn gpu_check(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f3
         spec.n_vocab = 512;
         ferry::synth::write_random_llama(&p, &spec)?;
         models.push(p);
+        // The other architectures in their real shapes, a few layers each;
+        // gemma3's window cut to 64 so that the 160-token prompt and the
+        // decode steps after it attend over a window (the prompt kernel then
+        // gives way to the windowed ones), at head sizes 256 (1B) and 128 (27B).
+        for (preset, layers, window, mix) in [
+            ("qwen3-32b", 2, None, ferry::synth::QuantMix::Q4KM),
+            ("gemma3-1b", 7, Some(64), ferry::synth::QuantMix::Q4KM),
+            ("gemma3-27b", 2, Some(64), ferry::synth::QuantMix::Q4KM),
+            (
+                "llama3.1-8b",
+                2,
+                None,
+                ferry::synth::QuantMix::Uniform(GgmlType::Q8_0),
+            ),
+        ] {
+            let mut spec = ferry::synth::TinySpec::preset(preset, GgmlType::Q4_K)
+                .with_context(|| format!("the {preset} preset"))?;
+            spec.mix = Some(mix);
+            spec.n_layers = layers;
+            spec.n_vocab = 512;
+            if window.is_some() {
+                spec.window = window;
+            }
+            let p = dir.join(format!("synthetic-{preset}-{layers}-layers.gguf"));
+            ferry::synth::write_random_llama(&p, &spec)?;
+            models.push(p);
+        }
     }
     let rel = |a: &[f32], b: &[f32]| {
         let max = b.iter().fold(f32::MIN, |m, &v| m.max(v));
