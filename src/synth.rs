@@ -133,22 +133,67 @@ const fn with_heads(p: Preset, head_dim: u64, window: Option<u64>) -> Preset {
 /// Shapes of real models for synthetic benchmarks and tests.
 pub const PRESETS: [Preset; 18] = [
     preset("tiny", "llama", true, [256, 512, 4, 2, 2, 512]),
-    preset("qwen2.5-0.5b", "qwen2", true, [896, 4864, 14, 2, 24, 151936]),
+    preset(
+        "qwen2.5-0.5b",
+        "qwen2",
+        true,
+        [896, 4864, 14, 2, 24, 151936],
+    ),
     preset("llama-1b", "llama", true, [2048, 8192, 32, 8, 16, 128256]),
-    preset("qwen2.5-7b", "qwen2", false, [3584, 18944, 28, 4, 28, 152064]),
-    preset("llama3-8b", "llama", false, [4096, 14336, 32, 8, 32, 128256]),
+    preset(
+        "qwen2.5-7b",
+        "qwen2",
+        false,
+        [3584, 18944, 28, 4, 28, 152064],
+    ),
+    preset(
+        "llama3-8b",
+        "llama",
+        false,
+        [4096, 14336, 32, 8, 32, 128256],
+    ),
     Preset {
         rope_freqs: true,
-        ..preset("llama3.1-8b", "llama", false, [4096, 14336, 32, 8, 32, 128256])
+        ..preset(
+            "llama3.1-8b",
+            "llama",
+            false,
+            [4096, 14336, 32, 8, 32, 128256],
+        )
     },
     Preset {
         window: Some(4096),
-        ..preset("mistral-7b", "llama", false, [4096, 14336, 32, 8, 32, 32000])
+        ..preset(
+            "mistral-7b",
+            "llama",
+            false,
+            [4096, 14336, 32, 8, 32, 32000],
+        )
     },
-    preset("qwen2.5-14b", "qwen2", false, [5120, 13824, 40, 8, 48, 152064]),
-    preset("qwen2.5-32b", "qwen2", false, [5120, 27648, 40, 8, 64, 152064]),
-    preset("qwen2.5-72b", "qwen2", false, [8192, 29568, 64, 8, 80, 152064]),
-    preset("llama3-70b", "llama", false, [8192, 28672, 64, 8, 80, 128256]),
+    preset(
+        "qwen2.5-14b",
+        "qwen2",
+        false,
+        [5120, 13824, 40, 8, 48, 152064],
+    ),
+    preset(
+        "qwen2.5-32b",
+        "qwen2",
+        false,
+        [5120, 27648, 40, 8, 64, 152064],
+    ),
+    preset(
+        "qwen2.5-72b",
+        "qwen2",
+        false,
+        [8192, 29568, 64, 8, 80, 152064],
+    ),
+    preset(
+        "llama3-70b",
+        "llama",
+        false,
+        [8192, 28672, 64, 8, 80, 128256],
+    ),
     preset("smollm2-135m", "llama", true, [576, 1536, 9, 3, 30, 49152]),
     with_heads(
         preset("qwen3-0.6b", "qwen3", true, [1024, 3072, 16, 8, 28, 151936]),
@@ -161,7 +206,12 @@ pub const PRESETS: [Preset; 18] = [
         None,
     ),
     with_heads(
-        preset("qwen3-32b", "qwen3", false, [5120, 25600, 64, 8, 64, 151936]),
+        preset(
+            "qwen3-32b",
+            "qwen3",
+            false,
+            [5120, 25600, 64, 8, 64, 151936],
+        ),
         128,
         None,
     ),
@@ -176,7 +226,12 @@ pub const PRESETS: [Preset; 18] = [
         Some(512),
     ),
     with_heads(
-        preset("gemma3-27b", "gemma3", true, [5376, 21504, 32, 16, 62, 262208]),
+        preset(
+            "gemma3-27b",
+            "gemma3",
+            true,
+            [5376, 21504, 32, 16, 62, 262208],
+        ),
         128,
         Some(1024),
     ),
@@ -499,7 +554,10 @@ pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, Ggml
             ]);
         }
         if desc.is_some_and(|a| a.qk_norm) {
-            layer.extend([("attn_q_norm.weight", vec![hd]), ("attn_k_norm.weight", vec![hd])]);
+            layer.extend([
+                ("attn_q_norm.weight", vec![hd]),
+                ("attn_k_norm.weight", vec![hd]),
+            ]);
         }
         if desc.is_some_and(|a| a.post_norms) {
             layer.extend([

@@ -342,11 +342,19 @@ fn layer_descriptions_follow_the_architecture() {
 
     let m = config("llama", Some(8), None);
     assert!(m.layers.iter().all(|l| l.attn.window == Some(8)));
-    assert!(m.layers.iter().all(|l| !l.qk_norm && l.query_scale.is_none()));
+    assert!(
+        m.layers
+            .iter()
+            .all(|l| !l.qk_norm && l.query_scale.is_none())
+    );
     assert_eq!(m.layers[0].attn.scale, 1.0 / 64f32.sqrt());
 
     let q = config("qwen3", None, Some(128));
-    assert!(q.layers.iter().all(|l| l.qk_norm && l.attn.window.is_none()));
+    assert!(
+        q.layers
+            .iter()
+            .all(|l| l.qk_norm && l.attn.window.is_none())
+    );
     assert_eq!((q.q_width(), q.kv_width()), (4 * 128, 2 * 128));
     assert_eq!(q.embed_scale, None);
 }

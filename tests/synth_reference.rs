@@ -54,8 +54,7 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 const ALL_ROWS_MAX: usize = 64;
 
 fn check(case: &str, window: Option<usize>) {
-    let fx: Fixture =
-        serde_json::from_slice(&read_fixture(&format!("synth/{case}.json"))).unwrap();
+    let fx: Fixture = serde_json::from_slice(&read_fixture(&format!("synth/{case}.json"))).unwrap();
     let dir = std::env::temp_dir().join(format!("ferry-synth-ref-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{case}.gguf"));

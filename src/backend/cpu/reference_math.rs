@@ -243,7 +243,9 @@ unsafe fn attend_avx2(
         |a: &[f32], b: &[f32]| unsafe { dot_lanes16_avx2(a, b) },
         |a: &[f32], b: &[f32]| unsafe { dot_vec64_avx2(a, b) },
     );
-    attend_inline(q, keys, values, scale, single, masked, scores, acc, out, dots)
+    attend_inline(
+        q, keys, values, scale, single, masked, scores, acc, out, dots,
+    )
 }
 
 /// `dot_lanes16` with two 8-wide registers for the 16 lanes. The products
