@@ -12,6 +12,7 @@
 #           the presets' own vocabulary sizes): resident pp2048 (micro-batches
 #           of 512 and of 2048) and tg32; at half the model's size pp2048
 #           (micro-batches of 2048) and tg16
+#   quick   the ferry phase's resident runs with micro-batches of 2048 only
 #   llama   llama.cpp's llama-bench on the same files (built in the background
 #           from the start): resident (-ngl 99) and half the layers (-ngl N/2)
 # Every run's log ends with the peak device memory nvidia-smi saw.
@@ -65,13 +66,20 @@ if has ferry; then
             -p 2048 -n 16 -r 2 --ub 2048 --mode stream --gpu-profile calibrated
     done
 fi
+if has quick; then
+    models
+    for m in qwen3-32b gemma3-27b; do
+        peak "$L/ferry-$m-resident-ub2048.txt" timeout 300 ./ferry bench -m /tmp/$m.gguf --device cuda \
+            -p 2048 -n 32 -r 2 --ub 2048
+    done
+fi
 if has llama; then
     models
     wait $BUILD
     echo "peer build exit $(cat /tmp/llc-done 2>/dev/null)" >> "$L/llc-build.log"
     LB=/tmp/llcb/bin/llama-bench
     for m in qwen3-32b gemma3-27b; do
-        layers=$(./ferry inspect /tmp/$m.gguf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hyperparameters"]["block_count"])')
+        layers=$(./ferry inspect /tmp/$m.gguf --json | grep -o '"block_count": *[0-9]*' | head -1 | grep -o '[0-9]*$')
         peak "$L/llama-$m-resident.txt" timeout 300 $LB -m /tmp/$m.gguf -lm none -fa 1 -ub 2048 -ngl 99 -p 2048 -n 32 -r 3
         peak "$L/llama-$m-half.txt" timeout 400 $LB -m /tmp/$m.gguf -lm none -fa 1 -ub 2048 -ngl $((layers / 2)) -p 2048 -n 16 -r 2
     done
