@@ -8,6 +8,7 @@ pub mod bench;
 pub mod engine;
 pub mod fetch;
 pub mod gguf;
+pub mod gpu_check;
 pub mod inspect;
 pub mod model;
 pub mod plan;
