@@ -841,7 +841,7 @@ fn converse(
         }
         messages.push(ChatMessage::new("user", user));
         let rendered = template.render(&messages, true)?;
-        let prompt = tok.encode(&rendered, true, true);
+        let prompt = tok.encode_chat(&rendered);
         if prompt.len() >= n_ctx {
             anyhow::bail!(
                 "the conversation is {} tokens but the context holds {n_ctx}; restart with a larger -c",

@@ -139,6 +139,26 @@ fn chat_templates_render_like_the_reference() {
     }
 }
 
+/// A rendered conversation is tokenized with one BOS: the model's own where
+/// the template writes none, the template's where it writes one (gemma3) —
+/// not both.
+#[test]
+fn chat_prompts_begin_with_one_bos() {
+    for model in MODELS {
+        let tok = load(model);
+        let tmpl = ChatTemplate::for_tokenizer(&tok).unwrap();
+        let text = tmpl
+            .render(&[ChatMessage::new("user", "Hello!")], true)
+            .unwrap();
+        let ids = tok.encode_chat(&text);
+        let bos_count = ids.iter().take_while(|&&t| Some(t) == tok.bos).count();
+        assert!(bos_count <= 1, "{model}: {:?}", &ids[..4.min(ids.len())]);
+        if model == "gemma3" {
+            assert!(text.starts_with("<bos>") && tok.add_bos && bos_count == 1);
+        }
+    }
+}
+
 #[test]
 fn chat_template_errors_are_reported() {
     let t = ChatTemplate::new("{{ raise_exception('only user turns') }}", "", "").unwrap();

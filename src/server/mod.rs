@@ -329,7 +329,7 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
     let text = template
         .render(&conversation, true)
         .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
-    let prompt = state.tok.encode(&text, true, true);
+    let prompt = state.tok.encode_chat(&text);
     Ok((prompt, params, format!("chatcmpl-{id}")))
 }
 

@@ -364,6 +364,23 @@ impl Tokenizer {
         Some(id) == self.eos || Some(id) == self.eot
     }
 
+    /// Tokenize a prompt rendered by the chat template: control tokens in
+    /// it are parsed, and BOS is added as the model asks unless the template
+    /// wrote it already (gemma's does), as the reference renderers tokenize
+    /// a rendered conversation (no second BOS).
+    pub fn encode_chat(&self, rendered: &str) -> Vec<u32> {
+        let mut ids = self.encode(rendered, true, true);
+        if let Some(bos) = self.bos
+            && ids.len() >= 2
+            && ids[0] == bos
+            && ids[1] == bos
+            && self.add_bos
+        {
+            ids.remove(0);
+        }
+        ids
+    }
+
     /// Tokenize `text`. `add_special` adds BOS/EOS as the model asks;
     /// `parse_special` recognises control tokens written in the text (user-defined
     /// tokens are always recognised, as in llama.cpp).
