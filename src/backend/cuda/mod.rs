@@ -947,13 +947,10 @@ fn attention_splits(token_heads: usize, max_keys: usize, sms: usize) -> usize {
 /// block per (token, head) is as fast below), `FERRY_ATTN_SPLIT=N`, or never
 /// with 0.
 fn split_min_from_env() -> usize {
-    match std::env::var("FERRY_ATTN_SPLIT")
-        .ok()
-        .map(|v| v.parse::<usize>())
-    {
-        Some(Ok(0)) => usize::MAX,
-        Some(Ok(n)) => n,
-        _ => 1024,
+    match crate::settings::parse::<usize>("FERRY_ATTN_SPLIT") {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None => 1024,
     }
 }
 
@@ -999,7 +996,7 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let (k, cached) = load_kernels(&ctx)?;
         let flash_wgmma = k.flash_wgmma.is_some()
-            && flash_wgmma_from(std::env::var("FERRY_FLASH").ok().as_deref())
+            && flash_wgmma_from(crate::settings::get("FERRY_FLASH"))
                 .map_err(BackendError::Invalid)?;
         let name = format!("CUDA ({})", ctx.name().unwrap_or_else(|_| "GPU".into()));
         Ok(CudaBackend {
@@ -1011,56 +1008,49 @@ impl CudaBackend {
             tables: Mutex::new(BatchTables::default()),
             q8: Mutex::new(Q8Cache::default()),
             q8_epoch: std::sync::atomic::AtomicU64::new(0),
-            int_gemv: std::env::var("FERRY_GEMV").as_deref() != Ok("float"),
-            smem_gemv: !matches!(std::env::var("FERRY_GEMV").as_deref(), Ok("float" | "warp")),
-            gemv_wpr: std::env::var("FERRY_GEMV_WPR").ok(),
-            qkv_fused: std::env::var("FERRY_GEMV").as_deref() != Ok("noqkv"),
+            int_gemv: crate::settings::get("FERRY_GEMV") != Some("float"),
+            smem_gemv: !matches!(crate::settings::get("FERRY_GEMV"), Some("float" | "warp")),
+            gemv_wpr: crate::settings::get("FERRY_GEMV_WPR").map(str::to_string),
+            qkv_fused: crate::settings::get("FERRY_GEMV") != Some("noqkv"),
             // Registers held to 3 blocks per SM by default: +3.4 % (7B) and
             // +3.5 % (32B) decode on two H200 machines against none; 4 is slower.
-            gemv_bound: match std::env::var("FERRY_GEMV_BOUND").as_deref() {
-                Ok("0") => 0,
-                Ok("4") => 2,
+            gemv_bound: match crate::settings::get("FERRY_GEMV_BOUND") {
+                Some("0") => 0,
+                Some("4") => 2,
                 _ => 1,
             },
-            attn_q8: std::env::var("FERRY_ATTN_Q8").as_deref() != Ok("0"),
-            norm_split: std::env::var("FERRY_NORM_SPLIT").as_deref() != Ok("0"),
-            attn_kv: std::env::var("FERRY_ATTN_KV").as_deref() != Ok("0"),
-            chained: major >= 9 && std::env::var("FERRY_PDL").as_deref() != Ok("0"),
-            gemv_prefetch: std::env::var("FERRY_GEMV_PREFETCH")
-                .ok()
-                .and_then(|v| v.parse::<i32>().ok())
+            attn_q8: crate::settings::get("FERRY_ATTN_Q8") != Some("0"),
+            norm_split: crate::settings::get("FERRY_NORM_SPLIT") != Some("0"),
+            attn_kv: crate::settings::get("FERRY_ATTN_KV") != Some("0"),
+            chained: major >= 9 && crate::settings::get("FERRY_PDL") != Some("0"),
+            gemv_prefetch: crate::settings::parse::<i32>("FERRY_GEMV_PREFETCH")
                 .map(|n| n.clamp(0, 8)),
             gemv_flags: {
-                let row_barrier = std::env::var("FERRY_GEMV_BAR").as_deref() != Ok("block");
-                let preload = std::env::var("FERRY_GEMV_PRELOAD").as_deref() != Ok("0");
+                let row_barrier = crate::settings::get("FERRY_GEMV_BAR") != Some("block");
+                let preload = crate::settings::get("FERRY_GEMV_PRELOAD") != Some("0");
                 (row_barrier as i32 * GEMV_ROW_BARRIER) | (preload as i32 * GEMV_PRELOAD)
             },
-            rope_fused: std::env::var("FERRY_ROPE_FUSED").as_deref() != Ok("0"),
-            ffn_f16: std::env::var("FERRY_FFN_F16").as_deref() != Ok("0"),
-            ring_plain: major >= 9
-                && !matches!(std::env::var("FERRY_GEMV_RING").as_deref(), Ok("0")),
-            ring_swiglu: major >= 9 && std::env::var("FERRY_GEMV_RING").as_deref() == Ok("all"),
+            rope_fused: crate::settings::get("FERRY_ROPE_FUSED") != Some("0"),
+            ffn_f16: crate::settings::get("FERRY_FFN_F16") != Some("0"),
+            ring_plain: major >= 9 && !matches!(crate::settings::get("FERRY_GEMV_RING"), Some("0")),
+            ring_swiglu: major >= 9 && crate::settings::get("FERRY_GEMV_RING") == Some("all"),
             ring: RingChoice {
-                consumers: match std::env::var("FERRY_GEMV_RING_WARPS").as_deref() {
-                    Ok("8") => Some(8),
-                    Ok("16") => Some(16),
+                consumers: match crate::settings::get("FERRY_GEMV_RING_WARPS") {
+                    Some("8") => Some(8),
+                    Some("16") => Some(16),
                     _ => None,
                 },
-                ring_bytes: std::env::var("FERRY_GEMV_RING_KIB")
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
+                ring_bytes: crate::settings::parse::<usize>("FERRY_GEMV_RING_KIB")
                     .map_or(160, |k| k.clamp(16, 224))
                     << 10,
-                min_row_bytes: std::env::var("FERRY_GEMV_RING_MIN_ROW")
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
+                min_row_bytes: crate::settings::parse::<usize>("FERRY_GEMV_RING_MIN_ROW")
                     .unwrap_or(4096),
             },
             smem,
             sm_count,
             occupancy: Mutex::new(Default::default()),
             flash: std::sync::atomic::AtomicBool::new(
-                std::env::var("FERRY_ATTENTION").as_deref() != Ok("naive"),
+                crate::settings::get("FERRY_ATTENTION") != Some("naive"),
             ),
             flash_wgmma: std::sync::atomic::AtomicBool::new(flash_wgmma),
             tiled_decode: std::sync::atomic::AtomicBool::new(false),
