@@ -167,10 +167,8 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
     // Prompt attention on tensor cores against the reference kernel, on the
     // head shapes of the presets, whole prompts and chunks after a cached past.
     use crate::backend::cuda::AttentionKernel;
-    println!(
-        "| attention kernel | heads (q, kv, dim) | cached | chunk | window | rel. diff | result |"
-    );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | --- |");
+    println!("| attention kernel | heads (q, kv, dim) | cached | chunk | rel. diff | result |");
+    println!("| --- | --- | ---: | ---: | ---: | --- |");
     let mut failed = 0;
     let mut checks = 0;
     // Where the warpgroup-MMA kernel takes 128-dim heads, the mma.sync one
@@ -179,42 +177,31 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
     for heads in [(14, 2, 64), (28, 4, 128), (40, 8, 128)] {
         let mma_too = wgmma && heads.2 == 128;
         let mut cases = vec![
-            (AttentionKernel::Flash, 0, 37, None),
-            (AttentionKernel::Flash, 0, 1000, None),
-            (AttentionKernel::Flash, 300, 517, None),
-            (AttentionKernel::Flash, 1, 64, None),
-            (AttentionKernel::Flash, 0, 4099, None),
-            // Sliding windows (gemma3): rows whose first tiles lie wholly
-            // before their window, windows cut inside a tile and across
-            // a cached past.
-            (AttentionKernel::Flash, 0, 1000, Some(256)),
-            (AttentionKernel::Flash, 300, 517, Some(200)),
-            (AttentionKernel::Flash, 0, 4099, Some(1024)),
-            (AttentionKernel::Flash, 0, 300, Some(37)),
+            (AttentionKernel::Flash, 0, 37),
+            (AttentionKernel::Flash, 0, 1000),
+            (AttentionKernel::Flash, 300, 517),
+            (AttentionKernel::Flash, 1, 64),
+            (AttentionKernel::Flash, 0, 4099),
             // Decode steps (and a small batch) with keys in tiles.
-            (AttentionKernel::Tiled, 0, 1, None),
-            (AttentionKernel::Tiled, 5000, 1, None),
-            (AttentionKernel::Tiled, 300, 7, None),
-            (AttentionKernel::Tiled, 300, 7, Some(64)),
+            (AttentionKernel::Tiled, 0, 1),
+            (AttentionKernel::Tiled, 5000, 1),
+            (AttentionKernel::Tiled, 300, 7),
             // A batch of decode tokens whose reference holds nearly the most
             // scores the one-block kernel keeps in shared memory (44 KiB).
-            (AttentionKernel::Tiled, 11200, 16, None),
+            (AttentionKernel::Tiled, 11200, 16),
             // Decode steps with keys split over blocks (long contexts).
-            (AttentionKernel::Split, 300, 1, None),
-            (AttentionKernel::Split, 5000, 1, None),
-            (AttentionKernel::Split, 3000, 2, None),
-            (AttentionKernel::Split, 5000, 1, Some(1024)),
+            (AttentionKernel::Split, 300, 1),
+            (AttentionKernel::Split, 5000, 1),
+            (AttentionKernel::Split, 3000, 2),
         ];
         if mma_too {
             cases.extend([
-                (AttentionKernel::FlashMma, 0, 1000, None),
-                (AttentionKernel::FlashMma, 300, 517, None),
-                (AttentionKernel::FlashMma, 0, 1000, Some(256)),
-                (AttentionKernel::FlashMma, 300, 517, Some(200)),
+                (AttentionKernel::FlashMma, 0, 1000),
+                (AttentionKernel::FlashMma, 300, 517),
             ]);
         }
-        for (kernel, done, n, window) in cases {
-            let d = cuda.attention_check(kernel, heads, done, n, window)?;
+        for (kernel, done, n) in cases {
+            let d = cuda.attention_check(kernel, heads, done, n)?;
             let ok = d <= 5e-3;
             failed += !ok as usize;
             checks += 1;
@@ -224,9 +211,8 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
                 }
                 _ => format!("{kernel:?}"),
             };
-            let window = window.map_or("-".into(), |w| w.to_string());
             println!(
-                "| {name} | {heads:?} | {done} | {n} | {window} | {d:.2e} | {} |",
+                "| {name} | {heads:?} | {done} | {n} | {d:.2e} | {} |",
                 if ok { "pass" } else { "FAIL" }
             );
         }

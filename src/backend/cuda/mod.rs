@@ -211,8 +211,7 @@ struct GemvSeg {
     rows: i32,
     fmt: i32,
     groups_before: i32,
-    /// With `w2`: 0 SiLU, 1 GELU-tanh.
-    act: i32,
+    pad: i32,
 }
 
 /// Up to three matrices sharing their activations (`GemvSegs` in ferry.cu).
@@ -233,8 +232,6 @@ unsafe impl cudarc::driver::DeviceRepr for GemvSegs {}
 struct GemvSpec<'a> {
     w: &'a CudaWeight,
     w_up: Option<&'a CudaWeight>,
-    /// The gated activation with `w_up`.
-    act: Activation,
     out: &'a mut CudaAct,
     bias: Option<&'a CudaSlice<f32>>,
     residual: bool,
@@ -1658,7 +1655,7 @@ impl CudaBackend {
         out: &mut CudaAct,
         by_tokens: usize,
     ) -> Result<(), BackendError> {
-        if self.gemv_smem(x, w, None, Activation::Silu, None, false, out)? {
+        if self.gemv_smem(x, w, None, None, false, out)? {
             return Ok(());
         }
         let (n, cols, rows) = (x.n, w.cols, w.rows);
@@ -1706,15 +1703,13 @@ impl CudaBackend {
 
     /// `out = x · wᵀ` by the persistent shared-memory kernels, with an
     /// epilogue: `+ bias`, `+ out` (`residual`: in place), or with `w_up`
-    /// `act(x · wᵀ) · (x · w_upᵀ)`. Returns false (nothing done) where they
+    /// `silu(x · wᵀ) · (x · w_upᵀ)`. Returns false (nothing done) where they
     /// do not apply.
-    #[allow(clippy::too_many_arguments)]
     fn gemv_smem(
         &self,
         x: &CudaAct,
         w: &CudaWeight,
         w_up: Option<&CudaWeight>,
-        act: Activation,
         bias: Option<&CudaSlice<f32>>,
         residual: bool,
         out: &mut CudaAct,
@@ -1724,7 +1719,6 @@ impl CudaBackend {
             &mut [GemvSpec {
                 w,
                 w_up,
-                act,
                 out,
                 bias,
                 residual,
@@ -1897,7 +1891,7 @@ impl CudaBackend {
                 rows: spec.w.rows as i32,
                 fmt: (spec.w.ty == GgmlType::Q6_K) as i32,
                 groups_before: groups as i32,
-                act: (spec.act == Activation::GeluTanh) as i32,
+                pad: 0,
             };
             groups += spec.w.rows.div_ceil(rows_per_group);
         }
@@ -2148,10 +2142,15 @@ impl CudaBackend {
         use std::sync::atomic::Ordering::Relaxed;
         let (n_heads, head_dim) = (spec.n_heads, spec.head_dim);
         let n = batch.len();
-        // The tensor-core prompt kernel masks keys before each row's window
-        // itself (the kernels below start each token's keys where its window
-        // does, through `kv_tables`).
-        let one_prompt = n > 1
+        // The tensor-core prompt kernel masks causally from the sequence's
+        // start: a sliding window that cuts keys off takes the kernels below,
+        // which start each token's keys where its window does (`kv_tables`).
+        let window_cuts = batch
+            .positions
+            .iter()
+            .any(|&p| spec.first_key(p as usize) > 0);
+        let one_prompt = !window_cuts
+            && n > 1
             && batch.seqs.iter().all(|&s| s == batch.seqs[0])
             && batch
                 .positions
@@ -2491,7 +2490,6 @@ impl CudaBackend {
         let (n_i, p0, base) = (n as i32, p0 as i32, base as i32);
         let (nh, nkv, width) = (n_heads as i32, n_kv_heads as i32, kv.width as i32);
         let scale_log2 = std::f32::consts::LOG2_E * spec.scale;
-        let window = spec.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
         let wgmma = match (head_dim, &self.k.flash_wgmma) {
             (128, Some(kernel)) if self.flash_wgmma() => Some(kernel),
             _ => None,
@@ -2514,8 +2512,7 @@ impl CudaBackend {
             .arg(&nh)
             .arg(&nkv)
             .arg(&width)
-            .arg(&scale_log2)
-            .arg(&window);
+            .arg(&scale_log2);
         let launch = match wgmma {
             Some(_) => LaunchConfig {
                 grid_dim: (n.div_ceil(128) as u32, n_heads as u32, 1),
@@ -2582,7 +2579,6 @@ impl CudaBackend {
         (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
         done: usize,
         n: usize,
-        window: Option<usize>,
     ) -> Result<f32, BackendError> {
         let n_ctx = done + n;
         let kv_width = n_kv_heads * head_dim;
@@ -2594,10 +2590,7 @@ impl CudaBackend {
             v: self.zeros::<f16>(n_ctx * kv_width)?,
         };
         let mut random = xorshift_values(0x9e37_79b9_7f4a_7c15, 2.0);
-        let heads = AttnSpec {
-            window,
-            ..AttnSpec::full(n_heads, n_kv_heads, head_dim)
-        };
+        let heads = AttnSpec::full(n_heads, n_kv_heads, head_dim);
         let q_width = n_heads * head_dim;
         // `Some(kernel)`: that kernel; `None`: the shared-memory reference.
         let mut run =
@@ -2965,7 +2958,7 @@ impl Backend for CudaBackend {
         out: &mut CudaAct,
     ) {
         assert_eq!((out.n, out.width), (x.n, w.rows), "matmul_bias shapes");
-        match self.gemv_smem(x, w, None, Activation::Silu, bias, false, out) {
+        match self.gemv_smem(x, w, None, bias, false, out) {
             Ok(true) => {}
             Ok(false) => {
                 self.matmul(x, w, out);
@@ -2989,7 +2982,6 @@ impl Backend for CudaBackend {
         let spec = |w, out, bias| GemvSpec {
             w,
             w_up: None,
-            act: Activation::Silu,
             out,
             bias,
             residual: false,
@@ -3029,7 +3021,7 @@ impl Backend for CudaBackend {
 
     fn matmul_add(&self, x: &CudaAct, w: &CudaWeight, tmp: &mut CudaAct, acc: &mut CudaAct) {
         assert_eq!((acc.n, acc.width), (x.n, w.rows), "matmul_add shapes");
-        match self.gemv_smem(x, w, None, Activation::Silu, None, true, acc) {
+        match self.gemv_smem(x, w, None, None, true, acc) {
             Ok(true) => {}
             // A batch: the GEMM adds into the residual stream itself.
             Ok(false) if x.n > crate::plan::GEMV_MAX_BATCH => {
@@ -3085,13 +3077,14 @@ impl Backend for CudaBackend {
             (x.n, w_gate.rows),
             "matmul_glu shapes"
         );
-        match self.gemv_smem(x, w_gate, Some(w_up), act, None, false, gate) {
+        if act != Activation::Silu {
+            self.matmul(x, w_gate, gate);
+            self.matmul(x, w_up, up);
+            self.glu(gate, up, act);
+            return;
+        }
+        match self.gemv_smem(x, w_gate, Some(w_up), None, false, gate) {
             Ok(true) => {}
-            Ok(false) if act != Activation::Silu => {
-                self.matmul(x, w_gate, gate);
-                self.matmul(x, w_up, up);
-                self.glu(gate, up, act);
-            }
             Ok(false) => {
                 self.matmul(x, w_gate, gate);
                 self.matmul(x, w_up, up);

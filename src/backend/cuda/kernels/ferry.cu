@@ -428,17 +428,20 @@ extern "C" __global__ void swiglu(float* g, const float* u, size_t n) {
 // gate = gelu_tanh(gate) * up, as llama.cpp's CPU backend computes it: the
 // input rounded to f16, GELU in f32, the result rounded to f16 (its table of
 // f16 results); 0 below -10, the identity above 10.
-__device__ __forceinline__ float gelu_tanh_f16(float x) {
-    if (x <= -10.0f) return 0.0f;
-    if (x >= 10.0f) return x;
-    x = round_half(x);
-    float inner = fmaf(0.044715f * x, x, 1.0f);
-    return round_half(0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * inner)));
-}
-
 extern "C" __global__ void geglu(float* g, const float* u, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        g[i] = gelu_tanh_f16(g[i]) * u[i];
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = g[i], y;
+        if (x <= -10.0f) {
+            y = 0.0f;
+        } else if (x >= 10.0f) {
+            y = x;
+        } else {
+            x = round_half(x);
+            float inner = fmaf(0.044715f * x, x, 1.0f);
+            y = round_half(0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * inner)));
+        }
+        g[i] = y * u[i];
+    }
 }
 
 extern "C" __global__ void scale(float* x, float s, size_t n) {
@@ -916,17 +919,17 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // k: true of mma.sync's m16n8k16 and of wgmma's m64nNk16 alike).
 template <int KEYS, int D>
 __device__ __forceinline__ void softmax_tile(float s[KEYS / 8][4], u32 pf[KEYS / 16][4], float o[D / 8][4], int k0,
-                                             int pos_a, int pos_b, int lo_a, int lo_b, float& m_a, float& m_b,
-                                             float& l_a, float& l_b, float scale_log2) {
+                                             int pos_a, int pos_b, float& m_a, float& m_b, float& l_a, float& l_b,
+                                             float scale_log2) {
     int tig = threadIdx.x % 4;
     // A branch around the whole mask, not a select per score: most tiles
-    // need none. Keys before lo (a sliding window's first) are masked too.
-    if (!__all_sync(0xffffffff, k0 + KEYS - 1 <= min(pos_a, pos_b) && k0 >= max(lo_a, lo_b))) {
+    // need none.
+    if (!__all_sync(0xffffffff, k0 + KEYS - 1 <= min(pos_a, pos_b))) {
         for (int j = 0; j < KEYS / 8; ++j) {
             for (int e = 0; e < 2; ++e) {
                 int key = k0 + j * 8 + tig * 2 + e;
-                if (key > pos_a || key < lo_a) s[j][e] = INF_NEG;
-                if (key > pos_b || key < lo_b) s[j][2 + e] = INF_NEG;
+                if (key > pos_a) s[j][e] = INF_NEG;
+                if (key > pos_b) s[j][2 + e] = INF_NEG;
             }
         }
     }
@@ -941,16 +944,13 @@ __device__ __forceinline__ void softmax_tile(float s[KEYS / 8][4], u32 pf[KEYS /
         mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, off));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, off));
     }
-    // Without a window key 0 is in every row's past, so after the first
-    // tile the maxima are finite; with one, a row whose keys all lay before
-    // its window so far keeps −∞, and 0 stands in for it in the exponents
-    // (2^−∞ = 0: the row stays empty). Probabilities 2^((s − max)·scale)
-    // with the scale folded into one FMA per score.
-    float ref_a = mx_a == INF_NEG ? 0.0f : mx_a, ref_b = mx_b == INF_NEG ? 0.0f : mx_b;
-    float alpha_a = exp2f((m_a - ref_a) * scale_log2), alpha_b = exp2f((m_b - ref_b) * scale_log2);
+    // Key 0 is in every row's past, so after the first tile the maxima
+    // are finite. Probabilities 2^((s − max)·scale) with the scale
+    // folded into one FMA per score.
+    float alpha_a = exp2f((m_a - mx_a) * scale_log2), alpha_b = exp2f((m_b - mx_b) * scale_log2);
     m_a = mx_a;
     m_b = mx_b;
-    float ms_a = ref_a * scale_log2, ms_b = ref_b * scale_log2;
+    float ms_a = m_a * scale_log2, ms_b = m_b * scale_log2;
     float sum_a = 0.0f, sum_b = 0.0f;
     for (int j = 0; j < KEYS / 8; ++j) {
         float pa0 = exp2f(fmaf(s[j][0], scale_log2, -ms_a)), pa1 = exp2f(fmaf(s[j][1], scale_log2, -ms_a));
@@ -979,7 +979,7 @@ __device__ __forceinline__ void softmax_tile(float s[KEYS / 8][4], u32 pf[KEYS /
 template <int D, int WARPS>
 __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, const u16* vc, float* out, int n,
                                               int p0, int base, int n_heads, int n_kv_heads, int width,
-                                              float scale_log2, int window) {
+                                              float scale_log2) {
     // Shared memory: two stages of (K tile, V tile), rows padded by 8 halfs
     // (16 bytes) so that the fragment loads of 8 rows fall in distinct banks;
     // 2 · 2 · FA_KEYS · S halfs (`flash_smem_bytes` on the host).
@@ -998,14 +998,10 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
     int ra = min(row0 + g, n - 1), rb = min(row0 + g + 8, n - 1);
     int pos_a = p0 + ra, pos_b = p0 + rb;
 
-    // A sliding window (window > 0): row r sees keys from p0 + r + 1 − window.
-    int lo_a = window > 0 ? pos_a + 1 - window : 0, lo_b = window > 0 ? pos_b + 1 - window : 0;
     int block_last = min(qblock * ROWS + ROWS - 1, n - 1);
     int n_keys = p0 + block_last + 1;
     int n_tiles = (n_keys + FA_KEYS - 1) / FA_KEYS;
-    int first_tile = window > 0 ? max(0, p0 + min(qblock * ROWS, n - 1) + 1 - window) / FA_KEYS : 0;
     int warp_last = p0 + min(row0 + 15, n - 1);
-    int warp_lo = window > 0 ? p0 + min(row0, n - 1) + 1 - window : 0;
     const u16* kbase = kc + (size_t)base * width + kvh * D;
     const u16* vbase = vc + (size_t)base * width + kvh * D;
     // Tile loads run asynchronously: tile i + 1 is in flight while tile i is used.
@@ -1021,7 +1017,7 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
         }
         cp_async_commit();
     };
-    load_tile(first_tile & 1, first_tile * FA_KEYS);
+    load_tile(0, 0);
 
     u32 qf[D / 16][4];
     load_q_fragments<D>(q, ra, rb, h, n_heads, tig, qf);
@@ -1029,7 +1025,7 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
     for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     float m_a = INF_NEG, m_b = INF_NEG, l_a = 0.0f, l_b = 0.0f;
 
-    for (int tile = first_tile; tile < n_tiles; ++tile) {
+    for (int tile = 0; tile < n_tiles; ++tile) {
         int k0 = tile * FA_KEYS;
         if (tile + 1 < n_tiles) {
             load_tile((tile + 1) & 1, k0 + FA_KEYS);
@@ -1040,8 +1036,7 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
         __syncthreads(); // this tile is in shared memory for every warp
         const u16* ks = smem + (tile & 1) * 2 * FA_KEYS * S;
         const u16* vs = ks + FA_KEYS * S;
-        // Else every key of the tile is in this warp's future, or before its window.
-        if (k0 <= warp_last && k0 + FA_KEYS > warp_lo) {
+        if (k0 <= warp_last) { // else every key of the tile is in this warp's future
             // S = Q·Kᵀ, unscaled.
             float s[FA_KEYS / 8][4];
             for (int j = 0; j < FA_KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
@@ -1052,7 +1047,7 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
                 }
             }
             u32 pf[FA_KEYS / 16][4];
-            softmax_tile<FA_KEYS, D>(s, pf, o, k0, pos_a, pos_b, lo_a, lo_b, m_a, m_b, l_a, l_b, scale_log2);
+            softmax_tile<FA_KEYS, D>(s, pf, o, k0, pos_a, pos_b, m_a, m_b, l_a, l_b, scale_log2);
             for (int kt = 0; kt < FA_KEYS / 16; ++kt) {
                 for (int d = 0; d < D / 8; ++d) {
                     u32 b0, b1;
@@ -1095,14 +1090,14 @@ __device__ __forceinline__ void flash_prefill(const float* q, const u16* kc, con
 // blocks per SM, 170 against 214 on an H100).
 extern "C" __global__ void __launch_bounds__(128, 1) flash_prefill_d64(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
-    int n_kv_heads, int width, float scale_log2, int window) {
-    flash_prefill<64, 4>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2, window);
+    int n_kv_heads, int width, float scale_log2) {
+    flash_prefill<64, 4>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) flash_prefill_d128(
     const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
-    int n_kv_heads, int width, float scale_log2, int window) {
-    flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2, window);
+    int n_kv_heads, int width, float scale_log2) {
+    flash_prefill<128, 8>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1205,8 +1200,7 @@ __device__ __forceinline__ void wgmma_pv(float o[16][4], const u32 pf[KEYS / 16]
 
 template <int KEYS>
 __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const u16* vc, float* out, int n, int p0,
-                                            int base, int n_heads, int n_kv_heads, int width, float scale_log2,
-                                            int window) {
+                                            int base, int n_heads, int n_kv_heads, int width, float scale_log2) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // 128-key tiles ran at 466-486 TFLOP/s but gave wrong outputs once a
     // block had more than one tile (not understood; the same tiles with the
@@ -1233,10 +1227,6 @@ __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const
     int pos_a = p0 + ra, pos_b = p0 + rb;
     int n_keys = p0 + min(qblock * 128 + 127, n - 1) + 1;
     int n_tiles = (n_keys + KEYS - 1) / KEYS;
-    // A sliding window (window > 0): row r sees keys from p0 + r + 1 − window;
-    // the block starts at the tile of its first row's first key.
-    int lo_a = window > 0 ? pos_a + 1 - window : 0, lo_b = window > 0 ? pos_b + 1 - window : 0;
-    int first_tile = window > 0 ? max(0, p0 + min(qblock * 128, n - 1) + 1 - window) / KEYS : 0;
 
     // This thread's share of a tile copy: chunk `chunk` (8 dimensions) of
     // keys r0 + 16i, the same shared-memory slot in every tile.
@@ -1259,7 +1249,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const
         }
         cp_async_commit(); // empty groups past the end keep the count uniform
     };
-    for (int t = 0; t < AHEAD; ++t) load_tile(first_tile + t);
+    for (int t = 0; t < AHEAD; ++t) load_tile(t);
 
     u32 qf[8][4];
     load_q_fragments<D>(q, ra, rb, h, n_heads, tig, qf);
@@ -1268,7 +1258,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const
     float m_a = INF_NEG, m_b = INF_NEG, l_a = 0.0f, l_b = 0.0f;
     u32 pf[KEYS / 16][4];
 
-    for (int tile = first_tile; tile < n_tiles; ++tile) {
+    for (int tile = 0; tile < n_tiles; ++tile) {
         int k0 = tile * KEYS;
         // This thread's copies of this tile have landed (the next tile's may
         // still be in flight); the fence (a memory barrier in SASS, which
@@ -1291,7 +1281,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const
         wgmma_commit();
         wgmma_wait_all();
         wgmma_pin<KEYS / 8>(s);
-        softmax_tile<KEYS, 128>(s, pf, o, k0, pos_a, pos_b, lo_a, lo_b, m_a, m_b, l_a, l_b, scale_log2);
+        softmax_tile<KEYS, 128>(s, pf, o, k0, pos_a, pos_b, m_a, m_b, l_a, l_b, scale_log2);
         wgmma_fence();
         wgmma_pv<KEYS>(o, pf, kaddr + TILE * 2);
         wgmma_commit();
@@ -1316,8 +1306,8 @@ __device__ __forceinline__ void flash_wgmma(const float* q, const u16* kc, const
 // for alignment, 97 KiB (`FLASH_WGMMA_SMEM` on the host).
 extern "C" __global__ void __launch_bounds__(256, 1)
     flash_wgmma_k64(const float* q, const u16* kc, const u16* vc, float* out, int n, int p0, int base, int n_heads,
-                    int n_kv_heads, int width, float scale_log2, int window) {
-    flash_wgmma<64>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2, window);
+                    int n_kv_heads, int width, float scale_log2) {
+    flash_wgmma<64>(q, kc, vc, out, n, p0, base, n_heads, n_kv_heads, width, scale_log2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1916,7 +1906,7 @@ struct GemvSeg {
     int rows;
     int fmt; // 0: Q4_K (144-byte superblocks), 1: Q6_K (210)
     int groups_before;
-    int act; // the gated activation with w2: 0 SiLU, 1 GELU-tanh (geglu's)
+    int pad;
 };
 struct GemvSegs {
     GemvSeg seg[3];
@@ -2110,7 +2100,7 @@ __device__ __forceinline__ void row_sync(int flags, int row_in, int wpr) {
 // the epilogue (SwiGLU, bias, residual), then the store.
 template <bool SWIGLU>
 __device__ __forceinline__ void store_row(const GemvSeg& g, int r, int t, float v, float v2) {
-    if (SWIGLU) v = (g.act ? gelu_tanh_f16(v) : v / (1.0f + expf(-v))) * v2;
+    if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
     if (g.bias) v += g.bias[r];
     const size_t at = (size_t)t * g.rows + r;
     if (g.residual) v += g.residual[at];
