@@ -7,7 +7,7 @@
 #           loses ./ferry, so wait for DONE within the call)
 # PHASES (default: check ferry llama):
 #   check   gpu-check: every architecture against the CPU, streamed = resident,
-#           the attention kernels with and without sliding windows
+#           the attention kernels
 #   ferry   calibrate; qwen3-32b and gemma3-27b shapes (Q4_K_M, random weights,
 #           the presets' own vocabulary sizes): resident pp2048 (micro-batches
 #           of 512 and of 2048) and tg32; at half the model's size pp2048

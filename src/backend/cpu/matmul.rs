@@ -22,6 +22,32 @@ use crate::quant::{
     BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,
 };
 
+/// The alignment the kernels' block structs need (at most that of a u64).
+const ALIGN: usize = 8;
+
+/// Bytes in an allocation aligned for any block struct.
+struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    fn copy_of(data: &[u8]) -> Self {
+        let mut words = vec![0u64; data.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..data.len()].copy_from_slice(data);
+        AlignedBytes {
+            words,
+            len: data.len(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+    }
+}
+
 /// A weight matrix in host memory (a view into the model file's map, or an
 /// owned copy), `[rows, cols]` in its file type.
 #[derive(Debug, Clone)]
@@ -44,12 +70,31 @@ impl CpuWeight {
                 t.name
             )));
         }
+        let offset = t.file_offset as usize;
+        let Some(data) = bytes.as_slice().get(offset..offset + len) else {
+            return Err(BackendError::Invalid(format!(
+                "{}: its bytes lie outside the file",
+                t.name
+            )));
+        };
+        // The kernels read the blocks as typed structs: a file whose
+        // alignment (`general.alignment`, any power of two) leaves the
+        // tensor at an address not a multiple of 8 is read from an aligned
+        // copy instead of in place.
+        let (bytes, offset) = if (data.as_ptr() as usize).is_multiple_of(ALIGN) {
+            (bytes, offset)
+        } else {
+            (
+                SharedBytes::external(Box::new(AlignedBytes::copy_of(data))),
+                0,
+            )
+        };
         let w = CpuWeight {
             ty: t.ty,
             rows,
             cols,
             bytes,
-            offset: t.file_offset as usize,
+            offset,
             len,
         };
         w.prefault();
