@@ -1044,6 +1044,11 @@ fn resolve_profile(choice: &str, cuda: &ferry::backend::cuda::CudaBackend) -> St
 }
 
 fn serve_model(args: ServeArgs) -> Result<()> {
+    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        anyhow::bail!(
+            "--api-key (or FERRY_API_KEY) is empty: a blank key would serve everyone while looking protected; pass a non-blank key, or unset it to serve without one"
+        );
+    }
     if args.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
     }

@@ -164,3 +164,31 @@ fn serve_and_run_reject_bad_settings_with_a_message() {
     assert!(!ok);
     assert!(err.contains("--vram-budget needs a GPU"), "{err}");
 }
+
+/// An empty or blank API key is refused at start (it used to turn
+/// authentication off without a word); a FERRY_* variable ferry does not
+/// read is named on stderr.
+#[test]
+fn a_blank_api_key_is_refused_and_unknown_settings_are_named() {
+    let m = model("smollm2");
+    for key in ["--api-key=", "--api-key=   "] {
+        let (ok, _, err) = ferry(&["serve", "-m", m.to_str().unwrap(), key, "--port", "0"]);
+        assert!(!ok, "{key}: the server started");
+        assert!(
+            err.contains("--api-key (or FERRY_API_KEY) is empty"),
+            "{err}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["inspect", m.to_str().unwrap()])
+        .env("FERRY_GEMV_RNG", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(
+        err.contains("FERRY_GEMV_RNG is not a setting ferry reads")
+            && err.contains("FERRY_GEMV_RING"),
+        "{err}"
+    );
+}
