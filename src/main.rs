@@ -27,19 +27,19 @@ struct Cli {
 #[derive(clap::Args, Debug)]
 struct SamplingArgs {
     /// Temperature; 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = non_negative)]
     temp: f32,
     /// Keep only the K most likely tokens (0 = all).
     #[arg(long, default_value_t = 40)]
     top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches P.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = probability)]
     top_p: f32,
     /// Drop tokens less likely than P times the most likely one.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = probability)]
     min_p: f32,
     /// Penalise tokens seen in the last --repeat-last-n tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     repeat_penalty: f32,
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
@@ -91,10 +91,10 @@ struct BudgetArgs {
 struct SetupArgs {
     /// Context size in tokens, per sequence (default: the model's training
     /// context, at most 4096).
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, value_parser = at_least_one)]
     ctx_size: Option<usize>,
     /// CPU threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0)]
+    #[arg(short, long, default_value_t = 0, value_parser = thread_count)]
     threads: usize,
     /// Where to run: auto (the GPU if there is one), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
@@ -241,7 +241,7 @@ struct ServeArgs {
     #[arg(long, env = "FERRY_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Sequences decoded together in one batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     parallel: usize,
     /// Requests that may wait for a free sequence beyond --parallel; more get 429.
     #[arg(long, default_value_t = 64)]
@@ -295,12 +295,12 @@ enum Command {
         /// All device memory ferry may use, e.g. 8GiB, or a percentage of the model (25%).
         #[arg(long)]
         vram_budget: String,
-        #[arg(short = 'c', long, default_value_t = 4096)]
+        #[arg(short = 'c', long, default_value_t = 4096, value_parser = at_least_one)]
         ctx_size: usize,
-        #[arg(long = "ub", default_value_t = 512)]
+        #[arg(long = "ub", default_value_t = 512, value_parser = at_least_one)]
         ubatch: usize,
         /// Sequences decoded together.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         parallel: usize,
         /// auto (this machine's `ferry calibrate` result, else h100), calibrated,
         /// a built-in GPU (h100, h200, a100-80g, l40s, rtx4090, rtx3090, l4) or a profile file.
@@ -395,6 +395,52 @@ enum Command {
         #[arg(required_unless_present = "file")]
         text: Option<String>,
     },
+}
+
+/// `--temp`: a finite number ≥ 0.
+fn non_negative(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s} is not a finite number ≥ 0 (0: greedy)")),
+    }
+}
+
+/// `--top-p`, `--min-p`: a probability, 0 to 1.
+fn probability(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s} is not a probability between 0 and 1")),
+    }
+}
+
+/// `--repeat-penalty`: a finite number > 0 (1: off).
+fn positive(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s} is not a finite number > 0 (1: off)")),
+    }
+}
+
+/// Context sizes, micro-batches, parallel sequences: at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!("{s} is not a whole number ≥ 1")),
+    }
+}
+
+/// `-t`: 0 (one per physical core) up to the machine's logical cores.
+fn thread_count(s: &str) -> Result<usize, String> {
+    let most = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match s.parse::<usize>() {
+        Ok(v) if v <= most => Ok(v),
+        Ok(v) => Err(format!(
+            "{v} threads is more than this machine's {most} logical cores; pass 0 (one per physical core) or at most {most}"
+        )),
+        Err(_) => Err(format!(
+            "{s} is not a thread count (0: one per physical core)"
+        )),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -192,3 +192,36 @@ fn a_blank_api_key_is_refused_and_unknown_settings_are_named() {
         "{err}"
     );
 }
+
+/// Settings that cannot work are refused with the reason, before any model
+/// is loaded.
+#[test]
+fn impossible_settings_are_refused_with_the_reason() {
+    for (args, says) in [
+        (
+            vec!["run", "--temp", "nan", "-p", "x"],
+            "not a finite number ≥ 0",
+        ),
+        (vec!["run", "--top-p", "5", "-p", "x"], "not a probability"),
+        (vec!["run", "--repeat-penalty", "0", "-p", "x"], "> 0"),
+        (vec!["run", "-c", "0", "-p", "x"], "not a whole number ≥ 1"),
+        (vec!["run", "-t", "100000", "-p", "x"], "logical cores"),
+        (vec!["serve", "--parallel", "0"], "not a whole number ≥ 1"),
+        (
+            vec![
+                "plan",
+                "--preset",
+                "tiny",
+                "--vram-budget",
+                "1GiB",
+                "--parallel",
+                "0",
+            ],
+            "not a whole number ≥ 1",
+        ),
+    ] {
+        let (ok, _, err) = ferry(&args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -212,6 +212,13 @@ impl Common {
         in_range(self.presence_penalty, -2.0, 2.0, "presence_penalty")?;
         in_range(self.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
         in_range(self.repeat_penalty, 0.0, 10.0, "repeat_penalty")?;
+        if self.repeat_penalty == Some(0.0) {
+            // Dividing the logits by 0 makes them infinite.
+            return Err(ApiError::invalid(
+                "repeat_penalty must be greater than 0 (1 turns it off)",
+            )
+            .param("repeat_penalty"));
+        }
         let max_tokens = match max_tokens_override.or(self.max_tokens) {
             None => None,
             Some(m) if m < 1 => {
@@ -360,6 +367,12 @@ mod tests {
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
         let e = parse::<ChatRequest>(br#"{"messages":"hi"}"#).unwrap_err();
         assert!(e.message.contains("expected"), "{}", e.message);
+        let r: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"x"}],"repeat_penalty":0}"#).unwrap();
+        assert_eq!(
+            r.common.params(None, 0).unwrap_err().param,
+            Some("repeat_penalty")
+        );
         let e = parse::<ChatRequest>(br#"{"messages":[],"temperature":"hot"}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         let r: ChatRequest =
