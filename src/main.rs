@@ -627,6 +627,12 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Truncate { model, layers, out } => {
+            let have = ferry::model::Config::from_gguf(&Gguf::open(&model)?)?.n_layers;
+            anyhow::ensure!(
+                (1..=have).contains(&layers),
+                "--layers {layers}: {} has {have} layers; keep 1 to {have} of them",
+                model.display()
+            );
             ferry::synth::truncate_layers(&model, &out, layers)?;
             eprintln!("wrote {} ({} layers)", out.display(), layers);
         }
@@ -1095,9 +1101,6 @@ fn serve_model(args: ServeArgs) -> Result<()> {
             "--api-key (or FERRY_API_KEY) is empty: a blank key would serve everyone while looking protected; pass a non-blank key, or unset it to serve without one"
         );
     }
-    if args.parallel == 0 {
-        anyhow::bail!("--parallel must be at least 1");
-    }
     let path = match &args.model {
         Some(p) => p.clone(),
         None => ferry::fetch::default_model()?,
@@ -1342,6 +1345,11 @@ fn budget_from(s: &str, model_bytes: u64) -> Result<u64> {
                 .trim()
                 .parse()
                 .with_context(|| format!("--vram-budget {s}: not a percentage"))?;
+            if !(p.is_finite() && p > 0.0 && p <= 100.0) {
+                anyhow::bail!(
+                    "--vram-budget {s}: a percentage of the model must be above 0 and at most 100; give a larger budget in bytes (e.g. 24GiB)"
+                );
+            }
             (p / 100.0 * model_bytes as f64) as u64
         }
         None => ferry::plan::parse_size(s).map_err(anyhow::Error::msg)?,

@@ -138,7 +138,7 @@ fn serve_and_run_reject_bad_settings_with_a_message() {
     let m = model("smollm2");
     let (ok, _, err) = ferry(&["serve", "-m", m.to_str().unwrap(), "--parallel", "0"]);
     assert!(!ok);
-    assert!(err.contains("--parallel must be at least 1"), "{err}");
+    assert!(err.contains("'0' for '--parallel"), "{err}");
     let (ok, _, err) = ferry(&[
         "run",
         "-m",
@@ -224,4 +224,45 @@ fn impossible_settings_are_refused_with_the_reason() {
         assert!(!ok, "{args:?} was accepted");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// Messages that named the wrong problem: a directory, a missing file (its
+/// reason said twice), a host that does not resolve (blamed on the port),
+/// and file edits that would not load (`truncate --layers 0`).
+#[test]
+fn errors_name_the_real_problem() {
+    let dir = std::env::temp_dir();
+    let (ok, _, err) = ferry(&["inspect", dir.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("is a directory, not a GGUF file"),
+        "{err}"
+    );
+    let (ok, _, err) = ferry(&["inspect", "/nonexistent/model.gguf"]);
+    assert!(!ok, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    let m = model("smollm2");
+    let (ok, _, err) = ferry(&[
+        "serve",
+        "-m",
+        m.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--host",
+        "no-such-host.invalid",
+    ]);
+    assert!(!ok && err.contains("--host must be"), "{err}");
+    assert!(!err.contains("another server"), "{err}");
+    let out = dir.join("ferry-truncate-0.gguf");
+    for n in ["0", "31"] {
+        let (ok, _, err) = ferry(&[
+            "truncate",
+            m.to_str().unwrap(),
+            "--layers",
+            n,
+            out.to_str().unwrap(),
+        ]);
+        assert!(!ok && err.contains("keep 1 to 30"), "{n}: {err}");
+    }
+    let (ok, _, err) = ferry(&["plan", "--preset", "tiny", "--vram-budget", "inf%"]);
+    assert!(!ok && err.contains("at most 100"), "{err}");
 }

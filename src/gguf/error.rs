@@ -5,12 +5,16 @@ use std::path::PathBuf;
 /// truncated download from a corrupt header from an unsupported model.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{path}: cannot open: {source}")]
+    /// The reason is in the message, not chained after it (it was printed twice).
+    #[error("{path}: cannot open: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(
+        "{path} is a directory, not a GGUF file; pass the .gguf file inside it (for a split model, its first part)"
+    )]
+    IsDirectory { path: PathBuf },
     #[error(
         "{path}: not a GGUF file (magic bytes {found:02x?} at offset 0, expected \"GGUF\"); is this a model in another format (safetensors, .bin)? Convert it with llama.cpp's convert_hf_to_gguf.py"
     )]

@@ -72,7 +72,7 @@ impl Gguf {
         for no in 1..=name_count {
             let p = split_path(&prefix, no, name_count);
             files.push(GgufFile::open(&p).map_err(|e| match e {
-                GgufError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                GgufError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
                     GgufError::Split {
                         path: path.to_path_buf(),
                         what: format!("part {no} of {name_count} is missing: {}", p.display()),

@@ -144,9 +144,22 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {host}:{port}: {e} (is another server using the port? pick another --port)"
-            )
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "another server is using the port: pick another --port"
+                }
+                std::io::ErrorKind::AddrNotAvailable => {
+                    "this machine has no such address: pass one of its own to --host (127.0.0.1, 0.0.0.0, …)"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "ports below 1024 need privileges: pick a --port of 1024 or more"
+                }
+                _ if e.to_string().contains("lookup") => {
+                    "--host must be an IP address or a name this machine resolves"
+                }
+                _ => "check --host and --port",
+            };
+            anyhow::anyhow!("cannot listen on {host}:{port}: {e} ({hint})")
         })?;
     on_bound(listener.local_addr()?);
     axum::serve(listener, server.router())
