@@ -220,6 +220,24 @@ impl Slot<'_> {
 /// Run the scheduler over `session` (one sequence slot per parallel request)
 /// until every sender of `jobs` is gone. Must run where the backend lives
 /// (inside `Backend::run` for the CPU backend).
+/// `f`, with a panic turned into an error: a bug met by one request fails
+/// that request (and the ones sharing its decode step) with a message, and
+/// the server goes on serving the others.
+fn contained<T>(
+    f: impl FnOnce() -> Result<T, crate::backend::BackendError>,
+) -> Result<T, crate::backend::BackendError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(crate::backend::BackendError::Invalid(format!(
+            "internal error in the engine ({what}); this request failed, the server goes on"
+        )))
+    })
+}
+
 pub fn run_engine(
     session: &mut dyn Engine,
     tok: &Tokenizer,
@@ -323,7 +341,7 @@ pub fn run_engine(
             let len = slot.job.prompt.len();
             let chunk = slot.prefilled..(slot.prefilled + cfg.prefill_chunk).min(len);
             let t0 = Instant::now();
-            let result = session.prefill(i, &slot.job.prompt[chunk.clone()]);
+            let result = contained(|| session.prefill(i, &slot.job.prompt[chunk.clone()]));
             Metrics::add(&metrics.prefill_micros, t0.elapsed().as_micros() as u64);
             Metrics::add(&metrics.prompt_tokens, chunk.len() as u64);
             match result {
@@ -364,7 +382,7 @@ pub fn run_engine(
             })
             .collect();
         let t0 = Instant::now();
-        let result = session.decode(&ready, &tokens);
+        let result = contained(|| session.decode(&ready, &tokens));
         Metrics::add(&metrics.decode_micros, t0.elapsed().as_micros() as u64);
         Metrics::add(&metrics.decode_steps, 1);
         Metrics::add(&metrics.decode_sequences, ready.len() as u64);
@@ -396,6 +414,98 @@ pub fn run_engine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine that panics on one prompt token and answers others.
+    struct Flaky {
+        lens: Vec<usize>,
+    }
+
+    impl Engine for Flaky {
+        fn n_ctx(&self) -> usize {
+            64
+        }
+        fn n_seq(&self) -> usize {
+            self.lens.len()
+        }
+        fn len(&self, seq: usize) -> usize {
+            self.lens[seq]
+        }
+        fn reset(&mut self, seq: usize) {
+            self.lens[seq] = 0;
+        }
+        fn prefill(
+            &mut self,
+            seq: usize,
+            tokens: &[u32],
+        ) -> Result<Vec<f32>, crate::backend::BackendError> {
+            assert!(!tokens.contains(&666), "a bug this prompt meets");
+            self.lens[seq] += tokens.len();
+            Ok(vec![0.0, 1.0])
+        }
+        fn decode(
+            &mut self,
+            seqs: &[usize],
+            _tokens: &[u32],
+        ) -> Result<Vec<f32>, crate::backend::BackendError> {
+            for &s in seqs {
+                self.lens[s] += 1;
+            }
+            Ok(seqs.iter().flat_map(|_| [0.0, 1.0]).collect())
+        }
+    }
+
+    #[test]
+    fn a_panic_fails_its_request_and_the_engine_goes_on() {
+        let path = std::env::temp_dir().join(format!("ferry-flaky-{}.gguf", std::process::id()));
+        let mut meta = crate::tokenizer::synthetic::metadata(300).unwrap();
+        meta.push((
+            "general.architecture".into(),
+            crate::gguf::Value::String("llama".into()),
+        ));
+        crate::gguf::write_gguf(&path, &meta, &[]).unwrap();
+        let tok = crate::tokenizer::Tokenizer::from_gguf(&crate::gguf::Gguf::open(&path).unwrap())
+            .unwrap();
+        std::fs::remove_file(&path).ok();
+        let (send, jobs) = std::sync::mpsc::channel();
+        let admission = Admission::new(8);
+        let mut replies = Vec::new();
+        for prompt in [vec![1, 666], vec![1, 2]] {
+            let (events, reply) = tokio::sync::mpsc::unbounded_channel();
+            send.send(Job {
+                prompt,
+                max_tokens: 2,
+                sampling: SamplerConfig::greedy(),
+                stop: vec![],
+                events,
+                ticket: admission.try_admit().unwrap(),
+            })
+            .unwrap();
+            replies.push(reply);
+        }
+        drop(send);
+        let cfg = EngineConfig {
+            parallel: 1,
+            n_ctx: 64,
+            prefill_chunk: 16,
+        };
+        let metrics = Metrics::default();
+        let mut engine = Flaky { lens: vec![0] };
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let result = run_engine(&mut engine, &tok, &cfg, jobs, &metrics);
+        std::panic::set_hook(hook);
+        result.unwrap();
+        let first = replies[0].try_recv().unwrap();
+        assert!(
+            matches!(&first, Event::Failed(m) if m.contains("internal error") && m.contains("a bug this prompt meets")),
+            "{first:?}"
+        );
+        let mut done = false;
+        while let Ok(e) = replies[1].try_recv() {
+            done |= matches!(e, Event::Done { .. });
+        }
+        assert!(done, "the second request was not served");
+    }
 
     #[test]
     fn admission_bounds_requests_in_the_system() {
