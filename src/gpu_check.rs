@@ -52,7 +52,7 @@ fn stream_identity(
     resident_model: &Model<crate::backend::cuda::CudaBackend>,
     tokens: &[u32],
 ) -> Result<bool> {
-    use crate::backend::cuda::stream::StreamedModel;
+    use crate::engine::stream::StreamedModel;
     let n_layers = resident_model.config.n_layers;
     let span = crate::backend::SequenceSpan::new(0, 0, tokens.len());
     let batch = span.batch(tokens);
@@ -243,14 +243,7 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
         // in a slot on the GPU, the others copied ahead or on the CPU).
         let n_layers = mc.config.n_layers;
         let resident: Vec<bool> = (0..n_layers).map(|i| i % 2 == 0).collect();
-        let sm = crate::backend::cuda::stream::StreamedModel::load(
-            &cuda,
-            &g,
-            &resident,
-            2,
-            true,
-            |_| {},
-        )?;
+        let sm = crate::engine::stream::StreamedModel::load(&cuda, &g, &resident, 2, true, |_| {})?;
         // Decode placement of the streamed (odd) layers: alternately streamed
         // (copied ahead into a slot) and on the CPU.
         let place = (0..n_layers)

@@ -3,6 +3,7 @@
 //! The layers, bottom up: `gguf` reads and writes model files, `quant` knows the
 //! block formats, `tokenizer` turns text into token ids and back.
 
+pub mod arch;
 pub mod backend;
 pub mod bench;
 pub mod engine;
@@ -17,3 +18,5 @@ pub mod server;
 pub mod settings;
 pub mod synth;
 pub mod tokenizer;
+pub mod trace;
+pub mod units;

@@ -959,7 +959,7 @@ fn load_planned(
     g: &Gguf,
     p: &Placement,
 ) -> Result<ferry::engine::hybrid::HybridModel> {
-    use ferry::backend::cuda::stream::StreamedModel;
+    use ferry::engine::stream::StreamedModel;
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
     let profile = MachineProfile::load(&resolve_profile(p.gpu_profile, cuda))
@@ -1497,9 +1497,9 @@ fn bench_streamed(
     tests: &[ferry::bench::Test],
 ) -> Result<Vec<ferry::bench::BenchResult>> {
     use ferry::backend::Batch;
-    use ferry::backend::cuda::stream::StreamedModel;
     use ferry::bench::{BenchResult, Test};
     use ferry::engine::hybrid::{HybridModel, Run};
+    use ferry::engine::stream::StreamedModel;
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let shape = ModelShape::from_gguf(g)?;
     let profile = MachineProfile::load(&resolve_profile(&args.gpu_profile, cuda))

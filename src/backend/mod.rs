@@ -5,7 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 
-use crate::model::{Activation, AttnSpec, Config, RopeParams, TensorRef};
+use crate::arch::{Activation, AttnSpec, Config, RopeParams, TensorRef};
 
 /// Which tokens a forward pass processes: token `i` is at `positions[i]` of
 /// sequence `seqs[i]`.
@@ -107,8 +107,8 @@ pub enum BackendError {
     BadSeq { seq: u32, n: usize },
     #[error(
         "device memory in use reached {} after allocating {what}, over the VRAM budget of {}; pass a larger --vram-budget, or a smaller -c/--ctx-size or --ub",
-        crate::plan::HumanBytes(*used),
-        crate::plan::HumanBytes(*budget)
+        crate::units::HumanBytes(*used),
+        crate::units::HumanBytes(*budget)
     )]
     OverBudget {
         used: u64,

@@ -13,9 +13,9 @@
 use half::f16;
 
 use crate::backend::cpu::{CpuAct, CpuBackend, CpuKv};
-use crate::backend::cuda::stream::StreamedModel;
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaKv};
 use crate::backend::{Backend, BackendError, Batch};
+use crate::engine::stream::StreamedModel;
 use crate::gguf::Gguf;
 use crate::model::{Layer, Scratch};
 use crate::plan::DecodePlace;

@@ -2,7 +2,8 @@
 
 pub mod hybrid;
 pub mod sampler;
-pub mod trace;
+pub mod stream;
+pub use crate::trace;
 
 use crate::backend::{Backend, BackendError, Batch};
 use crate::model::{Model, Workspace};

@@ -1,14 +1,11 @@
 //! Architectures: hyperparameters, per-layer weights and the forward pass,
 //! written once against the `Backend` trait.
 
-mod config;
-mod weights;
-
-pub use config::{
-    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec, Presence,
-    RopeKind, RopeParams, RopeScaling,
+pub use crate::arch::{
+    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec,
+    LayerTensors, ModelTensors, Presence, RopeKind, RopeParams, RopeScaling, TensorRef,
+    WeightError,
 };
-pub use weights::{LayerTensors, ModelTensors, TensorRef, WeightError};
 
 use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;

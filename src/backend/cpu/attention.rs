@@ -11,8 +11,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::{CpuAct, CpuKv, reference_math, simd};
+use crate::arch::AttnSpec;
 use crate::backend::{BackendError, Batch};
-use crate::model::AttnSpec;
 
 pub fn attention(
     cfg: &AttnSpec,

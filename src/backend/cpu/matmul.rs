@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use super::CpuAct;
 use super::gemm::{GemmFormat, PreparedAct, PreparedRow};
 use super::simd;
+use crate::arch::TensorRef;
 use crate::backend::BackendError;
 use crate::gguf::SharedBytes;
-use crate::model::TensorRef;
 use crate::quant::{
     BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
     BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,

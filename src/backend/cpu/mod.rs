@@ -13,8 +13,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::{Backend, BackendError, Batch};
+use crate::arch::{AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::gguf::Gguf;
-use crate::model::{AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::quant::{self, GgmlType};
 
 pub use matmul::{CpuWeight, matmul, matmul_with};

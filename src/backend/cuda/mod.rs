@@ -17,11 +17,9 @@ use cudarc::driver::{
 };
 use half::f16;
 
-pub mod stream;
-
 use super::{Backend, BackendError, Batch};
+use crate::arch::{Activation, AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::gguf::Gguf;
-use crate::model::{Activation, AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::quant::GgmlType;
 
 const KERNELS: &str = include_str!("kernels/ferry.cu");
@@ -614,6 +612,27 @@ pub struct CudaWeight {
 }
 
 impl CudaWeight {
+    /// A weight at device address `ptr`, kept alive by `owner`.
+    ///
+    /// # Safety
+    /// `ptr` must address the weight's bytes (`ty` blocks for `rows × cols`
+    /// elements) in memory the device can read, for as long as `owner` lives.
+    pub unsafe fn from_raw(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        owner: Arc<dyn std::any::Any + Send + Sync>,
+        ptr: u64,
+    ) -> Self {
+        CudaWeight {
+            ty,
+            rows,
+            cols,
+            _buf: owner,
+            ptr,
+        }
+    }
+
     /// A weight `bytes` long at `offset` in `buf`.
     pub fn in_buffer(
         stream: &CudaStream,
@@ -1106,7 +1125,7 @@ impl CudaBackend {
 
     /// Record the memory in use after an allocation (`what`) and fail if it
     /// is over the budget.
-    fn account(&self, what: &str, bytes: usize) -> Result<(), BackendError> {
+    pub fn account(&self, what: &str, bytes: usize) -> Result<(), BackendError> {
         use std::sync::atomic::Ordering::Relaxed;
         let used = self.memory_in_use()?;
         self.ledger.peak.fetch_max(used, Relaxed);
@@ -1408,7 +1427,7 @@ impl CudaBackend {
         accumulate: bool,
     ) -> Result<(), BackendError> {
         let (n, cols, rows) = (x.n, w.cols, w.rows);
-        if accumulate && n <= crate::plan::GEMV_MAX_BATCH {
+        if accumulate && n <= crate::units::GEMV_MAX_BATCH {
             return Err(BackendError::Invalid(
                 "an accumulating product of a decode-sized batch (use matmul and add)".into(),
             ));
@@ -1426,7 +1445,7 @@ impl CudaBackend {
         }
         let (be, bb) = (w.ty.block_elems() as i32, w.ty.block_bytes() as i32);
         let (ty, rows_i, cols_i, n_i) = (w.ty.id() as i32, rows as i32, cols as i32, n as i32);
-        if n <= crate::plan::GEMV_MAX_BATCH {
+        if n <= crate::units::GEMV_MAX_BATCH {
             // Q4_K and Q6_K rows (most of a Q4_K_M model's bytes) have their own
             // kernels, which need their blocks aligned for wide loads; the
             // 8-element kernel needs whole 8-element groups (and float4 loads of
@@ -2900,7 +2919,7 @@ impl Backend for CudaBackend {
         self.forget_q8();
         if self.int_gemv
             && self.smem_gemv
-            && x.n <= crate::plan::GEMV_MAX_BATCH
+            && x.n <= crate::units::GEMV_MAX_BATCH
             && x.width.is_multiple_of(32)
             && x.width <= 8192
         {
@@ -2915,7 +2934,7 @@ impl Backend for CudaBackend {
         // (recorded as `out`'s, so they convert nothing).
         let mut scratch = self.scratch.lock().expect("scratch lock");
         let len = x.n * x.width;
-        let copy = x.n > crate::plan::GEMV_MAX_BATCH;
+        let copy = x.n > crate::units::GEMV_MAX_BATCH;
         if let Err(e) = self.reserve_f16(&mut scratch, 0, if copy { len } else { 0 }) {
             return self.record(e);
         }
@@ -3001,7 +3020,7 @@ impl Backend for CudaBackend {
                     return;
                 }
             };
-        if !fused && x.n > crate::plan::GEMV_MAX_BATCH {
+        if !fused && x.n > crate::units::GEMV_MAX_BATCH {
             // The three products first, so that they share one f16 copy of
             // `x` (a bias add counts as a write to the activations).
             self.matmul(x, w[0], q);
@@ -3024,7 +3043,7 @@ impl Backend for CudaBackend {
         match self.gemv_smem(x, w, None, None, true, acc) {
             Ok(true) => {}
             // A batch: the GEMM adds into the residual stream itself.
-            Ok(false) if x.n > crate::plan::GEMV_MAX_BATCH => {
+            Ok(false) if x.n > crate::units::GEMV_MAX_BATCH => {
                 if let Err(e) = self.try_matmul(x, w, acc, true) {
                     self.record(e);
                 }
@@ -3053,7 +3072,7 @@ impl Backend for CudaBackend {
             self.matmul_add(gate, w_down, tmp, acc);
             return;
         }
-        if self.ffn_f16 && x.n > crate::plan::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
+        if self.ffn_f16 && x.n > crate::units::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
             if let Err(e) = self.feed_forward_f16(x, [w_gate, w_up, w_down], gate, up, acc) {
                 self.record(e);
             }
@@ -3088,7 +3107,7 @@ impl Backend for CudaBackend {
             Ok(false) => {
                 self.matmul(x, w_gate, gate);
                 self.matmul(x, w_up, up);
-                if gate.n > crate::plan::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
+                if gate.n > crate::units::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
                     if let Err(e) = self.swiglu_to_f16(gate, up) {
                         self.record(e);
                     }
@@ -3168,7 +3187,7 @@ impl Backend for CudaBackend {
         // reads and writes every element anyway, when it covers the whole
         // head) instead of an add_bias launch each: 184 us of a 32B layer at
         // 8192 tokens.
-        if x.n > crate::plan::GEMV_MAX_BATCH
+        if x.n > crate::units::GEMV_MAX_BATCH
             && cfg.rope.n_dims == cfg.head_dim
             && (b[0].is_some() || b[1].is_some())
         {

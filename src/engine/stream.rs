@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
 
-use super::{CudaBackend, CudaWeight, err};
+use crate::backend::cuda::{CudaBackend, CudaWeight, err};
 use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
 use crate::model::{Config, Layer, LayerTensors, Model, ModelTensors};
@@ -77,7 +77,7 @@ pub struct StreamedModel {
     pub last_streamed_bytes: u64,
     /// Record a timeline of the next forward passes (`last_trace`).
     pub tracing: bool,
-    pub last_trace: Vec<crate::engine::trace::Span>,
+    pub last_trace: Vec<crate::trace::Span>,
 }
 
 /// Timing events of a traced pass: spans as (name, lane, start, end, bytes).
@@ -163,7 +163,7 @@ impl StreamedModel {
                     .map_err(|e| {
                         BackendError::Invalid(format!(
                             "pinning {} of host memory for layer {} failed ({e:?}): the host has too little memory that can be page-locked (check free memory, and `ulimit -l` where the driver honours it); free memory, lower the model's host share with a larger --vram-budget, or pass --no-pin to stream from pageable memory (slower copies)",
-                            crate::plan::HumanBytes(len as u64),
+                            crate::units::HumanBytes(len as u64),
                             t.index
                         ))
                     })?;
@@ -597,13 +597,13 @@ fn issue_copy(
 }
 
 /// Turn a finished pass's events into spans, in ms from its first event.
-fn timeline(t: Timing) -> Result<Vec<crate::engine::trace::Span>, BackendError> {
+fn timeline(t: Timing) -> Result<Vec<crate::trace::Span>, BackendError> {
     let Some(first) = t.spans.first().map(|s| &s.2) else {
         return Ok(Vec::new());
     };
     let mut spans = Vec::with_capacity(t.spans.len());
     for (name, lane, start, end, bytes) in &t.spans {
-        spans.push(crate::engine::trace::Span {
+        spans.push(crate::trace::Span {
             name: name.clone(),
             lane: lane.to_string(),
             start_ms: first.elapsed_ms(start).map_err(err)? as f64,
@@ -645,21 +645,18 @@ pub(crate) fn host_weight(
     let mut pinned = unsafe { b.ctx.alloc_pinned_with_flags::<u8>(src.len().max(1), 0) }.map_err(|e| {
         BackendError::Invalid(format!(
             "pinning {} of host memory for {} failed ({e:?}): free host memory or raise `ulimit -l`",
-            crate::plan::HumanBytes(src.len() as u64),
+            crate::units::HumanBytes(src.len() as u64),
             t.name
         ))
     })?;
     pinned.as_mut_slice().map_err(err)?[..src.len()].copy_from_slice(src);
     let ptr = pinned.as_ptr().map_err(err)?;
-    Ok(CudaWeight {
-        ty: t.ty,
-        rows: t.rows(),
-        cols: t.cols(),
-        _buf: Arc::new(PinnedBytes {
-            _pinned: pinned,
-            ptr,
-            len: src.len(),
-        }),
-        ptr: ptr as u64,
-    })
+    let owner = Arc::new(PinnedBytes {
+        _pinned: pinned,
+        ptr,
+        len: src.len(),
+    });
+    // SAFETY: page-locked memory with unified addressing: its host address
+    // is valid on the device; `owner` keeps it allocated.
+    Ok(unsafe { CudaWeight::from_raw(t.ty, t.rows(), t.cols(), owner, ptr as u64) })
 }
