@@ -266,3 +266,27 @@ fn errors_name_the_real_problem() {
     let (ok, _, err) = ferry(&["plan", "--preset", "tiny", "--vram-budget", "inf%"]);
     assert!(!ok && err.contains("at most 100"), "{err}");
 }
+
+/// A context (or number of sequences) whose KV cache cannot fit the host's
+/// memory is an error at start naming a context that fits, not an abort
+/// ("memory allocation of … bytes failed") at the first request.
+#[test]
+fn a_kv_cache_beyond_memory_is_refused_at_start() {
+    let m = model("smollm2");
+    let (ok, _, err) = ferry(&[
+        "run",
+        "-m",
+        m.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-c",
+        "1000000000",
+        "-p",
+        "hi",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("KV cache of 1000000000 positions") && err.contains("or less"),
+        "{err}"
+    );
+}

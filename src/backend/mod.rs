@@ -148,6 +148,13 @@ pub trait Backend {
         None
     }
 
+    /// Memory the backend can still allocate, where it can tell before
+    /// allocating (the CPU backend: the host's available memory); GPUs
+    /// enforce their budget on each allocation instead.
+    fn memory_available(&self) -> Option<u64> {
+        None
+    }
+
     /// Make the backend's copy (or view) of a weight matrix.
     fn load_weight(
         &self,
@@ -385,4 +392,36 @@ pub fn rope_then_attention<B: Backend + ?Sized>(
         batch.positions,
     );
     b.attention(spec, q, k, v, kv, batch, out)
+}
+
+/// Check that `layers` KV caches of `n_seq` sequences × `n_ctx` positions
+/// (f16 keys and values) fit the memory `b` has left, before allocating
+/// them: too much is an error naming a context that fits, not an abort.
+pub fn check_kv_fits<B: Backend + ?Sized>(
+    b: &B,
+    cfg: &Config,
+    layers: usize,
+    n_ctx: usize,
+    n_seq: usize,
+) -> Result<(), BackendError> {
+    let per_position = (layers * n_seq * cfg.kv_width() * 2 * 2) as u64;
+    let need = per_position.saturating_mul(n_ctx as u64);
+    match b.memory_available() {
+        Some(avail) if need > avail => {
+            // Three quarters of what is free, for the weights' pages and the rest.
+            let fits = (avail / 4 * 3 / per_position.max(1)) as usize;
+            Err(BackendError::Invalid(format!(
+                "a KV cache of {n_ctx} positions × {n_seq} sequences needs {}, more than the {} of memory available; pass -c/--ctx-size {} or less{}",
+                crate::units::HumanBytes(need),
+                crate::units::HumanBytes(avail),
+                fits.max(1),
+                if n_seq > 1 {
+                    " or fewer --parallel sequences"
+                } else {
+                    ""
+                }
+            )))
+        }
+        _ => Ok(()),
+    }
 }

@@ -293,6 +293,8 @@ impl HybridModel {
     ) -> Result<HybridKv, BackendError> {
         let cfg = &self.gpu.model.config;
         let n = cfg.n_layers;
+        let on_host = (0..n).filter(|&i| self.gpu.is_streamed(i)).count();
+        crate::backend::check_kv_fits(cpu, cfg, on_host, n_ctx, n_seq)?;
         Ok(HybridKv {
             gpu: (0..n)
                 .map(|_| cuda.kv_cache(cfg, n_ctx, n_seq))

@@ -33,6 +33,8 @@ impl<'m, B: Backend> Session<'m, B> {
         n_ctx: usize,
         n_seq: usize,
     ) -> Result<Self, BackendError> {
+        let cfg = &model.config;
+        crate::backend::check_kv_fits(backend, cfg, cfg.n_layers, n_ctx, n_seq)?;
         let kv = (0..model.config.n_layers)
             .map(|_| backend.kv_cache(&model.config, n_ctx, n_seq))
             .collect::<Result<_, _>>()?;

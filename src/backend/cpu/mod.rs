@@ -173,6 +173,10 @@ impl Backend for CpuBackend {
         float_vector(g, t)
     }
 
+    fn memory_available(&self) -> Option<u64> {
+        host_memory_available()
+    }
+
     fn act(&self, n: usize, width: usize) -> Result<CpuAct, BackendError> {
         Ok(CpuAct::zeros(n, width))
     }
@@ -361,6 +365,14 @@ impl Backend for CpuBackend {
     fn to_host(&self, x: &CpuAct) -> Result<Vec<f32>, BackendError> {
         Ok(x.data.clone())
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo` (Linux), bytes.
+pub fn host_memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// True when `ty` is stored as plain floats (no activation quantization).
