@@ -49,30 +49,29 @@ pub enum Presence {
     Required,
 }
 
+/// Llama's layer, which every other row departs from.
+const LLAMA: ArchDesc = ArchDesc {
+    arch: Arch::Llama,
+    name: "llama",
+    rope: RopeKind::Normal,
+    qkv_bias: Presence::Optional,
+    qk_norm: false,
+    post_norms: false,
+    activation: Activation::Silu,
+    embed_scale_sqrt_d: false,
+    scale_query: false,
+    swa_pattern: Some(0),
+};
+
 pub const ARCHITECTURES: [ArchDesc; 4] = [
-    ArchDesc {
-        arch: Arch::Llama,
-        name: "llama",
-        rope: RopeKind::Normal,
-        qkv_bias: Presence::Optional,
-        qk_norm: false,
-        post_norms: false,
-        activation: Activation::Silu,
-        embed_scale_sqrt_d: false,
-        scale_query: false,
-        swa_pattern: Some(0),
-    },
+    LLAMA,
     ArchDesc {
         arch: Arch::Qwen2,
         name: "qwen2",
         rope: RopeKind::Neox,
         qkv_bias: Presence::Required,
-        qk_norm: false,
-        post_norms: false,
-        activation: Activation::Silu,
-        embed_scale_sqrt_d: false,
-        scale_query: false,
         swa_pattern: None,
+        ..LLAMA
     },
     ArchDesc {
         arch: Arch::Qwen3,
@@ -80,11 +79,8 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         rope: RopeKind::Neox,
         qkv_bias: Presence::Never,
         qk_norm: true,
-        post_norms: false,
-        activation: Activation::Silu,
-        embed_scale_sqrt_d: false,
-        scale_query: false,
         swa_pattern: None,
+        ..LLAMA
     },
     ArchDesc {
         arch: Arch::Gemma3,
