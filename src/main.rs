@@ -858,6 +858,13 @@ fn converse(
         let mut out = stdout.lock();
         let _ = out.write_all(dec.finish().as_bytes());
         let _ = writeln!(out);
+        if !stats.stopped_by_eog && max_new < args.n_predict && stats.generated_tokens >= max_new {
+            eprintln!(
+                "stopped after {max_new} of the {} tokens asked for: the context of {n_ctx} tokens is full (the prompt took {}); pass a larger -c",
+                args.n_predict,
+                prompt.len()
+            );
+        }
         print_stats(&stats, Some(load_secs));
         return Ok(());
     }

@@ -290,3 +290,26 @@ fn a_kv_cache_beyond_memory_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// A generation cut short by a full context says so.
+#[test]
+fn a_full_context_is_said() {
+    let m = model("smollm2");
+    let (ok, _, err) = ferry(&[
+        "run",
+        "-m",
+        m.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-c",
+        "16",
+        "-n",
+        "100",
+        "--temp",
+        "0",
+        "-p",
+        "Hello",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("the context of 16 tokens is full"), "{err}");
+}
