@@ -200,13 +200,19 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return ApiError::new(
+            let r = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 "missing or incorrect API key: send the server's --api-key as `Authorization: Bearer KEY`",
             )
             .code("invalid_api_key")
             .into_response();
+            let mut r = r;
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
         }
     }
     next.run(req).await
