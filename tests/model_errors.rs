@@ -295,3 +295,65 @@ fn tensors_at_any_alignment_load_and_agree() {
             .all(|(a, b)| a.to_bits() == b.to_bits())
     );
 }
+
+/// Copy `g` to `path` with its metadata changed by `edit`.
+fn rewrite(g: &Gguf, path: &Path, edit: impl FnOnce(&mut Vec<(String, Value)>)) {
+    let mut meta = g.metadata().to_vec();
+    edit(&mut meta);
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.set(k, v);
+    }
+    for t in g.tensors() {
+        w.add_tensor(t.name.clone(), &t.shape, t.ty).unwrap();
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let mut out = w.write_header(std::io::BufWriter::new(file)).unwrap();
+    for t in g.tensors() {
+        out.write(g.tensor_bytes(t)).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+/// Files whose parts disagree are refused with what disagrees: layers
+/// beyond `block_count` (they were ignored), a vocabulary with fewer tokens
+/// than the embeddings have rows (ids without text).
+#[test]
+fn inconsistent_files_are_refused() {
+    use ferry::synth::{TinySpec, write_random_model};
+    let d = dir();
+    let base = d.join("consistent.gguf");
+    write_random_model(
+        &base,
+        &TinySpec::preset("tiny", GgmlType::Q8_0).unwrap(),
+        None,
+    )
+    .unwrap();
+    let g = Gguf::open(&base).unwrap();
+
+    let fewer = d.join("block-count-1.gguf");
+    rewrite(&g, &fewer, |m| {
+        for (k, v) in m.iter_mut() {
+            if k == "llama.block_count" {
+                *v = Value::U32(1);
+            }
+        }
+    });
+    let err = load_err(&fewer);
+    assert!(
+        err.contains("tensors of layer 1 but block_count says 1"),
+        "{err}"
+    );
+
+    let short_vocab = d.join("short-vocab.gguf");
+    rewrite(&g, &short_vocab, |m| {
+        m.retain(|(k, _)| !k.starts_with("tokenizer."));
+        m.extend(ferry::tokenizer::synthetic::metadata(300).unwrap());
+    });
+    let g2 = Gguf::open(&short_vocab).unwrap();
+    let Err(err) = ferry::tokenizer::Tokenizer::from_gguf(&g2) else {
+        panic!("a vocabulary shorter than the embeddings was accepted");
+    };
+    let err = err.to_string();
+    assert!(err.contains("fewer than the 512 rows"), "{err}");
+}

@@ -24,6 +24,14 @@ pub enum WeightError {
         got: Vec<u64>,
         want: Vec<u64>,
     },
+    #[error(
+        "{file}: it holds tensors of layer {layer} but block_count says {block_count} layers; the file is inconsistent (re-convert it, or correct block_count)"
+    )]
+    ExtraLayer {
+        file: String,
+        layer: usize,
+        block_count: usize,
+    },
     #[error("{file}: tensor '{name}' has type {ty}, which cannot be used as {role}")]
     Type {
         file: String,
@@ -232,6 +240,19 @@ impl ModelTensors {
                 w_up: find(&n("ffn_up.weight"), &[d, ff])?,
                 w_down: find(&n("ffn_down.weight"), &[ff, d])?,
                 post_ffn_norm: present(needed(desc.post_norms), "post_ffw_norm.weight", d)?,
+            });
+        }
+        // Layers beyond block_count would be ignored without a word.
+        if let Some(layer) = g
+            .tensors()
+            .iter()
+            .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse().ok())
+            .find(|&l: &usize| l >= cfg.n_layers)
+        {
+            return Err(WeightError::ExtraLayer {
+                file: file.clone(),
+                layer,
+                block_count: cfg.n_layers,
             });
         }
         let token_embd = find("token_embd.weight", &[d, cfg.n_vocab])?;

@@ -169,6 +169,20 @@ impl Tokenizer {
             });
         }
         let n = tokens.len();
+        // The model can produce any row of its embeddings as a token: each
+        // must have text (llama.cpp requires the two to agree).
+        if let Some(rows) = g
+            .tensor("token_embd.weight")
+            .and_then(|t| t.shape.get(1).copied())
+            && (n as u64) < rows
+        {
+            return Err(TokenizerError::Bad {
+                key: "tokenizer.ggml.tokens",
+                what: format!(
+                    "{n} tokens, fewer than the {rows} rows of token_embd.weight: the model could produce ids with no text; the file is inconsistent (re-convert it)"
+                ),
+            });
+        }
         let kinds: Vec<TokenKind> = match numbers(g, "tokenizer.ggml.token_type")? {
             None => vec![TokenKind::Normal; n],
             Some(t) if t.len() == n => t.iter().map(|&v| TokenKind::from_i64(v as i64)).collect(),
