@@ -24,7 +24,8 @@ pub enum GgufError {
     )]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error(
-        "{path}: file is truncated: needed {needed} bytes at offset {offset} while reading {what}, but the file is {file_len} bytes; the download is probably incomplete"
+        "{path}: needed {needed} bytes at offset {offset} while reading {what}, but the file is {file_len} bytes; {}",
+        truncation_cause(*needed, *file_len)
     )]
     Truncated {
         path: PathBuf,
@@ -65,3 +66,13 @@ pub enum GgufError {
 }
 
 pub type Result<T> = std::result::Result<T, GgufError>;
+
+/// Why a read ran past the end: a length larger than the whole file is a
+/// corrupt field, not a short download.
+fn truncation_cause(needed: u64, file_len: u64) -> &'static str {
+    if needed > file_len {
+        "that length is larger than the whole file: the header is corrupt; re-convert or re-download the model"
+    } else {
+        "the file is shorter than its header says: the download is probably incomplete (or the header corrupt)"
+    }
+}
