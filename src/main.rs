@@ -137,7 +137,7 @@ struct RunArgs {
     #[command(flatten)]
     budget: BudgetArgs,
     /// Tokens per prefill micro-batch.
-    #[arg(long = "ub", default_value_t = 512)]
+    #[arg(long = "ub", default_value_t = 512, value_parser = at_least_one)]
     ubatch: usize,
     /// Write a Chrome/Perfetto trace of the prefill's copies and per-layer
     /// compute (with --vram-budget on a GPU); `ferry trace-svg` draws it.
@@ -188,7 +188,7 @@ struct BenchArgs {
     #[arg(short = 't', long, value_delimiter = ',', default_value = "0")]
     threads: Vec<usize>,
     /// Micro-batch: tokens per forward pass during prefill.
-    #[arg(long = "ub", default_value_t = 512)]
+    #[arg(long = "ub", default_value_t = 512, value_parser = at_least_one)]
     ubatch: usize,
     /// Logical batch (llama-bench's -b); prefill is split into micro-batches of --ub.
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
@@ -252,7 +252,7 @@ struct ServeArgs {
     #[arg(long, default_value = "4MiB")]
     max_body: String,
     /// Prompt tokens prefilled at a time, between decode steps of the other sequences.
-    #[arg(long = "ub", default_value_t = 512)]
+    #[arg(long = "ub", default_value_t = 512, value_parser = at_least_one)]
     ubatch: usize,
     /// Model name reported by /v1/models (default: the file name without .gguf).
     #[arg(long)]

@@ -260,9 +260,12 @@ fn validation_errors_name_the_problem() {
         matches!(e, GgufError::Truncated { .. }) && e.to_string().contains("'k'"),
         "{e}"
     );
-    // A length larger than the file is a corrupt header, not a short download;
-    // a tensor running past the end of a file is.
-    assert!(e.to_string().contains("the header is corrupt"), "{e}");
+    // A length no file could have is a corrupt header, not a short download;
+    // a tensor running past the end of a file is a short file.
+    assert!(
+        e.to_string().contains("a length in the header is corrupt"),
+        "{e}"
+    );
     let e = parse_header(p, &handmade(3, 0, &[4, 2], 0, 31)).unwrap_err();
     assert!(e.to_string().contains("probably incomplete"), "{e}");
 }

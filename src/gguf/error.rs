@@ -24,8 +24,9 @@ pub enum GgufError {
     )]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error(
-        "{path}: needed {needed} bytes at offset {offset} while reading {what}, but the file is {file_len} bytes; {}",
-        truncation_cause(*needed, *file_len)
+        "{path}: {}: needed {needed} bytes at offset {offset} while reading {what}, but the file is {file_len} bytes; {}",
+        truncation_kind(*needed).0,
+        truncation_kind(*needed).1
     )]
     Truncated {
         path: PathBuf,
@@ -67,12 +68,19 @@ pub enum GgufError {
 
 pub type Result<T> = std::result::Result<T, GgufError>;
 
-/// Why a read ran past the end: a length larger than the whole file is a
-/// corrupt field, not a short download.
-fn truncation_cause(needed: u64, file_len: u64) -> &'static str {
-    if needed > file_len {
-        "that length is larger than the whole file: the header is corrupt; re-convert or re-download the model"
+/// Why a read ran past the end: a length no model file could have (1 TiB
+/// or more) is a corrupt field; anything less reads as a short file (a
+/// truncated download's header still declares every array it had).
+fn truncation_kind(needed: u64) -> (&'static str, &'static str) {
+    if needed >= 1 << 40 {
+        (
+            "corrupt header",
+            "no model file is that large: a length in the header is corrupt; re-convert or re-download the model",
+        )
     } else {
-        "the file is shorter than its header says: the download is probably incomplete (or the header corrupt)"
+        (
+            "file is truncated",
+            "the file is shorter than its header says: the download is probably incomplete (or the header corrupt)",
+        )
     }
 }
