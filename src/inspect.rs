@@ -167,6 +167,17 @@ pub fn summarize(g: &Gguf) -> Summary {
             human_bytes(non_layer)
         );
     }
+    match crate::arch::Config::from_gguf(g) {
+        Ok(cfg) => {
+            let _ = writeln!(s, "\nhow ferry runs it");
+            for line in describe_layers(&cfg) {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "\nhow ferry runs it\n  not at all: {e}");
+        }
+    }
     let _ = writeln!(s, "\ntokenizer");
     match tokenizer.get("error") {
         Some(e) => {
@@ -192,4 +203,59 @@ pub fn summarize(g: &Gguf) -> Summary {
         }
     }
     Summary { json, text: s }
+}
+
+/// The layers as ferry's description of them has them: kinds of attention
+/// (window, RoPE base), the departures from llama's layer.
+pub fn describe_layers(cfg: &crate::arch::Config) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut kinds: BTreeMap<(Option<usize>, u32), Vec<usize>> = BTreeMap::new();
+    for (i, l) in cfg.layers.iter().enumerate() {
+        kinds
+            .entry((l.attn.window, l.attn.rope.freq_base.to_bits()))
+            .or_default()
+            .push(i);
+    }
+    let mut out: Vec<String> = kinds
+        .iter()
+        .map(|((window, base), layers)| {
+            let base = f32::from_bits(*base);
+            format!(
+                "{} layer{} {}, RoPE base {base}{}",
+                layers.len(),
+                if layers.len() == 1 { "" } else { "s" },
+                match window {
+                    Some(w) => format!("attend over a {w}-token window"),
+                    None => "attend over the whole context".into(),
+                },
+                if cfg.layers[layers[0]].attn.rope.freq_factors.is_some() {
+                    " with frequency factors"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    let l = &cfg.layers[0];
+    let mut traits = vec![format!(
+        "{} heads ({} KV) of {}, {:?} activation",
+        cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, l.activation
+    )];
+    if l.qk_norm {
+        traits.push("q/k norms".into());
+    }
+    if l.post_norms {
+        traits.push("post-attention and post-feed-forward norms".into());
+    }
+    if let Some(f) = l.query_scale {
+        traits.push(format!("queries scaled by {f}"));
+    }
+    if let Some(e) = cfg.embed_scale {
+        traits.push(format!("embeddings scaled by {e}"));
+    }
+    if let Some(c) = cfg.final_softcap {
+        traits.push(format!("logits soft-capped at {c}"));
+    }
+    out.push(traits.join(", "));
+    out
 }

@@ -313,3 +313,19 @@ fn a_full_context_is_said() {
     assert!(ok, "{err}");
     assert!(err.contains("the context of 16 tokens is full"), "{err}");
 }
+
+/// `inspect` says how ferry reads the layers: Gemma 3's local and global
+/// layers with their windows and RoPE bases.
+#[test]
+fn inspect_describes_the_layers() {
+    let (ok, out, err) = ferry(&["inspect", model("gemma3").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for needle in [
+        "15 layers attend over a 512-token window, RoPE base 10000",
+        "3 layers attend over the whole context, RoPE base 1000000",
+        "q/k norms",
+        "GeluTanh",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
