@@ -23,6 +23,9 @@ import tempfile
 import numpy as np
 import llama_cpp
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fetch_models import sha256  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "synth")
 FERRY = os.path.join(ROOT, "target", "release", "ferry")
@@ -50,14 +53,6 @@ def synth_args(case):
     preset, layers, quant, vocab, seed = CASES[case]
     return ["synth", "--preset", preset, "--layers", str(layers), "--quant", quant,
             "--vocab-from", os.path.join(M, vocab), "--seed", str(seed)]
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def logits_at(llm, i):
@@ -89,7 +84,7 @@ def main():
                     llm.eval([nxt])
                 prompts.append({"tokens": ids, "sha256": hashes, "greedy": greedy})
                 print(f"{case} prompt {i}: {len(ids)} tokens", file=sys.stderr)
-            out = {"synth": synth_args(case), "file_sha256": sha256_file(path), "prompts": prompts}
+            out = {"synth": synth_args(case), "file_sha256": sha256(path), "prompts": prompts}
             with open(os.path.join(FIX, f"{case}.json"), "w") as f:
                 json.dump(out, f, indent=1)
 

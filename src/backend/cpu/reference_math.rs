@@ -382,8 +382,7 @@ pub fn reduce_groups(acc: &[[f32; 16]; 4]) -> f32 {
 /// `out = x / rms(x) * w` as ggml computes it: each square in f32, their sum
 /// in f64, then the scale, then the weight (ggml's `rms_norm` and `mul`).
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
         *o = (x * scale) * w;
     }
@@ -391,11 +390,16 @@ pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// `rms_norm_row` in place (the q/k norms of one head).
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for (x, &w) in x.iter_mut().zip(w) {
         *x = (*x * scale) * w;
     }
+}
+
+/// `1 / √(mean(x²) + eps)`, each square in f32 and their sum in f64.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt()
 }
 
 /// GELU with the tanh approximation, as ggml's `ggml_gelu_f32` (its compiler
