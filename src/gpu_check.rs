@@ -114,14 +114,22 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
         // projections Q4_K, layer 1's Q6_K): rows as long as the real model's,
         // so the decode GEMVs run with several rounds per row and the warps
         // sharing a row that the tiny models never reach.
-        let p = dir.join("synthetic-32b-2-layers-q4_k_m.gguf");
-        let mut spec = crate::synth::TinySpec::preset("qwen2.5-32b", GgmlType::Q4_K)
-            .context("the qwen2.5-32b preset")?;
-        spec.mix = Some(crate::synth::QuantMix::Q4KM);
-        spec.n_layers = 2;
-        spec.n_vocab = 512;
-        crate::synth::write_random_llama(&p, &spec)?;
-        models.push(p);
+        // The same in Q5_K_M (the seed's quantization: Q5_K rows take the
+        // typed integer GEMVs) and in the legacy types of the typed kernels.
+        for (name, mix) in [
+            ("q4_k_m", crate::synth::QuantMix::Q4KM),
+            ("q5_k_m", crate::synth::QuantMix::Q5KM),
+            ("q4_0", crate::synth::QuantMix::Uniform(GgmlType::Q4_0)),
+        ] {
+            let p = dir.join(format!("synthetic-32b-2-layers-{name}.gguf"));
+            let mut spec = crate::synth::TinySpec::preset("qwen2.5-32b", GgmlType::Q4_K)
+                .context("the qwen2.5-32b preset")?;
+            spec.mix = Some(mix);
+            spec.n_layers = 2;
+            spec.n_vocab = 512;
+            crate::synth::write_random_llama(&p, &spec)?;
+            models.push(p);
+        }
         // The other architectures in their real shapes, a few layers each;
         // gemma3's window cut to 64 so that the 160-token prompt and the
         // decode steps after it attend over a window (the prompt kernel then

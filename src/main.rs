@@ -141,6 +141,10 @@ struct RunArgs {
     /// Print special tokens (e.g. <|im_end|>) in the output.
     #[arg(long)]
     show_special: bool,
+    /// With --chat: control tokens typed in a message (`<|im_end|>` …) act as
+    /// control tokens, as llama.cpp does. By default a message is text.
+    #[arg(long, requires = "chat")]
+    content_special: bool,
     #[command(flatten)]
     budget: BudgetArgs,
     /// Tokens per prefill micro-batch.
@@ -264,6 +268,23 @@ struct ServeArgs {
     /// Model name reported by /v1/models (default: the file name without .gguf).
     #[arg(long)]
     alias: Option<String>,
+    /// Connections served at once; more get 503 and are closed (lowered to
+    /// what the process's open-file limit leaves room for).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers, from connecting or
+    /// from the end of its previous response: also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    header_timeout: f64,
+    /// Seconds a request's body may take to arrive (408 after).
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    body_timeout: f64,
+    /// Parse control tokens written in chat message content (`<|im_end|>` …)
+    /// as control tokens, as llama.cpp does. By default message content is
+    /// text, so a client cannot forge turns of the conversation.
+    #[arg(long)]
+    content_special: bool,
     #[command(flatten)]
     budget: BudgetArgs,
 }
@@ -436,6 +457,16 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A timeout in seconds: finite, above 0 and at most a day.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86400.0 => Ok(v),
+        _ => Err(format!(
+            "{s} is not a number of seconds above 0 (at most 86400)"
+        )),
+    }
+}
+
 /// `-t`: 0 (one per physical core) up to the machine's logical cores.
 fn thread_count(s: &str) -> Result<usize, String> {
     let most = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -513,86 +544,7 @@ fn run(cli: Cli) -> Result<()> {
             repetitions,
             out,
             attention,
-        } => {
-            use ferry::plan::{GpuProfile, MachineProfile};
-            let cuda = ferry::backend::cuda::CudaBackend::new(0)?;
-            // Not part of the profile: the speed of ferry's own prompt-attention
-            // kernel at an 8K context, for the head shapes of Qwen2.5-7B and -32B.
-            let time_attention = || -> anyhow::Result<()> {
-                let kernel = if cuda.flash_wgmma() {
-                    "warpgroup MMAs"
-                } else {
-                    "mma.sync"
-                };
-                for (label, heads) in [("7B", (28, 4, 128)), ("32B", (40, 8, 128))] {
-                    let (ms, tf) = cuda.measure_attention(heads, 8192, repetitions)?;
-                    println!(
-                        "prompt attention ({kernel}), 8192 tokens, causal, {label} heads {heads:?}: {ms:.2} ms, {tf:.0} TFLOP/s"
-                    );
-                }
-                Ok(())
-            };
-            if attention {
-                return time_attention();
-            }
-            let bytes = ferry::plan::parse_size(&size).map_err(anyhow::Error::msg)? as usize;
-            let (pinned, pageable) = cuda.measure_h2d(bytes, repetitions)?;
-            println!(
-                "{}: host-to-device {:.1} GB/s pinned, {:.1} GB/s pageable ({} per copy, median of {})",
-                cuda.name(),
-                pinned,
-                pageable,
-                ferry::plan::HumanBytes(bytes as u64),
-                repetitions
-            );
-            let hbm = cuda.measure_hbm(bytes, repetitions)?;
-            println!("device memory: {hbm:.0} GB/s (device-to-device copy)");
-            let tflops = cuda.measure_gemm_tflops(4096, 8192, repetitions)?;
-            println!("GEMM (f16 in, f32 accumulate, 4096 x 8192 x 8192): {tflops:.0} TFLOP/s");
-            let gemv = ferry::plan::calibrate::measure_cuda_gemv(&cuda, repetitions)?;
-            println!(
-                "decode GEMV (Q4_K, 1 token, 27648 x 5120 and 5120 x 27648): {gemv:.0} GB/s = {:.0} % of device memory",
-                100.0 * gemv / hbm
-            );
-            time_attention()?;
-            let cpu = CpuBackend::new(0);
-            let host_read = cpu.measure_read_gbps(bytes.max(1 << 30), repetitions);
-            println!(
-                "host memory read: {:.1} GB/s with {} threads",
-                host_read,
-                cpu.threads()
-            );
-            let mut cpu_profile = cpu.run(|| ferry::plan::calibrate::measure_cpu(&cpu))?;
-            cpu_profile.host_read_gbps = host_read;
-            println!(
-                "CPU Q4_K matrix-vector: {:.1} GB/s; matrix-matrix (256 tokens): {:.0} GFLOP/s",
-                cpu_profile.gemv_gbps, cpu_profile.gemm_gflops
-            );
-            let (_, total) = cuda.free_memory()?;
-            let profile = MachineProfile {
-                gpu: GpuProfile {
-                    name: format!("{} (calibrated)", cuda.name()),
-                    vram_bytes: total as u64,
-                    h2d_gbps: pinned,
-                    h2d_pageable_gbps: pageable,
-                    copies_block_host: false,
-                    bf16_tflops: tflops,
-                    hbm_gbps: hbm,
-                    gemv_gbps: gemv,
-                },
-                cpu: cpu_profile,
-            };
-            let out = out.unwrap_or_else(ferry::plan::calibrate::default_profile_path);
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&out, serde_json::to_string_pretty(&profile)?)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "wrote {} (plan and bench use it with --gpu-profile calibrated)",
-                out.display()
-            );
-        }
+        } => cli::calibrate::calibrate(&size, repetitions, out, attention)?,
         Command::Synth {
             preset,
             quant,

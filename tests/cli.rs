@@ -208,6 +208,18 @@ fn impossible_settings_are_refused_with_the_reason() {
         (vec!["run", "-t", "100000", "-p", "x"], "logical cores"),
         (vec!["serve", "--parallel", "0"], "not a whole number ≥ 1"),
         (
+            vec!["serve", "--header-timeout", "0"],
+            "not a number of seconds",
+        ),
+        (
+            vec!["serve", "--body-timeout", "inf"],
+            "not a number of seconds",
+        ),
+        (
+            vec!["serve", "--max-connections", "0"],
+            "not a whole number ≥ 1",
+        ),
+        (
             vec![
                 "plan",
                 "--preset",

@@ -7,10 +7,11 @@ mod common;
 
 use ferry::plan::{
     CostModel, CpuProfile, DecodePlace, DecodePlacer, GEMV_MAX_BATCH, MachineProfile, PlanError,
-    PlanRequest, decode_reserve_bytes, handover_layers, parse_size, plan, preset_shape,
-    spread_resident,
+    PlanRequest, TypedBytes, decode_reserve_bytes, handover_layers, parse_size, plan, preset_shape,
+    preset_shape_mix, spread_resident,
 };
 use ferry::quant::GgmlType;
+use ferry::synth::QuantMix;
 
 fn h100() -> CostModel {
     CostModel::new(MachineProfile::load("h100").unwrap())
@@ -101,7 +102,7 @@ fn everything_resident_when_it_fits() {
 #[test]
 fn decode_placement_follows_the_cost_model() {
     let shape = preset_shape("qwen2.5-32b", GgmlType::Q4_K).unwrap();
-    let (bytes, macs) = (shape.layer_bytes[0], shape.layer_macs[0]);
+    let (bytes, macs) = (&shape.layer_types[0], shape.layer_macs[0]);
     let mut cost = h100();
     // One sequence: reading the layer from host memory beats copying it.
     assert_eq!(cost.decode_place(bytes, macs, 1), DecodePlace::Cpu);
@@ -116,6 +117,7 @@ fn decode_placement_follows_the_cost_model() {
     cost.profile.cpu = CpuProfile {
         name: "fast".into(),
         gemv_gbps: 80.0,
+        gemv_gbps_by_type: Default::default(),
         gemm_gflops: 15000.0,
         host_read_gbps: 0.0,
     };
@@ -164,14 +166,15 @@ fn profiles_load_by_name_or_file() {
 fn gpu_gemv_time_uses_the_calibrated_rate() {
     let mut profile = MachineProfile::load("h200").unwrap();
     let bytes = 1_000_000_000u64;
-    let assumed = CostModel::new(profile.clone()).gpu_gemv(bytes);
+    let w = TypedBytes::of(GgmlType::Q4_K, bytes);
+    let assumed = CostModel::new(profile.clone()).gpu_gemv(&w);
     let expected = bytes as f64 / (profile.gpu.hbm_gbps * 1e9 * 0.7);
     assert!(
         (assumed - expected).abs() < 1e-12 * expected,
         "{assumed} {expected}"
     );
     profile.gpu.gemv_gbps = 2000.0;
-    let measured = CostModel::new(profile.clone()).gpu_gemv(bytes);
+    let measured = CostModel::new(profile.clone()).gpu_gemv(&w);
     assert!((measured - 0.5e-3).abs() < 1e-12, "{measured}");
     assert!(profile.describe().contains("decode GEMV 2000 GB/s"));
 
@@ -179,6 +182,50 @@ fn gpu_gemv_time_uses_the_calibrated_rate() {
     json["gpu"].as_object_mut().unwrap().remove("gemv_gbps");
     let old: MachineProfile = serde_json::from_value(json).unwrap();
     assert_eq!(old.gpu.gemv_gbps, 0.0);
+}
+
+/// Each type reads at its own calibrated rate (a type not measured at the
+/// Q4_K rate), on the GPU and on the CPU, and a layer of several types costs
+/// the sum of its parts; a Q5_K_M model's decode prediction follows.
+#[test]
+fn gemv_time_is_priced_per_weight_type() {
+    let mut profile = MachineProfile::load("h100").unwrap();
+    profile.gpu.gemv_gbps = 2000.0;
+    profile.gpu.gemv_gbps_by_type.insert("Q5_K".into(), 1000.0);
+    profile.cpu.gemv_gbps = 50.0;
+    profile.cpu.gemv_gbps_by_type.insert("Q5_K".into(), 25.0);
+    let cost = CostModel::new(profile.clone());
+    let gb = 1_000_000_000u64;
+    let q4 = cost.gpu_gemv(&TypedBytes::of(GgmlType::Q4_K, gb));
+    let q5 = cost.gpu_gemv(&TypedBytes::of(GgmlType::Q5_K, gb));
+    let q6 = cost.gpu_gemv(&TypedBytes::of(GgmlType::Q6_K, gb));
+    assert!(
+        (q4 - 0.5e-3).abs() < 1e-12 && (q5 - 1e-3).abs() < 1e-12,
+        "{q4} {q5}"
+    );
+    assert_eq!(q6, q4, "an unmeasured type takes the Q4_K rate");
+    let mut mixed = TypedBytes::of(GgmlType::Q4_K, gb);
+    mixed.add(GgmlType::Q5_K, gb);
+    assert!((cost.gpu_gemv(&mixed) - 1.5e-3).abs() < 1e-12);
+    let cpu = cost.cpu_layer(&TypedBytes::of(GgmlType::Q5_K, gb), 1, 1);
+    assert!((cpu - 0.04).abs() < 1e-9, "{cpu}");
+
+    // A Q5_K_M model's layers are mostly Q5_K: halving that type's rate
+    // (nearly) halves the predicted decode step.
+    let shape = preset_shape_mix("qwen2.5-32b", QuantMix::Q5KM).unwrap();
+    assert_eq!(
+        shape.layer_types[0].total(),
+        shape.layer_bytes[0],
+        "the typed bytes add up to the layer"
+    );
+    let step = |p: &MachineProfile| {
+        let place = vec![DecodePlace::Gpu; shape.n_layers];
+        CostModel::new(p.clone()).decode_time(&shape, &place, 1, true, 0)
+    };
+    let fast = step(&profile);
+    profile.gpu.gemv_gbps_by_type.insert("Q5_K".into(), 500.0);
+    let slow = step(&profile);
+    assert!(slow > 1.5 * fast, "{fast} {slow}");
 }
 
 /// The plan reserves what the allocator takes beyond the bytes asked for:

@@ -3,6 +3,7 @@
 //! parses the command line and dispatches.
 
 pub(crate) mod bench;
+pub(crate) mod calibrate;
 pub(crate) mod run;
 pub(crate) mod serve;
 

@@ -158,8 +158,13 @@ pub(crate) fn converse(
             break;
         }
         messages.push(ChatMessage::new("user", user));
-        let rendered = template.render(&messages, true)?;
-        let prompt = tok.encode_chat(&rendered);
+        let prompt = ferry::tokenizer::encode_conversation_with(
+            &tok,
+            &template,
+            &messages,
+            true,
+            args.content_special,
+        )?;
         if prompt.len() >= n_ctx {
             anyhow::bail!(
                 "the conversation is {} tokens but the context holds {n_ctx}; restart with a larger -c",

@@ -155,6 +155,13 @@ pub(crate) fn start_http(
             .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
             .unwrap_or_else(|| "model".into())
     });
+    let (max_connections, why) = ferry::server::conn::connection_cap(
+        args.max_connections,
+        ferry::server::conn::open_file_limit(),
+    );
+    if let Some(why) = why {
+        eprintln!("ferry serve: warning: {why}");
+    }
     let opts = ServeOptions {
         host: args.host.clone(),
         port: args.port,
@@ -164,6 +171,12 @@ pub(crate) fn start_http(
         n_ctx,
         max_body_bytes: max_body,
         model_id: model_id.clone(),
+        content_special: args.content_special,
+        limits: ferry::server::conn::ConnLimits {
+            max_connections,
+            header_timeout: std::time::Duration::from_secs_f64(args.header_timeout),
+        },
+        body_timeout: std::time::Duration::from_secs_f64(args.body_timeout),
     };
     let (jobs_tx, jobs) = std::sync::mpsc::channel();
     let server = Server::new(&opts, tok.clone(), jobs_tx, metrics.clone());

@@ -3,7 +3,7 @@
 //! Prefill overlap is simulated event by event: the copy engine fills slots in
 //! layer order while the compute stream runs layer after layer.
 
-use super::{DecodePlace, MachineProfile, ModelShape};
+use super::{DecodePlace, MachineProfile, ModelShape, TypedBytes};
 
 #[derive(Debug, Clone)]
 pub struct CostModel {
@@ -36,35 +36,37 @@ impl CostModel {
             / (self.profile.gpu.bf16_tflops * 1e12 * self.gemm_efficiency)
     }
 
-    pub fn gpu_gemv(&self, bytes: u64) -> f64 {
+    /// Seconds the decode GEMVs take to read `w`, each type at its rate.
+    pub fn gpu_gemv(&self, w: &TypedBytes) -> f64 {
         let gpu = &self.profile.gpu;
-        let gbps = if gpu.gemv_gbps > 0.0 {
-            gpu.gemv_gbps
-        } else {
-            gpu.hbm_gbps * self.gemv_efficiency
-        };
-        bytes as f64 / (gbps * 1e9)
+        w.0.iter()
+            .map(|&(ty, b)| b as f64 / (gpu.gemv_rate(ty, self.gemv_efficiency) * 1e9))
+            .sum()
     }
 
     /// GPU time of a layer over `tokens` tokens: the larger of reading its
     /// weights and computing with them.
-    pub fn gpu_layer(&self, bytes: u64, macs: u64, tokens: usize) -> f64 {
-        self.gpu_gemv(bytes).max(self.gpu_gemm(macs, tokens))
+    pub fn gpu_layer(&self, w: &TypedBytes, macs: u64, tokens: usize) -> f64 {
+        self.gpu_gemv(w).max(self.gpu_gemm(macs, tokens))
     }
 
     /// CPU time of a layer for a decode batch: memory-bound at small batches,
     /// compute-bound at large ones.
-    pub fn cpu_layer(&self, bytes: u64, macs: u64, batch: usize) -> f64 {
-        let mem = bytes as f64 / (self.profile.cpu.gemv_gbps * 1e9);
-        let compute = 2.0 * macs as f64 * batch as f64 / (self.profile.cpu.gemm_gflops * 1e9);
+    pub fn cpu_layer(&self, w: &TypedBytes, macs: u64, batch: usize) -> f64 {
+        let cpu = &self.profile.cpu;
+        let mem: f64 =
+            w.0.iter()
+                .map(|&(ty, b)| b as f64 / (cpu.gemv_rate(ty) * 1e9))
+                .sum();
+        let compute = 2.0 * macs as f64 * batch as f64 / (cpu.gemm_gflops * 1e9);
         mem.max(compute)
     }
 
     /// Where a non-resident layer should run for a decode batch: on the CPU, or
     /// streamed to the GPU for every step — whichever the model predicts faster.
-    pub fn decode_place(&self, bytes: u64, macs: u64, batch: usize) -> DecodePlace {
-        let cpu = self.cpu_layer(bytes, macs, batch) + 2.0 * self.crossing_secs;
-        let stream = self.h2d(bytes).max(self.gpu_layer(bytes, macs, batch));
+    pub fn decode_place(&self, w: &TypedBytes, macs: u64, batch: usize) -> DecodePlace {
+        let cpu = self.cpu_layer(w, macs, batch) + 2.0 * self.crossing_secs;
+        let stream = self.h2d(w.total()).max(self.gpu_layer(w, macs, batch));
         if cpu <= stream {
             DecodePlace::Cpu
         } else {
@@ -93,7 +95,7 @@ impl CostModel {
         let mut slot_free: Vec<f64> = vec![0.0; slots.max(1)]; // when each slot can be reused
         let mut next_slot = 0;
         for (i, &r) in resident.iter().enumerate() {
-            let compute = self.gpu_layer(shape.layer_bytes[i], shape.layer_macs[i], n)
+            let compute = self.gpu_layer(&shape.layer_types[i], shape.layer_macs[i], n)
                 + self.attention(shape, n);
             let ready = if r {
                 0.0
@@ -111,9 +113,9 @@ impl CostModel {
             compute_done = compute_done.max(ready) + compute;
         }
         let output = if output_on_gpu {
-            self.gpu_layer(shape.output_bytes, shape.output_macs, 1)
+            self.gpu_layer(&shape.output_types, shape.output_macs, 1)
         } else {
-            self.cpu_layer(shape.output_bytes, shape.output_macs, 1)
+            self.cpu_layer(&shape.output_types, shape.output_macs, 1)
         };
         compute_done + output
     }
@@ -147,23 +149,27 @@ impl CostModel {
         let mut next_slot = 0;
         let mut prev = DecodePlace::Gpu;
         for (i, &p) in place.iter().enumerate() {
-            let (bytes, macs) = (shape.layer_bytes[i], shape.layer_macs[i]);
+            let (w, bytes, macs) = (
+                &shape.layer_types[i],
+                shape.layer_bytes[i],
+                shape.layer_macs[i],
+            );
             let on_cpu = |p| p == DecodePlace::Cpu;
             if on_cpu(p) != on_cpu(prev) {
                 t += self.crossing_secs;
             }
             match p {
-                DecodePlace::Gpu => t += self.gpu_layer(bytes, macs, batch),
-                DecodePlace::Cpu => t += self.cpu_layer(bytes, macs, batch),
+                DecodePlace::Gpu => t += self.gpu_layer(w, macs, batch),
+                DecodePlace::Cpu => t += self.cpu_layer(w, macs, batch),
                 DecodePlace::Streamed if self.profile.gpu.copies_block_host => {
                     // The host waits out each copy: nothing overlaps it.
-                    t += self.h2d(bytes) + self.gpu_layer(bytes, macs, batch);
+                    t += self.h2d(bytes) + self.gpu_layer(w, macs, batch);
                 }
                 DecodePlace::Streamed => {
                     let s = next_slot % slot_free.len();
                     next_slot += 1;
                     copy_free = copy_free.max(slot_free[s]) + self.h2d(bytes);
-                    t = t.max(copy_free) + self.gpu_layer(bytes, macs, batch);
+                    t = t.max(copy_free) + self.gpu_layer(w, macs, batch);
                     slot_free[s] = t;
                 }
             }
@@ -184,9 +190,9 @@ impl CostModel {
             t = t.max(host_bytes as f64 / (self.profile.cpu.host_read_gbps * 1e9));
         }
         t + if output_on_gpu {
-            self.gpu_layer(shape.output_bytes, shape.output_macs, batch)
+            self.gpu_layer(&shape.output_types, shape.output_macs, batch)
         } else {
-            self.cpu_layer(shape.output_bytes, shape.output_macs, batch)
+            self.cpu_layer(&shape.output_types, shape.output_macs, batch)
         }
     }
 

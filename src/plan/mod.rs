@@ -15,10 +15,34 @@ pub mod profile;
 
 use crate::gguf::Gguf;
 use crate::model::{Config, ModelTensors};
+use crate::quant::GgmlType;
 pub use crate::units::{GEMV_MAX_BATCH, HumanBytes, parse_size};
 
 pub use cost::{CostModel, DecodePlacer};
-pub use profile::{CpuProfile, GpuProfile, MachineProfile};
+pub use profile::{CpuProfile, GpuProfile, MachineProfile, RatesByType};
+
+/// Weight bytes by type (of a layer, or of the output): a decode step reads
+/// each type at its own rate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypedBytes(pub Vec<(GgmlType, u64)>);
+
+impl TypedBytes {
+    pub fn add(&mut self, ty: GgmlType, bytes: u64) {
+        match self.0.iter_mut().find(|(t, _)| *t == ty) {
+            Some((_, b)) => *b += bytes,
+            None => self.0.push((ty, bytes)),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, b)| b).sum()
+    }
+
+    /// All of `bytes` in one type (shapes built by hand, tests).
+    pub fn of(ty: GgmlType, bytes: u64) -> Self {
+        TypedBytes(vec![(ty, bytes)])
+    }
+}
 
 /// What the planner needs to know about a model.
 #[derive(Debug, Clone)]
@@ -27,6 +51,8 @@ pub struct ModelShape {
     pub n_layers: usize,
     /// Weight bytes of each layer.
     pub layer_bytes: Vec<u64>,
+    /// The same by weight type (sums to `layer_bytes`).
+    pub layer_types: Vec<TypedBytes>,
     /// Multiply-adds per token of each layer's matrices (attention excluded).
     pub layer_macs: Vec<u64>,
     /// Bytes of the token embeddings.
@@ -35,6 +61,8 @@ pub struct ModelShape {
     pub tied: bool,
     /// Bytes of the output projection and final norm.
     pub output_bytes: u64,
+    /// The same by weight type.
+    pub output_types: TypedBytes,
     pub output_macs: u64,
     /// KV-cache bytes per token per layer (f16 keys and values).
     pub kv_bytes_per_token: u64,
@@ -49,7 +77,18 @@ impl ModelShape {
         let cfg = Config::from_gguf(g)?;
         let t = ModelTensors::from_gguf(g, &cfg)?;
         let macs = |r: &crate::model::TensorRef| (r.rows() * r.cols()) as u64;
-        let layer_bytes = t.layers.iter().map(|l| l.n_bytes()).collect();
+        let layer_types: Vec<TypedBytes> = t
+            .layers
+            .iter()
+            .map(|l| {
+                let mut b = TypedBytes::default();
+                for r in l.all() {
+                    b.add(r.ty, r.n_bytes);
+                }
+                b
+            })
+            .collect();
+        let layer_bytes = layer_types.iter().map(TypedBytes::total).collect();
         let layer_macs = t
             .layers
             .iter()
@@ -69,10 +108,15 @@ impl ModelShape {
                 .to_string(),
             n_layers: cfg.n_layers,
             layer_bytes,
+            layer_types,
             layer_macs,
             embd_bytes: t.token_embd.n_bytes,
             tied: t.output.is_none(),
             output_bytes: out.n_bytes + t.output_norm.n_bytes,
+            output_types: TypedBytes(vec![
+                (out.ty, out.n_bytes),
+                (t.output_norm.ty, t.output_norm.n_bytes),
+            ]),
             output_macs: macs(out),
             kv_bytes_per_token: 2 * 2 * cfg.kv_width() as u64,
             d_model: cfg.d_model,
@@ -485,13 +529,13 @@ pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<Model
     };
     let find = |n: &str| tensors.iter().find(|t| t.0 == n);
     let n = spec.n_layers as usize;
-    let (mut layer_bytes, mut layer_macs) = (vec![0u64; n], vec![0u64; n]);
+    let (mut layer_types, mut layer_macs) = (vec![TypedBytes::default(); n], vec![0u64; n]);
     for (tname, shape, ty) in &tensors {
         let Some(rest) = tname.strip_prefix("blk.") else {
             continue;
         };
         let l: usize = rest.split('.').next()?.parse().ok()?;
-        layer_bytes[l] += bytes(shape, *ty);
+        layer_types[l].add(*ty, bytes(shape, *ty));
         if shape.len() == 2 {
             layer_macs[l] += shape[0] * shape[1];
         }
@@ -503,11 +547,16 @@ pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<Model
     Some(ModelShape {
         name: format!("{name} ({} synthetic)", mix.name()),
         n_layers: n,
-        layer_bytes,
+        layer_bytes: layer_types.iter().map(TypedBytes::total).collect(),
+        layer_types,
         layer_macs,
         embd_bytes: bytes(embd_shape, *embd_ty),
         tied: spec.tied,
         output_bytes: bytes(out_shape, *out_ty) + 4 * d,
+        output_types: TypedBytes(vec![
+            (*out_ty, bytes(out_shape, *out_ty)),
+            (crate::quant::GgmlType::F32, 4 * d),
+        ]),
         output_macs: out_shape.iter().product(),
         kv_bytes_per_token: 2 * 2 * kvh * hd,
         d_model: d as usize,

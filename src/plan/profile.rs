@@ -3,6 +3,24 @@
 //! a JSON file (`ferry calibrate` writes one) describes the machine at hand.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::quant::GgmlType;
+
+/// Decode GEMV rates per weight type (the type's name → GB/s of weights),
+/// as `ferry calibrate` measures them: the kernels differ per type (Q4_K and
+/// Q6_K have their own, the other quantized types share one template, F16
+/// and BF16 a float one), and so do their speeds.
+pub type RatesByType = BTreeMap<String, f64>;
+
+/// The rate of `ty` in `by_type`, else `fallback`.
+fn rate_of(by_type: &RatesByType, ty: GgmlType, fallback: f64) -> f64 {
+    by_type
+        .get(ty.name())
+        .copied()
+        .filter(|r| *r > 0.0)
+        .unwrap_or(fallback)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GpuProfile {
@@ -28,19 +46,45 @@ pub struct GpuProfile {
     /// assumes a fixed fraction of `hbm_gbps`.
     #[serde(default)]
     pub gemv_gbps: f64,
+    /// The same per weight type; a type not measured reads at `gemv_gbps`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gemv_gbps_by_type: RatesByType,
+}
+
+impl GpuProfile {
+    /// GB/s a one-token decode GEMV reads weights of `ty` at: measured for
+    /// the type, else the measured Q4_K rate, else `hbm_gbps · efficiency`.
+    pub fn gemv_rate(&self, ty: GgmlType, efficiency: f64) -> f64 {
+        let general = if self.gemv_gbps > 0.0 {
+            self.gemv_gbps
+        } else {
+            self.hbm_gbps * efficiency
+        };
+        rate_of(&self.gemv_gbps_by_type, ty, general)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CpuProfile {
     pub name: String,
-    /// Bandwidth a quantized matrix-vector product achieves, GB/s.
+    /// Bandwidth a quantized matrix-vector product achieves, GB/s (Q4_K).
     pub gemv_gbps: f64,
+    /// The same per weight type; a type not measured reads at `gemv_gbps`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gemv_gbps_by_type: RatesByType,
     /// Rate of quantized matrix-matrix products, GFLOP/s.
     pub gemm_gflops: f64,
     /// Host memory read bandwidth, GB/s (0: unknown). The CPU's layers and
     /// the copy engine's reads of streamed layers share it during decode.
     #[serde(default)]
     pub host_read_gbps: f64,
+}
+
+impl CpuProfile {
+    /// GB/s a one-token matrix-vector product reads weights of `ty` at.
+    pub fn gemv_rate(&self, ty: GgmlType) -> f64 {
+        rate_of(&self.gemv_gbps_by_type, ty, self.gemv_gbps)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +122,7 @@ impl GpuProfile {
                 bf16_tflops: tflops,
                 hbm_gbps: hbm,
                 gemv_gbps: 0.0,
+                gemv_gbps_by_type: Default::default(),
             })
     }
 }
@@ -104,6 +149,7 @@ impl CpuProfile {
         CpuProfile {
             name: "server CPU (uncalibrated default)".into(),
             gemv_gbps: 80.0,
+            gemv_gbps_by_type: Default::default(),
             gemm_gflops: 1500.0,
             host_read_gbps: 0.0,
         }

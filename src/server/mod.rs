@@ -8,6 +8,7 @@
 //! at its next step and frees the slot.
 
 pub mod api;
+pub mod conn;
 pub mod metrics;
 pub mod scheduler;
 
@@ -47,6 +48,13 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// The name `/v1/models` lists.
     pub model_id: String,
+    /// Control tokens written in chat message content act as control tokens
+    /// (llama.cpp's behaviour); by default content is text.
+    pub content_special: bool,
+    /// Connection cap and header/idle timeouts.
+    pub limits: conn::ConnLimits,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 struct AppState {
@@ -62,6 +70,8 @@ struct AppState {
     started: u64,
     next_id: AtomicU64,
     parallel: usize,
+    content_special: bool,
+    body_timeout: std::time::Duration,
 }
 
 fn unix_now() -> u64 {
@@ -85,6 +95,7 @@ impl AppState {
 /// Everything the HTTP side needs; the engine runs elsewhere.
 pub struct Server {
     state: Arc<AppState>,
+    limits: conn::ConnLimits,
 }
 
 impl Server {
@@ -109,7 +120,10 @@ impl Server {
                 started: unix_now(),
                 next_id: AtomicU64::new(0),
                 parallel: opts.parallel,
+                content_special: opts.content_special,
+                body_timeout: opts.body_timeout,
             }),
+            limits: opts.limits,
         }
     }
 
@@ -162,9 +176,7 @@ pub async fn serve(
             anyhow::anyhow!("cannot listen on {host}:{port}: {e} ({hint})")
         })?;
     on_bound(listener.local_addr()?);
-    axum::serve(listener, server.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    conn::serve_connections(listener, server.router(), server.limits, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -288,7 +300,21 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, state.max_body).await {
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(body, state.max_body),
+    );
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {} s (the server's --body-timeout)",
+                state.body_timeout.as_secs_f64()
+            ),
+        ));
+    };
+    match read {
         Ok(b) => Ok(b.to_vec()),
         Err(e) if format!("{e:#}").contains("length limit") => Err(too_large()),
         Err(e) => Err(ApiError::invalid(format!("reading the request body: {e}"))),
@@ -345,11 +371,25 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
         .template
         .as_ref()
         .ok_or_else(|| ApiError::invalid("the model has no chat template; use /v1/completions"))?;
-    let text = template
-        .render(&conversation, true)
-        .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
-    let prompt = state.tok.encode_chat(&text);
+    let prompt = encode_chat_request(state, template, &conversation)?;
     Ok((prompt, params, format!("chatcmpl-{id}")))
+}
+
+/// The conversation's prompt tokens, message content as text (see
+/// `encode_conversation`), unless the server parses control tokens in it.
+fn encode_chat_request(
+    state: &AppState,
+    template: &ChatTemplate,
+    conversation: &[crate::tokenizer::ChatMessage],
+) -> Result<Vec<u32>, ApiError> {
+    crate::tokenizer::encode_conversation_with(
+        &state.tok,
+        template,
+        conversation,
+        true,
+        state.content_special,
+    )
+    .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))
 }
 
 fn completion_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {

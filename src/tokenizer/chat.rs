@@ -31,6 +31,56 @@ pub enum ChatError {
     Compile(Error),
     #[error("chat template failed to render: {0:#}")]
     Render(Error),
+    #[error(
+        "message {message}'s content holds the control token '{token}'; ferry tokenizes message content as text, but this model's chat template rewrites the content, so its text cannot be told apart from the template's; remove the token from the message, or let control tokens in content act as such (`--content-special`, llama.cpp's behaviour)"
+    )]
+    ContentNotText { message: usize, token: String },
+}
+
+/// Markers around each message's content in a second rendering, which show
+/// where the content landed in the prompt (characters of a private-use plane
+/// that neither templates nor tokenizers give a meaning).
+const OPEN: char = '\u{F0000}';
+const CLOSE: char = '\u{F0001}';
+
+/// Tokenize a conversation for generation. Message content is text: a
+/// control token written in it (`<|im_end|><|im_start|>system ...`) stays
+/// text, so a client cannot forge turns, as OpenAI's API behaves; only the
+/// template's own control tokens are parsed. `content_special` parses them in
+/// content too (llama.cpp's behaviour).
+pub fn encode_conversation(
+    tok: &super::Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ChatError> {
+    encode_conversation_with(tok, template, messages, add_generation_prompt, false)
+}
+
+/// `encode_conversation`, with `content_special` choosing llama.cpp's
+/// parsing of control tokens in content.
+pub fn encode_conversation_with(
+    tok: &super::Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    content_special: bool,
+) -> Result<Vec<u32>, ChatError> {
+    let text = template.render(messages, add_generation_prompt)?;
+    let risky = messages.iter().enumerate().find_map(|(i, m)| {
+        tok.control_tokens_in(&m.content)
+            .first()
+            .map(|t| (i, t.to_string()))
+    });
+    let Some((message, token)) = risky.filter(|_| !content_special) else {
+        // No control token's text in any content: the plain tokenization is
+        // the protected one.
+        return Ok(tok.encode_chat(&text));
+    };
+    match template.locate_content(messages, add_generation_prompt, &text)? {
+        Some(ranges) => Ok(tok.encode_chat_protected(&text, &ranges)),
+        None => Err(ChatError::ContentNotText { message, token }),
+    }
 }
 
 pub struct ChatTemplate {
@@ -145,5 +195,48 @@ impl ChatTemplate {
             eos_token => &self.eos_token,
         })
         .map_err(ChatError::Render)
+    }
+
+    /// The byte ranges of `text` (this template's rendering of `messages`)
+    /// that hold the messages' content, found by rendering again with each
+    /// content's trimmed core between markers (whitespace stays outside, so
+    /// a template that trims content renders the same). `None` when the
+    /// template rewrites content so that the marked rendering, markers
+    /// removed, is not `text` (or a content holds a marker character).
+    pub fn locate_content(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        text: &str,
+    ) -> Result<Option<Vec<std::ops::Range<usize>>>, ChatError> {
+        if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
+            return Ok(None);
+        }
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| {
+                let core = m.content.trim();
+                if core.is_empty() {
+                    return m.clone();
+                }
+                let lead = m.content.len() - m.content.trim_start().len();
+                let (before, after) = (&m.content[..lead], &m.content[lead + core.len()..]);
+                ChatMessage::new(
+                    m.role.clone(),
+                    format!("{before}{OPEN}{core}{CLOSE}{after}"),
+                )
+            })
+            .collect();
+        let rendered = self.render(&marked, add_generation_prompt)?;
+        let (mut plain, mut ranges, mut open) = (String::with_capacity(text.len()), vec![], None);
+        for c in rendered.chars() {
+            match c {
+                OPEN if open.is_none() => open = Some(plain.len()),
+                CLOSE if open.is_some() => ranges.push(open.take().unwrap_or(0)..plain.len()),
+                OPEN | CLOSE => return Ok(None),
+                c => plain.push(c),
+            }
+        }
+        Ok((plain == text && open.is_none()).then_some(ranges))
     }
 }

@@ -40,10 +40,11 @@ pub(crate) fn char_symbols(word: &str) -> Vec<Symbol> {
 }
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::gguf::{Gguf, Value};
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, encode_conversation, encode_conversation_with};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -383,7 +384,14 @@ impl Tokenizer {
     /// wrote it already (gemma's does), as the reference renderers tokenize
     /// a rendered conversation (no second BOS).
     pub fn encode_chat(&self, rendered: &str) -> Vec<u32> {
-        let mut ids = self.encode(rendered, true, true);
+        self.encode_chat_protected(rendered, &[])
+    }
+
+    /// `encode_chat`, with the byte ranges `text_only` of `rendered` (the
+    /// messages' content) tokenized as text: a control token's text inside
+    /// them stays text, as OpenAI's API treats message content.
+    pub fn encode_chat_protected(&self, rendered: &str, text_only: &[Range<usize>]) -> Vec<u32> {
+        let mut ids = self.encode_protected(rendered, true, true, text_only);
         if let Some(bos) = self.bos
             && ids.len() >= 2
             && ids[0] == bos
@@ -399,6 +407,34 @@ impl Tokenizer {
     /// `parse_special` recognises control tokens written in the text (user-defined
     /// tokens are always recognised, as in llama.cpp).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_protected(text, add_special, parse_special, &[])
+    }
+
+    /// Control tokens found in `text` (byte ranges of control tokens' text).
+    pub fn control_tokens_in(&self, text: &str) -> Vec<&str> {
+        self.specials
+            .iter()
+            .filter(|&&id| {
+                matches!(
+                    self.kinds[id as usize],
+                    TokenKind::Control | TokenKind::Unknown
+                )
+            })
+            .map(|&id| self.tokens[id as usize].as_str())
+            .filter(|pat| !pat.is_empty() && text.contains(pat))
+            .collect()
+    }
+
+    /// `encode`, where control tokens are not parsed inside `text_only` (byte
+    /// ranges of `text`, sorted); everything else is tokenized exactly as
+    /// `encode` would.
+    fn encode_protected(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        text_only: &[Range<usize>],
+    ) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special
             && self.add_bos
@@ -406,7 +442,7 @@ impl Tokenizer {
         {
             out.push(bos);
         }
-        let fragments = self.partition(text, parse_special);
+        let fragments = self.partition(text, parse_special, text_only);
         match &self.algorithm {
             Algorithm::Bpe(b) => {
                 for f in fragments {
@@ -473,7 +509,14 @@ impl Tokenizer {
 
     /// Split text around special tokens: each special token (longest first)
     /// splits every text fragment at each of its occurrences.
-    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+    /// Control tokens are not split out where they overlap `text_only` (byte
+    /// ranges of `text`).
+    fn partition<'t>(
+        &self,
+        text: &'t str,
+        parse_special: bool,
+        text_only: &[Range<usize>],
+    ) -> Vec<Fragment<'t>> {
         let mut frags = vec![Fragment::Text(text)];
         if text.is_empty() {
             return Vec::new();
@@ -490,19 +533,32 @@ impl Tokenizer {
             {
                 continue;
             }
+            let control = matches!(kind, TokenKind::Control | TokenKind::Unknown);
             let mut next = Vec::with_capacity(frags.len() + 2);
             for f in frags {
                 match f {
-                    Fragment::Text(mut t) => {
-                        while let Some(pos) = t.find(pat) {
-                            if pos > 0 {
-                                next.push(Fragment::Text(&t[..pos]));
+                    Fragment::Text(t) => {
+                        // Where `t` starts in `text` (fragments are slices of it).
+                        let base = t.as_ptr() as usize - text.as_ptr() as usize;
+                        let mut rest = 0; // start of what is not pushed yet
+                        for (pos, _) in t.match_indices(pat) {
+                            let at = base + pos..base + pos + pat.len();
+                            if pos < rest
+                                || (control
+                                    && text_only
+                                        .iter()
+                                        .any(|r| r.start < at.end && at.start < r.end))
+                            {
+                                continue;
+                            }
+                            if pos > rest {
+                                next.push(Fragment::Text(&t[rest..pos]));
                             }
                             next.push(Fragment::Token(id));
-                            t = &t[pos + pat.len()..];
+                            rest = pos + pat.len();
                         }
-                        if !t.is_empty() {
-                            next.push(Fragment::Text(t));
+                        if rest < t.len() {
+                            next.push(Fragment::Text(&t[rest..]));
                         }
                     }
                     tok => next.push(tok),

@@ -22,7 +22,25 @@ use crate::arch::{Activation, AttnSpec, Config, RopeKind, RopeParams, TensorRef}
 use crate::gguf::Gguf;
 use crate::quant::GgmlType;
 
-const KERNELS: &str = include_str!("kernels/ferry.cu");
+const KERNELS: &str = concat!(
+    include_str!("kernels/ferry.cu"),
+    include_str!("kernels/gemv_types.cu")
+);
+
+/// The block types whose decode GEMVs come from `gemv_typed_t`
+/// (kernels/gemv_types.cu): type, kernel name, and the alignment of the
+/// type's loads (`ALIGN` of its struct there), which the weights' device
+/// address must have.
+const TYPED_GEMVS: [(GgmlType, &str, usize); 8] = [
+    (GgmlType::Q4_0, "q4_0", 2),
+    (GgmlType::Q4_1, "q4_1", 4),
+    (GgmlType::Q5_0, "q5_0", 2),
+    (GgmlType::Q5_1, "q5_1", 4),
+    (GgmlType::Q8_0, "q8_0", 2),
+    (GgmlType::Q2_K, "q2_k", 4),
+    (GgmlType::Q3_K, "q3_k", 2),
+    (GgmlType::Q5_K, "q5_k", 16),
+];
 
 pub(crate) fn err(e: impl std::fmt::Debug) -> BackendError {
     BackendError::Invalid(format!("CUDA: {e:?}"))
@@ -83,6 +101,9 @@ struct Kernels {
     /// The same with activations quantized to 8 bits (dp4a).
     gemv_q4k_q8: [CudaFunction; 4],
     gemv_q6k_q8: [CudaFunction; 4],
+    /// The other block types' decode GEMVs on 8-bit activations, for 1, 2,
+    /// 4 and 8 tokens, in `TYPED_GEMVS`' order.
+    gemv_typed: Vec<[CudaFunction; 4]>,
     /// Persistent decode GEMVs on shared-memory activations, 1 and 2 tokens
     /// (`gemv_segs_t` in ferry.cu), with bias / residual / SwiGLU epilogues.
     /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
@@ -563,6 +584,17 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
                 f("gemv_q6k_q8_4")?,
                 f("gemv_q6k_q8_8")?,
             ],
+            gemv_typed: TYPED_GEMVS
+                .iter()
+                .map(|(_, name, _)| {
+                    Ok([
+                        f(&format!("gemv_q8_{name}_1"))?,
+                        f(&format!("gemv_q8_{name}_2"))?,
+                        f(&format!("gemv_q8_{name}_4"))?,
+                        f(&format!("gemv_q8_{name}_8"))?,
+                    ])
+                })
+                .collect::<Result<_, BackendError>>()?,
             gemv_smem: [
                 [f("gemv_smem_1")?, f("gemv_smem_2")?],
                 [f("gemv_smem_b3_1")?, f("gemv_smem_b3_2")?],
@@ -1461,6 +1493,13 @@ impl CudaBackend {
             {
                 return self.gemv_q8(x, w, out, by_tokens);
             }
+            if self.int_gemv
+                && let Some(i) = TYPED_GEMVS
+                    .iter()
+                    .position(|&(ty, _, align)| ty == w.ty && w.ptr.is_multiple_of(align as u64))
+            {
+                return self.gemv_typed(x, w, out, &self.k.gemv_typed[i][by_tokens]);
+            }
             if let Some(kernel) = special {
                 let mut b = self.stream.launch_builder(kernel);
                 b.arg(&w.ptr).arg(&x.data).arg(&mut out.data);
@@ -1694,6 +1733,33 @@ impl CudaBackend {
             .arg(&cols_i)
             .arg(&n_i);
         // SAFETY: matches gemv_*_q8(w, xq, xd, xs, out, rows, cols, n): one warp per row.
+        unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
+        Ok(())
+    }
+
+    /// `out = x · wᵀ` for a type of `TYPED_GEMVS` by its kernel (`kernel`:
+    /// the one for this many tokens) on the 8-bit copy of `x`.
+    fn gemv_typed(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        out: &mut CudaAct,
+        kernel: &CudaFunction,
+    ) -> Result<(), BackendError> {
+        let (n, cols, rows) = (x.n, w.cols, w.rows);
+        let c = self.quantized(x)?;
+        let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(&w.ptr)
+            .arg(c.q.as_ref().expect("filled"))
+            .arg(c.d.as_ref().expect("filled"))
+            .arg(&mut out.data)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&n_i);
+        // SAFETY: matches gemv_q8_*(w, xq, xd, out, rows, cols, n): one warp
+        // per row; rows are whole blocks, whose element counts are multiples
+        // of the 32 the 8-bit copy is quantized by; alignment checked by the caller.
         unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
         Ok(())
     }
@@ -3547,6 +3613,12 @@ mod compile_tests {
                             let name = format!("{k}{v}_{t}");
                             assert!(ptx.contains(&format!(".entry {name}(")), "{name}");
                         }
+                    }
+                }
+                for (_, ty, _) in super::TYPED_GEMVS {
+                    for t in [1, 2, 4, 8] {
+                        let name = format!("gemv_q8_{ty}_{t}");
+                        assert!(ptx.contains(&format!(".entry {name}(")), "{name}");
                     }
                 }
             }
