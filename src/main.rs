@@ -355,9 +355,11 @@ enum Command {
         #[arg(long)]
         attention: bool,
     },
-    /// Write a model with random weights in the shape of a real one (llama
-    /// architecture; presets: tiny, qwen2.5-0.5b, llama-1b, qwen2.5-7b,
-    /// llama3-8b, qwen2.5-32b). The file says in its metadata that its weights are random.
+    /// Write a model with random weights in the shape of a real one (llama,
+    /// qwen2, qwen3 and gemma3 presets: tiny, qwen2.5-0.5b … qwen2.5-72b,
+    /// llama3-8b, llama3.1-8b, mistral-7b, llama3-70b, qwen3-0.6b … qwen3-32b,
+    /// gemma3-270m … gemma3-27b; an unknown name lists them all). The file
+    /// says in its metadata that its weights are random.
     Synth {
         #[arg(long)]
         preset: String,

@@ -340,3 +340,89 @@ fn mutated_headers_give_errors_never_panics() {
     eprintln!("{runs} mutants in {secs} s ({errors} refused with an error), seed {seed}");
     assert!(runs > 20, "only {runs} mutants ran");
 }
+
+/// The tokenizer target of `fuzz/` on stable Rust, for a fixed time: random
+/// text (ASCII, accents, CJK, emoji, control bytes, the models' own special
+/// tokens' text, spaces and newlines in runs; not U+2581, which
+/// SentencePiece vocabularies read as a space, as llama.cpp does) through each real model's
+/// tokenizer, with and without special-token parsing: no panic, and the
+/// decoded ids give back the text wherever the vocabulary covers its bytes.
+#[test]
+fn random_text_round_trips_through_every_tokenizer() {
+    let secs: u64 = std::env::var("FERRY_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(5, |s: u64| s / 3 + 1);
+    let seed: u64 = std::env::var("FERRY_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let toks: Vec<Tokenizer> = common::MODELS
+        .iter()
+        .map(|m| Tokenizer::from_gguf(&Gguf::open(common::model(m)).unwrap()).unwrap())
+        .collect();
+    let pieces: Vec<String> = toks
+        .iter()
+        .flat_map(|t| {
+            t.special_tokens()
+                .map(|(_, s)| s.to_string())
+                .take(8)
+                .collect::<Vec<_>>()
+        })
+        .chain(
+            [
+                " ",
+                "  ",
+                "\n",
+                "\n\n",
+                "\t",
+                "é",
+                "ü",
+                "中文",
+                "日本語",
+                "🦀",
+                "👍🏽",
+                "\u{0}",
+                "\u{7f}",
+                "\r\n",
+                "'s",
+                "123",
+                "x",
+                "Hello",
+                "<",
+                "|",
+                ">",
+                "\u{200b}",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        )
+        .collect();
+    let mut r = Rng(seed | 1);
+    let t0 = Instant::now();
+    let mut runs = 0;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let text: String = (0..1 + r.below(24))
+            .map(|_| {
+                if r.below(3) == 0 {
+                    char::from_u32(32 + r.below(0x2FF) as u32)
+                        .unwrap_or(' ')
+                        .to_string()
+                } else {
+                    pieces[r.below(pieces.len())].clone()
+                }
+            })
+            .collect();
+        for tok in &toks {
+            for special in [false, true] {
+                let ids = tok.encode(&text, false, special);
+                let back = tok.decode(&ids, true).unwrap();
+                if tok.covers_bytes(&text) {
+                    assert_eq!(back, text, "seed {seed}, special {special}");
+                }
+            }
+        }
+        runs += 1;
+    }
+    assert!(runs > 50, "{runs} texts");
+}

@@ -285,8 +285,7 @@ __device__ __forceinline__ void gemv_typed_t(const u8* __restrict__ w, const i8*
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         if (t >= n) break;
-        float sum = acc[t];
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        float sum = warp_sum(acc[t]);
         if (lane == 0) out[(size_t)t * rows + warp] = sum;
     }
 }

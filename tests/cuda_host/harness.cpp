@@ -1,0 +1,103 @@
+// The block-type structs of the typed decode GEMVs (kernels/gemv_types.cu),
+// compiled for the host with stand-ins for the few CUDA intrinsics they use,
+// each item's dot product checked against the dequantized weights
+// (tests/cuda_kernels_on_host.rs writes both, from src/quant). Catches a wrong
+// layout or bit position without a GPU; the device runs gpu-check.
+#include <cstdio>
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+#include <vector>
+#include <string>
+#include <fstream>
+typedef unsigned char u8; typedef signed char i8; typedef unsigned short u16; typedef unsigned int u32; typedef unsigned long long u64;
+struct uint2 { u32 x, y; };
+struct uint4 { u32 x, y, z, w; };
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+static float half_to_float(u16 h) {
+    u32 s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023; float v;
+    if (e == 0) v = std::ldexp((float)m, -24); else if (e == 31) v = m ? NAN : INFINITY; else v = std::ldexp((float)(m | 1024), (int)e - 25);
+    return s ? -v : v;
+}
+// One warp run lane by lane, lane 31 first: warp_sum keeps each lane's
+// value and gives lane 0 (run last) the sum of all 32, as the shuffles do.
+struct Dim3 { unsigned x; };
+static Dim3 blockIdx, threadIdx, blockDim{32};
+static float lane_values[32][8];
+static int sum_calls[32];
+static float warp_sum(float v) {
+    int lane = threadIdx.x % 32, k = sum_calls[lane]++;
+    lane_values[lane][k] = v;
+    if (lane != 0) return v;
+    float s = 0;
+    for (int l = 31; l >= 0; --l) s += lane_values[l][k];
+    return s;
+}
+static int dp4a(int a, int b, int c) { for (int i = 0; i < 4; ++i) c += (int)(i8)(a >> (8*i)) * (int)(i8)(b >> (8*i)); return c; }
+// The kernels' own definitions, cut from the .cu files by the test.
+#include "kernel_parts.h"
+template <class T>
+int check(const char* name) {
+    std::string base = std::string(DATA_DIR) + "/" + name;
+    int rows, cols; { std::ifstream f(base + ".shape"); f >> rows >> cols; }
+    std::ifstream fr(base + ".raw", std::ios::binary); std::vector<u8> raw((std::istreambuf_iterator<char>(fr)), {});
+    std::ifstream ff(base + ".f32", std::ios::binary); std::vector<char> fb((std::istreambuf_iterator<char>(ff)), {});
+    const float* deq = (const float*)fb.data();
+    // activations: random, quantized per 32 as quantize_q8
+    std::vector<float> x(cols); u64 s = 88172645463325252ull;
+    for (auto& v : x) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; v = (float)((s >> 11) % 2000001) / 1e6f - 1.0f; }
+    std::vector<i8> xq(cols); std::vector<float> xd(cols / 32);
+    for (int b = 0; b < cols / 32; ++b) { float amax = 0; for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[32*b+i]));
+        float d = amax / 127.0f; xd[b] = d; for (int i = 0; i < 32; ++i) xq[32*b+i] = (i8)(amax > 0 ? std::lrintf(x[32*b+i] / d) : 0); }
+    int nb = cols / T::QK; double worst = 0; int bad = 0;
+    // The whole kernel (gemv_typed_t) for 1 and 4 tokens (the second token's
+    // activations reversed, the others scaled), against the item sums.
+    for (int nt : {1, 4}) {
+        std::vector<i8> xq4(nt * cols); std::vector<float> xd4(nt * cols / 32);
+        for (int t = 0; t < nt; ++t) for (int c = 0; c < cols; ++c) {
+            xq4[t * cols + c] = t == 1 ? xq[cols - 1 - c] : xq[c];
+            if (c % 32 == 0) xd4[t * cols / 32 + c / 32] = (t == 1 ? xd[(cols - 1 - c) / 32] : xd[c / 32]) * (float)(1 + t);
+        }
+        std::vector<float> out(nt * rows, 0.0f);
+        for (int r = 0; r < rows; ++r) {
+            memset(sum_calls, 0, sizeof sum_calls);
+            for (int lane = 31; lane >= 0; --lane) {
+                blockIdx.x = r; threadIdx.x = lane; blockDim.x = 32;
+                if (nt == 1) gemv_typed_t<T, 1>(raw.data(), xq4.data(), xd4.data(), out.data(), rows, cols, nt);
+                else gemv_typed_t<T, 4>(raw.data(), xq4.data(), xd4.data(), out.data(), rows, cols, nt);
+            }
+            for (int t = 0; t < nt; ++t) {
+                double want = 0, mag = 0;
+                for (int c = 0; c < cols; ++c) {
+                    double a = (double)deq[(size_t)r * cols + c] * xq4[t * cols + c] * xd4[t * cols / 32 + c / 32];
+                    want += a; mag += std::fabs(a);
+                }
+                double rel = std::fabs(out[t * rows + r] - want) / (mag + 1e-12);
+                if (rel > 1e-5) { if (bad < 3) printf("%s kernel, %d tokens, row %d token %d: got %g want %g\n", name, nt, r, t, out[t * rows + r], want); ++bad; }
+            }
+        }
+    }
+    if ((size_t)rows * nb * T::BYTES != raw.size()) { printf("%s: size mismatch %zu vs %d\n", name, raw.size(), rows*nb*T::BYTES); return 1; }
+    for (int r = 0; r < rows; ++r) {
+        const u8* row = raw.data() + (size_t)r * nb * T::BYTES;
+        double got = 0, want = 0, mag = 0;
+        for (int blk = 0; blk < nb; ++blk) for (int it = 0; it < T::ITEMS; ++it) {
+            auto ld = T::load(row + (size_t)blk * T::BYTES, it);
+            got += T::dot(ld, it, xq.data() + (size_t)blk * T::QK, xd.data() + (size_t)blk * (T::QK / 32));
+        }
+        for (int c = 0; c < cols; ++c) { double a = (double)deq[(size_t)r*cols+c] * (double)xq[c] * (double)xd[c/32]; want += a; mag += std::fabs(a); }
+        double rel = std::fabs(got - want) / (mag + 1e-12);
+        if (rel > worst) worst = rel;
+        if (rel > 1e-5) { if (bad < 3) printf("%s row %d: got %g want %g\n", name, r, got, want); ++bad; }
+    }
+    printf("%-5s rows %d cols %d: worst |diff|/sum|terms| %.2e %s\n", name, rows, cols, worst, bad ? "FAIL" : "ok");
+    return bad != 0;
+}
+int main() {
+    int f = 0;
+    f += check<TQ4_0>("q4_0"); f += check<TQ4_1>("q4_1"); f += check<TQ5_0>("q5_0"); f += check<TQ5_1>("q5_1");
+    f += check<TQ8_0>("q8_0"); f += check<TQ2_K>("q2_k"); f += check<TQ3_K>("q3_k"); f += check<TQ5_K>("q5_k");
+    return f;
+}
