@@ -22,7 +22,7 @@ Writes tests/fixtures/:
                                           logits (CPU, 2 threads, f16 KV cache, no flash
                                           attention) and 32-token greedy continuations
 
-Pass section names (quant real_tensors tokens chat logits) to regenerate only those.
+Pass section names (quant quant_grids real_tensors tokens chat logits) to regenerate only those.
 """
 import ctypes
 import hashlib
@@ -124,6 +124,41 @@ def gen_quant(rng):
     write(os.path.join(out, "input.f32"), x.tobytes())
     lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
     for name, fn, be, bb in REF_QUANTIZERS:
+        f = getattr(lib, fn)
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        f.restype = None
+        dst = np.zeros(len(x) // be * bb, dtype=np.uint8)
+        f(x.ctypes.data, dst.ctypes.data, len(x))
+        write(os.path.join(out, f"{name}.ref"), dst.tobytes())
+
+
+# The 4-bit grid formats (IQ4_NL, IQ4_XS, MXFP4), apart from gen_quant so that
+# adding them left the other fixtures byte for byte as they were: random blocks
+# and gguf-py's dequantization, and ggml's reference quantizers on input.f32.
+IQ_TYPES = [
+    ("IQ4_NL", "quantize_row_iq4_nl_ref", 32, 18, [0]),
+    ("IQ4_XS", "quantize_row_iq4_xs_ref", 256, 136, [0]),
+    ("MXFP4", "quantize_row_mxfp4_ref", 32, 17, []),
+]
+
+
+def gen_quant_grids():
+    rng = np.random.default_rng(20261207)
+    out = os.path.join(FIX, "quant")
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    x = np.fromfile(os.path.join(out, "input.f32"), dtype=np.float32)
+    for name, fn, be, bb, f16_offsets in IQ_TYPES:
+        n_blocks = 64 if be == 32 else 16
+        raw = rng.integers(0, 256, size=(n_blocks, bb), dtype=np.uint8)
+        for off in f16_offsets:
+            scale = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+            raw[:, off:off + 2] = scale
+        if name == "MXFP4":
+            # Exponents around 2^0, as real weights have them (all 256 are valid).
+            raw[:, 0] = rng.integers(100, 140, size=n_blocks, dtype=np.uint8)
+        deq = gq.dequantize(raw.reshape(-1), T[name]).astype(np.float32)
+        write(os.path.join(out, f"{name}.blocks"), raw.tobytes())
+        write(os.path.join(out, f"{name}.f32"), deq.tobytes())
         f = getattr(lib, fn)
         f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         f.restype = None
@@ -285,6 +320,8 @@ def main():
     rng = np.random.default_rng(20261128)
     if "quant" in sections:
         gen_quant(rng)
+    if "quant" in sections or "quant_grids" in sections:
+        gen_quant_grids()
     if "real_tensors" in sections:
         gen_real_tensors()
     if "tokens" in sections:

@@ -36,6 +36,10 @@ CASES = {
     "qwen3": ("qwen3-0.6b", 3, "q8_0", "qwen2.5-coder-0.5b-instruct.gguf", 7),
     "gemma3-1b": ("gemma3-1b", 6, "q4_k_m", "gemma-3-270m-q4_k_m.gguf", 7),
     "llama31": ("llama3.1-8b", 2, "q8_0", "smollm2-135m-instruct-q4_1.gguf", 7),
+    # The 4-bit grid formats (issue #23), each on its own file.
+    "iq4_nl": ("llama-1b", 2, "iq4_nl", "smollm2-135m-instruct-q4_1.gguf", 7),
+    "iq4_xs": ("qwen3-0.6b", 2, "iq4_xs", "qwen2.5-coder-0.5b-instruct.gguf", 7),
+    "mxfp4": ("qwen3-0.6b", 2, "mxfp4", "qwen2.5-coder-0.5b-instruct.gguf", 7),
 }
 PROMPTS = [
     "The capital of France is",

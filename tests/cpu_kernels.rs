@@ -219,7 +219,7 @@ fn gemm_path_matches_the_dot_path_for_every_type() {
                 let (a, c) = (batched.row(tok)[r], out.data[r]);
                 // Outside the k-quants the two paths are the same arithmetic:
                 // the server relies on it for batch-invariant decode.
-                if !ty.is_k_quant() {
+                if !ty.gemm_differs_from_dot() {
                     assert_eq!(
                         a.to_bits(),
                         c.to_bits(),

@@ -39,7 +39,16 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     let types_cu = std::fs::read_to_string(Path::new(KERNELS).join("gemv_types.cu")).unwrap();
     // Everything up to the kernels' entry points (the macros after the template).
     let types_part = &types_cu[..types_cu.find("#define GEMV_TYPED").expect("entry macros")];
+    // The type ids, grid tables, E8M0 scale and the element decoder
+    // `dequant` (prefill conversions, embeddings, the float GEMV).
+    let decoders = {
+        let start = ferry_cu.find("// GGUF type ids.").expect("type ids");
+        let tail = function(&ferry_cu[start..], "__device__ float dequant(int type");
+        let end = ferry_cu[start..].find(&tail).unwrap() + tail.len();
+        ferry_cu[start..start + end].to_string()
+    };
     let parts = [
+        decoders,
         function(
             &ferry_cu,
             "__device__ __forceinline__ u32 load_u32_2aligned",
@@ -61,6 +70,9 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
         (GgmlType::Q2_K, "q2_k"),
         (GgmlType::Q3_K, "q3_k"),
         (GgmlType::Q5_K, "q5_k"),
+        (GgmlType::IQ4_NL, "iq4_nl"),
+        (GgmlType::IQ4_XS, "iq4_xs"),
+        (GgmlType::MXFP4, "mxfp4"),
     ] {
         let (mut raw, mut deq) = (Vec::new(), Vec::new());
         for _ in 0..rows {
@@ -100,5 +112,5 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     let report = String::from_utf8_lossy(&run.stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(run.status.success(), "{report}");
-    assert_eq!(report.matches(" ok").count(), 8, "{report}");
+    assert_eq!(report.matches(" ok").count(), 11, "{report}");
 }

@@ -53,9 +53,26 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 /// at once); longer ones at the last.
 const ALL_ROWS_MAX: usize = 64;
 
+/// How close ferry must be to llama.cpp on a case.
+#[derive(Clone, Copy, PartialEq)]
+enum Match {
+    /// Every position's logits bit for bit, and the greedy continuations.
+    Bits,
+    /// The last position within this fraction of the logits' range. For
+    /// the 4-bit grid formats at the qwen3-0.6b and llama-1b shapes, where
+    /// llama.cpp repacks IQ4_NL and MXFP4 rows and sums in other orders
+    /// (uniform Q5_K at the qwen3-0.6b shape differs by as much, 1 %):
+    /// a wrong layout or scale gives noise, not a 1 % difference.
+    Within(f32),
+}
+
 fn check(case: &str, window: Option<usize>) {
+    check_with(case, window, Match::Bits)
+}
+
+fn check_with(case: &str, window: Option<usize>, how: Match) {
     let fx: Fixture = serde_json::from_slice(&read_fixture(&format!("synth/{case}.json"))).unwrap();
-    let dir = std::env::temp_dir().join(format!("ferry-synth-ref-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ferry-synth-ref-{}-{case}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{case}.gguf"));
     // The fixture's command names the models by the path they had; here they
@@ -108,7 +125,7 @@ fn check(case: &str, window: Option<usize>) {
                 .forward(&backend, &mut kv, &span.batch(&p.tokens), &rows)
                 .unwrap();
             for (j, row) in logits.chunks(n_vocab).enumerate() {
-                if hex(&le_bytes(row)) != p.sha256[j] {
+                if how == Match::Bits && hex(&le_bytes(row)) != p.sha256[j] {
                     failures.push(format!("{case} #{i}: position {j} differs from llama.cpp"));
                 }
             }
@@ -125,18 +142,26 @@ fn check(case: &str, window: Option<usize>) {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        if !same_bits {
-            failures.push(format!(
+        match how {
+            Match::Bits if !same_bits => failures.push(format!(
                 "{case} #{i}: last position differs from llama.cpp by up to {max_diff}"
-            ));
+            )),
+            Match::Within(f) if max_diff > f * range => failures.push(format!(
+                "{case} #{i}: last position differs from llama.cpp by {max_diff}, over {f} of the range {range}"
+            )),
+            _ => {}
         }
         let mut same = 0;
         for (step, &reference) in p.greedy.iter().enumerate() {
             let ours = argmax(&logits);
             if ours != reference {
-                failures.push(format!(
-                    "{case} #{i}: greedy step {step}: ferry {ours}, llama.cpp {reference}"
-                ));
+                // Within a tolerance, random weights' near-ties may go
+                // either way: the continuation is reported, not required.
+                if how == Match::Bits {
+                    failures.push(format!(
+                        "{case} #{i}: greedy step {step}: ferry {ours}, llama.cpp {reference}"
+                    ));
+                }
                 break;
             }
             same += 1;
@@ -166,4 +191,19 @@ fn gemma3_1b_shape_matches_llama_cpp_within_and_beyond_its_window() {
 #[test]
 fn llama31_rope_factors_match_llama_cpp() {
     check("llama31", None);
+}
+
+#[test]
+fn iq4_nl_matches_llama_cpp() {
+    check_with("iq4_nl", None, Match::Within(0.02));
+}
+
+#[test]
+fn iq4_xs_matches_llama_cpp() {
+    check_with("iq4_xs", None, Match::Within(0.02));
+}
+
+#[test]
+fn mxfp4_matches_llama_cpp() {
+    check_with("mxfp4", None, Match::Within(0.02));
 }

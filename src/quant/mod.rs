@@ -8,10 +8,12 @@
 //! f32 for the float formats.
 
 mod float;
+mod iquants;
 mod kquants;
 mod legacy;
 mod types;
 
+pub use iquants::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, IQ4_GRID, MXFP4_GRID, e8m0_to_f32_half};
 pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, Scales, Unpacked};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 pub use types::{GgmlType, QK, QK_K};
@@ -59,6 +61,9 @@ const _: () = {
     assert!(std::mem::size_of::<BlockQ5K>() == 176);
     assert!(std::mem::size_of::<BlockQ6K>() == 210);
     assert!(std::mem::size_of::<BlockQ8K>() == 292);
+    assert!(std::mem::size_of::<BlockIQ4NL>() == 18);
+    assert!(std::mem::size_of::<BlockIQ4XS>() == 136);
+    assert!(std::mem::size_of::<BlockMXFP4>() == 17);
 };
 
 /// Errors of the dynamic (by `GgmlType`) entry points.
@@ -164,6 +169,9 @@ macro_rules! dispatch {
             GgmlType::Q5_K => $f::<BlockQ5K>($($arg),*),
             GgmlType::Q6_K => $f::<BlockQ6K>($($arg),*),
             GgmlType::Q8_K => $f::<BlockQ8K>($($arg),*),
+            GgmlType::IQ4_NL => $f::<BlockIQ4NL>($($arg),*),
+            GgmlType::IQ4_XS => $f::<BlockIQ4XS>($($arg),*),
+            GgmlType::MXFP4 => $f::<BlockMXFP4>($($arg),*),
             GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64 => $unsupported,
         }
     };

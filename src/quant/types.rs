@@ -32,10 +32,13 @@ pub enum GgmlType {
     I64,
     F64,
     BF16,
+    IQ4_NL,
+    IQ4_XS,
+    MXFP4,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 20] = [
+    pub const ALL: [GgmlType; 23] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -56,10 +59,13 @@ impl GgmlType {
         GgmlType::I64,
         GgmlType::F64,
         GgmlType::BF16,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ];
 
     /// The weight types ferry can dequantize and multiply with.
-    pub const WEIGHT_TYPES: [GgmlType; 13] = [
+    pub const WEIGHT_TYPES: [GgmlType; 16] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -73,6 +79,9 @@ impl GgmlType {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ];
 
     /// The GGUF / ggml type id.
@@ -99,6 +108,9 @@ impl GgmlType {
             I64 => 27,
             F64 => 28,
             BF16 => 30,
+            IQ4_NL => 20,
+            IQ4_XS => 23,
+            MXFP4 => 39,
         }
     }
 
@@ -115,14 +127,11 @@ impl GgmlType {
             17 => "IQ2_XS",
             18 => "IQ3_XXS",
             19 => "IQ1_S",
-            20 => "IQ4_NL",
             21 => "IQ3_S",
             22 => "IQ2_S",
-            23 => "IQ4_XS",
             29 => "IQ1_M",
             34 => "TQ1_0",
             35 => "TQ2_0",
-            39 => "MXFP4",
             _ => return None,
         })
     }
@@ -150,6 +159,9 @@ impl GgmlType {
             I64 => "I64",
             F64 => "F64",
             BF16 => "BF16",
+            IQ4_NL => "IQ4_NL",
+            IQ4_XS => "IQ4_XS",
+            MXFP4 => "MXFP4",
         }
     }
 
@@ -165,8 +177,8 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => QK,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => QK_K,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => QK,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => QK_K,
         }
     }
 
@@ -190,6 +202,9 @@ impl GgmlType {
             Q5_K => 176,
             Q6_K => 210,
             Q8_K => 292,
+            IQ4_NL => 18,
+            IQ4_XS => 136,
+            MXFP4 => 17,
         }
     }
 
@@ -214,6 +229,17 @@ impl GgmlType {
             self,
             GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
         )
+    }
+
+    /// Whether the CPU's prefill GEMM sums this type's products in another
+    /// order than its dot product (the k-quants and IQ4_XS: a scale per
+    /// sub-block applied before the activation's; IQ4_NL and MXFP4: their dot
+    /// products are ggml's scalar ones, summed block after block, where the
+    /// GEMM keeps eight lanes): batches that must be bit-identical to single
+    /// tokens then take the dot product.
+    pub fn gemm_differs_from_dot(self) -> bool {
+        use GgmlType::*;
+        self.is_k_quant() || matches!(self, IQ4_NL | IQ4_XS | MXFP4)
     }
 
     pub fn is_quantized(self) -> bool {

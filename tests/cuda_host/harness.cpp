@@ -35,11 +35,18 @@ static float warp_sum(float v) {
     for (int l = 31; l >= 0; --l) s += lane_values[l][k];
     return s;
 }
+static float __uint_as_float(u32 u) { float f; memcpy(&f, &u, 4); return f; }
+// PTX prmt (default mode): byte k of the result is byte (s >> 4k) & 7 of {b, a}.
+static u32 __byte_perm(u32 a, u32 b, u32 s) {
+    u64 v = ((u64)b << 32) | a; u32 r = 0;
+    for (int k = 0; k < 4; ++k) r |= (u32)((v >> (8 * ((s >> (4 * k)) & 7))) & 0xFF) << (8 * k);
+    return r;
+}
 static int dp4a(int a, int b, int c) { for (int i = 0; i < 4; ++i) c += (int)(i8)(a >> (8*i)) * (int)(i8)(b >> (8*i)); return c; }
 // The kernels' own definitions, cut from the .cu files by the test.
 #include "kernel_parts.h"
 template <class T>
-int check(const char* name) {
+int check(const char* name, int type_id) {
     std::string base = std::string(DATA_DIR) + "/" + name;
     int rows, cols; { std::ifstream f(base + ".shape"); f >> rows >> cols; }
     std::ifstream fr(base + ".raw", std::ios::binary); std::vector<u8> raw((std::istreambuf_iterator<char>(fr)), {});
@@ -52,6 +59,17 @@ int check(const char* name) {
     for (int b = 0; b < cols / 32; ++b) { float amax = 0; for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[32*b+i]));
         float d = amax / 127.0f; xd[b] = d; for (int i = 0; i < 32; ++i) xq[32*b+i] = (i8)(amax > 0 ? std::lrintf(x[32*b+i] / d) : 0); }
     int nb = cols / T::QK; double worst = 0; int bad = 0;
+    // The element decoder (`dequant`) against the dequantized weights, bit for bit.
+    for (int r = 0; r < rows && bad < 3; ++r)
+        for (int c = 0; c < cols; ++c) {
+            const u8* blk = raw.data() + ((size_t)r * nb + c / T::QK) * T::BYTES;
+            float got = dequant(type_id, blk, c % T::QK), want = deq[(size_t)r * cols + c];
+            if (memcmp(&got, &want, 4) != 0) {
+                if (bad < 3) printf("%s dequant row %d col %d: got %g want %g\n", name, r, c, got, want);
+                ++bad;
+                break;
+            }
+        }
     // The whole kernel (gemv_typed_t) for 1 and 4 tokens (the second token's
     // activations reversed, the others scaled), against the item sums.
     for (int nt : {1, 4}) {
@@ -97,7 +115,9 @@ int check(const char* name) {
 }
 int main() {
     int f = 0;
-    f += check<TQ4_0>("q4_0"); f += check<TQ4_1>("q4_1"); f += check<TQ5_0>("q5_0"); f += check<TQ5_1>("q5_1");
-    f += check<TQ8_0>("q8_0"); f += check<TQ2_K>("q2_k"); f += check<TQ3_K>("q3_k"); f += check<TQ5_K>("q5_k");
+    f += check<TQ4_0>("q4_0", T_Q4_0); f += check<TQ4_1>("q4_1", T_Q4_1); f += check<TQ5_0>("q5_0", T_Q5_0);
+    f += check<TQ5_1>("q5_1", T_Q5_1); f += check<TQ8_0>("q8_0", T_Q8_0); f += check<TQ2_K>("q2_k", T_Q2_K);
+    f += check<TQ3_K>("q3_k", T_Q3_K); f += check<TQ5_K>("q5_k", T_Q5_K); f += check<TIQ4_NL>("iq4_nl", T_IQ4_NL);
+    f += check<TIQ4_XS>("iq4_xs", T_IQ4_XS); f += check<TMXFP4>("mxfp4", T_MXFP4);
     return f;
 }

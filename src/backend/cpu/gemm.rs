@@ -10,8 +10,9 @@
 
 use super::simd;
 use crate::quant::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
-    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK_K,
+    BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1,
+    BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, IQ4_GRID,
+    MXFP4_GRID, QK_K, e8m0_to_f32_half,
 };
 
 /// One weight row unpacked: `q` per element, a scale for each group of 32
@@ -173,6 +174,51 @@ legacy_prepare!(
     b.m.to_f32()
 );
 legacy_prepare!(BlockQ8_0, 0, |b, q| q.copy_from_slice(&b.qs), 0.0);
+legacy_prepare!(BlockIQ4NL, 0, |b, q| grid_values(&IQ4_GRID, &b.qs, q), 0.0);
+
+/// Grid values of 32 elements from their 16 bytes of indices.
+fn grid_values(grid: &[i8; 16], qs: &[u8], q: &mut [i8]) {
+    for j in 0..16 {
+        q[j] = grid[(qs[j] & 0x0f) as usize];
+        q[j + 16] = grid[(qs[j] >> 4) as usize];
+    }
+}
+
+impl GemmFormat for BlockMXFP4 {
+    const SUB: usize = 0;
+    fn prepare(row: &[Self], out: &mut PreparedRow) {
+        for (g, b) in row.iter().enumerate() {
+            grid_values(&MXFP4_GRID, &b.qs, &mut out.q[g * 32..(g + 1) * 32]);
+            let d = e8m0_to_f32_half(b.e);
+            set_group_scale(out, g, d, d);
+        }
+    }
+    fn prepare_act(row: &[Self::Act]) -> PreparedAct {
+        act_view(row)
+    }
+}
+
+impl GemmFormat for BlockIQ4XS {
+    const SUB: usize = 0;
+    fn prepare(row: &[Self], out: &mut PreparedRow) {
+        for (i, b) in row.iter().enumerate() {
+            let d = b.d.to_f32();
+            for g in 0..8 {
+                let at = i * QK_K + 32 * g;
+                grid_values(
+                    &IQ4_GRID,
+                    &b.qs[16 * g..16 * g + 16],
+                    &mut out.q[at..at + 32],
+                );
+                let dl = d * b.group_scale(g) as f32;
+                set_group_scale(out, i * 8 + g, dl, dl);
+            }
+        }
+    }
+    fn prepare_act(row: &[Self::Act]) -> PreparedAct {
+        q8k_act(row, 0)
+    }
+}
 
 fn q8k_act(row: &[BlockQ8K], sub: usize) -> PreparedAct {
     let mut d = Vec::with_capacity(row.len() * 8);

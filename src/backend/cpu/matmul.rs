@@ -18,8 +18,8 @@ use crate::arch::TensorRef;
 use crate::backend::BackendError;
 use crate::gguf::SharedBytes;
 use crate::quant::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
-    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,
+    BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1,
+    BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,
 };
 
 /// The alignment the kernels' block structs need (at most that of a u64).
@@ -151,7 +151,7 @@ pub fn matmul(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
 /// exactly what the dot path computes (`tests/cpu_kernels.rs`), so they keep
 /// the faster GEMM path for every batch.
 pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: usize) {
-    let dot_max_tokens = if w.ty.is_k_quant() {
+    let dot_max_tokens = if w.ty.gemm_differs_from_dot() {
         dot_max_tokens
     } else {
         DEFAULT_DOT_MAX_TOKENS
@@ -177,6 +177,9 @@ pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: 
             None => quant_matmul::<BlockQ4K>(x, w, out, dot_max_tokens),
         },
         GgmlType::Q5_K => quant_matmul::<BlockQ5K>(x, w, out, dot_max_tokens),
+        GgmlType::IQ4_NL => quant_matmul::<BlockIQ4NL>(x, w, out, dot_max_tokens),
+        GgmlType::IQ4_XS => quant_matmul::<BlockIQ4XS>(x, w, out, dot_max_tokens),
+        GgmlType::MXFP4 => quant_matmul::<BlockMXFP4>(x, w, out, dot_max_tokens),
         GgmlType::Q6_K => match simd::q6_k_superblock_kernel() {
             Some(k) => q6_k_llama_order(x, w, out, dot_max_tokens, k),
             None => quant_matmul::<BlockQ6K>(x, w, out, dot_max_tokens),

@@ -31,7 +31,7 @@ const KERNELS: &str = concat!(
 /// (kernels/gemv_types.cu): type, kernel name, and the alignment of the
 /// type's loads (`ALIGN` of its struct there), which the weights' device
 /// address must have.
-const TYPED_GEMVS: [(GgmlType, &str, usize); 8] = [
+const TYPED_GEMVS: [(GgmlType, &str, usize); 11] = [
     (GgmlType::Q4_0, "q4_0", 2),
     (GgmlType::Q4_1, "q4_1", 4),
     (GgmlType::Q5_0, "q5_0", 2),
@@ -40,6 +40,9 @@ const TYPED_GEMVS: [(GgmlType, &str, usize); 8] = [
     (GgmlType::Q2_K, "q2_k", 4),
     (GgmlType::Q3_K, "q3_k", 2),
     (GgmlType::Q5_K, "q5_k", 16),
+    (GgmlType::IQ4_NL, "iq4_nl", 2),
+    (GgmlType::IQ4_XS, "iq4_xs", 4),
+    (GgmlType::MXFP4, "mxfp4", 1),
 ];
 
 pub(crate) fn err(e: impl std::fmt::Debug) -> BackendError {

@@ -66,6 +66,25 @@ __device__ __forceinline__ float round_half(float f) { return half_to_float(floa
 #define T_Q5_K 13
 #define T_Q6_K 14
 #define T_BF16 30
+#define T_IQ4_NL 20
+#define T_IQ4_XS 23
+#define T_MXFP4 39
+
+// The 16-value grids of IQ4_NL/IQ4_XS (kvalues_iq4nl) and of MXFP4 (E2M1
+// values doubled), packed 4 per word for byte-permute lookups
+// (grid_lookup4 in gemv_types.cu), and element k of each.
+#define IQ4_GRID_WORDS 0xBFAD9881u, 0xF6EADDCFu, 0x26190D01u, 0x71594535u
+#define MXFP4_GRID_WORDS 0x03020100u, 0x0C080604u, 0xFDFEFF00u, 0xF4F8FAFCu
+__device__ __forceinline__ int grid_value(u32 w0, u32 w1, u32 w2, u32 w3, int k) {
+    u32 w = k < 4 ? w0 : k < 8 ? w1 : k < 12 ? w2 : w3;
+    return (int)(i8)((w >> (8 * (k & 3))) & 0xFF);
+}
+__device__ __forceinline__ int iq4_grid(int k) { return grid_value(IQ4_GRID_WORDS, k); }
+__device__ __forceinline__ int mxfp4_grid(int k) { return grid_value(MXFP4_GRID_WORDS, k); }
+// GGML_E8M0_TO_FP32_HALF: 2^(e - 128), exactly.
+__device__ __forceinline__ float e8m0_half(u32 e) {
+    return __uint_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23);
+}
 
 __device__ __forceinline__ float h2f(const u8* p) {
     return half_to_float((u16)p[0] | ((u16)p[1] << 8));
@@ -150,6 +169,24 @@ __device__ float dequant(int type, const u8* b, int i) {
         int high = (b[128 + 32 * n + l] >> (2 * k)) & 3;
         int q = (low | (high << 4)) - 32;
         return h2f(b + 208) * (float)((const i8*)(b + 192))[i / 16] * (float)q;
+    }
+    case T_IQ4_NL: {
+        // d qs[16]
+        int q = i < 16 ? (b[2 + i] & 0xF) : (b[2 + i - 16] >> 4);
+        return h2f(b) * (float)iq4_grid(q);
+    }
+    case T_IQ4_XS: {
+        // d scales_h(u16) scales_l[4] qs[128]; group g of 32: qs[16g ..]
+        int g = i / 32, j = i % 32;
+        u32 sh = (u32)b[2] | ((u32)b[3] << 8);
+        int ls = ((b[4 + g / 2] >> (4 * (g % 2))) & 0xF) | (((sh >> (2 * g)) & 3) << 4);
+        int q = j < 16 ? (b[8 + 16 * g + j] & 0xF) : (b[8 + 16 * g + j - 16] >> 4);
+        return h2f(b) * (float)(ls - 32) * (float)iq4_grid(q);
+    }
+    case T_MXFP4: {
+        // e qs[16]
+        int q = i < 16 ? (b[1 + i] & 0xF) : (b[1 + i - 16] >> 4);
+        return e8m0_half(b[0]) * (float)mxfp4_grid(q);
     }
     }
     return 0.0f;

@@ -1,6 +1,7 @@
 // ---------------------------------------------------------------------------
 // Decode GEMVs for every block type without a kernel of its own (Q4_0, Q4_1,
-// Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K), from one template on 8-bit activations
+// Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, MXFP4), from one
+// template on 8-bit activations
 // (quantize_q8's layout: int8 values, a scale per 32 elements). Before these,
 // such weights took the float `gemv8`, per element: a Q5_K_M 32B decoded at
 // 22 t/s on an H100 where llama.cpp's integer kernels reached 69.5 (issue #23).
@@ -246,6 +247,81 @@ struct TQ5_K {
     }
 };
 
+// Four grid values (signed bytes) for the four 4-bit indices in the low
+// nibbles of `idx`'s bytes, from the 16-byte table t0..t3: two byte
+// permutes (entries 0-7 and 8-15) and bit 3 of each index choosing.
+__device__ __forceinline__ int grid_lookup4(u32 idx, u32 t0, u32 t1, u32 t2, u32 t3) {
+    u32 sel = (idx & 0x7u) | ((idx >> 4) & 0x70u) | ((idx >> 8) & 0x700u) | ((idx >> 12) & 0x7000u);
+    u32 lo = __byte_perm(t0, t1, sel), hi = __byte_perm(t2, t3, sel);
+    u32 m = ((idx >> 3) & ONES) * 0xFFu;
+    return (int)((lo & ~m) | (hi & m));
+}
+
+// The grid values of 8 low and 8 high nibbles (q0, q1: 8 bytes of indices).
+__device__ __forceinline__ void grid_nibbles(u32 q0, u32 q1, u32 t0, u32 t1, u32 t2, u32 t3, int (&w)[4]) {
+    w[0] = grid_lookup4(q0 & 0x0F0F0F0F, t0, t1, t2, t3);
+    w[1] = grid_lookup4(q1 & 0x0F0F0F0F, t0, t1, t2, t3);
+    w[2] = grid_lookup4((q0 >> 4) & 0x0F0F0F0F, t0, t1, t2, t3);
+    w[3] = grid_lookup4((q1 >> 4) & 0x0F0F0F0F, t0, t1, t2, t3);
+}
+
+__device__ __forceinline__ int dot16_only(const int (&w)[4], const int (&x)[4]) {
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s = dp4a(w[i], x[i], s);
+    return s;
+}
+
+// IQ4_NL: d, qs[16]; items as Q4_0's, values from the IQ4 grid.
+struct TIQ4_NL {
+    static constexpr int QK = 32, BYTES = 18, ALIGN = 2, ITEMS = 2;
+    struct Load { u32 d, q0, q1; };
+    __device__ static Load load(const u8* b, int i) {
+        return {(u32)*(const u16*)b, load_u32_2aligned(b + 2 + 8 * i), load_u32_2aligned(b + 6 + 8 * i)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int w[4], x[4];
+        grid_nibbles(l.q0, l.q1, IQ4_GRID_WORDS, w);
+        x_halves(xb, i, x);
+        return half_to_float((u16)l.d) * xdb[0] * (float)dot16_only(w, x);
+    }
+};
+
+// IQ4_XS: d, scales_h, scales_l[4], qs[128]. Item i: group g = i / 2 (32
+// elements, qs[16g ..]), its half h = i % 2 as Q4_0's items.
+struct TIQ4_XS {
+    static constexpr int QK = 256, BYTES = 136, ALIGN = 4, ITEMS = 16;
+    struct Load { u32 dsh, sl; uint2 q; };
+    __device__ static Load load(const u8* b, int i) {
+        const u8* q = b + 8 + 16 * (i / 2) + 8 * (i % 2);
+        return {*(const u32*)b, *(const u32*)(b + 4), uint2{*(const u32*)q, *(const u32*)(q + 4)}};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int g = i / 2;
+        int ls = ((l.sl >> (4 * g)) & 0xF) | (((l.dsh >> (16 + 2 * g)) & 3) << 4);
+        int w[4], x[4];
+        grid_nibbles(l.q.x, l.q.y, IQ4_GRID_WORDS, w);
+        x_halves(xb + 32 * g, i % 2, x);
+        return half_to_float((u16)(l.dsh & 0xFFFF)) * (float)(ls - 32) * xdb[g] * (float)dot16_only(w, x);
+    }
+};
+
+// MXFP4: e, qs[16] (17-byte blocks: byte loads); items as Q4_0's.
+struct TMXFP4 {
+    static constexpr int QK = 32, BYTES = 17, ALIGN = 1, ITEMS = 2;
+    struct Load { u32 e, q0, q1; };
+    __device__ static u32 bytes4(const u8* p) {
+        return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+    }
+    __device__ static Load load(const u8* b, int i) { return {(u32)b[0], bytes4(b + 1 + 8 * i), bytes4(b + 5 + 8 * i)}; }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int w[4], x[4];
+        grid_nibbles(l.q0, l.q1, MXFP4_GRID_WORDS, w);
+        x_halves(xb, i, x);
+        return e8m0_half(l.e) * xdb[0] * (float)dot16_only(w, x);
+    }
+};
+
 // One warp per row; lane k takes items k, k + 32, ... of the row's blocks in
 // rounds of U items, all loads of a round issued before any is used (decode
 // is bound by how many bytes are in flight, as in the Q4_K kernels).
@@ -309,3 +385,6 @@ GEMV_TYPED_ALL(q8_0, TQ8_0)
 GEMV_TYPED_ALL(q2_k, TQ2_K)
 GEMV_TYPED_ALL(q3_k, TQ3_K)
 GEMV_TYPED_ALL(q5_k, TQ5_K)
+GEMV_TYPED_ALL(iq4_nl, TIQ4_NL)
+GEMV_TYPED_ALL(iq4_xs, TIQ4_XS)
+GEMV_TYPED_ALL(mxfp4, TMXFP4)
