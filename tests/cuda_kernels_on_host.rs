@@ -3,7 +3,8 @@
 //! system C++ compiler with stand-ins for `dp4a` and the half conversion
 //! (`tests/cuda_host/harness.cpp`, which runs a warp lane by lane), and every
 //! item's dot product, and the whole kernel for 1 and 4 tokens, over random
-//! quantized rows are compared with the dequantized weights (src/quant,
+//! quantized rows, and the Q4_K/Q5_K prefill conversions to f16, are
+//! compared with the dequantized weights (src/quant,
 //! itself bit-exact with gguf-py) times the 8-bit activations. Skipped,
 //! saying so, where no C++ compiler is installed.
 
@@ -55,6 +56,10 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
         ),
         function(&ferry_cu, "__device__ __forceinline__ void scale_min_hdr"),
         types_part.to_string(),
+        function(
+            &ferry_cu,
+            "template <bool Q5>\n__device__ __forceinline__ void dequant_k4_f16",
+        ),
     ]
     .join("\n");
     std::fs::write(dir.join("kernel_parts.h"), parts).unwrap();
@@ -73,6 +78,7 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
         (GgmlType::IQ4_NL, "iq4_nl"),
         (GgmlType::IQ4_XS, "iq4_xs"),
         (GgmlType::MXFP4, "mxfp4"),
+        (GgmlType::Q4_K, "q4_k"),
     ] {
         let (mut raw, mut deq) = (Vec::new(), Vec::new());
         for _ in 0..rows {
@@ -112,5 +118,6 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     let report = String::from_utf8_lossy(&run.stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(run.status.success(), "{report}");
-    assert_eq!(report.matches(" ok").count(), 11, "{report}");
+    // 11 typed GEMVs, 2 prefill conversions.
+    assert_eq!(report.matches(" ok").count(), 13, "{report}");
 }

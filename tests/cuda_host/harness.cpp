@@ -24,7 +24,7 @@ static float half_to_float(u16 h) {
 // One warp run lane by lane, lane 31 first: warp_sum keeps each lane's
 // value and gives lane 0 (run last) the sum of all 32, as the shuffles do.
 struct Dim3 { unsigned x; };
-static Dim3 blockIdx, threadIdx, blockDim{32};
+static Dim3 blockIdx, threadIdx, blockDim{32}, gridDim{1};
 static float lane_values[32][8];
 static int sum_calls[32];
 static float warp_sum(float v) {
@@ -41,6 +41,22 @@ static u32 __byte_perm(u32 a, u32 b, u32 s) {
     u64 v = ((u64)b << 32) | a; u32 r = 0;
     for (int k = 0; k < 4; ++k) r |= (u32)((v >> (8 * ((s >> (4 * k)) & 7))) & 0xFF) << (8 * k);
     return r;
+}
+// f32 -> f16 bits, round to nearest even (the PTX cvt.rn.f16.f32).
+static u16 float_to_half(float f) {
+    u32 x; memcpy(&x, &f, 4);
+    u32 sign = (x >> 16) & 0x8000; int e = (int)((x >> 23) & 0xFF) - 127 + 15; u32 m = x & 0x7FFFFF;
+    if (((x >> 23) & 0xFF) == 0xFF) return (u16)(sign | 0x7C00 | (m ? 0x200 : 0));
+    if (e >= 31) return (u16)(sign | 0x7C00);
+    if (e <= 0) {
+        if (e < -10) return (u16)sign;
+        m |= 0x800000; int shift = 14 - e; u32 h = m >> shift, rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (h & 1))) ++h;
+        return (u16)(sign | h);
+    }
+    u32 h = ((u32)e << 10) | (m >> 13), rem = m & 0x1FFF;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
+    return (u16)(sign | h);
 }
 static int dp4a(int a, int b, int c) { for (int i = 0; i < 4; ++i) c += (int)(i8)(a >> (8*i)) * (int)(i8)(b >> (8*i)); return c; }
 // The kernels' own definitions, cut from the .cu files by the test.
@@ -113,11 +129,34 @@ int check(const char* name, int type_id) {
     printf("%-5s rows %d cols %d: worst |diff|/sum|terms| %.2e %s\n", name, rows, cols, worst, bad ? "FAIL" : "ok");
     return bad != 0;
 }
+// The prefill conversion of Q4_K / Q5_K rows to f16 (dequant_k4_f16), run
+// as one warp lane by lane, against the dequantized weights rounded to f16.
+int check_k4(const char* name, bool q5) {
+    std::string base = std::string(DATA_DIR) + "/" + name;
+    int rows, cols; { std::ifstream f(base + ".shape"); f >> rows >> cols; }
+    std::ifstream fr(base + ".raw", std::ios::binary); std::vector<u8> raw((std::istreambuf_iterator<char>(fr)), {});
+    std::ifstream ff(base + ".f32", std::ios::binary); std::vector<char> fb((std::istreambuf_iterator<char>(ff)), {});
+    const float* deq = (const float*)fb.data();
+    size_t n_blocks = (size_t)rows * cols / 256;
+    std::vector<u16> out(n_blocks * 256, 0xFFFF);
+    for (int lane = 0; lane < 32; ++lane) {
+        blockIdx.x = 0; threadIdx.x = lane; blockDim.x = 32; gridDim.x = 1;
+        if (q5) dequant_k4_f16<true>(raw.data(), out.data(), n_blocks);
+        else dequant_k4_f16<false>(raw.data(), out.data(), n_blocks);
+    }
+    int bad = 0;
+    for (size_t i = 0; i < out.size(); ++i)
+        if (out[i] != float_to_half(deq[i])) { if (bad < 3) printf("%s f16 element %zu: got %04x want %04x\n", name, i, out[i], float_to_half(deq[i])); ++bad; }
+    printf("%-5s prefill conversion to f16: %s\n", name, bad ? "FAIL" : "ok");
+    return bad != 0;
+}
+
 int main() {
     int f = 0;
     f += check<TQ4_0>("q4_0", T_Q4_0); f += check<TQ4_1>("q4_1", T_Q4_1); f += check<TQ5_0>("q5_0", T_Q5_0);
     f += check<TQ5_1>("q5_1", T_Q5_1); f += check<TQ8_0>("q8_0", T_Q8_0); f += check<TQ2_K>("q2_k", T_Q2_K);
     f += check<TQ3_K>("q3_k", T_Q3_K); f += check<TQ5_K>("q5_k", T_Q5_K); f += check<TIQ4_NL>("iq4_nl", T_IQ4_NL);
     f += check<TIQ4_XS>("iq4_xs", T_IQ4_XS); f += check<TMXFP4>("mxfp4", T_MXFP4);
+    f += check_k4("q4_k", false); f += check_k4("q5_k", true);
     return f;
 }

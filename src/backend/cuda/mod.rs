@@ -85,6 +85,7 @@ struct Kernels {
     /// Prefill conversions at memory speed (whole k-quant matrices, 4-wide
     /// activations, SwiGLU that also writes the down projection's f16 input).
     dequant_q4k_f16: CudaFunction,
+    dequant_q5k_f16: CudaFunction,
     dequant_q6k_f16: CudaFunction,
     f32_to_f16_x4: CudaFunction,
     swiglu_f16_x4: CudaFunction,
@@ -552,6 +553,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             dequant_f16: f("dequant_f16")?,
             dequant8_f16: f("dequant8_f16")?,
             dequant_q4k_f16: f("dequant_q4k_f16")?,
+            dequant_q5k_f16: f("dequant_q5k_f16")?,
             dequant_q6k_f16: f("dequant_q6k_f16")?,
             f32_to_f16_x4: f("f32_to_f16_x4")?,
             swiglu_f16_x4: f("swiglu_f16_x4")?,
@@ -1279,14 +1281,16 @@ impl CudaBackend {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The whole of `w` as f16 into `out`. Q4_K and Q6_K matrices (nearly all
-    /// of a Q4_K_M model's bytes) take kernels that decode a superblock per
-    /// warp at memory speed; other types the 8-element one.
+    /// The whole of `w` as f16 into `out`. Q4_K, Q5_K and Q6_K matrices
+    /// (nearly all of a Q4_K_M or Q5_K_M model's bytes) take kernels that
+    /// decode a superblock per warp at memory speed; other types the
+    /// 8-element one.
     fn dequantize_f16(&self, w: &CudaWeight, out: &mut CudaSlice<f16>) -> Result<(), BackendError> {
         let (rows, cols) = (w.rows, w.cols);
         let elems = rows * cols;
         let superblocks = match w.ty {
             GgmlType::Q4_K if w.ptr.is_multiple_of(16) => Some(&self.k.dequant_q4k_f16),
+            GgmlType::Q5_K if w.ptr.is_multiple_of(16) => Some(&self.k.dequant_q5k_f16),
             GgmlType::Q6_K if w.ptr.is_multiple_of(2) => Some(&self.k.dequant_q6k_f16),
             _ => None,
         };

@@ -2635,21 +2635,26 @@ extern "C" __global__ void rms_norm_q8(const float* x, const float* w, float* ou
 // sub-block i / 4 (one scale and minimum) and in 8 consecutive bytes of qs.
 // Each warp takes 4 consecutive superblocks and issues their loads first.
 // Blocks are 144 bytes: the matrix must start 16-byte aligned.
-extern "C" __global__ void __launch_bounds__(256) dequant_q4k_f16(const u8* w, u16* out, size_t n_blocks) {
-    constexpr int U = 4;
+// Q4_K and Q5_K superblocks to f16, a warp per superblock: lane s·4 + j
+// (sub-block s = 2c + half) writes elements 64c + 32·half + 8j .. + 8 from 8
+// bytes of qs (and, for Q5_K, their fifth bits: bit s of 8 qh bytes).
+template <bool Q5>
+__device__ __forceinline__ void dequant_k4_f16(const u8* w, u16* out, size_t n_blocks) {
+    constexpr int U = 4, BYTES = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
     int lane = threadIdx.x % 32;
     size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
     size_t n_warps = (size_t)gridDim.x * blockDim.x / 32;
     int c = lane / 8, half = (lane % 8) / 4, l = (lane % 4) * 8, s = lane / 4;
     for (size_t b0 = warp * U; b0 < n_blocks; b0 += n_warps * U) {
         uint4 hdr[U];
-        uint2 qs[U];
+        uint2 qs[U], qh[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             if (b0 + u < n_blocks) {
-                const u8* blk = w + (b0 + u) * 144;
+                const u8* blk = w + (b0 + u) * BYTES;
                 hdr[u] = *(const uint4*)blk;
-                qs[u] = *(const uint2*)(blk + 16 + 32 * c + l);
+                qs[u] = *(const uint2*)(blk + QS + 32 * c + l);
+                if (Q5) qh[u] = *(const uint2*)(blk + 16 + l);
             }
         }
 #pragma unroll
@@ -2660,12 +2665,16 @@ extern "C" __global__ void __launch_bounds__(256) dequant_q4k_f16(const u8* w, u
                 // As dequant8: d·sc·q − dmin·m, rounded to f16.
                 float d = half_to_float((u16)(hdr[u].x & 0xFFFF)) * (float)sc;
                 float m = half_to_float((u16)(hdr[u].x >> 16)) * (float)mn;
-                u32 lo = qs[u].x >> (4 * half), hi = qs[u].y >> (4 * half);
+                u32 lo = (qs[u].x >> (4 * half)) & 0x0F0F0F0Fu, hi = (qs[u].y >> (4 * half)) & 0x0F0F0F0Fu;
+                if (Q5) {
+                    lo |= ((qh[u].x >> s) & 0x01010101u) << 4;
+                    hi |= ((qh[u].y >> s) & 0x01010101u) << 4;
+                }
                 float v[8];
 #pragma unroll
                 for (int k = 0; k < 4; ++k) {
-                    v[k] = d * (float)((lo >> (8 * k)) & 0xF) - m;
-                    v[4 + k] = d * (float)((hi >> (8 * k)) & 0xF) - m;
+                    v[k] = d * (float)((lo >> (8 * k)) & 0xFF) - m;
+                    v[4 + k] = d * (float)((hi >> (8 * k)) & 0xFF) - m;
                 }
                 uint4 packed;
                 packed.x = (u32)float_to_half(v[0]) | ((u32)float_to_half(v[1]) << 16);
@@ -2676,6 +2685,14 @@ extern "C" __global__ void __launch_bounds__(256) dequant_q4k_f16(const u8* w, u
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) dequant_q4k_f16(const u8* w, u16* out, size_t n_blocks) {
+    dequant_k4_f16<false>(w, out, n_blocks);
+}
+
+extern "C" __global__ void __launch_bounds__(256) dequant_q5k_f16(const u8* w, u16* out, size_t n_blocks) {
+    dequant_k4_f16<true>(w, out, n_blocks);
 }
 
 // Q6_K: 210-byte blocks are only 2-byte aligned, so each warp first copies its
