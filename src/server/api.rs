@@ -101,7 +101,11 @@ pub struct Common {
     pub seed: Option<i64>,
     pub stop: Option<Stop>,
     pub n: Option<i64>,
+    /// Chat: `true` for the chosen tokens' log-probabilities; completions:
+    /// how many alternatives per token (0-5).
     pub logprobs: Option<serde_json::Value>,
+    /// Chat: alternatives per token (0-20), with `logprobs: true`.
+    pub top_logprobs: Option<i64>,
     pub best_of: Option<i64>,
 }
 
@@ -172,6 +176,9 @@ pub struct Params {
     pub max_tokens: Option<usize>,
     pub sampling: SamplerConfig,
     pub stop: Vec<String>,
+    /// Log-probabilities of the chosen tokens with this many alternatives
+    /// each (`None`: not asked for).
+    pub logprobs: Option<usize>,
 }
 
 fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
@@ -199,12 +206,6 @@ impl Common {
             && b != 1
         {
             return Err(ApiError::invalid("best_of is not supported").param("best_of"));
-        }
-        match &self.logprobs {
-            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => {}
-            Some(_) => {
-                return Err(ApiError::invalid("logprobs are not supported").param("logprobs"));
-            }
         }
         in_range(self.temperature, 0.0, 2.0, "temperature")?;
         in_range(self.top_p, 0.0, 1.0, "top_p")?;
@@ -263,7 +264,56 @@ impl Common {
             max_tokens,
             sampling,
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            logprobs: None,
         })
+    }
+
+    /// What the request asks of log-probabilities, as the two endpoints
+    /// spell it: chat `logprobs: true` with `top_logprobs` 0-20, completions
+    /// `logprobs` 0-5.
+    pub fn logprobs(&self, chat: bool) -> Result<Option<usize>, ApiError> {
+        use serde_json::Value;
+        let top = self.top_logprobs;
+        if chat {
+            let on = match &self.logprobs {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(v) => {
+                    return Err(ApiError::invalid(format!(
+                        "logprobs must be true or false in a chat request, got {v} (top_logprobs gives the alternatives)"
+                    ))
+                    .param("logprobs"));
+                }
+            };
+            return match top {
+                Some(k) if !(0..=20).contains(&k) => Err(ApiError::invalid(format!(
+                    "top_logprobs must be between 0 and 20, got {k}"
+                ))
+                .param("top_logprobs")),
+                Some(k) if k > 0 && !on => {
+                    Err(ApiError::invalid("top_logprobs needs logprobs: true")
+                        .param("top_logprobs"))
+                }
+                _ if on => Ok(Some(top.unwrap_or(0) as usize)),
+                _ => Ok(None),
+            };
+        }
+        if top.is_some() {
+            return Err(ApiError::invalid(
+                "top_logprobs is a chat field; completions take logprobs: N (0-5)",
+            )
+            .param("top_logprobs"));
+        }
+        match &self.logprobs {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|k| k <= 5) => {
+                Ok(n.as_u64().map(|k| k as usize))
+            }
+            Some(v) => Err(ApiError::invalid(format!(
+                "logprobs must be an integer between 0 and 5 in a completions request, got {v}"
+            ))
+            .param("logprobs")),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use api::{ApiError, Params};
 use metrics::Metrics;
-use scheduler::{Admission, Event, Job};
+use scheduler::{Admission, Alternative, Event, Job, TokenLogprob};
 
 pub use scheduler::{EngineConfig, run_engine};
 
@@ -366,7 +366,8 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
     let req: api::ChatRequest = api::parse(bytes)?;
     let conversation = req.conversation()?;
     let (id, seed) = state.fresh();
-    let params = req.common.params(req.max_completion_tokens, seed)?;
+    let mut params = req.common.params(req.max_completion_tokens, seed)?;
+    params.logprobs = req.common.logprobs(true)?;
     let template = state
         .template
         .as_ref()
@@ -408,7 +409,8 @@ fn completion_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiErr
         }
     };
     let (id, seed) = state.fresh();
-    let params = req.common.params(None, seed)?;
+    let mut params = req.common.params(None, seed)?;
+    params.logprobs = req.common.logprobs(false)?;
     Ok((prompt, params, format!("cmpl-{id}")))
 }
 
@@ -416,6 +418,39 @@ fn completion_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiErr
 enum Kind {
     Chat,
     Completion,
+}
+
+/// Log-probabilities as each endpoint returns them: chat `{"content": [{token,
+/// logprob, bytes, top_logprobs}]}`, completions `{tokens, token_logprobs,
+/// top_logprobs, text_offset}` (`offset`: where these tokens' text starts in
+/// the completion).
+fn logprobs_json(kind: Kind, lp: &[TokenLogprob], offset: usize) -> serde_json::Value {
+    let alt = |a: &Alternative| json!({"token": a.text(), "logprob": a.logprob, "bytes": a.bytes});
+    match kind {
+        Kind::Chat => json!({
+            "content": lp.iter().map(|t| {
+                let mut e = alt(&t.token);
+                e["top_logprobs"] = t.top.iter().map(alt).collect();
+                e
+            }).collect::<Vec<_>>(),
+        }),
+        Kind::Completion => {
+            let mut at = offset;
+            let mut text_offset = Vec::with_capacity(lp.len());
+            for t in lp {
+                text_offset.push(at);
+                at += t.token.bytes.len();
+            }
+            json!({
+                "tokens": lp.iter().map(|t| t.token.text()).collect::<Vec<_>>(),
+                "token_logprobs": lp.iter().map(|t| t.token.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lp.iter().map(|t| {
+                    t.top.iter().map(|a| (a.text(), json!(a.logprob))).collect::<serde_json::Map<_, _>>()
+                }).collect::<Vec<_>>(),
+                "text_offset": text_offset,
+            })
+        }
+    }
 }
 
 /// Check the lengths, queue the job, and answer (in one piece or streamed).
@@ -479,9 +514,11 @@ async fn generate(
         max_tokens,
         sampling: params.sampling,
         stop: params.stop,
+        logprobs: params.logprobs,
         events: tx,
         ticket,
     };
+    let with_logprobs = params.logprobs.is_some();
     if state.jobs.send(job).is_err() {
         Metrics::add(&state.metrics.requests_failed, 1);
         return ApiError::new(
@@ -496,9 +533,13 @@ async fn generate(
 
     if !params.stream {
         let mut text = String::new();
+        let mut lps = Vec::new();
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Text(t) => text.push_str(&t),
+                Event::Text(t, lp) => {
+                    text.push_str(&t);
+                    lps.extend(lp);
+                }
                 Event::Failed(m) => {
                     return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m)
                         .into_response();
@@ -509,17 +550,18 @@ async fn generate(
                     completion_tokens,
                 } => {
                     let usage = usage(prompt_tokens, completion_tokens);
+                    let lp = with_logprobs.then(|| logprobs_json(kind, &lps, 0));
                     let choice = match kind {
                         Kind::Chat => json!({
                             "index": 0,
                             "message": {"role": "assistant", "content": text},
-                            "logprobs": null,
+                            "logprobs": lp,
                             "finish_reason": finish.as_str(),
                         }),
                         Kind::Completion => json!({
                             "index": 0,
                             "text": text,
-                            "logprobs": null,
+                            "logprobs": lp,
                             "finish_reason": finish.as_str(),
                         }),
                     };
@@ -558,20 +600,29 @@ async fn generate(
         }
         SseEvent::default().data(c.to_string())
     };
-    let piece = move |text: Option<&str>, finish: Option<&str>| match kind {
-        Kind::Chat => json!({
-            "index": 0,
-            "delta": match text { Some(t) => json!({"content": t}), None => json!({}) },
-            "logprobs": null,
-            "finish_reason": finish,
-        }),
-        Kind::Completion => json!({
-            "index": 0,
-            "text": text.unwrap_or(""),
-            "logprobs": null,
-            "finish_reason": finish,
-        }),
-    };
+    // `lp`: the piece's tokens' log-probabilities, and where its text starts
+    // in the whole completion.
+    let piece =
+        move |text: Option<&str>, finish: Option<&str>, lp: Option<(&[TokenLogprob], usize)>| {
+            let lp = match lp {
+                Some((lp, offset)) if with_logprobs => logprobs_json(kind, lp, offset),
+                _ => serde_json::Value::Null,
+            };
+            match kind {
+                Kind::Chat => json!({
+                    "index": 0,
+                    "delta": match text { Some(t) => json!({"content": t}), None => json!({}) },
+                    "logprobs": lp,
+                    "finish_reason": finish,
+                }),
+                Kind::Completion => json!({
+                    "index": 0,
+                    "text": text.unwrap_or(""),
+                    "logprobs": lp,
+                    "finish_reason": finish,
+                }),
+            }
+        };
     let include_usage = params.include_usage;
     let mut first: Vec<SseEvent> = Vec::new();
     if kind == Kind::Chat {
@@ -581,27 +632,30 @@ async fn generate(
         ));
     }
     let stream = futures_util::stream::unfold(
-        (rx, std::collections::VecDeque::from(first), false),
-        move |(mut rx, mut pending, mut done)| {
+        (rx, std::collections::VecDeque::from(first), false, 0usize),
+        move |(mut rx, mut pending, mut done, mut offset)| {
             let chunk = chunk.clone();
             async move {
                 loop {
                     if let Some(e) = pending.pop_front() {
-                        return Some((Ok::<_, Infallible>(e), (rx, pending, done)));
+                        return Some((Ok::<_, Infallible>(e), (rx, pending, done, offset)));
                     }
                     if done {
                         return None;
                     }
                     match rx.recv().await {
-                        Some(Event::Text(t)) => {
-                            pending.push_back(chunk(piece(Some(&t), None), None))
+                        Some(Event::Text(t, lp)) => {
+                            pending
+                                .push_back(chunk(piece(Some(&t), None, Some((&lp, offset))), None));
+                            offset += t.len();
                         }
                         Some(Event::Done {
                             finish,
                             prompt_tokens,
                             completion_tokens,
                         }) => {
-                            pending.push_back(chunk(piece(None, Some(finish.as_str())), None));
+                            pending
+                                .push_back(chunk(piece(None, Some(finish.as_str()), None), None));
                             if include_usage {
                                 pending.push_back(chunk(
                                     serde_json::Value::Null,

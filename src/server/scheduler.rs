@@ -37,11 +37,69 @@ impl Finish {
     }
 }
 
+/// A generated token's log-probability under the model (the log-softmax of
+/// its logits, before sampling settings), with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: Alternative,
+    /// The `k` most likely tokens, most likely first.
+    pub top: Vec<Alternative>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alternative {
+    pub id: u32,
+    /// The token's bytes (control tokens: their text).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+impl Alternative {
+    /// The token's text (bytes that are not whole UTF-8 shown as U+FFFD).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// `token`'s log-probability in `logits`, and the `k` most likely tokens'.
+pub fn token_logprob(logits: &[f32], token: u32, k: usize, tok: &Tokenizer) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let alt = |id: u32| {
+        let mut bytes = Vec::new();
+        let _ = tok.token_bytes(id, true, &mut bytes);
+        Alternative {
+            id,
+            bytes,
+            logprob: logits[id as usize] - lse,
+        }
+    };
+    // The k largest by one pass keeping a sorted list (k ≤ 20).
+    let mut best: Vec<u32> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == k && l <= logits[best[k - 1] as usize] {
+                continue;
+            }
+            let at = best.partition_point(|&b| logits[b as usize] >= l);
+            best.insert(at, i as u32);
+            best.truncate(k);
+        }
+    }
+    TokenLogprob {
+        token: alt(token),
+        top: best.into_iter().map(alt).collect(),
+    }
+}
+
 /// What the engine tells a request's handler.
 #[derive(Debug)]
 pub enum Event {
-    /// More generated text (complete UTF-8, stop strings withheld).
-    Text(String),
+    /// More generated text (complete UTF-8, stop strings withheld), and the
+    /// log-probabilities of the tokens generated since the last text, when
+    /// the request asked for them.
+    Text(String, Vec<TokenLogprob>),
     Done {
         finish: Finish,
         prompt_tokens: usize,
@@ -57,6 +115,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampling: SamplerConfig,
     pub stop: Vec<String>,
+    /// Log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
     /// Holds the request's place in the admission count until dropped.
     pub ticket: Ticket,
@@ -120,6 +180,8 @@ struct Slot<'t> {
     /// Text generated so far and how much of it was sent.
     text: String,
     sent: usize,
+    /// Log-probabilities of tokens whose text is not sent yet.
+    logprobs: Vec<TokenLogprob>,
     started: Instant,
 }
 
@@ -150,12 +212,22 @@ impl Slot<'_> {
                 }
             }
         }
-        if end > self.sent {
-            let piece = self.text[self.sent..end].to_string();
-            self.sent = end;
-            return self.send(Event::Text(piece));
+        if end > self.sent || (all && !self.logprobs.is_empty()) {
+            let piece = self.text[self.sent..end.max(self.sent)].to_string();
+            self.sent = end.max(self.sent);
+            let lp = std::mem::take(&mut self.logprobs);
+            return self.send(Event::Text(piece, lp));
         }
         true
+    }
+
+    /// Note the chosen token's log-probability, where the request asked.
+    fn note_logprob(&mut self, logits: &[f32], token: u32, tok: &Tokenizer) {
+        if let Some(k) = self.job.logprobs
+            && !tok.is_eog(token)
+        {
+            self.logprobs.push(token_logprob(logits, token, k, tok));
+        }
     }
 
     fn finish(&mut self, finish: Finish) -> Outcome {
@@ -323,6 +395,7 @@ pub fn run_engine(
                     next: None,
                     text: String::new(),
                     sent: 0,
+                    logprobs: Vec::new(),
                     started: Instant::now(),
                 });
             }
@@ -354,6 +427,7 @@ pub fn run_engine(
                     slot.prefilled = chunk.end;
                     if chunk.end == len {
                         let token = slot.sampler.sample(&logits);
+                        slot.note_logprob(&logits, token, tok);
                         Metrics::add(&metrics.generated_tokens, 1);
                         let room = session.len(i) < cfg.n_ctx;
                         let outcome = slot.accept(token, tok, room);
@@ -402,7 +476,9 @@ pub fn run_engine(
         let vocab = logits.len() / ready.len();
         for (k, &i) in ready.iter().enumerate() {
             let slot = slots[i].as_mut().expect("ready");
-            let token = slot.sampler.sample(&logits[k * vocab..(k + 1) * vocab]);
+            let row = &logits[k * vocab..(k + 1) * vocab];
+            let token = slot.sampler.sample(row);
+            slot.note_logprob(row, token, tok);
             Metrics::add(&metrics.generated_tokens, 1);
             let room = session.len(i) < cfg.n_ctx;
             let outcome = slot.accept(token, tok, room);
@@ -454,6 +530,37 @@ mod tests {
         }
     }
 
+    /// Log-probabilities are the log-softmax of the logits; the alternatives
+    /// are the k most likely, most likely first.
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_most_likely_alternatives() {
+        let path = std::env::temp_dir().join(format!("ferry-lp-{}.gguf", std::process::id()));
+        let mut meta = crate::tokenizer::synthetic::metadata(300).unwrap();
+        meta.push((
+            "general.architecture".into(),
+            crate::gguf::Value::String("llama".into()),
+        ));
+        crate::gguf::write_gguf(&path, &meta, &[]).unwrap();
+        let tok = crate::tokenizer::Tokenizer::from_gguf(&crate::gguf::Gguf::open(&path).unwrap())
+            .unwrap();
+        std::fs::remove_file(&path).ok();
+        let logits: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 / 10.0).collect();
+        let lp = token_logprob(&logits, 5, 4, &tok);
+        let total: f64 = logits
+            .iter()
+            .map(|&l| ((l - logits[5] + lp.token.logprob) as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        assert_eq!(lp.token.id, 5);
+        assert_eq!(lp.top.len(), 4);
+        let mut order: Vec<u32> = (0..300).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        let want: Vec<u32> = order[..4].to_vec();
+        assert_eq!(lp.top.iter().map(|a| a.id).collect::<Vec<_>>(), want);
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(token_logprob(&logits, 5, 0, &tok).top.is_empty());
+    }
+
     #[test]
     fn a_panic_fails_its_request_and_the_engine_goes_on() {
         let path = std::env::temp_dir().join(format!("ferry-flaky-{}.gguf", std::process::id()));
@@ -476,6 +583,7 @@ mod tests {
                 max_tokens: 2,
                 sampling: SamplerConfig::greedy(),
                 stop: vec![],
+                logprobs: None,
                 events,
                 ticket: admission.try_admit().unwrap(),
             })

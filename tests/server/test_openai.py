@@ -251,6 +251,57 @@ class ServerTests(unittest.TestCase):
         with self.assertRaises(openai.BadRequestError):
             self.client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=3)
 
+    def test_logprobs(self):
+        # Chat: the chosen token's log-probability and its alternatives; at
+        # temperature 0 the chosen token is the most likely one.
+        r = self.client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Name a colour."}],
+            max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+        content = r.choices[0].logprobs.content
+        self.assertGreater(len(content), 0)
+        self.assertEqual("".join(t.token for t in content), r.choices[0].message.content)
+        for t in content:
+            self.assertLessEqual(t.logprob, 0.0)
+            self.assertEqual(len(t.top_logprobs), 3)
+            self.assertEqual(t.top_logprobs[0].token, t.token)
+            self.assertAlmostEqual(t.top_logprobs[0].logprob, t.logprob, places=5)
+            lps = [a.logprob for a in t.top_logprobs]
+            self.assertEqual(lps, sorted(lps, reverse=True))
+            self.assertEqual(bytes(t.bytes).decode("utf-8", "replace"), t.token)
+        # Streamed: the same tokens and values, piece by piece.
+        streamed = []
+        for c in self.client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Name a colour."}],
+                max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True):
+            if c.choices and c.choices[0].logprobs:
+                streamed.extend(c.choices[0].logprobs.content)
+        self.assertEqual([(t.token, round(t.logprob, 5)) for t in streamed],
+                         [(t.token, round(t.logprob, 5)) for t in content])
+        # Without the field: null.
+        self.assertIsNone(self.chat("hi", max_tokens=2).choices[0].logprobs)
+        # Completions: the legacy shape.
+        r = self.client.completions.create(model="m", prompt="The capital of France is", max_tokens=5,
+                                           temperature=0, logprobs=2)
+        lp = r.choices[0].logprobs
+        self.assertEqual(len(lp.tokens), len(lp.token_logprobs))
+        self.assertEqual(len(lp.top_logprobs), len(lp.tokens))
+        self.assertEqual("".join(lp.tokens), r.choices[0].text)
+        self.assertEqual(lp.text_offset[0], 0)
+        for tok, l, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+            self.assertEqual(len(top), 2)
+            self.assertAlmostEqual(max(top.values()), l, places=5)
+        # Out of range or misplaced: 400 naming the field.
+        raw = self.server.raw
+        msgs = [{"role": "user", "content": "x"}]
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "logprobs": True, "top_logprobs": 21})
+        self.assert_error(status, body, 400, param="top_logprobs")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "top_logprobs": 2})
+        self.assert_error(status, body, 400, param="top_logprobs")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "logprobs": 3})
+        self.assert_error(status, body, 400, param="logprobs")
+        status, _, body = raw("POST", "/v1/completions", {"prompt": "x", "logprobs": 6})
+        self.assert_error(status, body, 400, param="logprobs")
+
     def test_concurrent_greedy_equals_sequential(self):
         def ask(p):
             r = self.client.completions.create(model="m", prompt=p, max_tokens=24, temperature=0)
