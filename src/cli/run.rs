@@ -162,7 +162,7 @@ pub(crate) fn converse(
             &tok,
             &template,
             &messages,
-            true,
+            &ferry::tokenizer::RenderOptions::generation(true),
             args.content_special,
         )?;
         if prompt.len() >= n_ctx {

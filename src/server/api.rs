@@ -134,6 +134,9 @@ pub struct ChatRequest {
     pub messages: Vec<MessageIn>,
     pub max_completion_tokens: Option<i64>,
     pub tools: Option<serde_json::Value>,
+    /// Variables for the chat template (vLLM's and llama.cpp's extension);
+    /// ferry passes `enable_thinking`.
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -179,6 +182,8 @@ pub struct Params {
     /// Log-probabilities of the chosen tokens with this many alternatives
     /// each (`None`: not asked for).
     pub logprobs: Option<usize>,
+    /// Chat with a thinking model: splits reasoning from the answer.
+    pub reasoning: Option<super::reasoning::ReasoningSplit>,
 }
 
 fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
@@ -265,6 +270,7 @@ impl Common {
             sampling,
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
             logprobs: None,
+            reasoning: None,
         })
     }
 
@@ -318,6 +324,31 @@ impl Common {
 }
 
 impl ChatRequest {
+    /// `chat_template_kwargs.enable_thinking`, for templates with a thinking
+    /// switch (Qwen3's); other variables are refused by name.
+    pub fn enable_thinking(&self) -> Result<Option<bool>, ApiError> {
+        let Some(kw) = &self.chat_template_kwargs else {
+            return Ok(None);
+        };
+        let mut on = None;
+        for (k, v) in kw {
+            match (k.as_str(), v) {
+                ("enable_thinking", serde_json::Value::Bool(b)) => on = Some(*b),
+                ("enable_thinking", _) => {
+                    return Err(ApiError::invalid("enable_thinking must be true or false")
+                        .param("chat_template_kwargs"));
+                }
+                (other, _) => {
+                    return Err(ApiError::invalid(format!(
+                        "chat_template_kwargs.{other} is not supported (ferry passes enable_thinking)"
+                    ))
+                    .param("chat_template_kwargs"));
+                }
+            }
+        }
+        Ok(on)
+    }
+
     /// The conversation as the chat template takes it.
     pub fn conversation(&self) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {

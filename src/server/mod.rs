@@ -10,6 +10,7 @@
 pub mod api;
 pub mod conn;
 pub mod metrics;
+pub mod reasoning;
 pub mod scheduler;
 
 use std::convert::Infallible;
@@ -372,25 +373,26 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
         .template
         .as_ref()
         .ok_or_else(|| ApiError::invalid("the model has no chat template; use /v1/completions"))?;
-    let prompt = encode_chat_request(state, template, &conversation)?;
-    Ok((prompt, params, format!("chatcmpl-{id}")))
-}
-
-/// The conversation's prompt tokens, message content as text (see
-/// `encode_conversation`), unless the server parses control tokens in it.
-fn encode_chat_request(
-    state: &AppState,
-    template: &ChatTemplate,
-    conversation: &[crate::tokenizer::ChatMessage],
-) -> Result<Vec<u32>, ApiError> {
-    crate::tokenizer::encode_conversation_with(
+    let opts = crate::tokenizer::RenderOptions {
+        add_generation_prompt: true,
+        enable_thinking: req.enable_thinking()?,
+    };
+    let prompt = crate::tokenizer::encode_conversation_with(
         &state.tok,
         template,
-        conversation,
-        true,
+        &conversation,
+        &opts,
         state.content_special,
     )
-    .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))
+    .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
+    // Models that think get their reasoning apart from the answer.
+    if let Some((open, close)) = reasoning::ReasoningSplit::markers(&state.tok) {
+        let text = template
+            .render_opts(&conversation, &opts)
+            .map_err(|e| ApiError::invalid(format!("{e}")).param("messages"))?;
+        params.reasoning = Some(reasoning::ReasoningSplit::new(open, close, &text));
+    }
+    Ok((prompt, params, format!("chatcmpl-{id}")))
 }
 
 fn completion_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
@@ -519,6 +521,7 @@ async fn generate(
         ticket,
     };
     let with_logprobs = params.logprobs.is_some();
+    let mut reasoning = params.reasoning.clone();
     if state.jobs.send(job).is_err() {
         Metrics::add(&state.metrics.requests_failed, 1);
         return ApiError::new(
@@ -551,10 +554,19 @@ async fn generate(
                 } => {
                     let usage = usage(prompt_tokens, completion_tokens);
                     let lp = with_logprobs.then(|| logprobs_json(kind, &lps, 0));
+                    let mut message = json!({"role": "assistant", "content": text});
+                    if let Some(split) = &mut reasoning {
+                        let (a, b) = (split.push(&text), split.finish());
+                        message["content"] = json!(a.content + &b.content);
+                        let thought = a.reasoning + &b.reasoning;
+                        if !thought.is_empty() {
+                            message["reasoning_content"] = json!(thought);
+                        }
+                    }
                     let choice = match kind {
                         Kind::Chat => json!({
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
+                            "message": message,
                             "logprobs": lp,
                             "finish_reason": finish.as_str(),
                         }),
@@ -631,29 +643,66 @@ async fn generate(
             None,
         ));
     }
+    // Reasoning text goes out as `delta.reasoning_content`.
+    let thought = move |r: &str| json!({"index": 0, "delta": {"reasoning_content": r}, "logprobs": null, "finish_reason": null});
     let stream = futures_util::stream::unfold(
-        (rx, std::collections::VecDeque::from(first), false, 0usize),
-        move |(mut rx, mut pending, mut done, mut offset)| {
+        (
+            rx,
+            std::collections::VecDeque::from(first),
+            false,
+            0usize,
+            reasoning,
+        ),
+        move |(mut rx, mut pending, mut done, mut offset, mut reasoning)| {
             let chunk = chunk.clone();
             async move {
                 loop {
                     if let Some(e) = pending.pop_front() {
-                        return Some((Ok::<_, Infallible>(e), (rx, pending, done, offset)));
+                        return Some((
+                            Ok::<_, Infallible>(e),
+                            (rx, pending, done, offset, reasoning),
+                        ));
                     }
                     if done {
                         return None;
                     }
                     match rx.recv().await {
                         Some(Event::Text(t, lp)) => {
-                            pending
-                                .push_back(chunk(piece(Some(&t), None, Some((&lp, offset))), None));
-                            offset += t.len();
+                            let text = match &mut reasoning {
+                                Some(split) => {
+                                    let s = split.push(&t);
+                                    if !s.reasoning.is_empty() {
+                                        pending.push_back(chunk(thought(&s.reasoning), None));
+                                    }
+                                    s.content
+                                }
+                                None => t,
+                            };
+                            if !text.is_empty() || !lp.is_empty() {
+                                pending.push_back(chunk(
+                                    piece(Some(&text), None, Some((&lp, offset))),
+                                    None,
+                                ));
+                            }
+                            offset += text.len();
                         }
                         Some(Event::Done {
                             finish,
                             prompt_tokens,
                             completion_tokens,
                         }) => {
+                            if let Some(split) = &mut reasoning {
+                                let s = split.finish();
+                                if !s.reasoning.is_empty() {
+                                    pending.push_back(chunk(thought(&s.reasoning), None));
+                                }
+                                if !s.content.is_empty() {
+                                    pending.push_back(chunk(
+                                        piece(Some(&s.content), None, None),
+                                        None,
+                                    ));
+                                }
+                            }
                             pending
                                 .push_back(chunk(piece(None, Some(finish.as_str()), None), None));
                             if include_usage {

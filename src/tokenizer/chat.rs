@@ -54,7 +54,8 @@ pub fn encode_conversation(
     messages: &[ChatMessage],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ChatError> {
-    encode_conversation_with(tok, template, messages, add_generation_prompt, false)
+    let opts = RenderOptions::generation(add_generation_prompt);
+    encode_conversation_with(tok, template, messages, &opts, false)
 }
 
 /// `encode_conversation`, with `content_special` choosing llama.cpp's
@@ -63,10 +64,10 @@ pub fn encode_conversation_with(
     tok: &super::Tokenizer,
     template: &ChatTemplate,
     messages: &[ChatMessage],
-    add_generation_prompt: bool,
+    opts: &RenderOptions,
     content_special: bool,
 ) -> Result<Vec<u32>, ChatError> {
-    let text = template.render(messages, add_generation_prompt)?;
+    let text = template.render_opts(messages, opts)?;
     let risky = messages.iter().enumerate().find_map(|(i, m)| {
         tok.control_tokens_in(&m.content)
             .first()
@@ -77,9 +78,27 @@ pub fn encode_conversation_with(
         // the protected one.
         return Ok(tok.encode_chat(&text));
     };
-    match template.locate_content(messages, add_generation_prompt, &text)? {
+    match template.locate_content(messages, opts, &text)? {
         Some(ranges) => Ok(tok.encode_chat_protected(&text, &ranges)),
         None => Err(ChatError::ContentNotText { message, token }),
+    }
+}
+
+/// What a rendering asks of the template beyond the messages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RenderOptions {
+    pub add_generation_prompt: bool,
+    /// `enable_thinking` for templates that read it (Qwen3's); `None` leaves
+    /// the template's default.
+    pub enable_thinking: Option<bool>,
+}
+
+impl RenderOptions {
+    pub fn generation(add_generation_prompt: bool) -> Self {
+        RenderOptions {
+            add_generation_prompt,
+            enable_thinking: None,
+        }
     }
 }
 
@@ -181,6 +200,15 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_opts(messages, &RenderOptions::generation(add_generation_prompt))
+    }
+
+    /// `render` with the template variables a request may set.
+    pub fn render_opts(
+        &self,
+        messages: &[ChatMessage],
+        opts: &RenderOptions,
+    ) -> Result<String, ChatError> {
         let tmpl = self.env.get_template("chat").map_err(ChatError::Render)?;
         let messages: Vec<Value> = messages
             .iter()
@@ -188,13 +216,18 @@ impl ChatTemplate {
                 Value::from_pairs([("role", m.role.as_str()), ("content", m.content.as_str())])
             })
             .collect();
-        tmpl.render(context! {
+        let base = context! {
             messages => messages,
-            add_generation_prompt => add_generation_prompt,
+            add_generation_prompt => opts.add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-        })
-        .map_err(ChatError::Render)
+        };
+        let ctx = match opts.enable_thinking {
+            // Templates with a thinking switch (Qwen3's) read this variable.
+            Some(on) => context! { enable_thinking => on, ..base },
+            None => base,
+        };
+        tmpl.render(ctx).map_err(ChatError::Render)
     }
 
     /// The byte ranges of `text` (this template's rendering of `messages`)
@@ -206,7 +239,7 @@ impl ChatTemplate {
     pub fn locate_content(
         &self,
         messages: &[ChatMessage],
-        add_generation_prompt: bool,
+        opts: &RenderOptions,
         text: &str,
     ) -> Result<Option<Vec<std::ops::Range<usize>>>, ChatError> {
         if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
@@ -227,7 +260,7 @@ impl ChatTemplate {
                 )
             })
             .collect();
-        let rendered = self.render(&marked, add_generation_prompt)?;
+        let rendered = self.render_opts(&marked, opts)?;
         let (mut plain, mut ranges, mut open) = (String::with_capacity(text.len()), vec![], None);
         for c in rendered.chars() {
             match c {

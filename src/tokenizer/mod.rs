@@ -44,7 +44,9 @@ use std::ops::Range;
 
 use crate::gguf::{Gguf, Value};
 
-pub use chat::{ChatMessage, ChatTemplate, encode_conversation, encode_conversation_with};
+pub use chat::{
+    ChatMessage, ChatTemplate, RenderOptions, encode_conversation, encode_conversation_with,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

@@ -302,6 +302,19 @@ class ServerTests(unittest.TestCase):
         status, _, body = raw("POST", "/v1/completions", {"prompt": "x", "logprobs": 6})
         self.assert_error(status, body, 400, param="logprobs")
 
+    def test_chat_template_kwargs(self):
+        raw = self.server.raw
+        msgs = [{"role": "user", "content": "x"}]
+        # enable_thinking reaches the template (SmolLM2's ignores it).
+        status, _, body = raw("POST", "/v1/chat/completions",
+                              {"messages": msgs, "max_tokens": 2, "chat_template_kwargs": {"enable_thinking": False}})
+        self.assertEqual(status, 200, body)
+        # The model has no thinking markers: no reasoning_content.
+        self.assertNotIn("reasoning_content", json.loads(body)["choices"][0]["message"])
+        status, _, body = raw("POST", "/v1/chat/completions",
+                              {"messages": msgs, "chat_template_kwargs": {"tools_in_system": True}})
+        self.assert_error(status, body, 400, param="chat_template_kwargs")
+
     def test_concurrent_greedy_equals_sequential(self):
         def ask(p):
             r = self.client.completions.create(model="m", prompt=p, max_tokens=24, temperature=0)
