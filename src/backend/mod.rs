@@ -172,6 +172,17 @@ pub trait Backend {
     /// A KV cache for one layer: `n_seq` sequences of `n_ctx` positions.
     fn kv_cache(&self, cfg: &Config, n_ctx: usize, n_seq: usize) -> Result<Self::Kv, BackendError>;
 
+    /// Copy the first `len` positions of sequence `from`'s keys and values
+    /// to sequence `to` (choices of one request share their prompt's
+    /// prefill).
+    fn copy_kv(
+        &self,
+        kv: &mut Self::Kv,
+        from: usize,
+        to: usize,
+        len: usize,
+    ) -> Result<(), BackendError>;
+
     /// `out[i] = table[tokens[i]]`.
     fn embed(
         &self,

@@ -145,6 +145,13 @@ pub trait Engine {
     fn prefill(&mut self, seq: usize, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
     /// One token for each of `seqs`, in one batch; their logits, concatenated.
     fn decode(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+    /// Make sequence `to` a copy of sequence `from` (its cached positions),
+    /// so that choices of one request share one prefill. `Ok(false)` where
+    /// the engine cannot (the caller prefills `to` itself).
+    fn fork(&mut self, from: usize, to: usize) -> Result<bool, BackendError> {
+        let _ = (from, to);
+        Ok(false)
+    }
 }
 
 impl<B: Backend> Engine for Session<'_, B> {
@@ -165,6 +172,14 @@ impl<B: Backend> Engine for Session<'_, B> {
     }
     fn decode(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         Session::decode(self, seqs, tokens)
+    }
+    fn fork(&mut self, from: usize, to: usize) -> Result<bool, BackendError> {
+        let len = self.filled[from];
+        for kv in &mut self.kv {
+            self.backend.copy_kv(kv, from, to, len)?;
+        }
+        self.filled[to] = len;
+        Ok(true)
     }
 }
 

@@ -184,6 +184,8 @@ pub struct Params {
     pub logprobs: Option<usize>,
     /// Chat with a thinking model: splits reasoning from the answer.
     pub reasoning: Option<super::reasoning::ReasoningSplit>,
+    /// Choices to generate from the one prompt.
+    pub n: usize,
 }
 
 fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
@@ -199,14 +201,15 @@ fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), 
 impl Common {
     /// Check the fields; `seed` is used when the request gives none.
     pub fn params(&self, max_tokens_override: Option<i64>, seed: u64) -> Result<Params, ApiError> {
-        if let Some(n) = self.n
-            && n != 1
-        {
-            return Err(ApiError::invalid(format!(
-                "n = {n}: ferry returns one choice per request"
-            ))
-            .param("n"));
-        }
+        let n = match self.n {
+            None => 1,
+            Some(n) if (1..=128).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(
+                    ApiError::invalid(format!("n must be between 1 and 128, got {n}")).param("n"),
+                );
+            }
+        };
         if let Some(b) = self.best_of
             && b != 1
         {
@@ -271,6 +274,7 @@ impl Common {
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
             logprobs: None,
             reasoning: None,
+            n,
         })
     }
 
@@ -463,8 +467,11 @@ mod tests {
             Some("temperature")
         );
         let r: ChatRequest =
-            parse(br#"{"messages":[{"role":"user","content":"x"}],"n":2}"#).unwrap();
+            parse(br#"{"messages":[{"role":"user","content":"x"}],"n":0}"#).unwrap();
         assert_eq!(r.common.params(None, 0).unwrap_err().param, Some("n"));
+        let r: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"x"}],"n":3}"#).unwrap();
+        assert_eq!(r.common.params(None, 0).unwrap().n, 3);
         let r: ChatRequest = parse(br#"{"messages":[{"role":"wizard","content":"x"}]}"#).unwrap();
         assert!(r.conversation().is_err());
         let r: ChatRequest =

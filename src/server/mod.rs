@@ -496,6 +496,15 @@ async fn generate(
         Some(m) => m,
         None => room,
     };
+    if params.n > state.parallel {
+        return reject(
+            ApiError::invalid(format!(
+                "n = {} choices need as many parallel sequences; the server runs {} (--parallel)",
+                params.n, state.parallel
+            ))
+            .param("n"),
+        );
+    }
     let Some(ticket) = state.admission.try_admit() else {
         Metrics::add(&state.metrics.requests_rejected, 1);
         let mut e = ApiError::new(
@@ -510,6 +519,7 @@ async fn generate(
         e.retry_after = Some(1);
         return e.into_response();
     };
+    let n = params.n;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt,
@@ -517,11 +527,13 @@ async fn generate(
         sampling: params.sampling,
         stop: params.stop,
         logprobs: params.logprobs,
+        n,
         events: tx,
-        ticket,
+        ticket: Some(ticket),
     };
     let with_logprobs = params.logprobs.is_some();
-    let mut reasoning = params.reasoning.clone();
+    // One reasoning splitter per choice.
+    let mut reasoning: Vec<Option<reasoning::ReasoningSplit>> = vec![params.reasoning.clone(); n];
     if state.jobs.send(job).is_err() {
         Metrics::add(&state.metrics.requests_failed, 1);
         return ApiError::new(
@@ -535,13 +547,15 @@ async fn generate(
     let model = state.model_id.clone();
 
     if !params.stream {
-        let mut text = String::new();
-        let mut lps = Vec::new();
-        while let Some(ev) = rx.recv().await {
+        let mut texts = vec![String::new(); n];
+        let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+        let mut finishes = vec![None; n];
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        while let Some((c, ev)) = rx.recv().await {
             match ev {
                 Event::Text(t, lp) => {
-                    text.push_str(&t);
-                    lps.extend(lp);
+                    texts[c].push_str(&t);
+                    lps[c].extend(lp);
                 }
                 Event::Failed(m) => {
                     return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m)
@@ -549,44 +563,48 @@ async fn generate(
                 }
                 Event::Done {
                     finish,
-                    prompt_tokens,
-                    completion_tokens,
+                    prompt_tokens: p,
+                    completion_tokens: g,
                 } => {
-                    let usage = usage(prompt_tokens, completion_tokens);
-                    let lp = with_logprobs.then(|| logprobs_json(kind, &lps, 0));
-                    let mut message = json!({"role": "assistant", "content": text});
-                    if let Some(split) = &mut reasoning {
-                        let (a, b) = (split.push(&text), split.finish());
-                        message["content"] = json!(a.content + &b.content);
-                        let thought = a.reasoning + &b.reasoning;
-                        if !thought.is_empty() {
-                            message["reasoning_content"] = json!(thought);
-                        }
-                    }
-                    let choice = match kind {
-                        Kind::Chat => json!({
-                            "index": 0,
-                            "message": message,
-                            "logprobs": lp,
-                            "finish_reason": finish.as_str(),
-                        }),
-                        Kind::Completion => json!({
-                            "index": 0,
-                            "text": text,
-                            "logprobs": lp,
-                            "finish_reason": finish.as_str(),
-                        }),
-                    };
-                    return Json(json!({
-                        "id": id,
-                        "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-                        "created": created,
-                        "model": model,
-                        "choices": [choice],
-                        "usage": usage,
-                    }))
-                    .into_response();
+                    finishes[c] = Some(finish);
+                    prompt_tokens = p;
+                    completion_tokens += g;
                 }
+            }
+            if finishes.iter().all(Option::is_some) {
+                let choices: Vec<serde_json::Value> = (0..n)
+                    .map(|c| {
+                        let finish = finishes[c].map(|f| f.as_str());
+                        let lp = with_logprobs.then(|| logprobs_json(kind, &lps[c], 0));
+                        let text = &texts[c];
+                        match kind {
+                            Kind::Chat => {
+                                let mut message = json!({"role": "assistant", "content": text});
+                                if let Some(split) = &mut reasoning[c] {
+                                    let (a, b) = (split.push(text), split.finish());
+                                    message["content"] = json!(a.content + &b.content);
+                                    let thought = a.reasoning + &b.reasoning;
+                                    if !thought.is_empty() {
+                                        message["reasoning_content"] = json!(thought);
+                                    }
+                                }
+                                json!({"index": c, "message": message, "logprobs": lp, "finish_reason": finish})
+                            }
+                            Kind::Completion => {
+                                json!({"index": c, "text": text, "logprobs": lp, "finish_reason": finish})
+                            }
+                        }
+                    })
+                    .collect();
+                return Json(json!({
+                    "id": id,
+                    "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+                    "created": created,
+                    "model": model,
+                    "choices": choices,
+                    "usage": usage(prompt_tokens, completion_tokens),
+                }))
+                .into_response();
             }
         }
         return ApiError::new(
@@ -597,8 +615,8 @@ async fn generate(
         .into_response();
     }
 
-    // Streaming: one SSE event per piece of text, then the finish, usage (if
-    // asked for) and `[DONE]`.
+    // Streaming: one SSE event per piece of text (of each choice), then each
+    // choice's finish, usage (if asked for) and `[DONE]`.
     let chunk = move |choice: serde_json::Value, usage: Option<serde_json::Value>| {
         let mut c = json!({
             "id": id,
@@ -612,67 +630,76 @@ async fn generate(
         }
         SseEvent::default().data(c.to_string())
     };
-    // `lp`: the piece's tokens' log-probabilities, and where its text starts
-    // in the whole completion.
-    let piece =
-        move |text: Option<&str>, finish: Option<&str>, lp: Option<(&[TokenLogprob], usize)>| {
-            let lp = match lp {
-                Some((lp, offset)) if with_logprobs => logprobs_json(kind, lp, offset),
-                _ => serde_json::Value::Null,
-            };
-            match kind {
-                Kind::Chat => json!({
-                    "index": 0,
-                    "delta": match text { Some(t) => json!({"content": t}), None => json!({}) },
-                    "logprobs": lp,
-                    "finish_reason": finish,
-                }),
-                Kind::Completion => json!({
-                    "index": 0,
-                    "text": text.unwrap_or(""),
-                    "logprobs": lp,
-                    "finish_reason": finish,
-                }),
-            }
+    // Choice `c`'s piece; `lp`: its tokens' log-probabilities, and where its
+    // text starts in the choice's whole completion.
+    let piece = move |c: usize,
+                      text: Option<&str>,
+                      finish: Option<&str>,
+                      lp: Option<(&[TokenLogprob], usize)>| {
+        let lp = match lp {
+            Some((lp, offset)) if with_logprobs => logprobs_json(kind, lp, offset),
+            _ => serde_json::Value::Null,
         };
+        match kind {
+            Kind::Chat => json!({
+                "index": c,
+                "delta": match text { Some(t) => json!({"content": t}), None => json!({}) },
+                "logprobs": lp,
+                "finish_reason": finish,
+            }),
+            Kind::Completion => json!({
+                "index": c,
+                "text": text.unwrap_or(""),
+                "logprobs": lp,
+                "finish_reason": finish,
+            }),
+        }
+    };
     let include_usage = params.include_usage;
     let mut first: Vec<SseEvent> = Vec::new();
     if kind == Kind::Chat {
-        first.push(chunk(
-            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
-            None,
-        ));
+        for c in 0..n {
+            first.push(chunk(
+                json!({"index": c, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+                None,
+            ));
+        }
     }
     // Reasoning text goes out as `delta.reasoning_content`.
-    let thought = move |r: &str| json!({"index": 0, "delta": {"reasoning_content": r}, "logprobs": null, "finish_reason": null});
+    let thought = move |c: usize, r: &str| json!({"index": c, "delta": {"reasoning_content": r}, "logprobs": null, "finish_reason": null});
+    struct StreamState {
+        offsets: Vec<usize>,
+        reasoning: Vec<Option<reasoning::ReasoningSplit>>,
+        finished: usize,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    }
+    let st = StreamState {
+        offsets: vec![0; n],
+        reasoning,
+        finished: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    };
     let stream = futures_util::stream::unfold(
-        (
-            rx,
-            std::collections::VecDeque::from(first),
-            false,
-            0usize,
-            reasoning,
-        ),
-        move |(mut rx, mut pending, mut done, mut offset, mut reasoning)| {
+        (rx, std::collections::VecDeque::from(first), false, st),
+        move |(mut rx, mut pending, mut done, mut st)| {
             let chunk = chunk.clone();
             async move {
                 loop {
                     if let Some(e) = pending.pop_front() {
-                        return Some((
-                            Ok::<_, Infallible>(e),
-                            (rx, pending, done, offset, reasoning),
-                        ));
+                        return Some((Ok::<_, Infallible>(e), (rx, pending, done, st)));
                     }
                     if done {
                         return None;
                     }
                     match rx.recv().await {
-                        Some(Event::Text(t, lp)) => {
-                            let text = match &mut reasoning {
+                        Some((c, Event::Text(t, lp))) => {
+                            let text = match &mut st.reasoning[c] {
                                 Some(split) => {
                                     let s = split.push(&t);
                                     if !s.reasoning.is_empty() {
-                                        pending.push_back(chunk(thought(&s.reasoning), None));
+                                        pending.push_back(chunk(thought(c, &s.reasoning), None));
                                     }
                                     s.content
                                 }
@@ -680,41 +707,51 @@ async fn generate(
                             };
                             if !text.is_empty() || !lp.is_empty() {
                                 pending.push_back(chunk(
-                                    piece(Some(&text), None, Some((&lp, offset))),
+                                    piece(c, Some(&text), None, Some((&lp, st.offsets[c]))),
                                     None,
                                 ));
                             }
-                            offset += text.len();
+                            st.offsets[c] += text.len();
                         }
-                        Some(Event::Done {
-                            finish,
-                            prompt_tokens,
-                            completion_tokens,
-                        }) => {
-                            if let Some(split) = &mut reasoning {
+                        Some((
+                            c,
+                            Event::Done {
+                                finish,
+                                prompt_tokens,
+                                completion_tokens,
+                            },
+                        )) => {
+                            if let Some(split) = &mut st.reasoning[c] {
                                 let s = split.finish();
                                 if !s.reasoning.is_empty() {
-                                    pending.push_back(chunk(thought(&s.reasoning), None));
+                                    pending.push_back(chunk(thought(c, &s.reasoning), None));
                                 }
                                 if !s.content.is_empty() {
                                     pending.push_back(chunk(
-                                        piece(Some(&s.content), None, None),
+                                        piece(c, Some(&s.content), None, None),
                                         None,
                                     ));
                                 }
                             }
-                            pending
-                                .push_back(chunk(piece(None, Some(finish.as_str()), None), None));
-                            if include_usage {
-                                pending.push_back(chunk(
-                                    serde_json::Value::Null,
-                                    Some(usage(prompt_tokens, completion_tokens)),
-                                ));
+                            pending.push_back(chunk(
+                                piece(c, None, Some(finish.as_str()), None),
+                                None,
+                            ));
+                            st.prompt_tokens = prompt_tokens;
+                            st.completion_tokens += completion_tokens;
+                            st.finished += 1;
+                            if st.finished == n {
+                                if include_usage {
+                                    pending.push_back(chunk(
+                                        serde_json::Value::Null,
+                                        Some(usage(st.prompt_tokens, st.completion_tokens)),
+                                    ));
+                                }
+                                pending.push_back(SseEvent::default().data("[DONE]"));
+                                done = true;
                             }
-                            pending.push_back(SseEvent::default().data("[DONE]"));
-                            done = true;
                         }
-                        Some(Event::Failed(m)) => {
+                        Some((_, Event::Failed(m))) => {
                             let e =
                                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m);
                             pending.push_back(SseEvent::default().data(e.body().to_string()));

@@ -117,9 +117,30 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Log-probabilities with this many alternatives per token.
     pub logprobs: Option<usize>,
-    pub events: UnboundedSender<Event>,
-    /// Holds the request's place in the admission count until dropped.
-    pub ticket: Ticket,
+    /// Choices to generate (`n`): one prefill, then as many sequences, each
+    /// with its own sampler (seed + choice).
+    pub n: usize,
+    /// Events, tagged with the choice they belong to.
+    pub events: UnboundedSender<(usize, Event)>,
+    /// Holds the request's place in the admission count until dropped (the
+    /// first choice's slot holds it).
+    pub ticket: Option<Ticket>,
+}
+
+impl Job {
+    /// The job as its choice `choice` (> 0) runs it: no admission ticket.
+    fn follower(&self) -> Job {
+        Job {
+            prompt: self.prompt.clone(),
+            max_tokens: self.max_tokens,
+            sampling: self.sampling.clone(),
+            stop: self.stop.clone(),
+            logprobs: self.logprobs,
+            n: self.n,
+            events: self.events.clone(),
+            ticket: None,
+        }
+    }
 }
 
 /// Bounds the requests in the system (running + queued): beyond the bound the
@@ -170,6 +191,11 @@ pub struct EngineConfig {
 
 struct Slot<'t> {
     job: Job,
+    /// Which of the request's choices this sequence is.
+    choice: usize,
+    /// The slot whose prefill this choice waits for (it then copies that
+    /// sequence's cache instead of computing its own).
+    follows: Option<usize>,
     sampler: Sampler,
     decoder: StreamDecoder<'t>,
     /// Prompt tokens already in the cache.
@@ -192,9 +218,32 @@ enum Outcome {
     ClientGone,
 }
 
-impl Slot<'_> {
+impl<'t> Slot<'t> {
+    /// Choice `choice` of `job`; its sampler's seed is the request's plus
+    /// the choice, so that choices differ where sampling is random.
+    fn new(job: Job, choice: usize, follows: Option<usize>, tok: &'t Tokenizer) -> Self {
+        let mut sampling = job.sampling.clone();
+        sampling.seed = sampling.seed.wrapping_add(choice as u64);
+        let mut sampler = Sampler::new(sampling);
+        sampler.observe(&job.prompt);
+        Slot {
+            job,
+            choice,
+            follows,
+            sampler,
+            decoder: tok.stream_decoder(false),
+            prefilled: 0,
+            generated: 0,
+            next: None,
+            text: String::new(),
+            sent: 0,
+            logprobs: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
     fn send(&self, e: Event) -> bool {
-        self.job.events.send(e).is_ok()
+        self.job.events.send((self.choice, e)).is_ok()
     }
 
     /// Send whatever text can no longer turn out to be the start of a stop
@@ -337,15 +386,19 @@ pub fn run_engine(
             .queue_length
             .store(waiting.len() as u64, Ordering::Relaxed);
     };
-    let end = |slot: &mut Option<Slot>, outcome: Outcome| match outcome {
-        Outcome::Continue => {}
-        Outcome::Finished => {
-            Metrics::add(&metrics.requests_ok, 1);
-            *slot = None;
-        }
-        Outcome::ClientGone => {
-            Metrics::add(&metrics.requests_cancelled, 1);
-            *slot = None;
+    // A request counts once, by its first choice.
+    let end = |slot: &mut Option<Slot>, outcome: Outcome| {
+        let first = slot.as_ref().is_some_and(|s| s.choice == 0);
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::Finished => {
+                Metrics::add(&metrics.requests_ok, first as u64);
+                *slot = None;
+            }
+            Outcome::ClientGone => {
+                Metrics::add(&metrics.requests_cancelled, first as u64);
+                *slot = None;
+            }
         }
     };
     loop {
@@ -378,35 +431,31 @@ pub fn run_engine(
                 end(slot, Outcome::ClientGone);
             }
         }
-        // 3. Free slots take the oldest waiting requests.
-        for (i, slot) in slots.iter_mut().enumerate() {
-            if slot.is_none()
-                && let Some(job) = waiting.pop_front()
-            {
-                session.reset(i);
-                let mut sampler = Sampler::new(job.sampling.clone());
-                sampler.observe(&job.prompt);
-                *slot = Some(Slot {
-                    job,
-                    sampler,
-                    decoder: tok.stream_decoder(false),
-                    prefilled: 0,
-                    generated: 0,
-                    next: None,
-                    text: String::new(),
-                    sent: 0,
-                    logprobs: Vec::new(),
-                    started: Instant::now(),
-                });
+        // 3. Free slots take the oldest waiting requests, a request of n
+        //    choices n slots at once (its first prefills, the others follow).
+        loop {
+            let free: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_none()).collect();
+            let Some(job) = waiting.front() else { break };
+            if job.n > free.len() {
+                break;
             }
+            let job = waiting.pop_front().expect("front exists");
+            let primary = free[0];
+            for (choice, &i) in free.iter().enumerate().take(job.n).skip(1) {
+                session.reset(i);
+                slots[i] = Some(Slot::new(job.follower(), choice, Some(primary), tok));
+            }
+            session.reset(primary);
+            slots[primary] = Some(Slot::new(job, 0, None, tok));
         }
         publish(&slots, &waiting);
-        // 4. One prefill chunk, for the slot that has waited longest.
+        // 4. One prefill chunk, for the slot that has waited longest (choices
+        //    that follow another's prefill wait for it).
         let prefilling = slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-            .filter(|(_, s)| s.prefilled < s.job.prompt.len())
+            .filter(|(_, s)| s.follows.is_none() && s.prefilled < s.job.prompt.len())
             .min_by_key(|(_, s)| s.started)
             .map(|(i, _)| i);
         if let Some(i) = prefilling {
@@ -417,21 +466,54 @@ pub fn run_engine(
             let result = contained(|| session.prefill(i, &slot.job.prompt[chunk.clone()]));
             Metrics::add(&metrics.prefill_micros, t0.elapsed().as_micros() as u64);
             Metrics::add(&metrics.prompt_tokens, chunk.len() as u64);
+            let followers: Vec<usize> = (0..slots.len())
+                .filter(|&j| slots[j].as_ref().is_some_and(|s| s.follows == Some(i)))
+                .collect();
             match result {
                 Err(e) => {
-                    let _ = slot.send(Event::Failed(e.to_string()));
+                    // The request failed: every choice of it ends.
+                    if let Some(slot) = &slots[i] {
+                        let _ = slot.send(Event::Failed(e.to_string()));
+                    }
                     Metrics::add(&metrics.requests_failed, 1);
                     slots[i] = None;
+                    for j in followers {
+                        slots[j] = None;
+                    }
                 }
                 Ok(logits) => {
+                    let slot = slots[i].as_mut().expect("chosen above");
                     slot.prefilled = chunk.end;
                     if chunk.end == len {
-                        let token = slot.sampler.sample(&logits);
-                        slot.note_logprob(&logits, token, tok);
-                        Metrics::add(&metrics.generated_tokens, 1);
-                        let room = session.len(i) < cfg.n_ctx;
-                        let outcome = slot.accept(token, tok, room);
-                        end(&mut slots[i], outcome);
+                        // The other choices copy this sequence's cache and
+                        // sample their first token from the same logits.
+                        let mut firsts = vec![i];
+                        for j in followers {
+                            let follower = slots[j].as_mut().expect("listed above");
+                            follower.follows = None;
+                            match contained(|| session.fork(i, j)) {
+                                Ok(true) => {
+                                    follower.prefilled = len;
+                                    firsts.push(j);
+                                }
+                                // This engine cannot copy: the choice
+                                // prefills its own sequence.
+                                Ok(false) => {}
+                                Err(e) => {
+                                    let _ = follower.send(Event::Failed(e.to_string()));
+                                    slots[j] = None;
+                                }
+                            }
+                        }
+                        for k in firsts {
+                            let slot = slots[k].as_mut().expect("present");
+                            let token = slot.sampler.sample(&logits);
+                            slot.note_logprob(&logits, token, tok);
+                            Metrics::add(&metrics.generated_tokens, 1);
+                            let room = session.len(k) < cfg.n_ctx;
+                            let outcome = slot.accept(token, tok, room);
+                            end(&mut slots[k], outcome);
+                        }
                     }
                 }
             }
@@ -584,8 +666,9 @@ mod tests {
                 sampling: SamplerConfig::greedy(),
                 stop: vec![],
                 logprobs: None,
+                n: 1,
                 events,
-                ticket: admission.try_admit().unwrap(),
+                ticket: Some(admission.try_admit().unwrap()),
             })
             .unwrap();
             replies.push(reply);
@@ -605,12 +688,12 @@ mod tests {
         result.unwrap();
         let first = replies[0].try_recv().unwrap();
         assert!(
-            matches!(&first, Event::Failed(m) if m.contains("internal error") && m.contains("a bug this prompt meets")),
+            matches!(&first, (0, Event::Failed(m)) if m.contains("internal error") && m.contains("a bug this prompt meets")),
             "{first:?}"
         );
         let mut done = false;
         while let Ok(e) = replies[1].try_recv() {
-            done |= matches!(e, Event::Done { .. });
+            done |= matches!(e, (0, Event::Done { .. }));
         }
         assert!(done, "the second request was not served");
     }

@@ -249,7 +249,8 @@ class ServerTests(unittest.TestCase):
             self.chat("hi", max_tokens=10**6)
         self.assertEqual(e.exception.status_code, 400)
         with self.assertRaises(openai.BadRequestError):
-            self.client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=3)
+            # More choices than parallel sequences (4).
+            self.client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=5)
 
     def test_logprobs(self):
         # Chat: the chosen token's log-probability and its alternatives; at
@@ -301,6 +302,38 @@ class ServerTests(unittest.TestCase):
         self.assert_error(status, body, 400, param="logprobs")
         status, _, body = raw("POST", "/v1/completions", {"prompt": "x", "logprobs": 6})
         self.assert_error(status, body, 400, param="logprobs")
+
+    def test_n_choices_share_one_prefill(self):
+        before = self.server.metrics()
+        prompt = "Once upon a time, in a small village, there lived"
+        r = self.client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0.9, seed=7, n=3)
+        self.assertEqual([c.index for c in r.choices], [0, 1, 2])
+        # Choices sample with their own seeds: not all the same text.
+        self.assertGreater(len({c.text for c in r.choices}), 1)
+        after = self.server.metrics()
+        n_prompt = len(prompt.split())  # at least this many tokens
+        prefilled = after["ferry_prompt_tokens_total"] - before["ferry_prompt_tokens_total"]
+        self.assertEqual(prefilled, r.usage.prompt_tokens, "the prompt was prefilled once")
+        self.assertGreaterEqual(prefilled, n_prompt)
+        # Completion tokens add up over the choices (each 1 to 12).
+        self.assertTrue(3 <= r.usage.completion_tokens <= 36, r.usage)
+        # Greedy choices are identical to a single greedy request.
+        one = self.client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+        three = self.client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0, n=3)
+        self.assertEqual([c.text for c in three.choices], [one] * 3)
+        # Streamed chat: every index gets its role, text and finish.
+        seen = {}
+        finished = set()
+        for c in self.client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8,
+                temperature=0, n=2, stream=True):
+            for ch in c.choices:
+                seen.setdefault(ch.index, "")
+                seen[ch.index] += ch.delta.content or ""
+                if ch.finish_reason:
+                    finished.add(ch.index)
+        self.assertEqual(finished, {0, 1})
+        self.assertEqual(seen[0], seen[1])
 
     def test_chat_template_kwargs(self):
         raw = self.server.raw

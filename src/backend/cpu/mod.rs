@@ -192,6 +192,26 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn copy_kv(
+        &self,
+        kv: &mut CpuKv,
+        from: usize,
+        to: usize,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        if from >= kv.n_seq || to >= kv.n_seq || from == to || len > kv.n_ctx {
+            return Err(BackendError::Invalid(format!(
+                "copy_kv: sequence {from} to {to}, {len} positions, in a cache of {} sequences of {}",
+                kv.n_seq, kv.n_ctx
+            )));
+        }
+        let row = kv.width;
+        let (src, dst) = (from * kv.n_ctx * row, to * kv.n_ctx * row);
+        kv.k.copy_within(src..src + len * row, dst);
+        kv.v.copy_within(src..src + len * row, dst);
+        Ok(())
+    }
+
     fn embed(
         &self,
         table: &CpuWeight,

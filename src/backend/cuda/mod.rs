@@ -2950,6 +2950,43 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn copy_kv(
+        &self,
+        kv: &mut CudaKv,
+        from: usize,
+        to: usize,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        if from >= kv.n_seq || to >= kv.n_seq || from == to || len > kv.n_ctx {
+            return Err(BackendError::Invalid(format!(
+                "copy_kv: sequence {from} to {to}, {len} positions, in a cache of {} sequences of {}",
+                kv.n_seq, kv.n_ctx
+            )));
+        }
+        // Rows of f16 keys (values) per position, sequence after sequence.
+        let row = kv.width * 2;
+        for buf in [&mut kv.k, &mut kv.v] {
+            let (base, _g) = buf.device_ptr_mut(&self.stream);
+            let (src, dst) = (
+                base + (from * kv.n_ctx * row) as u64,
+                base + (to * kv.n_ctx * row) as u64,
+            );
+            // SAFETY: both ranges lie inside the buffer (checked above) and do
+            // not overlap (distinct sequences); the copy is ordered on the
+            // compute stream with the kernels that use the cache.
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(
+                    dst,
+                    src,
+                    len * row,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn embed(
         &self,
         table: &CudaWeight,
