@@ -317,6 +317,15 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
                 let v = l2c.len() / 2;
                 next = [argmax(&l2c[..v]), argmax(&l2c[v..])];
             }
+            // A forked sequence (the choices of one request share a prefill
+            // by copying its KV cache) decodes as the one it copies.
+            use crate::engine::Engine;
+            if sg2.fork(0, 1)? {
+                let l = sg2.decode(&[0, 1], &[next[0], next[0]])?;
+                cuda.check()?;
+                let v = l.len() / 2;
+                pair = pair.max(rel(&l[v..], &l[..v]));
+            }
         }
         let mut types: Vec<&str> = g
             .tensors()
