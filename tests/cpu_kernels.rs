@@ -5,8 +5,8 @@ mod common;
 use common::Rng;
 use ferry::backend::cpu::simd;
 use ferry::quant::{
-    self, BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
-    BlockQ5K, BlockQ6K, BlockQ8_0,
+    self, BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0,
+    BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0,
 };
 
 fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -50,6 +50,9 @@ fn simd_dot_products_match_the_reference() {
     check::<BlockQ4K>();
     check::<BlockQ5K>();
     check::<BlockQ6K>();
+    check::<BlockIQ4NL>();
+    check::<BlockIQ4XS>();
+    check::<BlockMXFP4>();
 }
 
 #[test]

@@ -10,8 +10,9 @@ use half::f16;
 
 use super::DotKernel;
 use crate::quant::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
-    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType,
+    BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1,
+    BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType,
+    IQ4_GRID, MXFP4_GRID, e8m0_to_f32_half,
 };
 
 mod kquants;
@@ -68,6 +69,9 @@ pub fn dot_kernel<W: BlockFormat>() -> Option<DotKernel<W>> {
         GgmlType::Q4_K => wrap::<W, BlockQ4K, BlockQ8K>(kquants::q4_k_q8_k),
         GgmlType::Q5_K => wrap::<W, BlockQ5K, BlockQ8K>(kquants::q5_k_q8_k),
         GgmlType::Q6_K => wrap::<W, BlockQ6K, BlockQ8K>(kquants::q6_k_q8_k),
+        GgmlType::IQ4_NL => wrap::<W, BlockIQ4NL, BlockQ8_0>(iq4_nl_q8_0),
+        GgmlType::IQ4_XS => wrap::<W, BlockIQ4XS, BlockQ8K>(iq4_xs_q8_k),
+        GgmlType::MXFP4 => wrap::<W, BlockMXFP4, BlockQ8_0>(mxfp4_q8_0),
         _ => None,
     }
 }
@@ -130,6 +134,88 @@ fn madd_i8_i8(x: __m256i, y: __m256i) -> __m256 {
 fn load_i8x32(q: &[i8; 32]) -> __m256i {
     // SAFETY: 32 readable bytes.
     unsafe { _mm256_loadu_si256(q.as_ptr() as *const __m256i) }
+}
+
+/// 32 signed bytes: the grid values of the 16 bytes' low nibbles (elements
+/// 0..16), then of their high nibbles (a 16-entry table lookup by `pshufb`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn grid_32(qs: &[u8], grid: &[i8; 16]) -> __m256i {
+    // SAFETY: 16 readable bytes each.
+    let (t, table) = unsafe {
+        (
+            _mm_loadu_si128(qs.as_ptr() as *const __m128i),
+            _mm_loadu_si128(grid.as_ptr() as *const __m128i),
+        )
+    };
+    let m = _mm_set1_epi8(0x0f);
+    let lo = _mm_shuffle_epi8(table, _mm_and_si128(t, m));
+    let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(t), m));
+    _mm256_set_m128i(hi, lo)
+}
+
+// The 4-bit grid formats: one lookup per block, then the i8 × i8 products
+// of the other formats (every grid value fits `maddubs` after the sign
+// trick: |−127| · 127 · 2 < 2^15). The scalar dot products summed the grid
+// values one by one and ran at half of Q4_K's rate on a smaller file (tg
+// 3.45 t/s IQ4_NL vs 7.60 Q4_K, qwen2.5-0.5b shape, 2 cores).
+fn iq4_nl_q8_0(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { iq4_nl_q8_0_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq4_nl_q8_0_avx2(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(a.d.to_f32() * w.d.to_f32());
+        acc = _mm256_fmadd_ps(
+            d,
+            madd_i8_i8(grid_32(&w.qs, &IQ4_GRID), load_i8x32(&a.qs)),
+            acc,
+        );
+    }
+    hsum_ps(acc)
+}
+
+fn mxfp4_q8_0(w: &[BlockMXFP4], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { mxfp4_q8_0_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mxfp4_q8_0_avx2(w: &[BlockMXFP4], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(a.d.to_f32() * e8m0_to_f32_half(w.e));
+        acc = _mm256_fmadd_ps(
+            d,
+            madd_i8_i8(grid_32(&w.qs, &MXFP4_GRID), load_i8x32(&a.qs)),
+            acc,
+        );
+    }
+    hsum_ps(acc)
+}
+
+fn iq4_xs_q8_k(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
+    // SAFETY: only selected when AVX2/FMA/F16C are present.
+    unsafe { iq4_xs_q8_k_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq4_xs_q8_k_avx2(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        let d4d8 = w.d.to_f32() * a.d;
+        for g in 0..8 {
+            let x = grid_32(&w.qs[16 * g..16 * g + 16], &IQ4_GRID);
+            // SAFETY: 32 readable bytes.
+            let y = unsafe { _mm256_loadu_si256(a.qs[32 * g..].as_ptr() as *const __m256i) };
+            let d = _mm256_set1_ps(d4d8 * w.group_scale(g) as f32);
+            acc = _mm256_fmadd_ps(d, madd_i8_i8(x, y), acc);
+        }
+    }
+    hsum_ps(acc)
 }
 
 fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
