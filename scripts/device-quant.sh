@@ -8,7 +8,7 @@
 # PHASES (default: check ferry llama):
 #   check   gpu-check: every weight type against the CPU (tiny models, and two
 #           layers of the 32B shape in Q4_K_M, Q5_K_M and Q4_0)
-#   ferry   calibrate; for each 32B-shaped file (Q5_K_M, Q4_0, Q8_0; one on
+#   ferry   calibrate; for each 32B-shaped file (Q5_K_M, Q4_0, Q8_0, IQ4_XS; one on
 #           disk at a time): resident pp2048 and tg32; for Q5_K_M also the
 #           seed's case, a 22 GiB budget, with the plan's prediction
 #   llama   llama.cpp's llama-bench on the same files (built in the background
@@ -59,7 +59,7 @@ fi
 if has ferry; then
     timeout 300 ./ferry calibrate --size 1GiB > "$L/calibrate.txt" 2>&1
 fi
-for q in q5_k_m q4_0 q8_0; do
+for q in q5_k_m q4_0 q8_0 iq4_xs; do
     has ferry || has llama || break
     f=/tmp/32b-$q.gguf
     ./ferry synth --preset qwen2.5-32b --quant $q $f > "$L/synth-$q.txt" 2>&1
