@@ -226,6 +226,16 @@ fn gemv_time_is_priced_per_weight_type() {
     profile.gpu.gemv_gbps_by_type.insert("Q5_K".into(), 500.0);
     let slow = step(&profile);
     assert!(slow > 1.5 * fast, "{fast} {slow}");
+    // `ferry plan` shows the types and the rate each is priced at.
+    let cost = CostModel::new(profile.clone());
+    let p = plan(&shape, &req(22 << 30, 4096), &cost).unwrap();
+    let text = p.describe(&shape, &profile);
+    let line = text.lines().find(|l| l.starts_with("weights")).unwrap();
+    assert!(
+        line.contains("Q5_K") && line.contains("GPU 500 GB/s,"),
+        "{line}"
+    );
+    assert!(line.contains("Q6_K") && line.contains("assumed"), "{line}");
 }
 
 /// The plan reserves what the allocator takes beyond the bytes asked for:

@@ -449,6 +449,41 @@ impl Plan {
         use std::fmt::Write;
         let _ = writeln!(s, "model       {} ({} layers)", shape.name, shape.n_layers);
         let _ = writeln!(s, "machine     {}", profile.describe());
+        // The weight types and the decode rates the cost model reads each at.
+        let mut by_type = TypedBytes::default();
+        for t in shape.layer_types.iter().chain([&shape.output_types]) {
+            for &(ty, b) in &t.0 {
+                by_type.add(ty, b);
+            }
+        }
+        by_type.0.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+        let eff = CostModel::new(profile.clone()).gemv_efficiency;
+        let total = by_type.total();
+        let rates: Vec<String> = by_type
+            .0
+            .iter()
+            .filter(|&&(_, b)| b * 100 >= total)
+            .map(|&(ty, b)| {
+                let measured = |m: &profile::RatesByType| m.contains_key(ty.name());
+                format!(
+                    "{ty} {} (GPU {:.0} GB/s{}, CPU {:.0} GB/s{})",
+                    HumanBytes(b),
+                    profile.gpu.gemv_rate(ty, eff),
+                    if measured(&profile.gpu.gemv_gbps_by_type) {
+                        ""
+                    } else {
+                        " assumed"
+                    },
+                    profile.cpu.gemv_rate(ty),
+                    if measured(&profile.cpu.gemv_gbps_by_type) {
+                        ""
+                    } else {
+                        " assumed"
+                    },
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "weights     {}", rates.join(", "));
         let _ = writeln!(
             s,
             "budget      {}: embeddings {}, resident weights {}, {} slots {}, KV cache {}, activations {}, output {}, workspace {}, allocator reserve {} (total {})",
