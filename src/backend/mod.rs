@@ -174,7 +174,7 @@ pub trait Backend {
 
     /// Copy the first `len` positions of sequence `from`'s keys and values
     /// to sequence `to` (choices of one request share their prompt's
-    /// prefill).
+    /// prefill); the arguments are checked by `check_copy_kv`.
     fn copy_kv(
         &self,
         kv: &mut Self::Kv,
@@ -408,6 +408,22 @@ pub fn rope_then_attention<B: Backend + ?Sized>(
 /// Check that `layers` KV caches of `n_seq` sequences × `n_ctx` positions
 /// (f16 keys and values) fit the memory `b` has left, before allocating
 /// them: too much is an error naming a context that fits, not an abort.
+/// The arguments of `Backend::copy_kv` against a cache of `n_seq` sequences
+/// of `n_ctx` positions.
+pub fn check_copy_kv(
+    (n_seq, n_ctx): (usize, usize),
+    from: usize,
+    to: usize,
+    len: usize,
+) -> Result<(), BackendError> {
+    if from >= n_seq || to >= n_seq || from == to || len > n_ctx {
+        return Err(BackendError::Invalid(format!(
+            "copy_kv: sequence {from} to {to}, {len} positions, in a cache of {n_seq} sequences of {n_ctx}"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_kv_fits<B: Backend + ?Sized>(
     b: &B,
     cfg: &Config,

@@ -612,11 +612,9 @@ mod tests {
         }
     }
 
-    /// Log-probabilities are the log-softmax of the logits; the alternatives
-    /// are the k most likely, most likely first.
-    #[test]
-    fn logprobs_are_the_log_softmax_with_the_most_likely_alternatives() {
-        let path = std::env::temp_dir().join(format!("ferry-lp-{}.gguf", std::process::id()));
+    /// A 300-token synthetic vocabulary (written to a file and read back).
+    fn synthetic_tokenizer(tag: &str) -> Tokenizer {
+        let path = std::env::temp_dir().join(format!("ferry-{tag}-{}.gguf", std::process::id()));
         let mut meta = crate::tokenizer::synthetic::metadata(300).unwrap();
         meta.push((
             "general.architecture".into(),
@@ -626,6 +624,14 @@ mod tests {
         let tok = crate::tokenizer::Tokenizer::from_gguf(&crate::gguf::Gguf::open(&path).unwrap())
             .unwrap();
         std::fs::remove_file(&path).ok();
+        tok
+    }
+
+    /// Log-probabilities are the log-softmax of the logits; the alternatives
+    /// are the k most likely, most likely first.
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_most_likely_alternatives() {
+        let tok = synthetic_tokenizer("lp");
         let logits: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 / 10.0).collect();
         let lp = token_logprob(&logits, 5, 4, &tok);
         let total: f64 = logits
@@ -645,16 +651,7 @@ mod tests {
 
     #[test]
     fn a_panic_fails_its_request_and_the_engine_goes_on() {
-        let path = std::env::temp_dir().join(format!("ferry-flaky-{}.gguf", std::process::id()));
-        let mut meta = crate::tokenizer::synthetic::metadata(300).unwrap();
-        meta.push((
-            "general.architecture".into(),
-            crate::gguf::Value::String("llama".into()),
-        ));
-        crate::gguf::write_gguf(&path, &meta, &[]).unwrap();
-        let tok = crate::tokenizer::Tokenizer::from_gguf(&crate::gguf::Gguf::open(&path).unwrap())
-            .unwrap();
-        std::fs::remove_file(&path).ok();
+        let tok = synthetic_tokenizer("flaky");
         let (send, jobs) = std::sync::mpsc::channel();
         let admission = Admission::new(8);
         let mut replies = Vec::new();

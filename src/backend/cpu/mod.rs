@@ -199,12 +199,7 @@ impl Backend for CpuBackend {
         to: usize,
         len: usize,
     ) -> Result<(), BackendError> {
-        if from >= kv.n_seq || to >= kv.n_seq || from == to || len > kv.n_ctx {
-            return Err(BackendError::Invalid(format!(
-                "copy_kv: sequence {from} to {to}, {len} positions, in a cache of {} sequences of {}",
-                kv.n_seq, kv.n_ctx
-            )));
-        }
+        super::check_copy_kv((kv.n_seq, kv.n_ctx), from, to, len)?;
         let row = kv.width;
         let (src, dst) = (from * kv.n_ctx * row, to * kv.n_ctx * row);
         kv.k.copy_within(src..src + len * row, dst);

@@ -1498,14 +1498,18 @@ impl CudaBackend {
             };
             if self.int_gemv && matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K) && special.is_some()
             {
-                return self.gemv_q8(x, w, out, by_tokens);
+                let kernel = match w.ty {
+                    GgmlType::Q4_K => &self.k.gemv_q4k_q8[by_tokens],
+                    _ => &self.k.gemv_q6k_q8[by_tokens],
+                };
+                return self.gemv_q8(x, w, out, kernel);
             }
             if self.int_gemv
                 && let Some(i) = TYPED_GEMVS
                     .iter()
                     .position(|&(ty, _, align)| ty == w.ty && w.ptr.is_multiple_of(align as u64))
             {
-                return self.gemv_typed(x, w, out, &self.k.gemv_typed[i][by_tokens]);
+                return self.gemv_q8(x, w, out, &self.k.gemv_typed[i][by_tokens]);
             }
             if let Some(kernel) = special {
                 let mut b = self.stream.launch_builder(kernel);
@@ -1713,22 +1717,21 @@ impl CudaBackend {
         .map_err(err)
     }
 
+    /// `out = x · wᵀ` on the 8-bit copy of `x` by `kernel` (a
+    /// `gemv_*_q8_N` or `gemv_q8_TYPE_N` entry: the one for this type and
+    /// this many tokens), unless the shared-memory kernels take it.
     fn gemv_q8(
         &self,
         x: &CudaAct,
         w: &CudaWeight,
         out: &mut CudaAct,
-        by_tokens: usize,
+        kernel: &CudaFunction,
     ) -> Result<(), BackendError> {
         if self.gemv_smem(x, w, None, None, false, out)? {
             return Ok(());
         }
         let (n, cols, rows) = (x.n, w.cols, w.rows);
         let c = self.quantized(x)?;
-        let kernel = match w.ty {
-            GgmlType::Q4_K => &self.k.gemv_q4k_q8[by_tokens],
-            _ => &self.k.gemv_q6k_q8[by_tokens],
-        };
         let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
         let mut b = self.stream.launch_builder(kernel);
         b.arg(&w.ptr)
@@ -1739,34 +1742,10 @@ impl CudaBackend {
             .arg(&rows_i)
             .arg(&cols_i)
             .arg(&n_i);
-        // SAFETY: matches gemv_*_q8(w, xq, xd, xs, out, rows, cols, n): one warp per row.
-        unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
-        Ok(())
-    }
-
-    /// `out = x · wᵀ` for a type of `TYPED_GEMVS` by its kernel (`kernel`:
-    /// the one for this many tokens) on the 8-bit copy of `x`.
-    fn gemv_typed(
-        &self,
-        x: &CudaAct,
-        w: &CudaWeight,
-        out: &mut CudaAct,
-        kernel: &CudaFunction,
-    ) -> Result<(), BackendError> {
-        let (n, cols, rows) = (x.n, w.cols, w.rows);
-        let c = self.quantized(x)?;
-        let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
-        let mut b = self.stream.launch_builder(kernel);
-        b.arg(&w.ptr)
-            .arg(c.q.as_ref().expect("filled"))
-            .arg(c.d.as_ref().expect("filled"))
-            .arg(&mut out.data)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&n_i);
-        // SAFETY: matches gemv_q8_*(w, xq, xd, out, rows, cols, n): one warp
-        // per row; rows are whole blocks, whose element counts are multiples
-        // of the 32 the 8-bit copy is quantized by; alignment checked by the caller.
+        // SAFETY: matches every entry's (w, xq, xd, xs, out, rows, cols, n):
+        // one warp per row; rows are whole blocks, whose element counts are
+        // multiples of the 32 the 8-bit copy is quantized by; the weights'
+        // alignment is checked by the caller.
         unsafe { b.launch(grid(rows * 32, 128)) }.map_err(err)?;
         Ok(())
     }
@@ -2957,12 +2936,7 @@ impl Backend for CudaBackend {
         to: usize,
         len: usize,
     ) -> Result<(), BackendError> {
-        if from >= kv.n_seq || to >= kv.n_seq || from == to || len > kv.n_ctx {
-            return Err(BackendError::Invalid(format!(
-                "copy_kv: sequence {from} to {to}, {len} positions, in a cache of {} sequences of {}",
-                kv.n_seq, kv.n_ctx
-            )));
-        }
+        super::check_copy_kv((kv.n_seq, kv.n_ctx), from, to, len)?;
         // Rows of f16 keys (values) per position, sequence after sequence.
         let row = kv.width * 2;
         for buf in [&mut kv.k, &mut kv.v] {

@@ -366,10 +366,12 @@ __device__ __forceinline__ void gemv_typed_t(const u8* __restrict__ w, const i8*
     }
 }
 
+// The entries take the Q4_K/Q6_K kernels' arguments (xs, the half-block
+// sums, unused: the sums come from dp4a), so one launch serves them all.
 #define GEMV_TYPED(name, T, NT)                                                                              \
     extern "C" __global__ void __launch_bounds__(128) gemv_q8_##name##_##NT(                                 \
-        const u8* __restrict__ w, const i8* __restrict__ xq, const float* __restrict__ xd, float* out,       \
-        int rows, int cols, int n) {                                                                         \
+        const u8* __restrict__ w, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+        const float* __restrict__ xs, float* out, int rows, int cols, int n) {                               \
         gemv_typed_t<T, NT>(w, xq, xd, out, rows, cols, n);                                                  \
     }
 #define GEMV_TYPED_ALL(name, T)                                                                              \
