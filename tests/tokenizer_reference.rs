@@ -269,6 +269,7 @@ fn enable_thinking_reaches_the_template() {
     let off = RenderOptions {
         add_generation_prompt: true,
         enable_thinking: Some(false),
+        tools: None,
     };
     assert_eq!(
         t.render_opts(&m, &off).unwrap(),
@@ -280,4 +281,37 @@ fn enable_thinking_reaches_the_template() {
         ..off
     };
     assert_eq!(t.render_opts(&m, &on).unwrap(), "hi<a>");
+}
+
+/// A conversation with tools renders through the model's own template as the
+/// reference renderers pass it: `tools` in the context, an assistant turn's
+/// `tool_calls` (arguments as an object), `tool` turns (Qwen2.5's template).
+#[test]
+fn tools_and_tool_turns_reach_the_template() {
+    use ferry::tokenizer::RenderOptions;
+    let tok = load("qwen05");
+    let tmpl = ChatTemplate::for_tokenizer(&tok).unwrap();
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Weather of a city", "parameters": {"type": "object",
+        "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls = Some(serde_json::json!([{"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]));
+    let mut result = ChatMessage::new("tool", "{\"sky\": \"clear\"}");
+    result.tool_call_id = Some("call_1".into());
+    let messages = [ChatMessage::new("user", "Weather in Paris?"), call, result];
+    let opts = RenderOptions {
+        tools: Some(tools),
+        ..RenderOptions::generation(true)
+    };
+    let text = tmpl.render_opts(&messages, &opts).unwrap();
+    for want in [
+        "# Tools",
+        "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"",
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>",
+        "<|im_start|>user\n<tool_response>\n{\"sky\": \"clear\"}\n</tool_response><|im_end|>",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(text.ends_with("<|im_start|>assistant\n"));
 }

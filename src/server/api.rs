@@ -106,6 +106,8 @@ pub struct Common {
     pub logprobs: Option<serde_json::Value>,
     /// Chat: alternatives per token (0-20), with `logprobs: true`.
     pub top_logprobs: Option<i64>,
+    /// `{"type": "text"}` only: JSON modes need constrained decoding.
+    pub response_format: Option<serde_json::Value>,
     pub best_of: Option<i64>,
 }
 
@@ -127,6 +129,23 @@ pub enum Content {
 pub struct MessageIn {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant turn's calls (fed back with the `tool` turns' results).
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` turn: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// JSON text, as OpenAI sends it (an object is taken too).
+    pub arguments: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +153,8 @@ pub struct ChatRequest {
     pub messages: Vec<MessageIn>,
     pub max_completion_tokens: Option<i64>,
     pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
     /// Variables for the chat template (vLLM's and llama.cpp's extension);
     /// ferry passes `enable_thinking`.
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
@@ -186,6 +207,8 @@ pub struct Params {
     pub reasoning: Option<super::reasoning::ReasoningSplit>,
     /// Choices to generate from the one prompt.
     pub n: usize,
+    /// The model was given tools: calls in its answer become `tool_calls`.
+    pub tools: bool,
 }
 
 fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
@@ -201,6 +224,15 @@ fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), 
 impl Common {
     /// Check the fields; `seed` is used when the request gives none.
     pub fn params(&self, max_tokens_override: Option<i64>, seed: u64) -> Result<Params, ApiError> {
+        if let Some(f) = &self.response_format
+            && !f.is_null()
+            && f.get("type").and_then(|t| t.as_str()) != Some("text")
+        {
+            return Err(ApiError::invalid(format!(
+                "response_format {f} needs constrained decoding, which ferry does not have yet (only {{\"type\": \"text\"}})"
+            ))
+            .param("response_format"));
+        }
         let n = match self.n {
             None => 1,
             Some(n) if (1..=128).contains(&n) => n as usize,
@@ -275,6 +307,7 @@ impl Common {
             logprobs: None,
             reasoning: None,
             n,
+            tools: false,
         })
     }
 
@@ -358,12 +391,6 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages must not be empty").param("messages"));
         }
-        if let Some(t) = &self.tools
-            && !t.is_null()
-            && t.as_array().is_none_or(|a| !a.is_empty())
-        {
-            return Err(ApiError::invalid("tools are not supported").param("tools"));
-        }
         self.messages
             .iter()
             .map(|m| {
@@ -371,9 +398,10 @@ impl ChatRequest {
                     "system" | "developer" => "system",
                     "user" => "user",
                     "assistant" => "assistant",
+                    "tool" => "tool",
                     other => {
                         return Err(ApiError::invalid(format!(
-                            "unsupported message role '{other}' (system, developer, user, assistant)"
+                            "unsupported message role '{other}' (system, developer, user, assistant, tool)"
                         ))
                         .param("messages"));
                     }
@@ -397,9 +425,73 @@ impl ChatRequest {
                         text
                     }
                 };
-                Ok(ChatMessage::new(role, content))
+                let mut msg = ChatMessage::new(role, content);
+                msg.tool_call_id = m.tool_call_id.clone();
+                if let Some(calls) = &m.tool_calls {
+                    // Templates read the arguments as an object.
+                    let calls = calls
+                        .iter()
+                        .map(|c| {
+                            let args = match &c.function.arguments {
+                                serde_json::Value::String(s) => serde_json::from_str(s).map_err(|e| {
+                                    ApiError::invalid(format!(
+                                        "the arguments of the call to '{}' are not JSON: {e}",
+                                        c.function.name
+                                    ))
+                                    .param("messages")
+                                })?,
+                                other => other.clone(),
+                            };
+                            Ok(serde_json::json!({
+                                "id": c.id,
+                                "type": "function",
+                                "function": {"name": c.function.name, "arguments": args},
+                            }))
+                        })
+                        .collect::<Result<Vec<_>, ApiError>>()?;
+                    msg.tool_calls = Some(serde_json::Value::Array(calls));
+                }
+                Ok(msg)
             })
             .collect()
+    }
+
+    /// The tools the model may call (passed to its template), or `None`.
+    /// `tool_choice` `auto` (the default with tools) and `none` (no tools)
+    /// are honoured; `required` and a named function need constrained
+    /// decoding, which ferry does not have yet, and are refused by name.
+    pub fn tools(&self) -> Result<Option<serde_json::Value>, ApiError> {
+        use serde_json::Value;
+        let tools = match &self.tools {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(a)) if a.is_empty() => return Ok(None),
+            Some(Value::Array(a)) => a,
+            Some(_) => {
+                return Err(ApiError::invalid("tools must be an array").param("tools"));
+            }
+        };
+        for (i, t) in tools.iter().enumerate() {
+            let ok = t.get("type").and_then(Value::as_str) == Some("function")
+                && t.get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty());
+            if !ok {
+                return Err(ApiError::invalid(format!(
+                    "tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …, \"parameters\": …}}}}"
+                ))
+                .param("tools"));
+            }
+        }
+        match &self.tool_choice {
+            None | Some(Value::Null) => Ok(Some(Value::Array(tools.clone()))),
+            Some(Value::String(c)) if c == "auto" => Ok(Some(Value::Array(tools.clone()))),
+            Some(Value::String(c)) if c == "none" => Ok(None),
+            Some(other) => Err(ApiError::invalid(format!(
+                "tool_choice {other} needs constrained decoding, which ferry does not have yet; use \"auto\" or \"none\""
+            ))
+            .param("tool_choice")),
+        }
     }
 }
 

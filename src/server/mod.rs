@@ -12,6 +12,7 @@ pub mod conn;
 pub mod metrics;
 pub mod reasoning;
 pub mod scheduler;
+pub mod tools;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -373,9 +374,12 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
         .template
         .as_ref()
         .ok_or_else(|| ApiError::invalid("the model has no chat template; use /v1/completions"))?;
+    let tools = req.tools()?;
+    params.tools = tools.is_some();
     let opts = crate::tokenizer::RenderOptions {
         add_generation_prompt: true,
         enable_thinking: req.enable_thinking()?,
+        tools,
     };
     let prompt = crate::tokenizer::encode_conversation_with(
         &state.tok,
@@ -532,6 +536,7 @@ async fn generate(
         ticket: Some(ticket),
     };
     let with_logprobs = params.logprobs.is_some();
+    let with_tools = params.tools && kind == Kind::Chat;
     // One reasoning splitter per choice.
     let mut reasoning: Vec<Option<reasoning::ReasoningSplit>> = vec![params.reasoning.clone(); n];
     if state.jobs.send(job).is_err() {
@@ -580,14 +585,29 @@ async fn generate(
                         match kind {
                             Kind::Chat => {
                                 let mut message = json!({"role": "assistant", "content": text});
+                                let mut answer = text.clone();
                                 if let Some(split) = &mut reasoning[c] {
                                     let (a, b) = (split.push(text), split.finish());
-                                    message["content"] = json!(a.content + &b.content);
+                                    answer = a.content + &b.content;
                                     let thought = a.reasoning + &b.reasoning;
                                     if !thought.is_empty() {
                                         message["reasoning_content"] = json!(thought);
                                     }
                                 }
+                                let mut finish = finish;
+                                if with_tools {
+                                    let (content, calls) = tools::parse(&answer);
+                                    if !calls.is_empty() {
+                                        answer = content;
+                                        message["tool_calls"] = tool_calls_json(&id, c, &calls, false);
+                                        finish = Some("tool_calls");
+                                    }
+                                }
+                                message["content"] = if answer.is_empty() && message.get("tool_calls").is_some() {
+                                    serde_json::Value::Null
+                                } else {
+                                    json!(answer)
+                                };
                                 json!({"index": c, "message": message, "logprobs": lp, "finish_reason": finish})
                             }
                             Kind::Completion => {
@@ -615,6 +635,7 @@ async fn generate(
         .into_response();
     }
 
+    let call_id = id.clone();
     // Streaming: one SSE event per piece of text (of each choice), then each
     // choice's finish, usage (if asked for) and `[DONE]`.
     let chunk = move |choice: serde_json::Value, usage: Option<serde_json::Value>| {
@@ -670,6 +691,7 @@ async fn generate(
     struct StreamState {
         offsets: Vec<usize>,
         reasoning: Vec<Option<reasoning::ReasoningSplit>>,
+        tools: Vec<Option<tools::ToolStream>>,
         finished: usize,
         prompt_tokens: usize,
         completion_tokens: usize,
@@ -677,6 +699,7 @@ async fn generate(
     let st = StreamState {
         offsets: vec![0; n],
         reasoning,
+        tools: vec![with_tools.then(tools::ToolStream::default); n],
         finished: 0,
         prompt_tokens: 0,
         completion_tokens: 0,
@@ -685,6 +708,7 @@ async fn generate(
         (rx, std::collections::VecDeque::from(first), false, st),
         move |(mut rx, mut pending, mut done, mut st)| {
             let chunk = chunk.clone();
+            let call_id = call_id.clone();
             async move {
                 loop {
                     if let Some(e) = pending.pop_front() {
@@ -704,6 +728,10 @@ async fn generate(
                                     s.content
                                 }
                                 None => t,
+                            };
+                            let text = match &mut st.tools[c] {
+                                Some(calls) => calls.push(&text),
+                                None => text,
                             };
                             if !text.is_empty() || !lp.is_empty() {
                                 pending.push_back(chunk(
@@ -733,10 +761,25 @@ async fn generate(
                                     ));
                                 }
                             }
-                            pending.push_back(chunk(
-                                piece(c, None, Some(finish.as_str()), None),
-                                None,
-                            ));
+                            let mut finish = finish.as_str();
+                            if let Some(calls) = &mut st.tools[c] {
+                                let (rest, found) = calls.finish();
+                                if !rest.is_empty() {
+                                    pending
+                                        .push_back(chunk(piece(c, Some(&rest), None, None), None));
+                                }
+                                if !found.is_empty() {
+                                    let delta = json!({
+                                        "index": c,
+                                        "delta": {"tool_calls": tool_calls_json(&call_id, c, &found, true)},
+                                        "logprobs": null,
+                                        "finish_reason": null,
+                                    });
+                                    pending.push_back(chunk(delta, None));
+                                    finish = "tool_calls";
+                                }
+                            }
+                            pending.push_back(chunk(piece(c, None, Some(finish), None), None));
                             st.prompt_tokens = prompt_tokens;
                             st.completion_tokens += completion_tokens;
                             st.finished += 1;
@@ -774,6 +817,31 @@ async fn generate(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// OpenAI's `tool_calls` for choice `choice`'s calls; `streamed` adds each
+/// call's `index` (the deltas of a stream carry it).
+fn tool_calls_json(
+    id: &str,
+    choice: usize,
+    calls: &[tools::ToolCall],
+    streamed: bool,
+) -> serde_json::Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = json!({
+                "id": format!("call_{}_{choice}_{i}", id.trim_start_matches("chatcmpl-")),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            });
+            if streamed {
+                v["index"] = json!(i);
+            }
+            v
+        })
+        .collect()
 }
 
 fn usage(prompt: usize, completion: usize) -> serde_json::Value {

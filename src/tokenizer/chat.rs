@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls, as templates read them: `[{"type":
+    /// "function", "function": {"name", "arguments": {...}}}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` turn's answer to this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -17,6 +24,8 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -85,12 +94,15 @@ pub fn encode_conversation_with(
 }
 
 /// What a rendering asks of the template beyond the messages.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RenderOptions {
     pub add_generation_prompt: bool,
     /// `enable_thinking` for templates that read it (Qwen3's); `None` leaves
     /// the template's default.
     pub enable_thinking: Option<bool>,
+    /// The request's `tools` (OpenAI's function definitions), passed to the
+    /// template as `tools`, as the reference renderers pass them.
+    pub tools: Option<serde_json::Value>,
 }
 
 impl RenderOptions {
@@ -98,6 +110,7 @@ impl RenderOptions {
         RenderOptions {
             add_generation_prompt,
             enable_thinking: None,
+            tools: None,
         }
     }
 }
@@ -212,15 +225,19 @@ impl ChatTemplate {
         let tmpl = self.env.get_template("chat").map_err(ChatError::Render)?;
         let messages: Vec<Value> = messages
             .iter()
-            .map(|m| {
-                Value::from_pairs([("role", m.role.as_str()), ("content", m.content.as_str())])
-            })
+            .map(|m| Value::from(minijinja::value::Serde(m)))
             .collect();
         let base = context! {
             messages => messages,
             add_generation_prompt => opts.add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+        };
+        let base = match &opts.tools {
+            Some(tools) => {
+                context! { tools => Value::from(minijinja::value::Serde(tools)), ..base }
+            }
+            None => base,
         };
         let ctx = match opts.enable_thinking {
             // Templates with a thinking switch (Qwen3's) read this variable.
@@ -254,10 +271,10 @@ impl ChatTemplate {
                 }
                 let lead = m.content.len() - m.content.trim_start().len();
                 let (before, after) = (&m.content[..lead], &m.content[lead + core.len()..]);
-                ChatMessage::new(
-                    m.role.clone(),
-                    format!("{before}{OPEN}{core}{CLOSE}{after}"),
-                )
+                ChatMessage {
+                    content: format!("{before}{OPEN}{core}{CLOSE}{after}"),
+                    ..m.clone()
+                }
             })
             .collect();
         let rendered = self.render_opts(&marked, opts)?;

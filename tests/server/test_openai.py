@@ -335,6 +335,35 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(finished, {0, 1})
         self.assertEqual(seen[0], seen[1])
 
+    def test_tools(self):
+        # SmolLM2's template has no tools section: the request is served, a
+        # tool turn is accepted, and an answer that is no call stays content
+        # (streamed and not). Parsing calls is unit-tested (server::tools).
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]
+        msgs = [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"sky\": \"clear\"}"},
+        ]
+        r = self.client.chat.completions.create(model="m", messages=msgs, tools=tools, max_tokens=8, temperature=0)
+        self.assertIn(r.choices[0].finish_reason, ("stop", "length", "tool_calls"))
+        streamed = "".join(c.choices[0].delta.content or "" for c in self.client.chat.completions.create(
+            model="m", messages=msgs, tools=tools, max_tokens=8, temperature=0, stream=True) if c.choices)
+        if not r.choices[0].message.tool_calls:
+            self.assertEqual(streamed, r.choices[0].message.content)
+        raw = self.server.raw
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "tools": tools, "tool_choice": "required"})
+        self.assert_error(status, body, 400, param="tool_choice")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "tools": [{"type": "function"}]})
+        self.assert_error(status, body, 400, param="tools")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}})
+        self.assert_error(status, body, 400, param="response_format")
+        bad = [dict(msgs[1], tool_calls=[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}])]
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": [msgs[0]] + bad})
+        self.assert_error(status, body, 400, param="messages")
+
     def test_chat_template_kwargs(self):
         raw = self.server.raw
         msgs = [{"role": "user", "content": "x"}]
