@@ -36,7 +36,16 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     };
     let dir = std::env::temp_dir().join(format!("ferry-cuda-host-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ferry_cu = std::fs::read_to_string(Path::new(KERNELS).join("ferry.cu")).unwrap();
+    // The kernel files as NVRTC sees them: one source, in `KERNELS`' order.
+    let ferry_cu: String = [
+        "ferry.cu",
+        "attention_prompt.cu",
+        "gemv_kquants.cu",
+        "convert.cu",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(Path::new(KERNELS).join(f)).unwrap())
+    .collect();
     let types_cu = std::fs::read_to_string(Path::new(KERNELS).join("gemv_types.cu")).unwrap();
     // Everything up to the kernels' entry points (the macros after the template).
     let types_part = &types_cu[..types_cu.find("#define GEMV_TYPED").expect("entry macros")];

@@ -1,5 +1,5 @@
 //! The CUDA backend: weights stay in their GGUF block format on the device and
-//! are decoded by our kernels (`kernels/ferry.cu`, compiled by NVRTC for the
+//! are decoded by our kernels (`kernels/*.cu`, compiled by NVRTC for the
 //! card at first use and cached on disk); batched matrix products go through
 //! cuBLAS (f16 in, f32 accumulate), small batches through a fused GEMV.
 //!
@@ -22,9 +22,16 @@ use crate::arch::{Activation, AttnSpec, Config, RopeKind, RopeParams, TensorRef}
 use crate::gguf::Gguf;
 use crate::quant::GgmlType;
 
+mod measure;
+
+/// The kernel sources, one concern per file, compiled as one NVRTC source in
+/// this order (each file may use what the ones before it define).
 const KERNELS: &str = concat!(
     include_str!("kernels/ferry.cu"),
-    include_str!("kernels/gemv_types.cu")
+    include_str!("kernels/attention_prompt.cu"),
+    include_str!("kernels/gemv_kquants.cu"),
+    include_str!("kernels/gemv_types.cu"),
+    include_str!("kernels/convert.cu"),
 );
 
 /// The block types whose decode GEMVs come from `gemv_typed_t`
@@ -109,7 +116,7 @@ struct Kernels {
     /// 4 and 8 tokens, in `TYPED_GEMVS`' order.
     gemv_typed: Vec<[CudaFunction; 4]>,
     /// Persistent decode GEMVs on shared-memory activations, 1 and 2 tokens
-    /// (`gemv_segs_t` in ferry.cu), with bias / residual / SwiGLU epilogues.
+    /// (`gemv_segs_t` in gemv_kquants.cu), with bias / residual / SwiGLU epilogues.
     /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
     gemv_smem: [[CudaFunction; 2]; 3],
     gemv_swiglu_smem: [[CudaFunction; 2]; 3],
@@ -167,7 +174,7 @@ fn xorshift_values(mut state: u64, amplitude: f32) -> impl FnMut(usize) -> Vec<f
 }
 
 /// Whether 128-dimension heads take the warpgroup-MMA prompt-attention kernel
-/// (`flash_wgmma` in ferry.cu; sm_90a cards only): `FERRY_FLASH` unset or
+/// (`flash_wgmma` in attention_prompt.cu; sm_90a cards only): `FERRY_FLASH` unset or
 /// `wgmma` yes, `mma` no (the mma.sync kernel, 222 against 409-413 TFLOP/s
 /// for 32B heads at 8K tokens on an H100).
 fn flash_wgmma_from(v: Option<&str>) -> Result<bool, String> {
@@ -183,13 +190,13 @@ fn flash_wgmma_from(v: Option<&str>) -> Result<bool, String> {
 const FLASH_WGMMA_SMEM: usize = 3 * 2 * 64 * 128 * 2 + 1024;
 
 /// Warps per block of the prompt-attention kernel for a head dimension (each
-/// takes 16 query rows; see `flash_prefill_d128` in ferry.cu).
+/// takes 16 query rows; see `flash_prefill_d128` in attention_prompt.cu).
 fn flash_warps(head_dim: usize) -> usize {
     if head_dim == 128 { 8 } else { 4 }
 }
 
 /// Dynamic shared memory of the prompt-attention kernel for a head dimension
-/// (`flash_smem_bytes` in ferry.cu): two stages of 64-key K and V tiles, rows
+/// (`flash_smem_bytes` in attention_prompt.cu): two stages of 64-key K and V tiles, rows
 /// padded by 8 halfs.
 fn flash_smem_bytes(head_dim: usize) -> usize {
     2 * 2 * 64 * (head_dim + 8) * 2
@@ -218,11 +225,11 @@ fn gemv_smem_bytes(n: usize, cols: usize) -> usize {
     n * cols + 4 * 3 * blocks + 8 * n.next_power_of_two() * 2 * 4
 }
 
-/// `flags` bits of the shared-memory GEMVs (as defined in ferry.cu).
+/// `flags` bits of the shared-memory GEMVs (as defined in gemv_kquants.cu).
 const GEMV_ROW_BARRIER: i32 = 1;
 const GEMV_PRELOAD: i32 = 2;
 
-/// One matrix of a shared-memory GEMV launch (`GemvSeg` in ferry.cu).
+/// One matrix of a shared-memory GEMV launch (`GemvSeg` in gemv_kquants.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct GemvSeg {
@@ -237,7 +244,7 @@ struct GemvSeg {
     pad: i32,
 }
 
-/// Up to three matrices sharing their activations (`GemvSegs` in ferry.cu).
+/// Up to three matrices sharing their activations (`GemvSegs` in gemv_kquants.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct GemvSegs {
@@ -316,7 +323,7 @@ const RING_STAGE_MAX: usize = 24 << 10;
 /// computing warps' partial sums (up to 16 warps, 2 tokens, SwiGLU's two).
 const RING_STAGE_EXTRA: usize = 2 * 8 + 16 * 2 * 2 * 4;
 
-/// How a ring GEMV (`gemv_ring_t` in ferry.cu) takes its launch.
+/// How a ring GEMV (`gemv_ring_t` in gemv_kquants.cu) takes its launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RingPlan {
     /// Computing warps of a block (8: two blocks per SM; 16: one), beside
@@ -833,7 +840,7 @@ pub struct CudaBackend {
     /// waiting on the previous kernel (`FERRY_GEMV_PREFETCH=N`; default
     /// `gemv_prefetch_groups`).
     gemv_prefetch: Option<i32>,
-    /// `flags` of the shared-memory GEMVs (ferry.cu): the warps sharing a row
+    /// `flags` of the shared-memory GEMVs (gemv_kquants.cu): the warps sharing a row
     /// meet at their own barrier (`FERRY_GEMV_BAR=block`: the block's), and a
     /// block loads its first round of weights before waiting on the previous
     /// kernel (`FERRY_GEMV_PRELOAD=0` off).
@@ -2046,7 +2053,7 @@ impl CudaBackend {
     }
 
     /// `out = rms_norm(x) · w` and its 8-bit copy in the quantized-activation
-    /// cache (decode batches; see `rms_norm_q8` in ferry.cu).
+    /// cache (decode batches; see `rms_norm_q8` in gemv_kquants.cu).
     fn rms_norm_q8(
         &self,
         x: &CudaAct,
@@ -2604,42 +2611,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Speed of prompt attention on tensor cores: one causal prompt of `n`
-    /// tokens (random queries, keys and values), best of `reps` kernel runs.
-    /// Returns (milliseconds, effective TFLOP/s), counting 4 · head dim FLOPs
-    /// per (query, visible key, head): the two products, no masked work.
-    pub fn measure_attention(
-        &self,
-        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
-        n: usize,
-        reps: usize,
-    ) -> Result<(f64, f64), BackendError> {
-        let kv_width = n_kv_heads * head_dim;
-        let mut random = xorshift_values(0x2545_f491_4f6c_dd1d, 1.0);
-        let to_f16 = |x: Vec<f32>| -> Vec<f16> { x.into_iter().map(f16::from_f32).collect() };
-        let kv = CudaKv {
-            n_ctx: n,
-            n_seq: 1,
-            width: kv_width,
-            k: self.upload(&to_f16(random(n * kv_width)))?,
-            v: self.upload(&to_f16(random(n * kv_width)))?,
-        };
-        let q = self.act_from_host(n, n_heads * head_dim, &random(n * n_heads * head_dim))?;
-        let mut out = self.act(n, n_heads * head_dim)?;
-        let heads = AttnSpec::full(n_heads, n_kv_heads, head_dim);
-        let mut best = f64::MAX;
-        for _ in 0..reps.max(1) + 1 {
-            self.stream.synchronize().map_err(err)?;
-            let t0 = std::time::Instant::now();
-            // SAFETY: the cache holds `n` rows, the prompt's positions 0 .. n.
-            unsafe { self.launch_flash(&heads, &q, &kv, 0, 0, &mut out) }?;
-            self.stream.synchronize().map_err(err)?;
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
-        let flops = 4.0 * (head_dim * n_heads) as f64 * (n as f64 * (n as f64 + 1.0) / 2.0);
-        Ok((best * 1e3, flops / best / 1e12))
-    }
-
     /// An attention kernel against the shared-memory reference kernel on random
     /// queries, keys and values: `done` tokens already in the cache, then a
     /// chunk of `n` (1: a decode step). Returns max |Δ| / max |reference| over
@@ -2746,130 +2717,6 @@ impl CudaBackend {
             self.kv_tables(batch, n_ctx, n_seq, &layer.attn)?;
         }
         Ok(())
-    }
-
-    /// Median host-to-device bandwidth in GB/s over `reps` copies of `bytes`:
-    /// (from pinned memory, from pageable memory).
-    pub fn measure_h2d(&self, bytes: usize, reps: usize) -> Result<(f64, f64), BackendError> {
-        let mut dev = self.zeros::<u8>(bytes)?;
-        // SAFETY: a plain page-locked allocation; flags 0 keeps it cacheable.
-        let mut pinned =
-            unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(err)?;
-        pinned.as_mut_slice().map_err(err)?.fill(1);
-        let pageable = vec![1u8; bytes];
-        let mut time = |pin: bool| -> Result<f64, BackendError> {
-            let mut t = Vec::new();
-            for _ in 0..reps.max(1) {
-                self.stream.synchronize().map_err(err)?;
-                let t0 = std::time::Instant::now();
-                if pin {
-                    self.stream.memcpy_htod(&pinned, &mut dev).map_err(err)?;
-                } else {
-                    self.stream
-                        .memcpy_htod(&pageable[..], &mut dev)
-                        .map_err(err)?;
-                }
-                self.stream.synchronize().map_err(err)?;
-                t.push(t0.elapsed().as_secs_f64());
-            }
-            t.sort_by(f64::total_cmp);
-            Ok(bytes as f64 / t[t.len() / 2] / 1e9)
-        };
-        Ok((time(true)?, time(false)?))
-    }
-
-    /// The card's rate for the GEMM ferry's prefill runs (cuBLAS, f16 in,
-    /// f32 accumulate and out) on an `m × k` by `k × k` product, TFLOP/s (best
-    /// of `reps`): the GEMM alone, not the conversions before it.
-    pub fn measure_gemm_tflops(
-        &self,
-        m: usize,
-        k: usize,
-        reps: usize,
-    ) -> Result<f64, BackendError> {
-        // Random operands: zeros would draw less power and run at higher clocks.
-        let mut values = xorshift_values(0x9e37_79b9_7f4a_7c15, 1.0);
-        let mut random =
-            |len: usize| -> Vec<f16> { values(len).into_iter().map(f16::from_f32).collect() };
-        let w = self.upload(&random(k * k))?;
-        let x = self.upload(&random(m * k))?;
-        let mut out = self.zeros::<f32>(m * k)?;
-        let mut best = f64::MAX;
-        for _ in 0..reps.max(1) + 1 {
-            self.stream.synchronize().map_err(err)?;
-            let t0 = std::time::Instant::now();
-            self.gemm_f16(&w, &x, &mut out, (k, m, k), false)?;
-            self.stream.synchronize().map_err(err)?;
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
-        Ok(2.0 * (m * k * k) as f64 / best / 1e12)
-    }
-
-    /// Weight bytes per second of ferry's decode GEMVs, GB/s: one token
-    /// through each of `weights` in turn (`LAUNCHES` products per timing, so
-    /// the gaps between launches count, as in a decode step), median of
-    /// `reps`. The activations are random, as a step's are.
-    pub fn measure_gemv_gbps(
-        &self,
-        weights: &[(crate::gguf::SharedBytes, TensorRef)],
-        reps: usize,
-    ) -> Result<f64, BackendError> {
-        const LAUNCHES: usize = 16;
-        let mut values = xorshift_values(0x2545_f491_4f6c_dd1d, 1.0);
-        let mut ops = Vec::new();
-        for (bytes, t) in weights {
-            let buf = Arc::new(self.upload(bytes.as_slice())?);
-            let w = CudaWeight::in_buffer(&self.stream, buf, 0, t)?;
-            let x = CudaAct {
-                n: 1,
-                width: w.cols,
-                data: self.upload(&values(w.cols))?,
-            };
-            let out = self.act(1, w.rows)?;
-            ops.push((w, x, out, t.n_bytes));
-        }
-        if ops.is_empty() {
-            return Err(BackendError::Invalid(
-                "measure_gemv_gbps: no weights".into(),
-            ));
-        }
-        let mut t = Vec::new();
-        let mut bytes = 0;
-        for rep in 0..reps.max(1) + 1 {
-            self.check()?;
-            let t0 = std::time::Instant::now();
-            bytes = 0;
-            let count = ops.len();
-            for i in 0..LAUNCHES {
-                let (w, x, out, n) = &mut ops[i % count];
-                self.matmul(x, w, out);
-                bytes += *n;
-            }
-            self.check()?;
-            if rep > 0 {
-                t.push(t0.elapsed().as_secs_f64());
-            }
-        }
-        t.sort_by(f64::total_cmp);
-        Ok(bytes as f64 / t[t.len() / 2] / 1e9)
-    }
-
-    /// Device memory bandwidth: a device-to-device copy reads and writes every
-    /// byte, so GB/s = 2 · bytes / time (median of `reps`).
-    pub fn measure_hbm(&self, bytes: usize, reps: usize) -> Result<f64, BackendError> {
-        let src = self.zeros::<u8>(bytes)?;
-        let mut dst = self.zeros::<u8>(bytes)?;
-        let mut t = Vec::new();
-        for _ in 0..reps.max(1) + 1 {
-            self.stream.synchronize().map_err(err)?;
-            let t0 = std::time::Instant::now();
-            self.stream.memcpy_dtod(&src, &mut dst).map_err(err)?;
-            self.stream.synchronize().map_err(err)?;
-            t.push(t0.elapsed().as_secs_f64());
-        }
-        t.remove(0);
-        t.sort_by(f64::total_cmp);
-        Ok(2.0 * bytes as f64 / t[t.len() / 2] / 1e9)
     }
 }
 
@@ -3429,137 +3276,7 @@ impl Backend for CudaBackend {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flash_switch_and_nvrtc_target() {
-        use super::flash_wgmma_from;
-        assert_eq!(flash_wgmma_from(None), Ok(true));
-        assert_eq!(flash_wgmma_from(Some("wgmma")), Ok(true));
-        assert_eq!(flash_wgmma_from(Some("mma")), Ok(false));
-        let e = flash_wgmma_from(Some("k128")).unwrap_err();
-        assert!(
-            e.contains("FERRY_FLASH=k128") && e.contains("wgmma or mma"),
-            "{e}"
-        );
-        assert_eq!(super::nvrtc_arch(9, 0), "sm_90a");
-        assert_eq!(super::nvrtc_arch(8, 9), "sm_89");
-    }
-
-    #[test]
-    fn kernel_cache_key_names_source_arch_and_driver() {
-        let p = kernel_cache_path("sm_90", 13000);
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.ends_with("-sm_90-13000.ptx"), "{name}");
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
-    }
-
-    /// Decode attention splits a long context so that about four blocks
-    /// per SM run, never into slices under 256 keys, and not at all where
-    /// the (token, head) pairs fill the GPU already.
-    #[test]
-    fn attention_splits_fill_the_gpu_with_bounded_parts() {
-        // One token, 40 heads, 132 SMs: 14 slices at 8K keys (586 each).
-        assert_eq!(attention_splits(40, 8192, 132), 14);
-        // Short contexts: no slice under 256 keys.
-        assert_eq!(attention_splits(40, 301, 132), 2);
-        assert_eq!(attention_splits(40, 256, 132), 1);
-        // A batch of 64 tokens already gives 2560 blocks.
-        assert_eq!(attention_splits(64 * 40, 32768, 132), 1);
-        // The partial outputs stay near 4 · SMs parts whatever the context.
-        for keys in [1024, 8192, 32768, 131072] {
-            let parts = 40 * attention_splits(40, keys, 132);
-            assert!(parts <= 4 * 132 + 40, "{keys}: {parts}");
-        }
-    }
-
-    /// The ring GEMVs' plans on an H100's shared memory for a 32B model's
-    /// decode matrices: stages within the block's share, every block busy in
-    /// the last round but a few percent, long rows one per stage.
-    #[test]
-    fn ring_plans_fit_the_card_and_balance_the_blocks() {
-        let h100 = SmemLimits {
-            sms: 132,
-            per_sm: 233_472,
-            per_block: 232_448,
-            reserved: 1024,
-        };
-        let check = |rows: &[usize],
-                     cols: usize,
-                     row_bytes: usize,
-                     matrices: usize,
-                     consumers: Option<usize>| {
-            let choice = RingChoice {
-                consumers,
-                ring_bytes: 160 << 10,
-                min_row_bytes: 0,
-            };
-            let act = gemv_smem_bytes(1, cols);
-            let p = gemv_ring_plan(rows, row_bytes, matrices, act, h100, choice).expect("a plan");
-            let per_sm = 16 / p.consumers;
-            assert!(consumers.is_none_or(|c| c == p.consumers));
-            assert!(p.blocks <= 132 * per_sm);
-            assert!(p.smem + h100.reserved <= h100.per_sm / per_sm, "{p:?}");
-            assert!(p.ring_at >= act && p.ring_at.is_multiple_of(128));
-            assert!(p.stages >= 2, "{p:?}");
-            let rows_per_group = p.consumers / p.wpr;
-            assert!(p.stage_bytes >= matrices * (rows_per_group * row_bytes + 15));
-            let units: usize = rows.iter().map(|r| r.div_ceil(rows_per_group)).sum();
-            let busy = units as f64 / (units.div_ceil(p.blocks) * p.blocks) as f64;
-            assert!(busy > 0.95, "{p:?}: {busy}");
-            p
-        };
-        for consumers in [None, Some(8), Some(16)] {
-            // Down projections, 27648 wide: one row a stage.
-            let down = check(&[5120], 27648, 108 * 144, 1, consumers);
-            assert_eq!(down.consumers / down.wpr, 1);
-            let down6 = check(&[5120], 27648, 108 * 210, 1, consumers);
-            assert_eq!(down6.consumers / down6.wpr, 1);
-            // q, k, v (v in Q6_K), o and gate+up, 5120 wide.
-            check(&[5120, 1024, 1024], 5120, 20 * 210, 1, consumers);
-            let o = check(&[5120], 5120, 20 * 144, 1, consumers);
-            assert!(o.stage_bytes <= RING_STAGE_MAX);
-            check(&[27648], 5120, 20 * 144, 2, consumers);
-        }
-        // By default two blocks of 8 per SM, as many stages as fit (4).
-        let down = check(&[5120], 27648, 108 * 144, 1, None);
-        assert_eq!((down.consumers, down.blocks, down.stages), (8, 264, 4));
-        let down16 = check(&[5120], 27648, 108 * 144, 1, Some(16));
-        assert_eq!((down16.blocks, down16.stages), (132, 10));
-        // No room for two stages: none.
-        let tiny = SmemLimits {
-            per_block: 40 << 10,
-            per_sm: 80 << 10,
-            ..h100
-        };
-        let choice = RingChoice {
-            consumers: None,
-            ring_bytes: 160 << 10,
-            min_row_bytes: 0,
-        };
-        assert_eq!(
-            gemv_ring_plan(
-                &[5120],
-                108 * 210,
-                1,
-                gemv_smem_bytes(1, 27648),
-                tiny,
-                choice
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn availability_is_an_answer_not_a_panic() {
-        // On machines without a GPU (CI) this must say why, in one line.
-        if let Err(why) = availability() {
-            assert!(!why.contains('\n') && !why.is_empty());
-        }
-    }
-}
+mod tests;
 
 /// Compile the kernels with NVRTC for `arch` without needing a GPU (NVRTC is
 /// a library of its own); used to check the kernel source wherever NVRTC is
@@ -3580,137 +3297,7 @@ pub fn compile_kernels_for(arch: &'static str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod compile_tests {
-    /// Where NVRTC is installed (the device machine, or a developer's machine
-    /// with `pip install nvidia-cuda-nvrtc`), the kernels must compile.
-    #[test]
-    fn kernels_compile_where_nvrtc_exists() {
-        match super::compile_kernels_for("sm_90a") {
-            Ok(ptx) => {
-                // Every kernel `load_kernels` asks for by name is an entry point
-                // (the macro-generated ones too).
-                let loaded = include_str!("mod.rs")
-                    .split("f(\"")
-                    .skip(1)
-                    .filter_map(|rest| rest.split('"').next())
-                    .filter(|name| !name.contains(' '))
-                    .collect::<Vec<_>>();
-                assert!(loaded.len() > 30, "{loaded:?}");
-                for name in loaded {
-                    assert!(
-                        ptx.contains(&format!(".entry {name}(")),
-                        "kernel {name} missing from the PTX"
-                    );
-                }
-                // The decode chain's kernels wait on their predecessors
-                // (programmatic dependent launch, sm_90).
-                for op in ["griddepcontrol.wait", "griddepcontrol.launch_dependents"] {
-                    assert!(ptx.contains(op), "{op} missing from the PTX");
-                }
-                // The ring GEMVs' copies and their barriers (sm_90).
-                for op in [
-                    "cp.async.bulk.shared",
-                    "mbarrier.try_wait.parity",
-                    "mbarrier.arrive.expect_tx",
-                ] {
-                    assert!(ptx.contains(op), "{op} missing from the PTX");
-                }
-                // Prompt attention on warpgroup MMAs (sm_90a), every variant.
-                for op in [
-                    "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16",
-                    "wgmma.fence",
-                ] {
-                    assert!(ptx.contains(op), "{op} missing from the PTX");
-                }
-                // Other cards compile the same source without them.
-                let ampere = super::compile_kernels_for("sm_80").expect("compiles for sm_80");
-                assert!(!ampere.contains("wgmma.mma_async"));
-                for k in ["gemv_smem", "gemv_swiglu_smem"] {
-                    for v in ["", "_b3", "_b4"] {
-                        for t in [1, 2] {
-                            let name = format!("{k}{v}_{t}");
-                            assert!(ptx.contains(&format!(".entry {name}(")), "{name}");
-                        }
-                    }
-                }
-                for (_, ty, _) in super::TYPED_GEMVS {
-                    for t in [1, 2, 4, 8] {
-                        let name = format!("gemv_q8_{ty}_{t}");
-                        assert!(ptx.contains(&format!(".entry {name}(")), "{name}");
-                    }
-                }
-            }
-            Err(e) if e == "NVRTC not found" => {
-                eprintln!("NVRTC not installed here; kernel compile not checked")
-            }
-            Err(e) => panic!("the CUDA kernels do not compile:\n{e}"),
-        }
-    }
-}
+mod compile_tests;
 
 #[cfg(test)]
-mod gemv_launch_tests {
-    use super::*;
-
-    #[test]
-    fn kernel_argument_struct_matches_the_cuda_layout() {
-        // GemvSeg: five 8-byte pointers, four ints; GemvSegs: three of them, two ints.
-        assert_eq!(std::mem::size_of::<GemvSeg>(), 56);
-        assert_eq!(std::mem::size_of::<GemvSegs>(), 3 * 56 + 8);
-        assert_eq!(std::mem::align_of::<GemvSegs>(), 8);
-    }
-
-    #[test]
-    fn warps_per_row_keep_the_gpu_busy_without_starving_lane_groups() {
-        // H200, 2 resident blocks of 8 warps per SM (the 116-register kernel).
-        let warps = 132 * 2 * 8;
-        // 32B gate/up (27648 rows of 20 superblocks): rows enough, one warp each.
-        assert_eq!(gemv_warps_per_row(27648, 20, warps), 1);
-        // 32B q+k+v (7168 rows) and down (5120 rows): at least two rows per warp.
-        assert_eq!(gemv_warps_per_row(7168, 20, warps), 1);
-        assert_eq!(gemv_warps_per_row(5120, 108, warps), 1);
-        // 7B down (3584 rows of 74): two warps share a row; with 4 resident
-        // blocks per SM (twice the warps), four.
-        assert_eq!(gemv_warps_per_row(3584, 74, warps), 2);
-        assert_eq!(gemv_warps_per_row(3584, 74, 2 * warps), 4);
-        // Few rows (7B k, v: 512): split while every lane group keeps a superblock.
-        assert_eq!(gemv_warps_per_row(512, 14, warps), 2);
-        assert_eq!(gemv_warps_per_row(512, 74, warps), 8);
-        // A row of one superblock is never split.
-        assert_eq!(gemv_warps_per_row(16, 1, warps), 1);
-        // Covering a row in one round: 20 superblocks, 16 per warp: 2 warps.
-        assert_eq!(gemv_warps_per_row_cover(20, 16), 2);
-        assert_eq!(gemv_warps_per_row_cover(108, 16), 8);
-        assert_eq!(gemv_warps_per_row_cover(20, 8), 4);
-    }
-
-    #[test]
-    fn balanced_warps_per_row_fill_the_last_round() {
-        // H200 at 3 resident blocks per SM: 396 blocks.
-        let blocks = 132 * 3;
-        // 32B down (5120 rows of 108): 2 warps per row leave the last of 3.23
-        // rounds 23 % full (81 % busy overall), 4 warps 92 %.
-        assert_eq!(gemv_warps_per_row_balanced(&[5120], 108, blocks), 4);
-        // 32B gate/up: 8.7 rounds of one warp per row are 97 % busy already.
-        assert_eq!(gemv_warps_per_row_balanced(&[27648], 20, blocks), 1);
-        // 32B q, k, v (5120 + 1024 + 1024 rows of 20): a piece of 10 would
-        // not fill a round.
-        assert_eq!(
-            gemv_warps_per_row_balanced(&[5120, 1024, 1024], 20, blocks),
-            1
-        );
-        // 7B down (3584 rows of 74): 57 % busy with one warp per row.
-        assert_eq!(gemv_warps_per_row_balanced(&[3584], 74, blocks), 4);
-        // Pieces never drop below 16 superblocks.
-        assert_eq!(gemv_warps_per_row_balanced(&[512], 14, blocks), 1);
-    }
-
-    #[test]
-    fn two_tokens_of_the_widest_rows_fit_the_shared_memory() {
-        // The 32B down projection's input (27648 wide) for one and two tokens.
-        assert!(gemv_smem_bytes(1, 27648) < GEMV_SMEM_MAX / 2);
-        assert!(gemv_smem_bytes(2, 27648) <= GEMV_SMEM_MAX);
-        // 8-bit values, scales and half sums, and the partial sums of 8 warps.
-        assert_eq!(gemv_smem_bytes(1, 256), 256 + 4 * 3 * 8 + 8 * 2 * 4);
-    }
-}
+mod gemv_launch_tests;

@@ -1,0 +1,1278 @@
+// ferry: decode GEMVs of the k-quants Q4_K_M models are made of (float, integer, shared-memory and copy-engine-fed designs).
+// (Compiled as one NVRTC source with the other files of this folder, in the
+// order `KERNELS` in ../mod.rs gives: ferry.cu's types and helpers come first.)
+
+// ---------------------------------------------------------------------------
+// Decode GEMVs for the k-quant blocks that make up Q4_K_M-like models: out[t, r]
+// = Σ_c x[t, c] · W[r, c] for n ≤ 8 tokens. One warp per row, 8 lanes per
+// 256-element superblock, so a warp pass reads 4 consecutive superblocks with
+// wide loads, and each lane folds the block scales in once per 16 elements:
+// Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x.
+
+// 6-bit scale and minimum j of a Q4_K/Q5_K superblock whose first 16 bytes are `h`.
+// Header bytes 4..15 pack 8 scales and 8 minimums; all of them are unpacked
+// with a few word operations (scales 0-3 and 4-7, minimums 0-3 and 4-7, one
+// per byte) and byte j is picked without a branch, so lanes that take
+// different sub-blocks do not diverge (the per-byte, branching version cost
+// the decode GEMVs a large share of their instructions).
+__device__ __forceinline__ void scale_min_hdr(uint4 h, int j, int* sc, int* m) {
+    u32 sc_lo = h.y & 0x3f3f3f3fu, m_lo = h.z & 0x3f3f3f3fu;
+    u32 sc_hi = (h.w & 0x0f0f0f0fu) | ((h.y >> 2) & 0x30303030u);
+    u32 m_hi = ((h.w >> 4) & 0x0f0f0f0fu) | ((h.z >> 2) & 0x30303030u);
+    int sh = 8 * (j & 3);
+    *sc = (int)(((j < 4 ? sc_lo : sc_hi) >> sh) & 0xFF);
+    *m = (int)(((j < 4 ? m_lo : m_hi) >> sh) & 0xFF);
+}
+
+// Q4_K: lane s of its group of 8 takes qs[16s .. 16s + 16] (one 16-byte load):
+// low nibbles are elements 64c + l, high nibbles 64c + 32 + l, c = s / 2,
+// l = 16 (s % 2) + 0..16. Rows must start 16-byte aligned (144-byte blocks).
+// Each lane issues the loads of 4 superblocks before using any, so a warp
+// keeps 2.3 KB of a row in flight: decode is bound by memory latency unless
+// enough bytes are in the air (one superblock per round trip reached ~10 %
+// of HBM bandwidth on an H200).
+template <int NT>
+__device__ __forceinline__ void gemv_q4k_t(const u8* __restrict__ w, const float* __restrict__ x, float* out,
+                                           int rows, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256;
+    const u8* row = w + (size_t)warp * nb * 144;
+    int grp = lane / 8, s = lane % 8;
+    int c = s / 2, l = 16 * (s % 2);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        uint4 hdr[4], qv[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 144;
+                hdr[u] = *(const uint4*)b;
+                qv[u] = *(const uint4*)(b + 16 + 16 * s);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            float d = half_to_float((u16)(hdr[u].x & 0xFFFF)), dmin = half_to_float((u16)(hdr[u].x >> 16));
+            int sc0, m0, sc1, m1;
+            scale_min_hdr(hdr[u], 2 * c, &sc0, &m0);
+            scale_min_hdr(hdr[u], 2 * c + 1, &sc1, &m1);
+            float d0 = d * (float)sc0, d1 = d * (float)sc1;
+            float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
+            u32 q[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
+            int e_lo = blk * 256 + 64 * c + l;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                const float4* xl = (const float4*)(x + (size_t)t * cols + e_lo);
+                const float4* xh = xl + 8; // 32 elements further
+                float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    float4 a = xl[i], bb = xh[i];
+                    u32 qq = q[i];
+                    sl += (float)(qq & 0xF) * a.x + (float)((qq >> 8) & 0xF) * a.y
+                        + (float)((qq >> 16) & 0xF) * a.z + (float)((qq >> 24) & 0xF) * a.w;
+                    sh += (float)((qq >> 4) & 0xF) * bb.x + (float)((qq >> 12) & 0xF) * bb.y
+                        + (float)((qq >> 20) & 0xF) * bb.z + (float)(qq >> 28) * bb.w;
+                    xsl += a.x + a.y + a.z + a.w;
+                    xsh += bb.x + bb.y + bb.z + bb.w;
+                }
+                acc[t] += d0 * sl - mn0 * xsl + d1 * sh - mn1 * xsh;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+// Four Q6_K values (0..63, one per byte) of quarter k (elements 32k + l of a
+// half): low 4 bits from ql[l] (k = 0, 2) or ql[l + 32] (k = 1, 3), the low or
+// high nibble by k / 2; high 2 bits from qh[l] at bit 2k. `ql0`, `ql1`, `qh`:
+// the same four consecutive l of each.
+__device__ __forceinline__ u32 q6k_values(u32 ql0, u32 ql1, u32 qh, int k) {
+    return ((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((qh >> (2 * k)) & 0x03030303u) << 4);
+}
+
+__device__ __forceinline__ u32 load_u32_2aligned(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
+}
+
+// Q6_K (210-byte blocks, so only 2-byte aligned): lane s of its group of 8
+// takes half n = s / 4 and the 8 columns l0 = 8 (s % 4) .. l0 + 8 of it: 8 ql
+// bytes at 64n + l0 and at 64n + 32 + l0 and 8 qh bytes at 32n + l0 give the
+// elements 128n + 32k + l0 + 0..8 for k = 0..3. Loads of 4 superblocks are
+// issued before any is used, as in the Q4_K kernel.
+template <int NT>
+__device__ __forceinline__ void gemv_q6k_t(const u8* __restrict__ w, const float* __restrict__ x, float* out,
+                                           int rows, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256;
+    const u8* row = w + (size_t)warp * nb * 210;
+    int grp = lane / 8, s = lane % 8;
+    int half_ = s / 4, l0 = 8 * (s % 4);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        u32 ql0[4][2], ql1[4][2], qh[4][2];
+        u32 sc[4];
+        float dd[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 210;
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    ql0[u][i] = load_u32_2aligned(b + 64 * half_ + l0 + 4 * i);
+                    ql1[u][i] = load_u32_2aligned(b + 64 * half_ + 32 + l0 + 4 * i);
+                    qh[u][i] = load_u32_2aligned(b + 128 + 32 * half_ + l0 + 4 * i);
+                }
+                // The 4 scales this lane needs: bytes 192 + 8n + l0/16 + 2k.
+                const u8* sp = b + 192 + 8 * half_ + l0 / 16;
+                sc[u] = (u32)sp[0] | ((u32)sp[2] << 8) | ((u32)sp[4] << 16) | ((u32)sp[6] << 24);
+                dd[u] = h2f(b + 208);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            float dk[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) dk[k] = dd[u] * (float)(i8)((sc[u] >> (8 * k)) & 0xFF);
+            int e0 = blk * 256 + 128 * half_ + l0;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                const float* xt = x + (size_t)t * cols + e0;
+                float total = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float4* xp = (const float4*)(xt + 32 * k);
+                    float sq = 0.0f, sx = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+                        float4 a = xp[i];
+                        u32 lo = (k & 1) ? ql1[u][i] : ql0[u][i];
+                        int shift = (k >> 1) * 4;
+                        u32 hi = qh[u][i] >> (2 * k);
+                        float xs[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            int qv = (int)(((lo >> (8 * j + shift)) & 0xF) | (((hi >> (8 * j)) & 3) << 4));
+                            sq += (float)qv * xs[j];
+                            sx += xs[j];
+                        }
+                    }
+                    total += dk[k] * (sq - 32.0f * sx);
+                }
+                acc[t] += total;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+#define GEMV_ENTRY(fmt, NT)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##fmt##_##NT(                                      \
+        const u8* __restrict__ w, const float* __restrict__ x, float* out, int rows, int cols, int n) {         \
+        gemv_##fmt##_t<NT>(w, x, out, rows, cols, n);                                                          \
+    }
+GEMV_ENTRY(q4k, 1)
+GEMV_ENTRY(q4k, 2)
+GEMV_ENTRY(q4k, 4)
+GEMV_ENTRY(q4k, 8)
+GEMV_ENTRY(q6k, 1)
+GEMV_ENTRY(q6k, 2)
+GEMV_ENTRY(q6k, 4)
+GEMV_ENTRY(q6k, 8)
+
+// ---------------------------------------------------------------------------
+// Integer decode GEMVs. Decode reads each weight once per token, so a GEMV is
+// only as fast as the memory if decoding costs less than a few instructions
+// per element; with floats it costs about eight (nibble extraction, an int →
+// float conversion at quarter rate, two adds) and the kernels above run at a
+// third of HBM speed. Here the activations are quantized once to 8 bits per
+// 32-element block (as the CPU backend does) and 4 weights × 4 activations are
+// multiplied by one dp4a.
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// q[t, c] = round(x[t, c] / d), d = max |x| / 127 over each 32-element block;
+// per block the scale, and per 16-element half the sum d · Σ q (what the 8-bit
+// values add up to, for the Q4_K minimum term). One warp per block.
+extern "C" __global__ void quantize_q8(const float* x, i8* q, float* d, float* s16, int cols, int n) {
+    chain_next();
+    chain_wait();
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    int blocks = cols / 32;
+    if (warp >= n * blocks) return;
+    size_t at = (size_t)warp * 32 + lane; // rows are whole blocks
+    quantize_block32(x[at], at, q, d, s16);
+}
+
+// Q4_K × 8-bit activations. Lanes as in gemv_q4k_t: lane s of its group of 8
+// holds the 16 low nibbles (sub-block 2c, 16 elements from l) and 16 high
+// nibbles (sub-block 2c + 1) of qs[16s .. 16s + 16]; the matching activations
+// are 16 consecutive bytes each, inside one 32-element block.
+template <int NT>
+__device__ __forceinline__ void gemv_q4k_q8_t(const u8* __restrict__ w, const i8* __restrict__ xq,
+                                              const float* __restrict__ xd, const float* __restrict__ xs,
+                                              float* out, int rows, int cols, int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256, nxb = cols / 32;
+    const u8* row = w + (size_t)warp * nb * 144;
+    int grp = lane / 8, s = lane % 8;
+    int c = s / 2, l = 16 * (s % 2), hf = s % 2;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        uint4 hdr[4], qv[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 144;
+                hdr[u] = *(const uint4*)b;
+                qv[u] = *(const uint4*)(b + 16 + 16 * s);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            float d = half_to_float((u16)(hdr[u].x & 0xFFFF)), dmin = half_to_float((u16)(hdr[u].x >> 16));
+            int sc0, m0, sc1, m1;
+            scale_min_hdr(hdr[u], 2 * c, &sc0, &m0);
+            scale_min_hdr(hdr[u], 2 * c + 1, &sc1, &m1);
+            float d0 = d * (float)sc0, d1 = d * (float)sc1;
+            float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
+            int lo[4], hi[4];
+            u32 qw[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                lo[i] = (int)(qw[i] & 0x0F0F0F0F);
+                hi[i] = (int)((qw[i] >> 4) & 0x0F0F0F0F);
+            }
+            int e_lo = blk * 256 + 64 * c + l;
+            int xb = blk * 8 + 2 * c; // x block of the low nibbles; +1 for the high ones
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                uint4 xl = *(const uint4*)(xq + (size_t)t * cols + e_lo);
+                uint4 xh = *(const uint4*)(xq + (size_t)t * cols + e_lo + 32);
+                int sl = dp4a(lo[0], (int)xl.x, 0);
+                sl = dp4a(lo[1], (int)xl.y, sl);
+                sl = dp4a(lo[2], (int)xl.z, sl);
+                sl = dp4a(lo[3], (int)xl.w, sl);
+                int sh = dp4a(hi[0], (int)xh.x, 0);
+                sh = dp4a(hi[1], (int)xh.y, sh);
+                sh = dp4a(hi[2], (int)xh.z, sh);
+                sh = dp4a(hi[3], (int)xh.w, sh);
+                size_t bx = (size_t)t * nxb + xb;
+                acc[t] += d0 * xd[bx] * (float)sl - mn0 * xs[bx * 2 + hf]
+                        + d1 * xd[bx + 1] * (float)sh - mn1 * xs[(bx + 1) * 2 + hf];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+// Q6_K × 8-bit activations. Lanes as in gemv_q6k_t; each 8-element group k is
+// rebuilt as signed bytes q − 32 (per byte: set bit 7, subtract 32, clear bit 7
+// again — no borrow crosses bytes since every byte is at most 63) for dp4a.
+template <int NT>
+__device__ __forceinline__ void gemv_q6k_q8_t(const u8* __restrict__ w, const i8* __restrict__ xq,
+                                              const float* __restrict__ xd, float* out, int rows, int cols,
+                                              int n) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    int nb = cols / 256, nxb = cols / 32;
+    const u8* row = w + (size_t)warp * nb * 210;
+    int grp = lane / 8, s = lane % 8;
+    int half_ = s / 4, l0 = 8 * (s % 4);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int first = grp; first < nb; first += 16) {
+        u32 ql0[4][2], ql1[4][2], qh[4][2];
+        u32 sc[4];
+        float dd[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk < nb) {
+                const u8* b = row + (size_t)blk * 210;
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    ql0[u][i] = load_u32_2aligned(b + 64 * half_ + l0 + 4 * i);
+                    ql1[u][i] = load_u32_2aligned(b + 64 * half_ + 32 + l0 + 4 * i);
+                    qh[u][i] = load_u32_2aligned(b + 128 + 32 * half_ + l0 + 4 * i);
+                }
+                const u8* sp = b + 192 + 8 * half_ + l0 / 16;
+                sc[u] = (u32)sp[0] | ((u32)sp[2] << 8) | ((u32)sp[4] << 16) | ((u32)sp[6] << 24);
+                dd[u] = h2f(b + 208);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int blk = first + 4 * u;
+            if (blk >= nb) break;
+            int qs[4][2];
+            float dk[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                dk[k] = dd[u] * (float)(i8)((sc[u] >> (8 * k)) & 0xFF);
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+                    qs[k][i] = (int)(((q6k_values(ql0[u][i], ql1[u][i], qh[u][i], k) | 0x80808080u) - 0x20202020u) ^
+                                     0x80808080u);
+            }
+            int e0 = blk * 256 + 128 * half_ + l0;
+            int xb0 = blk * 8 + 4 * half_;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= n) break;
+                float total = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    uint2 xv = *(const uint2*)(xq + (size_t)t * cols + e0 + 32 * k);
+                    int si = dp4a(qs[k][0], (int)xv.x, dp4a(qs[k][1], (int)xv.y, 0));
+                    total += dk[k] * xd[(size_t)t * nxb + xb0 + k] * (float)si;
+                }
+                acc[t] += total;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float sum = acc[t];
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) out[(size_t)t * rows + warp] = sum;
+    }
+}
+
+#define GEMV_Q8_ENTRY(NT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) gemv_q4k_q8_##NT(                                     \
+        const u8* __restrict__ w, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+        const float* __restrict__ xs, float* out, int rows, int cols, int n) {                               \
+        gemv_q4k_q8_t<NT>(w, xq, xd, xs, out, rows, cols, n);                                                \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) gemv_q6k_q8_##NT(                                     \
+        const u8* __restrict__ w, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+        const float* __restrict__ xs, float* out, int rows, int cols, int n) {                               \
+        gemv_q6k_q8_t<NT>(w, xq, xd, out, rows, cols, n);                                                    \
+    }
+GEMV_Q8_ENTRY(1)
+GEMV_Q8_ENTRY(2)
+GEMV_Q8_ENTRY(4)
+GEMV_Q8_ENTRY(8)
+
+// ---------------------------------------------------------------------------
+// Decode GEMVs, second design: persistent blocks of 8 warps. A block copies the
+// 8-bit activations (and their scales) into shared memory once, then walks its
+// share of the rows, so the loop after each weight load reads x from shared
+// memory instead of waiting on L2. `wpr` warps share a row (each a slice of its
+// superblocks, chosen so one round of loads covers the row); their partial sums
+// meet in shared memory in a fixed order, so results do not depend on timing.
+// Epilogues fold in what used to be separate kernels: a per-row bias (q, k, v),
+// a residual (out = W·x + residual, in place for x += W·h), and SwiGLU over two
+// matrices read side by side (out = silu(W_gate·x) · W_up·x).
+
+// The block's copy of the 8-bit activations is stored swizzled: the 16-byte
+// chunk ch (elements 16 ch .. 16 ch + 16) of superblock blk sits in slot
+// (4 (ch % 4) + ch / 4) ^ (4 (blk % 2)) of its 256 bytes. A Q4_K lane reads
+// the chunks 4c + k (k = 0..3) of its 64 elements in step k, so the 8 lanes of
+// a quarter warp (4 lanes of one superblock, 4 of the next) hit 8 distinct
+// groups of 4 banks; in the natural order they would hit 2-4 lanes per bank.
+__device__ __forceinline__ int xq_slot(int blk, int ch) { return (4 * (ch & 3) + (ch >> 2)) ^ (4 * (blk & 1)); }
+
+// Byte offset of element e (multiple of 8) of token t in the swizzled copy.
+__device__ __forceinline__ int xq_at(int t, int cols, int e) {
+    int blk = e >> 8, ch = (e >> 4) & 15;
+    return t * cols + (blk << 8) + 16 * xq_slot(blk, ch) + (e & 15);
+}
+
+// Σ of 32 byte products: the words w[0..8] against the bytes of a, then b.
+__device__ __forceinline__ int dp4a_32(const int* w, uint4 a, uint4 b) {
+    int s = dp4a(w[0], (int)a.x, 0);
+    s = dp4a(w[1], (int)a.y, s);
+    s = dp4a(w[2], (int)a.z, s);
+    s = dp4a(w[3], (int)a.w, s);
+    s = dp4a(w[4], (int)b.x, s);
+    s = dp4a(w[5], (int)b.y, s);
+    s = dp4a(w[6], (int)b.z, s);
+    return dp4a(w[7], (int)b.w, s);
+}
+
+// One Q4_K superblock against the shared-memory activations, four lanes per
+// superblock: lane c (0..3) holds qs[32c .. 32c + 32] (`qa`, `qb`), whose low
+// nibbles are sub-block 2c and high nibbles sub-block 2c + 1, so each lane
+// unpacks two scale/minimum pairs per 64 elements (with eight lanes per
+// superblock it was two per 32, and the GEMV issued an instruction every
+// cycle it could). Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x per sub-block.
+template <int NT>
+__device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int blk, const i8* sq,
+                                              const float* sd, const float* ss, int cols, int nxb, int n, int c,
+                                              float* acc) {
+    float d = half_to_float((u16)(hdr.x & 0xFFFF)), dmin = half_to_float((u16)(hdr.x >> 16));
+    int sc0, m0, sc1, m1;
+    scale_min_hdr(hdr, 2 * c, &sc0, &m0);
+    scale_min_hdr(hdr, 2 * c + 1, &sc1, &m1);
+    float d0 = d * (float)sc0, d1 = d * (float)sc1;
+    float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
+    int lo[8], hi[8];
+    u32 qw[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        lo[i] = (int)(qw[i] & 0x0F0F0F0F);
+        hi[i] = (int)((qw[i] >> 4) & 0x0F0F0F0F);
+    }
+    const int xb = blk * 8 + 2 * c;
+    const int sw = 4 * (blk & 1);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        const uint4* xs = (const uint4*)(sq + (size_t)t * cols + blk * 256);
+        uint4 x0 = xs[c ^ sw], x1 = xs[(4 + c) ^ sw], x2 = xs[(8 + c) ^ sw], x3 = xs[(12 + c) ^ sw];
+        int sl = dp4a_32(lo, x0, x1), sh = dp4a_32(hi, x2, x3);
+        float2 dx = *(const float2*)(sd + t * nxb + xb);
+        float4 s4 = *(const float4*)(ss + 2 * (t * nxb + xb));
+        acc[t] += d0 * dx.x * (float)sl - mn0 * (s4.x + s4.y) + d1 * dx.y * (float)sh - mn1 * (s4.z + s4.w);
+    }
+}
+
+// Q6_K, four lanes per superblock: lane c takes half h = c / 2 and the 16
+// columns l0 = 16 (c % 2) .. l0 + 16 of it, i.e. 16 bytes of each of ql[64h ..],
+// ql[64h + 32 ..] and qh[32h ..] (elements 128h + 32k + l0 + 0..16, k = 0..3)
+// and the 8 scale bytes of its half. All those runs start 16 bytes apart from
+// each other, so they share the block's misalignment (blocks of 210 bytes are
+// only 2-byte aligned): each is read as three aligned 8-byte words and shifted
+// into place. With eight lanes per superblock a lane took 17 loads of 1-2
+// bytes per 32 elements and the GEMV was bound by the L1's throughput (80 %
+// busy at 1.5 TB/s); here 12 loads cover 64 elements. Every word read lies in
+// the block except the second scale word of the upper half, which can reach 6
+// bytes past it: for a matrix's last block that is past the matrix, but inside
+// the aligned 8-byte word that holds the block's last bytes (so never another
+// page or allocation).
+struct Q6kLane4 {
+    unsigned long long ql0[3], ql1[3], qh[3], sc[2];
+    u32 d; // f16 bits
+};
+
+__device__ __forceinline__ Q6kLane4 q6k_load4(const u8* b, int c) {
+    const int h = c >> 1, l0 = 16 * (c & 1);
+    // The 8-byte word below the block's start; every run starts a multiple
+    // of 8 bytes past it. (Pointer arithmetic, not integer: the compiler then
+    // still sees shared memory as shared, for the ring GEMVs.)
+    const u8* w = b - ((size_t)b & 7);
+    const unsigned long long* p;
+    Q6kLane4 q;
+    p = (const unsigned long long*)(w + 64 * h + l0);
+    q.ql0[0] = p[0], q.ql0[1] = p[1], q.ql0[2] = p[2];
+    p = (const unsigned long long*)(w + 64 * h + 32 + l0);
+    q.ql1[0] = p[0], q.ql1[1] = p[1], q.ql1[2] = p[2];
+    p = (const unsigned long long*)(w + 128 + 32 * h + l0);
+    q.qh[0] = p[0], q.qh[1] = p[1], q.qh[2] = p[2];
+    p = (const unsigned long long*)(w + 192 + 8 * h);
+    q.sc[0] = p[0], q.sc[1] = p[1];
+    q.d = *(const u16*)(b + 208);
+    return q;
+}
+
+// Bytes [sh / 8, sh / 8 + 4n) of the words w (little-endian), sh = 8 · (block
+// address % 8): o[i] = bytes 4i .. 4i + 4 of the run.
+template <int N>
+__device__ __forceinline__ void q6k_align(const unsigned long long* w, int sh, u32* o) {
+    u32 v[2 * ((N + 1) / 2) + 2];
+#pragma unroll
+    for (int i = 0; i < (N + 1) / 2 + 1; ++i) {
+        v[2 * i] = (u32)w[i];
+        v[2 * i + 1] = (u32)(w[i] >> 32);
+    }
+    const bool up = sh >= 32;
+    const int r = sh & 31;
+#pragma unroll
+    for (int i = 0; i < N; ++i) o[i] = __funnelshift_r(up ? v[i + 1] : v[i], up ? v[i + 2] : v[i + 1], r);
+}
+
+// d · Σ_k sc_k · Σ (q − 32) · x over the lane's 64 elements, as
+// d · sc_k · (dx · Σ q·x8 − 32 · Σ x) per 16: the 6-bit values stay unsigned
+// (dp4a u8 × s8) and the −32 is taken once per 16 from the activation's sum.
+__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+template <int NT>
+__device__ __forceinline__ void q6k_dot4_smem(const Q6kLane4& q, size_t addr, int blk, const i8* sq,
+                                              const float* sd, const float* ss, int cols, int nxb, int n, int c,
+                                              float* acc) {
+    const int h = c >> 1, hf = c & 1;
+    const int sh = 8 * (int)(addr & 7);
+    u32 ql0[4], ql1[4], qh[4], sc[2];
+    q6k_align<4>(q.ql0, sh, ql0);
+    q6k_align<4>(q.ql1, sh, ql1);
+    q6k_align<4>(q.qh, sh, qh);
+    q6k_align<2>(q.sc, sh, sc);
+    const float d = half_to_float((u16)q.d);
+    u32 qs[4][4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            qs[k][i] = q6k_values(ql0[i], ql1[i], qh[i], k);
+    // Scale k of this lane: byte 2k + hf of the half's 8.
+    float dk[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) dk[k] = d * (float)(i8)((sc[k >> 1] >> (8 * (2 * (k & 1) + hf))) & 0xFF);
+    const int e0 = blk * 256 + 128 * h + 16 * hf;
+    const int xb0 = blk * 8 + 4 * h;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        float total = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            uint4 xv = *(const uint4*)(sq + xq_at(t, cols, e0 + 32 * k));
+            int si = dp4a_us(qs[k][0], (int)xv.x, 0);
+            si = dp4a_us(qs[k][1], (int)xv.y, si);
+            si = dp4a_us(qs[k][2], (int)xv.z, si);
+            si = dp4a_us(qs[k][3], (int)xv.w, si);
+            int bx = t * nxb + xb0 + k;
+            total += dk[k] * (sd[bx] * (float)si - 32.0f * ss[2 * bx + hf]);
+        }
+        acc[t] += total;
+    }
+}
+
+
+
+// One matrix of a launch: up to three share the activations (the q, k and v
+// projections), each with its own output and epilogue. Row groups of segment
+// k are numbered from `groups_before`. (Mirrored by `GemvSeg` in mod.rs.)
+struct GemvSeg {
+    const u8* w;
+    const u8* w2;          // SwiGLU: the up matrix beside the gate matrix `w`
+    float* out;
+    const float* bias;     // per row, or null
+    const float* residual; // out = W·x + residual (may be out itself), or null
+    int rows;
+    int fmt; // 0: Q4_K (144-byte superblocks), 1: Q6_K (210)
+    int groups_before;
+    int pad;
+};
+struct GemvSegs {
+    GemvSeg seg[3];
+    int count;
+    int total_groups;
+};
+
+// One round of a lane's loads: the 16 header bytes and lane c's 32 quant
+// bytes of U Q4_K superblocks first + stride·u (those past the row's end skipped).
+template <int U>
+__device__ __forceinline__ void q4k_round(const u8* row, int first, int stride, int nb, int c, uint4 (&h)[U],
+                                          uint4 (&qa)[U], uint4 (&qb)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int blk = first + stride * u;
+        if (blk < nb) {
+            const u8* b = row + (size_t)blk * 144;
+            h[u] = *(const uint4*)b;
+            qa[u] = *(const uint4*)(b + 16 + 32 * c);
+            qb[u] = *(const uint4*)(b + 32 + 32 * c);
+        }
+    }
+}
+
+// One round of a lane's weight loads in any of the kernels' formats, 96
+// bytes: Q4_K two superblocks' 48 (header, its 32 quant bytes) or, for
+// SwiGLU, one of the gate matrix's and one of the up matrix's; Q6_K one
+// superblock's Q6kLane4 (90). A block loads its first round into one of these
+// before it waits on the previous kernel (`GEMV_PRELOAD`).
+struct RoundRegs {
+    uint4 v[6];
+};
+
+__device__ __forceinline__ uint4 pack_u64(u64 a, u64 b) {
+    uint4 r;
+    r.x = (u32)a, r.y = (u32)(a >> 32), r.z = (u32)b, r.w = (u32)(b >> 32);
+    return r;
+}
+__device__ __forceinline__ u64 lo_u64(uint4 a) { return (u64)a.x | ((u64)a.y << 32); }
+__device__ __forceinline__ u64 hi_u64(uint4 a) { return (u64)a.z | ((u64)a.w << 32); }
+
+// The round of superblocks first + stride·u (u < U) of `row` (and of `row2`,
+// SwiGLU's up matrix), lane group position s; those past nb are not loaded.
+template <int FMT, bool SWIGLU, int U>
+__device__ __forceinline__ void load_round(RoundRegs& p, const u8* row, const u8* row2, int first, int stride,
+                                           int nb, int s) {
+    static_assert(FMT != 0 || 3 * U * (SWIGLU ? 2 : 1) <= 6, "a Q4_K round is at most 96 bytes");
+    static_assert(FMT == 0 || (U == 1 && !SWIGLU), "a Q6_K round is one superblock");
+    if (FMT == 0) {
+        uint4 h[U], qa[U], qb[U];
+        q4k_round<U>(row, first, stride, nb, s, h, qa, qb);
+#pragma unroll
+        for (int u = 0; u < U; ++u) p.v[3 * u] = h[u], p.v[3 * u + 1] = qa[u], p.v[3 * u + 2] = qb[u];
+        if (SWIGLU) {
+            q4k_round<U>(row2, first, stride, nb, s, h, qa, qb);
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+                p.v[3 * (U + u)] = h[u], p.v[3 * (U + u) + 1] = qa[u], p.v[3 * (U + u) + 2] = qb[u];
+        }
+    } else {
+        if (first < nb) {
+            Q6kLane4 q = q6k_load4(row + (size_t)first * 210, s);
+            p.v[0] = pack_u64(q.ql0[0], q.ql0[1]);
+            p.v[1] = pack_u64(q.ql0[2], q.ql1[0]);
+            p.v[2] = pack_u64(q.ql1[1], q.ql1[2]);
+            p.v[3] = pack_u64(q.qh[0], q.qh[1]);
+            p.v[4] = pack_u64(q.qh[2], q.sc[0]);
+            p.v[5] = pack_u64(q.sc[1], (u64)q.d);
+        }
+    }
+}
+
+__device__ __forceinline__ Q6kLane4 q6k_unpack(const RoundRegs& p) {
+    Q6kLane4 q;
+    q.ql0[0] = lo_u64(p.v[0]), q.ql0[1] = hi_u64(p.v[0]), q.ql0[2] = lo_u64(p.v[1]);
+    q.ql1[0] = hi_u64(p.v[1]), q.ql1[1] = lo_u64(p.v[2]), q.ql1[2] = hi_u64(p.v[2]);
+    q.qh[0] = lo_u64(p.v[3]), q.qh[1] = hi_u64(p.v[3]), q.qh[2] = lo_u64(p.v[4]);
+    q.sc[0] = hi_u64(p.v[4]), q.sc[1] = lo_u64(p.v[5]);
+    q.d = p.v[5].z;
+    return q;
+}
+
+// One round's arithmetic: the superblocks first + stride·u (u < U) of the
+// round `p` against the activations.
+template <int NT, int FMT, bool SWIGLU, int U>
+__device__ __forceinline__ void round_dot(const RoundRegs& p, const u8* row, int first, int stride, int nb, int s,
+                                          const i8* sq, const float* sd, const float* ss, int cols, int nxb, int n,
+                                          float* acc, float* acc2) {
+    if (FMT == 0) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int blk = first + stride * u;
+            if (blk >= nb) break;
+            q4k_dot4_smem<NT>(p.v[3 * u], p.v[3 * u + 1], p.v[3 * u + 2], blk, sq, sd, ss, cols, nxb, n, s, acc);
+            if (SWIGLU)
+                q4k_dot4_smem<NT>(p.v[3 * (U + u)], p.v[3 * (U + u) + 1], p.v[3 * (U + u) + 2], blk, sq, sd, ss, cols,
+                                  nxb, n, s, acc2);
+        }
+    } else {
+        q6k_dot4_smem<NT>(q6k_unpack(p), (size_t)(row + (size_t)first * 210), first, sq, sd, ss, cols, nxb, n, s, acc);
+    }
+}
+
+// This warp's share of row `r` of one matrix: its lane groups' superblocks
+// first0 + stride·k, in rounds of U loads per group all in flight together;
+// with PRE the first round is `pre`, loaded before the kernel's wait.
+// (Issuing the next round before this one's arithmetic was tried: it needs
+// ~115 registers, halves the resident warps, and decoded 10 % slower.)
+template <int NT, int FMT, bool SWIGLU, int U, bool PRE>
+__device__ __forceinline__ void gemv_row_part(const u8* row, const u8* row2, int first0, int stride, int nb, int s,
+                                              const i8* sq, const float* sd, const float* ss, int cols, int nxb,
+                                              int n, float* acc, float* acc2, const RoundRegs& pre) {
+    int first = first0;
+    if (PRE) {
+        if (first < nb) round_dot<NT, FMT, SWIGLU, U>(pre, row, first, stride, nb, s, sq, sd, ss, cols, nxb, n, acc, acc2);
+        first += U * stride;
+    }
+    for (; first < nb; first += U * stride) {
+        RoundRegs p;
+        load_round<FMT, SWIGLU, U>(p, row, row2, first, stride, nb, s);
+        round_dot<NT, FMT, SWIGLU, U>(p, row, first, stride, nb, s, sq, sd, ss, cols, nxb, n, acc, acc2);
+    }
+}
+
+// The block's copy of the step's 8-bit activations (swizzled, xq_slot), their
+// per-32 scales and per-16 sums; ends with a barrier. All of it is one list
+// of 16-byte pieces (values, then scales, then sums), each thread loading
+// BATCH pieces before storing any: the staging is on every decode GEMV's
+// critical path (after the wait on the previous kernel), and one load at a
+// time made it ten round trips to L2 for a 27648-wide row.
+template <int BATCH>
+__device__ __forceinline__ void stage_activations(const i8* __restrict__ xq, const float* __restrict__ xd,
+                                                  const float* __restrict__ xs, i8* sq, float* sd, float* ss,
+                                                  int cols, int n) {
+    const int chunks = cols / 16, nxb = cols / 32;
+    const int values = n * chunks, scales = n * nxb / 4, sums = 2 * n * nxb / 4; // nxb is a multiple of 8
+    const int pieces = values + scales + sums;
+    for (int base = threadIdx.x; base < pieces; base += BATCH * blockDim.x) {
+        uint4 v[BATCH];
+#pragma unroll
+        for (int k = 0; k < BATCH; ++k) {
+            const int i = base + k * blockDim.x;
+            if (i < values)
+                v[k] = ((const uint4*)xq)[i];
+            else if (i < values + scales)
+                v[k] = ((const uint4*)xd)[i - values];
+            else if (i < pieces)
+                v[k] = ((const uint4*)xs)[i - values - scales];
+        }
+#pragma unroll
+        for (int k = 0; k < BATCH; ++k) {
+            const int i = base + k * blockDim.x;
+            if (i < values) {
+                const int t = i / chunks, ci = i - t * chunks, blk = ci >> 4;
+                ((uint4*)(sq + (size_t)t * cols + blk * 256))[xq_slot(blk, ci & 15)] = v[k];
+            } else if (i < values + scales) {
+                ((uint4*)sd)[i - values] = v[k];
+            } else if (i < pieces) {
+                ((uint4*)ss)[i - values - scales] = v[k];
+            }
+        }
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ GemvSeg seg_of(const GemvSegs& segs, int rg) {
+    GemvSeg g = segs.seg[0];
+    if (segs.count > 1 && rg >= segs.seg[1].groups_before) g = segs.seg[1];
+    if (segs.count > 2 && rg >= segs.seg[2].groups_before) g = segs.seg[2];
+    return g;
+}
+
+// `flags` of the shared-memory GEMVs.
+// The row's warps meet at a barrier of their own (bar.sync 1 + row_in), not
+// the whole block's: the other rows' warps keep their loads in flight.
+#define GEMV_ROW_BARRIER 1
+// The block's first round of weights is loaded before it waits on the
+// previous kernel (RoundRegs), so its round trip overlaps the wait and the
+// staging of the activations.
+#define GEMV_PRELOAD 2
+
+// Where the `wpr` warps sharing a row exchange partial sums.
+__device__ __forceinline__ void row_sync(int flags, int row_in, int wpr) {
+    if (flags & GEMV_ROW_BARRIER)
+        asm volatile("bar.sync %0, %1;" ::"r"(1 + row_in), "r"(32 * wpr) : "memory");
+    else
+        __syncthreads();
+}
+
+// Token t's output of row r from its sums (v; SwiGLU: v2 the up matrix's):
+// the epilogue (SwiGLU, bias, residual), then the store.
+template <bool SWIGLU>
+__device__ __forceinline__ void store_row(const GemvSeg& g, int r, int t, float v, float v2) {
+    if (SWIGLU) v = v / (1.0f + expf(-v)) * v2;
+    if (g.bias) v += g.bias[r];
+    const size_t at = (size_t)t * g.rows + r;
+    if (g.residual) v += g.residual[at];
+    g.out[at] = v;
+}
+
+// Row r's lane sums → its output: reduced over the warp, over the row's `wpr`
+// warps in a fixed order (through `part`, with barriers every warp of the row
+// group reaches), then the epilogue (SwiGLU, bias, residual).
+template <int NT, bool SWIGLU>
+__device__ __forceinline__ void finish_row(const GemvSeg& g, int r, float* acc, float* acc2, float* part, int n,
+                                           int wpr, int warp, int piece, int lane, int row_in, int flags) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        acc[t] = warp_sum(acc[t]);
+        if (SWIGLU) acc2[t] = warp_sum(acc2[t]);
+    }
+    if (wpr > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                part[(warp * NT + t) * 2] = acc[t];
+                part[(warp * NT + t) * 2 + 1] = acc2[t];
+            }
+        }
+        row_sync(flags, row_in, wpr);
+        if (piece == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                float a = 0.0f, a2 = 0.0f;
+                for (int p = 0; p < wpr; ++p) {
+                    a += part[((warp + p) * NT + t) * 2];
+                    a2 += part[((warp + p) * NT + t) * 2 + 1];
+                }
+                acc[t] = a;
+                acc2[t] = a2;
+            }
+        }
+    }
+    if (piece == 0 && lane < NT && r < g.rows) {
+        // Lane t writes token t's result.
+        float v = 0.0f, v2 = 0.0f;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+            if (t == lane) {
+                v = acc[t];
+                v2 = acc2[t];
+            }
+        if (lane < n) store_row<SWIGLU>(g, r, lane, v, v2);
+    }
+    if (wpr > 1) row_sync(flags, row_in, wpr); // the partial sums are rewritten next round
+}
+
+// Ask L2 for the weight rows of row group `rg` (and the up matrix's beside
+// them): one prefetch per 128-byte line, spread over the block's threads.
+template <bool SWIGLU>
+__device__ __forceinline__ void prefetch_rows(const GemvSegs& segs, int rg, int rpb, int nb) {
+    if (rg >= segs.total_groups) return;
+    const GemvSeg g = seg_of(segs, rg);
+    const int r0 = (rg - g.groups_before) * rpb;
+    const size_t row_bytes = (size_t)nb * (g.fmt ? 210 : 144);
+    const size_t off = (size_t)r0 * row_bytes, bytes = (size_t)min(rpb, g.rows - r0) * row_bytes;
+    for (size_t at = (size_t)threadIdx.x * 128; at < bytes; at += (size_t)blockDim.x * 128) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(g.w + off + at));
+        if (SWIGLU) asm volatile("prefetch.global.L2 [%0];" ::"l"(g.w2 + off + at));
+    }
+}
+
+// Row group rg: this warp's share of its row, then the row's output.
+template <int NT, bool SWIGLU, int U4, bool PRE>
+__device__ __forceinline__ void gemv_group(const GemvSegs& segs, int rg, int rpb, int row_in, int first4, int stride4,
+                                           int nb, int c4, const i8* sq, const float* sd, const float* ss, int cols,
+                                           int nxb, int n, float* part, int wpr, int warp, int piece, int lane,
+                                           int flags, const RoundRegs& pre) {
+    const GemvSeg g = seg_of(segs, rg);
+    const int r = (rg - g.groups_before) * rpb + row_in;
+    float acc[NT], acc2[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+    if (r < g.rows) {
+        if (SWIGLU || g.fmt == 0) {
+            const u8* row = g.w + (size_t)r * nb * 144;
+            const u8* row2 = SWIGLU ? g.w2 + (size_t)r * nb * 144 : row;
+            gemv_row_part<NT, 0, SWIGLU, U4, PRE>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
+                                                  acc2, pre);
+        } else {
+            const u8* row = g.w + (size_t)r * nb * 210;
+            gemv_row_part<NT, 1, false, 1, PRE>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc, acc2,
+                                                pre);
+        }
+    }
+    finish_row<NT, SWIGLU>(g, r, acc, acc2, part, n, wpr, warp, piece, lane, row_in, flags);
+}
+
+// Shared memory: n·cols quant bytes, n·cols/32 scales, 2·n·cols/32 half sums
+// (Q4_K), then 8 warps × NT × 2 partial sums. SWIGLU segments are Q4_K.
+template <int NT, bool SWIGLU, int U>
+__device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __restrict__ xq,
+                                            const float* __restrict__ xd, const float* __restrict__ xs, int cols,
+                                            int n, int wpr, int prefetch, int flags) {
+    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    const int nb = cols / 256, nxb = cols / 32;
+    i8* sq = (i8*)gemv_smem;
+    float* sd = (float*)(gemv_smem + (size_t)n * cols);
+    float* ss = sd + n * nxb;
+    float* part = ss + 2 * n * nxb;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rpb = 8 / wpr, row_in = warp / wpr, piece = warp % wpr;
+    // Groups of 4 lanes per superblock (q4k_dot4_smem, q6k_dot4_smem), each
+    // taking superblocks first + stride·k of the warp's interleaved share.
+    const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
+    constexpr int U4 = U > 1 ? U / 2 : 1; // a Q4_K lane loads 48 bytes per superblock
+    // While the previous kernels finish: this warp's first round of weights
+    // (GEMV_PRELOAD), and the weights of the block's first `prefetch` row
+    // groups into L2 (none depends on a kernel); then the activations.
+    RoundRegs pre;
+    bool preloaded = false;
+    if ((flags & GEMV_PRELOAD) && blockIdx.x < segs.total_groups) {
+        const GemvSeg g = seg_of(segs, blockIdx.x);
+        const int r = (blockIdx.x - g.groups_before) * rpb + row_in;
+        if (r < g.rows) {
+            preloaded = true;
+            if (SWIGLU || g.fmt == 0)
+                load_round<0, SWIGLU, U4>(pre, g.w + (size_t)r * nb * 144, SWIGLU ? g.w2 + (size_t)r * nb * 144 : g.w,
+                                          first4, stride4, nb, c4);
+            else
+                load_round<1, false, 1>(pre, g.w + (size_t)r * nb * 210, g.w, first4, stride4, nb, c4);
+        }
+    }
+    for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
+    chain_wait();
+    chain_next();
+    stage_activations<2>(xq, xd, xs, sq, sd, ss, cols, n);
+    // The first row group apart, so that `pre` is dead in the loop.
+    int rg = blockIdx.x;
+    if (preloaded) {
+        gemv_group<NT, SWIGLU, U4, true>(segs, rg, rpb, row_in, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, part,
+                                         wpr, warp, piece, lane, flags, pre);
+        rg += gridDim.x;
+    }
+    for (; rg < segs.total_groups; rg += gridDim.x)
+        gemv_group<NT, SWIGLU, U4, false>(segs, rg, rpb, row_in, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n,
+                                          part, wpr, warp, piece, lane, flags, pre);
+}
+
+// MIN_BLOCKS: resident blocks per SM the register allocation must allow.
+// U: Q4_K rounds of U / 2 superblocks per lane group (Q6_K: one).
+#define GEMV_SMEM_ENTRY(NAME, NT, SWIGLU, U, MIN_BLOCKS)                                                   \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                            \
+        NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+             const float* __restrict__ xs, int cols, int n, int wpr, int prefetch, int flags) {              \
+        gemv_segs_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, prefetch, flags);                         \
+    }
+// 1 and 2 tokens, plain and SwiGLU: gemv_smem{SUFFIX}_N, gemv_swiglu_smem{SUFFIX}_N.
+#define GEMV_SMEM_ENTRIES(SUFFIX, MIN_BLOCKS)                                                              \
+    GEMV_SMEM_ENTRY(gemv_smem##SUFFIX##_1, 1, false, 4, MIN_BLOCKS)                                        \
+    GEMV_SMEM_ENTRY(gemv_smem##SUFFIX##_2, 2, false, 4, MIN_BLOCKS)                                        \
+    GEMV_SMEM_ENTRY(gemv_swiglu_smem##SUFFIX##_1, 1, true, 2, MIN_BLOCKS)                                  \
+    GEMV_SMEM_ENTRY(gemv_swiglu_smem##SUFFIX##_2, 2, true, 2, MIN_BLOCKS)
+GEMV_SMEM_ENTRIES(, 1)
+// The same held to 3 and 4 resident blocks (≤ 85 and ≤ 64 registers).
+GEMV_SMEM_ENTRIES(_b3, 3)
+GEMV_SMEM_ENTRIES(_b4, 4)
+
+// ---------------------------------------------------------------------------
+// Decode GEMVs fed by the copy engine (sm_90): each block keeps a ring of
+// `stages` buffers in shared memory, and one lane of its last warp asks the
+// Tensor Memory Accelerator for whole row groups (cp.async.bulk: rows are
+// contiguous, so a group of rpb rows is one copy) into them, each buffer's
+// arrival counted by its own mbarrier. The other warps compute from shared
+// memory while the next stages are in flight: the loads hold no registers,
+// so a block keeps 3-4 stages of 16-23 KB in flight however long its
+// arithmetic takes (the register-fed kernel above holds 96 bytes a lane and
+// stops loading while it reduces a row: its long-row down projections ran at
+// 2.0 TB/s against gate and up's 2.75). The first `stages` row groups are
+// asked for before the wait on the previous kernel. Same lanes and
+// arithmetic as gemv_segs_t (gemv_row_part) and the same epilogues. Used for
+// launches with rows of at least 4 KiB (mod.rs, `min_row_bytes`): with
+// shorter rows a stage is a few rows whose arithmetic cannot hide the
+// per-stage waits, and the register-fed kernel is faster.
+// ---------------------------------------------------------------------------
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+#endif
+}
+
+// This thread's arrival, announcing `bytes` the copies will complete.
+__device__ __forceinline__ void mbar_expect(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+
+// Until the barrier's phase `parity` has completed.
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done;
+    do {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(done)
+            : "r"(smem_addr(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
+// Shared-memory writes and barrier initialisation by ordinary instructions,
+// ordered before what the copy engine does next.
+__device__ __forceinline__ void fence_async_smem() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// `bytes` (a multiple of 16) from global `src` (16-byte aligned) to shared
+// `dst`, completing on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes, u64* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_addr(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_addr(bar))
+                 : "memory");
+#endif
+}
+
+// The 16-byte-aligned span around `bytes` at `src`: its start and length.
+// It reaches at most 15 bytes either side of the rows, within the aligned
+// 16-byte words that hold their first and last bytes: inside the weight's
+// device buffer (allocations start 256-byte aligned and are sized in larger
+// units), so never another page. The bytes outside the rows are not read.
+__device__ __forceinline__ void aligned_span(const u8* src, size_t bytes, const u8** start, u32* len) {
+    const size_t a0 = (size_t)src & ~(size_t)15, a1 = ((size_t)src + bytes + 15) & ~(size_t)15;
+    *start = (const u8*)a0;
+    *len = (u32)(a1 - a0);
+}
+
+// Row group rg (its rows of w and, SwiGLU, of w2) into `stage`: w's span at
+// the start, w2's at stage + half. Called by one thread.
+template <bool SWIGLU>
+__device__ __forceinline__ void ring_fill(const GemvSegs& segs, int rg, int rpb, int nb, u8* stage, int half,
+                                          u64* bar) {
+    const GemvSeg g = seg_of(segs, rg);
+    const int r0 = (rg - g.groups_before) * rpb, cnt = min(rpb, g.rows - r0);
+    const size_t rb = (size_t)nb * (g.fmt ? 210 : 144);
+    const u8* a;
+    u32 len, len2 = 0;
+    aligned_span(g.w + (size_t)r0 * rb, (size_t)cnt * rb, &a, &len);
+    const u8* a2 = a;
+    if (SWIGLU) aligned_span(g.w2 + (size_t)r0 * rb, (size_t)cnt * rb, &a2, &len2);
+    mbar_expect(bar, len + len2);
+    bulk_copy(stage, a, len, bar);
+    if (SWIGLU) bulk_copy(stage + half, a2, len2, bar);
+}
+
+// One consumer warp's arrival: done reading its stage, partial sums written.
+__device__ __forceinline__ void mbar_arrive(u64* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+
+// Shared memory: the activations as in gemv_segs_t up to `ring_at`, then
+// `stages` buffers of `stage_bytes` (each one row group: for SwiGLU the gate
+// rows in the first half, the up rows in the second), then per buffer a
+// `full` and an `empty` mbarrier, then per buffer the computing warps'
+// partial sums of its rows (consumers × NT × 2 floats). A row group is
+// rpb = consumers / wpr rows.
+//
+// consumers + 1 warps (8 or 16 compute): each computing warp takes its piece
+// of a row of every stage, with no barrier among them (its partial sum goes
+// to the stage's slots, then it arrives on `empty`); the last warp reduces
+// each stage's partial sums in a fixed order, writes the rows' outputs and
+// refills the buffer. (With eight warps meeting at two barriers per stage
+// and reducing themselves, a block computed one stage at a time: 47 us for a
+// 32B down projection against the register-fed kernel's 41.)
+template <int NT, bool SWIGLU, int U>
+__device__ __forceinline__ void gemv_ring_t(const GemvSegs& segs, const i8* __restrict__ xq,
+                                            const float* __restrict__ xd, const float* __restrict__ xs, int cols,
+                                            int n, int wpr, int consumers, int ring_at, int stages,
+                                            int stage_bytes) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char ring_smem[];
+    const int nb = cols / 256, nxb = cols / 32;
+    i8* sq = (i8*)ring_smem;
+    float* sd = (float*)(ring_smem + (size_t)n * cols);
+    float* ss = sd + n * nxb;
+    u8* ring = ring_smem + ring_at;
+    u64* full = (u64*)(ring + (size_t)stages * stage_bytes);
+    u64* empty = full + stages;
+    float* parts = (float*)(empty + stages); // [stage][warp][NT][2]
+    const int half = stage_bytes / 2;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rpb = consumers / wpr;
+    const bool producer = warp == consumers;
+    // The ring's first row groups, before the previous kernel is waited on.
+    if (producer && lane == 0) {
+        for (int s = 0; s < stages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], consumers);
+        fence_async_smem();
+        for (int s = 0; s < stages; ++s) {
+            const int rg = blockIdx.x + s * gridDim.x;
+            if (rg < segs.total_groups)
+                ring_fill<SWIGLU>(segs, rg, rpb, nb, ring + (size_t)s * stage_bytes, half, &full[s]);
+        }
+    }
+    chain_wait();
+    chain_next();
+    // One token: a 27648-wide row (a 32B down projection) is 2376 pieces, one
+    // batch of 9 loads for the 8 computing warps and the refilling one (in
+    // batches of 8 it took two round trips: 0.9 % of a 32B decode step).
+    stage_activations<NT == 1 ? 9 : 8>(xq, xd, xs, sq, sd, ss, cols, n); // its barrier also publishes the mbarriers
+    int s = 0;
+    u32 parity = 0;
+    if (!producer) {
+        const int row_in = warp / wpr, piece = warp % wpr;
+        const int c4 = lane % 4, first4 = piece * 8 + lane / 4, stride4 = 8 * wpr;
+        constexpr int U4 = U > 1 ? U / 2 : 1;
+        const RoundRegs unused = {};
+        for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
+            const u8* stage = ring + (size_t)s * stage_bytes;
+            const GemvSeg g = seg_of(segs, rg);
+            const int r0 = (rg - g.groups_before) * rpb, r = r0 + row_in;
+            const size_t rb = (size_t)nb * (g.fmt ? 210 : 144);
+            // The copy started at the 16-byte boundary below row r0, so the
+            // staged rows keep their global misalignment (Q6_K reads by it).
+            const u8* row = stage + (((size_t)g.w + (size_t)r0 * rb) & 15) + (size_t)row_in * rb;
+            const u8* row2 =
+                SWIGLU ? stage + half + (((size_t)g.w2 + (size_t)r0 * rb) & 15) + (size_t)row_in * rb : row;
+            float acc[NT], acc2[NT];
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+            mbar_wait(&full[s], parity);
+            if (r < g.rows) {
+                if (SWIGLU || g.fmt == 0)
+                    gemv_row_part<NT, 0, SWIGLU, U4, false>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols,
+                                                            nxb, n, acc, acc2, unused);
+                else
+                    gemv_row_part<NT, 1, false, 1, false>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb,
+                                                          n, acc, acc2, unused);
+            }
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                acc[t] = warp_sum(acc[t]);
+                if (SWIGLU) acc2[t] = warp_sum(acc2[t]);
+            }
+            if (lane == 0) {
+                float* p = parts + ((size_t)s * consumers + warp) * NT * 2;
+#pragma unroll
+                for (int t = 0; t < NT; ++t) p[2 * t] = acc[t], p[2 * t + 1] = acc2[t];
+                mbar_arrive(&empty[s]);
+            }
+            if (++s == stages) s = 0, parity ^= 1;
+        }
+    } else {
+        for (int rg = blockIdx.x; rg < segs.total_groups; rg += gridDim.x) {
+            mbar_wait(&empty[s], parity);
+            // Lane j: row j % rpb of the group, token j / rpb.
+            const GemvSeg g = seg_of(segs, rg);
+            const int row_in = lane % rpb, t = lane / rpb;
+            const int r = (rg - g.groups_before) * rpb + row_in;
+            if (t < n && r < g.rows) {
+                const float* p = parts + (size_t)s * consumers * NT * 2;
+                float v = 0.0f, v2 = 0.0f;
+                for (int k = 0; k < wpr; ++k) {
+                    v += p[((row_in * wpr + k) * NT + t) * 2];
+                    v2 += p[((row_in * wpr + k) * NT + t) * 2 + 1];
+                }
+                store_row<SWIGLU>(g, r, t, v, v2);
+            }
+            __syncwarp();
+            if (lane == 0) {
+                const int next = rg + stages * gridDim.x;
+                if (next < segs.total_groups) {
+                    fence_async_smem();
+                    ring_fill<SWIGLU>(segs, next, rpb, nb, ring + (size_t)s * stage_bytes, half, &full[s]);
+                }
+            }
+            if (++s == stages) s = 0, parity ^= 1;
+        }
+    }
+#endif
+}
+
+#define GEMV_RING_ENTRY(NAME, NT, SWIGLU, U)                                                               \
+    extern "C" __global__ void __launch_bounds__(17 * 32, 1)                                                 \
+        NAME(const GemvSegs segs, const i8* __restrict__ xq, const float* __restrict__ xd,                   \
+             const float* __restrict__ xs, int cols, int n, int wpr, int consumers, int ring_at, int stages, \
+             int stage_bytes) {                                                                              \
+        gemv_ring_t<NT, SWIGLU, U>(segs, xq, xd, xs, cols, n, wpr, consumers, ring_at, stages, stage_bytes); \
+    }
+GEMV_RING_ENTRY(gemv_ring_1, 1, false, 4)
+GEMV_RING_ENTRY(gemv_ring_2, 2, false, 4)
+GEMV_RING_ENTRY(gemv_swiglu_ring_1, 1, true, 2)
+GEMV_RING_ENTRY(gemv_swiglu_ring_2, 2, true, 2)
+
+// RMSNorm of up to 8 rows (decode) that also writes the 8-bit copy the next
+// GEMVs read (quantize_q8's layout and arithmetic), saving a launch. Same
+// shape limits as rms_norm's vector path (256 threads, width a multiple of 32,
+// at most 8192): a 32-element block is 8 consecutive float4s of 8 lanes.
+//
+// Launched with gridDim.y > 1 (one block per 1024-element slice of the row),
+// every block still sums the whole row, in the same order, and then writes
+// only slice blockIdx.y: the same results from several SMs at once (a single
+// block per row took 4.7 us for a 5120-wide decode row).
+extern "C" __global__ void rms_norm_q8(const float* x, const float* w, float* out, i8* q, float* dq,
+                                       float* s16, int width, float eps) {
+    __shared__ float partial[32];
+    const bool split = gridDim.y > 1;
+    const float* xr = x + (size_t)blockIdx.x * width;
+    float* orow = out + (size_t)blockIdx.x * width;
+    int n4 = width / 4;
+    float4 v[8], wv[8];
+    float s = 0.0f;
+    // The weights are loaded first, before the previous kernel has finished
+    // (chain_wait), and are in flight during the reduction: a decode step runs
+    // this on one row, where each round trip shows.
+    chain_next();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        int c = threadIdx.x + i * 256;
+        if (c < n4 && (!split || i == (int)blockIdx.y)) wv[i] = ((const float4*)w)[c];
+    }
+    chain_wait();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        int c = threadIdx.x + i * 256;
+        if (c < n4) v[i] = ((const float4*)xr)[c];
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        if (threadIdx.x + i * 256 < n4) s += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < 8 ? partial[threadIdx.x] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (threadIdx.x == 0) partial[0] = s;
+    }
+    __syncthreads();
+    float scale = rsqrtf(partial[0] / width + eps);
+    int nxb = width / 32;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        if (split && i != (int)blockIdx.y) continue; // the same for the whole block
+        // Whole 8-lane groups are active or not (n4 is a multiple of 8); the
+        // shuffles below stay within a group, among the active lanes.
+        int c = threadIdx.x + i * 256;
+        unsigned active = __ballot_sync(0xffffffff, c < n4);
+        if (c < n4) {
+            float4 ww = wv[i], r;
+            r.x = v[i].x * scale * ww.x;
+            r.y = v[i].y * scale * ww.y;
+            r.z = v[i].z * scale * ww.z;
+            r.w = v[i].w * scale * ww.w;
+            ((float4*)orow)[c] = r;
+            float amax = fmaxf(fmaxf(fabsf(r.x), fabsf(r.y)), fmaxf(fabsf(r.z), fabsf(r.w)));
+            for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(active, amax, o));
+            float dd = amax / 127.0f;
+            int q0 = amax > 0.0f ? __float2int_rn(r.x / dd) : 0;
+            int q1 = amax > 0.0f ? __float2int_rn(r.y / dd) : 0;
+            int q2 = amax > 0.0f ? __float2int_rn(r.z / dd) : 0;
+            int q3 = amax > 0.0f ? __float2int_rn(r.w / dd) : 0;
+            size_t at = (size_t)blockIdx.x * width + 4 * (size_t)c;
+            *(u32*)(q + at) = (u32)(q0 & 0xFF) | ((u32)(q1 & 0xFF) << 8) | ((u32)(q2 & 0xFF) << 16) |
+                              ((u32)(q3 & 0xFF) << 24);
+            int sum = q0 + q1 + q2 + q3;
+            sum += __shfl_xor_sync(active, sum, 1); // the 4 lanes of a 16-element half
+            sum += __shfl_xor_sync(active, sum, 2);
+            size_t blk = (size_t)blockIdx.x * nxb + (4 * c) / 32;
+            int lane8 = threadIdx.x % 8;
+            if (lane8 == 0) dq[blk] = dd;
+            if (lane8 % 4 == 0) s16[blk * 2 + lane8 / 4] = dd * (float)sum;
+        }
+    }
+}
