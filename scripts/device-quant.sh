@@ -13,7 +13,7 @@
 #           seed's case, a 22 GiB budget, with the plan's prediction
 #   llama   llama.cpp's llama-bench on the same files (built in the background
 #           from the start): resident, and for Q5_K_M the most layers that fit
-#           22 GiB
+#           22 GiB (-ngl 60)
 # Every run's log ends with the peak device memory nvidia-smi saw.
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")" && pwd)
@@ -66,9 +66,16 @@ for q in q5_k_m q4_0 q8_0 iq4_xs; do
     if has ferry; then
         peak "$L/ferry-$q-resident.txt" timeout 300 ./ferry bench -m $f --device cuda -p 2048 -n 32 -r 2 --ub 2048
         if [ $q = q5_k_m ]; then
-            ./ferry plan -m $f --vram-budget 22GiB --gpu-profile calibrated > "$L/plan-$q-22g.txt" 2>&1
+            # The plan for the bench's own context (2048 + 1) and micro-batch.
+            ./ferry plan -m $f --vram-budget 22GiB --gpu-profile calibrated -c 2049 --ub 2048 \
+                > "$L/plan-$q-22g.txt" 2>&1
+            # 128 steps: the layers parked after the prompt arrive during the
+            # first steps (4 GiB at the copy rate), which 16 steps cannot amortize.
             peak "$L/ferry-$q-22g.txt" timeout 300 ./ferry bench -m $f --device cuda --vram-budget 22GiB \
-                -p 2048 -n 16 -r 2 --ub 2048 --mode stream --gpu-profile calibrated
+                -p 2048 -n 128 -r 2 --ub 2048 --mode stream --gpu-profile calibrated
+            # The decode GEMVs before the persistent lane formats (the typed kernels).
+            peak "$L/ferry-$q-resident-typed.txt" env FERRY_GEMV=warp timeout 300 ./ferry bench -m $f --device cuda \
+                -p 512 -n 32 -r 2
         fi
     fi
     if has llama; then
@@ -76,10 +83,8 @@ for q in q5_k_m q4_0 q8_0 iq4_xs; do
         LB=/tmp/llcb/bin/llama-bench
         peak "$L/llama-$q-resident.txt" timeout 300 $LB -m $f -lm none -fa 1 -ub 2048 -ngl 99 -p 2048 -n 32 -r 2
         if [ $q = q5_k_m ]; then
-            for ngl in 56 60; do
-                peak "$L/llama-$q-ngl$ngl.txt" timeout 300 $LB -m $f -lm none -fa 1 -ub 2048 -ngl $ngl \
-                    -p 2048 -n 16 -r 2
-            done
+            peak "$L/llama-$q-ngl60.txt" timeout 300 $LB -m $f -lm none -fa 1 -ub 2048 -ngl 60 \
+                -p 2048 -n 128 -r 2
         fi
     fi
     rm -f $f

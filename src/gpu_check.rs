@@ -114,12 +114,18 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
         // projections Q4_K, layer 1's Q6_K): rows as long as the real model's,
         // so the decode GEMVs run with several rounds per row and the warps
         // sharing a row that the tiny models never reach.
-        // The same in Q5_K_M (the seed's quantization: Q5_K rows take the
-        // typed integer GEMVs) and in the legacy types of the typed kernels.
+        // The same in Q5_K_M (the seed's quantization) and in every type the
+        // persistent GEMVs read through a lane format (rows of whole
+        // 256-element superblocks; the tiny models' rows are shorter).
         for (name, mix) in [
             ("q4_k_m", crate::synth::QuantMix::Q4KM),
             ("q5_k_m", crate::synth::QuantMix::Q5KM),
             ("q4_0", crate::synth::QuantMix::Uniform(GgmlType::Q4_0)),
+            ("q4_1", crate::synth::QuantMix::Uniform(GgmlType::Q4_1)),
+            ("q5_0", crate::synth::QuantMix::Uniform(GgmlType::Q5_0)),
+            ("q8_0", crate::synth::QuantMix::Uniform(GgmlType::Q8_0)),
+            ("iq4_nl", crate::synth::QuantMix::Uniform(GgmlType::IQ4_NL)),
+            ("iq4_xs", crate::synth::QuantMix::Uniform(GgmlType::IQ4_XS)),
         ] {
             let p = dir.join(format!("synthetic-32b-2-layers-{name}.gguf"));
             let mut spec = crate::synth::TinySpec::preset("qwen2.5-32b", GgmlType::Q4_K)

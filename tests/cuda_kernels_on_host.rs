@@ -3,7 +3,9 @@
 //! system C++ compiler with stand-ins for `dp4a` and the half conversion
 //! (`tests/cuda_host/harness.cpp`, which runs a warp lane by lane), and every
 //! item's dot product, and the whole kernel for 1 and 4 tokens, over random
-//! quantized rows, and the Q4_K/Q5_K prefill conversions to f16, are
+//! quantized rows, the Q4_K/Q5_K prefill conversions to f16 and the
+//! persistent GEMVs' superblock arithmetic (Q4_K, Q5_K and the lane formats
+//! of the 32-element types and IQ4_XS), are
 //! compared with the dequantized weights (src/quant,
 //! itself bit-exact with gguf-py) times the 8-bit activations. Skipped,
 //! saying so, where no C++ compiler is installed.
@@ -16,11 +18,15 @@ use ferry::quant::{self, GgmlType};
 const KERNELS: &str = "src/backend/cuda/kernels";
 
 /// The definition of `name` (a function from its signature line to the first
-/// line that is only `}`) in `src`.
+/// line that is only `}`, or its one line where that ends with `}`) in `src`.
 fn function(src: &str, signature: &str) -> String {
     let start = src
         .find(signature)
         .unwrap_or_else(|| panic!("{signature} not found"));
+    let line_end = src[start..].find('\n').expect("line end") + start;
+    if src[start..line_end].trim_end().ends_with('}') {
+        return src[start..=line_end].to_string();
+    }
     let end = src[start..].find("\n}\n").expect("function end") + start + 3;
     src[start..end].to_string()
 }
@@ -59,16 +65,42 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     };
     let parts = [
         decoders,
-        function(
-            &ferry_cu,
-            "__device__ __forceinline__ u32 load_u32_2aligned",
-        ),
         function(&ferry_cu, "__device__ __forceinline__ void scale_min_hdr"),
         types_part.to_string(),
         function(
             &ferry_cu,
             "template <bool Q5>\n__device__ __forceinline__ void dequant_k4_f16",
         ),
+        function(&ferry_cu, "__device__ __forceinline__ int xq_slot"),
+        function(&ferry_cu, "__device__ __forceinline__ int xq_at"),
+        function(&ferry_cu, "__device__ __forceinline__ int dp4a_32"),
+        function(
+            &ferry_cu,
+            "template <int NT>\n__device__ __forceinline__ void lane_dot_smem",
+        ),
+        function(
+            &ferry_cu,
+            "template <int NT>\n__device__ __forceinline__ void k4_dot4_smem",
+        ),
+        function(
+            &ferry_cu,
+            "template <int NT>\n__device__ __forceinline__ void q4k_dot4_smem",
+        ),
+        function(
+            &ferry_cu,
+            "template <int NT>\n__device__ __forceinline__ void q5k_dot4_smem",
+        ),
+        // The lane formats, whole.
+        {
+            let start = ferry_cu
+                .find("// The 32-element block types (and IQ4_XS) in the persistent GEMVs.")
+                .expect("lane formats");
+            let end = ferry_cu[start..]
+                .find("// Q6_K, four lanes per superblock")
+                .expect("lane formats end")
+                + start;
+            ferry_cu[start..end].to_string()
+        },
     ]
     .join("\n");
     std::fs::write(dir.join("kernel_parts.h"), parts).unwrap();
@@ -127,6 +159,7 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     let report = String::from_utf8_lossy(&run.stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(run.status.success(), "{report}");
-    // 11 typed GEMVs, 2 prefill conversions.
-    assert_eq!(report.matches(" ok").count(), 13, "{report}");
+    // 11 typed GEMVs, 2 prefill conversions, 2 persistent-GEMV superblock
+    // dots, 6 lane formats.
+    assert_eq!(report.matches(" ok").count(), 21, "{report}");
 }

@@ -13,6 +13,8 @@
 typedef unsigned char u8; typedef signed char i8; typedef unsigned short u16; typedef unsigned int u32; typedef unsigned long long u64;
 struct uint2 { u32 x, y; };
 struct uint4 { u32 x, y, z, w; };
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
 #define __device__
 #define __forceinline__ inline
 #define __restrict__
@@ -58,6 +60,7 @@ static u16 float_to_half(float f) {
     if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
     return (u16)(sign | h);
 }
+static u32 __funnelshift_r(u32 lo, u32 hi, u32 sh) { return (u32)((((u64)hi << 32) | lo) >> (sh & 31)); }
 static int dp4a(int a, int b, int c) { for (int i = 0; i < 4; ++i) c += (int)(i8)(a >> (8*i)) * (int)(i8)(b >> (8*i)); return c; }
 // The kernels' own definitions, cut from the .cu files by the test.
 #include "kernel_parts.h"
@@ -151,6 +154,86 @@ int check_k4(const char* name, bool q5) {
     return bad != 0;
 }
 
+// The persistent decode GEMVs' Q4_K / Q5_K superblock arithmetic (four lanes
+// per superblock on the swizzled shared-memory activations: q4k_dot4_smem,
+// q5k_dot4_smem), each row's lane sums against the dequantized weights.
+int check_k4_smem(const char* name, bool q5) {
+    std::string base = std::string(DATA_DIR) + "/" + name;
+    int rows, cols; { std::ifstream f(base + ".shape"); f >> rows >> cols; }
+    std::ifstream fr(base + ".raw", std::ios::binary); std::vector<u8> raw((std::istreambuf_iterator<char>(fr)), {});
+    std::ifstream ff(base + ".f32", std::ios::binary); std::vector<char> fb((std::istreambuf_iterator<char>(ff)), {});
+    const float* deq = (const float*)fb.data();
+    std::vector<float> x(cols); u64 s = 0x2545F4914F6CDD1Dull;
+    for (auto& v : x) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; v = (float)((s >> 11) % 2000001) / 1e6f - 1.0f; }
+    int nxb = cols / 32, nb = cols / 256, bytes = q5 ? 176 : 144;
+    std::vector<i8> xq(cols), sq(cols); std::vector<float> xd(nxb), ss(2 * nxb);
+    for (int b = 0; b < nxb; ++b) { float amax = 0; for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[32*b+i]));
+        float d = amax / 127.0f; xd[b] = d; for (int i = 0; i < 32; ++i) xq[32*b+i] = (i8)(amax > 0 ? std::lrintf(x[32*b+i] / d) : 0);
+        for (int h = 0; h < 2; ++h) { int sum = 0; for (int i = 0; i < 16; ++i) sum += xq[32*b+16*h+i]; ss[2*b+h] = d * (float)sum; } }
+    for (int e = 0; e < cols; e += 8) memcpy(&sq[xq_at(0, cols, e)], &xq[e], 8);
+    int bad = 0; double worst = 0;
+    for (int r = 0; r < rows; ++r) {
+        float acc = 0;
+        for (int blk = 0; blk < nb; ++blk) for (int c = 0; c < 4; ++c) {
+            const u8* b = raw.data() + ((size_t)r * nb + blk) * bytes;
+            uint4 hdr, h0, h1, qa, qb; memcpy(&hdr, b, 16);
+            if (q5) { memcpy(&h0, b + 16, 16); memcpy(&h1, b + 32, 16); memcpy(&qa, b + 48 + 32*c, 16); memcpy(&qb, b + 64 + 32*c, 16);
+                q5k_dot4_smem<1>(hdr, h0, h1, qa, qb, blk, sq.data(), xd.data(), ss.data(), cols, nxb, 1, c, &acc); }
+            else { memcpy(&qa, b + 16 + 32*c, 16); memcpy(&qb, b + 32 + 32*c, 16);
+                q4k_dot4_smem<1>(hdr, qa, qb, blk, sq.data(), xd.data(), ss.data(), cols, nxb, 1, c, &acc); }
+        }
+        double want = 0, mag = 0;
+        for (int c = 0; c < cols; ++c) { double a = (double)deq[(size_t)r*cols+c] * xq[c] * xd[c/32]; want += a; mag += std::fabs(a); }
+        double rel = std::fabs(acc - want) / (mag + 1e-12);
+        if (rel > worst) worst = rel;
+        if (rel > 1e-5) { if (bad < 3) printf("%s smem row %d: got %g want %g\n", name, r, acc, want); ++bad; }
+    }
+    printf("%-5s persistent GEMV superblocks: worst |diff|/sum|terms| %.2e %s\n", name, worst, bad ? "FAIL" : "ok");
+    return bad != 0;
+}
+
+// The persistent GEMVs' lane formats of the 32-element types and IQ4_XS
+// (LQ4_0 ... LIQ4_XS: four lanes per 256 elements, their loads and values),
+// each row's lane sums against the dequantized weights.
+template <class L>
+int check_lanes(const char* name) {
+    std::string base = std::string(DATA_DIR) + "/" + name;
+    int rows, cols; { std::ifstream f(base + ".shape"); f >> rows >> cols; }
+    std::ifstream fr(base + ".raw", std::ios::binary); std::vector<u8> raw((std::istreambuf_iterator<char>(fr)), {});
+    std::ifstream ff(base + ".f32", std::ios::binary); std::vector<char> fb((std::istreambuf_iterator<char>(ff)), {});
+    const float* deq = (const float*)fb.data();
+    std::vector<float> x(cols); u64 s = 0x5851F42D4C957F2Dull;
+    for (auto& v : x) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; v = (float)((s >> 11) % 2000001) / 1e6f - 1.0f; }
+    int nxb = cols / 32, nb = cols / 256;
+    std::vector<i8> xq(cols), sq(cols); std::vector<float> xd(nxb), ss(2 * nxb);
+    for (int b = 0; b < nxb; ++b) { float amax = 0; for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[32*b+i]));
+        float d = amax / 127.0f; xd[b] = d; for (int i = 0; i < 32; ++i) xq[32*b+i] = (i8)(amax > 0 ? std::lrintf(x[32*b+i] / d) : 0);
+        for (int h = 0; h < 2; ++h) { int sum = 0; for (int i = 0; i < 16; ++i) sum += xq[32*b+16*h+i]; ss[2*b+h] = d * (float)sum; } }
+    for (int e = 0; e < cols; e += 8) memcpy(&sq[xq_at(0, cols, e)], &xq[e], 8);
+    if ((size_t)rows * nb * L::SB != raw.size()) { printf("%s: size mismatch\n", name); return 1; }
+    int bad = 0; double worst = 0;
+    for (int r = 0; r < rows; ++r) {
+        float acc = 0;
+        for (int blk = 0; blk < nb; ++blk) for (int c = 0; c < 4; ++c) {
+            // Each superblock copied to a 16-byte-aligned buffer (8-byte for
+            // IQ4_XS's 136-byte superblocks at odd positions, as on the device).
+            alignas(16) u8 buf[16 + 288];
+            u8* sb = buf + (L::SB % 16 ? 8 * (blk % 2) : 0);
+            memcpy(sb, raw.data() + ((size_t)r * nb + blk) * L::SB, L::SB);
+            uint4 v[6];
+            L::load(sb, c, v);
+            lane_fmt_dot<L, 1>(v, blk, sq.data(), xd.data(), ss.data(), cols, nxb, 1, c, &acc);
+        }
+        double want = 0, mag = 0;
+        for (int c = 0; c < cols; ++c) { double a = (double)deq[(size_t)r*cols+c] * xq[c] * xd[c/32]; want += a; mag += std::fabs(a); }
+        double rel = std::fabs(acc - want) / (mag + 1e-12);
+        if (rel > worst) worst = rel;
+        if (rel > 1e-5) { if (bad < 3) printf("%s lanes row %d: got %g want %g\n", name, r, acc, want); ++bad; }
+    }
+    printf("%-5s persistent GEMV lanes: worst |diff|/sum|terms| %.2e %s\n", name, worst, bad ? "FAIL" : "ok");
+    return bad != 0;
+}
+
 int main() {
     int f = 0;
     f += check<TQ4_0>("q4_0", T_Q4_0); f += check<TQ4_1>("q4_1", T_Q4_1); f += check<TQ5_0>("q5_0", T_Q5_0);
@@ -158,5 +241,8 @@ int main() {
     f += check<TQ3_K>("q3_k", T_Q3_K); f += check<TQ5_K>("q5_k", T_Q5_K); f += check<TIQ4_NL>("iq4_nl", T_IQ4_NL);
     f += check<TIQ4_XS>("iq4_xs", T_IQ4_XS); f += check<TMXFP4>("mxfp4", T_MXFP4);
     f += check_k4("q4_k", false); f += check_k4("q5_k", true);
+    f += check_k4_smem("q4_k", false); f += check_k4_smem("q5_k", true);
+    f += check_lanes<LQ4_0>("q4_0"); f += check_lanes<LQ4_1>("q4_1"); f += check_lanes<LQ5_0>("q5_0");
+    f += check_lanes<LQ8_0>("q8_0"); f += check_lanes<LIQ4_NL>("iq4_nl"); f += check_lanes<LIQ4_XS>("iq4_xs");
     return f;
 }

@@ -34,6 +34,24 @@ const KERNELS: &str = concat!(
     include_str!("kernels/convert.cu"),
 );
 
+/// The persistent shared-memory GEMVs' format number of a block type
+/// (`GemvSeg::fmt` in gemv_kquants.cu) and the alignment its loads need;
+/// `None`: the type takes the typed or float kernels.
+fn smem_gemv_format(ty: GgmlType) -> Option<(i32, u64)> {
+    Some(match ty {
+        GgmlType::Q4_K => (0, 16),
+        GgmlType::Q6_K => (1, 2),
+        GgmlType::Q5_K => (2, 16),
+        GgmlType::Q4_0 => (3, 16),
+        GgmlType::Q4_1 => (4, 16),
+        GgmlType::Q5_0 => (5, 16),
+        GgmlType::Q8_0 => (6, 16),
+        GgmlType::IQ4_NL => (7, 16),
+        GgmlType::IQ4_XS => (8, 8),
+        _ => return None,
+    })
+}
+
 /// The block types whose decode GEMVs come from `gemv_typed_t`
 /// (kernels/gemv_types.cu): type, kernel name, and the alignment of the
 /// type's loads (`ALIGN` of its struct there), which the weights' device
@@ -1759,10 +1777,9 @@ impl CudaBackend {
 
     /// Whether the shared-memory GEMV takes `x · wᵀ` (and `w_up` beside it).
     fn smem_gemv_fits(&self, x: &CudaAct, w: &CudaWeight, w_up: Option<&CudaWeight>) -> bool {
-        let aligned = |w: &CudaWeight| match w.ty {
-            GgmlType::Q4_K => w.ptr.is_multiple_of(16),
-            GgmlType::Q6_K => w.ptr.is_multiple_of(2),
-            _ => false,
+        let aligned = |w: &CudaWeight| match smem_gemv_format(w.ty) {
+            Some((_, align)) => w.ptr.is_multiple_of(align),
+            None => false,
         };
         self.int_gemv
             && self.smem_gemv
@@ -1825,7 +1842,7 @@ impl CudaBackend {
         let seg_rows: Vec<usize> = specs.iter().map(|s| s.w.rows).collect();
         let row_bytes = specs
             .iter()
-            .map(|s| nb * if s.w.ty == GgmlType::Q6_K { 210 } else { 144 })
+            .map(|s| cols / s.w.ty.block_elems() * s.w.ty.block_bytes())
             .max()
             .unwrap_or(0);
         let ring = if ((swiglu && self.ring_swiglu) || (!swiglu && self.ring_plain))
@@ -1967,7 +1984,7 @@ impl CudaBackend {
                 bias: spec.bias.map_or(0, |b| b.device_ptr(&self.stream).0),
                 residual: if spec.residual { out } else { 0 },
                 rows: spec.w.rows as i32,
-                fmt: (spec.w.ty == GgmlType::Q6_K) as i32,
+                fmt: smem_gemv_format(spec.w.ty).map_or(0, |(f, _)| f),
                 groups_before: groups as i32,
                 pad: 0,
             };
@@ -3036,8 +3053,23 @@ impl Backend for CudaBackend {
         match self.gemv_smem(x, w_gate, Some(w_up), None, false, gate) {
             Ok(true) => {}
             Ok(false) => {
-                self.matmul(x, w_gate, gate);
-                self.matmul(x, w_up, up);
+                // Formats the fused SwiGLU kernel does not read (Q5_K, Q6_K):
+                // gate and up as two segments of one launch, when they fit.
+                let spec = |w, out| GemvSpec {
+                    w,
+                    w_up: None,
+                    out,
+                    bias: None,
+                    residual: false,
+                };
+                match self.gemv_segments(x, &mut [spec(w_gate, gate), spec(w_up, up)]) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.matmul(x, w_gate, gate);
+                        self.matmul(x, w_up, up);
+                    }
+                    Err(e) => return self.record(e),
+                }
                 if gate.n > crate::units::GEMV_MAX_BATCH && gate.data.len().is_multiple_of(4) {
                     if let Err(e) = self.swiglu_to_f16(gate, up) {
                         self.record(e);

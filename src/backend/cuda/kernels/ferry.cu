@@ -75,7 +75,7 @@ __device__ __forceinline__ float round_half(float f) { return half_to_float(floa
 
 // The 16-value grids of IQ4_NL/IQ4_XS (kvalues_iq4nl) and of MXFP4 (E2M1
 // values doubled), packed 4 per word for byte-permute lookups
-// (grid_lookup4 in gemv_types.cu), and element k of each.
+// (grid_lookup4 below), and element k of each.
 #define IQ4_GRID_WORDS 0xBFAD9881u, 0xF6EADDCFu, 0x26190D01u, 0x71594535u
 #define MXFP4_GRID_WORDS 0x03020100u, 0x0C080604u, 0xFDFEFF00u, 0xF4F8FAFCu
 __device__ __forceinline__ int grid_value(u32 w0, u32 w1, u32 w2, u32 w3, int k) {
@@ -84,6 +84,29 @@ __device__ __forceinline__ int grid_value(u32 w0, u32 w1, u32 w2, u32 w3, int k)
 }
 __device__ __forceinline__ int iq4_grid(int k) { return grid_value(IQ4_GRID_WORDS, k); }
 __device__ __forceinline__ int mxfp4_grid(int k) { return grid_value(MXFP4_GRID_WORDS, k); }
+
+#define ONES 0x01010101
+
+// Four bits of `b` (bits 0..3) moved to bit 4 of bytes 0..3.
+__device__ __forceinline__ u32 spread4_bit4(u32 b) {
+    return ((b & 1) << 4) | ((b & 2) << 11) | ((b & 4) << 18) | ((b & 8) << 25);
+}
+
+// Four grid values (signed bytes) for the four 4-bit indices in the low
+// nibbles of `idx`'s bytes, from the 16-byte table t0..t3: two byte
+// permutes (entries 0-7 and 8-15) and bit 3 of each index choosing.
+__device__ __forceinline__ int grid_lookup4(u32 idx, u32 t0, u32 t1, u32 t2, u32 t3) {
+    u32 sel = (idx & 0x7u) | ((idx >> 4) & 0x70u) | ((idx >> 8) & 0x700u) | ((idx >> 12) & 0x7000u);
+    u32 lo = __byte_perm(t0, t1, sel), hi = __byte_perm(t2, t3, sel);
+    u32 m = ((idx >> 3) & ONES) * 0xFFu;
+    return (int)((lo & ~m) | (hi & m));
+}
+
+__device__ __forceinline__ u32 load_u32_2aligned(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
+}
+
 // GGML_E8M0_TO_FP32_HALF: 2^(e - 128), exactly.
 __device__ __forceinline__ float e8m0_half(u32 e) {
     return __uint_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23);

@@ -105,11 +105,6 @@ __device__ __forceinline__ u32 q6k_values(u32 ql0, u32 ql1, u32 qh, int k) {
     return ((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((qh >> (2 * k)) & 0x03030303u) << 4);
 }
 
-__device__ __forceinline__ u32 load_u32_2aligned(const u8* p) {
-    const u16* h = (const u16*)p;
-    return (u32)h[0] | ((u32)h[1] << 16);
-}
-
 // Q6_K (210-byte blocks, so only 2-byte aligned): lane s of its group of 8
 // takes half n = s / 4 and the 8 columns l0 = 8 (s % 4) .. l0 + 8 of it: 8 ql
 // bytes at 64n + l0 and at 64n + 32 + l0 and 8 qh bytes at 32n + l0 give the
@@ -442,29 +437,17 @@ __device__ __forceinline__ int dp4a_32(const int* w, uint4 a, uint4 b) {
     return dp4a(w[7], (int)b.w, s);
 }
 
-// One Q4_K superblock against the shared-memory activations, four lanes per
-// superblock: lane c (0..3) holds qs[32c .. 32c + 32] (`qa`, `qb`), whose low
-// nibbles are sub-block 2c and high nibbles sub-block 2c + 1, so each lane
-// unpacks two scale/minimum pairs per 64 elements (with eight lanes per
-// superblock it was two per 32, and the GEMV issued an instruction every
-// cycle it could). Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x per sub-block.
+// One Q4_K or Q5_K superblock against the shared-memory activations, four
+// lanes per superblock: lane c (0..3) holds the values of qs[32c .. 32c + 32]
+// (`lo`: low nibbles, sub-block 2c; `hi`: high nibbles, sub-block 2c + 1; for
+// Q5_K with their fifth bits in place), so each lane unpacks two
+// scale/minimum pairs per 64 elements (with eight lanes per superblock it was
+// two per 32, and the GEMV issued an instruction every cycle it could).
+// Σ (d·sc·q − dmin·m)·x = d·sc·Σ q·x − dmin·m·Σ x per sub-block.
 template <int NT>
-__device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int blk, const i8* sq,
-                                              const float* sd, const float* ss, int cols, int nxb, int n, int c,
-                                              float* acc) {
-    float d = half_to_float((u16)(hdr.x & 0xFFFF)), dmin = half_to_float((u16)(hdr.x >> 16));
-    int sc0, m0, sc1, m1;
-    scale_min_hdr(hdr, 2 * c, &sc0, &m0);
-    scale_min_hdr(hdr, 2 * c + 1, &sc1, &m1);
-    float d0 = d * (float)sc0, d1 = d * (float)sc1;
-    float mn0 = dmin * (float)m0, mn1 = dmin * (float)m1;
-    int lo[8], hi[8];
-    u32 qw[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        lo[i] = (int)(qw[i] & 0x0F0F0F0F);
-        hi[i] = (int)((qw[i] >> 4) & 0x0F0F0F0F);
-    }
+__device__ __forceinline__ void lane_dot_smem(const int (&lo)[8], const int (&hi)[8], float d0, float d1, float mn0,
+                                              float mn1, int blk, const i8* sq, const float* sd, const float* ss,
+                                              int cols, int nxb, int n, int c, float* acc) {
     const int xb = blk * 8 + 2 * c;
     const int sw = 4 * (blk & 1);
 #pragma unroll
@@ -477,6 +460,240 @@ __device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int
         float4 s4 = *(const float4*)(ss + 2 * (t * nxb + xb));
         acc[t] += d0 * dx.x * (float)sl - mn0 * (s4.x + s4.y) + d1 * dx.y * (float)sh - mn1 * (s4.z + s4.w);
     }
+}
+
+template <int NT>
+__device__ __forceinline__ void k4_dot4_smem(uint4 hdr, const int (&lo)[8], const int (&hi)[8], int blk,
+                                             const i8* sq, const float* sd, const float* ss, int cols, int nxb,
+                                             int n, int c, float* acc) {
+    float d = half_to_float((u16)(hdr.x & 0xFFFF)), dmin = half_to_float((u16)(hdr.x >> 16));
+    int sc0, m0, sc1, m1;
+    scale_min_hdr(hdr, 2 * c, &sc0, &m0);
+    scale_min_hdr(hdr, 2 * c + 1, &sc1, &m1);
+    lane_dot_smem<NT>(lo, hi, d * (float)sc0, d * (float)sc1, dmin * (float)m0, dmin * (float)m1, blk, sq, sd, ss,
+                      cols, nxb, n, c, acc);
+}
+
+template <int NT>
+__device__ __forceinline__ void q4k_dot4_smem(uint4 hdr, uint4 qa, uint4 qb, int blk, const i8* sq,
+                                              const float* sd, const float* ss, int cols, int nxb, int n, int c,
+                                              float* acc) {
+    int lo[8], hi[8];
+    u32 qw[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        lo[i] = (int)(qw[i] & 0x0F0F0F0F);
+        hi[i] = (int)((qw[i] >> 4) & 0x0F0F0F0F);
+    }
+    k4_dot4_smem<NT>(hdr, lo, hi, blk, sq, sd, ss, cols, nxb, n, c, acc);
+}
+
+// Q5_K (176-byte superblocks: the Q4_K header, qh[32], then qs[128] laid out
+// as Q4_K's): lane c also holds all of qh (`h0`, `h1`), whose bit 2c (2c + 1)
+// of byte l is the fifth bit of its low (high) nibble l. The lane loads 80
+// bytes per superblock, qh four times over in the warp (L1 hits); before
+// this a Q5_K_M 32B decoded at 67 t/s on the typed kernel (gemv_types.cu),
+// bound by its three 16-byte loads per 16 elements.
+template <int NT>
+__device__ __forceinline__ void q5k_dot4_smem(uint4 hdr, uint4 h0, uint4 h1, uint4 qa, uint4 qb, int blk,
+                                              const i8* sq, const float* sd, const float* ss, int cols, int nxb,
+                                              int n, int c, float* acc) {
+    int lo[8], hi[8];
+    u32 qw[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+    u32 hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        lo[i] = (int)((qw[i] & 0x0F0F0F0F) | (((hw[i] >> (2 * c)) & 0x01010101) << 4));
+        hi[i] = (int)(((qw[i] >> 4) & 0x0F0F0F0F) | (((hw[i] >> (2 * c + 1)) & 0x01010101) << 4));
+    }
+    k4_dot4_smem<NT>(hdr, lo, hi, blk, sq, sd, ss, cols, nxb, n, c, acc);
+}
+
+// The 32-element block types (and IQ4_XS) in the persistent GEMVs. A
+// "superblock" is 256 elements (8 blocks; IQ4_XS: its own), and lane c of
+// its four takes elements 64c .. 64c + 64 (blocks 2c and 2c + 1), as a Q4_K
+// lane does, so the same activations and arithmetic serve (lane_dot_smem):
+// the values of each 32-element half as bytes (`lo`, `hi`), a multiplier per
+// half (d0, d1) and, for types with an offset or a minimum, a multiplier of
+// the half's activation sum (mn0, mn1). A lane's bytes are loaded as 16-byte
+// words from the aligned address below them (superblocks of 8 of these
+// blocks are multiples of 16 bytes) and shifted into place by whole words
+// with selects (no run-time register indexing). In the typed kernel
+// (gemv_types.cu), with 2- and 4-byte loads of 8-16 bytes per lane, Q4_0 and
+// Q8_0 32B decodes ran at 1514 and 1834 GB/s (51 % and 61 % of the H100's
+// HBM) against Q4_K's 2298 here.
+//
+// A format: SB, bytes per superblock; load(sb, c, p) fills p.v[] with lane c's
+// loads; decode(p, c, lo, hi, d) gives its values and d = {d0, d1, mn0, mn1}.
+
+// Words k .. k + N of v (k = 0..3; a format whose runs need no k with
+// k + N > W never asks for one), by selects.
+template <int N, int W>
+__device__ __forceinline__ void words_from(const u32 (&v)[W], int k, u32 (&r)[N]) {
+    static_assert(N + 2 <= W, "window too small");
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        u32 a = (k & 1) ? v[i + 1] : v[i];
+        u32 b = (k & 1) ? v[i + 3 < W ? i + 3 : W - 1] : v[i + 2];
+        r[i] = (k & 2) ? b : a;
+    }
+}
+
+// Lane c's RUN bytes at RUN·c of a 16-byte-aligned superblock: the W
+// 16-byte words from the aligned address at or below them (those past the
+// run's last aligned word not loaded, so nothing past the superblock is read).
+template <int RUN, int W>
+__device__ __forceinline__ void load_run(const u8* sb, int c, uint4* v) {
+    const int start = RUN * c, first = start & ~15, last = (start + RUN + 15) & ~15;
+#pragma unroll
+    for (int w = 0; w < W; ++w)
+        v[w] = first + 16 * w < last ? *(const uint4*)(sb + first + 16 * w) : uint4{0u, 0u, 0u, 0u};
+}
+
+// The run's N words, from the W loaded 16-byte words.
+template <int RUN, int W, int N>
+__device__ __forceinline__ void run_words(const uint4* v, int c, u32 (&r)[N]) {
+    u32 all[4 * W];
+#pragma unroll
+    for (int w = 0; w < W; ++w) all[4 * w] = v[w].x, all[4 * w + 1] = v[w].y, all[4 * w + 2] = v[w].z, all[4 * w + 3] = v[w].w;
+    words_from<N, 4 * W>(all, ((RUN * c) & 15) >> 2, r);
+}
+
+// Bytes 2 .. 2 + 4N of the words r[o ..] (a field 2 bytes into a word).
+template <int N, int M>
+__device__ __forceinline__ void words_at2(const u32 (&r)[M], int o, u32 (&q)[N]) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) q[j] = __funnelshift_r(r[o + j], r[o + j + 1], 16);
+}
+
+// 16 quant bytes whose low nibbles are elements 0..16 and high nibbles 16..32
+// of a block (Q4_0, Q4_1, Q5_0, IQ4_NL, IQ4_XS) → its 32 values in order.
+__device__ __forceinline__ void nibble_values(const u32 (&q)[4], int (&v)[8]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = (int)(q[i] & 0x0F0F0F0F), v[4 + i] = (int)((q[i] >> 4) & 0x0F0F0F0F);
+}
+__device__ __forceinline__ void nibble_grid_values(const u32 (&q)[4], int (&v)[8]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        v[i] = grid_lookup4(q[i] & 0x0F0F0F0F, IQ4_GRID_WORDS);
+        v[4 + i] = grid_lookup4((q[i] >> 4) & 0x0F0F0F0F, IQ4_GRID_WORDS);
+    }
+}
+// Q5_0's fifth bits: bit e of qh is element e's.
+__device__ __forceinline__ void add_fifth_bits(u32 qh, int (&v)[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] |= (int)spread4_bit4((qh >> (4 * i)) & 0xF);
+}
+
+// Q4_0: blocks of 18 bytes (d, qs[16]); values q − 8: mn = 8d.
+struct LQ4_0 {
+    static constexpr int SB = 144, RUN = 36, W = 3;
+    __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
+    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
+        u32 r[9], qa[4];
+        run_words<RUN, W>(v, c, r);
+        words_at2<4>(r, 0, qa);
+        nibble_values(qa, lo);
+        nibble_values({r[5], r[6], r[7], r[8]}, hi);
+        d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[4] >> 16));
+        d[2] = 8.0f * d[0], d[3] = 8.0f * d[1];
+    }
+};
+
+// IQ4_NL: Q4_0's layout, values from the IQ4 grid.
+struct LIQ4_NL {
+    static constexpr int SB = 144, RUN = 36, W = 3;
+    __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
+    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
+        u32 r[9], qa[4];
+        run_words<RUN, W>(v, c, r);
+        words_at2<4>(r, 0, qa);
+        nibble_grid_values(qa, lo);
+        nibble_grid_values({r[5], r[6], r[7], r[8]}, hi);
+        d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[4] >> 16));
+        d[2] = d[3] = 0.0f;
+    }
+};
+
+// Q4_1: blocks of 20 bytes (d, m, qs[16]); values d·q + m: mn = −m.
+struct LQ4_1 {
+    static constexpr int SB = 160, RUN = 40, W = 3;
+    __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
+    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
+        u32 r[10];
+        run_words<RUN, W>(v, c, r);
+        nibble_values({r[1], r[2], r[3], r[4]}, lo);
+        nibble_values({r[6], r[7], r[8], r[9]}, hi);
+        d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[5] & 0xFFFF));
+        d[2] = -half_to_float((u16)(r[0] >> 16)), d[3] = -half_to_float((u16)(r[5] >> 16));
+    }
+};
+
+// Q5_0: blocks of 22 bytes (d, qh[4], qs[16]); values q − 16: mn = 16d.
+struct LQ5_0 {
+    static constexpr int SB = 176, RUN = 44, W = 4;
+    __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
+    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
+        u32 r[11], qa[4];
+        run_words<RUN, W>(v, c, r);
+        words_at2<4>(r, 1, qa);
+        nibble_values(qa, lo);
+        add_fifth_bits(__funnelshift_r(r[0], r[1], 16), lo);
+        nibble_values({r[7], r[8], r[9], r[10]}, hi);
+        add_fifth_bits(r[6], hi);
+        d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[5] >> 16));
+        d[2] = 16.0f * d[0], d[3] = 16.0f * d[1];
+    }
+};
+
+// Q8_0: blocks of 34 bytes (d, qs[32] signed).
+struct LQ8_0 {
+    static constexpr int SB = 272, RUN = 68, W = 5;
+    __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
+    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
+        u32 r[17], qa[8];
+        run_words<RUN, W>(v, c, r);
+        words_at2<8>(r, 0, qa);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) lo[i] = (int)qa[i], hi[i] = (int)r[9 + i];
+        d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[8] >> 16));
+        d[2] = d[3] = 0.0f;
+    }
+};
+
+// IQ4_XS: superblocks of 136 bytes (d, scales_h, scales_l[4], qs[128]), only
+// 8-byte aligned: the 8 header bytes and lane c's qs[32c .. 32c + 32] (groups
+// 2c and 2c + 1, each as an IQ4_NL block) by 8-byte loads.
+struct LIQ4_XS {
+    static constexpr int SB = 136, RUN = 0, W = 3;
+    __device__ static void load(const u8* sb, int c, uint4* v) {
+        const uint2* q = (const uint2*)(sb + 8 + 32 * c);
+        uint2 h = *(const uint2*)sb, a = q[0], b = q[1], e = q[2], f = q[3];
+        v[0] = uint4{h.x, h.y, 0u, 0u};
+        v[1] = uint4{a.x, a.y, b.x, b.y};
+        v[2] = uint4{e.x, e.y, f.x, f.y};
+    }
+    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
+        nibble_grid_values({v[1].x, v[1].y, v[1].z, v[1].w}, lo);
+        nibble_grid_values({v[2].x, v[2].y, v[2].z, v[2].w}, hi);
+        const float dd = half_to_float((u16)(v[0].x & 0xFFFF));
+        const u32 sh = v[0].x >> 16, sl = v[0].y;
+        const int g0 = 2 * c, g1 = 2 * c + 1;
+        const int l0 = ((sl >> (4 * g0)) & 0xF) | (((sh >> (2 * g0)) & 3) << 4);
+        const int l1 = ((sl >> (4 * g1)) & 0xF) | (((sh >> (2 * g1)) & 3) << 4);
+        d[0] = dd * (float)(l0 - 32), d[1] = dd * (float)(l1 - 32);
+        d[2] = d[3] = 0.0f;
+    }
+};
+
+// One superblock of a lane format against the shared-memory activations.
+template <class L, int NT>
+__device__ __forceinline__ void lane_fmt_dot(const uint4* v, int blk, const i8* sq, const float* sd, const float* ss,
+                                             int cols, int nxb, int n, int c, float* acc) {
+    int lo[8], hi[8];
+    float d[4];
+    L::decode(v, c, lo, hi, d);
+    lane_dot_smem<NT>(lo, hi, d[0], d[1], d[2], d[3], blk, sq, sd, ss, cols, nxb, n, c, acc);
 }
 
 // Q6_K, four lanes per superblock: lane c takes half h = c / 2 and the 16
@@ -596,7 +813,7 @@ struct GemvSeg {
     const float* bias;     // per row, or null
     const float* residual; // out = W·x + residual (may be out itself), or null
     int rows;
-    int fmt; // 0: Q4_K (144-byte superblocks), 1: Q6_K (210)
+    int fmt; // 0: Q4_K (144-byte superblocks), 1: Q6_K (210), 2: Q5_K (176)
     int groups_before;
     int pad;
 };
@@ -605,6 +822,28 @@ struct GemvSegs {
     int count;
     int total_groups;
 };
+
+// Bytes of one superblock of format `fmt` (GemvSeg::fmt).
+// (3: Q4_0, 4: Q4_1, 5: Q5_0, 6: Q8_0, 7: IQ4_NL, 8: IQ4_XS: 256 elements of each.)
+__device__ __forceinline__ int fmt_block_bytes(int fmt) {
+    switch (fmt) {
+    case 1: return 210;
+    case 2: return 176;
+    case 3: return LQ4_0::SB;
+    case 4: return LQ4_1::SB;
+    case 5: return LQ5_0::SB;
+    case 6: return LQ8_0::SB;
+    case 7: return LIQ4_NL::SB;
+    case 8: return LIQ4_XS::SB;
+    default: return 144;
+    }
+}
+template <int FMT> struct LaneFmtOf { typedef LQ4_0 T; };
+template <> struct LaneFmtOf<4> { typedef LQ4_1 T; };
+template <> struct LaneFmtOf<5> { typedef LQ5_0 T; };
+template <> struct LaneFmtOf<6> { typedef LQ8_0 T; };
+template <> struct LaneFmtOf<7> { typedef LIQ4_NL T; };
+template <> struct LaneFmtOf<8> { typedef LIQ4_XS T; };
 
 // One round of a lane's loads: the 16 header bytes and lane c's 32 quant
 // bytes of U Q4_K superblocks first + stride·u (those past the row's end skipped).
@@ -626,7 +865,8 @@ __device__ __forceinline__ void q4k_round(const u8* row, int first, int stride, 
 // One round of a lane's weight loads in any of the kernels' formats, 96
 // bytes: Q4_K two superblocks' 48 (header, its 32 quant bytes) or, for
 // SwiGLU, one of the gate matrix's and one of the up matrix's; Q6_K one
-// superblock's Q6kLane4 (90). A block loads its first round into one of these
+// superblock's Q6kLane4 (90); Q5_K one superblock's 80 (header, qh, its 32
+// quant bytes). A block loads its first round into one of these
 // before it waits on the previous kernel (`GEMV_PRELOAD`).
 struct RoundRegs {
     uint4 v[6];
@@ -646,7 +886,7 @@ template <int FMT, bool SWIGLU, int U>
 __device__ __forceinline__ void load_round(RoundRegs& p, const u8* row, const u8* row2, int first, int stride,
                                            int nb, int s) {
     static_assert(FMT != 0 || 3 * U * (SWIGLU ? 2 : 1) <= 6, "a Q4_K round is at most 96 bytes");
-    static_assert(FMT == 0 || (U == 1 && !SWIGLU), "a Q6_K round is one superblock");
+    static_assert(FMT == 0 || (U == 1 && !SWIGLU), "a round of the other formats is one superblock");
     if (FMT == 0) {
         uint4 h[U], qa[U], qb[U];
         q4k_round<U>(row, first, stride, nb, s, h, qa, qb);
@@ -657,6 +897,18 @@ __device__ __forceinline__ void load_round(RoundRegs& p, const u8* row, const u8
 #pragma unroll
             for (int u = 0; u < U; ++u)
                 p.v[3 * (U + u)] = h[u], p.v[3 * (U + u) + 1] = qa[u], p.v[3 * (U + u) + 2] = qb[u];
+        }
+    } else if (FMT >= 3) {
+        typedef typename LaneFmtOf<FMT>::T L;
+        if (first < nb) L::load(row + (size_t)first * L::SB, s, p.v);
+    } else if (FMT == 2) {
+        if (first < nb) {
+            const u8* b = row + (size_t)first * 176;
+            p.v[0] = *(const uint4*)b;
+            p.v[1] = *(const uint4*)(b + 16);
+            p.v[2] = *(const uint4*)(b + 32);
+            p.v[3] = *(const uint4*)(b + 48 + 32 * s);
+            p.v[4] = *(const uint4*)(b + 64 + 32 * s);
         }
     } else {
         if (first < nb) {
@@ -697,6 +949,10 @@ __device__ __forceinline__ void round_dot(const RoundRegs& p, const u8* row, int
                 q4k_dot4_smem<NT>(p.v[3 * (U + u)], p.v[3 * (U + u) + 1], p.v[3 * (U + u) + 2], blk, sq, sd, ss, cols,
                                   nxb, n, s, acc2);
         }
+    } else if (FMT >= 3) {
+        lane_fmt_dot<typename LaneFmtOf<FMT>::T, NT>(p.v, first, sq, sd, ss, cols, nxb, n, s, acc);
+    } else if (FMT == 2) {
+        q5k_dot4_smem<NT>(p.v[0], p.v[1], p.v[2], p.v[3], p.v[4], first, sq, sd, ss, cols, nxb, n, s, acc);
     } else {
         q6k_dot4_smem<NT>(q6k_unpack(p), (size_t)(row + (size_t)first * 210), first, sq, sd, ss, cols, nxb, n, s, acc);
     }
@@ -853,11 +1109,41 @@ __device__ __forceinline__ void prefetch_rows(const GemvSegs& segs, int rg, int 
     if (rg >= segs.total_groups) return;
     const GemvSeg g = seg_of(segs, rg);
     const int r0 = (rg - g.groups_before) * rpb;
-    const size_t row_bytes = (size_t)nb * (g.fmt ? 210 : 144);
+    const size_t row_bytes = (size_t)nb * fmt_block_bytes(g.fmt);
     const size_t off = (size_t)r0 * row_bytes, bytes = (size_t)min(rpb, g.rows - r0) * row_bytes;
     for (size_t at = (size_t)threadIdx.x * 128; at < bytes; at += (size_t)blockDim.x * 128) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(g.w + off + at));
         if (SWIGLU) asm volatile("prefetch.global.L2 [%0];" ::"l"(g.w2 + off + at));
+    }
+}
+
+// gemv_row_part and load_round for a format known at run time (a segment's
+// fmt), one superblock per round: every format but Q4_K and SwiGLU.
+#define FMT_CASES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8)
+template <int NT, bool PRE>
+__device__ __forceinline__ void row_part_one(int fmt, const u8* row, int first4, int stride4, int nb, int c4,
+                                             const i8* sq, const float* sd, const float* ss, int cols, int nxb, int n,
+                                             float* acc, const RoundRegs& pre) {
+    float unused[NT];
+    switch (fmt) {
+#define ROW_CASE(F)                                                                                              \
+    case F:                                                                                                      \
+        gemv_row_part<NT, F, false, 1, PRE>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,     \
+                                            unused, pre);                                                        \
+        break;
+        FMT_CASES(ROW_CASE)
+#undef ROW_CASE
+    default: break;
+    }
+}
+__device__ __forceinline__ void load_round_one(int fmt, RoundRegs& p, const u8* row, int first4, int stride4, int nb,
+                                               int c4) {
+    switch (fmt) {
+#define LOAD_CASE(F)                                                                                             \
+    case F: load_round<F, false, 1>(p, row, row, first4, stride4, nb, c4); break;
+        FMT_CASES(LOAD_CASE)
+#undef LOAD_CASE
+    default: break;
     }
 }
 
@@ -879,9 +1165,8 @@ __device__ __forceinline__ void gemv_group(const GemvSegs& segs, int rg, int rpb
             gemv_row_part<NT, 0, SWIGLU, U4, PRE>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
                                                   acc2, pre);
         } else {
-            const u8* row = g.w + (size_t)r * nb * 210;
-            gemv_row_part<NT, 1, false, 1, PRE>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc, acc2,
-                                                pre);
+            const u8* row = g.w + (size_t)r * nb * fmt_block_bytes(g.fmt);
+            row_part_one<NT, PRE>(g.fmt, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc, pre);
         }
     }
     finish_row<NT, SWIGLU>(g, r, acc, acc2, part, n, wpr, warp, piece, lane, row_in, flags);
@@ -919,7 +1204,7 @@ __device__ __forceinline__ void gemv_segs_t(const GemvSegs& segs, const i8* __re
                 load_round<0, SWIGLU, U4>(pre, g.w + (size_t)r * nb * 144, SWIGLU ? g.w2 + (size_t)r * nb * 144 : g.w,
                                           first4, stride4, nb, c4);
             else
-                load_round<1, false, 1>(pre, g.w + (size_t)r * nb * 210, g.w, first4, stride4, nb, c4);
+                load_round_one(g.fmt, pre, g.w + (size_t)r * nb * fmt_block_bytes(g.fmt), first4, stride4, nb, c4);
         }
     }
     for (int i = 0; i < prefetch; ++i) prefetch_rows<SWIGLU>(segs, blockIdx.x + i * gridDim.x, rpb, nb);
@@ -1044,7 +1329,7 @@ __device__ __forceinline__ void ring_fill(const GemvSegs& segs, int rg, int rpb,
                                           u64* bar) {
     const GemvSeg g = seg_of(segs, rg);
     const int r0 = (rg - g.groups_before) * rpb, cnt = min(rpb, g.rows - r0);
-    const size_t rb = (size_t)nb * (g.fmt ? 210 : 144);
+    const size_t rb = (size_t)nb * fmt_block_bytes(g.fmt);
     const u8* a;
     u32 len, len2 = 0;
     aligned_span(g.w + (size_t)r0 * rb, (size_t)cnt * rb, &a, &len);
@@ -1122,7 +1407,7 @@ __device__ __forceinline__ void gemv_ring_t(const GemvSegs& segs, const i8* __re
             const u8* stage = ring + (size_t)s * stage_bytes;
             const GemvSeg g = seg_of(segs, rg);
             const int r0 = (rg - g.groups_before) * rpb, r = r0 + row_in;
-            const size_t rb = (size_t)nb * (g.fmt ? 210 : 144);
+            const size_t rb = (size_t)nb * fmt_block_bytes(g.fmt);
             // The copy started at the 16-byte boundary below row r0, so the
             // staged rows keep their global misalignment (Q6_K reads by it).
             const u8* row = stage + (((size_t)g.w + (size_t)r0 * rb) & 15) + (size_t)row_in * rb;
@@ -1137,8 +1422,8 @@ __device__ __forceinline__ void gemv_ring_t(const GemvSegs& segs, const i8* __re
                     gemv_row_part<NT, 0, SWIGLU, U4, false>(row, row2, first4, stride4, nb, c4, sq, sd, ss, cols,
                                                             nxb, n, acc, acc2, unused);
                 else
-                    gemv_row_part<NT, 1, false, 1, false>(row, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb,
-                                                          n, acc, acc2, unused);
+                    row_part_one<NT, false>(g.fmt, row, first4, stride4, nb, c4, sq, sd, ss, cols, nxb, n, acc,
+                                            unused);
             }
 #pragma unroll
             for (int t = 0; t < NT; ++t) {

@@ -20,8 +20,6 @@
 // The sum of an item's activations (for types with a minimum or an offset)
 // comes from dp4a against ones, so only the int8 values and scales are read.
 
-#define ONES 0x01010101
-
 // Σ w·x and Σ x over 16 int8 pairs held as 4 words each.
 __device__ __forceinline__ void dot16(const int (&w)[4], const int (&x)[4], int* sw, int* sx) {
     int s = 0, t = 0;
@@ -32,11 +30,6 @@ __device__ __forceinline__ void dot16(const int (&w)[4], const int (&x)[4], int*
     }
     *sw = s;
     *sx = t;
-}
-
-// Four bits of `b` (bits 0..3) moved to bit 4 of bytes 0..3.
-__device__ __forceinline__ u32 spread4_bit4(u32 b) {
-    return ((b & 1) << 4) | ((b & 2) << 11) | ((b & 4) << 18) | ((b & 8) << 25);
 }
 
 __device__ __forceinline__ void load_x16(const i8* p, int (&x)[4]) {
@@ -246,16 +239,6 @@ struct TQ5_K {
         return xdb[s] * (d * (float)sc * (float)sw - dmin * (float)m * (float)sx);
     }
 };
-
-// Four grid values (signed bytes) for the four 4-bit indices in the low
-// nibbles of `idx`'s bytes, from the 16-byte table t0..t3: two byte
-// permutes (entries 0-7 and 8-15) and bit 3 of each index choosing.
-__device__ __forceinline__ int grid_lookup4(u32 idx, u32 t0, u32 t1, u32 t2, u32 t3) {
-    u32 sel = (idx & 0x7u) | ((idx >> 4) & 0x70u) | ((idx >> 8) & 0x700u) | ((idx >> 12) & 0x7000u);
-    u32 lo = __byte_perm(t0, t1, sel), hi = __byte_perm(t2, t3, sel);
-    u32 m = ((idx >> 3) & ONES) * 0xFFu;
-    return (int)((lo & ~m) | (hi & m));
-}
 
 // The grid values of 8 low and 8 high nibbles (q0, q1: 8 bytes of indices).
 __device__ __forceinline__ void grid_nibbles(u32 q0, u32 q1, u32 t0, u32 t1, u32 t2, u32 t3, int (&w)[4]) {
