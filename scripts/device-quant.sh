@@ -7,13 +7,14 @@
 #           copies .device anew does not pull the binary from under it.
 # PHASES (default: check ferry llama):
 #   check   gpu-check: every weight type against the CPU (tiny models, and two
-#           layers of the 32B shape in Q4_K_M, Q5_K_M and Q4_0)
+#           layers of the 32B shape in Q4_K_M, Q5_K_M and each lane format)
+#   lanes   gpu-check on two layers of the 32B shape in Q5_K_M and each lane
+#           format only (a shorter call)
 #   ferry   calibrate; for each 32B-shaped file (Q5_K_M, Q4_0, Q8_0, IQ4_XS; one on
 #           disk at a time): resident pp2048 and tg32; for Q5_K_M also the
 #           seed's case, a 22 GiB budget, with the plan's prediction
-#   llama   llama.cpp's llama-bench on the same files (built in the background
-#           from the start): resident, and for Q5_K_M the most layers that fit
-#           22 GiB (-ngl 60)
+#   llama   llama.cpp's llama-bench on the same files and tests (built in the
+#           background from the start)
 # Every run's log ends with the peak device memory nvidia-smi saw.
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")" && pwd)
@@ -56,15 +57,29 @@ if has check; then
     echo "gpu-check exit $?" >> "$L/gpu-check.txt"
     rm -rf /tmp/ferry-synthetic
 fi
+# A shorter check: two layers of the 32B shape in each type the persistent
+# GEMVs read through a lane format (and Q5_K_M), against the CPU.
+if has lanes; then
+    mkdir -p /tmp/lanes
+    for q in q5_k_m q8_0 q4_0 q4_1 q5_0 iq4_nl iq4_xs; do
+        ./ferry synth --preset qwen2.5-32b --quant $q --layers 2 /tmp/lanes/32b-2-layers-$q.gguf > /dev/null 2>&1
+    done
+    timeout 600 ./ferry gpu-check /tmp/lanes/*.gguf > "$L/gpu-check-lanes.txt" 2>&1
+    echo "gpu-check exit $?" >> "$L/gpu-check-lanes.txt"
+    rm -rf /tmp/lanes
+fi
 if has ferry; then
     timeout 300 ./ferry calibrate --size 1GiB > "$L/calibrate.txt" 2>&1
 fi
-for q in q5_k_m q4_0 q8_0 iq4_xs; do
+for q in ${QUANTS:-q5_k_m q8_0 iq4_xs q4_0}; do
     has ferry || has llama || break
     f=/tmp/32b-$q.gguf
     ./ferry synth --preset qwen2.5-32b --quant $q $f > "$L/synth-$q.txt" 2>&1
+    # Q5_K_M in full; the others decode only (their prefill is unchanged
+    # since the previous measurement), to fit one call.
+    if [ $q = q5_k_m ]; then P=${Q5_PROMPT:-2048}; else P=0; fi
     if has ferry; then
-        peak "$L/ferry-$q-resident.txt" timeout 300 ./ferry bench -m $f --device cuda -p 2048 -n 32 -r 2 --ub 2048
+        peak "$L/ferry-$q-resident.txt" timeout 300 ./ferry bench -m $f --device cuda -p $P -n 32 -r 2 --ub 2048
         if [ $q = q5_k_m ]; then
             # The plan for the bench's own context (2048 + 1) and micro-batch.
             ./ferry plan -m $f --vram-budget 22GiB --gpu-profile calibrated -c 2049 --ub 2048 \
@@ -73,19 +88,12 @@ for q in q5_k_m q4_0 q8_0 iq4_xs; do
             # first steps (4 GiB at the copy rate), which 16 steps cannot amortize.
             peak "$L/ferry-$q-22g.txt" timeout 300 ./ferry bench -m $f --device cuda --vram-budget 22GiB \
                 -p 2048 -n 128 -r 2 --ub 2048 --mode stream --gpu-profile calibrated
-            # The decode GEMVs before the persistent lane formats (the typed kernels).
-            peak "$L/ferry-$q-resident-typed.txt" env FERRY_GEMV=warp timeout 300 ./ferry bench -m $f --device cuda \
-                -p 512 -n 32 -r 2
         fi
     fi
     if has llama; then
         [ -n "$BUILD" ] && wait $BUILD && BUILD=
         LB=/tmp/llcb/bin/llama-bench
-        peak "$L/llama-$q-resident.txt" timeout 300 $LB -m $f -lm none -fa 1 -ub 2048 -ngl 99 -p 2048 -n 32 -r 2
-        if [ $q = q5_k_m ]; then
-            peak "$L/llama-$q-ngl60.txt" timeout 300 $LB -m $f -lm none -fa 1 -ub 2048 -ngl 60 \
-                -p 2048 -n 128 -r 2
-        fi
+        peak "$L/llama-$q-resident.txt" timeout 300 $LB -m $f -lm none -fa 1 -ub 2048 -ngl 99 -p $P -n 32 -r 2
     fi
     rm -f $f
 done

@@ -1,6 +1,7 @@
 //! Executes a model: KV cache, prefill and decode, sampling.
 
 pub mod hybrid;
+pub mod constrain;
 pub mod sampler;
 pub mod stream;
 pub use crate::trace;

@@ -106,8 +106,11 @@ pub struct Common {
     pub logprobs: Option<serde_json::Value>,
     /// Chat: alternatives per token (0-20), with `logprobs: true`.
     pub top_logprobs: Option<i64>,
-    /// `{"type": "text"}` only: JSON modes need constrained decoding.
+    /// `text`, `json_object` or `json_schema` (`{"name", "schema", "strict"}`).
     pub response_format: Option<serde_json::Value>,
+    /// A Lark grammar the output is held to (llguidance's dialect; an
+    /// extension, as llama.cpp's server has one).
+    pub grammar: Option<String>,
     pub best_of: Option<i64>,
 }
 
@@ -209,6 +212,67 @@ pub struct Params {
     pub n: usize,
     /// The model was given tools: calls in its answer become `tool_calls`.
     pub tools: bool,
+    /// The grammar the output is held to, if any (compiled by the handler).
+    pub grammar: Option<GrammarSpec>,
+}
+
+/// What a request holds its output to.
+#[derive(Debug, Clone)]
+pub enum GrammarSpec {
+    JsonObject,
+    JsonSchema(serde_json::Value),
+    Lark(String),
+    /// A forced tool call's grammar (Lark, from the tools' schemas).
+    Tools(String),
+}
+
+impl GrammarSpec {
+    pub fn spec(&self) -> crate::engine::constrain::Spec<'_> {
+        use crate::engine::constrain::Spec;
+        match self {
+            GrammarSpec::JsonObject => Spec::JsonObject,
+            GrammarSpec::JsonSchema(v) => Spec::JsonSchema(v),
+            GrammarSpec::Lark(g) | GrammarSpec::Tools(g) => Spec::Lark(g),
+        }
+    }
+
+    /// The request field it came from (for a 400 naming it).
+    pub fn param(&self) -> &'static str {
+        match self {
+            GrammarSpec::Lark(_) => "grammar",
+            GrammarSpec::Tools(_) => "tools",
+            _ => "response_format",
+        }
+    }
+}
+
+/// `response_format` as a grammar: `None` for text.
+fn response_format(f: &serde_json::Value) -> Result<Option<GrammarSpec>, ApiError> {
+    let bad = |why: String| Err(ApiError::invalid(why).param("response_format"));
+    match f.get("type").and_then(|t| t.as_str()) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(GrammarSpec::JsonObject)),
+        Some("json_schema") => {
+            let Some(js) = f.get("json_schema").filter(|v| v.is_object()) else {
+                return bad(
+                    "response_format json_schema needs a \"json_schema\" object with the \"schema\""
+                        .into(),
+                );
+            };
+            match js.get("schema") {
+                Some(schema) if schema.is_object() || schema.is_boolean() => {
+                    Ok(Some(GrammarSpec::JsonSchema(schema.clone())))
+                }
+                Some(other) => bad(format!(
+                    "response_format json_schema.schema must be a JSON Schema object, got {other}"
+                )),
+                None => bad("response_format json_schema has no \"schema\"".into()),
+            }
+        }
+        _ => bad(format!(
+            "response_format {f}: the type must be \"text\", \"json_object\" or \"json_schema\""
+        )),
+    }
 }
 
 fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
@@ -224,14 +288,18 @@ fn in_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), 
 impl Common {
     /// Check the fields; `seed` is used when the request gives none.
     pub fn params(&self, max_tokens_override: Option<i64>, seed: u64) -> Result<Params, ApiError> {
-        if let Some(f) = &self.response_format
-            && !f.is_null()
-            && f.get("type").and_then(|t| t.as_str()) != Some("text")
-        {
-            return Err(ApiError::invalid(format!(
-                "response_format {f} needs constrained decoding, which ferry does not have yet (only {{\"type\": \"text\"}})"
-            ))
-            .param("response_format"));
+        let mut grammar = match &self.response_format {
+            Some(f) if !f.is_null() => response_format(f)?,
+            _ => None,
+        };
+        if let Some(g) = &self.grammar {
+            if grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "grammar and a JSON response_format were both given; send one",
+                )
+                .param("grammar"));
+            }
+            grammar = Some(GrammarSpec::Lark(g.clone()));
         }
         let n = match self.n {
             None => 1,
@@ -308,6 +376,7 @@ impl Common {
             reasoning: None,
             n,
             tools: false,
+            grammar,
         })
     }
 
@@ -456,11 +525,12 @@ impl ChatRequest {
             .collect()
     }
 
-    /// The tools the model may call (passed to its template), or `None`.
-    /// `tool_choice` `auto` (the default with tools) and `none` (no tools)
-    /// are honoured; `required` and a named function need constrained
-    /// decoding, which ferry does not have yet, and are refused by name.
-    pub fn tools(&self) -> Result<Option<serde_json::Value>, ApiError> {
+    /// The tools the model may call (passed to its template), or `None`,
+    /// and the ones the answer must call (`tool_choice` `required`: any of
+    /// them; a named function: that one), produced under a grammar.
+    /// `auto` (the default with tools) lets the model choose; `none` gives
+    /// it no tools.
+    pub fn tools(&self) -> Result<Option<(serde_json::Value, Option<Vec<serde_json::Value>>)>, ApiError> {
         use serde_json::Value;
         let tools = match &self.tools {
             None | Some(Value::Null) => return Ok(None),
@@ -483,12 +553,34 @@ impl ChatRequest {
                 .param("tools"));
             }
         }
+        let all = || Value::Array(tools.clone());
         match &self.tool_choice {
-            None | Some(Value::Null) => Ok(Some(Value::Array(tools.clone()))),
-            Some(Value::String(c)) if c == "auto" => Ok(Some(Value::Array(tools.clone()))),
+            None | Some(Value::Null) => Ok(Some((all(), None))),
+            Some(Value::String(c)) if c == "auto" => Ok(Some((all(), None))),
             Some(Value::String(c)) if c == "none" => Ok(None),
+            Some(Value::String(c)) if c == "required" => Ok(Some((all(), Some(tools.clone())))),
+            Some(named @ Value::Object(_)) => {
+                let name = named
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "tool_choice {named}: a named choice is {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+                        ))
+                        .param("tool_choice")
+                    })?;
+                let tool = tools
+                    .iter()
+                    .find(|t| t["function"]["name"].as_str() == Some(name))
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("tool_choice names '{name}', which is not among the tools"))
+                            .param("tool_choice")
+                    })?;
+                Ok(Some((all(), Some(vec![tool.clone()]))))
+            }
             Some(other) => Err(ApiError::invalid(format!(
-                "tool_choice {other} needs constrained decoding, which ferry does not have yet; use \"auto\" or \"none\""
+                "tool_choice {other}: use \"auto\", \"none\", \"required\" or a named function"
             ))
             .param("tool_choice")),
         }

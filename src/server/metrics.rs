@@ -112,6 +112,12 @@ impl Metrics {
         );
         let steps = get(&self.decode_steps);
         metric(
+            "ferry_decode_steps_total",
+            "counter",
+            "Decode steps (one batched forward pass each).",
+            &[("", steps)],
+        );
+        metric(
             "ferry_decode_batch_mean",
             "gauge",
             "Mean number of sequences per decode step.",

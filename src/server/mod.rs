@@ -31,6 +31,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::engine::constrain::{Constraint, Grammars};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use api::{ApiError, Params};
 use metrics::Metrics;
@@ -74,6 +75,8 @@ struct AppState {
     parallel: usize,
     content_special: bool,
     body_timeout: std::time::Duration,
+    /// The tokenizer compiled for constrained decoding, on first use.
+    grammars: std::sync::OnceLock<Result<Arc<Grammars>, String>>,
 }
 
 fn unix_now() -> u64 {
@@ -91,6 +94,24 @@ impl AppState {
             .map_or(0, |d| d.as_nanos() as u64);
         let mixed = (nanos ^ n.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (format!("{mixed:016x}"), mixed)
+    }
+
+    /// The initial state of the grammar a request holds its output to.
+    fn constraint(&self, g: &api::GrammarSpec) -> Result<Constraint, ApiError> {
+        let grammars = self
+            .grammars
+            .get_or_init(|| Grammars::new(self.tok.clone()).map(Arc::new))
+            .as_ref()
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    format!("constrained decoding is not available for this model: {e}"),
+                )
+            })?;
+        grammars.constraint(&g.spec()).map_err(|e| {
+            ApiError::invalid(format!("{}: {e}", g.param())).param(g.param())
+        })
     }
 }
 
@@ -124,6 +145,7 @@ impl Server {
                 parallel: opts.parallel,
                 content_special: opts.content_special,
                 body_timeout: opts.body_timeout,
+                grammars: std::sync::OnceLock::new(),
             }),
             limits: opts.limits,
         }
@@ -374,8 +396,26 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
         .template
         .as_ref()
         .ok_or_else(|| ApiError::invalid("the model has no chat template; use /v1/completions"))?;
-    let tools = req.tools()?;
+    let (tools, forced) = match req.tools()? {
+        Some((t, forced)) => (Some(t), forced),
+        None => (None, None),
+    };
     params.tools = tools.is_some();
+    if let Some(forced) = &forced {
+        if params.grammar.is_some() {
+            return Err(ApiError::invalid(
+                "a required or named tool_choice and a response_format or grammar were both given; send one",
+            )
+            .param("tool_choice"));
+        }
+        let has = |t: &str| state.tok.token_id(t).is_some();
+        params.grammar = Some(api::GrammarSpec::Tools(tools::forced_grammar(
+            forced,
+            has("<tool_call>"),
+            has("<|python_tag|>"),
+            req.parallel_tool_calls != Some(false),
+        )));
+    }
     let opts = crate::tokenizer::RenderOptions {
         add_generation_prompt: true,
         enable_thinking: req.enable_thinking()?,
@@ -509,6 +549,13 @@ async fn generate(
             .param("n"),
         );
     }
+    let constraint = match &params.grammar {
+        Some(g) => match state.constraint(g) {
+            Ok(c) => Some(c),
+            Err(e) => return reject(e),
+        },
+        None => None,
+    };
     let Some(ticket) = state.admission.try_admit() else {
         Metrics::add(&state.metrics.requests_rejected, 1);
         let mut e = ApiError::new(
@@ -533,6 +580,7 @@ async fn generate(
         logprobs: params.logprobs,
         n,
         events: tx,
+        constraint,
         ticket: Some(ticket),
     };
     let with_logprobs = params.logprobs.is_some();

@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
+use crate::engine::constrain::Constraint;
 use crate::engine::{Engine, Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -122,6 +123,9 @@ pub struct Job {
     pub n: usize,
     /// Events, tagged with the choice they belong to.
     pub events: UnboundedSender<(usize, Event)>,
+    /// The grammar the output is held to (`response_format`, `grammar`,
+    /// forced tool calls), in its initial state.
+    pub constraint: Option<Constraint>,
     /// Holds the request's place in the admission count until dropped (the
     /// first choice's slot holds it).
     pub ticket: Option<Ticket>,
@@ -138,6 +142,7 @@ impl Job {
             logprobs: self.logprobs,
             n: self.n,
             events: self.events.clone(),
+            constraint: self.constraint.as_ref().map(Constraint::fork),
             ticket: None,
         }
     }
@@ -270,6 +275,26 @@ impl<'t> Slot<'t> {
         true
     }
 
+    /// The next token from a row of logits: the grammar's forbidden tokens
+    /// masked (where the request has one), sampled, its log-probability
+    /// noted, the grammar advanced. Errs where the grammar cannot go on.
+    fn choose(&mut self, logits: &[f32], tok: &Tokenizer) -> Result<u32, String> {
+        let Some(c) = self.job.constraint.as_mut() else {
+            let token = self.sampler.sample(logits);
+            self.note_logprob(logits, token, tok);
+            return Ok(token);
+        };
+        let mut row = logits.to_vec();
+        c.mask(&mut row)?;
+        if row.iter().all(|l| *l == f32::NEG_INFINITY) {
+            return Err("the output grammar allows no token here".into());
+        }
+        let token = self.sampler.sample(&row);
+        c.accept(token)?;
+        self.note_logprob(&row, token, tok);
+        Ok(token)
+    }
+
     /// Note the chosen token's log-probability, where the request asked.
     fn note_logprob(&mut self, logits: &[f32], token: u32, tok: &Tokenizer) {
         if let Some(k) = self.job.logprobs
@@ -325,6 +350,10 @@ impl<'t> Slot<'t> {
             if !self.flush(true) {
                 return Outcome::ClientGone;
             }
+            return self.finish(Finish::Stop);
+        }
+        if self.job.constraint.as_ref().is_some_and(Constraint::is_stopped) {
+            // The grammar is complete: nothing may follow.
             return self.finish(Finish::Stop);
         }
         if self.generated >= self.job.max_tokens || !room {
@@ -507,8 +536,14 @@ pub fn run_engine(
                         }
                         for k in firsts {
                             let slot = slots[k].as_mut().expect("present");
-                            let token = slot.sampler.sample(&logits);
-                            slot.note_logprob(&logits, token, tok);
+                            let token = match slot.choose(&logits, tok) {
+                                Ok(t) => t,
+                                Err(e) => {
+                                    let _ = slot.send(Event::Failed(e));
+                                    slots[k] = None;
+                                    continue;
+                                }
+                            };
                             Metrics::add(&metrics.generated_tokens, 1);
                             let room = session.len(k) < cfg.n_ctx;
                             let outcome = slot.accept(token, tok, room);
@@ -538,7 +573,20 @@ pub fn run_engine(
             })
             .collect();
         let t0 = Instant::now();
-        let result = contained(|| session.decode(&ready, &tokens));
+        // The grammars' masks for this step are computed on another thread
+        // while the model computes the logits they apply to.
+        let mut grammars: Vec<&mut Constraint> = slots
+            .iter_mut()
+            .filter_map(|s| s.as_mut().and_then(|s| s.job.constraint.as_mut()))
+            .collect();
+        let result = if grammars.is_empty() {
+            contained(|| session.decode(&ready, &tokens))
+        } else {
+            std::thread::scope(|scope| {
+                scope.spawn(|| grammars.iter_mut().for_each(|c| c.prepare()));
+                contained(|| session.decode(&ready, &tokens))
+            })
+        };
         Metrics::add(&metrics.decode_micros, t0.elapsed().as_micros() as u64);
         Metrics::add(&metrics.decode_steps, 1);
         Metrics::add(&metrics.decode_sequences, ready.len() as u64);
@@ -559,8 +607,14 @@ pub fn run_engine(
         for (k, &i) in ready.iter().enumerate() {
             let slot = slots[i].as_mut().expect("ready");
             let row = &logits[k * vocab..(k + 1) * vocab];
-            let token = slot.sampler.sample(row);
-            slot.note_logprob(row, token, tok);
+            let token = match slot.choose(row, tok) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = slot.send(Event::Failed(e));
+                    slots[i] = None;
+                    continue;
+                }
+            };
             Metrics::add(&metrics.generated_tokens, 1);
             let room = session.len(i) < cfg.n_ctx;
             let outcome = slot.accept(token, tok, room);

@@ -8,14 +8,54 @@
 //! - Anything else: the whole answer as one JSON object with `name` and
 //!   `arguments` (or `parameters`), or an array of them.
 //!
-//! Calls are produced by the model unconstrained (`tool_choice` `auto`); an
-//! answer that does not parse stays content.
+//! With `tool_choice` `auto` calls are produced by the model unconstrained,
+//! and an answer that does not parse stays content; with `required` or a
+//! named function the answer is held to a grammar of the family's format
+//! (`forced_grammar`), so that it always parses.
 
 use serde_json::Value;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
+
+/// A Lark grammar (llguidance's dialect) for an answer that calls one of
+/// `tools` (OpenAI tool objects), in the format the model's family writes:
+/// `<tool_call>` blocks where the vocabulary has that token (Qwen, Hermes),
+/// else one JSON object, with `parameters` where it has `<|python_tag|>`
+/// (Llama 3.x) and `arguments` otherwise. `parallel`: several calls allowed
+/// (tagged formats).
+pub fn forced_grammar(tools: &[Value], tagged: bool, llama: bool, parallel: bool) -> String {
+    let key = if llama && !tagged { "parameters" } else { "arguments" };
+    let calls: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            let f = &t["function"];
+            let params = match f.get("parameters") {
+                Some(p) if p.is_object() => p.clone(),
+                _ => serde_json::json!({"type": "object"}),
+            };
+            serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": f["name"]}, key: params},
+                "required": ["name", key],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = serde_json::json!({"anyOf": calls});
+    let body = format!("body: %json {schema}");
+    if tagged {
+        let start = if parallel {
+            "start: call (\"\\n\" call)*"
+        } else {
+            "start: call"
+        };
+        format!("{start}\ncall: \"{OPEN}\\n\" body \"\\n{CLOSE}\"\n{body}\n")
+    } else {
+        format!("start: body\n{body}\n")
+    }
+}
 
 /// One call: the function's name and its arguments as JSON text.
 #[derive(Debug, Clone, PartialEq)]

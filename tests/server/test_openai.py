@@ -354,15 +354,93 @@ class ServerTests(unittest.TestCase):
         if not r.choices[0].message.tool_calls:
             self.assertEqual(streamed, r.choices[0].message.content)
         raw = self.server.raw
-        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "tools": tools, "tool_choice": "required"})
+        # A required call and a named one are produced under a grammar: they
+        # always parse (SmolLM2 has no call format of its own: one JSON object).
+        tools2 = tools + [{"type": "function", "function": {"name": "add", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"], "additionalProperties": False}}}]
+        ask = [{"role": "user", "content": "What is 2 plus 3?"}]
+        for choice, names in (("required", {"get_weather", "add"}),
+                              ({"type": "function", "function": {"name": "add"}}, {"add"})):
+            for stream in (False, True):
+                kw = dict(model="m", messages=ask, tools=tools2, tool_choice=choice, max_tokens=60, temperature=0)
+                if stream:
+                    calls = {}
+                    for c in self.client.chat.completions.create(stream=True, **kw):
+                        for d in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+                            e = calls.setdefault(d.index, {"name": "", "arguments": ""})
+                            e["name"] += d.function.name or ""
+                            e["arguments"] += d.function.arguments or ""
+                    got = list(calls.values())
+                else:
+                    r = self.client.chat.completions.create(**kw)
+                    self.assertEqual(r.choices[0].finish_reason, "tool_calls")
+                    got = [{"name": t.function.name, "arguments": t.function.arguments}
+                           for t in r.choices[0].message.tool_calls]
+                self.assertEqual(len(got), 1)
+                self.assertIn(got[0]["name"], names)
+                args = json.loads(got[0]["arguments"])
+                if got[0]["name"] == "add":
+                    self.assertEqual(set(args), {"a", "b"})
+                    self.assertTrue(all(isinstance(v, int) for v in args.values()))
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "tools": tools, "tool_choice": {
+            "type": "function", "function": {"name": "nope"}}})
+        self.assert_error(status, body, 400, param="tool_choice")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "tools": tools,
+                                                               "tool_choice": "required",
+                                                               "response_format": {"type": "json_object"}})
         self.assert_error(status, body, 400, param="tool_choice")
         status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "tools": [{"type": "function"}]})
         self.assert_error(status, body, 400, param="tools")
-        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}})
-        self.assert_error(status, body, 400, param="response_format")
         bad = [dict(msgs[1], tool_calls=[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}])]
         status, _, body = raw("POST", "/v1/chat/completions", {"messages": [msgs[0]] + bad})
         self.assert_error(status, body, 400, param="messages")
+
+    def test_structured_output(self):
+        # A JSON Schema holds the answer (streamed and not): it parses and
+        # validates, whatever the small model would have said.
+        schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                  "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+                  "required": ["name", "age"], "additionalProperties": False}
+        fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+        r = self.chat("Describe a person.", response_format=fmt, max_tokens=60)
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        obj = json.loads(r.choices[0].message.content)
+        self.assertEqual(set(obj), {"name", "age"})
+        self.assertIsInstance(obj["name"], str)
+        self.assertLessEqual(len(obj["name"]), 12)
+        self.assertIsInstance(obj["age"], int)
+        streamed = "".join(c.choices[0].delta.content or "" for c in self.client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Describe a person."}], temperature=0,
+            response_format=fmt, max_tokens=60, stream=True) if c.choices)
+        self.assertEqual(streamed, r.choices[0].message.content)
+        # Any JSON object; n choices, each held to it.
+        r = self.client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Say hello."}], temperature=1, seed=3, n=3,
+            response_format={"type": "json_object"}, max_tokens=40)
+        for c in r.choices:
+            if c.finish_reason == "stop":
+                self.assertIsInstance(json.loads(c.message.content), dict)
+            else:
+                self.assertTrue(c.message.content.lstrip().startswith("{"))
+        # A Lark grammar (the `grammar` extension), on completions too.
+        r = self.client.completions.create(model="m", prompt="My favourite colour is", max_tokens=5,
+                                           temperature=0, extra_body={"grammar": 'start: " red" | " green" | " blue"'})
+        self.assertIn(r.choices[0].text, (" red", " green", " blue"))
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        # Refusals name the field.
+        raw = self.server.raw
+        msgs = [{"role": "user", "content": "x"}]
+        for bad in ({"type": "json_schema"}, {"type": "json_schema", "json_schema": {"schema": 3}},
+                    {"type": "yaml"},
+                    {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/nowhere"}}}):
+            status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "response_format": bad})
+            self.assert_error(status, body, 400, param="response_format")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "grammar": "start: (("})
+        self.assert_error(status, body, 400, param="grammar")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "grammar": 'start: "a"',
+                                                               "response_format": {"type": "json_object"}})
+        self.assert_error(status, body, 400, param="grammar")
 
     def test_chat_template_kwargs(self):
         raw = self.server.raw
