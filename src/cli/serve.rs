@@ -88,6 +88,8 @@ pub(crate) fn serve_planned(
     let cpu = CpuBackend::new(args.setup.threads);
     let placement = Placement::new(&args.budget, budget, n_ctx, args.ubatch, args.parallel);
     let mut hm = load_planned(cuda, &cpu, g, &placement)?;
+    // Each prefill's copy/compute timeline, for the web page (a few events a layer).
+    hm.gpu.tracing = true;
     let mut http = start_http(args, g, path, n_ctx, &format!("{} + CPU", cuda.name()))?;
     // A prompt is prefilled in one layer-major pass (micro-batched inside by
     // --ub), so each streamed layer crosses PCIe once per prompt rather than

@@ -767,6 +767,29 @@ impl crate::engine::Engine for HybridSession<'_> {
         }
         Ok(logits)
     }
+    fn status(&mut self) -> Option<crate::engine::EngineStatus> {
+        let runs = self.model.decode_runs(1);
+        let gpu = &self.model.gpu;
+        let layers = runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if !gpu.is_streamed(i) {
+                    'R'
+                } else if gpu.is_parked(i) {
+                    'P'
+                } else if *r == Run::Cpu {
+                    'c'
+                } else {
+                    's'
+                }
+            })
+            .collect();
+        Some(crate::engine::EngineStatus {
+            layers,
+            trace: gpu.last_trace.clone(),
+        })
+    }
 }
 
 impl crate::engine::Steps for HybridSession<'_> {

@@ -1,7 +1,7 @@
 //! Executes a model: KV cache, prefill and decode, sampling.
 
-pub mod hybrid;
 pub mod constrain;
+pub mod hybrid;
 pub mod sampler;
 pub mod stream;
 pub use crate::trace;
@@ -135,6 +135,18 @@ impl<'m, B: Backend> Session<'m, B> {
 /// Sequences that can be prefilled and decoded together: what the server's
 /// scheduler drives (a `Session` on one backend, or a hybrid GPU + CPU session
 /// within a VRAM budget).
+/// What an engine shows of itself (`/v1/ferry/status`, the web page).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStatus {
+    /// One letter per layer, as `ferry plan` draws them: `R` resident on the
+    /// device, `P` streamed in prefill and parked on the device for decode,
+    /// `s` streamed through a slot, `c` streamed in prefill and on the CPU in
+    /// decode, `C` on the CPU (a CPU engine).
+    pub layers: String,
+    /// The timeline of the last traced prefill (copies and compute).
+    pub trace: Vec<crate::trace::Span>,
+}
+
 pub trait Engine {
     fn n_ctx(&self) -> usize;
     fn n_seq(&self) -> usize;
@@ -152,6 +164,11 @@ pub trait Engine {
     fn fork(&mut self, from: usize, to: usize) -> Result<bool, BackendError> {
         let _ = (from, to);
         Ok(false)
+    }
+    /// Where the layers are now, and the last pass's timeline (`None`: the
+    /// engine does not say).
+    fn status(&mut self) -> Option<EngineStatus> {
+        None
     }
 }
 
@@ -181,6 +198,19 @@ impl<B: Backend> Engine for Session<'_, B> {
         }
         self.filled[to] = len;
         Ok(true)
+    }
+    fn status(&mut self) -> Option<EngineStatus> {
+        // Every layer where the backend is: the device memory it reports
+        // (a GPU) or the host.
+        let at = if self.backend.device_memory_used().is_some() {
+            "R"
+        } else {
+            "C"
+        };
+        Some(EngineStatus {
+            layers: at.repeat(self.model.config.n_layers),
+            trace: Vec::new(),
+        })
     }
 }
 

@@ -216,6 +216,10 @@ pub struct Params {
     pub grammar: Option<GrammarSpec>,
 }
 
+/// The tools given to the template, and those the answer must call
+/// (`tool_choice` `required` or a named function), if any.
+pub type ToolsOffered = (serde_json::Value, Option<Vec<serde_json::Value>>);
+
 /// What a request holds its output to.
 #[derive(Debug, Clone)]
 pub enum GrammarSpec {
@@ -530,7 +534,7 @@ impl ChatRequest {
     /// them; a named function: that one), produced under a grammar.
     /// `auto` (the default with tools) lets the model choose; `none` gives
     /// it no tools.
-    pub fn tools(&self) -> Result<Option<(serde_json::Value, Option<Vec<serde_json::Value>>)>, ApiError> {
+    pub fn tools(&self) -> Result<Option<ToolsOffered>, ApiError> {
         use serde_json::Value;
         let tools = match &self.tools {
             None | Some(Value::Null) => return Ok(None),
@@ -574,8 +578,10 @@ impl ChatRequest {
                     .iter()
                     .find(|t| t["function"]["name"].as_str() == Some(name))
                     .ok_or_else(|| {
-                        ApiError::invalid(format!("tool_choice names '{name}', which is not among the tools"))
-                            .param("tool_choice")
+                        ApiError::invalid(format!(
+                            "tool_choice names '{name}', which is not among the tools"
+                        ))
+                        .param("tool_choice")
                     })?;
                 Ok(Some((all(), Some(vec![tool.clone()]))))
             }

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub kv_cache_bytes: AtomicU64,
     /// Device memory in use, when the device reports it (GPU).
     pub device_memory_used: AtomicU64,
+    /// Where the engine's layers are and its last prefill's timeline
+    /// (written by the engine after each prefill).
+    pub status: std::sync::Mutex<crate::engine::EngineStatus>,
 }
 
 /// Resident set size of this process (Linux), for watching memory growth.
@@ -41,6 +44,31 @@ pub fn resident_bytes() -> Option<u64> {
 impl Metrics {
     pub fn add(counter: &AtomicU64, v: u64) {
         counter.fetch_add(v, Relaxed);
+    }
+
+    /// The figures the web page shows, as JSON (`/v1/ferry/status`).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let rate = |tokens: u64, micros: u64| {
+            if micros > 0 {
+                tokens as f64 / (micros as f64 / 1e6)
+            } else {
+                0.0
+            }
+        };
+        serde_json::json!({
+            "requests_ok": get(&self.requests_ok),
+            "prompt_tokens": get(&self.prompt_tokens),
+            "generated_tokens": get(&self.generated_tokens),
+            "prefill_tokens_per_second": rate(get(&self.prompt_tokens), get(&self.prefill_micros)),
+            "decode_tokens_per_second": rate(get(&self.decode_sequences), get(&self.decode_micros)),
+            "queue_length": get(&self.queue_length),
+            "active_sequences": get(&self.active_sequences),
+            "weight_bytes": get(&self.weight_bytes),
+            "kv_cache_bytes": get(&self.kv_cache_bytes),
+            "device_memory_used_bytes": get(&self.device_memory_used),
+            "resident_memory_bytes": resident_bytes().unwrap_or(0),
+        })
     }
 
     /// The Prometheus text exposition of every metric.

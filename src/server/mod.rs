@@ -109,9 +109,9 @@ impl AppState {
                     format!("constrained decoding is not available for this model: {e}"),
                 )
             })?;
-        grammars.constraint(&g.spec()).map_err(|e| {
-            ApiError::invalid(format!("{}: {e}", g.param())).param(g.param())
-        })
+        grammars
+            .constraint(&g.spec())
+            .map_err(|e| ApiError::invalid(format!("{}: {e}", g.param())).param(g.param()))
     }
 }
 
@@ -158,6 +158,7 @@ impl Server {
             .route("/v1/completions", post(completions))
             .route("/v1/models", get(models))
             .route("/metrics", get(prometheus))
+            .route("/v1/ferry/status", get(status))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
@@ -166,6 +167,7 @@ impl Server {
             ));
         Router::new()
             .route("/health", get(health))
+            .route("/", get(web_page))
             .merge(guarded)
             .with_state(state)
     }
@@ -294,6 +296,39 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "owned_by": "ferry",
             "context_length": state.n_ctx,
         }],
+    }))
+}
+
+/// The web page: a chat and a view of the engine (static, embedded; its
+/// requests carry the API key the user types, when the server has one).
+async fn web_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("web/index.html"),
+    )
+        .into_response()
+}
+
+/// The model, where its layers are, the last prefill's timeline and the
+/// serving figures: what the web page draws.
+async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let engine = state
+        .metrics
+        .status
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    Json(json!({
+        "model": state.model_id,
+        "n_ctx": state.n_ctx,
+        "parallel": state.parallel,
+        "chat_template": state.template.is_some(),
+        "layers": engine.layers,
+        "trace": engine.trace,
+        "metrics": state.metrics.snapshot(),
     }))
 }
 

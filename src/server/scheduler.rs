@@ -352,7 +352,12 @@ impl<'t> Slot<'t> {
             }
             return self.finish(Finish::Stop);
         }
-        if self.job.constraint.as_ref().is_some_and(Constraint::is_stopped) {
+        if self
+            .job
+            .constraint
+            .as_ref()
+            .is_some_and(Constraint::is_stopped)
+        {
             // The grammar is complete: nothing may follow.
             return self.finish(Finish::Stop);
         }
@@ -388,6 +393,15 @@ fn contained<T>(
     })
 }
 
+/// The engine's layer placement and last timeline, for `/v1/ferry/status`.
+fn publish_status(session: &mut dyn Engine, metrics: &Metrics) {
+    if let Some(s) = session.status()
+        && let Ok(mut status) = metrics.status.lock()
+    {
+        *status = s;
+    }
+}
+
 pub fn run_engine(
     session: &mut dyn Engine,
     tok: &Tokenizer,
@@ -406,6 +420,7 @@ pub fn run_engine(
     }
     let mut slots: Vec<Option<Slot>> = (0..cfg.parallel).map(|_| None).collect();
     let mut waiting: VecDeque<Job> = VecDeque::new();
+    publish_status(session, metrics);
     let publish = |slots: &[Option<Slot>], waiting: &VecDeque<Job>| {
         let active = slots.iter().filter(|s| s.is_some()).count();
         metrics
@@ -494,6 +509,8 @@ pub fn run_engine(
             let t0 = Instant::now();
             let result = contained(|| session.prefill(i, &slot.job.prompt[chunk.clone()]));
             Metrics::add(&metrics.prefill_micros, t0.elapsed().as_micros() as u64);
+            // A prefill moves layers (parking, handover) and leaves a timeline.
+            publish_status(session, metrics);
             Metrics::add(&metrics.prompt_tokens, chunk.len() as u64);
             let followers: Vec<usize> = (0..slots.len())
                 .filter(|&j| slots[j].as_ref().is_some_and(|s| s.follows == Some(i)))
@@ -719,6 +736,7 @@ mod tests {
                 logprobs: None,
                 n: 1,
                 events,
+                constraint: None,
                 ticket: Some(admission.try_admit().unwrap()),
             })
             .unwrap();

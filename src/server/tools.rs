@@ -26,7 +26,11 @@ const PYTHON_TAG: &str = "<|python_tag|>";
 /// (Llama 3.x) and `arguments` otherwise. `parallel`: several calls allowed
 /// (tagged formats).
 pub fn forced_grammar(tools: &[Value], tagged: bool, llama: bool, parallel: bool) -> String {
-    let key = if llama && !tagged { "parameters" } else { "arguments" };
+    let key = if llama && !tagged {
+        "parameters"
+    } else {
+        "arguments"
+    };
     let calls: Vec<Value> = tools
         .iter()
         .map(|t| {
