@@ -137,10 +137,15 @@ struct Kernels {
     /// (`gemv_segs_t` in gemv_kquants.cu), with bias / residual / SwiGLU epilogues.
     /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
     gemv_smem: [[CudaFunction; 2]; 3],
+    /// The same for launches with a segment in another format than Q4_K and
+    /// Q6_K (`ALLF` builds: every format; the Q4_K/Q6_K-only build keeps the
+    /// registers of the code Q4_K_M models ran before the other formats).
+    gemv_smem_all: [[CudaFunction; 2]; 3],
     gemv_swiglu_smem: [[CudaFunction; 2]; 3],
     /// The same fed by the copy engine through a shared-memory ring
     /// (`gemv_ring_t`, sm_90), 1 and 2 tokens.
     gemv_ring: [CudaFunction; 2],
+    gemv_ring_all: [CudaFunction; 2],
     gemv_swiglu_ring: [CudaFunction; 2],
     /// RMSNorm that also writes the 8-bit copy of its output.
     rms_norm_q8: CudaFunction,
@@ -544,6 +549,9 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
         "gemv_swiglu_smem_b3",
         "gemv_smem_b4",
         "gemv_swiglu_smem_b4",
+        "gemv_smem_all",
+        "gemv_smem_all_b3",
+        "gemv_smem_all_b4",
     ]
     .iter()
     .flat_map(|k| [format!("{k}_1"), format!("{k}_2")])
@@ -563,6 +571,8 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
     for name in [
         "gemv_ring_1",
         "gemv_ring_2",
+        "gemv_ring_all_1",
+        "gemv_ring_all_2",
         "gemv_swiglu_ring_1",
         "gemv_swiglu_ring_2",
     ] {
@@ -630,12 +640,18 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
                 [f("gemv_smem_b3_1")?, f("gemv_smem_b3_2")?],
                 [f("gemv_smem_b4_1")?, f("gemv_smem_b4_2")?],
             ],
+            gemv_smem_all: [
+                [f("gemv_smem_all_1")?, f("gemv_smem_all_2")?],
+                [f("gemv_smem_all_b3_1")?, f("gemv_smem_all_b3_2")?],
+                [f("gemv_smem_all_b4_1")?, f("gemv_smem_all_b4_2")?],
+            ],
             gemv_swiglu_smem: [
                 [f("gemv_swiglu_smem_1")?, f("gemv_swiglu_smem_2")?],
                 [f("gemv_swiglu_smem_b3_1")?, f("gemv_swiglu_smem_b3_2")?],
                 [f("gemv_swiglu_smem_b4_1")?, f("gemv_swiglu_smem_b4_2")?],
             ],
             gemv_ring: [f("gemv_ring_1")?, f("gemv_ring_2")?],
+            gemv_ring_all: [f("gemv_ring_all_1")?, f("gemv_ring_all_2")?],
             gemv_swiglu_ring: [f("gemv_swiglu_ring_1")?, f("gemv_swiglu_ring_2")?],
 
             rms_norm_q8: f("rms_norm_q8")?,
@@ -1838,6 +1854,9 @@ impl CudaBackend {
         let (n, cols) = (x.n, x.width);
         let c = self.quantized(x)?;
         let t = n - 1; // kernels for 1 and 2 tokens
+        let all_formats = specs
+            .iter()
+            .any(|s| !matches!(s.w.ty, GgmlType::Q4_K | GgmlType::Q6_K));
         let nb = cols / 256;
         let seg_rows: Vec<usize> = specs.iter().map(|s| s.w.rows).collect();
         let row_bytes = specs
@@ -1862,6 +1881,8 @@ impl CudaBackend {
         if let Some(plan) = ring {
             let kernel = if swiglu {
                 &self.k.gemv_swiglu_ring[t]
+            } else if all_formats {
+                &self.k.gemv_ring_all[t]
             } else {
                 &self.k.gemv_ring[t]
             };
@@ -1901,6 +1922,8 @@ impl CudaBackend {
         // and up) or × 2 (the kernels' U / 2).
         let (kernel, per_round) = if swiglu {
             (&self.k.gemv_swiglu_smem[bound][t], 8)
+        } else if all_formats {
+            (&self.k.gemv_smem_all[bound][t], 16)
         } else {
             (&self.k.gemv_smem[bound][t], 16)
         };
