@@ -372,7 +372,9 @@ pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<P
             let mem = memory(n_slots);
             // After the prompt, its workspace and activations are free; what
             // decode does not need holds parked layers (`hand_over`).
-            let after_prefill = mem.total() - mem.workspace - mem.activations
+            // (The allocator reserve is headroom for prefill's peak: the
+            // executor measures what is in use after it, which leaves it out.)
+            let after_prefill = mem.total() - mem.workspace - mem.activations - mem.allocator
                 + decode_reserve_bytes(shape, req.n_parallel);
             let room = req.budget.saturating_sub(after_prefill);
             let offloaded: Vec<Option<u64>> = (0..n)
