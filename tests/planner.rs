@@ -323,11 +323,15 @@ fn decode_splits_layers_between_the_cpu_and_overlapped_copies() {
         "{mixed} vs {all_cpu} / {all_streamed}"
     );
     // A link so slow that one layer's copy outlasts the whole step on the CPU
-    // leaves everything there; a large batch streams everything.
+    // streams only what the slots hold from one step to the next (copied
+    // once, not every step), the rest on the CPU; a large batch streams
+    // everything.
     let mut slow = cost.clone();
     slow.profile.gpu.h2d_gbps = 0.2;
     let p = slow.decode_placement(&shape, &resident, 1, true, 3);
-    assert!(!p.contains(&DecodePlace::Streamed));
+    let streamed = p.iter().filter(|&&d| d == DecodePlace::Streamed).count();
+    assert!(streamed <= 3, "{p:?}");
+    assert!(p.contains(&DecodePlace::Cpu));
     let p = cost.decode_placement(&shape, &resident, 512, true, 3);
     assert!(!p.contains(&DecodePlace::Cpu));
 }
@@ -459,10 +463,11 @@ fn pageable_host_memory_is_priced_at_the_pageable_copy_rate() {
     );
     // A pageable copy holds the host thread (the driver stages it), so it
     // overlaps nothing: at 7.9 GB/s a layer's copy outlasts its CPU run,
-    // and nothing is streamed. (The device run that let such copies overlap
-    // the CPU on paper decoded at 1.96 t/s against 2.59 all on the CPU.)
+    // and only what the two slots hold between steps is streamed. (The
+    // device run that let such copies overlap the CPU on paper decoded at
+    // 1.96 t/s against 2.59 all on the CPU.)
     assert!(pageable_profile.gpu.copies_block_host);
-    assert_eq!(pageable, 0);
+    assert!(pageable <= 2, "{pageable}");
     // Without a measured pageable rate, the estimate is still far below pinned.
     profile.gpu.h2d_pageable_gbps = 0.0;
     let estimated = profile.for_host_memory(false).gpu.h2d_gbps;
@@ -546,7 +551,7 @@ fn plans_count_the_layers_the_handover_parks_for_decode() {
     // less what decode needs.
     let parked: u64 = p.parked.iter().map(|&i| shape.layer_bytes[i]).sum();
     let room = budget
-        - (p.memory.total() - p.memory.workspace - p.memory.activations)
+        - (p.memory.total() - p.memory.workspace - p.memory.activations - p.memory.allocator)
         - decode_reserve_bytes(&shape, 1);
     assert!(parked <= room, "{parked} > {room}");
     // And decode is predicted faster than without them.
@@ -584,6 +589,19 @@ fn plan_no_pin_prints_the_pageable_plan() {
     assert!(!pinned.contains("streamed 0 layers"), "{pinned}");
     let pageable = plan(&["--no-pin"]);
     assert!(pageable.contains("(pageable host memory)"), "{pageable}");
-    // Copies that hold the host overlap nothing: decode streams no layer.
-    assert!(pageable.contains("streamed 0 layers"), "{pageable}");
+    // Copies that hold the host overlap nothing: decode streams only what
+    // its two slots hold from one step to the next.
+    let streamed = |text: &str| -> usize {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("decode"))
+            .expect("a decode line");
+        let at = line.find("streamed ").expect("streamed layers") + "streamed ".len();
+        line[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(streamed(&pageable) <= 2, "{pageable}");
+    assert!(
+        streamed(&pageable) < streamed(&pinned),
+        "{pageable}\n{pinned}"
+    );
 }
