@@ -212,8 +212,13 @@ pub struct Params {
     pub n: usize,
     /// The model was given tools: calls in its answer become `tool_calls`.
     pub tools: bool,
+    /// Their names (a call to another name stays content).
+    pub tool_names: Vec<String>,
     /// The grammar the output is held to, if any (compiled by the handler).
     pub grammar: Option<GrammarSpec>,
+    /// A grammar that holds the output from a token on (`strict` tools with
+    /// `tool_choice` `auto`: a call's body after the model opens one).
+    pub lazy_grammar: Option<(u32, GrammarSpec)>,
 }
 
 /// The tools given to the template, and those the answer must call
@@ -380,7 +385,9 @@ impl Common {
             reasoning: None,
             n,
             tools: false,
+            tool_names: Vec::new(),
             grammar,
+            lazy_grammar: None,
         })
     }
 

@@ -436,6 +436,12 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
         None => (None, None),
     };
     params.tools = tools.is_some();
+    if let Some(serde_json::Value::Array(offered)) = &tools {
+        params.tool_names = offered
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str().map(str::to_string))
+            .collect();
+    }
     if let Some(forced) = &forced {
         if params.grammar.is_some() {
             return Err(ApiError::invalid(
@@ -450,6 +456,17 @@ fn chat_request(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
             has("<|python_tag|>"),
             req.parallel_tool_calls != Some(false),
         )));
+    } else if let Some(serde_json::Value::Array(offered)) = &tools
+        && params.grammar.is_none()
+        && tools::any_strict(offered)
+        && let Some(open) = state.tok.token_id(tools::OPEN)
+    {
+        // `strict` tools the model may call or not: once it opens a call,
+        // the call is held to the tools' schemas.
+        params.lazy_grammar = Some((
+            open,
+            api::GrammarSpec::Tools(tools::call_body_grammar(offered)),
+        ));
     }
     let opts = crate::tokenizer::RenderOptions {
         add_generation_prompt: true,
@@ -591,6 +608,13 @@ async fn generate(
         },
         None => None,
     };
+    let lazy = match &params.lazy_grammar {
+        Some((token, g)) => match state.constraint(g) {
+            Ok(c) => Some((*token, c)),
+            Err(e) => return reject(e),
+        },
+        None => None,
+    };
     let Some(ticket) = state.admission.try_admit() else {
         Metrics::add(&state.metrics.requests_rejected, 1);
         let mut e = ApiError::new(
@@ -616,10 +640,12 @@ async fn generate(
         n,
         events: tx,
         constraint,
+        lazy,
         ticket: Some(ticket),
     };
     let with_logprobs = params.logprobs.is_some();
     let with_tools = params.tools && kind == Kind::Chat;
+    let tool_names = params.tool_names.clone();
     // One reasoning splitter per choice.
     let mut reasoning: Vec<Option<reasoning::ReasoningSplit>> = vec![params.reasoning.clone(); n];
     if state.jobs.send(job).is_err() {
@@ -679,7 +705,7 @@ async fn generate(
                                 }
                                 let mut finish = finish;
                                 if with_tools {
-                                    let (content, calls) = tools::parse(&answer);
+                                    let (content, calls) = tools::parse_offered(&answer, &tool_names);
                                     if !calls.is_empty() {
                                         answer = content;
                                         message["tool_calls"] = tool_calls_json(&id, c, &calls, false);
@@ -782,7 +808,7 @@ async fn generate(
     let st = StreamState {
         offsets: vec![0; n],
         reasoning,
-        tools: vec![with_tools.then(tools::ToolStream::default); n],
+        tools: vec![with_tools.then(|| tools::ToolStream::new(tool_names.clone())); n],
         finished: 0,
         prompt_tokens: 0,
         completion_tokens: 0,

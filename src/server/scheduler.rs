@@ -126,6 +126,9 @@ pub struct Job {
     /// The grammar the output is held to (`response_format`, `grammar`,
     /// forced tool calls), in its initial state.
     pub constraint: Option<Constraint>,
+    /// A grammar that holds the output from the sampling of a token on,
+    /// until it completes (`strict` tool calls under `tool_choice` `auto`).
+    pub lazy: Option<(u32, Constraint)>,
     /// Holds the request's place in the admission count until dropped (the
     /// first choice's slot holds it).
     pub ticket: Option<Ticket>,
@@ -143,6 +146,7 @@ impl Job {
             n: self.n,
             events: self.events.clone(),
             constraint: self.constraint.as_ref().map(Constraint::fork),
+            lazy: self.lazy.as_ref().map(|(t, c)| (*t, c.fork())),
             ticket: None,
         }
     }
@@ -214,6 +218,8 @@ struct Slot<'t> {
     /// Log-probabilities of tokens whose text is not sent yet.
     logprobs: Vec<TokenLogprob>,
     started: Instant,
+    /// The job's lazy grammar, from its trigger token until it completes.
+    in_grammar: Option<Constraint>,
 }
 
 /// What became of a slot after a token.
@@ -244,6 +250,7 @@ impl<'t> Slot<'t> {
             sent: 0,
             logprobs: Vec::new(),
             started: Instant::now(),
+            in_grammar: None,
         }
     }
 
@@ -279,10 +286,19 @@ impl<'t> Slot<'t> {
     /// masked (where the request has one), sampled, its log-probability
     /// noted, the grammar advanced. Errs where the grammar cannot go on.
     fn choose(&mut self, logits: &[f32], tok: &Tokenizer) -> Result<u32, String> {
-        let Some(c) = self.job.constraint.as_mut() else {
-            let token = self.sampler.sample(logits);
-            self.note_logprob(logits, token, tok);
-            return Ok(token);
+        let lazy = self.job.constraint.is_none();
+        let c = match (self.job.constraint.as_mut(), self.in_grammar.as_mut()) {
+            (Some(c), _) | (None, Some(c)) => c,
+            (None, None) => {
+                let token = self.sampler.sample(logits);
+                self.note_logprob(logits, token, tok);
+                if let Some((trigger, lazy)) = &self.job.lazy
+                    && token == *trigger
+                {
+                    self.in_grammar = Some(lazy.fork());
+                }
+                return Ok(token);
+            }
         };
         let mut row = logits.to_vec();
         c.mask(&mut row)?;
@@ -291,6 +307,10 @@ impl<'t> Slot<'t> {
         }
         let token = self.sampler.sample(&row);
         c.accept(token)?;
+        if lazy && c.is_stopped() {
+            // The lazy grammar's part is written: free text again.
+            self.in_grammar = None;
+        }
         self.note_logprob(&row, token, tok);
         Ok(token)
     }
@@ -737,6 +757,7 @@ mod tests {
                 n: 1,
                 events,
                 constraint: None,
+                lazy: None,
                 ticket: Some(admission.try_admit().unwrap()),
             })
             .unwrap();

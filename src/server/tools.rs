@@ -15,7 +15,7 @@
 
 use serde_json::Value;
 
-const OPEN: &str = "<tool_call>";
+pub const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
 
@@ -31,6 +31,38 @@ pub fn forced_grammar(tools: &[Value], tagged: bool, llama: bool, parallel: bool
     } else {
         "arguments"
     };
+    let body = format!("body: %json {}", call_schema(tools, key));
+    if tagged {
+        let start = if parallel {
+            "start: call (\"\\n\" call)*"
+        } else {
+            "start: call"
+        };
+        format!("{start}\ncall: \"{OPEN}\\n\" body \"\\n{CLOSE}\"\n{body}\n")
+    } else {
+        format!("start: body\n{body}\n")
+    }
+}
+
+/// The grammar of a call's rest once the model has written `<tool_call>`
+/// by itself (`tool_choice` `auto` with `strict` tools, tagged formats):
+/// the call's JSON, valid for one of `tools`, and the closing tag.
+pub fn call_body_grammar(tools: &[Value]) -> String {
+    format!(
+        "start: \"\\n\" body \"\\n{CLOSE}\"\nbody: %json {}\n",
+        call_schema(tools, "arguments")
+    )
+}
+
+/// Whether any tool asks for `strict` arguments.
+pub fn any_strict(tools: &[Value]) -> bool {
+    tools
+        .iter()
+        .any(|t| t["function"]["strict"].as_bool() == Some(true))
+}
+
+/// JSON Schema of one call `{"name": …, key: {…}}` to any of `tools`.
+fn call_schema(tools: &[Value], key: &str) -> Value {
     let calls: Vec<Value> = tools
         .iter()
         .map(|t| {
@@ -47,18 +79,7 @@ pub fn forced_grammar(tools: &[Value], tagged: bool, llama: bool, parallel: bool
             })
         })
         .collect();
-    let schema = serde_json::json!({"anyOf": calls});
-    let body = format!("body: %json {schema}");
-    if tagged {
-        let start = if parallel {
-            "start: call (\"\\n\" call)*"
-        } else {
-            "start: call"
-        };
-        format!("{start}\ncall: \"{OPEN}\\n\" body \"\\n{CLOSE}\"\n{body}\n")
-    } else {
-        format!("start: body\n{body}\n")
-    }
+    serde_json::json!({"anyOf": calls})
 }
 
 /// One call: the function's name and its arguments as JSON text.
@@ -78,6 +99,17 @@ fn call_of(v: &Value) -> Option<ToolCall> {
         other => other.to_string(),
     };
     Some(ToolCall { name, arguments })
+}
+
+/// `parse`, where calls count only if every one names an offered tool
+/// (`offered`; empty: any name): an answer that calls a function the request
+/// did not offer stays content, as OpenAI never returns such a call.
+pub fn parse_offered(text: &str, offered: &[String]) -> (String, Vec<ToolCall>) {
+    let (content, calls) = parse(text);
+    if !offered.is_empty() && calls.iter().any(|c| !offered.contains(&c.name)) {
+        return (text.to_string(), Vec::new());
+    }
+    (content, calls)
 }
 
 /// The answer's content (what is not a call) and its calls.
@@ -124,6 +156,8 @@ pub fn parse(text: &str) -> (String, Vec<ToolCall>) {
 /// (`{`, `[` or the python tag), which only its end can decide.
 #[derive(Debug, Clone, Default)]
 pub struct ToolStream {
+    /// The offered tools' names (`parse_offered`).
+    offered: Vec<String>,
     /// Everything generated (parsed at the end).
     all: String,
     /// How much of `all` went out as content.
@@ -133,6 +167,13 @@ pub struct ToolStream {
 }
 
 impl ToolStream {
+    pub fn new(offered: Vec<String>) -> Self {
+        ToolStream {
+            offered,
+            ..Default::default()
+        }
+    }
+
     /// Content that is certain not to be part of a call.
     pub fn push(&mut self, piece: &str) -> String {
         self.all.push_str(piece);
@@ -175,7 +216,7 @@ impl ToolStream {
 
     /// At the end: the content not sent yet, and the calls.
     pub fn finish(&mut self) -> (String, Vec<ToolCall>) {
-        let (content, calls) = parse(&self.all[self.sent..]);
+        let (content, calls) = parse_offered(&self.all[self.sent..], &self.offered);
         if calls.is_empty() {
             let rest = self.all[self.sent..].to_string();
             self.sent = self.all.len();
@@ -208,6 +249,18 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn calls_to_tools_not_offered_stay_content() {
+        let text = r#"{"name": "say_hello", "arguments": {"message": "hi"}}"#;
+        let offered = vec!["get_weather".to_string()];
+        assert_eq!(parse_offered(text, &offered), (text.to_string(), vec![]));
+        let ok = r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#;
+        assert_eq!(parse_offered(ok, &offered).1.len(), 1);
+        let mut s = ToolStream::new(offered);
+        assert_eq!(s.push(text), "");
+        assert_eq!(s.finish(), (text.to_string(), vec![]));
     }
 
     #[test]
