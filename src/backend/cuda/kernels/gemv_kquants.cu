@@ -585,35 +585,29 @@ __device__ __forceinline__ void add_fifth_bits(u32 qh, int (&v)[8]) {
     for (int i = 0; i < 8; ++i) v[i] |= (int)spread4_bit4((qh >> (4 * i)) & 0xF);
 }
 
-// Q4_0: blocks of 18 bytes (d, qs[16]); values q − 8: mn = 8d.
-struct LQ4_0 {
+// Q4_0 and IQ4_NL: blocks of 18 bytes (d, qs[16]). Q4_0's values are q − 8
+// (mn = 8d); IQ4_NL's come from the IQ4 grid (GRID).
+template <bool GRID>
+struct LNibbles18 {
     static constexpr int SB = 144, RUN = 36, W = 3;
     __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
     __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
         u32 r[9], qa[4];
         run_words<RUN, W>(v, c, r);
         words_at2<4>(r, 0, qa);
-        nibble_values(qa, lo);
-        nibble_values({r[5], r[6], r[7], r[8]}, hi);
+        if (GRID) {
+            nibble_grid_values(qa, lo);
+            nibble_grid_values({r[5], r[6], r[7], r[8]}, hi);
+        } else {
+            nibble_values(qa, lo);
+            nibble_values({r[5], r[6], r[7], r[8]}, hi);
+        }
         d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[4] >> 16));
-        d[2] = 8.0f * d[0], d[3] = 8.0f * d[1];
+        d[2] = GRID ? 0.0f : 8.0f * d[0], d[3] = GRID ? 0.0f : 8.0f * d[1];
     }
 };
-
-// IQ4_NL: Q4_0's layout, values from the IQ4 grid.
-struct LIQ4_NL {
-    static constexpr int SB = 144, RUN = 36, W = 3;
-    __device__ static void load(const u8* sb, int c, uint4* v) { load_run<RUN, W>(sb, c, v); }
-    __device__ static void decode(const uint4* v, int c, int (&lo)[8], int (&hi)[8], float (&d)[4]) {
-        u32 r[9], qa[4];
-        run_words<RUN, W>(v, c, r);
-        words_at2<4>(r, 0, qa);
-        nibble_grid_values(qa, lo);
-        nibble_grid_values({r[5], r[6], r[7], r[8]}, hi);
-        d[0] = half_to_float((u16)(r[0] & 0xFFFF)), d[1] = half_to_float((u16)(r[4] >> 16));
-        d[2] = d[3] = 0.0f;
-    }
-};
+typedef LNibbles18<false> LQ4_0;
+typedef LNibbles18<true> LIQ4_NL;
 
 // Q4_1: blocks of 20 bytes (d, m, qs[16]); values d·q + m: mn = −m.
 struct LQ4_1 {
