@@ -718,6 +718,50 @@ mod tests {
         tok
     }
 
+    /// A lazy grammar (strict tools under `tool_choice` `auto`) holds the
+    /// output from its trigger token until it completes, then lets go.
+    #[test]
+    fn a_lazy_grammar_holds_the_output_from_its_trigger_to_its_end() {
+        let tok = std::sync::Arc::new(synthetic_tokenizer("lazy"));
+        let grammars = crate::engine::constrain::Grammars::new(tok.clone()).unwrap();
+        let body = grammars
+            .constraint(&crate::engine::constrain::Spec::Lark("start: \"ab\""))
+            .unwrap();
+        let (events, _reply) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            prompt: vec![1],
+            max_tokens: 8,
+            sampling: SamplerConfig::greedy(),
+            stop: vec![],
+            logprobs: None,
+            n: 1,
+            events,
+            constraint: None,
+            lazy: Some((b'<' as u32, body)),
+            ticket: None,
+        };
+        let mut slot = Slot::new(job, 0, None, &tok);
+        // Logits that favour one token above all others.
+        let favour = |id: u8| -> Vec<f32> {
+            (0..300)
+                .map(|i| if i == id as usize { 10.0 } else { 0.0 })
+                .collect()
+        };
+        // Free text: the model's choice.
+        assert_eq!(slot.choose(&favour(b'z'), &tok).unwrap(), b'z' as u32);
+        // The trigger: chosen freely, then the grammar holds the output.
+        assert_eq!(slot.choose(&favour(b'<'), &tok).unwrap(), b'<' as u32);
+        let mut held = String::new();
+        while slot.in_grammar.is_some() {
+            let t = slot.choose(&favour(b'z'), &tok).unwrap();
+            held.push_str(&tok.decode(&[t], false).unwrap());
+            assert!(held.len() <= 2, "{held:?}");
+        }
+        assert_eq!(held, "ab");
+        // Complete: free again.
+        assert_eq!(slot.choose(&favour(b'z'), &tok).unwrap(), b'z' as u32);
+    }
+
     /// Log-probabilities are the log-softmax of the logits; the alternatives
     /// are the k most likely, most likely first.
     #[test]
