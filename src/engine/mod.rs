@@ -1,6 +1,7 @@
 //! Executes a model: KV cache, prefill and decode, sampling.
 
 pub mod constrain;
+pub mod gbnf;
 pub mod hybrid;
 pub mod sampler;
 pub mod stream;

@@ -108,8 +108,8 @@ pub struct Common {
     pub top_logprobs: Option<i64>,
     /// `text`, `json_object` or `json_schema` (`{"name", "schema", "strict"}`).
     pub response_format: Option<serde_json::Value>,
-    /// A Lark grammar the output is held to (llguidance's dialect; an
-    /// extension, as llama.cpp's server has one).
+    /// A grammar the output is held to: Lark (llguidance's dialect) or
+    /// llama.cpp's GBNF (an extension, as llama.cpp's server has one).
     pub grammar: Option<String>,
     pub best_of: Option<i64>,
 }
@@ -308,7 +308,14 @@ impl Common {
                 )
                 .param("grammar"));
             }
-            grammar = Some(GrammarSpec::Lark(g.clone()));
+            // llama.cpp's GBNF is taken too, rewritten as Lark.
+            let lark = if crate::engine::gbnf::is_gbnf(g) {
+                crate::engine::gbnf::to_lark(g)
+                    .map_err(|e| ApiError::invalid(format!("grammar: {e}")).param("grammar"))?
+            } else {
+                g.clone()
+            };
+            grammar = Some(GrammarSpec::Lark(lark));
         }
         let n = match self.n {
             None => 1,

@@ -428,6 +428,11 @@ class ServerTests(unittest.TestCase):
                                            temperature=0, extra_body={"grammar": 'start: " red" | " green" | " blue"'})
         self.assertIn(r.choices[0].text, (" red", " green", " blue"))
         self.assertEqual(r.choices[0].finish_reason, "stop")
+        # llama.cpp's GBNF, as its server takes it.
+        gbnf = 'root ::= " " answer "!"\nanswer ::= "yes" | "no" # short\n'
+        r = self.client.completions.create(model="m", prompt="Is water wet? Answer:", max_tokens=5,
+                                           temperature=0, extra_body={"grammar": gbnf})
+        self.assertIn(r.choices[0].text, (" yes!", " no!"))
         # Refusals name the field.
         raw = self.server.raw
         msgs = [{"role": "user", "content": "x"}]
@@ -438,6 +443,8 @@ class ServerTests(unittest.TestCase):
             self.assert_error(status, body, 400, param="response_format")
         status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "grammar": "start: (("})
         self.assert_error(status, body, 400, param="grammar")
+        status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "grammar": 'answer ::= "x"'})
+        self.assertIn("root", self.assert_error(status, body, 400, param="grammar")["message"])
         status, _, body = raw("POST", "/v1/chat/completions", {"messages": msgs, "grammar": 'start: "a"',
                                                                "response_format": {"type": "json_object"}})
         self.assert_error(status, body, 400, param="grammar")
