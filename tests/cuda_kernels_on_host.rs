@@ -47,6 +47,7 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
         "ferry.cu",
         "attention_prompt.cu",
         "gemv_kquants.cu",
+        "gemv_persistent.cu",
         "convert.cu",
     ]
     .iter()

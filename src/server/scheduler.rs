@@ -465,6 +465,22 @@ pub fn run_engine(
             }
         }
     };
+    // The slot's next token from its row of logits, taken (text, stop
+    // checks); a grammar that cannot go on fails the request.
+    let take_token = |slot: &mut Option<Slot>, row: &[f32], room: bool| {
+        let s = slot.as_mut().expect("a running slot");
+        match s.choose(row, tok) {
+            Ok(token) => {
+                Metrics::add(&metrics.generated_tokens, 1);
+                let outcome = s.accept(token, tok, room);
+                end(slot, outcome);
+            }
+            Err(e) => {
+                let _ = s.send(Event::Failed(e));
+                *slot = None;
+            }
+        }
+    };
     loop {
         // 1. New requests; block only when there is nothing else to do.
         if waiting.is_empty() && slots.iter().all(|s| s.is_none()) {
@@ -572,19 +588,8 @@ pub fn run_engine(
                             }
                         }
                         for k in firsts {
-                            let slot = slots[k].as_mut().expect("present");
-                            let token = match slot.choose(&logits, tok) {
-                                Ok(t) => t,
-                                Err(e) => {
-                                    let _ = slot.send(Event::Failed(e));
-                                    slots[k] = None;
-                                    continue;
-                                }
-                            };
-                            Metrics::add(&metrics.generated_tokens, 1);
                             let room = session.len(k) < cfg.n_ctx;
-                            let outcome = slot.accept(token, tok, room);
-                            end(&mut slots[k], outcome);
+                            take_token(&mut slots[k], &logits, room);
                         }
                     }
                 }
@@ -642,20 +647,8 @@ pub fn run_engine(
         };
         let vocab = logits.len() / ready.len();
         for (k, &i) in ready.iter().enumerate() {
-            let slot = slots[i].as_mut().expect("ready");
-            let row = &logits[k * vocab..(k + 1) * vocab];
-            let token = match slot.choose(row, tok) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = slot.send(Event::Failed(e));
-                    slots[i] = None;
-                    continue;
-                }
-            };
-            Metrics::add(&metrics.generated_tokens, 1);
             let room = session.len(i) < cfg.n_ctx;
-            let outcome = slot.accept(token, tok, room);
-            end(&mut slots[i], outcome);
+            take_token(&mut slots[i], &logits[k * vocab..(k + 1) * vocab], room);
         }
     }
 }

@@ -30,12 +30,13 @@ const KERNELS: &str = concat!(
     include_str!("kernels/ferry.cu"),
     include_str!("kernels/attention_prompt.cu"),
     include_str!("kernels/gemv_kquants.cu"),
+    include_str!("kernels/gemv_persistent.cu"),
     include_str!("kernels/gemv_types.cu"),
     include_str!("kernels/convert.cu"),
 );
 
 /// The persistent shared-memory GEMVs' format number of a block type
-/// (`GemvSeg::fmt` in gemv_kquants.cu) and the alignment its loads need;
+/// (`GemvSeg::fmt` in gemv_persistent.cu) and the alignment its loads need;
 /// `None`: the type takes the typed or float kernels.
 fn smem_gemv_format(ty: GgmlType) -> Option<(i32, u64)> {
     Some(match ty {
@@ -134,7 +135,7 @@ struct Kernels {
     /// 4 and 8 tokens, in `TYPED_GEMVS`' order.
     gemv_typed: Vec<[CudaFunction; 4]>,
     /// Persistent decode GEMVs on shared-memory activations, 1 and 2 tokens
-    /// (`gemv_segs_t` in gemv_kquants.cu), with bias / residual / SwiGLU epilogues.
+    /// (`gemv_segs_t` in gemv_persistent.cu), with bias / residual / SwiGLU epilogues.
     /// Index: [register bound: none, 3 blocks, 4 blocks][tokens - 1].
     gemv_smem: [[CudaFunction; 2]; 3],
     /// The same for launches with a segment in another format than Q4_K and
@@ -248,11 +249,11 @@ fn gemv_smem_bytes(n: usize, cols: usize) -> usize {
     n * cols + 4 * 3 * blocks + 8 * n.next_power_of_two() * 2 * 4
 }
 
-/// `flags` bits of the shared-memory GEMVs (as defined in gemv_kquants.cu).
+/// `flags` bits of the shared-memory GEMVs (as defined in gemv_persistent.cu).
 const GEMV_ROW_BARRIER: i32 = 1;
 const GEMV_PRELOAD: i32 = 2;
 
-/// One matrix of a shared-memory GEMV launch (`GemvSeg` in gemv_kquants.cu).
+/// One matrix of a shared-memory GEMV launch (`GemvSeg` in gemv_persistent.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct GemvSeg {
@@ -267,7 +268,7 @@ struct GemvSeg {
     pad: i32,
 }
 
-/// Up to three matrices sharing their activations (`GemvSegs` in gemv_kquants.cu).
+/// Up to three matrices sharing their activations (`GemvSegs` in gemv_persistent.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct GemvSegs {
@@ -346,7 +347,7 @@ const RING_STAGE_MAX: usize = 24 << 10;
 /// computing warps' partial sums (up to 16 warps, 2 tokens, SwiGLU's two).
 const RING_STAGE_EXTRA: usize = 2 * 8 + 16 * 2 * 2 * 4;
 
-/// How a ring GEMV (`gemv_ring_t` in gemv_kquants.cu) takes its launch.
+/// How a ring GEMV (`gemv_ring_t` in gemv_persistent.cu) takes its launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RingPlan {
     /// Computing warps of a block (8: two blocks per SM; 16: one), beside
@@ -874,7 +875,7 @@ pub struct CudaBackend {
     /// waiting on the previous kernel (`FERRY_GEMV_PREFETCH=N`; default
     /// `gemv_prefetch_groups`).
     gemv_prefetch: Option<i32>,
-    /// `flags` of the shared-memory GEMVs (gemv_kquants.cu): the warps sharing a row
+    /// `flags` of the shared-memory GEMVs (gemv_persistent.cu): the warps sharing a row
     /// meet at their own barrier (`FERRY_GEMV_BAR=block`: the block's), and a
     /// block loads its first round of weights before waiting on the previous
     /// kernel (`FERRY_GEMV_PRELOAD=0` off).
@@ -2093,7 +2094,7 @@ impl CudaBackend {
     }
 
     /// `out = rms_norm(x) · w` and its 8-bit copy in the quantized-activation
-    /// cache (decode batches; see `rms_norm_q8` in gemv_kquants.cu).
+    /// cache (decode batches; see `rms_norm_q8` in gemv_persistent.cu).
     fn rms_norm_q8(
         &self,
         x: &CudaAct,

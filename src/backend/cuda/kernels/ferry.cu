@@ -1,7 +1,7 @@
 // ferry's CUDA kernels, compiled at run time by NVRTC for the card's
 // architecture (see src/backend/cuda/mod.rs), one concern per file: this one
 // has the types, the block decoders, norms, element-wise kernels, RoPE, the
-// KV store and decode attention; attention_prompt.cu, gemv_kquants.cu,
+// KV store and decode attention; attention_prompt.cu, gemv_kquants.cu, gemv_persistent.cu,
 // gemv_types.cu and convert.cu follow it in one source. Activations are row-major f32
 // [n, width]; weights keep their GGUF block format on the device and are
 // decoded here, element by element, with the same layouts as src/quant.
