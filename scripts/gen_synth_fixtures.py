@@ -40,6 +40,13 @@ CASES = {
     "iq4_nl": ("llama-1b", 2, "iq4_nl", "smollm2-135m-instruct-q4_1.gguf", 7),
     "iq4_xs": ("qwen3-0.6b", 2, "iq4_xs", "qwen2.5-coder-0.5b-instruct.gguf", 7),
     "mxfp4": ("qwen3-0.6b", 2, "mxfp4", "qwen2.5-coder-0.5b-instruct.gguf", 7),
+    # Mixtures of experts (issue #22): 16 experts choose 4 (qwen3moe; the
+    # router's softmax in whole 16-lane groups), 8 choose 2 (Mixtral-style
+    # llama: the softmax's scalar tail).
+    "qwen3moe": ("qwen3moe-mini", 4, "q8_0", "qwen2.5-coder-0.5b-instruct.gguf", 7),
+    "mixtral": ("mixtral-mini", 3, "q8_0", "smollm2-135m-instruct-q4_1.gguf", 7),
+    # Q4_K_M: Q4_K experts, Q6_K down experts in some layers.
+    "qwen3moe-q4km": ("qwen3moe-mini", 4, "q4_k_m", "qwen2.5-coder-0.5b-instruct.gguf", 7),
 }
 PROMPTS = [
     "The capital of France is",

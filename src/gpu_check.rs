@@ -150,6 +150,15 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
                 None,
                 crate::synth::QuantMix::Uniform(GgmlType::Q8_0),
             ),
+            // Mixtures of experts: the 30B-A3B shape (128 experts, 8 per
+            // token, f32 router) and Mixtral's small one (8 choose 2).
+            ("qwen3-30b-a3b", 2, None, crate::synth::QuantMix::Q4KM),
+            (
+                "mixtral-mini",
+                3,
+                None,
+                crate::synth::QuantMix::Uniform(GgmlType::Q8_0),
+            ),
         ] {
             let mut spec = crate::synth::TinySpec::preset(preset, GgmlType::Q4_K)
                 .with_context(|| format!("the {preset} preset"))?;

@@ -9,7 +9,7 @@ use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
 
 /// Hyperparameter keys shown by `inspect`, without the `<arch>.` prefix.
-const HPARAMS: [&str; 12] = [
+const HPARAMS: [&str; 15] = [
     "context_length",
     "embedding_length",
     "block_count",
@@ -22,6 +22,9 @@ const HPARAMS: [&str; 12] = [
     "rope.dimension_count",
     "rope.freq_base",
     "vocab_size",
+    "expert_count",
+    "expert_used_count",
+    "expert_feed_forward_length",
 ];
 
 /// The layer index of a tensor named `blk.N.…`.
@@ -257,5 +260,18 @@ pub fn describe_layers(cfg: &crate::arch::Config) -> Vec<String> {
         traits.push(format!("logits soft-capped at {c}"));
     }
     out.push(traits.join(", "));
+    if let Some(m) = cfg.moe {
+        out.push(format!(
+            "a mixture of {} experts in every layer, {} per token (softmax router{}), each {} wide",
+            m.n_expert,
+            m.n_used,
+            if m.norm_weights {
+                ", weights renormalised over the chosen"
+            } else {
+                ""
+            },
+            m.d_ff_expert
+        ));
+    }
     out
 }

@@ -55,7 +55,9 @@ impl QuantMix {
         }
         match layer {
             Some(i)
-                if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+                if (name.ends_with("attn_v.weight")
+                    || name.ends_with("ffn_down.weight")
+                    || name.ends_with("ffn_down_exps.weight"))
                     && more_bits(i) =>
             {
                 GgmlType::Q6_K
@@ -83,6 +85,9 @@ pub struct TinySpec {
     pub window: Option<u64>,
     /// Llama 3.1-style RoPE frequency factors (`rope_freqs.weight`).
     pub rope_freqs: bool,
+    /// A mixture of experts in every layer: experts, used per token, each
+    /// expert's width (`d_ff` stays the file's `feed_forward_length`).
+    pub experts: Option<[u64; 3]>,
     pub weight_type: GgmlType,
     /// Overrides `weight_type` per tensor when set.
     pub mix: Option<QuantMix>,
@@ -108,6 +113,8 @@ pub struct Preset {
     pub head_dim: Option<u64>,
     pub window: Option<u64>,
     pub rope_freqs: bool,
+    /// Experts, used per token, expert width (mixtures of experts).
+    pub experts: Option<[u64; 3]>,
 }
 
 const fn preset(name: &'static str, arch: &'static str, tied: bool, shape: [u64; 6]) -> Preset {
@@ -119,6 +126,14 @@ const fn preset(name: &'static str, arch: &'static str, tied: bool, shape: [u64;
         head_dim: None,
         window: None,
         rope_freqs: false,
+        experts: None,
+    }
+}
+
+const fn with_experts(p: Preset, experts: [u64; 3]) -> Preset {
+    Preset {
+        experts: Some(experts),
+        ..p
     }
 }
 
@@ -131,7 +146,7 @@ const fn with_heads(p: Preset, head_dim: u64, window: Option<u64>) -> Preset {
 }
 
 /// Shapes of real models for synthetic benchmarks and tests.
-pub const PRESETS: [Preset; 18] = [
+pub const PRESETS: [Preset; 23] = [
     preset("tiny", "llama", true, [256, 512, 4, 2, 2, 512]),
     preset(
         "qwen2.5-0.5b",
@@ -235,6 +250,60 @@ pub const PRESETS: [Preset; 18] = [
         128,
         Some(1024),
     ),
+    // Mixtures of experts. The small ones keep the real models' structure
+    // (routing, renormalised top-k, q/k norms) at a size for CI.
+    with_experts(
+        with_heads(
+            preset(
+                "qwen3-30b-a3b",
+                "qwen3moe",
+                false,
+                [2048, 6144, 32, 4, 48, 151936],
+            ),
+            128,
+            None,
+        ),
+        [128, 8, 768],
+    ),
+    with_experts(
+        with_heads(
+            preset(
+                "qwen3-235b-a22b",
+                "qwen3moe",
+                false,
+                [4096, 12288, 64, 4, 94, 151936],
+            ),
+            128,
+            None,
+        ),
+        [128, 8, 1536],
+    ),
+    with_experts(
+        with_heads(
+            preset(
+                "qwen3moe-mini",
+                "qwen3moe",
+                false,
+                [512, 1024, 8, 4, 4, 151936],
+            ),
+            64,
+            None,
+        ),
+        [16, 4, 256],
+    ),
+    with_experts(
+        preset(
+            "mixtral-8x7b",
+            "llama",
+            false,
+            [4096, 14336, 32, 8, 32, 32000],
+        ),
+        [8, 2, 14336],
+    ),
+    with_experts(
+        preset("mixtral-mini", "llama", false, [512, 1024, 8, 4, 3, 32000]),
+        [8, 2, 1024],
+    ),
 ];
 
 impl TinySpec {
@@ -255,6 +324,7 @@ impl TinySpec {
             n_vocab: v,
             window: p.window,
             rope_freqs: p.rope_freqs,
+            experts: p.experts,
             weight_type,
             seed: 1,
         })
@@ -274,6 +344,7 @@ impl TinySpec {
             n_vocab: 512,
             window: None,
             rope_freqs: false,
+            experts: None,
             weight_type,
             seed: 1,
         }
@@ -347,10 +418,23 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
         format!("{arch}.attention.layer_norm_rms_epsilon"),
         Value::F32(1e-6),
     );
+    if let Some([n_expert, n_used, ff_exp]) = spec.experts {
+        w.set(format!("{arch}.expert_count"), Value::U32(n_expert as u32));
+        w.set(
+            format!("{arch}.expert_used_count"),
+            Value::U32(n_used as u32),
+        );
+        if arch != "llama" {
+            w.set(
+                format!("{arch}.expert_feed_forward_length"),
+                Value::U32(ff_exp as u32),
+            );
+        }
+    }
     w.set(
         format!("{arch}.rope.freq_base"),
         Value::F32(match arch {
-            "qwen2" | "qwen3" | "gemma3" => 1e6,
+            "qwen2" | "qwen3" | "qwen3moe" | "gemma3" => 1e6,
             _ => 5e5,
         }),
     );
@@ -541,10 +625,20 @@ pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, Ggml
             ("attn_v.weight", vec![d, kvh * hd]),
             ("attn_output.weight", vec![h * hd, d]),
             ("ffn_norm.weight", vec![d]),
-            ("ffn_gate.weight", vec![d, ff]),
-            ("ffn_up.weight", vec![d, ff]),
-            ("ffn_down.weight", vec![ff, d]),
         ];
+        match spec.experts {
+            None => layer.extend([
+                ("ffn_gate.weight", vec![d, ff]),
+                ("ffn_up.weight", vec![d, ff]),
+                ("ffn_down.weight", vec![ff, d]),
+            ]),
+            Some([e, _, ffe]) => layer.extend([
+                ("ffn_gate_inp.weight", vec![d, e]),
+                ("ffn_gate_exps.weight", vec![d, ffe, e]),
+                ("ffn_up_exps.weight", vec![d, ffe, e]),
+                ("ffn_down_exps.weight", vec![ffe, d, e]),
+            ]),
+        }
         use crate::model::Presence;
         if desc.is_some_and(|a| a.qkv_bias == Presence::Required) {
             layer.extend([
@@ -567,7 +661,8 @@ pub fn tensor_list(spec: &TinySpec, n_vocab: u64) -> Vec<(String, Vec<u64>, Ggml
         }
         for (n, shape) in layer {
             let name = format!("blk.{l}.{n}");
-            let ty = if shape.len() == 1 {
+            // Vectors and the router stay f32, as llama.cpp's quantizer keeps them.
+            let ty = if shape.len() == 1 || n == "ffn_gate_inp.weight" {
                 GgmlType::F32
             } else {
                 mix.type_for(&name, Some(l), spec.n_layers)

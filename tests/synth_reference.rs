@@ -207,3 +207,21 @@ fn iq4_xs_matches_llama_cpp() {
 fn mxfp4_matches_llama_cpp() {
     check_with("mxfp4", None, Match::Within(0.02));
 }
+
+#[test]
+fn qwen3moe_matches_llama_cpp() {
+    check("qwen3moe", None);
+}
+
+#[test]
+fn mixtral_style_llama_with_experts_matches_llama_cpp() {
+    check("mixtral", None);
+}
+
+/// Q4_K_M's Q6_K down experts sum in another order than llama.cpp's where
+/// an expert takes many tokens of a prompt (up to 1e-6 apart; the Q4_K
+/// experts alone are bit-identical).
+#[test]
+fn qwen3moe_q4_k_m_matches_llama_cpp_within_1e_6() {
+    check_with("qwen3moe-q4km", None, Match::Within(1e-6));
+}

@@ -14,6 +14,9 @@ pub enum Arch {
     /// RoPE base; q/k norms; GELU-tanh; norms after attention and after the
     /// feed-forward block; embeddings scaled by √d.
     Gemma3,
+    /// Qwen3 mixture of experts (Qwen3-30B-A3B, Qwen3-235B-A22B): qwen3's
+    /// attention, a routed mixture of experts in every layer.
+    Qwen3Moe,
 }
 
 /// How an architecture departs from llama's layer: the one table a new
@@ -39,6 +42,10 @@ pub struct ArchDesc {
     /// files of the llama architecture; llama.cpp ignores their window, which
     /// only matters past it, 4096 tokens); `None`: no layer does.
     pub swa_pattern: Option<usize>,
+    /// A mixture of experts in place of the dense feed-forward block:
+    /// `Required` (every file), `Optional` (where the file sets
+    /// `expert_count`: Mixtral files of the llama architecture), `Never`.
+    pub experts: Presence,
 }
 
 /// Whether a family of tensors is in every file, in none, or in some.
@@ -61,9 +68,10 @@ const LLAMA: ArchDesc = ArchDesc {
     embed_scale_sqrt_d: false,
     scale_query: false,
     swa_pattern: Some(0),
+    experts: Presence::Optional,
 };
 
-pub const ARCHITECTURES: [ArchDesc; 4] = [
+pub const ARCHITECTURES: [ArchDesc; 5] = [
     LLAMA,
     ArchDesc {
         arch: Arch::Qwen2,
@@ -71,6 +79,7 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         rope: RopeKind::Neox,
         qkv_bias: Presence::Required,
         swa_pattern: None,
+        experts: Presence::Never,
         ..LLAMA
     },
     ArchDesc {
@@ -80,6 +89,17 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         qkv_bias: Presence::Never,
         qk_norm: true,
         swa_pattern: None,
+        experts: Presence::Never,
+        ..LLAMA
+    },
+    ArchDesc {
+        arch: Arch::Qwen3Moe,
+        name: "qwen3moe",
+        rope: RopeKind::Neox,
+        qkv_bias: Presence::Never,
+        qk_norm: true,
+        swa_pattern: None,
+        experts: Presence::Required,
         ..LLAMA
     },
     ArchDesc {
@@ -93,6 +113,7 @@ pub const ARCHITECTURES: [ArchDesc; 4] = [
         embed_scale_sqrt_d: true,
         scale_query: true,
         swa_pattern: Some(6),
+        experts: Presence::Never,
     },
 ];
 
@@ -189,6 +210,20 @@ pub struct LayerSpec {
     pub qk_norm: bool,
     pub post_norms: bool,
     pub activation: Activation,
+    /// A mixture of experts in place of the dense feed-forward block.
+    pub moe: Option<MoeSpec>,
+}
+
+/// A routed mixture of experts: each token's router logits (`ffn_gate_inp`)
+/// go through a softmax; the `n_used` most probable experts run (their
+/// gated MLPs of `d_ff_expert`), each output weighted by its probability
+/// (renormalised over the chosen ones where `norm_weights`), and summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeSpec {
+    pub n_expert: usize,
+    pub n_used: usize,
+    pub d_ff_expert: usize,
+    pub norm_weights: bool,
 }
 
 /// How RoPE pairs the dimensions of a head.
@@ -293,8 +328,61 @@ pub struct Config {
     pub embed_scale: Option<f32>,
     /// Final logits soft-capped: `c · tanh(logit / c)`.
     pub final_softcap: Option<f32>,
+    /// The mixture of experts of the layers that have one.
+    pub moe: Option<MoeSpec>,
     /// Each layer's description.
     pub layers: Vec<LayerSpec>,
+}
+
+/// The mixture of experts a file describes (`expert_count`, `expert_used_count`,
+/// the experts' width), where its architecture has one.
+fn moe_spec(
+    g: &Gguf,
+    arch_name: &str,
+    desc: &ArchDesc,
+    d_ff: usize,
+) -> Result<Option<MoeSpec>, ConfigError> {
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let n_expert = g.get_u64_opt(&key("expert_count"))?.unwrap_or(0) as usize;
+    match desc.experts {
+        Presence::Never => return Ok(None),
+        Presence::Optional if n_expert == 0 => return Ok(None),
+        _ => {}
+    }
+    let bad = |k: &str, v: usize, why: &str| ConfigError::Bad {
+        key: key(k),
+        value: v.to_string(),
+        why: why.to_string(),
+    };
+    if !(1..=1024).contains(&n_expert) {
+        return Err(bad("expert_count", n_expert, "must be between 1 and 1024"));
+    }
+    let n_used = g.get_u64_opt(&key("expert_used_count"))?.unwrap_or(0) as usize;
+    if !(1..=n_expert.min(64)).contains(&n_used) {
+        return Err(bad(
+            "expert_used_count",
+            n_used,
+            "must be between 1 and expert_count (at most 64)",
+        ));
+    }
+    let d_ff_expert = g
+        .get_u64_opt(&key("expert_feed_forward_length"))?
+        .map_or(d_ff, |v| v as usize);
+    if d_ff_expert == 0 || d_ff_expert > 1 << 20 {
+        return Err(bad(
+            "expert_feed_forward_length",
+            d_ff_expert,
+            "must be between 1 and 2^20",
+        ));
+    }
+    Ok(Some(MoeSpec {
+        n_expert,
+        n_used,
+        d_ff_expert,
+        // llama.cpp renormalises the chosen experts' weights for qwen3moe and
+        // for Mixtral-style llama files.
+        norm_weights: true,
+    }))
 }
 
 impl Config {
@@ -478,6 +566,7 @@ impl Config {
             Arch::Gemma3 if n_layers == 62 => 1.0 / ((d_model / n_heads) as f32).sqrt(),
             _ => 1.0 / (head_dim as f32).sqrt(),
         };
+        let moe = moe_spec(g, arch_name, desc, d_ff)?;
         let layers = (0..n_layers)
             .map(|i| {
                 let local = window.is_some() && (pattern == 0 || (i + 1) % pattern != 0);
@@ -498,6 +587,7 @@ impl Config {
                     qk_norm: desc.qk_norm,
                     post_norms: desc.post_norms,
                     activation: desc.activation,
+                    moe,
                 }
             })
             .collect();
@@ -530,6 +620,7 @@ impl Config {
             rope,
             embed_scale: desc.embed_scale_sqrt_d.then(|| (d_model as f32).sqrt()),
             final_softcap,
+            moe,
             layers,
         })
     }
@@ -537,6 +628,15 @@ impl Config {
     /// Whether every layer attends over the whole context.
     pub fn all_global(&self) -> bool {
         self.layers.iter().all(|l| l.attn.window.is_none())
+    }
+
+    /// Width of the dense feed-forward blocks' intermediate activations (1
+    /// where every layer is a mixture of experts, which sizes its own).
+    pub fn dense_ff_width(&self) -> usize {
+        match self.layers.iter().all(|l| l.moe.is_some()) {
+            true => 1,
+            false => self.d_ff,
+        }
     }
 
     pub fn q_width(&self) -> usize {

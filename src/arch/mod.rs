@@ -8,7 +8,7 @@ mod config;
 mod weights;
 
 pub use config::{
-    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec, Presence,
-    RopeKind, RopeParams, RopeScaling,
+    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec, MoeSpec,
+    Presence, RopeKind, RopeParams, RopeScaling,
 };
-pub use weights::{LayerTensors, ModelTensors, TensorRef, WeightError};
+pub use weights::{Ffn, LayerTensors, ModelTensors, TensorRef, WeightError};

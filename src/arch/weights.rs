@@ -72,6 +72,96 @@ impl TensorRef {
     pub fn rows(&self) -> usize {
         self.shape.get(1).copied().unwrap_or(1) as usize
     }
+
+    /// Expert `e` of a `[cols, rows, experts]` stack (`ffn_*_exps`): a matrix
+    /// of its own whose bytes are one contiguous slice of the stack, so it can
+    /// be pinned, copied or read on its own.
+    pub fn expert(&self, e: usize) -> TensorRef {
+        let n = self.shape[2];
+        let bytes = self.n_bytes / n;
+        TensorRef {
+            name: format!("{}[{e}]", self.name),
+            ty: self.ty,
+            shape: self.shape[..2].to_vec(),
+            file_index: self.file_index,
+            file_offset: self.file_offset + e as u64 * bytes,
+            n_bytes: bytes,
+        }
+    }
+}
+
+/// A layer's feed-forward block: one gated MLP, or a mixture of experts (a
+/// router choosing `n_used` of the experts' gated MLPs for each token). `W`
+/// is where a matrix lives: a `TensorRef` in a file, a backend's weight.
+#[derive(Debug, Clone)]
+pub enum Ffn<W> {
+    Dense {
+        gate: W,
+        up: W,
+        down: W,
+    },
+    Moe {
+        /// `[d_model, n_expert]`: the router's logits.
+        router: W,
+        /// Expert `e`'s matrices at index `e`.
+        gate: Vec<W>,
+        up: Vec<W>,
+        down: Vec<W>,
+    },
+}
+
+impl<W> Ffn<W> {
+    /// The matrices in a fixed order (dense: gate, up, down; experts: the
+    /// router, then every expert's gate, every up, every down), which
+    /// `map_matrices` rebuilds from.
+    pub fn matrices(&self) -> Vec<&W> {
+        match self {
+            Ffn::Dense { gate, up, down } => vec![gate, up, down],
+            Ffn::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => std::iter::once(router)
+                .chain(gate)
+                .chain(up)
+                .chain(down)
+                .collect(),
+        }
+    }
+
+    /// The same block with each matrix made by `f(k, matrix)`, `k` its
+    /// index in `matrices()`.
+    pub fn map_matrices<V, E>(
+        &self,
+        first: usize,
+        mut f: impl FnMut(usize, &W) -> Result<V, E>,
+    ) -> Result<Ffn<V>, E> {
+        let mut k = first;
+        let mut next = |w: &W| {
+            let v = f(k, w);
+            k += 1;
+            v
+        };
+        Ok(match self {
+            Ffn::Dense { gate, up, down } => Ffn::Dense {
+                gate: next(gate)?,
+                up: next(up)?,
+                down: next(down)?,
+            },
+            Ffn::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => Ffn::Moe {
+                router: next(router)?,
+                gate: gate.iter().map(&mut next).collect::<Result<_, _>>()?,
+                up: up.iter().map(&mut next).collect::<Result<_, _>>()?,
+                down: down.iter().map(&mut next).collect::<Result<_, _>>()?,
+            },
+        })
+    }
 }
 
 /// The weights of one transformer block.
@@ -92,42 +182,54 @@ pub struct LayerTensors {
     /// Norm of the attention's output before the residual (gemma).
     pub post_attn_norm: Option<TensorRef>,
     pub ffn_norm: TensorRef,
-    pub w_gate: TensorRef,
-    pub w_up: TensorRef,
-    pub w_down: TensorRef,
+    pub ffn: Ffn<TensorRef>,
     /// Norm of the feed-forward block's output before the residual (gemma).
     pub post_ffn_norm: Option<TensorRef>,
 }
 
 impl LayerTensors {
-    /// The seven matrices, in the order packed buffers (streaming slots, host
-    /// copies) hold them and `Layer::assemble` takes them.
-    pub fn matrices(&self) -> [&TensorRef; 7] {
-        [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.w_gate,
-            &self.w_up,
-            &self.w_down,
-        ]
+    /// The matrices, in the order packed buffers (streaming slots, host
+    /// copies) hold them and `Layer::assemble` takes them: the attention's
+    /// four, then the feed-forward block's (`Ffn::matrices`; an expert's
+    /// matrices each on their own).
+    pub fn matrices(&self) -> Vec<&TensorRef> {
+        let mut v = vec![&self.wq, &self.wk, &self.wv, &self.wo];
+        v.extend(self.ffn.matrices());
+        v
     }
 
     pub fn all(&self) -> Vec<&TensorRef> {
-        let mut v = vec![
-            &self.attn_norm,
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.ffn_norm,
-            &self.w_gate,
-            &self.w_up,
-            &self.w_down,
-        ];
+        let mut v = self.matrices();
+        v.extend([&self.attn_norm, &self.ffn_norm]);
         v.extend(self.vectors_opt().into_iter().flatten());
         v
+    }
+
+    /// Multiply-adds per token of the matrices a token passes through: every
+    /// matrix of a dense layer; the attention, the router and `n_used`
+    /// experts of a mixture.
+    pub fn macs_per_token(&self, n_used: usize) -> u64 {
+        let macs = |r: &TensorRef| r.shape.iter().take(2).product::<u64>();
+        let attn: u64 = [&self.wq, &self.wk, &self.wv, &self.wo]
+            .iter()
+            .map(|r| macs(r))
+            .sum();
+        attn + match &self.ffn {
+            Ffn::Dense { gate, up, down } => macs(gate) + macs(up) + macs(down),
+            Ffn::Moe { router, gate, .. } => {
+                macs(router) + 3 * macs(&gate[0]) * n_used.min(gate.len()) as u64
+            }
+        }
+    }
+
+    /// The routed experts' bytes (zero for a dense layer).
+    pub fn expert_bytes(&self) -> u64 {
+        match &self.ffn {
+            Ffn::Dense { .. } => 0,
+            Ffn::Moe { gate, up, down, .. } => {
+                gate.iter().chain(up).chain(down).map(|t| t.n_bytes).sum()
+            }
+        }
     }
 
     /// The optional vectors (biases and the extra norms).
@@ -236,9 +338,27 @@ impl ModelTensors {
                 wo: find(&n("attn_output.weight"), &[q, d])?,
                 post_attn_norm: present(needed(desc.post_norms), "post_attention_norm.weight", d)?,
                 ffn_norm: vector(&n("ffn_norm.weight"), d)?,
-                w_gate: find(&n("ffn_gate.weight"), &[d, ff])?,
-                w_up: find(&n("ffn_up.weight"), &[d, ff])?,
-                w_down: find(&n("ffn_down.weight"), &[ff, d])?,
+                ffn: match &cfg.layers[i].moe {
+                    None => Ffn::Dense {
+                        gate: find(&n("ffn_gate.weight"), &[d, ff])?,
+                        up: find(&n("ffn_up.weight"), &[d, ff])?,
+                        down: find(&n("ffn_down.weight"), &[ff, d])?,
+                    },
+                    Some(m) => {
+                        let (e, ffe) = (m.n_expert, m.d_ff_expert);
+                        let stack =
+                            |s: &str, shape: &[usize]| -> Result<Vec<TensorRef>, WeightError> {
+                                let t = find(&n(s), shape)?;
+                                Ok((0..e).map(|k| t.expert(k)).collect())
+                            };
+                        Ffn::Moe {
+                            router: find(&n("ffn_gate_inp.weight"), &[d, e])?,
+                            gate: stack("ffn_gate_exps.weight", &[d, ffe, e])?,
+                            up: stack("ffn_up_exps.weight", &[d, ffe, e])?,
+                            down: stack("ffn_down_exps.weight", &[ffe, d, e])?,
+                        }
+                    }
+                },
                 post_ffn_norm: present(needed(desc.post_norms), "post_ffw_norm.weight", d)?,
             });
         }

@@ -201,6 +201,12 @@ pub trait Backend {
     fn softcap(&self, x: &mut Self::Act, c: f32);
     /// `out = x · wᵀ`: `[n, cols] × [rows, cols]ᵀ → [n, rows]`.
     fn matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act);
+    /// `matmul` for a mixture's expert products, where a backend that
+    /// follows llama.cpp's arithmetic follows its `mul_mat_id` (which may
+    /// order a batch's sums unlike its `mul_mat`); others keep `matmul`.
+    fn expert_matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) {
+        self.matmul(x, w, out)
+    }
     /// `x[i] += b` for every row.
     fn add_bias(&self, x: &mut Self::Act, b: &Self::Vector);
     /// Rotate the heads of every row by its token's position.
@@ -365,6 +371,19 @@ pub trait Backend {
         self.matmul_qkv(x, w, b, q, k, v);
         self.rope_attention(spec, q, k, v, kv, batch, out)
     }
+    /// `dst[rows[i]] = src[i] · scales[i]` for every row `i` of `src` (a
+    /// mixture's weighted expert outputs into their tokens' rows).
+    fn scatter_rows_scaled(
+        &self,
+        dst: &mut Self::Act,
+        rows: &[usize],
+        scales: &[f32],
+        src: &Self::Act,
+    ) -> Result<(), BackendError>;
+    /// `x += y[first .. first + n]`, row by row (`n` the rows of `x`).
+    fn add_rows(&self, x: &mut Self::Act, y: &Self::Act, first: usize);
+    /// `dst = src[first .. first + n]` (`n` the rows of `dst`).
+    fn copy_rows(&self, dst: &mut Self::Act, src: &Self::Act, first: usize);
     /// Copy rows `rows` of `x` into a new activation.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;
     /// Copy the contiguous rows `rows` of `x` into a new activation.

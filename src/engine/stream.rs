@@ -27,7 +27,7 @@ struct HostCopy {
     len: usize,
     slot: usize,
     /// Offsets of the seven matrices in the packed buffer.
-    offsets: [usize; 7],
+    offsets: Vec<usize>,
 }
 
 /// Pinned host memory viewed as bytes, shareable with the CPU backend (its
@@ -326,17 +326,21 @@ impl StreamedModel {
         i: usize,
         buf: Arc<CudaSlice<u8>>,
     ) -> Result<(), BackendError> {
-        let offsets = self.host[i].as_ref().expect("streamed layer").offsets;
+        let offsets = &self.host[i].as_ref().expect("streamed layer").offsets;
         let t = &self.model.tensors.layers[i];
         let view = |k: usize, m: &crate::model::TensorRef| {
             CudaWeight::in_buffer(&b.stream, buf.clone(), offsets[k], m)
         };
-        let [wq, wk, wv, wo, w_gate, w_up, w_down] = t.matrices();
-        let (wq, wk, wv, wo) = (view(0, wq)?, view(1, wk)?, view(2, wv)?, view(3, wo)?);
-        let (w_gate, w_up, w_down) = (view(4, w_gate)?, view(5, w_up)?, view(6, w_down)?);
+        let (wq, wk, wv, wo) = (
+            view(0, &t.wq)?,
+            view(1, &t.wk)?,
+            view(2, &t.wv)?,
+            view(3, &t.wo)?,
+        );
+        let ffn = t.ffn.map_matrices(4, view)?;
         let layer = &mut self.model.layers[i];
         (layer.wq, layer.wk, layer.wv, layer.wo) = (wq, wk, wv, wo);
-        (layer.w_gate, layer.w_up, layer.w_down) = (w_gate, w_up, w_down);
+        layer.ffn = ffn;
         Ok(())
     }
 
@@ -618,15 +622,16 @@ fn timeline(t: Timing) -> Result<Vec<crate::trace::Span>, BackendError> {
     Ok(spans)
 }
 
-/// Where each of a layer's 7 matrices sits in its packed host buffer and slot
+/// Where each of a layer's matrices sits in its packed host buffer and slot
 /// (each starts 256-byte aligned, as its own allocation would: the decode
 /// kernels read whole blocks with 16-byte loads), and the packed length.
-fn packed_layout(t: &LayerTensors) -> ([usize; 7], usize) {
-    let mut offsets = [0usize; 7];
+fn packed_layout(t: &LayerTensors) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::new();
     let mut end = 0usize;
-    for (i, m) in t.matrices().iter().enumerate() {
-        offsets[i] = end.next_multiple_of(256);
-        end = offsets[i] + m.n_bytes as usize;
+    for m in t.matrices() {
+        let off = end.next_multiple_of(256);
+        offsets.push(off);
+        end = off + m.n_bytes as usize;
     }
     (offsets, end)
 }

@@ -2,10 +2,12 @@
 //! written once against the `Backend` trait.
 
 pub use crate::arch::{
-    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec,
-    LayerTensors, ModelTensors, Presence, RopeKind, RopeParams, RopeScaling, TensorRef,
+    ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, Ffn, LayerSpec,
+    LayerTensors, ModelTensors, MoeSpec, Presence, RopeKind, RopeParams, RopeScaling, TensorRef,
     WeightError,
 };
+
+pub mod moe;
 
 use crate::backend::{Backend, BackendError, Batch};
 use crate::gguf::Gguf;
@@ -35,9 +37,7 @@ pub struct Layer<B: Backend> {
     pub wo: B::Weight,
     pub post_attn_norm: Option<B::Vector>,
     pub ffn_norm: B::Vector,
-    pub w_gate: B::Weight,
-    pub w_up: B::Weight,
-    pub w_down: B::Weight,
+    pub ffn: Ffn<B::Weight>,
     pub post_ffn_norm: Option<B::Vector>,
 }
 
@@ -64,8 +64,8 @@ impl<B: Backend> Scratch<B> {
             v: b.act(n, cfg.kv_width())?,
             attn: b.act(n, cfg.q_width())?,
             proj: b.act(n, cfg.d_model)?,
-            gate: b.act(n, cfg.d_ff)?,
-            up: b.act(n, cfg.d_ff)?,
+            gate: b.act(n, cfg.dense_ff_width())?,
+            up: b.act(n, cfg.dense_ff_width())?,
         })
     }
 }
@@ -110,7 +110,7 @@ impl<B: Backend> Layer<B> {
         mut matrix: impl FnMut(usize, &TensorRef) -> Result<B::Weight, BackendError>,
     ) -> Result<Self, BackendError> {
         let opt = |t: &Option<TensorRef>| t.as_ref().map(|t| b.load_vector(g, t)).transpose();
-        let [wq, wk, wv, wo, w_gate, w_up, w_down] = t.matrices();
+        let [wq, wk, wv, wo] = [&t.wq, &t.wk, &t.wv, &t.wo];
         Ok(Layer {
             index: t.index,
             attn_norm: b.load_vector(g, &t.attn_norm)?,
@@ -125,9 +125,7 @@ impl<B: Backend> Layer<B> {
             wo: matrix(3, wo)?,
             post_attn_norm: opt(&t.post_attn_norm)?,
             ffn_norm: b.load_vector(g, &t.ffn_norm)?,
-            w_gate: matrix(4, w_gate)?,
-            w_up: matrix(5, w_up)?,
-            w_down: matrix(6, w_down)?,
+            ffn: t.ffn.map_matrices(4, &mut matrix)?,
             post_ffn_norm: opt(&t.post_ffn_norm)?,
         })
     }
@@ -211,29 +209,68 @@ impl<B: Backend> Layer<B> {
         }
         tap("ffn_inp", x);
 
-        // Feed-forward (a gated activation).
+        // Feed-forward (a gated activation, or a mixture of experts).
         b.rms_norm(x, &self.ffn_norm, eps, &mut s.h);
         tap("ffn_norm", &s.h);
-        let ffn = [&self.w_gate, &self.w_up, &self.w_down];
-        match &self.post_ffn_norm {
-            Some(post) => {
-                let (gate, up) = (&mut s.gate, &mut s.up);
-                b.matmul_glu(&s.h, ffn[0], ffn[1], spec.activation, gate, up);
-                b.matmul(&s.gate, ffn[2], &mut s.proj);
-                tap("ffn_out", &s.proj);
-                b.rms_norm(&s.proj, post, eps, &mut s.h);
-                tap("ffn_post_norm", &s.h);
-                b.add(x, &s.h);
-            }
-            None => b.feed_forward(
+        match (&self.ffn, &self.post_ffn_norm) {
+            (Ffn::Dense { gate, up, down }, None) => b.feed_forward(
                 &s.h,
-                ffn,
+                [gate, up, down],
                 spec.activation,
                 &mut s.gate,
                 &mut s.up,
                 &mut s.proj,
                 x,
             ),
+            (Ffn::Dense { gate, up, down }, Some(post)) => {
+                let (g, u) = (&mut s.gate, &mut s.up);
+                b.matmul_glu(&s.h, gate, up, spec.activation, g, u);
+                b.matmul(&s.gate, down, &mut s.proj);
+                tap("ffn_out", &s.proj);
+                b.rms_norm(&s.proj, post, eps, &mut s.h);
+                tap("ffn_post_norm", &s.h);
+                b.add(x, &s.h);
+            }
+            (
+                Ffn::Moe {
+                    router,
+                    gate,
+                    up,
+                    down,
+                },
+                post,
+            ) => {
+                let moe = spec.moe.as_ref().ok_or_else(|| {
+                    BackendError::Invalid(format!(
+                        "layer {} has experts but no MoeSpec",
+                        self.index
+                    ))
+                })?;
+                let w = moe::Experts {
+                    router,
+                    gate,
+                    up,
+                    down,
+                };
+                moe::forward(
+                    b,
+                    moe,
+                    spec.activation,
+                    w,
+                    &s.h,
+                    s.n,
+                    cfg.d_model,
+                    &mut s.proj,
+                )?;
+                tap("ffn_moe_out", &s.proj);
+                match post {
+                    Some(post) => {
+                        b.rms_norm(&s.proj, post, eps, &mut s.h);
+                        b.add(x, &s.h);
+                    }
+                    None => b.add(x, &s.proj),
+                }
+            }
         }
         tap("l_out", x);
         Ok(())

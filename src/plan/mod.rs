@@ -92,12 +92,7 @@ impl ModelShape {
         let layer_macs = t
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|r| macs(r))
-                    .sum()
-            })
+            .map(|l| l.macs_per_token(cfg.moe.map_or(0, |m| m.n_used)))
             .collect();
         let out = t.output();
         Ok(ModelShape {

@@ -235,11 +235,12 @@ impl GgmlType {
     /// order than its dot product (the k-quants and IQ4_XS: a scale per
     /// sub-block applied before the activation's; IQ4_NL and MXFP4: their dot
     /// products are ggml's scalar ones, summed block after block, where the
-    /// GEMM keeps eight lanes): batches that must be bit-identical to single
+    /// GEMM keeps eight lanes; F32: llama.cpp's f32 GEMM and dot product sum
+    /// in different lanes): batches that must be bit-identical to single
     /// tokens then take the dot product.
     pub fn gemm_differs_from_dot(self) -> bool {
         use GgmlType::*;
-        self.is_k_quant() || matches!(self, IQ4_NL | IQ4_XS | MXFP4)
+        self.is_k_quant() || matches!(self, IQ4_NL | IQ4_XS | MXFP4 | F32)
     }
 
     pub fn is_quantized(self) -> bool {

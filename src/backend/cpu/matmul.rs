@@ -162,7 +162,7 @@ pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: 
     );
     assert_eq!((out.n, out.width), (x.n, w.rows), "matmul: output shape");
     match w.ty {
-        GgmlType::F32 => float_matmul::<f32>(x, w, out),
+        GgmlType::F32 => f32_matmul(x, w, out, dot_max_tokens),
         GgmlType::F16 => float_matmul::<f16>(x, w, out),
         GgmlType::BF16 => float_matmul::<bf16>(x, w, out),
         GgmlType::Q4_0 => quant_matmul::<BlockQ4_0>(x, w, out, dot_max_tokens),
@@ -481,6 +481,48 @@ fn gemm_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
         if r < tile.rows.end {
             W::prepare(&weights[r * nb..(r + 1) * nb], &mut prepared[0]);
             single_row(tile, &prepared[0], r, ts.start);
+        }
+    });
+}
+
+/// f32 weights (a mixture's router) in llama.cpp's order: a batch of more
+/// than `dot_max` tokens as its f32 GEMM (tinyBLAS: 16 lanes of fused
+/// multiply-adds over the row, then the 16-lane reduction), fewer token by
+/// token as its f32 dot product (four accumulators of 16 lanes over each 64
+/// elements, combined pairwise, reduced, the rest added in f64).
+fn f32_matmul(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max: usize) {
+    use super::reference_math::{reduce_groups, reduce16};
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let weights: &[f32] = bytemuck::cast_slice(w.data());
+    let gemm = n > dot_max && cols.is_multiple_of(16);
+    for_each_tile(rows, n, cols, out, |tile| {
+        for r in tile.rows.clone() {
+            let wrow = &weights[r * cols..(r + 1) * cols];
+            for t in tile.tokens.clone() {
+                let xrow = x.row(t);
+                let v = if gemm {
+                    let mut lanes = [0f32; 16];
+                    for (a, b) in wrow.chunks_exact(16).zip(xrow.chunks_exact(16)) {
+                        for l in 0..16 {
+                            lanes[l] = a[l].mul_add(b[l], lanes[l]);
+                        }
+                    }
+                    reduce16(&lanes)
+                } else {
+                    let whole = cols / 64 * 64;
+                    let mut acc = [[0f32; 16]; 4];
+                    for (i, (&a, &b)) in wrow[..whole].iter().zip(&xrow[..whole]).enumerate() {
+                        let lane = &mut acc[(i / 16) % 4][i % 16];
+                        *lane = a.mul_add(b, *lane);
+                    }
+                    let mut sum = reduce_groups(&acc) as f64;
+                    for (&a, &b) in wrow[whole..].iter().zip(&xrow[whole..]) {
+                        sum += (a * b) as f64;
+                    }
+                    sum as f32
+                };
+                tile.set(t, r, v);
+            }
         }
     });
 }

@@ -165,6 +165,7 @@ struct Kernels {
     attention_split: CudaFunction,
     attention_combine: CudaFunction,
     gather_rows: CudaFunction,
+    scatter_rows_scaled: CudaFunction,
     copy_f32: CudaFunction,
 }
 
@@ -671,6 +672,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             attention_split: f("attention_split")?,
             attention_combine: f("attention_combine")?,
             gather_rows: f("gather_rows")?,
+            scatter_rows_scaled: f("scatter_rows_scaled")?,
             copy_f32: f("copy_f32")?,
         },
         cached,
@@ -3319,6 +3321,78 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(&self.k.copy_f32);
         b.arg(&src.data).arg(&mut view).arg(&n);
         // SAFETY: matches the kernel signature; both ranges hold `n` floats.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    fn scatter_rows_scaled(
+        &self,
+        dst: &mut CudaAct,
+        rows: &[usize],
+        scales: &[f32],
+        src: &CudaAct,
+    ) -> Result<(), BackendError> {
+        if src.width != dst.width || rows.len() != src.n || scales.len() != src.n {
+            return Err(BackendError::Invalid(format!(
+                "scatter_rows_scaled: {} rows of width {} with {} targets and {} scales into width {}",
+                src.n,
+                src.width,
+                rows.len(),
+                scales.len(),
+                dst.width
+            )));
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= dst.n) {
+            return Err(BackendError::Invalid(format!(
+                "scatter_rows_scaled: row {r} of {}",
+                dst.n
+            )));
+        }
+        self.forget_q8();
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = self.upload(&idx)?;
+        let scales = self.upload(scales)?;
+        let width = dst.width as i32;
+        let mut b = self.stream.launch_builder(&self.k.scatter_rows_scaled);
+        b.arg(&src.data)
+            .arg(&idx)
+            .arg(&scales)
+            .arg(&mut dst.data)
+            .arg(&width);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.len().max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches the kernel signature; every target row is inside dst (checked).
+        if let Err(e) = unsafe { b.launch(cfg) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+        Ok(())
+    }
+
+    fn add_rows(&self, x: &mut CudaAct, y: &CudaAct, first: usize) {
+        self.forget_q8();
+        assert_eq!(x.width, y.width, "add_rows: widths");
+        let n = x.n * x.width;
+        let part = y.data.slice(first * y.width..first * y.width + n);
+        let mut b = self.stream.launch_builder(&self.k.add);
+        b.arg(&mut x.data).arg(&part).arg(&n);
+        // SAFETY: add(x, y, n): both hold n floats.
+        if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
+            self.ctx.record_err::<()>(Err(e));
+        }
+    }
+
+    fn copy_rows(&self, dst: &mut CudaAct, src: &CudaAct, first: usize) {
+        self.forget_q8();
+        assert_eq!(dst.width, src.width, "copy_rows: widths");
+        let n = dst.n * dst.width;
+        let part = src.data.slice(first * src.width..first * src.width + n);
+        let mut b = self.stream.launch_builder(&self.k.copy_f32);
+        b.arg(&part).arg(&mut dst.data).arg(&n);
+        // SAFETY: copy_f32(src, dst, n): both hold n floats.
         if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
             self.ctx.record_err::<()>(Err(e));
         }

@@ -907,6 +907,15 @@ extern "C" __global__ void gather_rows(const float* x, const unsigned* rows, flo
     for (int c = threadIdx.x; c < width; c += blockDim.x) out[(size_t)i * width + c] = x[(size_t)rows[i] * width + c];
 }
 
+// out[rows[i]] = x[i] * scales[i] (a mixture's weighted expert outputs into
+// their tokens' rows); one block per row.
+extern "C" __global__ void scatter_rows_scaled(const float* x, const unsigned* rows, const float* scales,
+                                               float* out, int width) {
+    int i = blockIdx.x;
+    float s = scales[i];
+    for (int c = threadIdx.x; c < width; c += blockDim.x) out[(size_t)rows[i] * width + c] = x[(size_t)i * width + c] * s;
+}
+
 extern "C" __global__ void copy_f32(const float* src, float* dst, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = src[i];
