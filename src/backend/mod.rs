@@ -65,6 +65,31 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// A mixture of experts' choices for a batch: token `t` runs experts
+/// `experts[t·n_used ..][..n_used]` with `weights` at the same places, in
+/// slot order.
+#[derive(Debug, Clone, Copy)]
+pub struct Routing<'a> {
+    pub n_used: usize,
+    pub experts: &'a [u32],
+    pub weights: &'a [f32],
+}
+
+/// One layer's experts as a backend holds them: expert `e`'s matrices at `e`.
+pub struct ExpertWeights<'a, W> {
+    pub gate: &'a [W],
+    pub up: &'a [W],
+    pub down: &'a [W],
+}
+
+impl<W> Clone for ExpertWeights<'_, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for ExpertWeights<'_, W> {}
+
 /// Positions and sequence ids of `n` consecutive tokens of one sequence from
 /// position `start`: the owned half of a prompt's `Batch`.
 pub struct SequenceSpan {
@@ -206,6 +231,22 @@ pub trait Backend {
     /// order a batch's sums unlike its `mul_mat`); others keep `matmul`.
     fn expert_matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) {
         self.matmul(x, w, out)
+    }
+    /// `out[t] = Σ_s weights[t, s] · down_e(act(gate_e · x[t]) · (up_e · x[t]))`
+    /// over token `t`'s chosen experts `e`, summed in slot order: a
+    /// mixture's routed experts as one grouped product (llama.cpp's
+    /// `mul_mat_id`), where the backend offers one for this batch. `Ok(false)`:
+    /// not offered (the model then runs each expert through the plain
+    /// operations, which every backend has).
+    fn moe_experts(
+        &self,
+        _x: &Self::Act,
+        _w: ExpertWeights<'_, Self::Weight>,
+        _act: Activation,
+        _routing: &Routing<'_>,
+        _out: &mut Self::Act,
+    ) -> Result<bool, BackendError> {
+        Ok(false)
     }
     /// `x[i] += b` for every row.
     fn add_bias(&self, x: &mut Self::Act, b: &Self::Vector);

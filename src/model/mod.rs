@@ -246,22 +246,9 @@ impl<B: Backend> Layer<B> {
                         self.index
                     ))
                 })?;
-                let w = moe::Experts {
-                    router,
-                    gate,
-                    up,
-                    down,
-                };
-                moe::forward(
-                    b,
-                    moe,
-                    spec.activation,
-                    w,
-                    &s.h,
-                    s.n,
-                    cfg.d_model,
-                    &mut s.proj,
-                )?;
+                let w = crate::backend::ExpertWeights { gate, up, down };
+                let (act, n) = (spec.activation, s.n);
+                moe::forward(b, moe, act, router, w, &s.h, n, cfg.d_model, &mut s.proj)?;
                 tap("ffn_moe_out", &s.proj);
                 match post {
                     Some(post) => {

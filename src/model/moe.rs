@@ -7,7 +7,7 @@
 
 use crate::arch::{Activation, MoeSpec};
 use crate::backend::cpu::reference_math::{exp, reduce16};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, ExpertWeights, Routing};
 
 /// Which experts a token runs and with what weight, in choosing order (most
 /// probable first).
@@ -86,14 +86,6 @@ pub fn group_by_expert(n_expert: usize, routes: &[Route]) -> Vec<Vec<(usize, usi
     groups
 }
 
-/// The experts' weights of one layer as a backend holds them.
-pub struct Experts<'a, W> {
-    pub router: &'a W,
-    pub gate: &'a [W],
-    pub up: &'a [W],
-    pub down: &'a [W],
-}
-
 /// `out = Σ_slots w · expert(x)` for every token of `x` (`out`: `n ×
 /// d_model`, overwritten). Each expert's chosen rows are gathered and run
 /// through its gated MLP as one product; the weighted results land in one
@@ -104,16 +96,30 @@ pub fn forward<B: Backend>(
     b: &B,
     spec: &MoeSpec,
     act: Activation,
-    w: Experts<'_, B::Weight>,
+    router: &B::Weight,
+    w: ExpertWeights<'_, B::Weight>,
     x: &B::Act,
     n: usize,
     d_model: usize,
     out: &mut B::Act,
 ) -> Result<Vec<Route>, BackendError> {
     let mut logits = b.act(n, spec.n_expert)?;
-    b.matmul(x, w.router, &mut logits);
+    b.matmul(x, router, &mut logits);
     let routes = route(spec, &b.to_host(&logits)?);
     let k = spec.n_used;
+    let experts: Vec<u32> = routes
+        .iter()
+        .flat_map(|r| r.experts.iter().map(|&e| e as u32))
+        .collect();
+    let weights: Vec<f32> = routes.iter().flat_map(|r| r.weights.clone()).collect();
+    let routing = Routing {
+        n_used: k,
+        experts: &experts,
+        weights: &weights,
+    };
+    if b.moe_experts(x, w, act, &routing, out)? {
+        return Ok(routes);
+    }
     // Slot s of token t at row s·n + t.
     let mut slots = b.act(k * n, d_model)?;
     for (e, entries) in group_by_expert(spec.n_expert, &routes)

@@ -163,8 +163,10 @@ impl CostModel {
             .count();
         let held = streamed <= slots;
         for (i, &p) in place.iter().enumerate() {
+            // What the step reads (a mixture: the experts the batch chooses);
+            // a streamed layer not held in a slot is copied whole.
             let (w, bytes, macs) = (
-                &shape.layer_types[i],
+                &shape.decode_types(i, batch),
                 shape.layer_bytes[i],
                 shape.layer_macs[i],
             );
@@ -199,9 +201,12 @@ impl CostModel {
         if self.profile.cpu.host_read_gbps > 0.0 {
             let host_bytes: u64 = place
                 .iter()
-                .zip(&shape.layer_bytes)
-                .filter(|(p, _)| **p == DecodePlace::Cpu || (**p == DecodePlace::Streamed && !held))
-                .map(|(_, b)| *b)
+                .enumerate()
+                .map(|(i, p)| match p {
+                    DecodePlace::Cpu => shape.decode_types(i, batch).total(),
+                    DecodePlace::Streamed if !held => shape.layer_bytes[i],
+                    _ => 0,
+                })
                 .sum();
             t = t.max(host_bytes as f64 / (self.profile.cpu.host_read_gbps * 1e9));
         }

@@ -53,8 +53,13 @@ pub struct ModelShape {
     pub layer_bytes: Vec<u64>,
     /// The same by weight type (sums to `layer_bytes`).
     pub layer_types: Vec<TypedBytes>,
-    /// Multiply-adds per token of each layer's matrices (attention excluded).
+    /// Multiply-adds per token of each layer's matrices (attention excluded;
+    /// a mixture's: the router and the experts a token runs).
     pub layer_macs: Vec<u64>,
+    /// The routed experts' share of `layer_types` (empty for dense layers).
+    pub layer_expert_types: Vec<TypedBytes>,
+    /// Experts per layer and experts a token runs, for a mixture of experts.
+    pub experts: Option<(usize, usize)>,
     /// Bytes of the token embeddings.
     pub embd_bytes: u64,
     /// The output projection is the token embedding matrix (no `output.weight`).
@@ -89,6 +94,19 @@ impl ModelShape {
             })
             .collect();
         let layer_bytes = layer_types.iter().map(TypedBytes::total).collect();
+        let layer_expert_types = t
+            .layers
+            .iter()
+            .map(|l| {
+                let mut b = TypedBytes::default();
+                if let crate::model::Ffn::Moe { gate, up, down, .. } = &l.ffn {
+                    for r in gate.iter().chain(up).chain(down) {
+                        b.add(r.ty, r.n_bytes);
+                    }
+                }
+                b
+            })
+            .collect();
         let layer_macs = t
             .layers
             .iter()
@@ -105,6 +123,8 @@ impl ModelShape {
             layer_bytes,
             layer_types,
             layer_macs,
+            layer_expert_types,
+            experts: cfg.moe.map(|m| (m.n_expert, m.n_used)),
             embd_bytes: t.token_embd.n_bytes,
             tied: t.output.is_none(),
             output_bytes: out.n_bytes + t.output_norm.n_bytes,
@@ -119,6 +139,23 @@ impl ModelShape {
             n_heads: cfg.n_heads,
             head_dim: cfg.head_dim,
         })
+    }
+
+    /// The weights a decode step of `batch` tokens reads from layer `i`:
+    /// all of a dense layer; of a mixture, everything but the routed experts
+    /// and the share of those the batch is expected to choose (uniform
+    /// routing: `1 − (1 − k/E)^batch` of them).
+    pub fn decode_types(&self, i: usize, batch: usize) -> TypedBytes {
+        let (Some((e, k)), Some(exp)) = (self.experts, self.layer_expert_types.get(i)) else {
+            return self.layer_types[i].clone();
+        };
+        let frac = expert_fraction(e, k, batch);
+        let mut out = TypedBytes::default();
+        for &(ty, b) in &self.layer_types[i].0 {
+            let routed = exp.0.iter().find(|(t, _)| *t == ty).map_or(0, |x| x.1);
+            out.add(ty, b - routed + (routed as f64 * frac).round() as u64);
+        }
+        out
     }
 
     pub fn total_layer_bytes(&self) -> u64 {
@@ -543,6 +580,15 @@ impl Plan {
     }
 }
 
+/// The expected share of `e` experts that a batch of `batch` tokens, each
+/// choosing `k` of them uniformly, runs: `1 − (1 − k/e)^batch`.
+pub fn expert_fraction(e: usize, k: usize, batch: usize) -> f64 {
+    if e == 0 {
+        return 1.0;
+    }
+    1.0 - (1.0 - (k.min(e) as f64 / e as f64)).powi(batch.max(1) as i32)
+}
+
 /// The shape of a synthetic preset (see `crate::synth::PRESETS`) with matrices
 /// of `ty`, computed without writing the model.
 pub fn preset_shape(name: &str, ty: crate::quant::GgmlType) -> Option<ModelShape> {
@@ -562,14 +608,21 @@ pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<Model
     let find = |n: &str| tensors.iter().find(|t| t.0 == n);
     let n = spec.n_layers as usize;
     let (mut layer_types, mut layer_macs) = (vec![TypedBytes::default(); n], vec![0u64; n]);
+    let mut layer_expert_types = vec![TypedBytes::default(); n];
     for (tname, shape, ty) in &tensors {
         let Some(rest) = tname.strip_prefix("blk.") else {
             continue;
         };
         let l: usize = rest.split('.').next()?.parse().ok()?;
         layer_types[l].add(*ty, bytes(shape, *ty));
-        if shape.len() == 2 {
-            layer_macs[l] += shape[0] * shape[1];
+        match shape.len() {
+            2 => layer_macs[l] += shape[0] * shape[1],
+            // An expert stack: a token runs `n_used` of its matrices.
+            3 => {
+                layer_expert_types[l].add(*ty, bytes(shape, *ty));
+                layer_macs[l] += shape[0] * shape[1] * spec.experts.map_or(0, |x| x[1]);
+            }
+            _ => {}
         }
     }
     let (_, embd_shape, embd_ty) = find("token_embd.weight")?;
@@ -582,6 +635,8 @@ pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<Model
         layer_bytes: layer_types.iter().map(TypedBytes::total).collect(),
         layer_types,
         layer_macs,
+        layer_expert_types,
+        experts: spec.experts.map(|x| (x[0] as usize, x[1] as usize)),
         embd_bytes: bytes(embd_shape, *embd_ty),
         tied: spec.tied,
         output_bytes: bytes(out_shape, *out_ty) + 4 * d,

@@ -17,7 +17,7 @@ use cudarc::driver::{
 };
 use half::f16;
 
-use super::{Backend, BackendError, Batch};
+use super::{Backend, BackendError, Batch, ExpertWeights, Routing};
 use crate::arch::{Activation, AttnSpec, Config, RopeKind, RopeParams, TensorRef};
 use crate::gguf::Gguf;
 use crate::quant::GgmlType;
@@ -33,6 +33,7 @@ const KERNELS: &str = concat!(
     include_str!("kernels/gemv_persistent.cu"),
     include_str!("kernels/gemv_types.cu"),
     include_str!("kernels/convert.cu"),
+    include_str!("kernels/moe.cu"),
 );
 
 /// The persistent shared-memory GEMVs' format number of a block type
@@ -166,6 +167,9 @@ struct Kernels {
     attention_combine: CudaFunction,
     gather_rows: CudaFunction,
     scatter_rows_scaled: CudaFunction,
+    moe_gate_up: CudaFunction,
+    moe_down: CudaFunction,
+    moe_sum: CudaFunction,
     copy_f32: CudaFunction,
 }
 
@@ -673,6 +677,9 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             attention_combine: f("attention_combine")?,
             gather_rows: f("gather_rows")?,
             scatter_rows_scaled: f("scatter_rows_scaled")?,
+            moe_gate_up: f("moe_gate_up")?,
+            moe_down: f("moe_down")?,
+            moe_sum: f("moe_sum")?,
             copy_f32: f("copy_f32")?,
         },
         cached,
@@ -3324,6 +3331,115 @@ impl Backend for CudaBackend {
         if let Err(e) = unsafe { b.launch(grid(n, 256)) } {
             self.ctx.record_err::<()>(Err(e));
         }
+    }
+
+    /// Decode batches (up to `MOE_GROUPED_MAX_PAIRS` token-expert pairs) in
+    /// the three launches of kernels/moe.cu; larger batches take the
+    /// per-expert products (tensor-core GEMMs over each expert's tokens),
+    /// which read each expert once instead of once per pair.
+    fn moe_experts(
+        &self,
+        x: &CudaAct,
+        w: ExpertWeights<'_, CudaWeight>,
+        act: Activation,
+        routing: &Routing<'_>,
+        out: &mut CudaAct,
+    ) -> Result<bool, BackendError> {
+        const MOE_GROUPED_MAX_PAIRS: usize = 64;
+        let (k, pairs) = (routing.n_used, routing.experts.len());
+        let (Some(g0), Some(d0)) = (w.gate.first(), w.down.first()) else {
+            return Ok(false);
+        };
+        let (d, ff) = (g0.cols, g0.rows);
+        let uniform = w
+            .gate
+            .iter()
+            .chain(w.up)
+            .all(|m| (m.ty, m.rows, m.cols) == (g0.ty, ff, d))
+            && w.down
+                .iter()
+                .all(|m| (m.ty, m.rows, m.cols) == (d0.ty, d, ff));
+        if pairs > MOE_GROUPED_MAX_PAIRS
+            || pairs != x.n * k
+            || !uniform
+            || !d.is_multiple_of(8)
+            || !ff.is_multiple_of(8)
+            || (x.width, out.n, out.width) != (d, x.n, d)
+        {
+            return Ok(false);
+        }
+        self.forget_q8();
+        // Four words a pair: gate, up and down addresses, token | weight bits.
+        let mut table = Vec::with_capacity(4 * pairs);
+        for (p, (&e, &wt)) in routing.experts.iter().zip(routing.weights).enumerate() {
+            let e = e as usize;
+            if e >= w.gate.len() {
+                return Err(BackendError::Invalid(format!(
+                    "moe_experts: expert {e} of {}",
+                    w.gate.len()
+                )));
+            }
+            let token = (p / k) as u64;
+            table.extend([
+                w.gate[e].ptr,
+                w.up[e].ptr,
+                w.down[e].ptr,
+                token | ((wt.to_bits() as u64) << 32),
+            ]);
+        }
+        let table = self.upload(&table)?;
+        let mut h = self.zeros::<f32>(pairs * ff)?;
+        let mut y = self.zeros::<f32>(pairs * d)?;
+        let rows_grid = |rows: usize| LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, pairs as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ty, be, bb) = (
+            g0.ty.id() as i32,
+            g0.ty.block_elems() as i32,
+            g0.ty.block_bytes() as i32,
+        );
+        let act_code: i32 = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let (d_i, ff_i) = (d as i32, ff as i32);
+        let mut b = self.stream.launch_builder(&self.k.moe_gate_up);
+        b.arg(&table)
+            .arg(&x.data)
+            .arg(&mut h)
+            .arg(&ty)
+            .arg(&ff_i)
+            .arg(&d_i)
+            .arg(&be)
+            .arg(&bb)
+            .arg(&act_code);
+        // SAFETY: moe_gate_up's signature; the table's addresses are the
+        // experts' matrices (ff × d each, checked above), h holds pairs × ff.
+        unsafe { b.launch(rows_grid(ff)) }.map_err(err)?;
+        let (ty, be, bb) = (
+            d0.ty.id() as i32,
+            d0.ty.block_elems() as i32,
+            d0.ty.block_bytes() as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.k.moe_down);
+        b.arg(&table)
+            .arg(&h)
+            .arg(&mut y)
+            .arg(&ty)
+            .arg(&d_i)
+            .arg(&ff_i)
+            .arg(&be)
+            .arg(&bb);
+        // SAFETY: moe_down's signature; down matrices are d × ff, y pairs × d.
+        unsafe { b.launch(rows_grid(d)) }.map_err(err)?;
+        let (k_i, n) = (k as i32, x.n * d);
+        let mut b = self.stream.launch_builder(&self.k.moe_sum);
+        b.arg(&y).arg(&mut out.data).arg(&k_i).arg(&d_i).arg(&n);
+        // SAFETY: moe_sum's signature; y holds n·k rows of d, out n rows.
+        unsafe { b.launch(grid(n, 256)) }.map_err(err)?;
+        Ok(true)
     }
 
     fn scatter_rows_scaled(
