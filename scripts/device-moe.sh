@@ -11,9 +11,9 @@
 #           token, f32 router) and on mixtral-mini (Q8_0, 8 choose 2)
 #   q4km    32B-shape Q4_K_M resident tg32, ferry and llama.cpp (the decode
 #           GEMVs' all-format build split since the last measurement)
-#   moe     qwen3-30b-a3b Q4_K_M: resident pp512 and tg32; llama.cpp with all
-#           experts on the CPU (-ot exps=CPU) and with -ncmoe 30; ferry at
-#           the VRAM llama.cpp used with -ncmoe 30 (its peak), and at 8 GiB
+#   moe     qwen3-30b-a3b Q4_K_M: resident pp512 and tg32; ferry within
+#           budgets ($BUDGETS: 8233 MiB, llama.cpp's peak with -ncmoe 30,
+#           and 4 GiB); llama.cpp with -ncmoe 30 and 42 and -ot exps=CPU
 # Every run's log ends with the peak device memory nvidia-smi saw.
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")" && pwd)
@@ -65,7 +65,9 @@ if has check; then
     echo "gpu-check exit $?" >> "$L/gpu-check.txt"
     rm -rf /tmp/mc
 fi
-timeout 300 ./ferry calibrate --size 1GiB > "$L/calibrate.txt" 2>&1
+# The built-in H100 profile: calibrating while llama.cpp builds in the
+# background measures the CPU under that load (call of 2026-12-08 00:42).
+PROFILE=${PROFILE:-h100}
 
 if has q4km; then
     f=/tmp/32b-q4_k_m.gguf
@@ -81,18 +83,20 @@ if has moe; then
     ./ferry synth --preset qwen3-30b-a3b --quant q4_k_m $f > "$L/synth-30b-a3b.txt" 2>&1
     ls -la $f >> "$L/synth-30b-a3b.txt"
     peak "$L/ferry-moe-resident.txt" timeout 300 ./ferry bench -m $f --device cuda -p 512 -n 32 -r 2
-    llama_ready
-    peak "$L/llama-moe-resident.txt" timeout 300 $LB -m $f -lm none -fa 1 -ngl 99 -p 512 -n 32 -r 2
-    peak "$L/llama-moe-ncmoe30.txt" timeout 300 $LB -m $f -lm none -fa 1 -ngl 99 -ncmoe 30 -p 512 -n 16 -r 2
-    peak "$L/llama-moe-expscpu.txt" timeout 300 $LB -m $f -lm none -fa 1 -ngl 99 -ot exps=CPU -p 512 -n 16 -r 2
-    B=$(peak_of "$L/llama-moe-ncmoe30.txt")
-    [ -n "$B" ] && [ "$B" -gt 1000 ] || B=8192
-    for budget in ${B}MiB 8GiB; do
-        ./ferry plan -m $f --vram-budget $budget --gpu-profile calibrated -c 1024 \
+    # Budgets: llama.cpp's peak with -ncmoe 30 in the previous call (8233
+    # MiB), and 4 GiB (llama.cpp: -ncmoe 42).
+    for budget in ${BUDGETS:-8233MiB 4GiB}; do
+        ./ferry plan -m $f --vram-budget $budget --gpu-profile $PROFILE -c 1024 \
             > "$L/plan-moe-$budget.txt" 2>&1
         peak "$L/ferry-moe-$budget.txt" timeout 300 ./ferry bench -m $f --device cuda --vram-budget $budget \
-            -p 512 -n 16 -r 2 --mode stream --gpu-profile calibrated
+            -p 512 -n 16 -r 2 --gpu-profile $PROFILE
     done
+    llama_ready
+    peak "$L/llama-moe-resident.txt" timeout 300 $LB -m $f -lm none -fa 1 -ngl 99 -p 512 -n 32 -r 2
+    for n in 30 42; do
+        peak "$L/llama-moe-ncmoe$n.txt" timeout 300 $LB -m $f -lm none -fa 1 -ngl 99 -ncmoe $n -p 512 -n 16 -r 2
+    done
+    peak "$L/llama-moe-expscpu.txt" timeout 300 $LB -m $f -lm none -fa 1 -ngl 99 -ot exps=CPU -p 512 -n 16 -r 2
     rm -f $f
 fi
 touch "$L/DONE"

@@ -538,8 +538,13 @@ fn run(cli: Cli) -> Result<()> {
                 host_embeddings: !no_pin,
             };
             let cost = CostModel::new(profile.clone());
-            let plan = ferry::plan::plan(&shape, &req, &cost)?;
-            print!("{}", plan.describe(&shape, &profile));
+            match ferry::plan::expert_plan(&shape, &req, &cost) {
+                Some(ep) => print!("{}", ep.describe(&shape, &profile)),
+                None => print!(
+                    "{}",
+                    ferry::plan::plan(&shape, &req, &cost)?.describe(&shape, &profile)
+                ),
+            }
         }
         Command::Calibrate {
             size,

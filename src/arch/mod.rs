@@ -11,4 +11,4 @@ pub use config::{
     ARCHITECTURES, Activation, Arch, ArchDesc, AttnSpec, Config, ConfigError, LayerSpec, MoeSpec,
     Presence, RopeKind, RopeParams, RopeScaling,
 };
-pub use weights::{Ffn, LayerTensors, ModelTensors, TensorRef, WeightError};
+pub use weights::{ExpertWeights, Ffn, LayerTensors, ModelTensors, TensorRef, WeightError};

@@ -110,7 +110,30 @@ pub enum Ffn<W> {
     },
 }
 
+/// One layer's experts as a backend holds them: expert `e`'s matrices at `e`.
+pub struct ExpertWeights<'a, W> {
+    pub gate: &'a [W],
+    pub up: &'a [W],
+    pub down: &'a [W],
+}
+
+impl<W> Clone for ExpertWeights<'_, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for ExpertWeights<'_, W> {}
+
 impl<W> Ffn<W> {
+    /// The routed experts' matrices, for a mixture.
+    pub fn experts(&self) -> Option<ExpertWeights<'_, W>> {
+        match self {
+            Ffn::Moe { gate, up, down, .. } => Some(ExpertWeights { gate, up, down }),
+            Ffn::Dense { .. } => None,
+        }
+    }
+
     /// The matrices in a fixed order (dense: gate, up, down; experts: the
     /// router, then every expert's gate, every up, every down), which
     /// `map_matrices` rebuilds from.

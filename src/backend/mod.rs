@@ -75,20 +75,7 @@ pub struct Routing<'a> {
     pub weights: &'a [f32],
 }
 
-/// One layer's experts as a backend holds them: expert `e`'s matrices at `e`.
-pub struct ExpertWeights<'a, W> {
-    pub gate: &'a [W],
-    pub up: &'a [W],
-    pub down: &'a [W],
-}
-
-impl<W> Clone for ExpertWeights<'_, W> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<W> Copy for ExpertWeights<'_, W> {}
+pub use crate::arch::ExpertWeights;
 
 /// Positions and sequence ids of `n` consecutive tokens of one sequence from
 /// position `start`: the owned half of a prompt's `Batch`.
@@ -191,6 +178,16 @@ pub trait Backend {
         model: &crate::gguf::Gguf,
         t: &TensorRef,
     ) -> Result<Self::Vector, BackendError>;
+    /// Weights the plan leaves in host memory, which the backend's kernels
+    /// read from there (a GPU: page-locked memory, read across the bus); a
+    /// backend whose memory is the host's loads them as any weight.
+    fn load_weights_in_host(
+        &self,
+        model: &crate::gguf::Gguf,
+        ts: &[&TensorRef],
+    ) -> Result<Vec<Self::Weight>, BackendError> {
+        ts.iter().map(|t| self.load_weight(model, t)).collect()
+    }
 
     /// Zeroed activations (device memory can run out, or over the budget).
     fn act(&self, n: usize, width: usize) -> Result<Self::Act, BackendError>;
@@ -231,6 +228,21 @@ pub trait Backend {
     /// order a batch's sums unlike its `mul_mat`); others keep `matmul`.
     fn expert_matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) {
         self.matmul(x, w, out)
+    }
+    /// A whole mixture-of-experts block for a small batch, the router's
+    /// choice included, where the backend offers it without returning to
+    /// the host (`Ok(false)`: not offered; the model then routes on the host
+    /// and calls `moe_experts`).
+    fn moe_block(
+        &self,
+        _x: &Self::Act,
+        _router: &Self::Weight,
+        _w: ExpertWeights<'_, Self::Weight>,
+        _spec: &crate::arch::MoeSpec,
+        _act: Activation,
+        _out: &mut Self::Act,
+    ) -> Result<bool, BackendError> {
+        Ok(false)
     }
     /// `out[t] = Σ_s weights[t, s] · down_e(act(gate_e · x[t]) · (up_e · x[t]))`
     /// over token `t`'s chosen experts `e`, summed in slot order: a

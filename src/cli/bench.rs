@@ -80,42 +80,56 @@ where
     B::Kv: Send,
     B::Act: Send,
 {
-    use ferry::bench::BenchSetup;
+    let model = load_model(backend, g, path)?;
+    let (model_type, model_n_params) = model_description(g);
+    let meta = ferry::bench::ResultMeta {
+        model_filename: path.display().to_string(),
+        model_type,
+        model_size: g.total_tensor_bytes(),
+        model_n_params,
+        backends: if n_threads > 0 { "CPU" } else { "CUDA" }.into(),
+        n_threads,
+        n_batch: args.batch,
+        n_ubatch: args.ubatch.min(args.batch),
+        mode: if n_threads > 0 { "cpu" } else { "resident" }.into(),
+        vram_budget: None,
+    };
+    bench_loaded(backend, &model, meta, args, tests)
+}
+
+/// The tests on a loaded model (resident, or a mixture's experts placed by
+/// an `ExpertPlan`), at each context depth.
+pub(crate) fn bench_loaded<B: Backend + Sync>(
+    backend: &B,
+    model: &Model<B>,
+    meta: ferry::bench::ResultMeta,
+    args: &BenchArgs,
+    tests: &[ferry::bench::Test],
+) -> Result<Vec<ferry::bench::BenchResult>>
+where
+    B::Weight: Send + Sync,
+    B::Vector: Send + Sync,
+    B::Kv: Send,
+    B::Act: Send,
+{
     let mut results = Vec::new();
-    {
-        {
-            let model = load_model(backend, g, path)?;
-            let (model_type, model_n_params) = model_description(g);
-            let mut setup = BenchSetup {
-                backend,
-                model: &model,
-                meta: ferry::bench::ResultMeta {
-                    model_filename: path.display().to_string(),
-                    model_type,
-                    model_size: g.total_tensor_bytes(),
-                    model_n_params,
-                    backends: if n_threads > 0 { "CPU" } else { "CUDA" }.into(),
-                    n_threads,
-                    n_batch: args.batch,
-                    n_ubatch: args.ubatch.min(args.batch),
-                    mode: if n_threads > 0 { "cpu" } else { "resident" }.into(),
-                    vram_budget: None,
-                },
-                repetitions: args.repetitions,
-                depth: 0,
-            };
-            for &depth in &args.n_depth {
-                setup.depth = depth;
-                for &t in tests {
-                    let r = ferry::bench::run_test(&setup, t)?;
-                    if args.output == "jsonl" {
-                        println!("{}", serde_json::to_string(&r)?);
-                    } else {
-                        eprintln!("{}: {:.2} ± {:.2} t/s", r.test, r.avg_ts, r.stddev_ts);
-                    }
-                    results.push(r);
-                }
+    let mut setup = ferry::bench::BenchSetup {
+        backend,
+        model,
+        meta,
+        repetitions: args.repetitions,
+        depth: 0,
+    };
+    for &depth in &args.n_depth {
+        setup.depth = depth;
+        for &t in tests {
+            let r = ferry::bench::run_test(&setup, t)?;
+            if args.output == "jsonl" {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                eprintln!("{}: {:.2} ± {:.2} t/s", r.test, r.avg_ts, r.stddev_ts);
             }
+            results.push(r);
         }
     }
     Ok(results)
@@ -189,6 +203,35 @@ pub(crate) fn bench_streamed(
             n_parallel: 1,
             host_embeddings: !args.no_pin,
         };
+        if let Some(ep) = ferry::plan::expert_plan(&shape, &req, &cost) {
+            // A mixture of experts: attention resident, experts by layer in
+            // VRAM or host memory (`ExpertPlan`).
+            eprint!("{}", ep.describe(&shape, &cost.profile));
+            cuda.set_budget(Some(budget));
+            cuda.reset_peak()?;
+            let model = Model::load_placed(cuda, g, &ep.host_experts, |_, _| {})?;
+            let meta = ferry::bench::ResultMeta {
+                model_filename: path.display().to_string(),
+                model_type: model_type.clone(),
+                model_size: model_bytes,
+                model_n_params,
+                backends: "CUDA".into(),
+                n_threads: 0,
+                n_batch: args.batch,
+                n_ubatch: args.ubatch.min(args.batch),
+                mode: "experts".into(),
+                vram_budget: Some(budget),
+            };
+            results.extend(bench_loaded(cuda, &model, meta, args, tests)?);
+            eprintln!(
+                "peak device memory: {} of the {} budget",
+                ferry::plan::HumanBytes(cuda.peak_memory()),
+                ferry::plan::HumanBytes(budget)
+            );
+            drop(model);
+            cuda.set_budget(None);
+            continue;
+        }
         let plan = ferry::plan::plan(&shape, &req, &cost)?;
         let resident: Vec<bool> = plan
             .prefill

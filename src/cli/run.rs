@@ -19,7 +19,15 @@ pub(crate) fn run_model(args: RunArgs) -> Result<()> {
         }
         Device::Cuda(b) => match gpu_budget(&b, &g, &args.budget, &args.setup, args.ubatch, 1)? {
             None => run_on(&*b, &g, &path, &args, t0),
-            Some(budget) => run_planned(&b, &g, &path, &args, budget, t0),
+            Some(budget) => {
+                let config = ferry::model::Config::from_gguf(&g)?;
+                let n_ctx = args.setup.n_ctx(config.context_train);
+                let placement = Placement::new(&args.budget, budget, n_ctx, args.ubatch, 1);
+                match load_experts_placed(&b, &g, &placement)? {
+                    Some(model) => run_loaded(&*b, model, &g, &path, &args, t0),
+                    None => run_planned(&b, &g, &path, &args, budget, t0),
+                }
+            }
         },
     }
 }
@@ -48,7 +56,24 @@ where
     B::Kv: Send,
     B::Act: Send,
 {
-    let model = load_model(backend, g, path)?;
+    run_loaded(backend, load_model(backend, g, path)?, g, path, args, t0)
+}
+
+/// `ferry run` on a loaded model.
+pub(crate) fn run_loaded<B: Backend + Sync>(
+    backend: &B,
+    model: Model<B>,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &RunArgs,
+    t0: std::time::Instant,
+) -> Result<()>
+where
+    B::Weight: Send + Sync,
+    B::Vector: Send + Sync,
+    B::Kv: Send,
+    B::Act: Send,
+{
     let load_secs = t0.elapsed().as_secs_f64();
     let n_ctx = args.setup.n_ctx(model.config.context_train);
     let mut session = Session::new(backend, &model, n_ctx, 1)?;
@@ -225,6 +250,59 @@ impl<'a> Placement<'a> {
             verbose: b.verbose,
         }
     }
+}
+
+/// A mixture of experts within the budget, where its expert plan fits
+/// (`ferry::plan::ExpertPlan`): loaded with every layer's attention on the
+/// GPU and the experts that do not fit in page-locked host memory. `None`
+/// for a dense model, or a budget too small for that plan (the layer plan,
+/// `load_planned`, applies).
+pub(crate) fn load_experts_placed(
+    cuda: &ferry::backend::cuda::CudaBackend,
+    g: &Gguf,
+    p: &Placement,
+) -> Result<Option<Model<ferry::backend::cuda::CudaBackend>>> {
+    use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
+    let shape = ModelShape::from_gguf(g)?;
+    if shape.experts.is_none() {
+        return Ok(None);
+    }
+    let profile = MachineProfile::load(&resolve_profile(p.gpu_profile, cuda))
+        .map_err(anyhow::Error::msg)?
+        .for_host_memory(p.pin);
+    let req = PlanRequest {
+        budget: p.budget,
+        n_ctx: p.n_ctx,
+        ubatch: p.ubatch,
+        n_parallel: p.parallel,
+        host_embeddings: p.pin,
+    };
+    let Some(ep) = ferry::plan::expert_plan(&shape, &req, &CostModel::new(profile.clone())) else {
+        return Ok(None);
+    };
+    if p.verbose {
+        eprint!("{}", ep.describe(&shape, &profile));
+    }
+    let n_host = ep.host_experts.iter().filter(|&&h| h).count();
+    eprintln!(
+        "ferry: VRAM budget {}: attention of every layer and the experts of {} of {} layers on the GPU, the other experts in pinned host memory",
+        ferry::plan::HumanBytes(p.budget),
+        shape.n_layers - n_host,
+        shape.n_layers
+    );
+    cuda.set_budget(Some(p.budget));
+    let bar = indicatif::ProgressBar::new(shape.n_layers as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "placing layers (experts: VRAM or host memory) [{bar:30}] {pos}/{len}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let model = Model::load_placed(cuda, g, &ep.host_experts, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    Ok(Some(model))
 }
 
 /// Plan the model for the budget and load it that way: resident layers in

@@ -32,7 +32,16 @@ pub(crate) fn serve_model(args: ServeArgs) -> Result<()> {
             args.parallel,
         )? {
             None => serve_on(&*b, &g, &path, &args),
-            Some(budget) => serve_planned(&b, &g, &path, &args, budget),
+            Some(budget) => {
+                let config = ferry::model::Config::from_gguf(&g)?;
+                let n_ctx = args.setup.n_ctx(config.context_train);
+                let placement =
+                    Placement::new(&args.budget, budget, n_ctx, args.ubatch, args.parallel);
+                match load_experts_placed(&b, &g, &placement)? {
+                    Some(model) => serve_loaded(&*b, model, &g, &path, &args),
+                    None => serve_planned(&b, &g, &path, &args, budget),
+                }
+            }
         },
     }
 }
@@ -49,7 +58,23 @@ where
     B::Kv: Send,
     B::Act: Send,
 {
-    let model = load_model(backend, g, path)?;
+    serve_loaded(backend, load_model(backend, g, path)?, g, path, args)
+}
+
+/// `ferry serve` on a loaded model.
+pub(crate) fn serve_loaded<B: Backend + Sync>(
+    backend: &B,
+    model: Model<B>,
+    g: &Gguf,
+    path: &std::path::Path,
+    args: &ServeArgs,
+) -> Result<()>
+where
+    B::Weight: Send + Sync,
+    B::Vector: Send + Sync,
+    B::Kv: Send,
+    B::Act: Send,
+{
     let n_ctx = args.setup.n_ctx(model.config.context_train);
     let http = start_http(args, g, path, n_ctx, &backend.name())?;
     if let Some(used) = backend.device_memory_used() {

@@ -246,7 +246,7 @@ impl<B: Backend> Layer<B> {
                         self.index
                     ))
                 })?;
-                let w = crate::backend::ExpertWeights { gate, up, down };
+                let w = crate::arch::ExpertWeights { gate, up, down };
                 let (act, n) = (spec.activation, s.n);
                 moe::forward(b, moe, act, router, w, &s.h, n, cfg.d_model, &mut s.proj)?;
                 tap("ffn_moe_out", &s.proj);
@@ -287,6 +287,41 @@ impl<B: Backend> Model<B> {
         let mut layers = Vec::with_capacity(config.n_layers);
         for (i, t) in tensors.layers.iter().enumerate() {
             layers.push(Layer::load(b, g, t)?);
+            progress(i + 1, config.n_layers);
+        }
+        Ok(Self::from_layers(b, g, config, tensors, layers)?)
+    }
+
+    /// `load`, with the routed experts of the layers `host_experts` marks
+    /// left in host memory, where the backend's kernels read them
+    /// (`Backend::load_weights_in_host`: a plan's experts beyond the VRAM
+    /// budget); everything else on the backend.
+    pub fn load_placed(
+        b: &B,
+        g: &Gguf,
+        host_experts: &[bool],
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
+        let config = Config::from_gguf(g)?;
+        let tensors = ModelTensors::from_gguf(g, &config)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for (i, t) in tensors.layers.iter().enumerate() {
+            let matrices = t.matrices();
+            // The attention's four and the router come first (`matrices`).
+            let first_expert = 5;
+            let mut host = match (host_experts.get(i), &t.ffn) {
+                (Some(true), Ffn::Moe { .. }) => Some(
+                    b.load_weights_in_host(g, &matrices[first_expert..])?
+                        .into_iter(),
+                ),
+                _ => None,
+            };
+            layers.push(Layer::assemble(b, g, t, |k, m| match &mut host {
+                Some(h) if k >= first_expert => h
+                    .next()
+                    .ok_or_else(|| BackendError::Invalid(format!("{}: no host copy", m.name))),
+                _ => b.load_weight(g, m),
+            })?);
             progress(i + 1, config.n_layers);
         }
         Ok(Self::from_layers(b, g, config, tensors, layers)?)

@@ -87,10 +87,10 @@ pub fn group_by_expert(n_expert: usize, routes: &[Route]) -> Vec<Vec<(usize, usi
 }
 
 /// `out = Σ_slots w · expert(x)` for every token of `x` (`out`: `n ×
-/// d_model`, overwritten). Each expert's chosen rows are gathered and run
-/// through its gated MLP as one product; the weighted results land in one
-/// buffer per choosing slot, which are then summed in slot order (llama.cpp's
-/// `moe_out = e₀ + e₁ + …`). Returns the routes (for hit counts).
+/// d_model`, overwritten), the routes from the router's logits: on the
+/// device where the backend offers the whole block for this batch (a decode
+/// step on a GPU), otherwise on the host. Returns the host's routes (empty
+/// where the device routed).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<B: Backend>(
     b: &B,
@@ -103,10 +103,33 @@ pub fn forward<B: Backend>(
     d_model: usize,
     out: &mut B::Act,
 ) -> Result<Vec<Route>, BackendError> {
+    if b.moe_block(x, router, w, spec, act, out)? {
+        return Ok(Vec::new());
+    }
     let mut logits = b.act(n, spec.n_expert)?;
     b.matmul(x, router, &mut logits);
     let routes = route(spec, &b.to_host(&logits)?);
-    let k = spec.n_used;
+    run_experts(b, spec, act, w, x, &routes, d_model, out)?;
+    Ok(routes)
+}
+
+/// The routed experts of `routes` over `x` into `out`: as the backend's one
+/// grouped product where it offers it, otherwise each chosen expert's rows
+/// gathered and run through its gated MLP as one product, the weighted
+/// results in one buffer per choosing slot, then summed in slot order
+/// (llama.cpp's `moe_out = e₀ + e₁ + …`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_experts<B: Backend>(
+    b: &B,
+    spec: &MoeSpec,
+    act: Activation,
+    w: ExpertWeights<'_, B::Weight>,
+    x: &B::Act,
+    routes: &[Route],
+    d_model: usize,
+    out: &mut B::Act,
+) -> Result<(), BackendError> {
+    let (k, n) = (spec.n_used, routes.len());
     let experts: Vec<u32> = routes
         .iter()
         .flat_map(|r| r.experts.iter().map(|&e| e as u32))
@@ -118,11 +141,11 @@ pub fn forward<B: Backend>(
         weights: &weights,
     };
     if b.moe_experts(x, w, act, &routing, out)? {
-        return Ok(routes);
+        return Ok(());
     }
     // Slot s of token t at row s·n + t.
     let mut slots = b.act(k * n, d_model)?;
-    for (e, entries) in group_by_expert(spec.n_expert, &routes)
+    for (e, entries) in group_by_expert(spec.n_expert, routes)
         .into_iter()
         .enumerate()
     {
@@ -147,7 +170,7 @@ pub fn forward<B: Backend>(
     for s in 1..k {
         b.add_rows(out, &slots, s * n);
     }
-    Ok(routes)
+    Ok(())
 }
 
 #[cfg(test)]

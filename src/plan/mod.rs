@@ -60,6 +60,8 @@ pub struct ModelShape {
     pub layer_expert_types: Vec<TypedBytes>,
     /// Experts per layer and experts a token runs, for a mixture of experts.
     pub experts: Option<(usize, usize)>,
+    /// Width of an expert's hidden layer (a mixture of experts).
+    pub d_ff_expert: usize,
     /// Bytes of the token embeddings.
     pub embd_bytes: u64,
     /// The output projection is the token embedding matrix (no `output.weight`).
@@ -125,6 +127,7 @@ impl ModelShape {
             layer_macs,
             layer_expert_types,
             experts: cfg.moe.map(|m| (m.n_expert, m.n_used)),
+            d_ff_expert: cfg.moe.map_or(0, |m| m.d_ff_expert),
             embd_bytes: t.token_embd.n_bytes,
             tied: t.output.is_none(),
             output_bytes: out.n_bytes + t.output_norm.n_bytes,
@@ -319,6 +322,153 @@ pub fn handover_layers(bytes: &[Option<u64>], room: u64) -> Vec<usize> {
         }
     }
     Vec::new()
+}
+
+/// A mixture of experts within a budget, placed expert stack by expert
+/// stack: every layer's attention, norms and router resident (with the
+/// embeddings, the output projection and the KV cache), and the routed
+/// experts of as many layers as fit; the other layers' experts stay in
+/// page-locked host memory. A decode step's GPU reads the few experts its
+/// tokens chose across the bus; a prompt's micro-batch copies in the experts
+/// it runs on more than 8 tokens, once each, into a staging buffer of one
+/// layer's experts. Nothing of a layer runs on the CPU.
+#[derive(Debug, Clone)]
+pub struct ExpertPlan {
+    /// Layers whose experts stay in host memory.
+    pub host_experts: Vec<bool>,
+    pub memory: MemoryPlan,
+    pub budget: u64,
+    pub predicted_pp_tps: f64,
+    pub predicted_tg_tps: f64,
+    pub pp_tokens: usize,
+}
+
+impl ExpertPlan {
+    pub fn describe(&self, shape: &ModelShape, profile: &MachineProfile) -> String {
+        let head = format!(
+            "model       {} ({} layers, a mixture of experts)\nmachine     {}\n",
+            shape.name,
+            shape.n_layers,
+            profile.describe()
+        );
+        head + &self.describe_placement(shape)
+    }
+
+    fn describe_placement(&self, shape: &ModelShape) -> String {
+        let n_host = self.host_experts.iter().filter(|&&h| h).count();
+        let host_bytes: u64 = (0..shape.n_layers)
+            .filter(|&i| self.host_experts[i])
+            .map(|i| shape.layer_expert_types[i].total())
+            .sum();
+        let m = &self.memory;
+        format!(
+            "experts     {} of {} layers' experts resident, {} layers' ({}) in host memory, read by the GPU across the bus (a prompt's busy ones copied in)\n\
+             budget      {}: embeddings {}, attention and resident experts {}, KV cache {}, activations {}, output {}, workspace and staging {}, allocator reserve {} (total {})\n\
+             layers      {}   (E experts resident, h experts in host memory)\n\
+             predicted   pp{} {:.1} t/s, tg {:.2} t/s\n",
+            shape.n_layers - n_host,
+            shape.n_layers,
+            n_host,
+            HumanBytes(host_bytes),
+            HumanBytes(self.budget),
+            HumanBytes(m.embeddings),
+            HumanBytes(m.resident_weights),
+            HumanBytes(m.kv_cache),
+            HumanBytes(m.activations),
+            HumanBytes(m.output),
+            HumanBytes(m.workspace),
+            HumanBytes(m.allocator),
+            HumanBytes(m.total()),
+            self.host_experts
+                .iter()
+                .map(|&h| if h { 'h' } else { 'E' })
+                .collect::<String>(),
+            self.pp_tokens,
+            self.predicted_pp_tps,
+            self.predicted_tg_tps
+        )
+    }
+}
+
+/// The expert placement of a mixture of experts within `req`'s budget
+/// (`ExpertPlan`), or `None` for a dense model or a budget too small for
+/// everything but the experts.
+pub fn expert_plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Option<ExpertPlan> {
+    let (_, k) = shape.experts?;
+    let n = shape.n_layers;
+    let expert_bytes: Vec<u64> = (0..n)
+        .map(|i| shape.layer_expert_types.get(i).map_or(0, TypedBytes::total))
+        .collect();
+    let dense: u64 = (0..n).map(|i| shape.layer_bytes[i] - expert_bytes[i]).sum();
+    let pairs = req.ubatch * k;
+    let act = cost::activation_bytes(shape, req.ubatch)
+        + (pairs * (shape.d_ff_expert + shape.d_model) * 4) as u64;
+    let staging = expert_bytes.iter().copied().max().unwrap_or(0);
+    let workspace = cost::workspace_bytes(shape, req.ubatch) + staging;
+    let kv_all = shape.kv_bytes_per_token * (req.n_ctx * req.n_parallel * n) as u64;
+    let embeddings = if shape.tied { 0 } else { shape.embd_bytes };
+    let memory = |resident_experts: u64, r: usize| MemoryPlan {
+        embeddings,
+        resident_weights: dense + resident_experts,
+        slots: 0,
+        kv_cache: kv_all,
+        activations: act,
+        output: shape.output_bytes,
+        workspace,
+        allocator: allocator_reserve(n, n, 0) + (2 << 20) * (r as u64 * 3),
+    };
+    if memory(0, 0).total() > req.budget {
+        return None;
+    }
+    // The first layers' experts resident, as many as fit.
+    let mut host = vec![true; n];
+    let mut resident = 0u64;
+    for i in 0..n {
+        let r = host.iter().filter(|&&h| !h).count() + 1;
+        if memory(resident + expert_bytes[i], r).total() > req.budget {
+            break;
+        }
+        resident += expert_bytes[i];
+        host[i] = false;
+    }
+    let r = host.iter().filter(|&&h| !h).count();
+    let pp_tokens = req.ubatch.max(512);
+    let batch = req.n_parallel.max(1);
+    let (mut pp, mut tg) = (0f64, 0f64);
+    for i in 0..n {
+        let compute = cost.gpu_layer(&shape.layer_types[i], shape.layer_macs[i], pp_tokens);
+        let frac_pp = expert_fraction(shape.experts.map_or(1, |x| x.0), k, pp_tokens);
+        let read = shape.decode_types(i, batch);
+        let active = read.total() - (shape.layer_bytes[i] - expert_bytes[i]);
+        if host[i] {
+            pp += compute + cost.h2d((expert_bytes[i] as f64 * frac_pp) as u64);
+            let mut on_gpu = TypedBytes::default();
+            for &(ty, b) in &shape.layer_types[i].0 {
+                let routed = shape.layer_expert_types[i]
+                    .0
+                    .iter()
+                    .find(|(t, _)| *t == ty)
+                    .map_or(0, |x| x.1);
+                on_gpu.add(ty, b - routed);
+            }
+            tg += cost.gpu_gemv(&on_gpu) + cost.h2d(active) + cost.decode_layer_secs;
+        } else {
+            pp += compute;
+            tg += cost.gpu_gemv(&read) + cost.decode_layer_secs;
+        }
+        // The router's choices are read back each layer.
+        tg += cost.crossing_secs;
+    }
+    tg += cost.gpu_layer(&shape.output_types, shape.output_macs, batch);
+    pp += cost.gpu_layer(&shape.output_types, shape.output_macs, 1);
+    Some(ExpertPlan {
+        host_experts: host,
+        memory: memory(resident, r),
+        budget: req.budget,
+        predicted_pp_tps: pp_tokens as f64 / pp,
+        predicted_tg_tps: batch as f64 / tg,
+        pp_tokens,
+    })
 }
 
 pub fn plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> Result<Plan, PlanError> {
@@ -637,6 +787,7 @@ pub fn preset_shape_mix(name: &str, mix: crate::synth::QuantMix) -> Option<Model
         layer_macs,
         layer_expert_types,
         experts: spec.experts.map(|x| (x[0] as usize, x[1] as usize)),
+        d_ff_expert: spec.experts.map_or(0, |x| x[2] as usize),
         embd_bytes: bytes(embd_shape, *embd_ty),
         tied: spec.tied,
         output_bytes: bytes(out_shape, *out_ty) + 4 * d,

@@ -170,6 +170,9 @@ struct Kernels {
     moe_gate_up: CudaFunction,
     moe_down: CudaFunction,
     moe_sum: CudaFunction,
+    moe_route: CudaFunction,
+    moe_gate_up_ids: CudaFunction,
+    moe_down_ids: CudaFunction,
     copy_f32: CudaFunction,
 }
 
@@ -680,6 +683,9 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
             moe_gate_up: f("moe_gate_up")?,
             moe_down: f("moe_down")?,
             moe_sum: f("moe_sum")?,
+            moe_route: f("moe_route")?,
+            moe_gate_up_ids: f("moe_gate_up_ids")?,
+            moe_down_ids: f("moe_down_ids")?,
             copy_f32: f("copy_f32")?,
         },
         cached,
@@ -697,14 +703,18 @@ pub struct CudaWeight {
     _buf: Arc<dyn std::any::Any + Send + Sync>,
     /// Device address of the first byte (passed to kernels by value).
     ptr: u64,
+    /// The bytes are page-locked host memory that kernels read across the
+    /// bus (a plan's host-resident experts, the token embeddings).
+    on_host: bool,
 }
 
 impl CudaWeight {
-    /// A weight at device address `ptr`, kept alive by `owner`.
+    /// A weight in page-locked host memory at `ptr` (its host address, valid
+    /// on the device with unified addressing), kept alive by `owner`.
     ///
     /// # Safety
     /// `ptr` must address the weight's bytes (`ty` blocks for `rows × cols`
-    /// elements) in memory the device can read, for as long as `owner` lives.
+    /// elements) in page-locked host memory, for as long as `owner` lives.
     pub unsafe fn from_raw(
         ty: GgmlType,
         rows: usize,
@@ -718,6 +728,7 @@ impl CudaWeight {
             cols,
             _buf: owner,
             ptr,
+            on_host: true,
         }
     }
 
@@ -742,9 +753,22 @@ impl CudaWeight {
             cols: t.cols(),
             _buf: buf.clone(),
             ptr,
+            on_host: false,
         })
     }
 }
+
+/// Device tables of a layer's expert matrix addresses, by its first
+/// expert's addresses and expert count, with the addresses they hold.
+type ExpertTables =
+    std::collections::HashMap<(u64, u64, u64, usize), (Vec<u64>, Arc<CudaSlice<u64>>)>;
+
+/// Page-locked host memory holding weights kernels read across the bus.
+struct HostBytes(#[allow(dead_code)] cudarc::driver::PinnedHostSlice<u8>);
+
+// SAFETY: written once while loading, before any sharing; then only read.
+unsafe impl Send for HostBytes {}
+unsafe impl Sync for HostBytes {}
 
 pub struct CudaAct {
     pub n: usize,
@@ -772,6 +796,9 @@ struct Scratch {
     /// activation epoch): products that share an input (q/k/v, gate/up)
     /// convert it once, and SwiGLU writes the down projection's.
     x_of: Option<(u64, usize, usize, u64)>,
+    /// Host-resident experts copied in for a batch that runs them on many
+    /// tokens (`moe_experts`).
+    experts: Option<CudaSlice<u8>>,
 }
 
 /// Per-batch tables every layer uses (RoPE cos/sin; KV slots, sequence bases and
@@ -846,6 +873,9 @@ pub struct CudaBackend {
     k: Kernels,
     /// f16 scratch for dequantized weights and converted activations (grown on demand).
     scratch: Mutex<Scratch>,
+    /// Each layer's table of its experts' matrix addresses (`moe_block`),
+    /// by the addresses of its first expert's matrices and its expert count.
+    expert_tables: Mutex<ExpertTables>,
     tables: Mutex<BatchTables>,
     /// Decode activations quantized to 8 bits, and which activation they are.
     q8: Mutex<Q8Cache>,
@@ -1109,6 +1139,7 @@ impl CudaBackend {
             blas,
             k,
             scratch: Mutex::new(Scratch::default()),
+            expert_tables: Mutex::new(Default::default()),
             tables: Mutex::new(BatchTables::default()),
             q8: Mutex::new(Q8Cache::default()),
             q8_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -2799,6 +2830,59 @@ impl Backend for CudaBackend {
         CudaWeight::in_buffer(&self.stream, buf, 0, t)
     }
 
+    /// One page-locked copy of the span of the file the tensors lie in (a
+    /// layer's expert stacks), which kernels read across the bus.
+    fn load_weights_in_host(
+        &self,
+        g: &Gguf,
+        ts: &[&TensorRef],
+    ) -> Result<Vec<CudaWeight>, BackendError> {
+        let Some(first) = ts.first() else {
+            return Ok(Vec::new());
+        };
+        if ts.iter().any(|t| t.file_index != first.file_index) {
+            return ts
+                .iter()
+                .map(|t| Ok(self.load_weights_in_host(g, &[t])?.remove(0)))
+                .collect();
+        }
+        let lo = ts.iter().map(|t| t.file_offset).min().unwrap_or(0) as usize;
+        let hi = ts
+            .iter()
+            .map(|t| t.file_offset + t.n_bytes)
+            .max()
+            .unwrap_or(0) as usize;
+        let src = &g.files[first.file_index].bytes()[lo..hi];
+        // SAFETY: a plain page-locked allocation, filled here before any sharing.
+        let mut pinned = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(src.len().max(1), 0) }
+            .map_err(|e| {
+                BackendError::Invalid(format!(
+                    "pinning {} of host memory for {} failed ({e:?}): free host memory or raise `ulimit -l`, or give the model more VRAM (--vram-budget)",
+                    crate::units::HumanBytes(src.len() as u64),
+                    first.name
+                ))
+            })?;
+        pinned.as_mut_slice().map_err(err)?[..src.len()].copy_from_slice(src);
+        let base = pinned.as_ptr().map_err(err)? as u64;
+        let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(HostBytes(pinned));
+        Ok(ts
+            .iter()
+            .map(|t| {
+                // SAFETY: page-locked memory holding t's bytes at this offset;
+                // `owner` keeps it allocated.
+                unsafe {
+                    CudaWeight::from_raw(
+                        t.ty,
+                        t.rows(),
+                        t.cols(),
+                        owner.clone(),
+                        base + (t.file_offset as usize - lo) as u64,
+                    )
+                }
+            })
+            .collect())
+    }
+
     fn load_vector(&self, g: &Gguf, t: &TensorRef) -> Result<CudaSlice<f32>, BackendError> {
         let bytes = &g.files[t.file_index].bytes()
             [t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
@@ -3333,10 +3417,146 @@ impl Backend for CudaBackend {
         }
     }
 
-    /// Decode batches (up to `MOE_GROUPED_MAX_PAIRS` token-expert pairs) in
-    /// the three launches of kernels/moe.cu; larger batches take the
-    /// per-expert products (tensor-core GEMMs over each expert's tokens),
-    /// which read each expert once instead of once per pair.
+    /// Decode steps (up to 64 token-expert pairs): the router's choice on the
+    /// device (`moe_route`), then each pair's MLP from a table of the
+    /// experts' addresses (kept per layer), then the sum: no return to the
+    /// host inside the layer.
+    fn moe_block(
+        &self,
+        x: &CudaAct,
+        router: &CudaWeight,
+        w: ExpertWeights<'_, CudaWeight>,
+        spec: &crate::arch::MoeSpec,
+        act: Activation,
+        out: &mut CudaAct,
+    ) -> Result<bool, BackendError> {
+        const MAX_PAIRS: usize = 64;
+        let (k, e_n) = (spec.n_used, spec.n_expert);
+        let pairs = x.n * k;
+        let (Some(g0), Some(d0)) = (w.gate.first(), w.down.first()) else {
+            return Ok(false);
+        };
+        let (d, ff) = (g0.cols, g0.rows);
+        let uniform = w
+            .gate
+            .iter()
+            .chain(w.up)
+            .all(|m| (m.ty, m.rows, m.cols) == (g0.ty, ff, d))
+            && w.down
+                .iter()
+                .all(|m| (m.ty, m.rows, m.cols) == (d0.ty, d, ff));
+        if pairs == 0
+            || pairs > MAX_PAIRS
+            || e_n > 1024
+            || w.gate.len() != e_n
+            || !uniform
+            || !d.is_multiple_of(8)
+            || !ff.is_multiple_of(8)
+            || (x.width, out.n, out.width) != (d, x.n, d)
+        {
+            return Ok(false);
+        }
+        // The device copy of the addresses is reused while they are the same
+        // (checked in full: freed memory may come back to another layer).
+        let words: Vec<u64> = (0..e_n)
+            .flat_map(|e| [w.gate[e].ptr, w.up[e].ptr, w.down[e].ptr])
+            .collect();
+        let key = (g0.ptr, w.up[0].ptr, d0.ptr, e_n);
+        let table = {
+            let mut tables = self.expert_tables.lock().expect("expert tables lock");
+            if tables.len() > 4096 {
+                tables.clear();
+            }
+            match tables.get(&key) {
+                Some((held, t)) if *held == words => t.clone(),
+                _ => {
+                    let t = Arc::new(self.upload(&words)?);
+                    tables.insert(key, (words, t.clone()));
+                    t
+                }
+            }
+        };
+        let mut logits = self.act(x.n, e_n)?;
+        self.matmul(x, router, &mut logits);
+        self.forget_q8();
+        let mut ids = self.zeros::<u32>(pairs)?;
+        let mut weights = self.zeros::<f32>(pairs)?;
+        let (e_i, k_i, norm) = (e_n as i32, k as i32, spec.norm_weights as i32);
+        let mut b = self.stream.launch_builder(&self.k.moe_route);
+        b.arg(&logits.data)
+            .arg(&e_i)
+            .arg(&k_i)
+            .arg(&norm)
+            .arg(&mut ids)
+            .arg(&mut weights);
+        let cfg = LaunchConfig {
+            grid_dim: (x.n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: moe_route's signature; logits hold n × e_n, ids and
+        // weights n × k; e_n ≤ 1024 (its shared table).
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        let mut h = self.zeros::<f32>(pairs * ff)?;
+        let mut y = self.zeros::<f32>(pairs * d)?;
+        let grid2 = |rows: usize| LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, pairs as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let typed = |m: &CudaWeight| {
+            (
+                m.ty.id() as i32,
+                m.ty.block_elems() as i32,
+                m.ty.block_bytes() as i32,
+            )
+        };
+        let act_code: i32 = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let (d_i, ff_i) = (d as i32, ff as i32);
+        let (ty, be, bb) = typed(g0);
+        let mut b = self.stream.launch_builder(&self.k.moe_gate_up_ids);
+        b.arg(&*table)
+            .arg(&ids)
+            .arg(&x.data)
+            .arg(&mut h)
+            .arg(&k_i)
+            .arg(&ty)
+            .arg(&ff_i)
+            .arg(&d_i)
+            .arg(&be)
+            .arg(&bb)
+            .arg(&act_code);
+        // SAFETY: moe_gate_up_ids' signature; the table holds 3 addresses for
+        // each of the e_n experts (ff × d matrices), ids are < e_n.
+        unsafe { b.launch(grid2(ff)) }.map_err(err)?;
+        let (ty, be, bb) = typed(d0);
+        let mut b = self.stream.launch_builder(&self.k.moe_down_ids);
+        b.arg(&*table)
+            .arg(&ids)
+            .arg(&weights)
+            .arg(&h)
+            .arg(&mut y)
+            .arg(&ty)
+            .arg(&d_i)
+            .arg(&ff_i)
+            .arg(&be)
+            .arg(&bb);
+        // SAFETY: moe_down_ids' signature; down matrices are d × ff.
+        unsafe { b.launch(grid2(d)) }.map_err(err)?;
+        let n = x.n * d;
+        let mut b = self.stream.launch_builder(&self.k.moe_sum);
+        b.arg(&y).arg(&mut out.data).arg(&k_i).arg(&d_i).arg(&n);
+        // SAFETY: moe_sum's signature; y holds n·k rows of d, out n rows.
+        unsafe { b.launch(grid(n, 256)) }.map_err(err)?;
+        Ok(true)
+    }
+
+    /// The routed products of any batch in the three launches of
+    /// kernels/moe.cu (pairs grouped by expert, each weight row decoded once
+    /// per 8 of its expert's pairs).
     fn moe_experts(
         &self,
         x: &CudaAct,
@@ -3345,7 +3565,6 @@ impl Backend for CudaBackend {
         routing: &Routing<'_>,
         out: &mut CudaAct,
     ) -> Result<bool, BackendError> {
-        const MOE_GROUPED_MAX_PAIRS: usize = 64;
         let (k, pairs) = (routing.n_used, routing.experts.len());
         let (Some(g0), Some(d0)) = (w.gate.first(), w.down.first()) else {
             return Ok(false);
@@ -3359,7 +3578,7 @@ impl Backend for CudaBackend {
             && w.down
                 .iter()
                 .all(|m| (m.ty, m.rows, m.cols) == (d0.ty, d, ff));
-        if pairs > MOE_GROUPED_MAX_PAIRS
+        if pairs == 0
             || pairs != x.n * k
             || !uniform
             || !d.is_multiple_of(8)
@@ -3368,63 +3587,152 @@ impl Backend for CudaBackend {
         {
             return Ok(false);
         }
-        self.forget_q8();
-        // Four words a pair: gate, up and down addresses, token | weight bits.
-        let mut table = Vec::with_capacity(4 * pairs);
-        for (p, (&e, &wt)) in routing.experts.iter().zip(routing.weights).enumerate() {
-            let e = e as usize;
-            if e >= w.gate.len() {
-                return Err(BackendError::Invalid(format!(
-                    "moe_experts: expert {e} of {}",
-                    w.gate.len()
-                )));
-            }
-            let token = (p / k) as u64;
-            table.extend([
-                w.gate[e].ptr,
-                w.up[e].ptr,
-                w.down[e].ptr,
-                token | ((wt.to_bits() as u64) << 32),
-            ]);
+        let n_expert = w.gate.len();
+        let mut by_expert: Vec<Vec<u32>> = vec![Vec::new(); n_expert];
+        for (p, &e) in routing.experts.iter().enumerate() {
+            let list = by_expert.get_mut(e as usize).ok_or_else(|| {
+                BackendError::Invalid(format!("moe_experts: expert {e} of {n_expert}"))
+            })?;
+            list.push(p as u32);
         }
+        // Host-resident experts that more than one chunk of pairs reads (the
+        // kernels decode a row once per 8 pairs) are copied in once instead,
+        // into the workspace (a prompt's products); the rest, a decode step's,
+        // are read across the bus where they lie.
+        let chunk = 8;
+        let staged: Vec<usize> = (0..n_expert)
+            .filter(|&e| by_expert[e].len() > chunk && w.gate[e].on_host)
+            .collect();
+        let mut stage_at = vec![None; n_expert];
+        let mats = |e: usize| [&w.gate[e], &w.up[e], &w.down[e]];
+        let bytes = |m: &CudaWeight| m.rows * m.cols / m.ty.block_elems() * m.ty.block_bytes();
+        let mut need = 0usize;
+        for &e in &staged {
+            stage_at[e] = Some(need);
+            need += mats(e)
+                .iter()
+                .map(|m| bytes(m).next_multiple_of(256))
+                .sum::<usize>();
+        }
+        let mut scratch = self.scratch.lock().expect("scratch lock");
+        let mut stage_base = 0u64;
+        if need > 0 {
+            if scratch.experts.as_ref().is_none_or(|b| b.len() < need) {
+                scratch.experts = None;
+                scratch.experts = Some(self.zeros::<u8>(need)?);
+            }
+            let buf = scratch.experts.as_mut().expect("allocated above");
+            stage_base = buf.device_ptr_mut(&self.stream).0;
+            for &e in &staged {
+                let mut at = stage_base + stage_at[e].unwrap_or(0) as u64;
+                for m in mats(e) {
+                    // SAFETY: a copy of the weight's bytes (page-locked host
+                    // memory, unified addressing) into the staging buffer,
+                    // which holds `need` bytes; ordered on the compute stream.
+                    let r = unsafe {
+                        cudarc::driver::sys::cuMemcpyAsync(
+                            at,
+                            m.ptr,
+                            bytes(m),
+                            self.stream.cu_stream(),
+                        )
+                    };
+                    if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                        return Err(BackendError::Invalid(format!(
+                            "copying a host-resident expert to the device failed ({r:?})"
+                        )));
+                    }
+                    at += bytes(m).next_multiple_of(256) as u64;
+                }
+            }
+        }
+        let addr = |e: usize, k: usize| match stage_at[e] {
+            Some(off) => {
+                let m = mats(e);
+                let before: usize = m[..k].iter().map(|m| bytes(m).next_multiple_of(256)).sum();
+                stage_base + (off + before) as u64
+            }
+            None => mats(e)[k].ptr,
+        };
+        // One upload: five words per expert with pairs (gate, up, down, first
+        // pair in `order`, count), then `order` and the weights, two to a word.
+        let mut groups: Vec<u64> = Vec::new();
+        let mut order: Vec<u32> = Vec::with_capacity(pairs);
+        let mut most = 0;
+        for (e, list) in by_expert.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+            groups.extend([
+                addr(e, 0),
+                addr(e, 1),
+                addr(e, 2),
+                order.len() as u64,
+                list.len() as u64,
+            ]);
+            order.extend(list);
+            most = most.max(list.len());
+        }
+        let n_groups = groups.len() / 5;
+        let pack = |v: &mut Vec<u64>, words: &[u32]| {
+            v.extend(
+                words
+                    .chunks(2)
+                    .map(|c| c[0] as u64 | (*c.get(1).unwrap_or(&0) as u64) << 32),
+            );
+        };
+        let (order_at, mut table) = (groups.len(), groups);
+        pack(&mut table, &order);
+        let weights_at = table.len();
+        let bits: Vec<u32> = routing.weights.iter().map(|w| w.to_bits()).collect();
+        pack(&mut table, &bits);
         let table = self.upload(&table)?;
+        self.forget_q8();
+        let groups = table.slice(..order_at);
+        let order = table.slice(order_at..weights_at);
+        let weights = table.slice(weights_at..);
         let mut h = self.zeros::<f32>(pairs * ff)?;
         let mut y = self.zeros::<f32>(pairs * d)?;
         let rows_grid = |rows: usize| LaunchConfig {
-            grid_dim: (rows.div_ceil(8) as u32, pairs as u32, 1),
+            grid_dim: (
+                rows.div_ceil(8) as u32,
+                n_groups as u32,
+                most.div_ceil(8) as u32,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (ty, be, bb) = (
-            g0.ty.id() as i32,
-            g0.ty.block_elems() as i32,
-            g0.ty.block_bytes() as i32,
-        );
+        let typed = |m: &CudaWeight| {
+            (
+                m.ty.id() as i32,
+                m.ty.block_elems() as i32,
+                m.ty.block_bytes() as i32,
+            )
+        };
         let act_code: i32 = match act {
             Activation::Silu => 0,
             Activation::GeluTanh => 1,
         };
-        let (d_i, ff_i) = (d as i32, ff as i32);
+        let (d_i, ff_i, k_i) = (d as i32, ff as i32, k as i32);
+        let (ty, be, bb) = typed(g0);
         let mut b = self.stream.launch_builder(&self.k.moe_gate_up);
-        b.arg(&table)
+        b.arg(&groups)
+            .arg(&order)
             .arg(&x.data)
             .arg(&mut h)
+            .arg(&k_i)
             .arg(&ty)
             .arg(&ff_i)
             .arg(&d_i)
             .arg(&be)
             .arg(&bb)
             .arg(&act_code);
-        // SAFETY: moe_gate_up's signature; the table's addresses are the
-        // experts' matrices (ff × d each, checked above), h holds pairs × ff.
+        // SAFETY: moe_gate_up's signature; the groups' addresses are the
+        // experts' matrices (ff × d each, checked above), `order` lists every
+        // pair once, h holds pairs × ff.
         unsafe { b.launch(rows_grid(ff)) }.map_err(err)?;
-        let (ty, be, bb) = (
-            d0.ty.id() as i32,
-            d0.ty.block_elems() as i32,
-            d0.ty.block_bytes() as i32,
-        );
+        let (ty, be, bb) = typed(d0);
         let mut b = self.stream.launch_builder(&self.k.moe_down);
-        b.arg(&table)
+        b.arg(&groups)
+            .arg(&order)
+            .arg(&weights)
             .arg(&h)
             .arg(&mut y)
             .arg(&ty)
@@ -3434,7 +3742,7 @@ impl Backend for CudaBackend {
             .arg(&bb);
         // SAFETY: moe_down's signature; down matrices are d × ff, y pairs × d.
         unsafe { b.launch(rows_grid(d)) }.map_err(err)?;
-        let (k_i, n) = (k as i32, x.n * d);
+        let n = x.n * d;
         let mut b = self.stream.launch_builder(&self.k.moe_sum);
         b.arg(&y).arg(&mut out.data).arg(&k_i).arg(&d_i).arg(&n);
         // SAFETY: moe_sum's signature; y holds n·k rows of d, out n rows.
