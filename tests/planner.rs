@@ -605,3 +605,37 @@ fn plan_no_pin_prints_the_pageable_plan() {
         "{pageable}\n{pinned}"
     );
 }
+
+/// A mixture of experts within a budget: the expert plan fits, keeps more
+/// layers' experts resident as the budget grows and never predicts a slower
+/// decode; a decode step is priced by the experts its batch chooses.
+#[test]
+fn expert_plans_fit_and_grow_with_the_budget() {
+    let shape = preset_shape_mix("qwen3-30b-a3b", QuantMix::Q4KM).unwrap();
+    let cost = h100();
+    let gib = 1u64 << 30;
+    assert!(
+        ferry::plan::expert_plan(&shape, &req(gib, 1024), &cost).is_none(),
+        "1 GiB cannot hold every layer's attention, the output and the KV cache"
+    );
+    let mut last: Option<(usize, f64)> = None;
+    for b in [4, 6, 8, 12, 16, 24] {
+        let budget = b * gib;
+        let ep = ferry::plan::expert_plan(&shape, &req(budget, 1024), &cost)
+            .unwrap_or_else(|| panic!("{b} GiB: no expert plan"));
+        assert!(ep.memory.total() <= budget, "{b} GiB: {}", ep.memory.total());
+        let resident = ep.host_experts.iter().filter(|&&h| !h).count();
+        if let Some((r, tg)) = last {
+            assert!(resident >= r, "{b} GiB: {resident} < {r} resident");
+            assert!(ep.predicted_tg_tps >= tg * (1.0 - 1e-9), "{b} GiB: slower decode");
+        }
+        last = Some((resident, ep.predicted_tg_tps));
+    }
+    assert_eq!(last.unwrap().0, shape.n_layers, "24 GiB holds every expert");
+    // One token reads 8 of 128 experts; a batch of 64 reads most of them.
+    let one = shape.decode_types(0, 1).total();
+    let many = shape.decode_types(0, 64).total();
+    let all = shape.layer_bytes[0];
+    assert!(one * 5 < all, "one token: {one} of {all}");
+    assert!(many > one * 5 && many <= all, "64 tokens: {many}");
+}
