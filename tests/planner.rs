@@ -623,11 +623,18 @@ fn expert_plans_fit_and_grow_with_the_budget() {
         let budget = b * gib;
         let ep = ferry::plan::expert_plan(&shape, &req(budget, 1024), &cost)
             .unwrap_or_else(|| panic!("{b} GiB: no expert plan"));
-        assert!(ep.memory.total() <= budget, "{b} GiB: {}", ep.memory.total());
+        assert!(
+            ep.memory.total() <= budget,
+            "{b} GiB: {}",
+            ep.memory.total()
+        );
         let resident = ep.host_experts.iter().filter(|&&h| !h).count();
         if let Some((r, tg)) = last {
             assert!(resident >= r, "{b} GiB: {resident} < {r} resident");
-            assert!(ep.predicted_tg_tps >= tg * (1.0 - 1e-9), "{b} GiB: slower decode");
+            assert!(
+                ep.predicted_tg_tps >= tg * (1.0 - 1e-9),
+                "{b} GiB: slower decode"
+            );
         }
         last = Some((resident, ep.predicted_tg_tps));
     }

@@ -1088,6 +1088,45 @@ fn split_min_from_env() -> usize {
     }
 }
 
+/// A mixture's common expert shape: `(d_model, ff, first gate, first down)`
+/// where every expert's gate and up matrices share one type and shape, every
+/// down matrix another, and rows are whole multiples of 8 (what
+/// kernels/moe.cu reads); `None` otherwise.
+fn expert_shape<'a>(
+    w: &ExpertWeights<'a, CudaWeight>,
+) -> Option<(usize, usize, &'a CudaWeight, &'a CudaWeight)> {
+    let (g0, d0) = (w.gate.first()?, w.down.first()?);
+    let (d, ff) = (g0.cols, g0.rows);
+    let uniform = w
+        .gate
+        .iter()
+        .chain(w.up)
+        .all(|m| (m.ty, m.rows, m.cols) == (g0.ty, ff, d))
+        && w.down
+            .iter()
+            .all(|m| (m.ty, m.rows, m.cols) == (d0.ty, d, ff))
+        && w.up.len() == w.gate.len()
+        && w.down.len() == w.gate.len();
+    (uniform && d.is_multiple_of(8) && ff.is_multiple_of(8)).then_some((d, ff, g0, d0))
+}
+
+/// A weight's type id, block elements and block bytes, as kernels take them.
+fn typed_args(m: &CudaWeight) -> (i32, i32, i32) {
+    (
+        m.ty.id() as i32,
+        m.ty.block_elems() as i32,
+        m.ty.block_bytes() as i32,
+    )
+}
+
+/// The gated activation as kernels/moe.cu's `gate_act` takes it.
+fn act_arg(act: Activation) -> i32 {
+    match act {
+        Activation::Silu => 0,
+        Activation::GeluTanh => 1,
+    }
+}
+
 fn grid(n: usize, block: u32) -> LaunchConfig {
     let blocks = n.div_ceil(block as usize).clamp(1, 65535 * 8) as u32;
     LaunchConfig {
@@ -3433,25 +3472,13 @@ impl Backend for CudaBackend {
         const MAX_PAIRS: usize = 64;
         let (k, e_n) = (spec.n_used, spec.n_expert);
         let pairs = x.n * k;
-        let (Some(g0), Some(d0)) = (w.gate.first(), w.down.first()) else {
+        let Some((d, ff, g0, d0)) = expert_shape(&w) else {
             return Ok(false);
         };
-        let (d, ff) = (g0.cols, g0.rows);
-        let uniform = w
-            .gate
-            .iter()
-            .chain(w.up)
-            .all(|m| (m.ty, m.rows, m.cols) == (g0.ty, ff, d))
-            && w.down
-                .iter()
-                .all(|m| (m.ty, m.rows, m.cols) == (d0.ty, d, ff));
         if pairs == 0
             || pairs > MAX_PAIRS
             || e_n > 1024
             || w.gate.len() != e_n
-            || !uniform
-            || !d.is_multiple_of(8)
-            || !ff.is_multiple_of(8)
             || (x.width, out.n, out.width) != (d, x.n, d)
         {
             return Ok(false);
@@ -3504,19 +3531,9 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let typed = |m: &CudaWeight| {
-            (
-                m.ty.id() as i32,
-                m.ty.block_elems() as i32,
-                m.ty.block_bytes() as i32,
-            )
-        };
-        let act_code: i32 = match act {
-            Activation::Silu => 0,
-            Activation::GeluTanh => 1,
-        };
+        let act_code = act_arg(act);
         let (d_i, ff_i) = (d as i32, ff as i32);
-        let (ty, be, bb) = typed(g0);
+        let (ty, be, bb) = typed_args(g0);
         let mut b = self.stream.launch_builder(&self.k.moe_gate_up_ids);
         b.arg(&*table)
             .arg(&ids)
@@ -3532,7 +3549,7 @@ impl Backend for CudaBackend {
         // SAFETY: moe_gate_up_ids' signature; the table holds 3 addresses for
         // each of the e_n experts (ff × d matrices), ids are < e_n.
         unsafe { b.launch(grid2(ff)) }.map_err(err)?;
-        let (ty, be, bb) = typed(d0);
+        let (ty, be, bb) = typed_args(d0);
         let mut b = self.stream.launch_builder(&self.k.moe_down_ids);
         b.arg(&*table)
             .arg(&ids)
@@ -3566,25 +3583,10 @@ impl Backend for CudaBackend {
         out: &mut CudaAct,
     ) -> Result<bool, BackendError> {
         let (k, pairs) = (routing.n_used, routing.experts.len());
-        let (Some(g0), Some(d0)) = (w.gate.first(), w.down.first()) else {
+        let Some((d, ff, g0, d0)) = expert_shape(&w) else {
             return Ok(false);
         };
-        let (d, ff) = (g0.cols, g0.rows);
-        let uniform = w
-            .gate
-            .iter()
-            .chain(w.up)
-            .all(|m| (m.ty, m.rows, m.cols) == (g0.ty, ff, d))
-            && w.down
-                .iter()
-                .all(|m| (m.ty, m.rows, m.cols) == (d0.ty, d, ff));
-        if pairs == 0
-            || pairs != x.n * k
-            || !uniform
-            || !d.is_multiple_of(8)
-            || !ff.is_multiple_of(8)
-            || (x.width, out.n, out.width) != (d, x.n, d)
-        {
+        if pairs == 0 || pairs != x.n * k || (x.width, out.n, out.width) != (d, x.n, d) {
             return Ok(false);
         }
         let n_expert = w.gate.len();
@@ -3699,19 +3701,9 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let typed = |m: &CudaWeight| {
-            (
-                m.ty.id() as i32,
-                m.ty.block_elems() as i32,
-                m.ty.block_bytes() as i32,
-            )
-        };
-        let act_code: i32 = match act {
-            Activation::Silu => 0,
-            Activation::GeluTanh => 1,
-        };
+        let act_code = act_arg(act);
         let (d_i, ff_i, k_i) = (d as i32, ff as i32, k as i32);
-        let (ty, be, bb) = typed(g0);
+        let (ty, be, bb) = typed_args(g0);
         let mut b = self.stream.launch_builder(&self.k.moe_gate_up);
         b.arg(&groups)
             .arg(&order)
@@ -3728,7 +3720,7 @@ impl Backend for CudaBackend {
         // experts' matrices (ff × d each, checked above), `order` lists every
         // pair once, h holds pairs × ff.
         unsafe { b.launch(rows_grid(ff)) }.map_err(err)?;
-        let (ty, be, bb) = typed(d0);
+        let (ty, be, bb) = typed_args(d0);
         let mut b = self.stream.launch_builder(&self.k.moe_down);
         b.arg(&groups)
             .arg(&order)

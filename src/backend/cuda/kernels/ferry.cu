@@ -333,6 +333,18 @@ __device__ __forceinline__ void dequant8(int type, const u8* b, int i0, float v[
     }
 }
 
+// Elements e0..e0+8 (e0 a multiple of 8) of a row of any type.
+__device__ __forceinline__ void decode_row8(int type, const u8* row, int e0, int block_elems, int block_bytes,
+                                            float v[8]) {
+    if (type == T_BF16) {
+        for (int k = 0; k < 8; ++k) v[k] = dequant(type, row + (size_t)(e0 + k) * block_bytes, 0);
+    } else if (block_elems == 1) {
+        dequant8(type, row + (size_t)e0 * block_bytes, 0, v);
+    } else {
+        dequant8(type, row + (size_t)(e0 / block_elems) * block_bytes, e0 % block_elems, v);
+    }
+}
+
 // out[t, r] = Σ_c x[t, c] · W[r, c] for n ≤ 8 tokens, cols a multiple of 8:
 // one warp per row; in each pass the 32 lanes take 8 consecutive elements
 // each (256 per pass), so a pass reads whole blocks with neighbouring lanes
@@ -347,13 +359,7 @@ extern "C" __global__ void gemv8(const u8* w, const float* x, float* out, int ty
     for (int t = 0; t < 8; ++t) acc[t] = 0.0f;
     for (int e0 = lane * 8; e0 < cols; e0 += 256) {
         float v[8];
-        if (type == T_BF16) {
-            for (int k = 0; k < 8; ++k) v[k] = dequant(type, row + (size_t)(e0 + k) * block_bytes, 0);
-        } else if (block_elems == 1) {
-            dequant8(type, row + (size_t)e0 * block_bytes, 0, v);
-        } else {
-            dequant8(type, row + (size_t)(e0 / block_elems) * block_bytes, e0 % block_elems, v);
-        }
+        decode_row8(type, row, e0, block_elems, block_bytes, v);
         for (int t = 0; t < n; ++t) {
             const float4* xp = (const float4*)(x + (size_t)t * cols + e0);
             float4 a = xp[0], b2 = xp[1];
@@ -488,23 +494,26 @@ extern "C" __global__ void swiglu(float* g, const float* u, size_t n) {
     }
 }
 
-// gate = gelu_tanh(gate) * up, as llama.cpp's CPU backend computes it: the
-// input rounded to f16, GELU in f32, the result rounded to f16 (its table of
-// f16 results); 0 below -10, the identity above 10.
+// gelu_tanh(x) as llama.cpp's CPU backend computes it: the input rounded to
+// f16, GELU in f32, the result rounded to f16 (its table of f16 results); 0
+// below -10, the identity above 10.
+__device__ __forceinline__ float gelu_tanh_ref(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    x = round_half(x);
+    float inner = fmaf(0.044715f * x, x, 1.0f);
+    return round_half(0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * inner)));
+}
+
+// The gated activation's first factor: act 0 SiLU, 1 GELU-tanh.
+__device__ __forceinline__ float gate_act(int act, float x) {
+    return act == 0 ? x / (1.0f + expf(-x)) : gelu_tanh_ref(x);
+}
+
+// gate = gelu_tanh(gate) * up.
 extern "C" __global__ void geglu(float* g, const float* u, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float x = g[i], y;
-        if (x <= -10.0f) {
-            y = 0.0f;
-        } else if (x >= 10.0f) {
-            y = x;
-        } else {
-            x = round_half(x);
-            float inner = fmaf(0.044715f * x, x, 1.0f);
-            y = round_half(0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * inner)));
-        }
-        g[i] = y * u[i];
-    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        g[i] = gelu_tanh_ref(g[i]) * u[i];
 }
 
 extern "C" __global__ void scale(float* x, float s, size_t n) {

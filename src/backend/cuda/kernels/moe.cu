@@ -25,13 +25,7 @@ __device__ __forceinline__ void moe_row_dots(const u8* row, const float* const* 
     for (int j = 0; j < MOE_TOKENS; ++j) acc[j] = 0.0f;
     for (int e0 = lane * 8; e0 < cols; e0 += 256) {
         float v[8];
-        if (type == T_BF16) {
-            for (int k = 0; k < 8; ++k) v[k] = dequant(type, row + (size_t)(e0 + k) * block_bytes, 0);
-        } else if (block_elems == 1) {
-            dequant8(type, row + (size_t)e0 * block_bytes, 0, v);
-        } else {
-            dequant8(type, row + (size_t)(e0 / block_elems) * block_bytes, e0 % block_elems, v);
-        }
+        decode_row8(type, row, e0, block_elems, block_bytes, v);
 #pragma unroll
         for (int j = 0; j < MOE_TOKENS; ++j) {
             if (j >= m) break;
@@ -60,7 +54,7 @@ __device__ __forceinline__ int moe_chunk(const unsigned long long* groups, const
 
 // h[p, r] = act(gate_e[r] · x[token p]) · (up_e[r] · x[token p]) for every pair
 // p of expert e; grid (ff / 8 rows, groups, chunks of 8 pairs), a warp per
-// row; act 0: SiLU, 1: GELU-tanh (as the `swiglu` and `geglu` kernels).
+// row; act 0: SiLU, 1: GELU-tanh (`gate_act`).
 extern "C" __global__ void moe_gate_up(const unsigned long long* groups, const unsigned* order,
                                        const float* x, float* h, int k, int type, int ff, int d,
                                        int block_elems, int block_bytes, int act) {
@@ -85,19 +79,7 @@ extern "C" __global__ void moe_gate_up(const unsigned long long* groups, const u
             gv = gs[j];
             uv = us[j];
         }
-    float y;
-    if (act == 0) {
-        y = gv / (1.0f + expf(-gv));
-    } else if (gv <= -10.0f) {
-        y = 0.0f;
-    } else if (gv >= 10.0f) {
-        y = gv;
-    } else {
-        float z = round_half(gv);
-        float inner = fmaf(0.044715f * z, z, 1.0f);
-        y = round_half(0.5f * z * (1.0f + tanhf(0.7978845608028654f * z * inner)));
-    }
-    h[(size_t)pair[lane] * ff + row] = y * uv;
+    h[(size_t)pair[lane] * ff + row] = gate_act(act, gv) * uv;
 }
 
 // y[p, r] = weights[p] · (down_e[r] · h[p]) for every pair p of expert e.
@@ -235,19 +217,7 @@ extern "C" __global__ void moe_gate_up_ids(const unsigned long long* table, cons
     moe_row_dots((const u8*)table[3 * e] + row * row_bytes, xs, 1, type, d, block_elems, block_bytes, lane, gs);
     moe_row_dots((const u8*)table[3 * e + 1] + row * row_bytes, xs, 1, type, d, block_elems, block_bytes, lane, us);
     if (lane != 0) return;
-    float g = gs[0], y;
-    if (act == 0) {
-        y = g / (1.0f + expf(-g));
-    } else if (g <= -10.0f) {
-        y = 0.0f;
-    } else if (g >= 10.0f) {
-        y = g;
-    } else {
-        float z = round_half(g);
-        float inner = fmaf(0.044715f * z, z, 1.0f);
-        y = round_half(0.5f * z * (1.0f + tanhf(0.7978845608028654f * z * inner)));
-    }
-    h[(size_t)p * ff + row] = y * us[0];
+    h[(size_t)p * ff + row] = gate_act(act, gs[0]) * us[0];
 }
 
 // y[p, r] = weights[p] · (down_e[r] · h[p]) with e = ids[p].
