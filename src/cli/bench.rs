@@ -229,6 +229,9 @@ pub(crate) fn bench_streamed(
                 ferry::plan::HumanBytes(budget)
             );
             drop(model);
+            // The staged experts are known by their host addresses, which a
+            // model loaded next may reuse.
+            cuda.release_workspace()?;
             cuda.set_budget(None);
             continue;
         }

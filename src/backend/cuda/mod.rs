@@ -797,8 +797,12 @@ struct Scratch {
     /// convert it once, and SwiGLU writes the down projection's.
     x_of: Option<(u64, usize, usize, u64)>,
     /// Host-resident experts copied in for a batch that runs them on many
-    /// tokens (`moe_experts`).
+    /// tokens (`moe_experts`) ...
     experts: Option<CudaSlice<u8>>,
+    /// ... which ones (by their gate matrix's host address) at which offset,
+    /// and the end of the last.
+    staged: Vec<(u64, usize)>,
+    staged_end: usize,
 }
 
 /// Per-batch tables every layer uses (RoPE cos/sin; KV slots, sequence bases and
@@ -3602,35 +3606,52 @@ impl Backend for CudaBackend {
         // into the workspace (a prompt's products); the rest, a decode step's,
         // are read across the bus where they lie.
         let chunk = 8;
-        let staged: Vec<usize> = (0..n_expert)
+        let wanted: Vec<usize> = (0..n_expert)
             .filter(|&e| by_expert[e].len() > chunk && w.gate[e].on_host)
             .collect();
-        let mut stage_at = vec![None; n_expert];
         let mats = |e: usize| [&w.gate[e], &w.up[e], &w.down[e]];
         let bytes = |m: &CudaWeight| m.rows * m.cols / m.ty.block_elems() * m.ty.block_bytes();
-        let mut need = 0usize;
-        for &e in &staged {
-            stage_at[e] = Some(need);
-            need += mats(e)
+        let span = |e: usize| {
+            mats(e)
                 .iter()
                 .map(|m| bytes(m).next_multiple_of(256))
-                .sum::<usize>();
-        }
+                .sum::<usize>()
+        };
+        let mut stage_at = vec![None; n_expert];
         let mut scratch = self.scratch.lock().expect("scratch lock");
         let mut stage_base = 0u64;
-        if need > 0 {
-            if scratch.experts.as_ref().is_none_or(|b| b.len() < need) {
-                scratch.experts = None;
-                scratch.experts = Some(self.zeros::<u8>(need)?);
-            }
+        if !wanted.is_empty() {
+            // Experts still staged from an earlier micro-batch of this layer
+            // (a layer-major prompt) are not copied again: each crosses the
+            // bus at most once per prompt.
+            let st = &mut scratch.staged;
+            let missing: Vec<usize> = wanted
+                .iter()
+                .copied()
+                .filter(|&e| !st.iter().any(|&(p, _)| p == w.gate[e].ptr))
+                .collect();
+            let extra: usize = missing.iter().map(|&e| span(e)).sum();
+            let capacity = scratch.experts.as_ref().map_or(0, |b| b.len());
+            let (copy, mut end) = if scratch.staged_end + extra <= capacity {
+                (missing, scratch.staged_end)
+            } else {
+                scratch.staged.clear();
+                let need: usize = wanted.iter().map(|&e| span(e)).sum();
+                if capacity < need {
+                    scratch.experts = None;
+                    scratch.experts = Some(self.zeros::<u8>(need)?);
+                }
+                (wanted.clone(), 0)
+            };
             let buf = scratch.experts.as_mut().expect("allocated above");
             stage_base = buf.device_ptr_mut(&self.stream).0;
-            for &e in &staged {
-                let mut at = stage_base + stage_at[e].unwrap_or(0) as u64;
+            for e in copy {
+                let mut at = stage_base + end as u64;
                 for m in mats(e) {
                     // SAFETY: a copy of the weight's bytes (page-locked host
                     // memory, unified addressing) into the staging buffer,
-                    // which holds `need` bytes; ordered on the compute stream.
+                    // which holds them (sized above); ordered on the compute
+                    // stream, after the kernels that read what it replaces.
                     let r = unsafe {
                         cudarc::driver::sys::cuMemcpyAsync(
                             at,
@@ -3646,6 +3667,16 @@ impl Backend for CudaBackend {
                     }
                     at += bytes(m).next_multiple_of(256) as u64;
                 }
+                scratch.staged.push((w.gate[e].ptr, end));
+                end += span(e);
+            }
+            scratch.staged_end = end;
+            for &e in &wanted {
+                stage_at[e] = scratch
+                    .staged
+                    .iter()
+                    .find(|&&(p, _)| p == w.gate[e].ptr)
+                    .map(|&(_, off)| off);
             }
         }
         let addr = |e: usize, k: usize| match stage_at[e] {
