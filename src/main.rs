@@ -524,11 +524,35 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("unknown preset '{p}'"))?,
                 (None, None) => anyhow::bail!("pass -m MODEL or --preset NAME"),
             };
+            let model_bytes =
+                shape.layer_bytes.iter().sum::<u64>() + shape.embd_bytes + shape.output_bytes;
+            let cards =
+                ferry::plan::CardsProfile::load(&gpu_profile).map_err(anyhow::Error::msg)?;
+            if cards.cards.len() > 1 || vram_budget.contains(',') {
+                // Several cards: one budget for all, or one per card.
+                let mut budgets = vram_budget
+                    .split(',')
+                    .map(|b| budget_from(b.trim(), model_bytes))
+                    .collect::<Result<Vec<u64>>>()?;
+                if budgets.len() == 1 {
+                    budgets = vec![budgets[0]; cards.cards.len()];
+                }
+                let req = PlanRequest {
+                    budget: budgets.iter().sum(),
+                    n_ctx: ctx_size,
+                    ubatch,
+                    n_parallel: parallel,
+                    host_embeddings: !no_pin,
+                };
+                print!(
+                    "{}",
+                    ferry::plan::cards::report(&shape, &req, &budgets, &cards)?
+                );
+                return Ok(());
+            }
             let profile = MachineProfile::load(&gpu_profile)
                 .map_err(anyhow::Error::msg)?
                 .for_host_memory(!no_pin);
-            let model_bytes =
-                shape.layer_bytes.iter().sum::<u64>() + shape.embd_bytes + shape.output_bytes;
             let budget = budget_from(&vram_budget, model_bytes)?;
             let req = PlanRequest {
                 budget,

@@ -646,3 +646,48 @@ fn expert_plans_fit_and_grow_with_the_budget() {
     assert!(one * 5 < all, "one token: {one} of {all}");
     assert!(many > one * 5 && many <= all, "64 tokens: {many}");
 }
+
+/// Several cards (issue #26), simulated: the profile composes, each card's
+/// share fits its own budget, every layer has one card, and two links
+/// predict a faster streamed prefill than one card with the same total
+/// budget.
+#[test]
+fn plans_across_cards_fit_each_budget_and_use_both_links() {
+    use ferry::plan::{CardsProfile, plan_cards};
+    let two = CardsProfile::load("2x h100").unwrap();
+    assert_eq!(two.cards.len(), 2);
+    let mixed = CardsProfile::load("rtx4090+rtx3090").unwrap();
+    assert_eq!(mixed.cards.len(), 2);
+    assert_ne!(mixed.cards[0].name, mixed.cards[1].name);
+    assert!(CardsProfile::load("0x h100").is_err());
+    assert!(CardsProfile::load("2x nosuchcard").is_err());
+
+    let shape = preset_shape_mix("qwen2.5-32b", QuantMix::Q4KM).unwrap();
+    let model: u64 = shape.layer_bytes.iter().sum();
+    let quarter = model / 4;
+    let r = req(2 * quarter, 2048);
+    let cp = plan_cards(&shape, &r, &[quarter, quarter], &two).unwrap();
+    assert_eq!(cp.card_of_layer.len(), shape.n_layers);
+    for c in 0..2 {
+        assert!(cp.memory[c].total() <= quarter, "card {c} over its budget");
+        assert!(cp.card_of_layer.contains(&c), "card {c} runs no layer");
+    }
+    let single = plan(&shape, &req(2 * quarter, 2048), &h100()).unwrap();
+    assert!(
+        cp.predicted_pp_tps > 1.3 * single.predicted_pp_tps,
+        "two links: {:.0} t/s against one card's {:.0}",
+        cp.predicted_pp_tps,
+        single.predicted_pp_tps
+    );
+    // A larger budget on one card keeps more of its layers there.
+    let uneven = plan_cards(&shape, &r, &[quarter / 2, quarter + quarter / 2], &two).unwrap();
+    let resident_on = |p: &ferry::plan::CardPlan, c: usize| {
+        (0..shape.n_layers)
+            .filter(|&i| p.card_of_layer[i] == c && p.resident[i])
+            .count()
+    };
+    assert!(resident_on(&uneven, 1) > resident_on(&uneven, 0));
+    // Too small for one card: the error names it and what it needs.
+    let err = plan_cards(&shape, &r, &[1 << 28, quarter], &two).unwrap_err();
+    assert!(err.to_string().contains("card 0"), "{err}");
+}

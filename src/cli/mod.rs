@@ -111,6 +111,11 @@ pub(crate) fn gpu_budget(
     use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
     let model_bytes = g.total_tensor_bytes();
     if let Some(s) = &budget_args.vram_budget {
+        if s.contains(',') {
+            anyhow::bail!(
+                "--vram-budget {s}: a budget per card plans several GPUs, which ferry does not run yet; `ferry plan --gpu-profile 2x NAME --vram-budget {s}` shows the plan, and one value runs on one card"
+            );
+        }
         return Ok(Some(budget_from(s, model_bytes)?));
     }
     let (free, _) = cuda.free_memory()?;

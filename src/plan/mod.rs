@@ -10,6 +10,7 @@
 //! can be explained line by line (`ferry plan` prints it).
 
 pub mod calibrate;
+pub mod cards;
 pub mod cost;
 pub mod profile;
 
@@ -18,6 +19,7 @@ use crate::model::{Config, ModelTensors};
 use crate::quant::GgmlType;
 pub use crate::units::{GEMV_MAX_BATCH, HumanBytes, parse_size};
 
+pub use cards::{CardPlan, CardsProfile, plan_cards};
 pub use cost::{CostModel, DecodePlacer};
 pub use profile::{CpuProfile, GpuProfile, MachineProfile, RatesByType};
 
