@@ -2252,6 +2252,17 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    /// `out[t] = Σ_s y[t·k + s]` in slot order (a mixture's weighted expert
+    /// outputs, `y` holding `out.n · k` rows).
+    fn moe_sum(&self, y: &CudaSlice<f32>, out: &mut CudaAct, k: usize) -> Result<(), BackendError> {
+        let (n, k_i, d_i) = (out.n * out.width, k as i32, out.width as i32);
+        let mut b = self.stream.launch_builder(&self.k.moe_sum);
+        b.arg(y).arg(&mut out.data).arg(&k_i).arg(&d_i).arg(&n);
+        // SAFETY: moe_sum's signature; y holds n·k rows of out's width.
+        unsafe { b.launch(grid(n, 256)) }.map_err(err)?;
+        Ok(())
+    }
+
     /// The RoPE cos/sin table of `positions`, uploaded once per batch.
     fn rope_table(
         &self,
@@ -3567,11 +3578,7 @@ impl Backend for CudaBackend {
             .arg(&bb);
         // SAFETY: moe_down_ids' signature; down matrices are d × ff.
         unsafe { b.launch(grid2(d)) }.map_err(err)?;
-        let n = x.n * d;
-        let mut b = self.stream.launch_builder(&self.k.moe_sum);
-        b.arg(&y).arg(&mut out.data).arg(&k_i).arg(&d_i).arg(&n);
-        // SAFETY: moe_sum's signature; y holds n·k rows of d, out n rows.
-        unsafe { b.launch(grid(n, 256)) }.map_err(err)?;
+        self.moe_sum(&y, out, k)?;
         Ok(true)
     }
 
@@ -3765,11 +3772,7 @@ impl Backend for CudaBackend {
             .arg(&bb);
         // SAFETY: moe_down's signature; down matrices are d × ff, y pairs × d.
         unsafe { b.launch(rows_grid(d)) }.map_err(err)?;
-        let n = x.n * d;
-        let mut b = self.stream.launch_builder(&self.k.moe_sum);
-        b.arg(&y).arg(&mut out.data).arg(&k_i).arg(&d_i).arg(&n);
-        // SAFETY: moe_sum's signature; y holds n·k rows of d, out n rows.
-        unsafe { b.launch(grid(n, 256)) }.map_err(err)?;
+        self.moe_sum(&y, out, k)?;
         Ok(true)
     }
 
