@@ -357,3 +357,70 @@ fn inconsistent_files_are_refused() {
     let err = err.to_string();
     assert!(err.contains("fewer than the 512 rows"), "{err}");
 }
+
+/// A mixture of experts whose description or tensors do not hold together
+/// is refused naming what is wrong: more experts used than there are, no
+/// experts used, expert stacks of the wrong shape, and the per-expert tensors
+/// of old Mixtral conversions.
+#[test]
+fn inconsistent_mixtures_of_experts_are_refused() {
+    use ferry::synth::{TinySpec, write_random_model};
+    let d = dir();
+    let base = d.join("moe.gguf");
+    let mut spec = TinySpec::preset("mixtral-mini", GgmlType::Q8_0).unwrap();
+    spec.n_layers = 1;
+    spec.n_vocab = 512;
+    write_random_model(&base, &spec, None).unwrap();
+    let g = Gguf::open(&base).unwrap();
+    let b = CpuBackend::new(2);
+    assert!(
+        Model::load(&b, &g, |_, _| {}).is_ok(),
+        "the base file loads"
+    );
+
+    let set = |name: &str, key: &'static str, v: u32| {
+        let p = d.join(name);
+        rewrite(&g, &p, |m| {
+            for (k, val) in m.iter_mut() {
+                if k == key {
+                    *val = Value::U32(v);
+                }
+            }
+        });
+        load_err(&p)
+    };
+    let err = set("moe-used-9.gguf", "llama.expert_used_count", 9);
+    assert!(
+        err.contains("expert_used_count") && err.contains("9"),
+        "{err}"
+    );
+    let err = set("moe-used-0.gguf", "llama.expert_used_count", 0);
+    assert!(err.contains("expert_used_count"), "{err}");
+    let err = set("moe-count-4.gguf", "llama.expert_count", 4);
+    assert!(
+        err.contains("ffn_gate_inp.weight") && err.contains("shape"),
+        "{err}"
+    );
+
+    // Old conversions: one tensor per expert.
+    let split = d.join("moe-split.gguf");
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k.clone(), v.clone());
+    }
+    for t in g.tensors() {
+        let name = t.name.replace("ffn_gate_exps", "ffn_gate.0");
+        w.add_tensor(name, &t.shape, t.ty).unwrap();
+    }
+    let file = std::fs::File::create(&split).unwrap();
+    let mut out = w.write_header(std::io::BufWriter::new(file)).unwrap();
+    for t in g.tensors() {
+        out.write(g.tensor_bytes(t)).unwrap();
+    }
+    out.finish().unwrap();
+    let err = load_err(&split);
+    assert!(
+        err.contains("each expert as a tensor of its own") && err.contains("convert"),
+        "{err}"
+    );
+}

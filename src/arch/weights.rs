@@ -32,6 +32,14 @@ pub enum WeightError {
         layer: usize,
         block_count: usize,
     },
+    #[error(
+        "{file}: layer {layer} stores each expert as a tensor of its own ('{name}'), as old conversions of Mixtral did; ferry reads the expert stacks ('ffn_gate_exps' ...) that current conversions write: convert the model again with a current llama.cpp (convert_hf_to_gguf.py)"
+    )]
+    SplitExperts {
+        file: String,
+        layer: usize,
+        name: String,
+    },
     #[error("{file}: tensor '{name}' has type {ty}, which cannot be used as {role}")]
     Type {
         file: String,
@@ -368,6 +376,16 @@ impl ModelTensors {
                         down: find(&n("ffn_down.weight"), &[ff, d])?,
                     },
                     Some(m) => {
+                        let old = n("ffn_gate.0.weight");
+                        if g.tensor(&n("ffn_gate_exps.weight")).is_none()
+                            && g.tensor(&old).is_some()
+                        {
+                            return Err(WeightError::SplitExperts {
+                                file: file.clone(),
+                                layer: i,
+                                name: old,
+                            });
+                        }
                         let (e, ffe) = (m.n_expert, m.d_ff_expert);
                         let stack =
                             |s: &str, shape: &[usize]| -> Result<Vec<TensorRef>, WeightError> {
