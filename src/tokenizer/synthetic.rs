@@ -98,7 +98,10 @@ mod tests {
             .finish()
             .unwrap();
         let g = Gguf::open(&path).unwrap();
-        crate::tokenizer::Tokenizer::from_gguf(&g).unwrap()
+        let tok = crate::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+        drop(g);
+        let _ = std::fs::remove_file(&path);
+        tok
     }
 
     #[test]
