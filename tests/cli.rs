@@ -341,3 +341,48 @@ fn inspect_describes_the_layers() {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }
+
+/// `ferry plan` for a mixture of experts shows its expert plan (which layers'
+/// experts stay in host memory), and for several cards a budget per card,
+/// beside one card with the same total.
+#[test]
+fn plan_shows_expert_placement_and_several_cards() {
+    let (ok, out, err) = ferry(&[
+        "plan",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--vram-budget",
+        "8GiB",
+        "--gpu-profile",
+        "h100",
+        "-c",
+        "1024",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("layers' experts resident"), "{out}");
+    assert!(out.contains("in host memory"), "{out}");
+    let (ok, out, err) = ferry(&[
+        "plan",
+        "--preset",
+        "qwen2.5-32b",
+        "--vram-budget",
+        "25%",
+        "--gpu-profile",
+        "2x rtx4090",
+        "-c",
+        "2048",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("card 0") && out.contains("card 1"), "{out}");
+    assert!(out.contains("one card"), "{out}");
+    let (ok, _, err) = ferry(&[
+        "plan",
+        "--preset",
+        "qwen2.5-32b",
+        "--vram-budget",
+        "8GiB,8GiB,8GiB",
+        "--gpu-profile",
+        "2x rtx4090",
+    ]);
+    assert!(!ok && err.contains("3 budgets for 2 cards"), "{err}");
+}

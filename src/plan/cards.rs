@@ -209,14 +209,10 @@ pub fn plan_cards(
 ) -> Result<CardPlan, PlanError> {
     let cards = profile.cards.len();
     if budgets.len() != cards {
-        return Err(PlanError::BudgetTooSmall {
-            budget: HumanBytes(budgets.iter().sum()),
-            needed: HumanBytes(0),
-            why: format!(
-                "{} budgets for {cards} cards; pass one value for all, or one per card",
-                budgets.len()
-            ),
-        });
+        return Err(PlanError::Cards(format!(
+            "--vram-budget: {} budgets for {cards} cards; pass one value for all, or one per card",
+            budgets.len()
+        )));
     }
     let n = shape.n_layers;
     let act = cost::activation_bytes(shape, req.ubatch) + (req.n_ctx * shape.d_model * 4) as u64;

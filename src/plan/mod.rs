@@ -267,6 +267,8 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    #[error("{0}")]
+    Cards(String),
     #[error(
         "a VRAM budget of {budget} is too small for this model and context: it needs at least {needed} \
          ({why}); pass --vram-budget {needed} or more, or a smaller -c/--ctx-size"
