@@ -60,6 +60,7 @@ fn plans_fit_and_more_budget_never_predicts_slower() {
                 Err(PlanError::BudgetTooSmall { .. }) => {
                     assert_eq!(planned, 0, "a larger budget failed")
                 }
+                Err(e @ PlanError::Cards(_)) => panic!("one card: {e}"),
             }
         }
         assert!(planned > 10);
