@@ -155,10 +155,23 @@ impl ModelShape {
             return self.layer_types[i].clone();
         };
         let frac = expert_fraction(e, k, batch);
+        let mut out = self.dense_types(i);
+        for &(ty, b) in &exp.0 {
+            out.add(ty, (b as f64 * frac).round() as u64);
+        }
+        out
+    }
+
+    /// Layer `i`'s weights but its routed experts (all of a dense layer).
+    pub fn dense_types(&self, i: usize) -> TypedBytes {
         let mut out = TypedBytes::default();
         for &(ty, b) in &self.layer_types[i].0 {
-            let routed = exp.0.iter().find(|(t, _)| *t == ty).map_or(0, |x| x.1);
-            out.add(ty, b - routed + (routed as f64 * frac).round() as u64);
+            let routed = self
+                .layer_expert_types
+                .get(i)
+                .and_then(|e| e.0.iter().find(|(t, _)| *t == ty))
+                .map_or(0, |x| x.1);
+            out.add(ty, b - routed);
         }
         out
     }
@@ -446,16 +459,7 @@ pub fn expert_plan(shape: &ModelShape, req: &PlanRequest, cost: &CostModel) -> O
         let active = read.total() - (shape.layer_bytes[i] - expert_bytes[i]);
         if host[i] {
             pp += compute + cost.h2d((expert_bytes[i] as f64 * frac_pp) as u64);
-            let mut on_gpu = TypedBytes::default();
-            for &(ty, b) in &shape.layer_types[i].0 {
-                let routed = shape.layer_expert_types[i]
-                    .0
-                    .iter()
-                    .find(|(t, _)| *t == ty)
-                    .map_or(0, |x| x.1);
-                on_gpu.add(ty, b - routed);
-            }
-            tg += cost.gpu_gemv(&on_gpu) + cost.h2d(active) + cost.decode_layer_secs;
+            tg += cost.gpu_gemv(&shape.dense_types(i)) + cost.h2d(active) + cost.decode_layer_secs;
         } else {
             pp += compute;
             tg += cost.gpu_gemv(&read) + cost.decode_layer_secs;

@@ -973,7 +973,7 @@ struct MemoryLedger {
     peak: std::sync::atomic::AtomicU64,
 }
 
-/// One block of 256 threads per row (the norms).
+/// One block of 256 threads per row (the norms, row gathers and scatters).
 fn block_per_row(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
@@ -3376,11 +3376,7 @@ impl Backend for CudaBackend {
         let width = x.width as i32;
         let mut b = self.stream.launch_builder(&self.k.gather_rows);
         b.arg(&x.data).arg(&idx).arg(&mut out.data).arg(&width);
-        let cfg = LaunchConfig {
-            grid_dim: (rows.len().max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = block_per_row(rows.len().max(1));
         // SAFETY: matches the kernel signature.
         if let Err(e) = unsafe { b.launch(cfg) } {
             self.ctx.record_err::<()>(Err(e));
@@ -3478,11 +3474,7 @@ impl Backend for CudaBackend {
             .arg(&scales)
             .arg(&mut dst.data)
             .arg(&width);
-        let cfg = LaunchConfig {
-            grid_dim: (rows.len().max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = block_per_row(rows.len().max(1));
         // SAFETY: matches the kernel signature; every target row is inside dst (checked).
         if let Err(e) = unsafe { b.launch(cfg) } {
             self.ctx.record_err::<()>(Err(e));
