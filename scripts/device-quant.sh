@@ -8,9 +8,11 @@
 # PHASES (default: check ferry llama):
 #   check   gpu-check: every weight type against the CPU (tiny models, and two
 #           layers of the 32B shape in Q4_K_M, Q5_K_M and each lane format)
-#   lanes   gpu-check on two layers of the 32B shape in Q5_K_M and each lane
-#           format only (a shorter call)
-#   ferry   calibrate; for each 32B-shaped file (Q5_K_M, Q4_0, Q8_0, IQ4_XS; one on
+#   lanes   gpu-check on two layers of the 32B shape in Q5_K_M, each lane
+#           format and the 1-3 bit i-quants (a UD-style mix, and every one of
+#           them in one file) only (a shorter call)
+#   ferry   calibrate; for each 32B-shaped file (Q5_K_M, Q8_0, IQ4_XS, Q4_0,
+#           UD-IQ2_XXS; QUANTS overrides; one on
 #           disk at a time): resident pp2048 and tg32; for Q5_K_M also the
 #           seed's case, a 22 GiB budget, with the plan's prediction
 #   llama   llama.cpp's llama-bench on the same files and tests (built in the
@@ -61,7 +63,7 @@ fi
 # GEMVs read through a lane format (and Q5_K_M), against the CPU.
 if has lanes; then
     mkdir -p /tmp/lanes
-    for q in q5_k_m q8_0 q4_0 q4_1 q5_0 iq4_nl iq4_xs; do
+    for q in q5_k_m q8_0 q4_0 q4_1 q5_0 iq4_nl iq4_xs ud-iq2_xxs iq-every; do
         ./ferry synth --preset qwen2.5-32b --quant $q --layers 2 /tmp/lanes/32b-2-layers-$q.gguf > /dev/null 2>&1
     done
     timeout 600 ./ferry gpu-check /tmp/lanes/*.gguf > "$L/gpu-check-lanes.txt" 2>&1
@@ -71,7 +73,7 @@ fi
 if has ferry; then
     timeout 300 ./ferry calibrate --size 1GiB > "$L/calibrate.txt" 2>&1
 fi
-for q in ${QUANTS:-q5_k_m q8_0 iq4_xs q4_0}; do
+for q in ${QUANTS:-q5_k_m q8_0 iq4_xs q4_0 ud-iq2_xxs}; do
     has ferry || has llama || break
     f=/tmp/32b-$q.gguf
     ./ferry synth --preset qwen2.5-32b --quant $q $f > "$L/synth-$q.txt" 2>&1

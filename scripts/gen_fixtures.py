@@ -11,6 +11,8 @@ Writes tests/fixtures/:
                                           by gguf-py's numpy reference
   quant/input.f32, quant/<TYPE>.ref       values and ggml's reference quantization
                                           (quantize_row_*_ref from libggml-base)
+  quant/lowbit.q8k, quant/<IQ1-3>.dot     ggml's Q8_K activations and its CPU vec_dot
+                                          of every weight row with every activation row
   real_tensors.json                       sha256 of every real tensor dequantized
                                           to f32 by gguf-py
   tokenizer/corpus.json                   the test strings
@@ -22,7 +24,7 @@ Writes tests/fixtures/:
                                           logits (CPU, 2 threads, f16 KV cache, no flash
                                           attention) and 32-token greedy continuations
 
-Pass section names (quant quant_grids real_tensors tokens chat logits) to regenerate only those.
+Pass section names (quant quant_grids quant_lowbit real_tensors tokens chat logits) to regenerate only those.
 """
 import ctypes
 import hashlib
@@ -165,6 +167,69 @@ def gen_quant_grids():
         dst = np.zeros(len(x) // be * bb, dtype=np.uint8)
         f(x.ctypes.data, dst.ctypes.data, len(x))
         write(os.path.join(out, f"{name}.ref"), dst.tobytes())
+
+
+# The 1-3 bit i-quants: random blocks, gguf-py's dequantization, and ggml's
+# own CPU dot product (`ggml_get_type_traits_cpu(type)->vec_dot`, the build's
+# x86 kernels) against activations quantized by ggml's `from_float` (Q8_K).
+LOWBIT_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+LOWBIT_ROWS, LOWBIT_SUPERBLOCKS = 16, 2
+
+
+class CpuTraits(ctypes.Structure):
+    _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
+                ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
+
+
+def gen_quant_lowbit():
+    rng = np.random.default_rng(20261208)
+    out = os.path.join(FIX, "quant")
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+    lib.ggml_cpu_init()
+    lib.ggml_get_type_traits_cpu.restype = ctypes.POINTER(CpuTraits)
+    lib.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+    from_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    vec_dot_t = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t,
+                                 ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                                 ctypes.c_int)
+    n = LOWBIT_SUPERBLOCKS * 256
+    # One set of activations (rows of different magnitudes) for every type.
+    q8k = lib.ggml_get_type_traits_cpu(T.Q8_K).contents
+    act_bytes = gguf.GGML_QUANT_SIZES[T.Q8_K][1]
+    x = (rng.standard_normal((LOWBIT_ROWS, n)) * rng.uniform(0.1, 3.0, size=(LOWBIT_ROWS, 1))).astype(np.float32)
+    act = np.zeros(LOWBIT_ROWS * LOWBIT_SUPERBLOCKS * act_bytes, dtype=np.uint8)
+    from_float_t(q8k.from_float)(x.ctypes.data, act.ctypes.data, x.size)
+    write(os.path.join(out, "lowbit.q8k"), act.tobytes())
+    for name in LOWBIT_TYPES:
+        qtype = T[name]
+        _, bb = gguf.GGML_QUANT_SIZES[qtype]
+        nb = LOWBIT_ROWS * LOWBIT_SUPERBLOCKS
+        raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+        d = (np.abs(rng.standard_normal(nb)) * 0.01 + 1e-4).astype(np.float16).view(np.uint16)
+        if name == "IQ1_M":
+            # The f16 scale lives in the top nibbles of the four u16 scale words.
+            sc = raw[:, 48:56].copy().view(np.uint16)
+            for k in range(4):
+                sc[:, k] = (sc[:, k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
+            raw[:, 48:56] = sc.view(np.uint8)
+        else:
+            raw[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+        deq = gq.dequantize(raw.reshape(-1), qtype).astype(np.float32)
+        write(os.path.join(out, f"{name}.blocks"), raw.tobytes())
+        write(os.path.join(out, f"{name}.f32"), deq.tobytes())
+        traits = lib.ggml_get_type_traits_cpu(qtype).contents
+        assert traits.vec_dot_type == T.Q8_K
+        vec_dot = vec_dot_t(traits.vec_dot)
+        dots = np.zeros((LOWBIT_ROWS, LOWBIT_ROWS), dtype=np.float32)
+        row_w = LOWBIT_SUPERBLOCKS * bb
+        row_a = LOWBIT_SUPERBLOCKS * act_bytes
+        s = ctypes.c_float()
+        for i in range(LOWBIT_ROWS):
+            for j in range(LOWBIT_ROWS):
+                vec_dot(n, ctypes.byref(s), 0, raw.ctypes.data + i * row_w, 0,
+                        act.ctypes.data + j * row_a, 0, 1)
+                dots[i, j] = s.value
+        write(os.path.join(out, f"{name}.dot"), dots.tobytes())
 
 
 def gen_real_tensors():
@@ -322,6 +387,8 @@ def main():
         gen_quant(rng)
     if "quant" in sections or "quant_grids" in sections:
         gen_quant_grids()
+    if "quant" in sections or "quant_lowbit" in sections:
+        gen_quant_lowbit()
     if "real_tensors" in sections:
         gen_real_tensors()
     if "tokens" in sections:

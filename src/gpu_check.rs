@@ -126,6 +126,8 @@ pub fn run(mut models: Vec<PathBuf>, synthetic: Option<PathBuf>, tolerance: f32)
             ("q8_0", crate::synth::QuantMix::Uniform(GgmlType::Q8_0)),
             ("iq4_nl", crate::synth::QuantMix::Uniform(GgmlType::IQ4_NL)),
             ("iq4_xs", crate::synth::QuantMix::Uniform(GgmlType::IQ4_XS)),
+            ("ud-iq2_xxs", crate::synth::QuantMix::UdIq2Xxs),
+            ("iq-every", crate::synth::QuantMix::IqEvery),
         ] {
             let p = dir.join(format!("synthetic-32b-2-layers-{name}.gguf"));
             let mut spec = crate::synth::TinySpec::preset("qwen2.5-32b", GgmlType::Q4_K)

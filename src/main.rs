@@ -317,7 +317,7 @@ enum Command {
         /// Plan for a synthetic preset's shape instead of a file (with --quant).
         #[arg(long, conflicts_with = "model")]
         preset: Option<String>,
-        /// The preset's weight types: a mix (q4_k_m, q5_k_m) or one type (q4_k, q8_0, ...).
+        /// The preset's weight types: a mix (q4_k_m, q5_k_m, ud-iq2_xxs) or one type (q4_k, q8_0, iq2_xxs, ...).
         #[arg(long, default_value = "q4_k_m")]
         quant: String,
         /// All device memory ferry may use, e.g. 8GiB, or a percentage of the model (25%).
@@ -363,7 +363,7 @@ enum Command {
     Synth {
         #[arg(long)]
         preset: String,
-        /// Weight types: a mix (q4_k_m, q5_k_m) or one type for every matrix
+        /// Weight types: a mix (q4_k_m, q5_k_m, ud-iq2_xxs) or one type for every matrix
         /// (q4_0, q8_0, q6_k, f16, ...).
         #[arg(long, default_value = "q4_k_m")]
         quant: String,
@@ -516,7 +516,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             use ferry::plan::{CostModel, MachineProfile, ModelShape, PlanRequest};
             let mix = ferry::synth::QuantMix::parse(&quant).with_context(|| {
-                format!("unknown quantization '{quant}' (a weight type such as q4_k, or q4_k_m / q5_k_m)")
+                format!("unknown quantization '{quant}' (a weight type such as q4_k or iq2_xxs, or a mix: q4_k_m, q5_k_m, ud-iq2_xxs)")
             })?;
             let shape = match (&model, &preset) {
                 (Some(m), _) => ModelShape::from_gguf(&Gguf::open(m)?)?,
@@ -586,7 +586,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let mix = ferry::synth::QuantMix::parse(&quant).with_context(|| {
                 format!(
-                    "unknown quantization '{quant}'; use q4_k_m, q5_k_m, q4_0, q8_0, q6_k, f16, ..."
+                    "unknown quantization '{quant}'; use a mix (q4_k_m, q5_k_m, ud-iq2_xxs) or a type (q4_0, q8_0, q6_k, iq2_xxs, iq3_s, f16, ...)"
                 )
             })?;
             let mut spec = ferry::synth::TinySpec::preset(&preset, ferry::quant::GgmlType::Q8_0)

@@ -20,6 +20,14 @@ pub enum QuantMix {
     Q4KM,
     /// llama.cpp's Q5_K_M: the same recipe on Q5_K.
     Q5KM,
+    /// A "UD"-style low-bit mix as large-model releases ship them: the
+    /// feed-forward gate and up matrices (dense or experts) IQ2_XXS, down
+    /// IQ3_XXS; attention Q5_K with attn_v Q6_K; the output Q6_K; the rest Q5_K.
+    UdIq2Xxs,
+    /// Every 1-3 bit i-quant in one file, for tests: attn_q IQ2_XS, attn_k
+    /// IQ2_S, attn_v IQ3_S, attn_output IQ1_S, ffn_gate IQ1_M, ffn_up
+    /// IQ2_XXS, ffn_down IQ3_XXS; the rest Q8_0.
+    IqEvery,
 }
 
 impl QuantMix {
@@ -27,6 +35,8 @@ impl QuantMix {
         match s.to_ascii_lowercase().as_str() {
             "q4_k_m" => Some(QuantMix::Q4KM),
             "q5_k_m" => Some(QuantMix::Q5KM),
+            "ud-iq2_xxs" => Some(QuantMix::UdIq2Xxs),
+            "iq-every" => Some(QuantMix::IqEvery),
             other => GgmlType::from_name(other)
                 .filter(|t| GgmlType::WEIGHT_TYPES.contains(t))
                 .map(QuantMix::Uniform),
@@ -38,6 +48,8 @@ impl QuantMix {
             QuantMix::Uniform(t) => t.name().to_string(),
             QuantMix::Q4KM => "Q4_K_M".into(),
             QuantMix::Q5KM => "Q5_K_M".into(),
+            QuantMix::UdIq2Xxs => "UD-IQ2_XXS".into(),
+            QuantMix::IqEvery => "IQ-every".into(),
         }
     }
 
@@ -47,6 +59,39 @@ impl QuantMix {
             QuantMix::Uniform(t) => return *t,
             QuantMix::Q4KM => GgmlType::Q4_K,
             QuantMix::Q5KM => GgmlType::Q5_K,
+            QuantMix::UdIq2Xxs => {
+                let ffn = |m: &str| {
+                    name.ends_with(&format!("{m}.weight"))
+                        || name.ends_with(&format!("{m}_exps.weight"))
+                };
+                return if ffn("ffn_gate") || ffn("ffn_up") {
+                    GgmlType::IQ2_XXS
+                } else if ffn("ffn_down") {
+                    GgmlType::IQ3_XXS
+                } else if name == "output.weight" || name.ends_with("attn_v.weight") {
+                    GgmlType::Q6_K
+                } else {
+                    GgmlType::Q5_K
+                };
+            }
+            QuantMix::IqEvery => {
+                let table = [
+                    ("attn_q", GgmlType::IQ2_XS),
+                    ("attn_k", GgmlType::IQ2_S),
+                    ("attn_v", GgmlType::IQ3_S),
+                    ("attn_output", GgmlType::IQ1_S),
+                    ("ffn_gate", GgmlType::IQ1_M),
+                    ("ffn_up", GgmlType::IQ2_XXS),
+                    ("ffn_down", GgmlType::IQ3_XXS),
+                ];
+                return table
+                    .iter()
+                    .find(|(m, _)| {
+                        name.ends_with(&format!(".{m}.weight"))
+                            || name.ends_with(&format!(".{m}_exps.weight"))
+                    })
+                    .map_or(GgmlType::Q8_0, |&(_, t)| t);
+            }
         };
         let more_bits =
             |i: u64| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2;

@@ -271,7 +271,7 @@ fn synth_rejects_unknown_presets_and_types() {
         "--preset",
         "tiny",
         "--quant",
-        "iq2_xs",
+        "tq1_0",
         "/tmp/x.gguf",
     ]);
     assert!(!ok && err.contains("q4_k_m"), "{err}");

@@ -5,8 +5,9 @@ mod common;
 use common::Rng;
 use ferry::backend::cpu::simd;
 use ferry::quant::{
-    self, BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0,
-    BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0,
+    self, BlockFormat, BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S,
+    BlockIQ3XXS, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1,
+    BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0,
 };
 
 fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -53,6 +54,13 @@ fn simd_dot_products_match_the_reference() {
     check::<BlockIQ4NL>();
     check::<BlockIQ4XS>();
     check::<BlockMXFP4>();
+    check::<BlockIQ2XXS>();
+    check::<BlockIQ2XS>();
+    check::<BlockIQ2S>();
+    check::<BlockIQ3XXS>();
+    check::<BlockIQ3S>();
+    check::<BlockIQ1S>();
+    check::<BlockIQ1M>();
 }
 
 #[test]
@@ -236,4 +244,35 @@ fn gemm_path_matches_the_dot_path_for_every_type() {
             }
         }
     }
+}
+
+/// The 1-3 bit i-quants in llama.cpp's tiled order (batches of 8 tokens and
+/// more): the SIMD kernel gives the scalar form's bits.
+#[test]
+fn lowbit_tiled_kernels_match_the_scalar_form() {
+    fn check_tiled<W: quant::LowBit>() {
+        let mut rng = Rng(11 + W::TYPE.id() as u64);
+        let kernel = simd::lowbit_tiled_kernel::<W>();
+        for n_blocks in [1usize, 3, 8] {
+            let n = n_blocks * 256;
+            let w: Vec<W> = quant::quantize_blocks(&values(&mut rng, n)).unwrap();
+            let a: Vec<quant::BlockQ8K> = quant::quantize_blocks(&values(&mut rng, n)).unwrap();
+            let want = quant::vec_dot_lowbit_tiled(&w, &a);
+            let got = kernel(&w, &a);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{}: SIMD {got} vs scalar {want} ({})",
+                W::TYPE,
+                simd::describe()
+            );
+        }
+    }
+    check_tiled::<BlockIQ2XXS>();
+    check_tiled::<BlockIQ2XS>();
+    check_tiled::<BlockIQ2S>();
+    check_tiled::<BlockIQ3XXS>();
+    check_tiled::<BlockIQ3S>();
+    check_tiled::<BlockIQ1S>();
+    check_tiled::<BlockIQ1M>();
 }

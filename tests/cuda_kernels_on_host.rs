@@ -2,7 +2,7 @@
 //! the block-type structs of `kernels/gemv_types.cu` are compiled by the
 //! system C++ compiler with stand-ins for `dp4a` and the half conversion
 //! (`tests/cuda_host/harness.cpp`, which runs a warp lane by lane), and every
-//! item's dot product, and the whole kernel for 1 and 4 tokens, over random
+//! item's dot product, the 1-3 bit i-quants' element decoder, and the whole kernel for 1 and 4 tokens, over random
 //! quantized rows, the Q4_K/Q5_K prefill conversions to f16 and the
 //! persistent GEMVs' superblock arithmetic (Q4_K, Q5_K and the lane formats
 //! of the 32-element types and IQ4_XS), are
@@ -65,6 +65,7 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
         ferry_cu[start..start + end].to_string()
     };
     let parts = [
+        ferry::quant::grids_c_source("static"),
         decoders,
         function(&ferry_cu, "__device__ __forceinline__ void scale_min_hdr"),
         types_part.to_string(),
@@ -121,6 +122,13 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
         (GgmlType::IQ4_XS, "iq4_xs"),
         (GgmlType::MXFP4, "mxfp4"),
         (GgmlType::Q4_K, "q4_k"),
+        (GgmlType::IQ2_XXS, "iq2_xxs"),
+        (GgmlType::IQ2_XS, "iq2_xs"),
+        (GgmlType::IQ2_S, "iq2_s"),
+        (GgmlType::IQ3_XXS, "iq3_xxs"),
+        (GgmlType::IQ3_S, "iq3_s"),
+        (GgmlType::IQ1_S, "iq1_s"),
+        (GgmlType::IQ1_M, "iq1_m"),
     ] {
         let (mut raw, mut deq) = (Vec::new(), Vec::new());
         for _ in 0..rows {
@@ -160,7 +168,7 @@ fn typed_gemv_block_math_matches_the_dequantized_weights() {
     let report = String::from_utf8_lossy(&run.stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(run.status.success(), "{report}");
-    // 11 typed GEMVs, 2 prefill conversions, 2 persistent-GEMV superblock
-    // dots, 6 lane formats.
-    assert_eq!(report.matches(" ok").count(), 21, "{report}");
+    // 7 i-quant element decoders, 18 typed GEMVs, 2 prefill conversions,
+    // 2 persistent-GEMV superblock dots, 6 lane formats.
+    assert_eq!(report.matches(" ok").count(), 35, "{report}");
 }

@@ -206,9 +206,9 @@ fn validation_errors_name_the_problem() {
         "{e}"
     );
 
-    let e = parse_header(p, &handmade(3, 16, &[256], 0, 66)).unwrap_err();
+    let e = parse_header(p, &handmade(3, 34, &[256], 0, 54)).unwrap_err();
     assert!(
-        e.to_string().contains("IQ2_XXS") && e.to_string().contains("w.x1"),
+        e.to_string().contains("TQ1_0") && e.to_string().contains("w.x1"),
         "{e}"
     );
     let e = parse_header(p, &handmade(3, 99, &[4], 0, 16)).unwrap_err();

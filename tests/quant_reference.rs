@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 fn dequantize_random_blocks_bit_exact_with_numpy() {
     for name in [
         "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-        "Q6_K", "IQ4_NL", "IQ4_XS", "MXFP4",
+        "Q6_K", "IQ4_NL", "IQ4_XS", "MXFP4", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+        "IQ1_S", "IQ1_M",
     ] {
         let ty = GgmlType::from_name(name).unwrap();
         let blocks = read_fixture(&format!("quant/{name}.blocks"));
@@ -29,6 +30,53 @@ fn dequantize_random_blocks_bit_exact_with_numpy() {
             );
         }
     }
+}
+
+/// The 1-3 bit i-quants' dot products against ggml's own: `vec_dot` of
+/// llama.cpp's CPU backend (its x86 kernels) on random blocks and Q8_K
+/// activations that ggml quantized, every weight row with every activation
+/// row (`scripts/gen_fixtures.py quant_lowbit`). Bit for bit, for the scalar
+/// form and for the kernel this CPU runs.
+#[test]
+fn lowbit_dot_products_bit_identical_to_ggml() {
+    use ferry::quant::{
+        BlockFormat, BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S,
+        BlockIQ3XXS, BlockQ8K,
+    };
+    fn check<W: BlockFormat<Act = BlockQ8K>>(name: &str) {
+        const ROWS: usize = 16;
+        let blocks = read_fixture(&format!("quant/{name}.blocks"));
+        let acts = read_fixture("quant/lowbit.q8k");
+        let want = f32s(&read_fixture(&format!("quant/{name}.dot")));
+        let w: Vec<W> = bytemuck::pod_collect_to_vec(&blocks);
+        let a: Vec<BlockQ8K> = bytemuck::pod_collect_to_vec(&acts);
+        let per_row = w.len() / ROWS;
+        let kernel = ferry::backend::cpu::simd::dot_kernel::<W>();
+        for i in 0..ROWS {
+            for j in 0..ROWS {
+                let (wr, ar) = (
+                    &w[i * per_row..(i + 1) * per_row],
+                    &a[j * per_row..(j + 1) * per_row],
+                );
+                let e = want[i * ROWS + j];
+                let scalar = W::vec_dot(wr, ar);
+                let simd = kernel(wr, ar);
+                assert_eq!(
+                    (scalar.to_bits(), simd.to_bits()),
+                    (e.to_bits(), e.to_bits()),
+                    "{name} row {i} x activations {j}: scalar {scalar}, SIMD {simd} ({}), ggml {e}",
+                    ferry::backend::cpu::simd::describe()
+                );
+            }
+        }
+    }
+    check::<BlockIQ2XXS>("IQ2_XXS");
+    check::<BlockIQ2XS>("IQ2_XS");
+    check::<BlockIQ2S>("IQ2_S");
+    check::<BlockIQ3XXS>("IQ3_XXS");
+    check::<BlockIQ3S>("IQ3_S");
+    check::<BlockIQ1S>("IQ1_S");
+    check::<BlockIQ1M>("IQ1_M");
 }
 
 #[test]
@@ -150,6 +198,13 @@ fn round_trip_error_is_bounded() {
         (GgmlType::Q4_K, 0.13),
         (GgmlType::Q3_K, 0.20),
         (GgmlType::Q2_K, 0.40),
+        (GgmlType::IQ3_S, 0.18),
+        (GgmlType::IQ3_XXS, 0.24),
+        (GgmlType::IQ2_S, 0.32),
+        (GgmlType::IQ2_XS, 0.37),
+        (GgmlType::IQ2_XXS, 0.43),
+        (GgmlType::IQ1_M, 0.53),
+        (GgmlType::IQ1_S, 0.58),
     ];
     let norm: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
     for (ty, bound) in bounds {
@@ -260,6 +315,7 @@ fn type_table_is_consistent() {
         assert_eq!(GgmlType::from_name(ty.name()), Some(ty));
     }
     assert_eq!(GgmlType::Q4_K.bits_per_weight(), 4.5);
-    assert_eq!(GgmlType::from_id(16), None);
-    assert_eq!(GgmlType::unsupported_name(16), Some("IQ2_XXS"));
+    assert_eq!(GgmlType::from_id(34), None);
+    assert_eq!(GgmlType::unsupported_name(34), Some("TQ1_0"));
+    assert_eq!(GgmlType::from_id(16), Some(GgmlType::IQ2_XXS));
 }

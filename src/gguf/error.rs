@@ -42,7 +42,7 @@ pub enum GgufError {
         what: String,
     },
     #[error(
-        "{path}: tensor '{tensor}' has type id {type_id} ({name}), which ferry does not support; use a model quantized to F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q2_K..Q6_K/IQ4_NL/IQ4_XS/MXFP4"
+        "{path}: tensor '{tensor}' has type id {type_id} ({name}), which ferry does not support; use a model quantized to F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q2_K..Q6_K/IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S/IQ4_NL/IQ4_XS/MXFP4"
     )]
     UnsupportedType {
         path: PathBuf,

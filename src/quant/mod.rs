@@ -5,14 +5,21 @@
 //! Every weight format pairs with an *activation* format that the activations
 //! are quantized to before an integer dot product: Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1
 //! (which carries the block sum) for Q4_1/Q5_1, Q8_K for the k-quants, and plain
-//! f32 for the float formats.
+//! f32 for the float formats. The 1-3 bit i-quants (`iq_lowbit`) pair with Q8_K.
 
 mod float;
+mod iq_lowbit;
+pub mod iq_tables;
 mod iquants;
 mod kquants;
 mod legacy;
 mod types;
 
+pub use iq_lowbit::{
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, Decoded,
+    Finish, IQ1_DELTA, LowBit, finish, finish_shift_sum, grids_c_source, hsum8, ksigns, lane_sums,
+    tiled_step, tiled_sum, vec_dot_lowbit_tiled,
+};
 pub use iquants::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, IQ4_GRID, MXFP4_GRID, e8m0_to_f32_half};
 pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, Scales, Unpacked};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
@@ -64,6 +71,13 @@ const _: () = {
     assert!(std::mem::size_of::<BlockIQ4NL>() == 18);
     assert!(std::mem::size_of::<BlockIQ4XS>() == 136);
     assert!(std::mem::size_of::<BlockMXFP4>() == 17);
+    assert!(std::mem::size_of::<BlockIQ2XXS>() == 66);
+    assert!(std::mem::size_of::<BlockIQ2XS>() == 74);
+    assert!(std::mem::size_of::<BlockIQ2S>() == 82);
+    assert!(std::mem::size_of::<BlockIQ3XXS>() == 98);
+    assert!(std::mem::size_of::<BlockIQ3S>() == 110);
+    assert!(std::mem::size_of::<BlockIQ1S>() == 50);
+    assert!(std::mem::size_of::<BlockIQ1M>() == 56);
 };
 
 /// Errors of the dynamic (by `GgmlType`) entry points.
@@ -172,6 +186,13 @@ macro_rules! dispatch {
             GgmlType::IQ4_NL => $f::<BlockIQ4NL>($($arg),*),
             GgmlType::IQ4_XS => $f::<BlockIQ4XS>($($arg),*),
             GgmlType::MXFP4 => $f::<BlockMXFP4>($($arg),*),
+            GgmlType::IQ2_XXS => $f::<BlockIQ2XXS>($($arg),*),
+            GgmlType::IQ2_XS => $f::<BlockIQ2XS>($($arg),*),
+            GgmlType::IQ2_S => $f::<BlockIQ2S>($($arg),*),
+            GgmlType::IQ3_XXS => $f::<BlockIQ3XXS>($($arg),*),
+            GgmlType::IQ3_S => $f::<BlockIQ3S>($($arg),*),
+            GgmlType::IQ1_S => $f::<BlockIQ1S>($($arg),*),
+            GgmlType::IQ1_M => $f::<BlockIQ1M>($($arg),*),
             GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64 => $unsupported,
         }
     };

@@ -35,10 +35,17 @@ pub enum GgmlType {
     IQ4_NL,
     IQ4_XS,
     MXFP4,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ2_S,
+    IQ3_XXS,
+    IQ3_S,
+    IQ1_S,
+    IQ1_M,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 23] = [
+    pub const ALL: [GgmlType; 30] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -62,10 +69,17 @@ impl GgmlType {
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::MXFP4,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
     ];
 
     /// The weight types ferry can dequantize and multiply with.
-    pub const WEIGHT_TYPES: [GgmlType; 16] = [
+    pub const WEIGHT_TYPES: [GgmlType; 23] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -82,6 +96,13 @@ impl GgmlType {
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::MXFP4,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
     ];
 
     /// The GGUF / ggml type id.
@@ -111,6 +132,13 @@ impl GgmlType {
             IQ4_NL => 20,
             IQ4_XS => 23,
             MXFP4 => 39,
+            IQ2_XXS => 16,
+            IQ2_XS => 17,
+            IQ2_S => 22,
+            IQ3_XXS => 18,
+            IQ3_S => 21,
+            IQ1_S => 19,
+            IQ1_M => 29,
         }
     }
 
@@ -123,13 +151,6 @@ impl GgmlType {
         Some(match id {
             4 => "Q4_2 (removed from ggml)",
             5 => "Q4_3 (removed from ggml)",
-            16 => "IQ2_XXS",
-            17 => "IQ2_XS",
-            18 => "IQ3_XXS",
-            19 => "IQ1_S",
-            21 => "IQ3_S",
-            22 => "IQ2_S",
-            29 => "IQ1_M",
             34 => "TQ1_0",
             35 => "TQ2_0",
             _ => return None,
@@ -162,6 +183,13 @@ impl GgmlType {
             IQ4_NL => "IQ4_NL",
             IQ4_XS => "IQ4_XS",
             MXFP4 => "MXFP4",
+            IQ2_XXS => "IQ2_XXS",
+            IQ2_XS => "IQ2_XS",
+            IQ2_S => "IQ2_S",
+            IQ3_XXS => "IQ3_XXS",
+            IQ3_S => "IQ3_S",
+            IQ1_S => "IQ1_S",
+            IQ1_M => "IQ1_M",
         }
     }
 
@@ -178,7 +206,8 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => QK,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => QK_K,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS | IQ2_XXS | IQ2_XS | IQ2_S
+            | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M => QK_K,
         }
     }
 
@@ -205,6 +234,13 @@ impl GgmlType {
             IQ4_NL => 18,
             IQ4_XS => 136,
             MXFP4 => 17,
+            IQ2_XXS => 66,
+            IQ2_XS => 74,
+            IQ2_S => 82,
+            IQ3_XXS => 98,
+            IQ3_S => 110,
+            IQ1_S => 50,
+            IQ1_M => 56,
         }
     }
 
@@ -236,11 +272,27 @@ impl GgmlType {
     /// sub-block applied before the activation's; IQ4_NL and MXFP4: their dot
     /// products are ggml's scalar ones, summed block after block, where the
     /// GEMM keeps eight lanes; F32: llama.cpp's f32 GEMM and dot product sum
-    /// in different lanes): batches that must be bit-identical to single
-    /// tokens then take the dot product.
+    /// in different lanes; the 1-3 bit i-quants: from 8 tokens on, llama.cpp's
+    /// tiled GEMM rounds once per super-block where the dot product keeps
+    /// eight lanes): batches that must be bit-identical to single tokens
+    /// then take the dot product.
     pub fn gemm_differs_from_dot(self) -> bool {
         use GgmlType::*;
-        self.is_k_quant() || matches!(self, IQ4_NL | IQ4_XS | MXFP4 | F32)
+        self.is_k_quant()
+            || matches!(
+                self,
+                IQ4_NL
+                    | IQ4_XS
+                    | MXFP4
+                    | F32
+                    | IQ2_XXS
+                    | IQ2_XS
+                    | IQ2_S
+                    | IQ3_XXS
+                    | IQ3_S
+                    | IQ1_S
+                    | IQ1_M
+            )
     }
 
     pub fn is_quantized(self) -> bool {

@@ -61,6 +61,7 @@ static u16 float_to_half(float f) {
     return (u16)(sign | h);
 }
 static u32 __funnelshift_r(u32 lo, u32 hi, u32 sh) { return (u32)((((u64)hi << 32) | lo) >> (sh & 31)); }
+static int __popc(u32 v) { return __builtin_popcount(v); }
 static int dp4a(int a, int b, int c) { for (int i = 0; i < 4; ++i) c += (int)(i8)(a >> (8*i)) * (int)(i8)(b >> (8*i)); return c; }
 // The kernels' own definitions, cut from the .cu files by the test.
 #include "kernel_parts.h"
@@ -234,12 +235,35 @@ int check_lanes(const char* name) {
     return bad != 0;
 }
 
+// The element decoder `dequant` of a type against src/quant's dequantization,
+// bit for bit (the prefill conversions and the generic GEMVs read it).
+static int check_dequant(const char* name, int type_id, int block_elems, int block_bytes) {
+    std::string base = std::string(DATA_DIR) + "/" + name;
+    std::ifstream fr(base + ".raw", std::ios::binary); std::vector<u8> raw((std::istreambuf_iterator<char>(fr)), {});
+    std::ifstream ff(base + ".f32", std::ios::binary); std::vector<char> fb((std::istreambuf_iterator<char>(ff)), {});
+    const float* deq = (const float*)fb.data();
+    size_t n = raw.size() / block_bytes * block_elems; int bad = 0;
+    for (size_t e = 0; e < n; ++e) {
+        float got = dequant(type_id, raw.data() + e / block_elems * block_bytes, (int)(e % block_elems));
+        if (memcmp(&got, &deq[e], 4) != 0) { if (bad < 3) printf("%s element %zu: got %g want %g\n", name, e, got, deq[e]); ++bad; }
+    }
+    printf("%-7s dequant: %d of %zu elements differ %s\n", name, bad, n, bad ? "FAIL" : "ok");
+    return bad != 0;
+}
+
 int main() {
     int f = 0;
+    f += check_dequant("iq2_xxs", T_IQ2_XXS, 256, 66); f += check_dequant("iq2_xs", T_IQ2_XS, 256, 74);
+    f += check_dequant("iq2_s", T_IQ2_S, 256, 82); f += check_dequant("iq3_xxs", T_IQ3_XXS, 256, 98);
+    f += check_dequant("iq3_s", T_IQ3_S, 256, 110); f += check_dequant("iq1_s", T_IQ1_S, 256, 50);
+    f += check_dequant("iq1_m", T_IQ1_M, 256, 56);
     f += check<TQ4_0>("q4_0", T_Q4_0); f += check<TQ4_1>("q4_1", T_Q4_1); f += check<TQ5_0>("q5_0", T_Q5_0);
     f += check<TQ5_1>("q5_1", T_Q5_1); f += check<TQ8_0>("q8_0", T_Q8_0); f += check<TQ2_K>("q2_k", T_Q2_K);
     f += check<TQ3_K>("q3_k", T_Q3_K); f += check<TQ5_K>("q5_k", T_Q5_K); f += check<TIQ4_NL>("iq4_nl", T_IQ4_NL);
     f += check<TIQ4_XS>("iq4_xs", T_IQ4_XS); f += check<TMXFP4>("mxfp4", T_MXFP4);
+    f += check<TIQ2_XXS>("iq2_xxs", T_IQ2_XXS); f += check<TIQ2_XS>("iq2_xs", T_IQ2_XS);
+    f += check<TIQ2_S>("iq2_s", T_IQ2_S); f += check<TIQ3_XXS>("iq3_xxs", T_IQ3_XXS);
+    f += check<TIQ3_S>("iq3_s", T_IQ3_S); f += check<TIQ1_S>("iq1_s", T_IQ1_S); f += check<TIQ1_M>("iq1_m", T_IQ1_M);
     f += check_k4("q4_k", false); f += check_k4("q5_k", true);
     f += check_k4_smem("q4_k", false); f += check_k4_smem("q5_k", true);
     f += check_lanes<LQ4_0>("q4_0"); f += check_lanes<LQ4_1>("q4_1"); f += check_lanes<LQ5_0>("q5_0");

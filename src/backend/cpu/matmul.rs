@@ -18,8 +18,9 @@ use crate::arch::TensorRef;
 use crate::backend::BackendError;
 use crate::gguf::SharedBytes;
 use crate::quant::{
-    BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1,
-    BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,
+    BlockFormat, BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS,
+    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K,
+    BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K, GgmlType, QK_K,
 };
 
 /// The alignment the kernels' block structs need (at most that of a u64).
@@ -180,6 +181,13 @@ pub fn matmul_with(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_max_tokens: 
         GgmlType::IQ4_NL => quant_matmul::<BlockIQ4NL>(x, w, out, dot_max_tokens),
         GgmlType::IQ4_XS => quant_matmul::<BlockIQ4XS>(x, w, out, dot_max_tokens),
         GgmlType::MXFP4 => quant_matmul::<BlockMXFP4>(x, w, out, dot_max_tokens),
+        GgmlType::IQ2_XXS => lowbit_matmul::<BlockIQ2XXS>(x, w, out, dot_max_tokens),
+        GgmlType::IQ2_XS => lowbit_matmul::<BlockIQ2XS>(x, w, out, dot_max_tokens),
+        GgmlType::IQ2_S => lowbit_matmul::<BlockIQ2S>(x, w, out, dot_max_tokens),
+        GgmlType::IQ3_XXS => lowbit_matmul::<BlockIQ3XXS>(x, w, out, dot_max_tokens),
+        GgmlType::IQ3_S => lowbit_matmul::<BlockIQ3S>(x, w, out, dot_max_tokens),
+        GgmlType::IQ1_S => lowbit_matmul::<BlockIQ1S>(x, w, out, dot_max_tokens),
+        GgmlType::IQ1_M => lowbit_matmul::<BlockIQ1M>(x, w, out, dot_max_tokens),
         GgmlType::Q6_K => match simd::q6_k_superblock_kernel() {
             Some(k) => q6_k_llama_order(x, w, out, dot_max_tokens, k),
             None => quant_matmul::<BlockQ6K>(x, w, out, dot_max_tokens),
@@ -271,6 +279,32 @@ fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_
     if x.n > dot_max {
         return gemm_matmul::<W>(x, w, out);
     }
+    dot_matmul::<W>(x, w, out, simd::dot_kernel::<W>())
+}
+
+/// The 1-3 bit i-quants in llama.cpp's two orders: up to 7 tokens (and up
+/// to `dot_max`, for batch invariance) its per-token dot product, from 8 on
+/// its tiled GEMM's (`ggml-cpu/tiled`: per super-block one rounding).
+fn lowbit_matmul<W: crate::quant::LowBit>(
+    x: &CpuAct,
+    w: &CpuWeight,
+    out: &mut CpuAct,
+    dot_max: usize,
+) {
+    if x.n < 8 || x.n <= dot_max {
+        dot_matmul(x, w, out, simd::dot_kernel::<W>())
+    } else {
+        dot_matmul(x, w, out, simd::lowbit_tiled_kernel::<W>())
+    }
+}
+
+/// Every output a dot product of a weight row with a token's activations.
+fn dot_matmul<W: BlockFormat>(
+    x: &CpuAct,
+    w: &CpuWeight,
+    out: &mut CpuAct,
+    dot: simd::DotKernel<W>,
+) {
     let (n, cols, rows) = (x.n, x.width, w.rows);
     let nb = cols / W::ELEMS;
     let act_elems = <W::Act as BlockFormat>::ELEMS;
@@ -278,7 +312,6 @@ fn quant_matmul<W: GemmFormat>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct, dot_
     // Quantize every activation row once.
     let xq: Vec<W::Act> = quantize_act_rows(x);
     let weights: &[W] = bytemuck::cast_slice(w.data());
-    let dot = simd::dot_kernel::<W>();
     for_each_tile(rows, n, cols, out, |tile| {
         for r in tile.rows.clone() {
             let wrow = &weights[r * nb..(r + 1) * nb];

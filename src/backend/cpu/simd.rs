@@ -103,6 +103,16 @@ pub fn dot_kernel<W: BlockFormat>() -> DotKernel<W> {
     W::vec_dot
 }
 
+/// The 1-3 bit i-quants' products in the order llama.cpp's tiled CPU GEMM
+/// gives batches of 8 tokens and more (`quant::vec_dot_lowbit_tiled`).
+pub fn lowbit_tiled_kernel<W: crate::quant::LowBit>() -> DotKernel<W> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = x86::lowbit_tiled_kernel::<W>() {
+        return k;
+    }
+    crate::quant::vec_dot_lowbit_tiled::<W>
+}
+
 /// `Σ a[i]·b[i]` in f32.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]

@@ -36,6 +36,13 @@ const KERNELS: &str = concat!(
     include_str!("kernels/moe.cu"),
 );
 
+/// The kernel source NVRTC compiles: the i-quant grids rendered from
+/// `quant::iq_tables` (one definition for both backends), then `KERNELS`.
+fn kernel_source() -> &'static str {
+    static SRC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SRC.get_or_init(|| format!("{}{KERNELS}", crate::quant::grids_c_source("__device__")))
+}
+
 /// The persistent shared-memory GEMVs' format number of a block type
 /// (`GemvSeg::fmt` in gemv_persistent.cu) and the alignment its loads need;
 /// `None`: the type takes the typed or float kernels.
@@ -58,7 +65,7 @@ fn smem_gemv_format(ty: GgmlType) -> Option<(i32, u64)> {
 /// (kernels/gemv_types.cu): type, kernel name, and the alignment of the
 /// type's loads (`ALIGN` of its struct there), which the weights' device
 /// address must have.
-const TYPED_GEMVS: [(GgmlType, &str, usize); 11] = [
+const TYPED_GEMVS: [(GgmlType, &str, usize); 18] = [
     (GgmlType::Q4_0, "q4_0", 2),
     (GgmlType::Q4_1, "q4_1", 4),
     (GgmlType::Q5_0, "q5_0", 2),
@@ -70,6 +77,13 @@ const TYPED_GEMVS: [(GgmlType, &str, usize); 11] = [
     (GgmlType::IQ4_NL, "iq4_nl", 2),
     (GgmlType::IQ4_XS, "iq4_xs", 4),
     (GgmlType::MXFP4, "mxfp4", 1),
+    (GgmlType::IQ2_XXS, "iq2_xxs", 2),
+    (GgmlType::IQ2_XS, "iq2_xs", 2),
+    (GgmlType::IQ2_S, "iq2_s", 2),
+    (GgmlType::IQ3_XXS, "iq3_xxs", 2),
+    (GgmlType::IQ3_S, "iq3_s", 2),
+    (GgmlType::IQ1_S, "iq1_s", 2),
+    (GgmlType::IQ1_M, "iq1_m", 2),
 ];
 
 pub(crate) fn err(e: impl std::fmt::Debug) -> BackendError {
@@ -482,7 +496,7 @@ pub fn kernel_cache_path(arch: &str, driver: i32) -> std::path::PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("ferry-kernels"));
     dir.join(format!(
         "{:016x}-{arch}-{driver}.ptx",
-        fnv1a(KERNELS.as_bytes())
+        fnv1a(kernel_source().as_bytes())
     ))
 }
 
@@ -511,7 +525,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Kernels, bool), BackendError>
                 include_paths: vec!["/usr/local/cuda/include".into()],
                 ..Default::default()
             };
-            let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| {
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), opts).map_err(|e| {
                 BackendError::Invalid(format!("compiling the CUDA kernels for {arch}: {e}"))
             })?;
             if let Some(dir) = path.parent()
@@ -3533,7 +3547,7 @@ pub fn compile_kernels_for(arch: &'static str) -> Result<String, String> {
         include_paths: vec!["/usr/local/cuda/include".into()],
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts)
+    cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), opts)
         .map(|ptx| ptx.to_src())
         .map_err(|e| format!("{e}"))
 }

@@ -10,12 +10,14 @@ use half::f16;
 
 use super::DotKernel;
 use crate::quant::{
-    BlockFormat, BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1,
-    BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType,
-    IQ4_GRID, MXFP4_GRID, e8m0_to_f32_half,
+    BlockFormat, BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS,
+    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K,
+    BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, GgmlType, IQ4_GRID,
+    MXFP4_GRID, e8m0_to_f32_half,
 };
 
 mod kquants;
+mod lowbit;
 
 pub fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
@@ -40,6 +42,11 @@ pub fn q4_k_repacked_x8_kernel() -> Option<super::Q4kRepackedX8Kernel> {
 
 pub fn q6_k_superblock_x8_kernel() -> Option<super::Q6kSuperblockX8Kernel> {
     has_avx2().then_some(kquants::q6_k_q8_k_superblocks_x8 as super::Q6kSuperblockX8Kernel)
+}
+
+/// The 1-3 bit i-quants in the order of llama.cpp's tiled GEMM, with AVX2.
+pub fn lowbit_tiled_kernel<W: crate::quant::LowBit>() -> Option<super::DotKernel<W>> {
+    has_avx2().then_some(lowbit::lowbit_q8_k_tiled::<W> as super::DotKernel<W>)
 }
 
 /// The AVX2 kernel for `W`, if there is one and the CPU has AVX2.
@@ -72,6 +79,13 @@ pub fn dot_kernel<W: BlockFormat>() -> Option<DotKernel<W>> {
         GgmlType::IQ4_NL => wrap::<W, BlockIQ4NL, BlockQ8_0>(iq4_nl_q8_0),
         GgmlType::IQ4_XS => wrap::<W, BlockIQ4XS, BlockQ8K>(iq4_xs_q8_k),
         GgmlType::MXFP4 => wrap::<W, BlockMXFP4, BlockQ8_0>(mxfp4_q8_0),
+        GgmlType::IQ2_XXS => wrap::<W, BlockIQ2XXS, BlockQ8K>(lowbit::lowbit_q8_k),
+        GgmlType::IQ2_XS => wrap::<W, BlockIQ2XS, BlockQ8K>(lowbit::lowbit_q8_k),
+        GgmlType::IQ2_S => wrap::<W, BlockIQ2S, BlockQ8K>(lowbit::lowbit_q8_k),
+        GgmlType::IQ3_XXS => wrap::<W, BlockIQ3XXS, BlockQ8K>(lowbit::lowbit_q8_k),
+        GgmlType::IQ3_S => wrap::<W, BlockIQ3S, BlockQ8K>(lowbit::lowbit_q8_k),
+        GgmlType::IQ1_S => wrap::<W, BlockIQ1S, BlockQ8K>(lowbit::lowbit_q8_k),
+        GgmlType::IQ1_M => wrap::<W, BlockIQ1M, BlockQ8K>(lowbit::lowbit_q8_k),
         _ => None,
     }
 }
@@ -100,7 +114,7 @@ fn nibbles_32(qs: &[u8; 16]) -> __m256i {
 /// 32 bytes, 0xFF where bit i of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn bytes_from_bits_32(bits: u32) -> __m256i {
+pub(super) fn bytes_from_bits_32(bits: u32) -> __m256i {
     // Byte i gets byte i/8 of the word; OR-ing every bit but bit (i % 8) makes
     // it all-ones exactly when that bit is set.
     let shuffle = _mm256_set_epi64x(
@@ -131,7 +145,7 @@ fn madd_i8_i8(x: __m256i, y: __m256i) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load_i8x32(q: &[i8; 32]) -> __m256i {
+pub(super) fn load_i8x32(q: &[i8; 32]) -> __m256i {
     // SAFETY: 32 readable bytes.
     unsafe { _mm256_loadu_si256(q.as_ptr() as *const __m256i) }
 }

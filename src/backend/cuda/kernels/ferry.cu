@@ -72,6 +72,26 @@ __device__ __forceinline__ float round_half(float f) { return half_to_float(floa
 #define T_IQ4_NL 20
 #define T_IQ4_XS 23
 #define T_MXFP4 39
+#define T_IQ2_XXS 16
+#define T_IQ2_XS 17
+#define T_IQ3_XXS 18
+#define T_IQ1_S 19
+#define T_IQ3_S 21
+#define T_IQ2_S 22
+#define T_IQ1_M 29
+
+// The 1-3 bit i-quants' grids (iq2xxs_grid … iq1s_grid) come before this
+// file in the kernel source, rendered from src/quant/iq_tables.rs. Byte j of
+// an entry is the j-th of its 8 (u64) or 4 (u32) values.
+__device__ __forceinline__ int grid_byte(unsigned long long entry, int j) {
+    return (int)(i8)((entry >> (8 * j)) & 0xFF);
+}
+// ksigns_iq2xs: 7 stored sign bits and their parity as the 8th.
+__device__ __forceinline__ u32 iq_ksigns(u32 s7) { return s7 | ((__popc(s7) & 1) << 7); }
+__device__ __forceinline__ u32 u32_bytes(const u8* p) {
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}
+__device__ __forceinline__ u32 u16_bytes(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8); }
 
 // The 16-value grids of IQ4_NL/IQ4_XS (kvalues_iq4nl) and of MXFP4 (E2M1
 // values doubled), packed 4 per word for byte-permute lookups
@@ -213,6 +233,71 @@ __device__ float dequant(int type, const u8* b, int i) {
         // e qs[16]
         int q = i < 16 ? (b[1 + i] & 0xF) : (b[1 + i - 16] >> 4);
         return e8m0_half(b[0]) * (float)mxfp4_grid(q);
+    }
+    // The 1-3 bit i-quants (src/quant/iq_lowbit.rs): weight i of 256 is
+    // d · scale · C · grid value, negated by its sign bit, or for IQ1
+    // d · scale · (grid value ± 1/8), in the CPU's float order.
+    case T_IQ2_XXS: {
+        // d qs[32 u16]: per 32, four grid indices then signs and scale (u32 each)
+        int g = i / 32, l = (i % 32) / 8, j = i % 8;
+        u32 aux = u32_bytes(b + 2 + 8 * g + 4);
+        int v = grid_byte(iq2xxs_grid[b[2 + 8 * g + l]], j);
+        float x = h2f(b) * (float)(2 * (int)(aux >> 28) + 1) * 0.125f * (float)v;
+        return (iq_ksigns((aux >> (7 * l)) & 127) >> j) & 1 ? -x : x;
+    }
+    case T_IQ2_XS: {
+        // d qs[32 u16: 9-bit index, 7 sign bits] scales[8]
+        u32 q = u16_bytes(b + 2 + 2 * (i / 8));
+        int v = grid_byte(iq2xs_grid[q & 511], i % 8);
+        int ls = (b[66 + i / 32] >> (4 * ((i % 32) / 16))) & 15;
+        float x = h2f(b) * (float)(2 * ls + 1) * 0.125f * (float)v;
+        return (iq_ksigns(q >> 9) >> (i % 8)) & 1 ? -x : x;
+    }
+    case T_IQ2_S: {
+        // d qs[64: 32 index bytes, 32 sign bytes] qh[8] scales[8]
+        int e = i / 8, l = e % 4;
+        int idx = b[2 + e] | ((b[66 + i / 32] << (8 - 2 * l)) & 0x300);
+        int v = grid_byte(iq2s_grid[idx], i % 8);
+        int ls = (b[74 + i / 32] >> (4 * ((i % 32) / 16))) & 15;
+        float x = h2f(b) * (float)(2 * ls + 1) * 0.125f * (float)v;
+        return (b[2 + 32 + e] >> (i % 8)) & 1 ? -x : x;
+    }
+    case T_IQ3_XXS: {
+        // d qs[64 grid indices] then per 32 a u32 of signs and scale
+        int g = i / 32, l = (i % 32) / 8, h = (i % 8) / 4;
+        u32 aux = u32_bytes(b + 2 + 64 + 4 * g);
+        int v = grid_byte(iq3xxs_grid[b[2 + 8 * g + 2 * l + h]], i % 4);
+        float x = h2f(b) * (float)(2 * (int)(aux >> 28) + 1) * 0.25f * (float)v;
+        return (iq_ksigns((aux >> (7 * l)) & 127) >> (i % 8)) & 1 ? -x : x;
+    }
+    case T_IQ3_S: {
+        // d qs[64] qh[8] signs[32] scales[4]
+        int g = i / 32, l = (i % 32) / 8, h = (i % 8) / 4;
+        int idx = b[2 + 8 * g + 2 * l + h] | (((b[66 + g] >> (2 * l + h)) & 1) << 8);
+        int v = grid_byte(iq3s_grid[idx], i % 4);
+        int ls = (b[106 + g / 2] >> (4 * (g % 2))) & 15;
+        float x = h2f(b) * (float)(2 * ls + 1) * 1.0f * (float)v;
+        return (b[74 + 4 * g + l] >> (i % 8)) & 1 ? -x : x;
+    }
+    case T_IQ1_S: {
+        // d qs[32] qh[8 u16: 3 index bits per 8, 3-bit scale, shift sign]
+        int g = i / 32, l = (i % 32) / 8;
+        u32 qh = u16_bytes(b + 34 + 2 * g);
+        int v = grid_byte(iq1s_grid[b[2 + 4 * g + l] | (((qh >> (3 * l)) & 7) << 8)], i % 8);
+        float dl = h2f(b) * (float)(2 * (int)((qh >> 12) & 7) + 1);
+        return dl * ((float)v + (qh & 0x8000 ? -0.125f : 0.125f));
+    }
+    case T_IQ1_M: {
+        // qs[32] qh[16: a nibble per 8] scales[8: 4 u16, f16 in the top nibbles]
+        int g = i / 32, l = (i % 32) / 8, s16 = i / 16;
+        u32 qh = b[32 + 2 * g + l / 2];
+        int hi = l % 2 == 0 ? (qh << 8) & 0x700 : (qh << 4) & 0x700;
+        int v = grid_byte(iq1s_grid[b[4 * g + l] | hi], i % 8);
+        u32 sc0 = u16_bytes(b + 48), sc1 = u16_bytes(b + 50), sc2 = u16_bytes(b + 52), sc3 = u16_bytes(b + 54);
+        u16 dbits = (u16)((sc0 >> 12) | ((sc1 >> 8) & 0x00f0) | ((sc2 >> 4) & 0x0f00) | (sc3 & 0xf000));
+        int ls = (u16_bytes(b + 48 + 2 * (s16 / 4)) >> (3 * (s16 % 4))) & 7;
+        float dl = half_to_float(dbits) * (float)(2 * ls + 1);
+        return dl * ((float)v + (qh & (l % 2 == 0 ? 0x08 : 0x80) ? -0.125f : 0.125f));
     }
     }
     return 0.0f;

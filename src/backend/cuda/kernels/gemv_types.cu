@@ -1,6 +1,7 @@
 // ---------------------------------------------------------------------------
 // Decode GEMVs for every block type without a kernel of its own (Q4_0, Q4_1,
-// Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, MXFP4), from one
+// Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, MXFP4 and the 1-3 bit
+// i-quants), from one
 // template on 8-bit activations
 // (quantize_q8's layout: int8 values, a scale per 32 elements). Before these,
 // such weights took the float `gemv8`, per element: a Q5_K_M 32B decoded at
@@ -305,6 +306,197 @@ struct TMXFP4 {
     }
 };
 
+// The 1-3 bit i-quants (src/quant/iq_lowbit.rs; grids from iq_tables.rs
+// rendered ahead of the kernels). An item is 16 weights: two grid entries of
+// 8 (IQ3: four of 4) inside one 32-element activation block. Signs negate
+// weights: Σ w'x = Σ |w|x − 2 Σ (|w| & m)x, m the bytes of the negated ones,
+// so the grid magnitudes go to dp4a as they are.
+
+// 8 sign bits as 8 bytes (two words) of 0xFF (bit set) or 0.
+__device__ __forceinline__ void sign_masks(u32 s, u32& m0, u32& m1) {
+    m0 = (((s & 0x0F) * 0x00204081u) & 0x01010101u) * 0xFFu;
+    m1 = ((((s >> 4) & 0x0F) * 0x00204081u) & 0x01010101u) * 0xFFu;
+}
+
+// Σ w'·x over 16 weights given as 4 words of magnitudes and 16 sign bits.
+__device__ __forceinline__ int signed_dot16(const int (&w)[4], u32 signs, const int (&x)[4]) {
+    u32 m[4];
+    sign_masks(signs & 0xFF, m[0], m[1]);
+    sign_masks(signs >> 8, m[2], m[3]);
+    int s = 0, n = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        s = dp4a(w[k], x[k], s);
+        n = dp4a((int)((u32)w[k] & m[k]), x[k], n);
+    }
+    return s - 2 * n;
+}
+
+__device__ __forceinline__ void grid8_words(unsigned long long e, int* w) {
+    w[0] = (int)(u32)e;
+    w[1] = (int)(u32)(e >> 32);
+}
+
+// IQ2_XXS: d, then per 32 weights a u32 of four 8-bit grid indices and a u32
+// of four 7-bit sign indices and the 4-bit scale. Item i: group g = i / 2,
+// entries 2h, 2h + 1 (h = i % 2).
+struct TIQ2_XXS {
+    static constexpr int QK = 256, BYTES = 66, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 d, idx, aux; };
+    __device__ static Load load(const u8* b, int i) {
+        const u8* q = b + 2 + 8 * (i / 2);
+        return {(u32)*(const u16*)b, load_u32_2aligned(q), load_u32_2aligned(q + 4)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int g = i / 2, h = i % 2, w[4], x[4];
+        grid8_words(iq2xxs_grid[(l.idx >> (16 * h)) & 0xFF], w);
+        grid8_words(iq2xxs_grid[(l.idx >> (16 * h + 8)) & 0xFF], w + 2);
+        u32 signs = iq_ksigns((l.aux >> (14 * h)) & 127) | (iq_ksigns((l.aux >> (14 * h + 7)) & 127) << 8);
+        load_x16(xb + 32 * g + 16 * h, x);
+        float dl = half_to_float((u16)l.d) * (float)(2 * (int)(l.aux >> 28) + 1) * 0.125f;
+        return dl * xdb[g] * (float)signed_dot16(w, signs, x);
+    }
+};
+
+// IQ2_XS: d, qs[32 u16: 9-bit grid index, 7 sign bits], scales[8] (4 bits
+// per 16 weights). Item i: qs[2i], qs[2i + 1], scale nibble i.
+struct TIQ2_XS {
+    static constexpr int QK = 256, BYTES = 74, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 d, q; u32 sc; };
+    __device__ static Load load(const u8* b, int i) {
+        return {(u32)*(const u16*)b, load_u32_2aligned(b + 2 + 4 * i), (u32)b[66 + i / 2]};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int w[4], x[4];
+        u32 q0 = l.q & 0xFFFF, q1 = l.q >> 16;
+        grid8_words(iq2xs_grid[q0 & 511], w);
+        grid8_words(iq2xs_grid[q1 & 511], w + 2);
+        u32 signs = iq_ksigns(q0 >> 9) | (iq_ksigns(q1 >> 9) << 8);
+        load_x16(xb + 16 * i, x);
+        int ls = (l.sc >> (4 * (i % 2))) & 15;
+        float dl = half_to_float((u16)l.d) * (float)(2 * ls + 1) * 0.125f;
+        return dl * xdb[i / 2] * (float)signed_dot16(w, signs, x);
+    }
+};
+
+// IQ2_S: d, qs[32 index bytes, 32 sign bytes], qh[8] (2 index bits per 8
+// weights), scales[8]. Item i: entries 2i, 2i + 1.
+struct TIQ2_S {
+    static constexpr int QK = 256, BYTES = 82, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 d, qs, signs, qh_sc; };
+    __device__ static Load load(const u8* b, int i) {
+        return {(u32)*(const u16*)b, (u32)*(const u16*)(b + 2 + 2 * i), (u32)*(const u16*)(b + 34 + 2 * i),
+                (u32)b[66 + i / 2] | ((u32)b[74 + i / 2] << 8)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int w[4], x[4];
+        u32 qh = l.qh_sc & 0xFF;
+        int e0 = 2 * (i % 2), e1 = e0 + 1; // entries within the 32-weight group
+        grid8_words(iq2s_grid[(l.qs & 0xFF) | ((qh << (8 - 2 * e0)) & 0x300)], w);
+        grid8_words(iq2s_grid[(l.qs >> 8) | ((qh << (8 - 2 * e1)) & 0x300)], w + 2);
+        load_x16(xb + 16 * i, x);
+        int ls = ((l.qh_sc >> 8) >> (4 * (i % 2))) & 15;
+        float dl = half_to_float((u16)l.d) * (float)(2 * ls + 1) * 0.125f;
+        return dl * xdb[i / 2] * (float)signed_dot16(w, l.signs, x);
+    }
+};
+
+// IQ3_XXS: d, qs[64 grid indices of 4 weights], then per 32 weights a u32 of
+// four 7-bit sign indices and the 4-bit scale. Item i: group g = i / 2,
+// indices 4h .. 4h + 4.
+struct TIQ3_XXS {
+    static constexpr int QK = 256, BYTES = 98, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 d, idx, aux; };
+    __device__ static Load load(const u8* b, int i) {
+        int g = i / 2, h = i % 2;
+        return {(u32)*(const u16*)b, load_u32_2aligned(b + 2 + 8 * g + 4 * h), load_u32_2aligned(b + 66 + 4 * g)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int g = i / 2, h = i % 2, w[4], x[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = (int)iq3xxs_grid[(l.idx >> (8 * k)) & 0xFF];
+        u32 signs = iq_ksigns((l.aux >> (14 * h)) & 127) | (iq_ksigns((l.aux >> (14 * h + 7)) & 127) << 8);
+        load_x16(xb + 32 * g + 16 * h, x);
+        float dl = half_to_float((u16)l.d) * (float)(2 * (int)(l.aux >> 28) + 1) * 0.25f;
+        return dl * xdb[g] * (float)signed_dot16(w, signs, x);
+    }
+};
+
+// IQ3_S: d, qs[64] (low 8 index bits), qh[8] (the 9th bit, one per index),
+// signs[32], scales[4] (4 bits per 32). Item i: group g = i / 2, indices
+// 4h .. 4h + 4.
+struct TIQ3_S {
+    static constexpr int QK = 256, BYTES = 110, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 d, idx, signs, qh_sc; };
+    __device__ static Load load(const u8* b, int i) {
+        int g = i / 2, h = i % 2;
+        return {(u32)*(const u16*)b, load_u32_2aligned(b + 2 + 8 * g + 4 * h), (u32)*(const u16*)(b + 74 + 4 * g + 2 * h),
+                (u32)b[66 + g] | ((u32)b[106 + g / 2] << 8)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int g = i / 2, h = i % 2, w[4], x[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            w[k] = (int)iq3s_grid[((l.idx >> (8 * k)) & 0xFF) | ((((l.qh_sc & 0xFF) >> (4 * h + k)) & 1) << 8)];
+        load_x16(xb + 32 * g + 16 * h, x);
+        int ls = ((l.qh_sc >> 8) >> (4 * (g % 2))) & 15;
+        float dl = half_to_float((u16)l.d) * (float)(2 * ls + 1);
+        return dl * xdb[g] * (float)signed_dot16(w, l.signs, x);
+    }
+};
+
+// Σ over 8 weights of the IQ1 grid values (-1, 0, 1) times x, and Σ x.
+__device__ __forceinline__ void iq1_dot8(unsigned long long e, int x0, int x1, int* sw, int* sx) {
+    *sw = dp4a((int)(u32)e, x0, dp4a((int)(u32)(e >> 32), x1, 0));
+    *sx = dp4a(ONES, x0, dp4a(ONES, x1, 0));
+}
+
+// IQ1_S: d, qs[32] (low 8 index bits), qh[8 u16: 3 index bits per 8
+// weights, a 3-bit scale, the shift's sign] per 32. Item i: group g = i / 2,
+// entries 2h, 2h + 1; weight = d · scale · (grid ± 1/8).
+struct TIQ1_S {
+    static constexpr int QK = 256, BYTES = 50, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 d, qs, qh; };
+    __device__ static Load load(const u8* b, int i) {
+        int g = i / 2, h = i % 2;
+        return {(u32)*(const u16*)b, (u32)*(const u16*)(b + 2 + 4 * g + 2 * h), (u32)*(const u16*)(b + 34 + 2 * g)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int g = i / 2, h = i % 2, x[4], sw0, sx0, sw1, sx1;
+        load_x16(xb + 32 * g + 16 * h, x);
+        int l0 = 2 * h, l1 = l0 + 1;
+        iq1_dot8(iq1s_grid[(l.qs & 0xFF) | (((l.qh >> (3 * l0)) & 7) << 8)], x[0], x[1], &sw0, &sx0);
+        iq1_dot8(iq1s_grid[(l.qs >> 8) | (((l.qh >> (3 * l1)) & 7) << 8)], x[2], x[3], &sw1, &sx1);
+        float delta = l.qh & 0x8000 ? -0.125f : 0.125f;
+        float dl = half_to_float((u16)l.d) * (float)(2 * (int)((l.qh >> 12) & 7) + 1);
+        return dl * xdb[g] * ((float)(sw0 + sw1) + delta * (float)(sx0 + sx1));
+    }
+};
+
+// IQ1_M: qs[32], qh[16] (per 8 weights a nibble: 3 index bits, the shift's
+// sign), scales[8] (3 bits per 16 weights; the f16 scale in the top nibbles
+// of the four u16). Item i: the 16 weights of scale i, entries 2i, 2i + 1.
+struct TIQ1_M {
+    static constexpr int QK = 256, BYTES = 56, ALIGN = 2, ITEMS = 16;
+    struct Load { u32 qs, qh, sc01, sc23; };
+    __device__ static Load load(const u8* b, int i) {
+        return {(u32)*(const u16*)(b + 2 * i), (u32)b[32 + i], load_u32_2aligned(b + 48), load_u32_2aligned(b + 52)};
+    }
+    __device__ static float dot(const Load& l, int i, const i8* xb, const float* xdb) {
+        int x[4], sw0, sx0, sw1, sx1;
+        load_x16(xb + 16 * i, x);
+        iq1_dot8(iq1s_grid[(l.qs & 0xFF) | ((l.qh << 8) & 0x700)], x[0], x[1], &sw0, &sx0);
+        iq1_dot8(iq1s_grid[(l.qs >> 8) | ((l.qh << 4) & 0x700)], x[2], x[3], &sw1, &sx1);
+        float d0 = l.qh & 0x08 ? -0.125f : 0.125f, d1 = l.qh & 0x80 ? -0.125f : 0.125f;
+        u32 sc0 = l.sc01 & 0xFFFF, sc1 = l.sc01 >> 16, sc2 = l.sc23 & 0xFFFF, sc3 = l.sc23 >> 16;
+        u16 dbits = (u16)((sc0 >> 12) | ((sc1 >> 8) & 0x00f0) | ((sc2 >> 4) & 0x0f00) | (sc3 & 0xf000));
+        u32 sc = (i / 4) == 0 ? sc0 : (i / 4) == 1 ? sc1 : (i / 4) == 2 ? sc2 : sc3;
+        int ls = (sc >> (3 * (i % 4))) & 7;
+        float dl = half_to_float(dbits) * (float)(2 * ls + 1);
+        return dl * xdb[i / 2] * ((float)(sw0 + sw1) + d0 * (float)sx0 + d1 * (float)sx1);
+    }
+};
+
 // One warp per row; lane k takes items k, k + 32, ... of the row's blocks in
 // rounds of U items, all loads of a round issued before any is used (decode
 // is bound by how many bytes are in flight, as in the Q4_K kernels).
@@ -373,3 +565,10 @@ GEMV_TYPED_ALL(q5_k, TQ5_K)
 GEMV_TYPED_ALL(iq4_nl, TIQ4_NL)
 GEMV_TYPED_ALL(iq4_xs, TIQ4_XS)
 GEMV_TYPED_ALL(mxfp4, TMXFP4)
+GEMV_TYPED_ALL(iq2_xxs, TIQ2_XXS)
+GEMV_TYPED_ALL(iq2_xs, TIQ2_XS)
+GEMV_TYPED_ALL(iq2_s, TIQ2_S)
+GEMV_TYPED_ALL(iq3_xxs, TIQ3_XXS)
+GEMV_TYPED_ALL(iq3_s, TIQ3_S)
+GEMV_TYPED_ALL(iq1_s, TIQ1_S)
+GEMV_TYPED_ALL(iq1_m, TIQ1_M)
