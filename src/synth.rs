@@ -570,7 +570,12 @@ pub fn write_random_model(path: &Path, spec: &TinySpec, vocab_from: Option<&Gguf
                 let values: Vec<f32> = (0..POOL * unit)
                     .map(|_| mean + rng.normal() * std)
                     .collect();
-                quant::quantize(*ty, &values).expect("whole blocks")
+                // Units in parallel: the i-quants' scale search costs
+                // milliseconds per unit.
+                values
+                    .par_chunks(unit as usize)
+                    .flat_map_iter(|u| quant::quantize(*ty, u).expect("whole blocks"))
+                    .collect::<Vec<u8>>()
             });
             let unit_bytes = (unit / ty.block_elems() as u64) as usize * ty.block_bytes();
             for group in (0..chunks).collect::<Vec<_>>().chunks(256) {

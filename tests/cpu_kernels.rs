@@ -247,32 +247,65 @@ fn gemm_path_matches_the_dot_path_for_every_type() {
 }
 
 /// The 1-3 bit i-quants in llama.cpp's tiled order (batches of 8 tokens and
-/// more): the SIMD kernel gives the scalar form's bits.
+/// more): the SIMD super-block sum is the scalar one, and a batch of 11
+/// tokens through the backend gives each token `vec_dot_lowbit_tiled`'s bits.
 #[test]
-fn lowbit_tiled_kernels_match_the_scalar_form() {
-    fn check_tiled<W: quant::LowBit>() {
+fn lowbit_tiled_products_match_the_scalar_form() {
+    use ferry::backend::Backend;
+    use ferry::backend::cpu::{CpuAct, CpuBackend};
+    use ferry::quant::{BlockQ8K, Decoded, TiledBlock};
+    fn check_tiled<W: quant::LowBit>(b: &CpuBackend) {
         let mut rng = Rng(11 + W::TYPE.id() as u64);
-        let kernel = simd::lowbit_tiled_kernel::<W>();
-        for n_blocks in [1usize, 3, 8] {
-            let n = n_blocks * 256;
-            let w: Vec<W> = quant::quantize_blocks(&values(&mut rng, n)).unwrap();
-            let a: Vec<quant::BlockQ8K> = quant::quantize_blocks(&values(&mut rng, n)).unwrap();
-            let want = quant::vec_dot_lowbit_tiled(&w, &a);
-            let got = kernel(&w, &a);
-            assert_eq!(
-                got.to_bits(),
-                want.to_bits(),
-                "{}: SIMD {got} vs scalar {want} ({})",
-                W::TYPE,
-                simd::describe()
-            );
+        let sum = simd::tiled_block_sum_kernel();
+        let (rows, cols, n) = (5usize, 3 * 256, 11usize);
+        let wv = values(&mut rng, rows * cols);
+        let w: Vec<W> = quant::quantize_blocks(&wv).unwrap();
+        let x = values(&mut rng, n * cols);
+        let a: Vec<BlockQ8K> = x.chunks(256).map(BlockQ8K::quantize_activation).collect();
+        let mut dec = Decoded::default();
+        for (blk, act) in w.iter().zip(&a) {
+            let t = TiledBlock::of(blk, &mut dec);
+            assert_eq!(sum(&t, act), t.sum(act), "{}", W::TYPE);
+        }
+        let bytes: Vec<u8> = bytemuck::cast_slice(&w).to_vec();
+        let t = ferry::model::TensorRef {
+            name: "w".into(),
+            ty: W::TYPE,
+            shape: vec![cols as u64, rows as u64],
+            file_index: 0,
+            file_offset: 0,
+            n_bytes: bytes.len() as u64,
+        };
+        let wt = ferry::backend::cpu::CpuWeight::new(
+            ferry::gguf::SharedBytes::external(Box::new(bytes)),
+            &t,
+        )
+        .unwrap();
+        let mut xa = CpuAct::zeros(n, cols);
+        xa.data.copy_from_slice(&x);
+        let mut out = CpuAct::zeros(n, rows);
+        b.matmul(&xa, &wt, &mut out);
+        let nb = cols / 256;
+        for t in 0..n {
+            for r in 0..rows {
+                let want =
+                    quant::vec_dot_lowbit_tiled(&w[r * nb..(r + 1) * nb], &a[t * nb..(t + 1) * nb]);
+                let got = out.row(t)[r];
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{}: token {t} row {r}",
+                    W::TYPE
+                );
+            }
         }
     }
-    check_tiled::<BlockIQ2XXS>();
-    check_tiled::<BlockIQ2XS>();
-    check_tiled::<BlockIQ2S>();
-    check_tiled::<BlockIQ3XXS>();
-    check_tiled::<BlockIQ3S>();
-    check_tiled::<BlockIQ1S>();
-    check_tiled::<BlockIQ1M>();
+    let b = CpuBackend::new(2);
+    check_tiled::<BlockIQ2XXS>(&b);
+    check_tiled::<BlockIQ2XS>(&b);
+    check_tiled::<BlockIQ2S>(&b);
+    check_tiled::<BlockIQ3XXS>(&b);
+    check_tiled::<BlockIQ3S>(&b);
+    check_tiled::<BlockIQ1S>(&b);
+    check_tiled::<BlockIQ1M>(&b);
 }

@@ -155,18 +155,41 @@ pub enum Finish {
     Iq1M,
 }
 
+/// 32 weights of a block as integers: four grid entries of 8 values
+/// (IQ3: two entries of 4 in each), sign bits, the odd integer scales of the
+/// two halves, IQ1's shift sign per 8 (0 for the others).
+#[derive(Clone, Copy, Default)]
+pub struct Group32 {
+    pub q: [u64; 4],
+    pub neg: u32,
+    pub scale: [i16; 2],
+    pub delta: [i8; 4],
+}
+
 /// A 1-3 bit i-quant block.
 pub trait LowBit: BlockFormat<Act = BlockQ8K> {
     /// The super-block scale.
     fn d(&self) -> f32;
+    /// Weights 32·b .. 32·b + 32 as integers: the one per-type definition
+    /// that dequantization and every dot product read.
+    fn group(&self, b: usize) -> Group32;
     /// The block as integers (every field of `out` is written).
-    fn decode(&self, out: &mut Decoded);
+    fn decode(&self, out: &mut Decoded) {
+        for b in 0..QK_K / 32 {
+            let g = self.group(b);
+            for (l, &e) in g.q.iter().enumerate() {
+                let bytes: [i8; 8] = bytemuck::cast(e.to_le_bytes());
+                out.q[32 * b + 8 * l..32 * b + 8 * l + 8].copy_from_slice(&bytes);
+            }
+            out.neg[b] = g.neg;
+            out.scale[2 * b..2 * b + 2].copy_from_slice(&g.scale);
+            out.delta[4 * b..4 * b + 4].copy_from_slice(&g.delta);
+        }
+    }
     /// The factor between `d · scale` and a weight's step (ggml's
     /// `(0.5 + ls) · 0.25` is `(2·ls + 1) / 8`).
     const DEQ_SCALE: f32;
     const FINISH: Finish;
-    /// Values per grid entry (8, IQ3: 4).
-    const GRID_WIDTH: usize;
     /// Whether the type has IQ1's shift.
     const SHIFTED: bool = false;
     /// The factor llama.cpp's tiled CPU GEMM (batches of 8 tokens and more)
@@ -179,184 +202,159 @@ pub trait LowBit: BlockFormat<Act = BlockQ8K> {
     };
 }
 
-/// Write a grid entry's bytes (first weight in the lowest) to `q`.
+/// Sign bits of four groups of 8 from 7-bit sign indices (`ksigns`) packed
+/// 7 bits apart in `aux`.
 #[inline]
-fn put_grid(q: &mut [i8], entry: u64, n: usize) {
-    for (j, v) in q.iter_mut().take(n).enumerate() {
-        *v = (entry >> (8 * j)) as u8 as i8;
-    }
+fn ksigns4(aux: u32) -> u32 {
+    (0..4).fold(0u32, |n, l| n | (ksigns(aux >> (7 * l)) as u32) << (8 * l))
+}
+
+/// Two 4-value IQ3 grid entries as one 8-value entry.
+#[inline]
+fn pair(lo: u32, hi: u32) -> u64 {
+    lo as u64 | (hi as u64) << 32
 }
 
 impl LowBit for BlockIQ2XXS {
     const DEQ_SCALE: f32 = 0.125;
     const FINISH: Finish = Finish::Scaled(0.125);
-    const GRID_WIDTH: usize = 8;
     fn d(&self) -> f32 {
         self.d.to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        for b in 0..QK_K / 32 {
-            let idx = self.qs[4 * b] as u32 | (self.qs[4 * b + 1] as u32) << 16;
-            let aux = self.qs[4 * b + 2] as u32 | (self.qs[4 * b + 3] as u32) << 16;
-            let s = 2 * (aux >> 28) as i16 + 1;
-            out.scale[2 * b] = s;
-            out.scale[2 * b + 1] = s;
-            let mut neg = 0u32;
-            for l in 0..4 {
-                let g = IQ2XXS_GRID[((idx >> (8 * l)) & 255) as usize];
-                put_grid(&mut out.q[32 * b + 8 * l..], g, 8);
-                neg |= (ksigns(aux >> (7 * l)) as u32) << (8 * l);
-            }
-            out.neg[b] = neg;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let idx = self.qs[4 * b] as u32 | (self.qs[4 * b + 1] as u32) << 16;
+        let aux = self.qs[4 * b + 2] as u32 | (self.qs[4 * b + 3] as u32) << 16;
+        let s = 2 * (aux >> 28) as i16 + 1;
+        Group32 {
+            q: std::array::from_fn(|l| IQ2XXS_GRID[((idx >> (8 * l)) & 255) as usize]),
+            neg: ksigns4(aux),
+            scale: [s, s],
+            delta: [0; 4],
         }
-        out.delta = [0; QK_K / 8];
     }
 }
 
-/// The two 4-bit scales of every 32 weights (IQ2_XS, IQ2_S) as odd integers.
-fn nibble_scales(scales: &[u8; QK_K / 32], out: &mut Decoded) {
-    for (b, &s) in scales.iter().enumerate() {
-        out.scale[2 * b] = 2 * (s & 15) as i16 + 1;
-        out.scale[2 * b + 1] = 2 * (s >> 4) as i16 + 1;
-    }
+/// The two 4-bit scales of 32 weights (IQ2_XS, IQ2_S) as odd integers.
+#[inline]
+fn nibble_scales(s: u8) -> [i16; 2] {
+    [2 * (s & 15) as i16 + 1, 2 * (s >> 4) as i16 + 1]
 }
 
 impl LowBit for BlockIQ2XS {
     const DEQ_SCALE: f32 = 0.125;
     const FINISH: Finish = Finish::Scaled(0.125);
-    const GRID_WIDTH: usize = 8;
     fn d(&self) -> f32 {
         self.d.to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        nibble_scales(&self.scales, out);
-        for b in 0..QK_K / 32 {
-            let mut neg = 0u32;
-            for l in 0..4 {
-                let v = self.qs[4 * b + l];
-                put_grid(
-                    &mut out.q[32 * b + 8 * l..],
-                    IQ2XS_GRID[(v & 511) as usize],
-                    8,
-                );
-                neg |= (ksigns((v >> 9) as u32) as u32) << (8 * l);
-            }
-            out.neg[b] = neg;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let v: [u16; 4] = std::array::from_fn(|l| self.qs[4 * b + l]);
+        Group32 {
+            q: std::array::from_fn(|l| IQ2XS_GRID[(v[l] & 511) as usize]),
+            neg: (0..4).fold(0u32, |n, l| {
+                n | (ksigns((v[l] >> 9) as u32) as u32) << (8 * l)
+            }),
+            scale: nibble_scales(self.scales[b]),
+            delta: [0; 4],
         }
-        out.delta = [0; QK_K / 8];
     }
 }
 
 impl LowBit for BlockIQ2S {
     const DEQ_SCALE: f32 = 0.125;
     const FINISH: Finish = Finish::Scaled(0.125);
-    const GRID_WIDTH: usize = 8;
     fn d(&self) -> f32 {
         self.d.to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        nibble_scales(&self.scales, out);
-        for b in 0..QK_K / 32 {
-            let qh = self.qh[b] as usize;
-            let mut neg = 0u32;
-            for l in 0..4 {
-                let i = self.qs[4 * b + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
-                put_grid(&mut out.q[32 * b + 8 * l..], IQ2S_GRID[i], 8);
-                neg |= (self.qs[QK_K / 8 + 4 * b + l] as u32) << (8 * l);
-            }
-            out.neg[b] = neg;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let qh = self.qh[b] as usize;
+        let signs = &self.qs[QK_K / 8 + 4 * b..QK_K / 8 + 4 * b + 4];
+        Group32 {
+            q: std::array::from_fn(|l| {
+                IQ2S_GRID[self.qs[4 * b + l] as usize | ((qh << (8 - 2 * l)) & 0x300)]
+            }),
+            neg: u32::from_le_bytes([signs[0], signs[1], signs[2], signs[3]]),
+            scale: nibble_scales(self.scales[b]),
+            delta: [0; 4],
         }
-        out.delta = [0; QK_K / 8];
     }
 }
 
 impl LowBit for BlockIQ3XXS {
     const DEQ_SCALE: f32 = 0.25;
     const FINISH: Finish = Finish::Scaled(0.25);
-    const GRID_WIDTH: usize = 4;
     fn d(&self) -> f32 {
         self.d.to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        for b in 0..QK_K / 32 {
-            let at = QK_K / 4 + 4 * b;
-            let aux = u32::from_le_bytes([
-                self.qs[at],
-                self.qs[at + 1],
-                self.qs[at + 2],
-                self.qs[at + 3],
-            ]);
-            let s = 2 * (aux >> 28) as i16 + 1;
-            out.scale[2 * b] = s;
-            out.scale[2 * b + 1] = s;
-            let mut neg = 0u32;
-            for l in 0..4 {
-                for h in 0..2 {
-                    let g = IQ3XXS_GRID[self.qs[8 * b + 2 * l + h] as usize];
-                    put_grid(&mut out.q[32 * b + 8 * l + 4 * h..], g as u64, 4);
-                }
-                neg |= (ksigns(aux >> (7 * l)) as u32) << (8 * l);
-            }
-            out.neg[b] = neg;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let at = QK_K / 4 + 4 * b;
+        let aux = u32::from_le_bytes([
+            self.qs[at],
+            self.qs[at + 1],
+            self.qs[at + 2],
+            self.qs[at + 3],
+        ]);
+        let s = 2 * (aux >> 28) as i16 + 1;
+        let g = |k: usize| IQ3XXS_GRID[self.qs[8 * b + k] as usize];
+        Group32 {
+            q: std::array::from_fn(|l| pair(g(2 * l), g(2 * l + 1))),
+            neg: ksigns4(aux),
+            scale: [s, s],
+            delta: [0; 4],
         }
-        out.delta = [0; QK_K / 8];
     }
 }
 
 impl LowBit for BlockIQ3S {
     const DEQ_SCALE: f32 = 1.0;
     const FINISH: Finish = Finish::Scaled(1.0);
-    const GRID_WIDTH: usize = 4;
     fn d(&self) -> f32 {
         self.d.to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        for b in 0..QK_K / 32 {
-            let s = 2 * ((self.scales[b / 2] >> (4 * (b % 2))) & 15) as i16 + 1;
-            out.scale[2 * b] = s;
-            out.scale[2 * b + 1] = s;
-            let qh = self.qh[b] as usize;
-            let mut neg = 0u32;
-            for l in 0..4 {
-                let i1 = self.qs[8 * b + 2 * l] as usize | ((qh << (8 - 2 * l)) & 256);
-                let i2 = self.qs[8 * b + 2 * l + 1] as usize | ((qh << (7 - 2 * l)) & 256);
-                put_grid(&mut out.q[32 * b + 8 * l..], IQ3S_GRID[i1] as u64, 4);
-                put_grid(&mut out.q[32 * b + 8 * l + 4..], IQ3S_GRID[i2] as u64, 4);
-                neg |= (self.signs[4 * b + l] as u32) << (8 * l);
-            }
-            out.neg[b] = neg;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let s = 2 * ((self.scales[b / 2] >> (4 * (b % 2))) & 15) as i16 + 1;
+        let qh = self.qh[b] as usize;
+        let g = |k: usize| IQ3S_GRID[self.qs[8 * b + k] as usize | (((qh >> k) & 1) << 8)];
+        let signs = &self.signs[4 * b..4 * b + 4];
+        Group32 {
+            q: std::array::from_fn(|l| pair(g(2 * l), g(2 * l + 1))),
+            neg: u32::from_le_bytes([signs[0], signs[1], signs[2], signs[3]]),
+            scale: [s, s],
+            delta: [0; 4],
         }
-        out.delta = [0; QK_K / 8];
     }
 }
 
 impl LowBit for BlockIQ1S {
     const DEQ_SCALE: f32 = 1.0;
     const FINISH: Finish = Finish::Iq1S;
-    const GRID_WIDTH: usize = 8;
     const SHIFTED: bool = true;
     fn d(&self) -> f32 {
         self.d.to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        for b in 0..QK_K / 32 {
-            let qh = self.qh[b] as usize;
-            let s = 2 * ((qh >> 12) & 7) as i16 + 1;
-            out.scale[2 * b] = s;
-            out.scale[2 * b + 1] = s;
-            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            for l in 0..4 {
-                let i = self.qs[4 * b + l] as usize | (((qh >> (3 * l)) & 7) << 8);
-                put_grid(&mut out.q[32 * b + 8 * l..], IQ1S_GRID[i], 8);
-                out.delta[4 * b + l] = delta;
-            }
-            out.neg[b] = 0;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let qh = self.qh[b] as usize;
+        let s = 2 * ((qh >> 12) & 7) as i16 + 1;
+        let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+        Group32 {
+            q: std::array::from_fn(|l| {
+                IQ1S_GRID[self.qs[4 * b + l] as usize | (((qh >> (3 * l)) & 7) << 8)]
+            }),
+            neg: 0,
+            scale: [s, s],
+            delta: [delta; 4],
         }
     }
 }
 
 impl BlockIQ1M {
     /// The four u16 of `scales`.
+    #[inline]
     fn sc(&self) -> [u16; 4] {
         std::array::from_fn(|i| u16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]]))
     }
@@ -373,29 +371,25 @@ impl BlockIQ1M {
 impl LowBit for BlockIQ1M {
     const DEQ_SCALE: f32 = 1.0;
     const FINISH: Finish = Finish::Iq1M;
-    const GRID_WIDTH: usize = 8;
     const SHIFTED: bool = true;
     fn d(&self) -> f32 {
         self.scale().to_f32()
     }
-    fn decode(&self, out: &mut Decoded) {
-        let sc = self.sc();
-        for b in 0..QK_K / 32 {
-            let shift = 6 * (b % 2);
-            out.scale[2 * b] = 2 * ((sc[b / 2] >> shift) & 7) as i16 + 1;
-            out.scale[2 * b + 1] = 2 * ((sc[b / 2] >> (shift + 3)) & 7) as i16 + 1;
-            for l in 0..4 {
-                let qh = self.qh[2 * b + l / 2] as usize;
-                let (hi, bit) = if l % 2 == 0 {
-                    ((qh << 8) & 0x700, 0x08)
-                } else {
-                    ((qh << 4) & 0x700, 0x80)
-                };
-                let i = self.qs[4 * b + l] as usize | hi;
-                put_grid(&mut out.q[32 * b + 8 * l..], IQ1S_GRID[i], 8);
-                out.delta[4 * b + l] = if qh & bit != 0 { -1 } else { 1 };
-            }
-            out.neg[b] = 0;
+    #[inline(always)]
+    fn group(&self, b: usize) -> Group32 {
+        let sc = u16::from_le_bytes([self.scales[2 * (b / 2)], self.scales[2 * (b / 2) + 1]]);
+        let shift = 6 * (b % 2);
+        let nib = |l: usize| (self.qh[2 * b + l / 2] >> (4 * (l % 2))) as usize & 15;
+        Group32 {
+            q: std::array::from_fn(|l| {
+                IQ1S_GRID[self.qs[4 * b + l] as usize | ((nib(l) & 7) << 8)]
+            }),
+            neg: 0,
+            scale: [
+                2 * ((sc >> shift) & 7) as i16 + 1,
+                2 * ((sc >> (shift + 3)) & 7) as i16 + 1,
+            ],
+            delta: std::array::from_fn(|l| if nib(l) & 8 != 0 { -1 } else { 1 }),
         }
     }
 }
@@ -496,6 +490,61 @@ pub fn vec_dot_lowbit_tiled<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
         acc = tiled_step::<W>(acc, w.d(), tiled_sum::<W>(&dec, a), a.d);
     }
     acc
+}
+
+/// A super-block as llama.cpp's tiled GEMM holds it, decoded once for all
+/// the tokens of a tile: signed values (IQ1: `8·q ± 1`), the integer scale
+/// of each 16, and `d · TILED_SCALE`.
+#[derive(Clone, Copy)]
+pub struct TiledBlock {
+    pub w: [i8; QK_K],
+    pub scale: [i16; QK_K / 16],
+    pub d: f32,
+}
+
+impl Default for TiledBlock {
+    fn default() -> Self {
+        TiledBlock {
+            w: [0; QK_K],
+            scale: [0; QK_K / 16],
+            d: 0.0,
+        }
+    }
+}
+
+impl TiledBlock {
+    /// `block`'s values in the tiled GEMM's units (`dec` is scratch).
+    pub fn of<W: LowBit>(block: &W, dec: &mut Decoded) -> Self {
+        block.decode(dec);
+        let mut t = TiledBlock {
+            scale: dec.scale,
+            d: block.d() * W::TILED_SCALE,
+            ..Default::default()
+        };
+        for (e, w) in t.w.iter_mut().enumerate() {
+            let q = dec.q[e];
+            *w = if W::SHIFTED {
+                8 * q + dec.delta[e / 8]
+            } else if dec.neg[e / 32] >> (e % 32) & 1 != 0 {
+                -q
+            } else {
+                q
+            };
+        }
+        t
+    }
+
+    /// The exact `Σ scale · w · a` against one Q8_K block.
+    pub fn sum(&self, a: &BlockQ8K) -> i32 {
+        let mut s = 0i32;
+        for (g, sc) in self.scale.iter().enumerate() {
+            let part: i32 = (16 * g..16 * g + 16)
+                .map(|e| self.w[e] as i32 * a.qs[e] as i32)
+                .sum();
+            s += *sc as i32 * part;
+        }
+        s
+    }
 }
 
 /// One super-block of the tiled order: `fma(S · (d · TILED_SCALE), d_a, acc)`.

@@ -292,10 +292,32 @@ fn lowbit_matmul<W: crate::quant::LowBit>(
     dot_max: usize,
 ) {
     if x.n < 8 || x.n <= dot_max {
-        dot_matmul(x, w, out, simd::dot_kernel::<W>())
-    } else {
-        dot_matmul(x, w, out, simd::lowbit_tiled_kernel::<W>())
+        return dot_matmul(x, w, out, simd::dot_kernel::<W>());
     }
+    // Each task decodes its rows' super-blocks once and reuses them for every
+    // token of its tile: decoding per token and row (the dot product) ran a
+    // 1B-shape IQ2_XXS prompt at 22.6 t/s on 2 cores, llama.cpp at 381.
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let nb = cols / QK_K;
+    let xq: Vec<BlockQ8K> = quantize_act_rows(x);
+    let weights: &[W] = bytemuck::cast_slice(w.data());
+    let sum = simd::tiled_block_sum_kernel();
+    for_each_tile(rows, n, cols, out, |tile| {
+        let mut dec = crate::quant::Decoded::default();
+        let mut blocks = vec![crate::quant::TiledBlock::default(); nb];
+        for r in tile.rows.clone() {
+            for (b, t) in weights[r * nb..(r + 1) * nb].iter().zip(&mut blocks) {
+                *t = crate::quant::TiledBlock::of(b, &mut dec);
+            }
+            for t in tile.tokens.clone() {
+                let mut acc = 0f32;
+                for (b, a) in blocks.iter().zip(&xq[t * nb..(t + 1) * nb]) {
+                    acc = (sum(b, a) as f32 * b.d).mul_add(a.d, acc);
+                }
+                tile.set(t, r, acc);
+            }
+        }
+    });
 }
 
 /// Every output a dot product of a weight row with a token's activations.

@@ -103,14 +103,16 @@ pub fn dot_kernel<W: BlockFormat>() -> DotKernel<W> {
     W::vec_dot
 }
 
-/// The 1-3 bit i-quants' products in the order llama.cpp's tiled CPU GEMM
-/// gives batches of 8 tokens and more (`quant::vec_dot_lowbit_tiled`).
-pub fn lowbit_tiled_kernel<W: crate::quant::LowBit>() -> DotKernel<W> {
+/// The exact integer sum of a decoded i-quant super-block against one Q8_K
+/// block (`quant::TiledBlock::sum`).
+pub type TiledSumKernel = fn(&crate::quant::TiledBlock, &crate::quant::BlockQ8K) -> i32;
+
+pub fn tiled_block_sum_kernel() -> TiledSumKernel {
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = x86::lowbit_tiled_kernel::<W>() {
+    if let Some(k) = x86::tiled_block_sum_kernel() {
         return k;
     }
-    crate::quant::vec_dot_lowbit_tiled::<W>
+    crate::quant::TiledBlock::sum
 }
 
 /// `Σ a[i]·b[i]` in f32.

@@ -44,9 +44,9 @@ pub fn q6_k_superblock_x8_kernel() -> Option<super::Q6kSuperblockX8Kernel> {
     has_avx2().then_some(kquants::q6_k_q8_k_superblocks_x8 as super::Q6kSuperblockX8Kernel)
 }
 
-/// The 1-3 bit i-quants in the order of llama.cpp's tiled GEMM, with AVX2.
-pub fn lowbit_tiled_kernel<W: crate::quant::LowBit>() -> Option<super::DotKernel<W>> {
-    has_avx2().then_some(lowbit::lowbit_q8_k_tiled::<W> as super::DotKernel<W>)
+/// `TiledBlock::sum` with AVX2.
+pub fn tiled_block_sum_kernel() -> Option<super::TiledSumKernel> {
+    has_avx2().then_some(lowbit::tiled_block_sum as super::TiledSumKernel)
 }
 
 /// The AVX2 kernel for `W`, if there is one and the CPU has AVX2.

@@ -1,6 +1,6 @@
 //! The 1-3 bit i-quants (IQ2_XXS … IQ1_M) against Q8_K, with AVX2: one
-//! kernel for all seven, over the integer form every block decodes to
-//! (`quant::Decoded`). Per 32 weights: the activations negated where the
+//! kernel for all seven, over the integer form every 32 weights decode to
+//! (`quant::Group32`). Per 32 weights: the activations negated where the
 //! weights' sign bits say (`sign`), multiplied with the grid magnitudes by
 //! `maddubs`, the pairs scaled by the integer scale of each 16 by `madd`;
 //! then one FMA per super-block, exactly the lanes of ggml's own kernels,
@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use super::kquants::hsum_epi32;
 use super::{bytes_from_bits_32, load_i8x32};
-use crate::quant::{BlockQ8K, Decoded, LowBit, QK_K, finish, finish_shift_sum, tiled_step};
+use crate::quant::{BlockQ8K, LowBit, QK_K, TiledBlock, finish, finish_shift_sum};
 
 pub fn lowbit_q8_k<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     // SAFETY: only selected when AVX2/FMA are present.
@@ -28,30 +28,29 @@ fn shift_signs(delta: &[i8]) -> __m256i {
 
 /// One super-block's i32 lanes: the grid products (`sumi`) and IQ1's shift
 /// products (`sumi2`), each scaled by the integer scale of its 16 weights.
+/// Each 32 weights come from `LowBit::group` straight into registers.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn superblock_lanes<W: LowBit>(dec: &Decoded, a: &BlockQ8K) -> (__m256i, __m256i) {
+fn superblock_lanes<W: LowBit>(w: &W, a: &BlockQ8K) -> (__m256i, __m256i) {
     let ones = _mm256_set1_epi8(1);
     let mut sumi = _mm256_setzero_si256();
     let mut sumi2 = _mm256_setzero_si256();
     for b in 0..QK_K / 32 {
+        let g = w.group(b);
         let q8: &[i8; 32] = a.qs[32 * b..32 * b + 32].try_into().expect("32");
-        let wq: &[i8; 32] = dec.q[32 * b..32 * b + 32].try_into().expect("32");
-        let (q8, wq) = (load_i8x32(q8), load_i8x32(wq));
-        let sc = _mm256_set_m128i(
-            _mm_set1_epi16(dec.scale[2 * b + 1]),
-            _mm_set1_epi16(dec.scale[2 * b]),
-        );
+        let q8 = load_i8x32(q8);
+        let wq = _mm256_set_epi64x(g.q[3] as i64, g.q[2] as i64, g.q[1] as i64, g.q[0] as i64);
+        let sc = _mm256_set_m128i(_mm_set1_epi16(g.scale[1]), _mm_set1_epi16(g.scale[0]));
         let dot = if W::SHIFTED {
             // Grid values -1, 0, 1: |w| times a with w's sign.
             _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q8, wq))
         } else {
-            let neg = _mm256_or_si256(bytes_from_bits_32(dec.neg[b]), ones);
+            let neg = _mm256_or_si256(bytes_from_bits_32(g.neg), ones);
             _mm256_maddubs_epi16(wq, _mm256_sign_epi8(q8, neg))
         };
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, sc));
         if W::SHIFTED {
-            let s = shift_signs(&dec.delta[4 * b..4 * b + 4]);
+            let s = shift_signs(&g.delta);
             let dd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, s));
             sumi2 = _mm256_add_epi32(sumi2, _mm256_madd_epi16(dd, sc));
         }
@@ -64,11 +63,9 @@ fn lowbit_q8_k_avx2<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut acc2 = _mm256_setzero_ps();
     let mut acc1 = 0f32;
-    let mut dec = Decoded::default();
     for (w, a) in w.iter().zip(a) {
-        w.decode(&mut dec);
         let d = w.d() * a.d;
-        let (sumi, sumi2) = superblock_lanes::<W>(&dec, a);
+        let (sumi, sumi2) = superblock_lanes(w, a);
         let dv = _mm256_set1_ps(d);
         acc = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(sumi), acc);
         if W::SHIFTED {
@@ -85,26 +82,27 @@ fn lowbit_q8_k_avx2<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     finish::<W>(&l, &l2, acc1)
 }
 
-/// The same products in the order of llama.cpp's tiled GEMM (batches of 8
-/// tokens and more; `quant::vec_dot_lowbit_tiled`).
-pub fn lowbit_q8_k_tiled<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
-    // SAFETY: only selected when AVX2/FMA are present.
-    unsafe { lowbit_q8_k_tiled_avx2(w, a) }
+/// `TiledBlock::sum` with AVX2: per 32 weights the signed products by
+/// `maddubs` (sign trick: |w| · a with w's sign; |w| ≤ 62, so the pair sums
+/// stay below 2^15), scaled per 16 by `madd`; the lanes summed exactly.
+pub fn tiled_block_sum(t: &TiledBlock, a: &BlockQ8K) -> i32 {
+    // SAFETY: only selected when AVX2 is present.
+    unsafe { tiled_block_sum_avx2(t, a) }
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn lowbit_q8_k_tiled_avx2<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
-    let mut acc = 0f32;
-    let mut dec = Decoded::default();
-    for (w, a) in w.iter().zip(a) {
-        w.decode(&mut dec);
-        let (sumi, sumi2) = superblock_lanes::<W>(&dec, a);
-        let s = if W::SHIFTED {
-            8 * hsum_epi32(sumi) + hsum_epi32(sumi2)
-        } else {
-            hsum_epi32(sumi)
-        };
-        acc = tiled_step::<W>(acc, w.d(), s, a.d);
+#[target_feature(enable = "avx2")]
+fn tiled_block_sum_avx2(t: &TiledBlock, a: &BlockQ8K) -> i32 {
+    let mut sumi = _mm256_setzero_si256();
+    for b in 0..QK_K / 32 {
+        let q8: &[i8; 32] = a.qs[32 * b..32 * b + 32].try_into().expect("32");
+        let wq: &[i8; 32] = t.w[32 * b..32 * b + 32].try_into().expect("32");
+        let (x, w) = (load_i8x32(q8), load_i8x32(wq));
+        let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        let sc = _mm256_set_m128i(
+            _mm_set1_epi16(t.scale[2 * b + 1]),
+            _mm_set1_epi16(t.scale[2 * b]),
+        );
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, sc));
     }
-    acc
+    hsum_epi32(sumi)
 }
