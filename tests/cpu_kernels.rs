@@ -247,25 +247,33 @@ fn gemm_path_matches_the_dot_path_for_every_type() {
 }
 
 /// The 1-3 bit i-quants in llama.cpp's tiled order (batches of 8 tokens and
-/// more): the SIMD super-block sum is the scalar one, and a batch of 11
+/// more): the SIMD row kernel gives the scalar form's bits, and a batch of 11
 /// tokens through the backend gives each token `vec_dot_lowbit_tiled`'s bits.
 #[test]
 fn lowbit_tiled_products_match_the_scalar_form() {
     use ferry::backend::Backend;
     use ferry::backend::cpu::{CpuAct, CpuBackend};
-    use ferry::quant::{BlockQ8K, Decoded, TiledBlock};
+    use ferry::quant::{BlockQ8K, TiledBlock};
     fn check_tiled<W: quant::LowBit>(b: &CpuBackend) {
         let mut rng = Rng(11 + W::TYPE.id() as u64);
-        let sum = simd::tiled_block_sum_kernel();
+        let row4 = simd::tiled_row4_kernel();
         let (rows, cols, n) = (5usize, 3 * 256, 11usize);
         let wv = values(&mut rng, rows * cols);
         let w: Vec<W> = quant::quantize_blocks(&wv).unwrap();
         let x = values(&mut rng, n * cols);
         let a: Vec<BlockQ8K> = x.chunks(256).map(BlockQ8K::quantize_activation).collect();
-        let mut dec = Decoded::default();
-        for (blk, act) in w.iter().zip(&a) {
-            let t = TiledBlock::of(blk, &mut dec);
-            assert_eq!(sum(&t, act), t.sum(act), "{}", W::TYPE);
+        let nb = cols / 256;
+        let blocks: Vec<TiledBlock> = w[..nb].iter().map(TiledBlock::of).collect();
+        let toks: [&[BlockQ8K]; 4] = std::array::from_fn(|k| &a[k * nb..(k + 1) * nb]);
+        let got = row4(&blocks, toks);
+        for k in 0..4 {
+            let want = quant::vec_dot_lowbit_tiled(&w[..nb], toks[k]);
+            assert_eq!(
+                got[k].to_bits(),
+                want.to_bits(),
+                "{}: row kernel, token {k}",
+                W::TYPE
+            );
         }
         let bytes: Vec<u8> = bytemuck::cast_slice(&w).to_vec();
         let t = ferry::model::TensorRef {
@@ -285,7 +293,6 @@ fn lowbit_tiled_products_match_the_scalar_form() {
         xa.data.copy_from_slice(&x);
         let mut out = CpuAct::zeros(n, rows);
         b.matmul(&xa, &wt, &mut out);
-        let nb = cols / 256;
         for t in 0..n {
             for r in 0..rows {
                 let want =

@@ -492,6 +492,23 @@ pub fn vec_dot_lowbit_tiled<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     acc
 }
 
+/// 8 bits as 8 bytes: 0xFF where the bit is set.
+const BYTE_MASKS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if i >> j & 1 != 0 {
+                t[i] |= 0xFF << (8 * j);
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// A super-block as llama.cpp's tiled GEMM holds it, decoded once for all
 /// the tokens of a tile: signed values (IQ1: `8·q ± 1`), the integer scale
 /// of each 16, and `d · TILED_SCALE`.
@@ -513,23 +530,32 @@ impl Default for TiledBlock {
 }
 
 impl TiledBlock {
-    /// `block`'s values in the tiled GEMM's units (`dec` is scratch).
-    pub fn of<W: LowBit>(block: &W, dec: &mut Decoded) -> Self {
-        block.decode(dec);
+    /// `block`'s values in the tiled GEMM's units, 8 at a time: a negated
+    /// magnitude `q` (≥ 1 in every grid) is `(q ^ 0xFF) + 1` with no carry
+    /// out of its byte.
+    pub fn of<W: LowBit>(block: &W) -> Self {
         let mut t = TiledBlock {
-            scale: dec.scale,
             d: block.d() * W::TILED_SCALE,
             ..Default::default()
         };
-        for (e, w) in t.w.iter_mut().enumerate() {
-            let q = dec.q[e];
-            *w = if W::SHIFTED {
-                8 * q + dec.delta[e / 8]
-            } else if dec.neg[e / 32] >> (e % 32) & 1 != 0 {
-                -q
-            } else {
-                q
-            };
+        for b in 0..QK_K / 32 {
+            let g = block.group(b);
+            for l in 0..4 {
+                let e = if W::SHIFTED {
+                    let mut v: [i8; 8] = bytemuck::cast(g.q[l].to_le_bytes());
+                    for x in &mut v {
+                        *x = 8 * *x + g.delta[l];
+                    }
+                    u64::from_le_bytes(bytemuck::cast(v))
+                } else {
+                    let m = BYTE_MASKS[((g.neg >> (8 * l)) & 255) as usize];
+                    (g.q[l] ^ m).wrapping_add(m & 0x0101_0101_0101_0101)
+                };
+                let at = 32 * b + 8 * l;
+                t.w[at..at + 8]
+                    .copy_from_slice(&bytemuck::cast::<[u8; 8], [i8; 8]>(e.to_le_bytes()));
+            }
+            t.scale[2 * b..2 * b + 2].copy_from_slice(&g.scale);
         }
         t
     }

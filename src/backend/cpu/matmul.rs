@@ -301,20 +301,24 @@ fn lowbit_matmul<W: crate::quant::LowBit>(
     let nb = cols / QK_K;
     let xq: Vec<BlockQ8K> = quantize_act_rows(x);
     let weights: &[W] = bytemuck::cast_slice(w.data());
-    let sum = simd::tiled_block_sum_kernel();
+    let row4 = simd::tiled_row4_kernel();
     for_each_tile(rows, n, cols, out, |tile| {
-        let mut dec = crate::quant::Decoded::default();
         let mut blocks = vec![crate::quant::TiledBlock::default(); nb];
+        let tokens: Vec<usize> = tile.tokens.clone().collect();
         for r in tile.rows.clone() {
             for (b, t) in weights[r * nb..(r + 1) * nb].iter().zip(&mut blocks) {
-                *t = crate::quant::TiledBlock::of(b, &mut dec);
+                *t = crate::quant::TiledBlock::of(b);
             }
-            for t in tile.tokens.clone() {
-                let mut acc = 0f32;
-                for (b, a) in blocks.iter().zip(&xq[t * nb..(t + 1) * nb]) {
-                    acc = (sum(b, a) as f32 * b.d).mul_add(a.d, acc);
+            // Four tokens per pass (the last pass repeats its last token).
+            for four in tokens.chunks(4) {
+                let a: [&[BlockQ8K]; 4] = std::array::from_fn(|k| {
+                    let t = four[k.min(four.len() - 1)];
+                    &xq[t * nb..(t + 1) * nb]
+                });
+                let acc = row4(&blocks, a);
+                for (k, &t) in four.iter().enumerate() {
+                    tile.set(t, r, acc[k]);
                 }
-                tile.set(t, r, acc);
             }
         }
     });

@@ -103,16 +103,23 @@ pub fn dot_kernel<W: BlockFormat>() -> DotKernel<W> {
     W::vec_dot
 }
 
-/// The exact integer sum of a decoded i-quant super-block against one Q8_K
-/// block (`quant::TiledBlock::sum`).
-pub type TiledSumKernel = fn(&crate::quant::TiledBlock, &crate::quant::BlockQ8K) -> i32;
+/// A row of decoded i-quant super-blocks against four tokens' Q8_K rows, in
+/// llama.cpp's tiled order (`quant::vec_dot_lowbit_tiled` for each token).
+pub type TiledRow4Kernel =
+    fn(&[crate::quant::TiledBlock], [&[crate::quant::BlockQ8K]; 4]) -> [f32; 4];
 
-pub fn tiled_block_sum_kernel() -> TiledSumKernel {
+pub fn tiled_row4_kernel() -> TiledRow4Kernel {
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = x86::tiled_block_sum_kernel() {
+    if let Some(k) = x86::tiled_row4_kernel() {
         return k;
     }
-    crate::quant::TiledBlock::sum
+    |blocks, a| {
+        a.map(|a| {
+            blocks.iter().zip(a).fold(0f32, |acc, (t, a)| {
+                (t.sum(a) as f32 * t.d).mul_add(a.d, acc)
+            })
+        })
+    }
 }
 
 /// `Σ a[i]·b[i]` in f32.

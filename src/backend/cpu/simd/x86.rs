@@ -44,9 +44,9 @@ pub fn q6_k_superblock_x8_kernel() -> Option<super::Q6kSuperblockX8Kernel> {
     has_avx2().then_some(kquants::q6_k_q8_k_superblocks_x8 as super::Q6kSuperblockX8Kernel)
 }
 
-/// `TiledBlock::sum` with AVX2.
-pub fn tiled_block_sum_kernel() -> Option<super::TiledSumKernel> {
-    has_avx2().then_some(lowbit::tiled_block_sum as super::TiledSumKernel)
+/// A decoded i-quant row against four tokens, with AVX2.
+pub fn tiled_row4_kernel() -> Option<super::TiledRow4Kernel> {
+    has_avx2().then_some(lowbit::tiled_row4 as super::TiledRow4Kernel)
 }
 
 /// The AVX2 kernel for `W`, if there is one and the CPU has AVX2.

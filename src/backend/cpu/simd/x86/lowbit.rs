@@ -82,27 +82,40 @@ fn lowbit_q8_k_avx2<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     finish::<W>(&l, &l2, acc1)
 }
 
-/// `TiledBlock::sum` with AVX2: per 32 weights the signed products by
-/// `maddubs` (sign trick: |w| · a with w's sign; |w| ≤ 62, so the pair sums
-/// stay below 2^15), scaled per 16 by `madd`; the lanes summed exactly.
-pub fn tiled_block_sum(t: &TiledBlock, a: &BlockQ8K) -> i32 {
-    // SAFETY: only selected when AVX2 is present.
-    unsafe { tiled_block_sum_avx2(t, a) }
+/// A row of decoded super-blocks against four tokens, in llama.cpp's tiled
+/// order (`acc = fma(S · d, d_a, acc)` per super-block), with AVX2: per 32
+/// weights `|w|` and the per-16 scales are set up once, then for each token
+/// the signed products by `maddubs` (sign trick: |w| · a with w's sign;
+/// |w| ≤ 62, so the pair sums stay below 2^15), scaled per 16 by `madd`,
+/// the lanes summed exactly. Four tokens per pass: one at a time ran a
+/// 1B-shape IQ2_XXS prompt at 70 t/s on 2 cores, four at 128.
+pub fn tiled_row4(blocks: &[TiledBlock], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    // SAFETY: only selected when AVX2/FMA are present.
+    unsafe { tiled_row4_avx2(blocks, a) }
 }
 
-#[target_feature(enable = "avx2")]
-fn tiled_block_sum_avx2(t: &TiledBlock, a: &BlockQ8K) -> i32 {
-    let mut sumi = _mm256_setzero_si256();
-    for b in 0..QK_K / 32 {
-        let q8: &[i8; 32] = a.qs[32 * b..32 * b + 32].try_into().expect("32");
-        let wq: &[i8; 32] = t.w[32 * b..32 * b + 32].try_into().expect("32");
-        let (x, w) = (load_i8x32(q8), load_i8x32(wq));
-        let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        let sc = _mm256_set_m128i(
-            _mm_set1_epi16(t.scale[2 * b + 1]),
-            _mm_set1_epi16(t.scale[2 * b]),
-        );
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, sc));
+#[target_feature(enable = "avx2,fma")]
+fn tiled_row4_avx2(blocks: &[TiledBlock], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let mut acc = [0f32; 4];
+    for (i, t) in blocks.iter().enumerate() {
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        for b in 0..QK_K / 32 {
+            let wq: &[i8; 32] = t.w[32 * b..32 * b + 32].try_into().expect("32");
+            let w = load_i8x32(wq);
+            let aw = _mm256_sign_epi8(w, w);
+            let sc = _mm256_set_m128i(
+                _mm_set1_epi16(t.scale[2 * b + 1]),
+                _mm_set1_epi16(t.scale[2 * b]),
+            );
+            for k in 0..4 {
+                let q8: &[i8; 32] = a[k][i].qs[32 * b..32 * b + 32].try_into().expect("32");
+                let dot = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(load_i8x32(q8), w));
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(dot, sc));
+            }
+        }
+        for k in 0..4 {
+            acc[k] = (hsum_epi32(sumi[k]) as f32 * t.d).mul_add(a[k][i].d, acc[k]);
+        }
     }
-    hsum_epi32(sumi)
+    acc
 }
