@@ -316,3 +316,32 @@ fn lowbit_tiled_products_match_the_scalar_form() {
     check_tiled::<BlockIQ1S>(&b);
     check_tiled::<BlockIQ1M>(&b);
 }
+
+/// The 1-3 bit i-quants below 8 tokens: four tokens per pass through one
+/// decoded row give each token the single-token kernel's bits.
+#[test]
+fn lowbit_four_token_kernel_matches_one_token() {
+    use ferry::quant::BlockQ8K;
+    fn check_x4<W: quant::LowBit>() {
+        let mut rng = Rng(31 + W::TYPE.id() as u64);
+        let nb = 3;
+        let w: Vec<W> = quant::quantize_blocks(&values(&mut rng, nb * 256)).unwrap();
+        let x = values(&mut rng, 4 * nb * 256);
+        let a: Vec<BlockQ8K> = x.chunks(256).map(BlockQ8K::quantize_activation).collect();
+        let toks: [&[BlockQ8K]; 4] = std::array::from_fn(|k| &a[k * nb..(k + 1) * nb]);
+        let got = simd::lowbit_x4_kernel::<W>()(&w, toks);
+        let one = simd::dot_kernel::<W>();
+        for k in 0..4 {
+            let want = one(&w, toks[k]);
+            assert_eq!(got[k].to_bits(), want.to_bits(), "{}: token {k}", W::TYPE);
+            assert_eq!(want.to_bits(), quant::vec_dot_lowbit(&w, toks[k]).to_bits());
+        }
+    }
+    check_x4::<BlockIQ2XXS>();
+    check_x4::<BlockIQ2XS>();
+    check_x4::<BlockIQ2S>();
+    check_x4::<BlockIQ3XXS>();
+    check_x4::<BlockIQ3S>();
+    check_x4::<BlockIQ1S>();
+    check_x4::<BlockIQ1M>();
+}

@@ -292,7 +292,7 @@ fn lowbit_matmul<W: crate::quant::LowBit>(
     dot_max: usize,
 ) {
     if x.n < 8 || x.n <= dot_max {
-        return dot_matmul(x, w, out, simd::dot_kernel::<W>());
+        return lowbit_dot_matmul::<W>(x, w, out);
     }
     // Each task decodes its rows' super-blocks once and reuses them for every
     // token of its tile: decoding per token and row (the dot product) ran a
@@ -318,6 +318,37 @@ fn lowbit_matmul<W: crate::quant::LowBit>(
                 let acc = row4(&blocks, a);
                 for (k, &t) in four.iter().enumerate() {
                     tile.set(t, r, acc[k]);
+                }
+            }
+        }
+    });
+}
+
+/// The i-quants' per-token order for a few tokens (a decode batch, an
+/// expert's share of a prompt): one token alone through the dot kernel,
+/// more four at a time, each row decoded once per four (a 7-token prompt,
+/// 1B-shape IQ2_XXS, 2 cores: 23.9 t/s one token at a time, 49.1 by four).
+fn lowbit_dot_matmul<W: crate::quant::LowBit>(x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) {
+    if x.n == 1 {
+        return dot_matmul(x, w, out, simd::dot_kernel::<W>());
+    }
+    let (n, cols, rows) = (x.n, x.width, w.rows);
+    let nb = cols / QK_K;
+    let xq: Vec<BlockQ8K> = quantize_act_rows(x);
+    let weights: &[W] = bytemuck::cast_slice(w.data());
+    let x4 = simd::lowbit_x4_kernel::<W>();
+    for_each_tile(rows, n, cols, out, |tile| {
+        let tokens: Vec<usize> = tile.tokens.clone().collect();
+        for r in tile.rows.clone() {
+            let wrow = &weights[r * nb..(r + 1) * nb];
+            for four in tokens.chunks(4) {
+                let a: [&[BlockQ8K]; 4] = std::array::from_fn(|k| {
+                    let t = four[k.min(four.len() - 1)];
+                    &xq[t * nb..(t + 1) * nb]
+                });
+                let v = x4(wrow, a);
+                for (k, &t) in four.iter().enumerate() {
+                    tile.set(t, r, v[k]);
                 }
             }
         }

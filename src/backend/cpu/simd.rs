@@ -103,6 +103,18 @@ pub fn dot_kernel<W: BlockFormat>() -> DotKernel<W> {
     W::vec_dot
 }
 
+/// An i-quant row against four tokens' Q8_K rows, each in the per-token
+/// order of `quant::vec_dot_lowbit` (the row decoded once for the four).
+pub type LowbitX4Kernel<W> = fn(&[W], [&[crate::quant::BlockQ8K]; 4]) -> [f32; 4];
+
+pub fn lowbit_x4_kernel<W: crate::quant::LowBit>() -> LowbitX4Kernel<W> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = x86::lowbit_x4_kernel::<W>() {
+        return k;
+    }
+    |w, a| a.map(|a| crate::quant::vec_dot_lowbit(w, a))
+}
+
 /// A row of decoded i-quant super-blocks against four tokens' Q8_K rows, in
 /// llama.cpp's tiled order (`quant::vec_dot_lowbit_tiled` for each token).
 pub type TiledRow4Kernel =

@@ -44,6 +44,11 @@ pub fn q6_k_superblock_x8_kernel() -> Option<super::Q6kSuperblockX8Kernel> {
     has_avx2().then_some(kquants::q6_k_q8_k_superblocks_x8 as super::Q6kSuperblockX8Kernel)
 }
 
+/// An i-quant row against four tokens in the per-token order, with AVX2.
+pub fn lowbit_x4_kernel<W: crate::quant::LowBit>() -> Option<super::LowbitX4Kernel<W>> {
+    has_avx2().then_some(lowbit::lowbit_q8_k_x4::<W> as super::LowbitX4Kernel<W>)
+}
+
 /// A decoded i-quant row against four tokens, with AVX2.
 pub fn tiled_row4_kernel() -> Option<super::TiledRow4Kernel> {
     has_avx2().then_some(lowbit::tiled_row4 as super::TiledRow4Kernel)

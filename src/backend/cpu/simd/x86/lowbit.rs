@@ -82,6 +82,70 @@ fn lowbit_q8_k_avx2<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     finish::<W>(&l, &l2, acc1)
 }
 
+/// Four tokens against one row in the per-token order (each token's result
+/// is `lowbit_q8_k`'s bit for bit): every 32 weights decoded once for the
+/// four, as a batched decode step or an expert's few tokens need.
+pub fn lowbit_q8_k_x4<W: LowBit>(w: &[W], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    // SAFETY: only selected when AVX2/FMA are present.
+    unsafe { lowbit_q8_k_x4_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn lowbit_q8_k_x4_avx2<W: LowBit>(w: &[W], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let ones = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc2 = [_mm256_setzero_ps(); 4];
+    let mut acc1 = [0f32; 4];
+    for (i, w) in w.iter().enumerate() {
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        let mut sumi2 = [_mm256_setzero_si256(); 4];
+        for b in 0..QK_K / 32 {
+            let g = w.group(b);
+            let wq = _mm256_set_epi64x(g.q[3] as i64, g.q[2] as i64, g.q[1] as i64, g.q[0] as i64);
+            let sc = _mm256_set_m128i(_mm_set1_epi16(g.scale[1]), _mm_set1_epi16(g.scale[0]));
+            // The weights' magnitudes and signs, for every token alike.
+            let (mag, sign) = if W::SHIFTED {
+                (_mm256_sign_epi8(wq, wq), wq)
+            } else {
+                (wq, _mm256_or_si256(bytes_from_bits_32(g.neg), ones))
+            };
+            let shift = if W::SHIFTED {
+                shift_signs(&g.delta)
+            } else {
+                ones
+            };
+            for k in 0..4 {
+                let q8: &[i8; 32] = a[k][i].qs[32 * b..32 * b + 32].try_into().expect("32");
+                let q8 = load_i8x32(q8);
+                let dot = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(q8, sign));
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(dot, sc));
+                if W::SHIFTED {
+                    let dd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, shift));
+                    sumi2[k] = _mm256_add_epi32(sumi2[k], _mm256_madd_epi16(dd, sc));
+                }
+            }
+        }
+        for k in 0..4 {
+            let d = w.d() * a[k][i].d;
+            let dv = _mm256_set1_ps(d);
+            acc[k] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+            if W::SHIFTED {
+                acc2[k] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(sumi2[k]), acc2[k]);
+                acc1[k] = finish_shift_sum(acc1[k], d, hsum_epi32(sumi2[k]));
+            }
+        }
+    }
+    std::array::from_fn(|k| {
+        let (mut l, mut l2) = ([0f32; 8], [0f32; 8]);
+        // SAFETY: 8 writable floats each.
+        unsafe {
+            _mm256_storeu_ps(l.as_mut_ptr(), acc[k]);
+            _mm256_storeu_ps(l2.as_mut_ptr(), acc2[k]);
+        }
+        finish::<W>(&l, &l2, acc1[k])
+    })
+}
+
 /// A row of decoded super-blocks against four tokens, in llama.cpp's tiled
 /// order (`acc = fma(S · d, d_a, acc)` per super-block), with AVX2: per 32
 /// weights `|w|` and the per-16 scales are set up once, then for each token
