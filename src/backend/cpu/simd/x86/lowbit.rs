@@ -18,6 +18,21 @@ pub fn lowbit_q8_k<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     unsafe { lowbit_q8_k_avx2(w, a) }
 }
 
+/// 16 i16 lanes: the first half's scale in the low 128 bits, the second's in
+/// the high (one broadcast and one shuffle).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn half_scales(s: [i16; 2]) -> __m256i {
+    let v = _mm256_set1_epi32((s[0] as u16 as u32 | (s[1] as u16 as u32) << 16) as i32);
+    let pick = _mm256_set_epi64x(
+        0x0302_0302_0302_0302,
+        0x0302_0302_0302_0302,
+        0x0100_0100_0100_0100,
+        0x0100_0100_0100_0100,
+    );
+    _mm256_shuffle_epi8(v, pick)
+}
+
 /// 32 bytes: each of the four shift signs of 32 weights repeated 8 times.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -40,7 +55,7 @@ fn superblock_lanes<W: LowBit>(w: &W, a: &BlockQ8K) -> (__m256i, __m256i) {
         let q8: &[i8; 32] = a.qs[32 * b..32 * b + 32].try_into().expect("32");
         let q8 = load_i8x32(q8);
         let wq = _mm256_set_epi64x(g.q[3] as i64, g.q[2] as i64, g.q[1] as i64, g.q[0] as i64);
-        let sc = _mm256_set_m128i(_mm_set1_epi16(g.scale[1]), _mm_set1_epi16(g.scale[0]));
+        let sc = half_scales(g.scale);
         let dot = if W::SHIFTED {
             // Grid values -1, 0, 1: |w| times a with w's sign.
             _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q8, wq))
@@ -102,7 +117,7 @@ fn lowbit_q8_k_x4_avx2<W: LowBit>(w: &[W], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
         for b in 0..QK_K / 32 {
             let g = w.group(b);
             let wq = _mm256_set_epi64x(g.q[3] as i64, g.q[2] as i64, g.q[1] as i64, g.q[0] as i64);
-            let sc = _mm256_set_m128i(_mm_set1_epi16(g.scale[1]), _mm_set1_epi16(g.scale[0]));
+            let sc = half_scales(g.scale);
             // The weights' magnitudes and signs, for every token alike.
             let (mag, sign) = if W::SHIFTED {
                 (_mm256_sign_epi8(wq, wq), wq)
