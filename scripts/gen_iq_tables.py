@@ -4,7 +4,8 @@ from ggml's ggml-common.h (MIT, the ggml authors), so that ferry has one
 definition of them for every backend (the CUDA kernels are rendered from the
 Rust arrays at start-up).
 
-Usage: scripts/gen_iq_tables.py PATH/TO/ggml/src/ggml-common.h
+Usage: scripts/gen_iq_tables.py PATH/TO/ggml/src/ggml-common.h > src/quant/iq_tables.rs
+(src/quant/mod.rs keeps the file out of rustfmt, four entries per line.)
 
 ggml-common.h comes with llama.cpp's source, e.g. the llama-cpp-python sdist
 (`pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36`, then

@@ -111,7 +111,7 @@ pub struct BlockIQ1M {
 /// ggml's `ksigns_iq2xs`: a 7-bit sign index and its parity bit as the 8th,
 /// so that every 8 weights have an even number of negative signs.
 #[inline]
-pub fn ksigns(i: u32) -> u8 {
+fn ksigns(i: u32) -> u8 {
     KSIGNS[(i & 127) as usize]
 }
 
@@ -429,7 +429,7 @@ fn dequantize_lowbit<W: LowBit>(w: &W, out: &mut [f32]) {
 
 /// The integer lane sums of one super-block against one Q8_K block:
 /// `(lanes, shift_lanes, shift_sum)` as ggml's AVX2 kernels form them.
-pub fn lane_sums(dec: &Decoded, a: &BlockQ8K) -> ([i32; 8], [i32; 8], i32) {
+fn lane_sums(dec: &Decoded, a: &BlockQ8K) -> ([i32; 8], [i32; 8], i32) {
     let mut lanes = [0i32; 8];
     let mut shift_lanes = [0i32; 8];
     let mut shift_sum = 0i32;
@@ -450,7 +450,7 @@ pub fn lane_sums(dec: &Decoded, a: &BlockQ8K) -> ([i32; 8], [i32; 8], i32) {
 
 /// `hsum_float_8`: (lanes 0-3 + lanes 4-7), then pairs, then the two left.
 #[inline]
-pub fn hsum8(v: &[f32; 8]) -> f32 {
+fn hsum8(v: &[f32; 8]) -> f32 {
     let s: [f32; 4] = std::array::from_fn(|i| v[i + 4] + v[i]);
     let t = [s[0] + s[2], s[1] + s[3]];
     t[0] + t[1]
@@ -478,7 +478,7 @@ pub fn vec_dot_lowbit<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
 /// The exact integer sum of one super-block against one Q8_K block in the
 /// units of llama.cpp's tiled GEMM: `Σ scale · (±q) · a`, for IQ1
 /// `Σ scale · (8·q ± 1) · a`.
-pub fn tiled_sum<W: LowBit>(dec: &Decoded, a: &BlockQ8K) -> i32 {
+fn tiled_sum<W: LowBit>(dec: &Decoded, a: &BlockQ8K) -> i32 {
     let (lanes, shift_lanes, _) = lane_sums(dec, a);
     let s: i32 = lanes.iter().sum();
     if W::SHIFTED {
@@ -498,7 +498,7 @@ pub fn vec_dot_lowbit_tiled<W: LowBit>(w: &[W], a: &[BlockQ8K]) -> f32 {
     let mut dec = Decoded::default();
     for (w, a) in w.iter().zip(a) {
         w.decode(&mut dec);
-        acc = tiled_step::<W>(acc, w.d(), tiled_sum::<W>(&dec, a), a.d);
+        acc = (tiled_sum::<W>(&dec, a) as f32 * (w.d() * W::TILED_SCALE)).mul_add(a.d, acc);
     }
     acc
 }
@@ -582,12 +582,6 @@ impl TiledBlock {
         }
         s
     }
-}
-
-/// One super-block of the tiled order: `fma(S · (d · TILED_SCALE), d_a, acc)`.
-#[inline]
-pub fn tiled_step<W: LowBit>(acc: f32, d: f32, s: i32, d_a: f32) -> f32 {
-    (s as f32 * (d * W::TILED_SCALE)).mul_add(d_a, acc)
 }
 
 /// IQ1_S's scalar accumulation of its shifts, `acc1 += d · s`, which the

@@ -9,6 +9,7 @@
 
 mod float;
 mod iq_lowbit;
+#[rustfmt::skip]
 pub mod iq_tables;
 mod iquants;
 mod kquants;
@@ -17,8 +18,8 @@ mod types;
 
 pub use iq_lowbit::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, Decoded,
-    Finish, Group32, IQ1_DELTA, LowBit, TiledBlock, finish, finish_shift_sum, grids_c_source,
-    hsum8, ksigns, lane_sums, tiled_step, tiled_sum, vec_dot_lowbit, vec_dot_lowbit_tiled,
+    Finish, Group32, LowBit, TiledBlock, finish, finish_shift_sum, grids_c_source, vec_dot_lowbit,
+    vec_dot_lowbit_tiled,
 };
 pub use iquants::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, IQ4_GRID, MXFP4_GRID, e8m0_to_f32_half};
 pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, Scales, Unpacked};
