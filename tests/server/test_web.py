@@ -66,6 +66,9 @@ class WebPageTests(unittest.TestCase):
         self.assertTrue(reply.text.strip(), "an empty reply")
         self.assertNotIn("error", reply.get_attribute("class"))
         # Stop ends a long reply: the buttons come back, the text is kept.
+        # (Send only once the page takes messages again: a click on the still
+        # disabled button is lost, and Stop then never lights up.)
+        self.wait(lambda b: b.find_element(By.ID, "send").is_enabled())
         box.send_keys("Write a very long story about a lighthouse keeper.")
         b.find_element(By.ID, "send").click()
         self.wait(lambda b: b.find_element(By.ID, "stop").is_enabled())
